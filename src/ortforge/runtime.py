@@ -1,0 +1,151 @@
+"""What the installed ONNX Runtime is and can do: flavour, version, EPs, IR/opset limits, kernels.
+
+Limits are *asked of ORT* (by loading tiny probe models) instead of kept in a table, so the gate stays
+right for any ORT version or flavour (the OpenVINO flavour ships an older ORT than the CPU one).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UserError
+
+ORT_FLAVOURS = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-openvino",
+    "onnxruntime-directml",
+    "onnxruntime-qnn",
+    "onnxruntime-training",
+    "onnxruntime-silicon",
+    "onnxruntime-rocm",
+    "onnxruntime-migraphx",
+    "onnxruntime-cann",
+    "onnxruntime-vitisai",
+)
+
+DEFAULT_DOMAIN = "ai.onnx"
+
+
+def ort() -> Any:
+    """Import onnxruntime, or explain how to get one without naming a flavour for the user."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise UserError(
+            "onnxruntime is not installed",
+            hint="pip install 'ortforge[cpu]', or your flavour: onnxruntime-gpu, onnxruntime-openvino, ...",
+        ) from exc
+    return onnxruntime
+
+
+def quiet_session_options() -> Any:
+    """SessionOptions that keep ORT's own warnings off the user's terminal."""
+    options = ort().SessionOptions()
+    options.log_severity_level = 3
+    return options
+
+
+@functools.lru_cache(maxsize=1)
+def flavour() -> str:
+    """The pip distribution that provides the `onnxruntime` module (several may claim it)."""
+    installed = [
+        name for name in ORT_FLAVOURS if _distribution_version(name) is not None
+    ]
+    if not installed:
+        return "unknown (not installed by pip)"
+    return ", ".join(installed)
+
+
+def _distribution_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class OrtLimits:
+    """The newest IR version and opsets this ORT loads, and the oldest ai.onnx opset it guarantees."""
+
+    max_ir_version: int
+    max_opset: dict[str, int] = field(default_factory=dict)
+
+
+def _probe_model(ir_version: int, opsets: dict[str, int]) -> bytes:
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    result = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"], name="probe")], "probe", [value], [result])
+    imports = [helper.make_opsetid("" if d == DEFAULT_DOMAIN else d, v) for d, v in opsets.items()]
+    model = helper.make_model(graph, opset_imports=imports)
+    model.ir_version = ir_version
+    return model.SerializeToString()
+
+
+def _loads(ir_version: int, opsets: dict[str, int]) -> bool:
+    try:
+        ort().InferenceSession(
+            _probe_model(ir_version, opsets), quiet_session_options(), providers=["CPUExecutionProvider"]
+        )
+    except Exception:
+        return False
+    return True
+
+
+def _highest(accepts: Any, low: int, high: int) -> int:
+    """Largest value in [low, high] that `accepts` (monotone: True up to some point, then False)."""
+    while low < high:
+        middle = (low + high + 1) // 2
+        if accepts(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+@functools.lru_cache(maxsize=1)
+def limits() -> OrtLimits:
+    """Probe the installed ORT for the newest IR version and opsets it loads (about 20 tiny sessions)."""
+    max_ir = _highest(lambda ir: _loads(ir, {DEFAULT_DOMAIN: 13}), 7, 64)
+    max_onnx = _highest(lambda v: _loads(max_ir, {DEFAULT_DOMAIN: v}), 13, 200)
+    max_ml = _highest(lambda v: _loads(max_ir, {DEFAULT_DOMAIN: 13, "ai.onnx.ml": v}), 1, 200)
+    return OrtLimits(max_ir_version=max_ir, max_opset={DEFAULT_DOMAIN: max_onnx, "ai.onnx.ml": max_ml})
+
+
+@dataclass(frozen=True)
+class KernelRange:
+    provider: str
+    first: int
+    last: int
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_registry() -> dict[tuple[str, str], tuple[KernelRange, ...]]:
+    """(domain, op_type) -> the opset ranges each EP of this build registered a kernel for."""
+    from onnxruntime.capi import _pybind_state as capi
+
+    registry: dict[tuple[str, str], list[KernelRange]] = {}
+    for kernel in capi.get_all_opkernel_def():
+        domain = kernel.domain or DEFAULT_DOMAIN
+        first, last = kernel.version_range
+        registry.setdefault((domain, kernel.op_name), []).append(KernelRange(kernel.provider, first, last))
+    return {key: tuple(ranges) for key, ranges in registry.items()}
+
+
+def kernel_providers(domain: str, op_type: str, since_version: int) -> set[str]:
+    """EPs of this build with a kernel for the op at the given schema version (empty if none)."""
+    ranges = kernel_registry().get((domain or DEFAULT_DOMAIN, op_type), ())
+    return {r.provider for r in ranges if r.first <= since_version <= r.last}
+
+
+def version() -> str:
+    return ort().__version__
+
+
+def available_providers() -> list[str]:
+    return list(ort().get_available_providers())

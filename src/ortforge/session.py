@@ -1,0 +1,164 @@
+"""`SessionConfig`: every session knob in one serialisable dataclass that builds an InferenceSession."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from . import runtime
+from .errors import UserError
+from .model import Model
+
+OPTIMIZATION_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "layout": "ORT_ENABLE_LAYOUT",
+    "all": "ORT_ENABLE_ALL",
+}
+EXECUTION_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "webgpu": "WebGpuExecutionProvider",
+}
+CPU = "CPUExecutionProvider"
+
+
+def provider_name(text: str) -> str:
+    """'cuda' or 'CUDAExecutionProvider' -> 'CUDAExecutionProvider'."""
+    return PROVIDER_ALIASES.get(text.lower(), text)
+
+
+@dataclass
+class ProviderSpec:
+    name: str
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SessionConfig:
+    """What ORT needs besides the model; `build()` turns it into a session, JSON keeps it."""
+
+    providers: list[ProviderSpec] = field(default_factory=lambda: [ProviderSpec(CPU)])
+    graph_optimization_level: str = "all"
+    intra_op_num_threads: int = 0  # 0: ORT's default (one per physical core)
+    inter_op_num_threads: int = 0
+    execution_mode: str = "sequential"
+    enable_mem_pattern: bool = True
+    enable_cpu_mem_arena: bool = True
+    config_entries: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.providers = [p if isinstance(p, ProviderSpec) else ProviderSpec(**p) for p in self.providers]
+        self.providers = [ProviderSpec(provider_name(p.name), {k: str(v) for k, v in p.options.items()}) for p in self.providers]
+        self.config_entries = {str(k): str(v) for k, v in self.config_entries.items()}
+        if self.graph_optimization_level not in OPTIMIZATION_LEVELS:
+            raise UserError(
+                f"graph_optimization_level '{self.graph_optimization_level}' is not one of {', '.join(OPTIMIZATION_LEVELS)}"
+            )
+        if self.execution_mode not in EXECUTION_MODES:
+            raise UserError(f"execution_mode '{self.execution_mode}' is not one of {', '.join(EXECUTION_MODES)}")
+        for name in ("intra_op_num_threads", "inter_op_num_threads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise UserError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
+        if not self.providers:
+            raise UserError("a session config needs at least one execution provider")
+
+    @property
+    def provider_names(self) -> list[str]:
+        return [p.name for p in self.providers]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "session config") -> SessionConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise UserError(f"{where}: {exc}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "session config") -> SessionConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{where}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{where}: expected a JSON object")
+        return cls.from_dict(data, where)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SessionConfig:
+        file = Path(path)
+        if not file.is_file():
+            raise UserError(f"{file}: session config file not found")
+        return cls.from_json(file.read_text(), where=str(file))
+
+    def session_options(self, extra_entries: dict[str, str] | None = None) -> Any:
+        ort = runtime.ort()
+        options = runtime.quiet_session_options()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[self.graph_optimization_level])
+        options.intra_op_num_threads = self.intra_op_num_threads
+        options.inter_op_num_threads = self.inter_op_num_threads
+        options.execution_mode = getattr(ort.ExecutionMode, EXECUTION_MODES[self.execution_mode])
+        options.enable_mem_pattern = self.enable_mem_pattern
+        options.enable_cpu_mem_arena = self.enable_cpu_mem_arena
+        for key, value in {**self.config_entries, **(extra_entries or {})}.items():
+            options.add_session_config_entry(key, value)
+        return options
+
+    def check_providers(self) -> None:
+        available = runtime.available_providers()
+        for provider in self.providers:
+            if provider.name not in available:
+                raise UserError(
+                    f"execution provider '{provider.name}' is not available in this onnxruntime "
+                    f"(available: {', '.join(available)})",
+                    hint="`ortforge doctor` tells which package or build brings it",
+                )
+
+    def build(self, model: Model, *, extra_entries: dict[str, str] | None = None, profile_dir: str | None = None) -> Any:
+        """An InferenceSession for the model; EP and load failures become one-line UserErrors."""
+        source, entries = model.ort_source()
+        return self.create(source, {**entries, **(extra_entries or {})}, name=model.name, profile_dir=profile_dir)
+
+    def create(self, source: bytes | str, entries: dict[str, str], *, name: str, profile_dir: str | None = None) -> Any:
+        """An InferenceSession from what `Model.ort_source()` returned (used where no Model travels, e.g. subprocesses)."""
+        self.check_providers()
+        options = self.session_options(entries)
+        if profile_dir is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(profile_dir) / "profile")
+        try:
+            return runtime.ort().InferenceSession(
+                source,
+                options,
+                providers=[p.name for p in self.providers],
+                provider_options=[p.options for p in self.providers],
+            )
+        except Exception as exc:  # ORT raises its own exception types per failure kind
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{name}: onnxruntime could not create a session: {message}") from None
