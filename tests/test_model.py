@@ -214,3 +214,16 @@ def test_content_hash_follows_weights(tmp_path):
     assert a.content_hash() != b.content_hash()
     assert a.content_hash() == load_model(tmp_path / "a.onnx").content_hash()
 
+
+
+def test_constant_nodes_need_no_kernel(tmp_path):
+    # ORT registers no Constant kernel: it turns Constant nodes into initializers at load time.
+    value = helper.make_tensor("c", onnx.TensorProto.FLOAT, [2], [1.0, 2.0])
+    proto = make_model(
+        [helper.make_node("Constant", [], ["c"], value=value, name="const"), helper.make_node("Add", ["x", "c"], ["y"], name="add")],
+        [tensor("x", [2])],
+        [tensor("y", [2])],
+        opset=13,
+    )
+    model = load_model(save(proto, tmp_path / "const.onnx"))
+    assert run(model, np.zeros(2, np.float32)).tolist() == [1.0, 2.0]

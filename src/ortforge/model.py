@@ -24,6 +24,8 @@ PROTOBUF_LIMIT = 2**31 - 1
 # Leave headroom for the graph itself when deciding whether weights must go to external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 GATED_DOMAINS = ("ai.onnx", "ai.onnx.ml")
+# Ops ORT folds into initializers while loading, so they need no kernel.
+KERNEL_FREE_OPS = {"Constant"}
 EXTERNAL_DATA_CONFIG_KEY = "session.model_external_initializers_file_folder_path"
 
 
@@ -228,7 +230,7 @@ def _gate_kernels(model: Model, opsets: dict[str, int], ort_name: str) -> None:
     local_functions = {(f.domain, f.name) for f in model.proto.functions}
     for node in iter_nodes(model.proto):
         domain = node.domain or "ai.onnx"
-        if domain not in GATED_DOMAINS or (node.domain, node.op_type) in local_functions:
+        if domain not in GATED_DOMAINS or node.op_type in KERNEL_FREE_OPS or (node.domain, node.op_type) in local_functions:
             continue
         try:
             schema = onnx.defs.get_schema(node.op_type, opsets.get(domain, 1), "" if domain == "ai.onnx" else domain)

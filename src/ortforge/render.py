@@ -84,10 +84,16 @@ def render_bench(report: BenchReport, console: Console, top: int = 8) -> None:
     console.print(table)
     _render_op_times(report, console, top)
     console.print(f"inputs: {report.feeds['origin']}, {report.feeds['samples']} sample(s), shapes {report.feeds['shapes']}")
-    for note in report.feeds.get("notes", []):
-        console.print(f"  {note}", style="dim")
+    _render_notes(report.feeds.get("notes", []), console)
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")
+
+
+def _render_notes(notes: list[str], console: Console, limit: int = 4) -> None:
+    for note in notes[:limit]:
+        console.print(f"  {note}", style="dim", highlight=False)
+    if len(notes) > limit:
+        console.print(f"  ... {len(notes) - limit} more (see --json)", style="dim")
 
 
 def _placement_cell(result: VariantResult) -> str:

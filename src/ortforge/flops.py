@@ -1,0 +1,920 @@
+"""Multiply-accumulates (MACs) of the heavy ops, from shapes inferred for concrete input shapes.
+
+Shapes come from ONNX shape inference; where it leaves a heavy node's shapes open, an onnxruntime run
+with the missing tensors exposed as graph outputs supplies real ones (a subgraph is run lifted into a
+model of its own). What neither resolves is listed as unknown rather than guessed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import external_data_helper, helper, numpy_helper
+
+from . import runtime
+from .data.generate import generate_sample, vocabulary_sizes
+from .data.specs import input_specs
+from .model import Model, iter_graphs, iter_nodes, opset_versions
+
+TOP_NODES = 10
+# Tensors above this many elements lose their data in the copy given to shape inference: only dims
+# matter there, and a copy over 2 GB could not be handed to the C++ inference engine at all.
+STRIP_ELEMENTS = 1024
+# Integer tensors up to this size are read as values (Loop trip counts).
+SMALL_VALUE_ELEMENTS = 64
+ERROR_CHARS = 200
+# Each fallback run builds a session; a model with many subgraphs must not make inspect slow.
+MAX_RUNS = 16
+
+Dims = tuple[int, ...]
+PartialDims = tuple[int | None, ...]
+DimsOf = Callable[[str], Dims]
+
+MS = "com.microsoft"
+# Ops with real arithmetic that have no counting rule here; reported so a total is not mistaken for complete.
+NOT_COUNTED = {
+    "Einsum", "QAttention", "PackedAttention", "PackedMultiHeadAttention", "DecoderMaskedMultiHeadAttention",
+    "DecoderMaskedSelfAttention", "LongformerAttention", "SparseAttention", "PagedAttention", "DecoderAttention",
+    "QOrderedAttention", "QOrderedMatMul", "QOrderedLongformerAttention",
+}
+
+
+@dataclass(frozen=True)
+class NodeMacs:
+    """One counted node: MACs per model run, repetitions (Loop/Scan iterations) included."""
+
+    name: str
+    op_type: str
+    macs: int
+    where: str = ""  # "" for the main graph, else the subgraph path, e.g. "If 'If_3' then_branch"
+    repeat: int = 1
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "op_type": self.op_type, "macs": self.macs, "where": self.where, "repeat": self.repeat}
+
+
+@dataclass(frozen=True)
+class UnknownMacs:
+    """A heavy node whose MACs could not be counted, and why."""
+
+    name: str
+    op_type: str
+    reason: str
+    where: str = ""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "op_type": self.op_type, "reason": self.reason, "where": self.where}
+
+
+@dataclass
+class MacReport:
+    """MACs of the heavy ops for one set of input shapes; FLOPs counted as 2 per MAC."""
+
+    total_macs: int = 0
+    by_op_type: dict[str, int] = field(default_factory=dict)
+    top_nodes: list[NodeMacs] = field(default_factory=list)
+    unknown: list[UnknownMacs] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    counted_nodes: int = 0
+    shapes_from_ort: int = 0  # tensors whose shapes came from the onnxruntime fallback run
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.total_macs
+
+    def to_dict(self) -> dict:
+        return {
+            "total_macs": self.total_macs,
+            "flops": self.flops,
+            "by_op_type": dict(self.by_op_type),
+            "counted_nodes": self.counted_nodes,
+            "top_nodes": [node.to_dict() for node in self.top_nodes],
+            "unknown": [node.to_dict() for node in self.unknown],
+            "shapes_from_ort": self.shapes_from_ort,
+            "notes": list(self.notes),
+        }
+
+
+def op_key(node: onnx.NodeProto) -> str:
+    """How an op is named in histograms: bare for ONNX ops, 'domain:Op' for others."""
+    domain = node.domain or "ai.onnx"
+    return node.op_type if domain == "ai.onnx" else f"{domain}:{node.op_type}"
+
+
+def count_macs(
+    model: Model,
+    shapes: dict[str, tuple[int, ...]],
+    *,
+    feeds: dict[str, np.ndarray] | None = None,
+    top: int = TOP_NODES,
+) -> MacReport:
+    """MACs of Conv/MatMul/Gemm/attention/recurrent nodes (subgraphs included) for the given input shapes.
+
+    `feeds` are used for the onnxruntime fallback run; generated inputs of `shapes` otherwise.
+    """
+    notes: list[str] = []
+    inferred = _infer(_inference_copy(model, shapes), notes)
+    context = _Context(
+        shapes=_collect_shapes(inferred),
+        values=_small_int_values(model.proto),
+        opset=opset_versions(model.proto).get("ai.onnx", 0),
+    )
+    # Count on the original structure (same names as the inferred copy), so that a fallback run
+    # can lift a subgraph together with its real weights.
+    tally = _count_graph(model.proto.graph, context, "", 1)
+    resolver = _Resolver(model, shapes, feeds)
+    ort_shapes: dict[str, Dims] = {}
+    if any(entry.missing for entry in tally.unknown) or tally.wanted_values:
+        arrays = resolver.resolve(tally)
+        ort_shapes = {
+            name: tuple(int(d) for d in array.shape) for name, array in arrays.items() if not context.known(name)
+        }
+        values = {name: a for name, a in arrays.items() if a.dtype.kind in "iu" and a.size <= SMALL_VALUE_ELEMENTS}
+        if ort_shapes or set(values) - set(context.values):
+            context.shapes.update(ort_shapes)
+            context.values.update(values)
+            tally = _count_graph(model.proto.graph, context, "", 1)
+        if ort_shapes:
+            origin = "the given inputs" if feeds is not None else "generated inputs"
+            notes.append(
+                f"shapes of {len(ort_shapes)} tensor(s) that shape inference left open came from onnxruntime "
+                f"({resolver.runs} run(s) on {origin})"
+            )
+            if resolver.first_iteration:
+                notes.append("shapes inside Loop/Scan bodies came from a run of their first iteration")
+    unknown = [resolver.explain(entry) for entry in tally.unknown]
+    notes.extend(tally.notes)
+    if context.not_counted:
+        listed = ", ".join(f"{count} {op}" for op, count in sorted(context.not_counted.items()))
+        notes.append(f"not counted (no rule for these ops): {listed}")
+    if model.proto.functions:
+        notes.append(f"{len(model.proto.functions)} model-local function(s): nodes inside them are not counted")
+    ordered = sorted(tally.nodes, key=lambda node: node.macs, reverse=True)
+    return MacReport(
+        total_macs=tally.total,
+        by_op_type=dict(sorted(tally.by_op.items(), key=lambda item: item[1], reverse=True)),
+        top_nodes=ordered[:top],
+        unknown=unknown,
+        notes=notes,
+        counted_nodes=len(tally.nodes),
+        shapes_from_ort=len(ort_shapes),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shape inference on a data-free copy
+
+
+def _inference_copy(model: Model, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """The model with concrete input shapes and large tensors reduced to dims (data is not needed)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model.proto)
+    for tensor in _graph_tensors(copy):
+        _strip_tensor(tensor, model)
+    for value in copy.graph.input:
+        if value.name in shapes and value.type.HasField("tensor_type"):
+            shape = value.type.tensor_type.shape
+            shape.Clear()
+            for size in shapes[value.name]:
+                shape.dim.add().dim_value = int(size)
+    return copy
+
+
+def _graph_tensors(proto: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
+    for graph in iter_graphs(proto.graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+
+
+def _strip_tensor(tensor: onnx.TensorProto, model: Model) -> None:
+    elements = math.prod(tensor.dims)
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        # Small integer tensors may be shapes that data propagation needs; read those, drop the rest.
+        if elements <= STRIP_ELEMENTS and _is_integer(tensor.data_type) and model.base_dir is not None:
+            try:
+                external_data_helper.load_external_data_for_tensor(tensor, str(model.base_dir))
+                tensor.data_location = onnx.TensorProto.DEFAULT
+                del tensor.external_data[:]
+                return
+            except OSError:
+                pass
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        tensor.ClearField("raw_data")
+        return
+    if elements > STRIP_ELEMENTS:
+        for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+            tensor.ClearField(name)
+
+
+def _is_integer(data_type: int) -> bool:
+    return data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+
+
+def _infer(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """Shape inference with data propagation; retried without stored value_info, then without data_prop."""
+    error = ""
+    for clear, data_prop in ((False, True), (True, True), (True, False)):
+        candidate = proto
+        if clear:
+            # Stale or symbolic value_info and output shapes can contradict concrete inference.
+            candidate = onnx.ModelProto()
+            candidate.CopyFrom(proto)
+            for graph in iter_graphs(candidate.graph):
+                del graph.value_info[:]
+            for value in candidate.graph.output:
+                if value.type.HasField("tensor_type"):
+                    value.type.tensor_type.ClearField("shape")
+        try:
+            return onnx.shape_inference.infer_shapes(candidate, check_type=False, strict_mode=False, data_prop=data_prop)
+        except Exception as exc:  # onnx raises several types (InferenceError, ValidationError, RuntimeError)
+            error = _first_line(exc)
+    notes.append(f"onnx shape inference failed ({error}); only declared shapes and the onnxruntime fallback were used")
+    return proto
+
+
+def _collect_shapes(proto: onnx.ModelProto) -> dict[str, PartialDims]:
+    """Name -> dims (None where unknown) for every typed value in every graph."""
+    shapes: dict[str, PartialDims] = {}
+    for graph in iter_graphs(proto.graph):
+        for value in [*graph.input, *graph.value_info, *graph.output]:
+            if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+                shapes[value.name] = tuple(
+                    d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
+                    for d in value.type.tensor_type.shape.dim
+                )
+        for tensor in graph.initializer:
+            shapes[tensor.name] = tuple(tensor.dims)
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
+                shapes[node.output[0]] = tuple(node.attribute[0].t.dims)
+    return shapes
+
+
+def _constant_tensors(proto: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initializers and Constant-node tensors of every graph, by the name they are read under."""
+    tensors: dict[str, onnx.TensorProto] = {}
+    for graph in iter_graphs(proto.graph):
+        for tensor in graph.initializer:
+            tensors[tensor.name] = tensor
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
+                tensors[node.output[0]] = node.attribute[0].t
+    return tensors
+
+
+def _small_int_values(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Small integer constants held inline (initializers, Constant nodes): Loop trip counts among them."""
+    values: dict[str, np.ndarray] = {}
+    for name, tensor in _constant_tensors(proto).items():
+        if _is_integer(tensor.data_type) and tensor.data_location != onnx.TensorProto.EXTERNAL:
+            if math.prod(tensor.dims) <= SMALL_VALUE_ELEMENTS:
+                values[name] = numpy_helper.to_array(tensor)
+    for node in iter_nodes(proto):
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name in ("value_int", "value_ints"):
+            values[node.output[0]] = np.array(helper.get_attribute_value(node.attribute[0]), dtype=np.int64)
+    return values
+
+
+# ---------------------------------------------------------------------------------------------------
+# Counting
+
+
+class _Missing(Exception):
+    """A needed tensor's shape is not (fully) known."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class _Bad(Exception):
+    """The node's shapes do not fit the op (malformed model, or a layout this counter does not know)."""
+
+
+@dataclass
+class _Context:
+    shapes: dict[str, PartialDims]
+    values: dict[str, np.ndarray]
+    opset: int = 0  # of the default domain: Scan changed meaning at 9
+    not_counted: Counter = field(default_factory=Counter)
+
+    def dims(self, name: str) -> Dims:
+        if not name:
+            raise _Bad("a required input is absent")
+        shape = self.shapes.get(name)
+        if shape is None or any(d is None for d in shape):
+            raise _Missing(name)
+        return shape  # type: ignore[return-value]
+
+    def known(self, name: str) -> bool:
+        shape = self.shapes.get(name)
+        return shape is not None and all(d is not None for d in shape)
+
+    def int_value(self, name: str) -> int | None:
+        value = self.values.get(name)
+        if value is None or value.size != 1:
+            return None
+        return int(value.reshape(-1)[0])
+
+
+@dataclass
+class _Pending:
+    """An uncounted heavy node: the tensor that stopped it and every open tensor it touches."""
+
+    node: onnx.NodeProto
+    graph: onnx.GraphProto
+    where: str
+    missing: str | None
+    reason: str
+    open_names: list[str]
+
+
+@dataclass
+class _Tally:
+    total: int = 0
+    by_op: Counter = field(default_factory=Counter)
+    nodes: list[NodeMacs] = field(default_factory=list)
+    unknown: list[_Pending] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # (graph, tensor): Loop trip counts that a fallback run could supply
+    wanted_values: list[tuple[onnx.GraphProto, str]] = field(default_factory=list)
+
+    def absorb(self, other: _Tally, *, totals: bool = True) -> None:
+        if totals:
+            self.total += other.total
+            self.by_op.update(other.by_op)
+        self.nodes.extend(other.nodes)
+        self.unknown.extend(other.unknown)
+        self.notes.extend(other.notes)
+        self.wanted_values.extend(other.wanted_values)
+
+    @property
+    def has_heavy(self) -> bool:
+        return bool(self.nodes or self.unknown)
+
+    def describe(self) -> str:
+        text = f"{self.total:,} MACs"
+        return text + (f" + {len(self.unknown)} uncounted node(s)" if self.unknown else "")
+
+
+def _count_graph(graph: onnx.GraphProto, context: _Context, where: str, repeat: int) -> _Tally:
+    tally = _Tally()
+    for node in graph.node:
+        counter = COUNTERS.get((node.domain or "", node.op_type))
+        label = node.name or node.op_type
+        if counter is not None:
+            try:
+                macs = counter(node, context.dims)
+            except _Missing as exc:
+                open_names = [n for n in [*node.input, *node.output] if n and not context.known(n)]
+                tally.unknown.append(_Pending(node, graph, where, exc.name, "", open_names))
+            except _Bad as exc:
+                tally.unknown.append(_Pending(node, graph, where, None, str(exc), []))
+            else:
+                tally.total += macs * repeat
+                tally.by_op[op_key(node)] += macs * repeat
+                tally.nodes.append(NodeMacs(label, node.op_type, macs * repeat, where, repeat))
+        elif node.op_type in NOT_COUNTED:
+            context.not_counted[op_key(node)] += 1
+        if any(a.HasField("g") or a.graphs for a in node.attribute):
+            tally.absorb(_count_subgraphs(node, graph, context, where, repeat))
+    return tally
+
+
+def _count_subgraphs(node: onnx.NodeProto, parent: onnx.GraphProto, context: _Context, where: str, repeat: int) -> _Tally:
+    """The subgraphs' share: the larger If branch, Loop/Scan bodies times their iterations."""
+    label = node.name or node.op_type
+    prefix = f"{where} > " if where else ""
+    result = _Tally()
+    graphs = {a.name: a.g for a in node.attribute if a.HasField("g")}
+    if node.op_type == "If" and not node.domain and {"then_branch", "else_branch"} <= set(graphs):
+        branches = {
+            name: _count_graph(graphs[name], context, f"{prefix}If '{label}' {name}", repeat)
+            for name in ("then_branch", "else_branch")
+        }
+        chosen = max(branches, key=lambda name: branches[name].total)
+        for branch in branches.values():
+            result.absorb(branch, totals=False)
+        # One run takes one branch: the total takes the costlier, both are listed.
+        result.total = branches[chosen].total
+        result.by_op = Counter(branches[chosen].by_op)
+        if any(b.has_heavy for b in branches.values()):
+            result.notes.append(
+                f"If '{label}': then_branch {branches['then_branch'].describe()}, else_branch "
+                f"{branches['else_branch'].describe()}; branches counted separately, the total takes the larger ({chosen})"
+            )
+        return result
+    if node.op_type in ("Loop", "Scan") and not node.domain and "body" in graphs:
+        times, why = _iterations(node, context)
+        body = _count_graph(graphs["body"], context, f"{prefix}{node.op_type} '{label}' body", repeat * (times or 1))
+        result.absorb(body)
+        if body.has_heavy:
+            if times is None:
+                result.notes.append(f"{node.op_type} '{label}': {why}; its body is counted once")
+                if node.op_type == "Loop" and node.input and node.input[0]:
+                    result.wanted_values.append((parent, node.input[0]))
+            else:
+                result.notes.append(f"{node.op_type} '{label}': body counted {times:,} times ({why})")
+        return result
+    for attribute in node.attribute:
+        subgraphs = ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
+        for index, subgraph in enumerate(subgraphs):
+            name = attribute.name if attribute.HasField("g") else f"{attribute.name}[{index}]"
+            body = _count_graph(subgraph, context, f"{prefix}{node.op_type} '{label}' {name}", repeat)
+            result.absorb(body)
+            if body.has_heavy:
+                result.notes.append(f"{node.op_type} '{label}': subgraph {name} counted once (how often it runs is unknown)")
+    return result
+
+
+def _iterations(node: onnx.NodeProto, context: _Context) -> tuple[int | None, str]:
+    """How often a Loop/Scan body runs, and how that was decided."""
+    if node.op_type == "Loop":
+        if not node.input or not node.input[0]:
+            return None, "no trip count (runs until its condition turns false)"
+        trip = context.int_value(node.input[0])
+        if trip is None:
+            return None, f"trip count '{node.input[0]}' is not a known constant"
+        condition = len(node.input) > 1 and bool(node.input[1])
+        return trip, f"trip count {trip}" + (", or fewer if its condition ends it" if condition else "")
+    attrs = _attrs(node)
+    scan_count = int(attrs.get("num_scan_inputs", 0))
+    if scan_count <= 0 or scan_count > len(node.input):
+        return None, "no scan inputs"
+    first = node.input[len(node.input) - scan_count]
+    if not context.known(first):
+        return None, f"length of scan input '{first}' is not known"
+    shape = context.dims(first)
+    if context.opset < 9:
+        # Scan-8 scans axis 1 and runs its body for every batch entry (axis 0) as well.
+        if len(shape) < 2:
+            return None, f"scan input '{first}' has rank {len(shape)}"
+        return shape[0] * shape[1], f"scan input '{first}': {shape[0]} batch x {shape[1]} steps"
+    if not shape:
+        return None, f"scan input '{first}' is a scalar"
+    axis = (list(attrs.get("scan_input_axes", []) or [0])[0]) % len(shape)
+    return shape[axis], f"scan input '{first}' has {shape[axis]} steps"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fallback: run the model (and, for shapes inside subgraphs, each subgraph lifted into a model of its
+# own) in onnxruntime with the open tensors exposed as outputs.
+
+
+class _Resolver:
+    """Real shapes for tensors shape inference left open, from unoptimised CPU runs."""
+
+    def __init__(self, model: Model, shapes: dict[str, tuple[int, ...]], feeds: dict[str, np.ndarray] | None) -> None:
+        self.model = model
+        self.shapes = shapes
+        self.feeds = feeds
+        self.tensors = _constant_tensors(model.proto)
+        self.parents: dict[int, tuple[onnx.GraphProto, onnx.NodeProto]] = {}
+        for graph in iter_graphs(model.proto.graph):
+            for node in graph.node:
+                for subgraph in _subgraphs(node):
+                    self.parents[id(subgraph)] = (graph, node)
+        self.errors: dict[int, str] = {}  # id(graph) -> why it could not be run
+        self.runs = 0
+        self.first_iteration = False
+        self.attempted = False
+
+    def resolve(self, tally: _Tally) -> dict[str, np.ndarray]:
+        """Every tensor value obtained: feeds and exposed outputs of every scope that was run."""
+        self.attempted = True
+        needs: dict[int, set[str]] = {}
+        active: set[int] = set()
+        for entry in tally.unknown:
+            if entry.missing is not None:
+                self._need(entry.graph, entry.open_names, needs, active)
+        for graph, name in tally.wanted_values:
+            self._need(graph, [name], needs, active)
+        try:
+            feeds = self.feeds if self.feeds is not None else self._generated_feeds()
+        except Exception as exc:  # the generator raises UserError for inputs it cannot invent
+            self.errors[id(self.model.proto.graph)] = f"no inputs to run it on: {_first_line(exc)}"
+            return {}
+        found: dict[str, np.ndarray] = {}
+        self._run_scope(self.model.proto.graph, None, dict(feeds), needs, active, found)
+        return found
+
+    def _need(self, graph: onnx.GraphProto, names: Iterable[str], needs: dict[int, set[str]], active: set[int]) -> None:
+        needs.setdefault(id(graph), set()).update(names)
+        child = graph
+        while id(child) in self.parents and id(child) not in active:
+            active.add(id(child))
+            parent, holder = self.parents[id(child)]
+            # A lifted child is fed from its parent's run: what it reads from outside, and for Loop/Scan
+            # the holder's inputs (initial values). An If condition is not needed: both branches are run.
+            fed = set(_outer_names(child))
+            if holder.op_type != "If":
+                fed.update(n for n in holder.input if n)
+            needs.setdefault(id(parent), set()).update(fed)
+            child = parent
+        active.add(id(child))
+
+    def _run_scope(
+        self,
+        graph: onnx.GraphProto,
+        holder: onnx.NodeProto | None,
+        env: dict[str, np.ndarray],
+        needs: dict[int, set[str]],
+        active: set[int],
+        found: dict[str, np.ndarray],
+        parent_error: str | None = None,
+    ) -> None:
+        produced = {name for node in graph.node for name in node.output if name}
+        wanted = sorted(needs.get(id(graph), set()) & produced)
+        if holder is None:
+            outputs, error = (self._run(self.model.proto, env, wanted) if wanted else ({}, None))
+        elif self.runs >= MAX_RUNS:
+            outputs, error = {}, f"skipped: at most {MAX_RUNS} fallback runs per model"
+        else:
+            outputs, error = self._run_lifted(graph, holder, env, wanted, parent_error)
+        found.update(env)
+        found.update(outputs)
+        if error is not None:
+            self.errors[id(graph)] = error
+        # Children are tried even when this scope failed: they may read only inputs and constants.
+        scope = {**env, **outputs}
+        for node in graph.node:
+            for subgraph in _subgraphs(node):
+                if id(subgraph) in active:
+                    self._run_scope(subgraph, node, scope, needs, active, found, error or parent_error)
+
+    def _run_lifted(
+        self,
+        graph: onnx.GraphProto,
+        holder: onnx.NodeProto,
+        env: dict[str, np.ndarray],
+        wanted: list[str],
+        parent_error: str | None,
+    ) -> tuple[dict[str, np.ndarray], str | None]:
+        """Run one subgraph as a model of its own: outer-scope tensors become inputs or initializers."""
+        own, error = self._own_inputs(graph, holder, env)
+        if error is not None:
+            return {}, parent_error or error
+        lifted = onnx.GraphProto()
+        lifted.CopyFrom(graph)
+        feeds = dict(own)
+        for name in sorted(_outer_names(graph)):
+            if name in env:
+                array = env[name]
+                lifted.input.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape))
+                feeds[name] = array
+            elif name in self.tensors:
+                tensor = lifted.initializer.add()
+                tensor.CopyFrom(self.tensors[name])
+                tensor.name = name
+            else:
+                return {}, parent_error or f"the value of outer tensor '{name}' is not available"
+        proto = helper.make_model(lifted, opset_imports=list(self.model.proto.opset_import))
+        proto.ir_version = self.model.proto.ir_version
+        proto.functions.extend(self.model.proto.functions)
+        return self._run(proto, feeds, wanted)
+
+    def _own_inputs(
+        self, graph: onnx.GraphProto, holder: onnx.NodeProto, env: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], str | None]:
+        """Feeds for a Loop/Scan body's own inputs: its first iteration."""
+        names = [value.name for value in graph.input]
+        if not names:
+            return {}, None
+        if holder.op_type == "Loop" and not holder.domain:
+            initial = [n for n in holder.input[2:]]
+            if any(n not in env for n in initial):
+                return {}, "initial Loop values not available"
+            self.first_iteration = True
+            values = [np.array(0, dtype=np.int64), np.array(True)] + [env[n] for n in initial]
+            return dict(zip(names, values)), None
+        if holder.op_type == "Scan" and not holder.domain and self._opset() >= 9:
+            attrs = _attrs(holder)
+            scan_count = int(attrs.get("num_scan_inputs", 0))
+            states = list(holder.input[: len(holder.input) - scan_count])
+            scans = list(holder.input[len(holder.input) - scan_count :])
+            if any(n not in env for n in states + scans):
+                return {}, "Scan inputs not available"
+            axes = list(attrs.get("scan_input_axes", []) or [0] * scan_count)
+            slices = [np.take(env[n], 0, axis=axes[i] if i < len(axes) else 0) for i, n in enumerate(scans)]
+            self.first_iteration = True
+            return dict(zip(names, [env[n] for n in states] + slices)), None
+        return {}, f"a {holder.op_type} subgraph with its own inputs, which the fallback cannot feed"
+
+    def _opset(self) -> int:
+        return opset_versions(self.model.proto).get("ai.onnx", 0)
+
+    def _run(self, proto: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[str]) -> tuple[dict[str, np.ndarray], str | None]:
+        """One CPU run, unoptimised, with `names` exposed as outputs."""
+        self.runs += 1
+        try:
+            ort = runtime.ort()
+            exposed_proto = onnx.ModelProto()
+            exposed_proto.CopyFrom(proto)
+            present = {value.name for value in exposed_proto.graph.output}
+            for name in names:
+                if name not in present:
+                    exposed_proto.graph.output.append(onnx.ValueInfoProto(name=name))
+            exposed = Model(proto=exposed_proto, data_dir=self.model.base_dir, changes=["exposed intermediate tensors"])
+            source, entries = exposed.ort_source()
+            options = runtime.quiet_session_options()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            for key, value in entries.items():
+                options.add_session_config_entry(key, value)
+            session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            accepted = {i.name for i in session.get_inputs()}
+            run_options = ort.RunOptions()
+            run_options.log_severity_level = 4  # a failing run is reported in the result, not on stderr
+            results = session.run(names, {k: v for k, v in feeds.items() if k in accepted}, run_options)
+        except Exception as exc:  # ORT and protobuf raise their own types
+            return {}, _first_line(_compact_ort_error(str(exc)))
+        return {name: value for name, value in zip(names, results) if isinstance(value, np.ndarray)}, None
+
+    def _generated_feeds(self) -> dict[str, np.ndarray]:
+        specs = input_specs(self.model)
+        vocab = vocabulary_sizes(self.model)
+        rng = np.random.default_rng(0)
+        feeds = {}
+        for spec in specs:
+            shape = self.shapes.get(spec.name)
+            if shape is None:
+                raise ValueError(f"no shape given for input '{spec.name}'")
+            feeds[spec.name], _ = generate_sample(spec, tuple(shape), rng, vocab.get(spec.name))
+        return feeds
+
+    def explain(self, entry: _Pending) -> UnknownMacs:
+        """Why a node stayed uncounted, in a sentence."""
+        name = entry.node.name or entry.node.op_type
+        if entry.missing is None:
+            return UnknownMacs(name, entry.node.op_type, entry.reason, entry.where)
+        why = f"shape of '{entry.missing}' not inferred"
+        error = self._error_for(entry.graph)
+        if not self.attempted:
+            reason = why
+        elif error is not None:
+            reason = f"{why}, and the onnxruntime fallback failed: {error}"
+        else:
+            reason = f"{why}, and the onnxruntime fallback did not produce it"
+        return UnknownMacs(name, entry.node.op_type, reason, entry.where)
+
+    def _error_for(self, graph: onnx.GraphProto) -> str | None:
+        while True:
+            if id(graph) in self.errors:
+                return self.errors[id(graph)]
+            if id(graph) not in self.parents:
+                return None
+            graph = self.parents[id(graph)][0]
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    found = []
+    for attribute in node.attribute:
+        if attribute.HasField("g"):
+            found.append(attribute.g)
+        found.extend(attribute.graphs)
+    return found
+
+
+def _outer_names(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph (nested ones included) reads from enclosing scopes."""
+    produced: set[str] = set()
+    used: set[str] = set()
+    for inner in iter_graphs(graph):
+        produced.update(value.name for value in inner.input)
+        produced.update(tensor.name for tensor in inner.initializer)
+        for node in inner.node:
+            produced.update(n for n in node.output if n)
+            used.update(n for n in node.input if n)
+        used.update(value.name for value in inner.output)
+    return used - produced
+
+
+def _first_line(exc: BaseException | str) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= ERROR_CHARS else line[: ERROR_CHARS - 3] + "..."
+
+
+ORT_NODE = re.compile(r"running (\w+) node\. Name:'([^']*)'")
+ORT_SOURCE = re.compile(r"\S+\.(?:h|cc|cpp):\d+ [^()]*\(.*?\) ")
+ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+
+
+def _compact_ort_error(text: str) -> str:
+    """ORT's message cut to the innermost failing node and what it said (no source paths)."""
+    text = ORT_PREFIX.sub("", text.strip())
+    nodes = ORT_NODE.findall(text)
+    message = text.rsplit("Status Message: ", 1)[-1]
+    message = ORT_SOURCE.sub("", message)
+    if nodes:
+        op, name = nodes[-1]
+        return f"{op} node '{name}': {message}"
+    return message
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-op rules. Each returns MACs for one execution of the node or raises _Missing/_Bad.
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _input(node: onnx.NodeProto, index: int) -> str:
+    return node.input[index] if index < len(node.input) else ""
+
+
+def _conv(weight: int) -> Callable[[onnx.NodeProto, DimsOf], int]:
+    """Each output element takes (C/groups) x kernel MACs: that is the weight's size past its first axis."""
+
+    def count(node: onnx.NodeProto, dims: DimsOf) -> int:
+        w = dims(_input(node, weight))
+        y = dims(node.output[0])
+        if len(w) < 3 or len(y) < 3:
+            raise _Bad(f"weight rank {len(w)} / output rank {len(y)}; a convolution needs at least 3")
+        return math.prod(y) * math.prod(w[1:])
+
+    return count
+
+
+def _conv_transpose(node: onnx.NodeProto, dims: DimsOf) -> int:
+    """Each input element scatters into (M/groups) x kernel outputs: weight (C, M/g, k...) past its first axis."""
+    x = dims(_input(node, 0))
+    w = dims(_input(node, 1))
+    if len(w) < 3 or len(x) < 3:
+        raise _Bad(f"weight rank {len(w)} / input rank {len(x)}; a convolution needs at least 3")
+    return math.prod(x) * math.prod(w[1:])
+
+
+def _matmul(a_index: int) -> Callable[[onnx.NodeProto, DimsOf], int]:
+    """Every output element is a dot product of length K (A's last axis, or second last when transposed)."""
+
+    def count(node: onnx.NodeProto, dims: DimsOf) -> int:
+        a = dims(_input(node, a_index))
+        y = dims(node.output[0])
+        if not a:
+            raise _Bad("MatMul operand is a scalar")
+        transposed = bool(_attrs(node).get("transA", 0)) and len(a) >= 2
+        return math.prod(y) * (a[-2] if transposed else a[-1])
+
+    return count
+
+
+def _matmul_nbits(node: onnx.NodeProto, dims: DimsOf) -> int:
+    k = int(_attrs(node).get("K", 0))
+    if k <= 0:
+        raise _Bad("MatMulNBits without its K attribute")
+    return math.prod(dims(node.output[0])) * k
+
+
+def _gemm(a_index: int) -> Callable[[onnx.NodeProto, DimsOf], int]:
+    def count(node: onnx.NodeProto, dims: DimsOf) -> int:
+        a = dims(_input(node, a_index))
+        if len(a) != 2:
+            raise _Bad(f"Gemm operand A has rank {len(a)}, expected 2")
+        k = a[0] if _attrs(node).get("transA", 0) else a[1]
+        return math.prod(dims(node.output[0])) * k
+
+    return count
+
+
+def _recurrent(node: onnx.NodeProto, dims: DimsOf) -> int:
+    """Per time step and direction: gates x H x (input + hidden), i.e. the sizes of W and R together."""
+    x = dims(_input(node, 0))
+    w = dims(_input(node, 1))
+    r = dims(_input(node, 2))
+    if len(x) != 3:
+        raise _Bad(f"input has rank {len(x)}, expected 3")
+    batch_first = _attrs(node).get("layout", 0) == 1
+    steps, batch = (x[1], x[0]) if batch_first else (x[0], x[1])
+    return steps * batch * (math.prod(w) + math.prod(r))
+
+
+def _ms_attention(node: onnx.NodeProto, dims: DimsOf) -> int:
+    """com.microsoft Attention: the packed Q/K/V projection, then QK^T and scores x V."""
+    x = dims(_input(node, 0))
+    weights = dims(_input(node, 1))
+    y = dims(node.output[0])
+    if len(x) != 3 or len(weights) != 2 or len(y) != 3:
+        raise _Bad("expected input (B, S, D), weights (D, 3D') and output (B, S, Dv)")
+    batch, steps, _ = x
+    sizes = list(_attrs(node).get("qkv_hidden_sizes", []) or [])
+    q_size, v_size = (sizes[0], sizes[2]) if len(sizes) == 3 else (weights[1] // 3, weights[1] // 3)
+    total = _total_sequence(node, dims, present_index=1, present_axis=3, past_index=4, past_axis=3, default=steps)
+    projection = math.prod(x) * weights[1]
+    return projection + batch * steps * total * (q_size + v_size)
+
+
+def _ms_multihead(node: onnx.NodeProto, dims: DimsOf) -> int:
+    """com.microsoft MultiHeadAttention: inputs come projected; QK^T and scores x V only."""
+    query = dims(_input(node, 0))
+    y = dims(node.output[0])
+    if len(y) != 3:
+        raise _Bad(f"output has rank {len(y)}, expected 3")
+    batch, steps, v_size = y
+    if len(query) == 3:
+        q_size = query[2]
+    elif len(query) == 5:  # packed QKV: (B, S, N, 3, H)
+        q_size = query[2] * query[4]
+    else:
+        raise _Bad(f"query has rank {len(query)}, expected 3 or 5")
+    key_name = _input(node, 1)
+    if len(node.output) > 1 and node.output[1] and _known(dims, node.output[1]):
+        total = dims(node.output[1])[2]
+    elif not key_name:
+        total = steps
+    else:
+        key = dims(key_name)
+        if len(key) == 4:  # (B, N, L, H): a cross-attention cache, already complete
+            total = key[2]
+        else:
+            total = key[1]  # (B, L, D) or packed KV (B, L, N, 2, H)
+            past = _input(node, 6)
+            if past:
+                total += dims(past)[2]
+    return batch * steps * total * (q_size + v_size)
+
+
+def _ms_group_query(node: onnx.NodeProto, dims: DimsOf) -> int:
+    """com.microsoft GroupQueryAttention: every query head scores all T cached positions."""
+    y = dims(node.output[0])
+    if len(y) != 3 or len(node.output) < 2:
+        raise _Bad("expected output (B, S, D) and a present_key output")
+    present = dims(node.output[1])
+    batch, steps, hidden = y
+    return 2 * batch * steps * present[2] * hidden
+
+
+def _onnx_attention(node: onnx.NodeProto, dims: DimsOf) -> int:
+    """ONNX Attention (opset 23): QK^T over all key positions, then scores x V."""
+    q = dims(_input(node, 0))
+    y = dims(node.output[0])
+    if len(node.output) > 1 and node.output[1] and _known(dims, node.output[1]):
+        total = dims(node.output[1])[2]
+    else:
+        key = dims(_input(node, 1))
+        if len(key) not in (3, 4):
+            raise _Bad(f"key has rank {len(key)}, expected 3 or 4")
+        total = key[2] if len(key) == 4 else key[1]
+        past = _input(node, 4)
+        if past:
+            total += dims(past)[2]
+    return (math.prod(q) + math.prod(y)) * total
+
+
+def _total_sequence(node: onnx.NodeProto, dims: DimsOf, *, present_index: int, present_axis: int, past_index: int, past_axis: int, default: int) -> int:
+    present = node.output[present_index] if len(node.output) > present_index else ""
+    if present and _known(dims, present):
+        return dims(present)[present_axis]
+    past = _input(node, past_index)
+    if past:
+        return dims(past)[past_axis] + default
+    return default
+
+
+def _known(dims: DimsOf, name: str) -> bool:
+    try:
+        dims(name)
+    except (_Missing, _Bad):
+        return False
+    return True
+
+
+COUNTERS: dict[tuple[str, str], Callable[[onnx.NodeProto, DimsOf], int]] = {
+    ("", "Conv"): _conv(1),
+    ("", "ConvInteger"): _conv(1),
+    ("", "QLinearConv"): _conv(3),
+    (MS, "QLinearConv"): _conv(3),
+    (MS, "FusedConv"): _conv(1),
+    (MS, "NhwcConv"): _conv(1),
+    ("", "ConvTranspose"): _conv_transpose,
+    ("", "MatMul"): _matmul(0),
+    ("", "MatMulInteger"): _matmul(0),
+    ("", "QLinearMatMul"): _matmul(0),
+    (MS, "FusedMatMul"): _matmul(0),
+    (MS, "MatMulIntegerToFloat"): _matmul(0),
+    (MS, "DynamicQuantizeMatMul"): _matmul(0),
+    (MS, "MatMulNBits"): _matmul_nbits,
+    ("", "Gemm"): _gemm(0),
+    (MS, "FusedGemm"): _gemm(0),
+    (MS, "QGemm"): _gemm(0),
+    ("", "LSTM"): _recurrent,
+    ("", "GRU"): _recurrent,
+    ("", "RNN"): _recurrent,
+    (MS, "DynamicQuantizeLSTM"): _recurrent,
+    (MS, "Attention"): _ms_attention,
+    (MS, "MultiHeadAttention"): _ms_multihead,
+    (MS, "GroupQueryAttention"): _ms_group_query,
+    ("", "Attention"): _onnx_attention,
+}
+# The default domain may also be written out.
+COUNTERS.update({("ai.onnx", op): rule for (domain, op), rule in list(COUNTERS.items()) if domain == ""})

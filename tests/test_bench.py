@@ -1,0 +1,85 @@
+"""bench: real sessions in subprocesses, interleaved rounds, ratios, memory, profile, placement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import linear_model, make_model, save, tensor, weight
+from onnx import helper
+
+from ortforge.api import BenchTarget, bench, parse_bench_targets
+from ortforge.bench import BenchOptions
+from ortforge.errors import UserError
+from ortforge.session import ProviderSpec, SessionConfig
+
+QUICK = BenchOptions(max_seconds=0.6, warmup_seconds=0.05, block_seconds=0.05, min_rounds=3, profile_seconds=0.1)
+
+
+def deep_model(width: int, layers: int):
+    rng = np.random.default_rng(0)
+    nodes, weights, previous = [], [], "x"
+    for index in range(layers):
+        nodes.append(helper.make_node("MatMul", [previous, f"w{index}"], [f"h{index}"], name=f"mm{index}"))
+        weights.append(weight(f"w{index}", rng.standard_normal((width, width)).astype(np.float32) / width))
+        previous = f"h{index}"
+    nodes.append(helper.make_node("Relu", [previous], ["y"], name="relu"))
+    return make_model(nodes, [tensor("x", [4, width])], [tensor("y", [4, width])], weights)
+
+
+def test_two_models_side_by_side_with_ratios(tmp_path):
+    small = save(deep_model(32, 1), tmp_path / "small.onnx")
+    big = save(deep_model(512, 6), tmp_path / "big.onnx")
+    report = bench([str(small), str(big)], options=QUICK)
+    first, second = report.variants
+    assert (first.label, second.label) == ("small.onnx", "big.onnx")
+    assert first.ratio[0] == pytest.approx(1.0)
+    assert second.ratio[0] > 3  # ~500x the arithmetic: must show up as slower whatever the noise
+    assert second.ratio[1] <= second.ratio[0] <= second.ratio[2]
+    for result in report.variants:
+        stats = result.latency
+        assert 0 < stats.min <= stats.p50 <= stats.p90 <= stats.p99 <= stats.max
+        assert result.create_s > 0 and result.first_run_s > 0
+        assert result.throughput == pytest.approx(4 / (stats.p50 / 1e3))
+        assert result.placement.counts.get("CPUExecutionProvider", 0) >= 1
+    assert report.rounds >= QUICK.min_rounds
+    assert "MatMul" in {item.op_type for item in second.profile.by_op_type}
+    assert any("generated" in note for note in report.notes)
+
+
+def test_session_memory_reflects_weights(tmp_path):
+    path = save(deep_model(2048, 4), tmp_path / "heavy.onnx")  # 64 MiB of weights
+    (result,) = bench([str(path)], options=BenchOptions(max_seconds=0.3, warmup_seconds=0.05, block_seconds=0.05, min_rounds=2, profile=False)).variants
+    assert result.session_rss > 60 * 2**20
+    assert result.peak_rss > result.session_rss
+    assert result.profile is None
+
+
+def test_config_files_apply_to_the_model_before_them(tmp_path):
+    model = save(linear_model(), tmp_path / "m.onnx")
+    config = tmp_path / "one_thread.json"
+    config.write_text(SessionConfig(intra_op_num_threads=1).to_json())
+    targets = parse_bench_targets([str(model), str(config)])
+    assert targets == [BenchTarget(str(model)), BenchTarget(str(model), str(config))]
+    report = bench(targets, options=QUICK)
+    assert report.variants[1].config["intra_op_num_threads"] == 1
+    assert report.variants[1].label == "m.onnx + one_thread.json"
+
+
+def test_config_before_any_model_is_refused(tmp_path):
+    with pytest.raises(UserError, match="must follow the model"):
+        parse_bench_targets(["cfg.json", "m.onnx"])
+
+
+def test_bad_provider_fails_with_one_line(tmp_path):
+    model = save(linear_model(), tmp_path / "m.onnx")
+    with pytest.raises(UserError, match="not available"):
+        bench([str(model)], default_config=SessionConfig(providers=[ProviderSpec("NoSuchExecutionProvider")]), options=QUICK)
+
+
+def test_user_data_is_used(tmp_path):
+    model = save(linear_model(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "in.npz", x=np.ones((16, 8), np.float32))
+    report = bench([str(model)], data=str(tmp_path / "in.npz"), options=QUICK)
+    assert report.variants[0].batch == 16
+    assert report.feeds["generated"] is False
+    assert not any("generated" in note for note in report.notes)

@@ -1,0 +1,100 @@
+"""The command line as a user meets it: real processes, exit codes, one-line errors, parseable JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from helpers import linear_model, save
+
+
+def ortforge(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ortforge", *args], capture_output=True, text=True, cwd=cwd, timeout=240)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def bad_models(tmp_path):
+    good = linear_model().SerializeToString()
+    (tmp_path / "truncated.onnx").write_bytes(good[: len(good) // 2])
+    (tmp_path / "text.onnx").write_text("name,value\nalpha,1\n")
+    external = tmp_path / "external.onnx"
+    onnx.save_model(linear_model(), str(external), save_as_external_data=True, location="external.data", size_threshold=0)
+    (tmp_path / "external.data").unlink()
+    ir14 = linear_model()
+    ir14.ir_version = 14
+    save(ir14, tmp_path / "ir14.onnx")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "name, fragments",
+    [
+        ("truncated.onnx", ["truncated.onnx", "truncated or corrupt"]),
+        ("text.onnx", ["text.onnx", "not an ONNX model"]),
+        ("external.onnx", ["external.data", "missing"]),
+        ("ir14.onnx", ["ir14.onnx", "IR version 14"]),
+        ("absent.onnx", ["absent.onnx", "not found"]),
+    ],
+)
+def test_bad_models_give_one_line(bad_models, name, fragments):
+    assert_one_line_error(ortforge("inspect", str(bad_models / name), "--no-placement"), *fragments)
+
+
+def test_npz_with_wrong_shape_gives_one_line(tmp_path):
+    model = save(linear_model(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "wrong.npz", x=np.ones((1, 5), np.float32))
+    assert_one_line_error(ortforge("bench", str(model), "--data", str(tmp_path / "wrong.npz")), "input 'x'", "[1, 5]", "axis 1 must be 8")
+
+
+def test_bad_option_values_give_one_line(tmp_path):
+    model = save(linear_model(), tmp_path / "m.onnx")
+    assert_one_line_error(ortforge("bench", str(model), "--shape", "x=1xz"), "--shape")
+    assert_one_line_error(ortforge("bench", str(model), "--ep", "nosuch"), "not available")
+
+
+def test_doctor_json_parses():
+    result = ortforge("doctor", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert "CPUExecutionProvider" in data["available_providers"]
+    assert data["machine"]["cpu"]["logical_cores"] >= 1
+
+
+def test_bench_json_parses_and_compares(tmp_path):
+    a = save(linear_model(), tmp_path / "a.onnx")
+    b = save(linear_model(seed=1), tmp_path / "b.onnx")
+    result = ortforge("bench", str(a), str(b), "--time", "0.3", "--no-profile", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [v["label"] for v in data["variants"]] == ["a.onnx", "b.onnx"]
+    assert data["variants"][0]["ratio"][0] == 1.0
+    assert data["variants"][1]["latency"]["p50"] > 0
+
+
+def test_bench_table_shows_variants_side_by_side(tmp_path):
+    a = save(linear_model(), tmp_path / "a.onnx")
+    b = save(linear_model(seed=1), tmp_path / "b.onnx")
+    result = ortforge("bench", str(a), str(b), "--time", "0.3")
+    assert result.returncode == 0, result.stderr
+    assert "a.onnx" in result.stdout and "b.onnx" in result.stdout
+    assert "p50 ratio to first" in result.stdout
+    assert "op type" in result.stdout
+
+
+def test_every_command_has_help():
+    for command in ("doctor", "inspect", "bench", "zoo"):
+        result = ortforge(command, "--help")
+        assert result.returncode == 0 and "--json" in result.stdout

@@ -1,0 +1,26 @@
+"""What ortforge learns from the installed ORT by asking it."""
+
+from __future__ import annotations
+
+import onnxruntime
+
+from ortforge import runtime
+
+
+def test_limits_match_what_ort_loads():
+    limits = runtime.limits()
+    assert runtime._loads(limits.max_ir_version, {"ai.onnx": 13})
+    assert not runtime._loads(limits.max_ir_version + 1, {"ai.onnx": 13})
+    top = limits.max_opset["ai.onnx"]
+    assert runtime._loads(limits.max_ir_version, {"ai.onnx": top})
+    assert not runtime._loads(limits.max_ir_version, {"ai.onnx": top + 1})
+
+
+def test_kernel_registry_knows_old_and_new_add():
+    assert "CPUExecutionProvider" in runtime.kernel_providers("ai.onnx", "Add", 14)
+    assert runtime.kernel_providers("ai.onnx", "Add", 6) == set()
+
+
+def test_flavour_names_the_installed_distribution():
+    assert "onnxruntime" in runtime.flavour()
+    assert runtime.version() == onnxruntime.__version__
