@@ -55,3 +55,34 @@ def linear_model(features: int = 8, batch: int | str = "batch", seed: int = 0) -
 def save(model: onnx.ModelProto, path: Path) -> Path:
     onnx.save_model(model, str(path))
     return path
+
+
+def attention_block(width: int = 16, hidden: int = 32) -> onnx.ModelProto:
+    """One pre-softmax-scaled self-attention layer, LayerNorm and a two-layer MLP, in primitive ops."""
+    rng = np.random.default_rng(0)
+
+    def w(name: str, *shape: int) -> onnx.TensorProto:
+        return weight(name, (0.1 * rng.standard_normal(shape)).astype(np.float32))
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "Wq"], ["q"], name="q_proj"),
+        helper.make_node("MatMul", ["x", "Wk"], ["k"], name="k_proj"),
+        helper.make_node("MatMul", ["x", "Wv"], ["v"], name="v_proj"),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"], name="qk"),
+        helper.make_node("Mul", ["scores", "scale"], ["scaled"]),
+        helper.make_node("Softmax", ["scaled"], ["probs"], axis=-1),
+        helper.make_node("MatMul", ["probs", "v"], ["context"], name="av"),
+        helper.make_node("MatMul", ["context", "Wo"], ["attn"], name="o_proj"),
+        helper.make_node("Add", ["x", "attn"], ["res"]),
+        helper.make_node("LayerNormalization", ["res", "gamma", "beta"], ["normed"], axis=-1),
+        helper.make_node("MatMul", ["normed", "W1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["hr"]),
+        helper.make_node("MatMul", ["hr", "W2"], ["y"], name="fc2"),
+    ]
+    initializers = [
+        w("Wq", width, width), w("Wk", width, width), w("Wv", width, width), w("Wo", width, width),
+        weight("scale", np.array(0.25, np.float32)), weight("gamma", np.ones(width, np.float32)), weight("beta", np.zeros(width, np.float32)),
+        w("W1", width, hidden), w("W2", hidden, width),
+    ]
+    return make_model(nodes, [tensor("x", ["batch", "seq", width])], [tensor("y", None)], initializers)

@@ -59,8 +59,18 @@ def inspect(
     from .measure.placement import REMOTE_PROVIDERS, placement_for
     from .runtime import available_providers
 
+    from . import zoo
+
     model = open_model(reference, check=check)
-    report = inspect_model(model, shape_options)
+    feeds = None
+    if shape_options is None and zoo.is_zoo_reference(str(reference)):
+        # A zoo model's real input shapes matter: PP-OCR rec only runs at height 48, silero at 576 samples.
+        sample = feeds_for(model, reference, samples=1).samples[0]
+        shape_options = ShapeOptions(shapes={name: array.shape for name, array in sample.items()})
+        feeds = sample
+    report = inspect_model(model, shape_options, feeds=feeds)
+    if zoo.is_zoo_reference(str(reference)):
+        report.name = str(reference)
     if placement:
         report.placements = [
             placement_for(model, provider) for provider in available_providers() if provider not in REMOTE_PROVIDERS

@@ -135,7 +135,14 @@ def count_macs(
         ort_shapes = {
             name: tuple(int(d) for d in array.shape) for name, array in arrays.items() if not context.known(name)
         }
-        values = {name: a for name, a in arrays.items() if a.dtype.kind in "iu" and a.size <= SMALL_VALUE_ELEMENTS}
+        # A generated input's value says nothing about the model (a random trip count), so only
+        # given feeds and computed tensors count as values.
+        generated = {value.name for value in model.proto.graph.input} if feeds is None else set()
+        values = {
+            name: a
+            for name, a in arrays.items()
+            if a.dtype.kind in "iu" and a.size <= SMALL_VALUE_ELEMENTS and name not in generated
+        }
         if ort_shapes or set(values) - set(context.values):
             context.shapes.update(ort_shapes)
             context.values.update(values)
@@ -561,27 +568,33 @@ class _Resolver:
         parent_error: str | None,
     ) -> tuple[dict[str, np.ndarray], str | None]:
         """Run one subgraph as a model of its own: outer-scope tensors become inputs or initializers."""
-        own, error = self._own_inputs(graph, holder, env)
-        if error is not None:
-            return {}, parent_error or error
-        lifted = onnx.GraphProto()
-        lifted.CopyFrom(graph)
-        feeds = dict(own)
-        for name in sorted(_outer_names(graph)):
-            if name in env:
-                array = env[name]
-                lifted.input.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape))
-                feeds[name] = array
-            elif name in self.tensors:
-                tensor = lifted.initializer.add()
-                tensor.CopyFrom(self.tensors[name])
-                tensor.name = name
-            else:
-                return {}, parent_error or f"the value of outer tensor '{name}' is not available"
-        proto = helper.make_model(lifted, opset_imports=list(self.model.proto.opset_import))
-        proto.ir_version = self.model.proto.ir_version
-        proto.functions.extend(self.model.proto.functions)
-        return self._run(proto, feeds, wanted)
+        try:
+            own, error = self._own_inputs(graph, holder, env)
+            if error is not None:
+                return {}, parent_error or error
+            lifted = onnx.GraphProto()
+            lifted.CopyFrom(graph)
+            feeds = dict(own)
+            for name in sorted(_outer_names(graph)):
+                if name in env:
+                    array = env[name]
+                    elem_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+                    lifted.input.append(helper.make_tensor_value_info(name, elem_type, array.shape))
+                    feeds[name] = array
+                elif name in self.tensors:
+                    tensor = lifted.initializer.add()
+                    tensor.CopyFrom(self.tensors[name])
+                    tensor.name = name
+                else:
+                    return {}, parent_error or f"the value of outer tensor '{name}' is not available"
+            proto = helper.make_model(lifted, opset_imports=list(self.model.proto.opset_import))
+            proto.ir_version = self.model.proto.ir_version
+            proto.functions.extend(self.model.proto.functions)
+        except Exception as exc:  # odd dtypes (strings), bad scan axes: this scope is just not resolved
+            return {}, _first_line(exc)
+        outputs, error = self._run(proto, feeds, wanted)
+        # The body's own first-iteration inputs are real shapes too.
+        return {**own, **outputs}, error
 
     def _own_inputs(
         self, graph: onnx.GraphProto, holder: onnx.NodeProto, env: dict[str, np.ndarray]

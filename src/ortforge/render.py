@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .bench import BenchReport, VariantResult
@@ -132,3 +135,76 @@ def _render_op_times(report: BenchReport, console: Console, top: int) -> None:
         for node in result.profile.top_nodes[: max(3, top // 2)]:  # type: ignore[union-attr]
             nodes.add_row(node.name, node.op_type, node.provider.replace("ExecutionProvider", ""), f"{node.mean_us / 1e3:,.3f}")
         console.print(nodes)
+
+
+def _count(value: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:,.2f} {unit}"
+    return f"{value:,.0f}"
+
+
+def _shape_text(shape) -> str:  # noqa: ANN001 - tuple of dims or None
+    if shape is None:
+        return "?"
+    return escape("[" + ", ".join("?" if d is None else str(d) for d in shape) + "]")
+
+
+def render_inspect(report, console: Console, top: int = 8) -> None:  # noqa: ANN001 - inspection.ModelReport
+    opsets = ", ".join(f"{domain} {version}" for domain, version in report.opsets.items())
+    console.print(f"[bold]{escape(report.name)}[/]  IR {report.ir_version}, opsets {opsets}, producer {report.producer or '?'}", highlight=False)
+    io = Table(title="Inputs and outputs")
+    for column in ("", "name", "dtype", "shape", "used for FLOPs"):
+        io.add_column(column, overflow="fold")
+    for value in report.inputs:
+        io.add_row("in", value.name, value.dtype, _shape_text(value.shape), _shape_text(report.shapes.get(value.name)))
+    for value in report.outputs:
+        io.add_row("out", value.name, value.dtype, _shape_text(value.shape), "")
+    console.print(io)
+    _render_notes(report.shape_defaults, console)
+    console.print(f"[bold]family:[/] {report.family}", highlight=False)
+    for evidence in report.family_evidence:
+        console.print(f"  - {evidence}", highlight=False)
+    params = report.parameters
+    by_dtype = ", ".join(f"{dtype} {_count(info['count'])} ({_mib(info['bytes'])})" for dtype, info in params.by_dtype.items())
+    console.print(f"[bold]parameters:[/] {_count(params.count)} in {params.tensors} tensors, {_mib(params.bytes)}" + (f": {by_dtype}" if by_dtype else ""))
+    macs = report.macs
+    console.print(f"[bold]compute:[/] {_count(macs.total_macs)}MACs = {_count(macs.flops)}FLOPs per run ({macs.counted_nodes} heavy nodes counted)")
+    if macs.by_op_type:
+        console.print("  by op: " + ", ".join(f"{op} {_count(value)}MACs" for op, value in sorted(macs.by_op_type.items(), key=lambda kv: -kv[1])))
+    by_reason = defaultdict(list)
+    for unknown in macs.unknown:
+        by_reason[unknown.reason.split(": ", 1)[-1] if "fallback failed" in unknown.reason else unknown.reason].append(unknown)
+    for reason, nodes in by_reason.items():
+        first = ", ".join(f"{n.name} ({n.op_type})" for n in nodes[:3]) + (", ..." if len(nodes) > 3 else "")
+        console.print(f"  [yellow]{len(nodes)} heavy node(s) not counted[/] ({escape(first)}): {escape(reason)}", highlight=False)
+    ops = Table(title=f"Ops ({report.node_count} nodes, {report.subgraph_node_count} of them in {report.subgraph_count} subgraphs)")
+    ops.add_column("op type")
+    ops.add_column("count", justify="right")
+    for op_type, count in sorted(report.op_histogram.items(), key=lambda kv: -kv[1]):
+        ops.add_row(op_type, str(count))
+    console.print(ops)
+    _render_placements(report.placements, console, top)
+    for note in report.notes + macs.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def _render_placements(placements: list, console: Console, top: int) -> None:
+    if not placements:
+        return
+    table = Table(title="Node placement per execution provider (after ORT graph optimizations)")
+    for column in ("EP asked first", "nodes per EP", "left to the CPU"):
+        table.add_column(column, overflow="fold")
+    for placement in placements:
+        asked = placement.requested[0]
+        if placement.error:
+            table.add_row(asked, f"[red]{placement.error}[/]", "")
+            continue
+        counts = ", ".join(f"{p.replace('ExecutionProvider', '')} {n}" for p, n in placement.counts.items())
+        fallback = placement.cpu_fallback
+        left = "-" if asked == "CPUExecutionProvider" else (
+            f"{len(fallback)}: " + ", ".join(f"{n.name} ({n.op_type})" for n in fallback[:top]) + (" ..." if len(fallback) > top else "")
+            if fallback else "none"
+        )
+        table.add_row(asked, counts, left)
+    console.print(table)

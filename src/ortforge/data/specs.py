@@ -54,7 +54,7 @@ def _spec_from_value_info(value: onnx.ValueInfoProto) -> InputSpec:
     shape: tuple[Dim, ...] | None = None
     if tensor_type.HasField("shape"):
         shape = tuple(
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None) for d in tensor_type.shape.dim
         )
     return InputSpec(value.name, _numpy_dtype_name(tensor_type.elem_type), shape)
 
