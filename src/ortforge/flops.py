@@ -20,7 +20,7 @@ from onnx import external_data_helper, helper, numpy_helper
 from . import runtime
 from .data.generate import generate_sample, vocabulary_sizes
 from .data.specs import input_specs
-from .model import Model, iter_graphs, iter_nodes, opset_versions
+from .model import Model, iter_graphs, iter_nodes, iter_tensors, opset_versions
 
 TOP_NODES = 10
 # Tensors above this many elements lose their data in the copy given to shape inference: only dims
@@ -182,7 +182,7 @@ def _inference_copy(model: Model, shapes: dict[str, tuple[int, ...]]) -> onnx.Mo
     """The model with concrete input shapes and large tensors reduced to dims (data is not needed)."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model.proto)
-    for tensor in _graph_tensors(copy):
+    for tensor in iter_tensors(copy):
         _strip_tensor(tensor, model)
     for value in copy.graph.input:
         if value.name in shapes and value.type.HasField("tensor_type"):
@@ -191,15 +191,6 @@ def _inference_copy(model: Model, shapes: dict[str, tuple[int, ...]]) -> onnx.Mo
             for size in shapes[value.name]:
                 shape.dim.add().dim_value = int(size)
     return copy
-
-
-def _graph_tensors(proto: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
-    for graph in iter_graphs(proto.graph):
-        yield from graph.initializer
-        for node in graph.node:
-            for attribute in node.attribute:
-                if attribute.HasField("t"):
-                    yield attribute.t
 
 
 def _strip_tensor(tensor: onnx.TensorProto, model: Model) -> None:

@@ -20,7 +20,6 @@ from google.protobuf.message import DecodeError
 from . import runtime
 from .errors import UserError
 
-PROTOBUF_LIMIT = 2**31 - 1
 # Leave headroom for the graph itself when deciding whether weights must go to external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 GATED_DOMAINS = ("ai.onnx", "ai.onnx.ml")
@@ -64,7 +63,7 @@ class Model:
         """
         if self.path is not None and not self.changes:
             return str(self.path), {}
-        if self.proto.ByteSize() > PROTOBUF_LIMIT:
+        if weight_bytes(self.proto) > EXTERNAL_DATA_THRESHOLD:
             raise UserError(f"{self.name}: model is over 2 GB in memory; save it with external data first")
         entries = {}
         if self.base_dir is not None and _external_locations(self.proto):
@@ -135,14 +134,27 @@ def _looks_like_text(data: bytes) -> bool:
 
 def _external_locations(proto: onnx.ModelProto) -> set[str]:
     locations = set()
-    for tensor in _all_tensors(proto):
+    for tensor in iter_tensors(proto):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             entries = {entry.key: entry.value for entry in tensor.external_data}
             locations.add(entries.get("location", ""))
     return locations
 
 
-def _all_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+def weight_bytes(proto: onnx.ModelProto) -> int:
+    """Bytes of tensor data held inside the proto (external data not counted).
+
+    Estimated field by field because `ByteSize()` itself fails on protos over 2 GB.
+    """
+    total = 0
+    for tensor in iter_tensors(proto):
+        total += len(tensor.raw_data) + 8 * (len(tensor.int64_data) + len(tensor.double_data) + len(tensor.uint64_data))
+        total += 4 * (len(tensor.float_data) + len(tensor.int32_data)) + sum(map(len, tensor.string_data))
+    return total
+
+
+def iter_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every initializer and tensor attribute, subgraphs included."""
     for graph in iter_graphs(proto.graph):
         yield from graph.initializer
         for node in graph.node:
@@ -156,7 +168,7 @@ def _check_external_data(model: Model) -> None:
     """Every external tensor's file must exist, stay inside the model's folder and be long enough."""
     assert model.base_dir is not None
     base = model.base_dir.resolve()
-    for tensor in _all_tensors(model.proto):
+    for tensor in iter_tensors(model.proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         entries = {entry.key: entry.value for entry in tensor.external_data}
@@ -307,7 +319,7 @@ def save_model(
         if source.base_dir is not None and _external_locations(proto):
             onnx.load_external_data_for_model(proto, str(source.base_dir))
     if external_data is None:
-        external_data = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
+        external_data = weight_bytes(proto) > EXTERNAL_DATA_THRESHOLD
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".ortforge-", dir=out.parent))
     try:

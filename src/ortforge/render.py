@@ -56,7 +56,7 @@ def render_doctor(report: DoctorReport, console: Console) -> None:
 
 def _ratio(result: VariantResult) -> str:
     median, low, high = result.ratio
-    return f"{median:.2f}x ({low:.2f}-{high:.2f})"
+    return f"{median:.3g}x ({low:.3g}-{high:.3g})"
 
 
 def render_bench(report: BenchReport, console: Console, top: int = 8) -> None:

@@ -57,7 +57,10 @@ def summarize_profile(path: Path, runs: int, top: int = 15) -> ProfileSummary:
     for node, duration in durations.items():
         by_type[op_types[node]].append(duration / runs)
         by_provider[providers[node]] += duration / runs
-    share = (lambda value: value / total if total else 0.0)
+
+    def share(value: float) -> float:
+        return value / total if total else 0.0
+
     return ProfileSummary(
         runs=runs,
         per_run_us=total,
