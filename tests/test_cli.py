@@ -98,3 +98,15 @@ def test_every_command_has_help():
     for command in ("doctor", "inspect", "bench", "zoo"):
         result = ortforge(command, "--help")
         assert result.returncode == 0 and "--json" in result.stdout
+
+
+def test_optimize_then_run(tmp_path):
+    model = save(linear_model(), tmp_path / "m.onnx")
+    out = tmp_path / "m.opt.onnx"
+    result = ortforge("optimize", str(model), "-o", str(out), "--no-measure", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["verification"]["passed"] and data["stamp"]["level"] == "all"
+    ran = ortforge("run", str(out), "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["outputs"][0]["y"]["shape"] == [1, 8]

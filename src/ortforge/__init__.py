@@ -1,14 +1,16 @@
 """ortforge: the fastest ONNX Runtime deployment of an ONNX model that still gives the right answers.
 
-The public API has the CLI's verbs: `doctor()`, `inspect(model)`, `bench(models)`, plus the pieces they
-are made of (`load_model`, `load_feeds`, `SessionConfig`).
+The public API has the CLI's verbs: `doctor()`, `inspect(model)`, `bench(models)`, `optimize(model, out)`,
+`load(path)` (the guarded loader behind `ortforge run`), plus the pieces they are made of
+(`load_model`, `load_feeds`, `SessionConfig`).
 """
 
 __version__ = "0.1.0"
 
-from .api import bench, doctor, inspect, open_model  # noqa: E402
+from .api import bench, doctor, inspect, open_model, optimize  # noqa: E402
 from .data import FeedSet, ShapeOptions, load_feeds  # noqa: E402
 from .errors import UserError  # noqa: E402
+from .loader import load  # noqa: E402
 from .model import Model, load_model, save_model  # noqa: E402
 from .session import ProviderSpec, SessionConfig  # noqa: E402
 
@@ -22,8 +24,10 @@ __all__ = [
     "bench",
     "doctor",
     "inspect",
+    "load",
     "load_feeds",
     "load_model",
     "open_model",
+    "optimize",
     "save_model",
 ]

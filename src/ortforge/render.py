@@ -54,9 +54,13 @@ def render_doctor(report: DoctorReport, console: Console) -> None:
         console.print(f"[yellow]note:[/] {note}")
 
 
-def _ratio(result: VariantResult) -> str:
-    median, low, high = result.ratio
+def _ratio_text(ratio: tuple[float, float, float]) -> str:
+    median, low, high = ratio
     return f"{median:.3g}x ({low:.3g}-{high:.3g})"
+
+
+def _ratio(result: VariantResult) -> str:
+    return "baseline" if result.ratio == (1.0, 1.0, 1.0) else _ratio_text(result.ratio)
 
 
 def render_bench(report: BenchReport, console: Console, top: int = 8) -> None:
@@ -67,6 +71,8 @@ def render_bench(report: BenchReport, console: Console, top: int = 8) -> None:
     rows = [
         ("session create (ms)", lambda r: _ms(r.create_s * 1e3)),
         ("first run (ms)", lambda r: _ms(r.first_run_s * 1e3)),
+        ("start-up p50 (ms), repeated", lambda r: f"{_ms(r.startup.p50)} ({r.startup.count}x)" if r.startup else "-"),
+        ("start-up ratio to first", lambda r: "baseline" if r.startup_ratio == (1.0, 1.0, 1.0) else _ratio_text(r.startup_ratio) if r.startup_ratio else "-"),
         ("p50 (ms)", lambda r: _ms(r.latency.p50)),
         ("p90 (ms)", lambda r: _ms(r.latency.p90)),
         ("p99 (ms)", lambda r: _ms(r.latency.p99)),
@@ -80,8 +86,12 @@ def render_bench(report: BenchReport, console: Console, top: int = 8) -> None:
         ("EPs", lambda r: ", ".join(p.replace("ExecutionProvider", "") for p in r.providers)),
         ("nodes per EP", _placement_cell),
     ]
+    if not any(r.startup for r in report.variants):
+        rows = [row for row in rows if not row[0].startswith("start-up")]
+    elif len(report.variants) == 1:
+        rows = [row for row in rows if row[0] != "start-up ratio to first"]
     if len(report.variants) > 1:
-        rows.insert(2, ("p50 ratio to first", _ratio))
+        rows.insert(rows.index(next(r for r in rows if r[0] == "p50 (ms)")), ("p50 ratio to first", _ratio))
     for name, cell in rows:
         table.add_row(name, *(cell(result) for result in report.variants))
     console.print(table)
@@ -208,3 +218,64 @@ def _render_placements(placements: list, console: Console, top: int) -> None:
         )
         table.add_row(asked, counts, left)
     console.print(table)
+
+
+def render_optimize(report, console: Console) -> None:  # noqa: ANN001 - optimize.OptimizeReport
+    stamp = report.stamp
+    console.print(f"[bold]wrote[/] {escape(report.output)}", highlight=False)
+    for change in report.transform.changes[:12]:
+        console.print(f"  {escape(change)}", highlight=False)
+    scope = "portable (no layout/ISA rewrites)" if stamp.portable else f"{stamp.architecture} with {', '.join(stamp.isa_features) or 'no listed ISA features'}"
+    console.print(
+        f"[bold]stamp:[/] level {stamp.level}, onnxruntime {stamp.ort_version}, "
+        f"{', '.join(p['name'].replace('ExecutionProvider', '') for p in stamp.providers)}, {scope}",
+        highlight=False,
+    )
+    style = "green" if report.verification.passed else "red"
+    console.print(f"[bold]check:[/] [{style}]{report.verification.summary()}[/]", highlight=False)
+    if report.measurement:
+        render_bench(report.measurement, console, top=0)
+        if report.startup_ratio:
+            console.print(f"[bold]offline vs online:[/] start-up {_ratio_text(report.startup_ratio)}, latency {_ratio_text(report.latency_ratio)}")
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def run_to_dict(loaded, feeds, outputs) -> dict:  # noqa: ANN001
+    return {
+        "model": str(loaded.path),
+        "config": loaded.config.to_dict(),
+        "stamped": loaded.stamp is not None,
+        "reoptimized": loaded.reoptimized,
+        "notes": loaded.notes,
+        "inputs": feeds.to_dict(),
+        "outputs": [{name: _array_dict(value) for name, value in sample.items()} for sample in outputs],
+    }
+
+
+def _array_dict(value) -> dict:  # noqa: ANN001 - numpy array
+    import numpy as np
+
+    array = np.asarray(value)
+    data = {"dtype": str(array.dtype), "shape": list(array.shape)}
+    if array.size <= 10_000:
+        data["values"] = array.tolist()
+    if array.size and array.dtype.kind in "fiub":
+        data.update(min=float(array.min()), max=float(array.max()), mean=float(array.mean()))
+    return data
+
+
+def render_run(loaded, feeds, outputs, console: Console) -> None:  # noqa: ANN001
+    import numpy as np
+
+    how = "re-optimized for this machine" if loaded.reoptimized else ("stamp checked" if loaded.stamp else "no ortforge stamp")
+    console.print(f"[bold]{escape(loaded.path.name)}[/] ({how}; level {loaded.config.graph_optimization_level}, {', '.join(loaded.config.provider_names)})", highlight=False)
+    for note in loaded.notes:
+        console.print(f"  {escape(note)}", style="dim", highlight=False)
+    for index, sample in enumerate(outputs):
+        console.print(f"[bold]sample {index}[/]")
+        for name, value in sample.items():
+            array = np.asarray(value)
+            text = np.array2string(array, threshold=12, edgeitems=3, precision=5)
+            console.print(f"  {escape(name)} {array.dtype} {list(array.shape)}: {escape(text)}", highlight=False)
+    console.print(f"inputs: {escape(feeds.origin)}", style="dim", highlight=False)

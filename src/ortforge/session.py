@@ -145,13 +145,20 @@ class SessionConfig:
         source, entries = model.ort_source()
         return self.create(source, {**entries, **(extra_entries or {})}, name=model.name, profile_dir=profile_dir)
 
+    def create_with_options(self, model: Model, options: Any) -> Any:
+        """A session from ready-made SessionOptions (for callers that set ORT fields this config lacks)."""
+        return self._create(model.ort_source()[0], options, model.name)
+
     def create(self, source: bytes | str, entries: dict[str, str], *, name: str, profile_dir: str | None = None) -> Any:
         """An InferenceSession from what `Model.ort_source()` returned (used where no Model travels, e.g. subprocesses)."""
-        self.check_providers()
         options = self.session_options(entries)
         if profile_dir is not None:
             options.enable_profiling = True
             options.profile_file_prefix = str(Path(profile_dir) / "profile")
+        return self._create(source, options, name)
+
+    def _create(self, source: bytes | str, options: Any, name: str) -> Any:
+        self.check_providers()
         try:
             return runtime.ort().InferenceSession(
                 source,

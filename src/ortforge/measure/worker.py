@@ -49,6 +49,17 @@ class Worker:
             "placement": placement,
         }
 
+    def startup(self, count: int) -> list[int]:
+        """Nanoseconds to create a fresh session, `count` times (process-wide ORT set-up already paid)."""
+        source, entries, name = self.source
+        times = []
+        for _ in range(count):
+            start = time.perf_counter_ns()
+            session = self.config.create(source, entries, name=name)
+            times.append(time.perf_counter_ns() - start)
+            del session
+        return times
+
     def run(self, count: int, offset: int = 0) -> list[int]:
         """`count` timed runs, cycling through the feeds; nanoseconds each. Kept as tight as a bare loop."""
         run, feeds, clock = self.session.run, self.feeds, time.perf_counter_ns

@@ -1,0 +1,85 @@
+"""The guarded loader: a ready session for a (possibly stamped) model, configured as it was saved.
+
+A stamped model is checked against this machine first; on a mismatch it is refused with the reason,
+or, when allowed and the original model is given, the original is re-optimized here in memory
+(nothing on disk is touched).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .model import Model, from_proto, load_model
+from .session import ProviderSpec, SessionConfig
+from .stamp import Stamp, mismatches, read_stamp
+
+
+@dataclass
+class Loaded:
+    """A session and how it came to be (for `ortforge run` and reports)."""
+
+    session: Any
+    path: Path
+    model: Model
+    config: SessionConfig
+    stamp: Stamp | None
+    reoptimized: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def config_for(stamp: Stamp | None) -> SessionConfig:
+    """The session config a model needs: its stamp's EPs, and the level that follows from how it was saved."""
+    from .transforms.graph_opt import load_level
+
+    if stamp is None:
+        return SessionConfig()
+    providers = [ProviderSpec(p["name"], p.get("options", {})) for p in stamp.providers]
+    return SessionConfig(providers=providers, graph_optimization_level=load_level(stamp.level))
+
+
+def load_checked(
+    path: str | os.PathLike[str], *, original: str | os.PathLike[str] | None = None, reoptimize: bool = False
+) -> Loaded:
+    """Load a model for this machine, honouring and checking its stamp."""
+    model = load_model(path)
+    stamp = read_stamp(model.proto)
+    if stamp is None:
+        config = SessionConfig()
+        return Loaded(config.build(model), Path(path), model, config, None, notes=["not stamped by ortforge: ORT defaults"])
+    problems = mismatches(stamp)
+    if not problems:
+        config = config_for(stamp)
+        return Loaded(config.build(model), Path(path), model, config, stamp)
+    if not (reoptimize and original is not None):
+        raise UserError(
+            f"{Path(path).name}: not valid on this machine: {'; '.join(problems)}",
+            hint="give the original model with --original and allow --reoptimize to optimize it for this machine",
+        )
+    return _reoptimized(Path(path), stamp, Path(original), problems)
+
+
+def _reoptimized(path: Path, stamp: Stamp, original_path: Path, problems: list[str]) -> Loaded:
+    from .runtime import available_providers
+    from .transforms.graph_opt import GraphOptOptions, optimize_offline
+
+    original = load_model(original_path)
+    if stamp.source_sha256 and original.content_hash() != stamp.source_sha256:
+        raise UserError(f"{original_path}: is not the model {path.name} was made from (its hash differs from the stamp's)")
+    available = available_providers()
+    providers = tuple(ProviderSpec(p["name"], p.get("options", {})) for p in stamp.providers if p["name"] in available)
+    options = GraphOptOptions(level=stamp.level, providers=providers or (ProviderSpec("CPUExecutionProvider"),), portable=stamp.portable)
+    result = optimize_offline(original, options)
+    model = from_proto(result.proto, base_dir=original.base_dir)
+    fresh = read_stamp(result.proto)
+    config = config_for(fresh)
+    notes = [f"re-optimized {original_path.name} for this machine because {path.name} was {'; '.join(problems)}"]
+    return Loaded(config.build(model), path, model, config, fresh, reoptimized=True, notes=notes)
+
+
+def load(path: str | os.PathLike[str], *, original: str | os.PathLike[str] | None = None, reoptimize: bool = False) -> Any:
+    """A ready `InferenceSession` for a model saved by ortforge (or any ONNX model)."""
+    return load_checked(path, original=original, reoptimize=reoptimize).session

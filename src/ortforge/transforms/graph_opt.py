@@ -1,0 +1,74 @@
+"""Offline graph optimization: let ORT optimize the graph once and save the result, stamped.
+
+ORT writes the optimized graph itself (`SessionOptions.optimized_model_filepath`); this transform
+runs that into a private temporary folder, reads the result back and stamps it with what it is
+valid for. The level a saved model must be loaded with follows from the level it was saved at
+(`load_level`): re-running optimizations on an ALL-level model only costs start-up time, while a
+BASIC or EXTENDED model loaded with optimizations off misses the layout rewrites that CNNs need.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from ..model import EXTERNAL_DATA_THRESHOLD, Model, load_model, weight_bytes
+from ..session import ProviderSpec, SessionConfig
+from ..stamp import make_stamp, write_stamp
+from . import TransformResult, op_count_changes
+
+LEVELS = ("basic", "extended", "layout", "all")
+PORTABLE_LEVELS = ("basic", "extended")  # no layout (NCHWc) rewrites: valid on any CPU of the EP
+EXTERNAL_FILE_KEY = "session.optimized_model_external_initializers_file_name"
+EXTERNAL_MIN_KEY = "session.optimized_model_external_initializers_min_size_in_bytes"
+
+
+@dataclass(frozen=True)
+class GraphOptOptions:
+    level: str = "all"
+    providers: tuple[ProviderSpec, ...] = (ProviderSpec("CPUExecutionProvider"),)
+    portable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise UserError(f"--level {self.level}: choose one of {', '.join(LEVELS)}")
+        if self.portable and self.level not in PORTABLE_LEVELS:
+            raise UserError(f"--portable saves only {' or '.join(PORTABLE_LEVELS)} optimizations; --level {self.level} is hardware-specific")
+
+
+def load_level(saved_level: str) -> str:
+    """The optimization level a model saved at `saved_level` should be loaded with."""
+    return "disable" if saved_level in ("layout", "all") else "all"
+
+
+def optimize_offline(model: Model, options: GraphOptOptions) -> TransformResult:
+    """ORT's graph optimizations at `options.level`, applied once and returned as a stamped model."""
+    config = SessionConfig(providers=list(options.providers), graph_optimization_level=options.level)
+    large = weight_bytes(model.proto) > EXTERNAL_DATA_THRESHOLD or bool(model.external_data_files())
+    with tempfile.TemporaryDirectory(prefix="ortforge-optimize-") as folder:
+        target = Path(folder) / "optimized.onnx"
+        session_options = config.session_options(model.ort_source()[1])
+        session_options.optimized_model_filepath = str(target)
+        if large:
+            session_options.add_session_config_entry(EXTERNAL_FILE_KEY, "optimized.onnx.data")
+            session_options.add_session_config_entry(EXTERNAL_MIN_KEY, "1024")
+        config.create_with_options(model, session_options)
+        optimized = load_model(target, check=False)
+        if large:  # pull the weights in before the temporary folder goes
+            import onnx
+
+            onnx.load_external_data_for_model(optimized.proto, folder)
+        proto = optimized.proto
+    providers = [{"name": p.name, "options": dict(p.options)} for p in options.providers]
+    write_stamp(proto, make_stamp(providers, options.level, options.portable, model.content_hash()))
+    counts = op_count_changes(model.proto, proto)
+    before, after = len(model.proto.graph.node), len(proto.graph.node)
+    return TransformResult(
+        proto=proto,
+        changed=True,
+        changes=[f"{before} -> {after} nodes at level {options.level}"] + [f"{op}: {delta:+d}" for op, delta in counts.items()],
+        notes=["portable: no layout or ISA-specific rewrites"] if options.portable else [],
+        details={"nodes_before": before, "nodes_after": after, "op_changes": counts, "load_level": load_level(options.level)},
+    )

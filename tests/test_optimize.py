@@ -1,0 +1,188 @@
+"""Offline optimization, its stamp, and the guarded loader that honours it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from helpers import make_model, save, tensor, weight
+from onnx import helper
+
+import ortforge
+from ortforge import stamp as stamp_module
+from ortforge.api import optimize, run
+from ortforge.bench import BenchOptions
+from ortforge.errors import UserError
+from ortforge.loader import load_checked
+from ortforge.model import load_model
+from ortforge.stamp import STAMP_KEY, read_stamp
+from ortforge.transforms.graph_opt import GraphOptOptions, load_level, optimize_offline
+
+
+def small_cnn():
+    """Conv + BatchNorm + Relu: the layout (NCHWc) and fusion passes all have something to do."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("BatchNormalization", ["c1", "s", "b", "m", "v"], ["n1"], name="bn1"),
+        helper.make_node("Relu", ["n1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
+    ]
+    weights = [
+        weight("w1", rng.standard_normal((16, 3, 3, 3)).astype(np.float32)),
+        weight("w2", rng.standard_normal((16, 16, 3, 3)).astype(np.float32) / 10),
+        weight("s", np.ones(16, np.float32)),
+        weight("b", np.zeros(16, np.float32)),
+        weight("m", np.full(16, 0.1, np.float32)),
+        weight("v", np.ones(16, np.float32)),
+    ]
+    return make_model(nodes, [tensor("x", ["N", 3, 16, 16])], [tensor("y", ["N", 16, 16, 16])], weights)
+
+
+@pytest.fixture
+def cnn_path(tmp_path):
+    return save(small_cnn(), tmp_path / "cnn.onnx")
+
+
+def test_offline_result_is_stamped_and_fused(cnn_path):
+    model = load_model(cnn_path)
+    result = optimize_offline(model, GraphOptOptions(level="all"))
+    assert len(result.proto.graph.node) < 4  # BatchNorm folded into Conv at least
+    stamp = read_stamp(result.proto)
+    assert stamp.level == "all" and not stamp.portable
+    assert stamp.source_sha256 == model.content_hash()
+    assert stamp.ort_version == onnxruntime_version()
+    assert result.details["load_level"] == "disable"
+
+
+def onnxruntime_version():
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def test_load_level_follows_saved_level():
+    assert load_level("all") == "disable"
+    assert load_level("layout") == "disable"
+    assert load_level("basic") == "all"
+    assert load_level("extended") == "all"
+
+
+def test_portable_refuses_layout_levels():
+    with pytest.raises(UserError, match="--portable"):
+        GraphOptOptions(level="all", portable=True)
+
+
+def test_optimize_writes_verified_model_that_plain_ort_loads(cnn_path, tmp_path):
+    out = tmp_path / "out" / "cnn.opt.onnx"
+    report = optimize(str(cnn_path), str(out), measure=BenchOptions(max_seconds=0.3, warmup_seconds=0.05, block_seconds=0.05, min_rounds=2, profile=False, startup_rounds=3))
+    assert report.verification.passed and report.verification.generated_inputs
+    assert out.exists()
+    assert report.startup_ratio is not None and report.latency_ratio is not None
+    import onnxruntime
+
+    plain = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])  # stamp is just metadata
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    reference = onnxruntime.InferenceSession(str(cnn_path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(plain.run(None, {"x": x})[0], reference, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ortforge.load(out).run(None, {"x": x})[0], reference, rtol=1e-4, atol=1e-4)
+
+
+def test_portable_stamp_and_loader_level(cnn_path, tmp_path):
+    out = tmp_path / "portable.onnx"
+    optimize(str(cnn_path), str(out), level="extended", portable=True)
+    loaded = load_checked(out)
+    assert loaded.stamp.portable and loaded.config.graph_optimization_level == "all"
+
+
+def test_failed_verification_writes_nothing_unless_forced(cnn_path, tmp_path, monkeypatch):
+    from ortforge.transforms import graph_opt
+
+    real = graph_opt.optimize_offline
+
+    def broken(model, options):
+        result = real(model, options)
+        for tensor_proto in result.proto.graph.initializer:  # corrupt a weight: outputs must change
+            if tensor_proto.data_type == onnx.TensorProto.FLOAT and tensor_proto.raw_data:
+                array = onnx.numpy_helper.to_array(tensor_proto) + 1.0
+                tensor_proto.CopyFrom(onnx.numpy_helper.from_array(array, tensor_proto.name))
+                break
+        return result
+
+    monkeypatch.setattr("ortforge.optimize.optimize_offline", broken)
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(UserError, match="not written.*outside tolerance"):
+        optimize(str(cnn_path), str(out))
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cnn.onnx"]
+    report = optimize(str(cnn_path), str(out), force=True)
+    assert out.exists() and report.forced and any("--force" in note for note in report.notes)
+
+
+def test_optimize_never_overwrites_its_input(cnn_path):
+    before = cnn_path.read_bytes()
+    with pytest.raises(UserError, match="overwrite the input"):
+        optimize(str(cnn_path), str(cnn_path))
+    assert cnn_path.read_bytes() == before
+
+
+def _restamp(path, out, **changes):
+    proto = onnx.load(str(path))
+    for entry in proto.metadata_props:
+        if entry.key == STAMP_KEY:
+            data = json.loads(entry.value)
+            data.update(changes)
+            entry.value = json.dumps(data)
+    onnx.save(proto, str(out))
+    return out
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"isa_features": ["avx2", "amx_int8"]}, "made for amx_int8, this CPU has .* only"),
+        ({"ort_version": "1.2.0"}, "made with onnxruntime 1.2.0"),
+        ({"architecture": "riscv64"}, "made for a riscv64 CPU"),
+        ({"providers": [{"name": "NoSuchExecutionProvider", "options": {}}]}, "made for NoSuchExecutionProvider"),
+    ],
+)
+def test_mismatched_stamp_is_refused_then_reoptimized(cnn_path, tmp_path, changes, message):
+    optimized = tmp_path / "opt.onnx"
+    optimize(str(cnn_path), str(optimized))
+    foreign = _restamp(optimized, tmp_path / "foreign.onnx", **changes)
+    before = foreign.read_bytes()
+    with pytest.raises(UserError, match=message):
+        load_checked(foreign)
+    loaded = load_checked(foreign, original=cnn_path, reoptimize=True)
+    assert loaded.reoptimized and read_stamp(loaded.model.proto).ort_version == onnxruntime_version()
+    x = np.ones((1, 3, 16, 16), np.float32)
+    assert loaded.session.run(None, {"x": x})[0].shape == (1, 16, 16, 16)
+    assert foreign.read_bytes() == before  # re-optimization happens in memory only
+
+
+def test_reoptimize_needs_the_right_original(cnn_path, tmp_path):
+    optimized = tmp_path / "opt.onnx"
+    optimize(str(cnn_path), str(optimized))
+    foreign = _restamp(optimized, tmp_path / "foreign.onnx", isa_features=["amx_int8"])
+    other = small_cnn()
+    other.graph.initializer[0].raw_data = bytes(len(other.graph.initializer[0].raw_data))
+    other_path = save(other, tmp_path / "other.onnx")
+    with pytest.raises(UserError, match="is not the model foreign.onnx was made from"):
+        load_checked(foreign, original=other_path, reoptimize=True)
+
+
+def test_extra_cpu_features_also_mismatch(cnn_path, tmp_path):
+    from ortforge.machine import cpu_info
+
+    if not set(cpu_info().features) & stamp_module.LAYOUT_FEATURES:
+        pytest.skip("this CPU has none of the ISA features a layout depends on")
+    optimized = tmp_path / "opt.onnx"
+    optimize(str(cnn_path), str(optimized))
+    fewer = _restamp(optimized, tmp_path / "fewer.onnx", isa_features=[])
+    assert any("without" in problem for problem in stamp_module.mismatches(read_stamp(load_model(fewer).proto)))
+
+
+def test_unstamped_models_load_with_defaults(cnn_path):
+    loaded, feeds, outputs = run(str(cnn_path))
+    assert loaded.stamp is None and outputs[0]["y"].shape == (1, 16, 16, 16)
