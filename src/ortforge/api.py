@@ -177,6 +177,26 @@ def optimize(
     )
 
 
+def tune_session(
+    reference: str | Path,
+    output: str | Path,
+    *,
+    base: SessionConfig | None = None,
+    data: str | None = None,
+    samples: int | None = None,
+    shape_options: ShapeOptions | None = None,
+    options: BenchOptions | None = None,
+    progress: Progress | None = None,
+):  # -> (session_tuning.SessionTuning, Path of the written config)
+    """Measure session options against ORT's defaults and write the consistent winner as a config JSON."""
+    from .session_tuning import tune_session as _tune, write_config
+
+    model = open_model(reference)
+    feeds = feeds_for(model, reference, data, samples=samples, shape_options=shape_options)
+    tuning = _tune(model, feeds, base or SessionConfig(), options, progress)
+    return tuning, write_config(tuning, output, model)
+
+
 def run(
     reference: str | Path,
     *,

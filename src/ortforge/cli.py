@@ -121,6 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shapes(optimize)
     _add_json(optimize)
 
+    tune_session = commands.add_parser(
+        "tune-session",
+        help="measure threads, spinning, affinity, execution mode, memory and EP options; write the best session config",
+        description="Screens one change at a time from ORT's defaults, then measures the finalists against the defaults, "
+        "interleaved. A candidate is kept only if it beats the defaults in most rounds.",
+    )
+    tune_session.add_argument("model", help="an .onnx file or zoo:NAME")
+    tune_session.add_argument("-o", "--output", required=True, help="session config JSON to write (use it with bench, run, or by hand)")
+    tune_session.add_argument("--ep", action="append", default=[], help="execution provider(s) in priority order")
+    tune_session.add_argument("--time", type=float, default=4.0, help="seconds of timed runs per finalist (default 4)")
+    _add_data(tune_session)
+    _add_shapes(tune_session)
+    _add_json(tune_session)
+
     run = commands.add_parser("run", help="load a model the guarded way (honouring its ortforge stamp) and print its outputs")
     run.add_argument("model", help="an .onnx file or zoo:NAME")
     run.add_argument("--original", help="the model it was optimized from, to re-optimize when the stamp does not fit this machine")
@@ -224,6 +238,24 @@ def run_optimize(args: argparse.Namespace, console: Any) -> None:
     _emit_json(report) if args.json else render_optimize(report, console)
 
 
+def run_tune_session(args: argparse.Namespace, console: Any) -> None:
+    from .render import render_session_tuning
+
+    base = SessionConfig(providers=[ProviderSpec(provider_name(ep)) for ep in args.ep] or [ProviderSpec("CPUExecutionProvider")])
+    with _progress(_stderr_console().is_terminal) as progress:
+        tuning, path = api.tune_session(
+            args.model,
+            args.output,
+            base=base,
+            data=args.data,
+            samples=args.samples,
+            shape_options=_shape_options(args),
+            options=BenchOptions(max_seconds=args.time, profile=False),
+            progress=progress,
+        )
+    _emit_json({**tuning.to_dict(), "output": str(path)}) if args.json else render_session_tuning(tuning, path, console)
+
+
 def run_run(args: argparse.Namespace, console: Any) -> None:
     from .render import render_run, run_to_dict
 
@@ -255,6 +287,7 @@ COMMANDS = {
     "inspect": run_inspect,
     "bench": run_bench,
     "optimize": run_optimize,
+    "tune-session": run_tune_session,
     "run": run_run,
     "zoo": run_zoo,
 }

@@ -7,19 +7,19 @@ model of its own). What neither resolves is listed as unknown rather than guesse
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
 from . import runtime
-from .data.generate import generate_sample, vocabulary_sizes
-from .data.specs import input_specs
+from .data import ShapeOptions, generate_feeds, input_specs
 from .model import Model, iter_graphs, iter_nodes, iter_tensors, opset_versions
 
 TOP_NODES = 10
@@ -35,6 +35,7 @@ MAX_RUNS = 16
 Dims = tuple[int, ...]
 PartialDims = tuple[int | None, ...]
 DimsOf = Callable[[str], Dims]
+Rule = Callable[[onnx.NodeProto, DimsOf], int]  # MACs of one execution of a node
 
 MS = "com.microsoft"
 # Ops with real arithmetic that have no counting rule here; reported so a total is not mistaken for complete.
@@ -56,7 +57,7 @@ class NodeMacs:
     repeat: int = 1
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "op_type": self.op_type, "macs": self.macs, "where": self.where, "repeat": self.repeat}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class UnknownMacs:
     where: str = ""
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "op_type": self.op_type, "reason": self.reason, "where": self.where}
+        return asdict(self)
 
 
 @dataclass
@@ -107,6 +108,16 @@ def op_key(node: onnx.NodeProto) -> str:
     return node.op_type if domain == "ai.onnx" else f"{domain}:{node.op_type}"
 
 
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs held in a node's attributes (If branches, Loop/Scan bodies)."""
+    found = []
+    for attribute in node.attribute:
+        if attribute.HasField("g"):
+            found.append(attribute.g)
+        found.extend(attribute.graphs)
+    return found
+
+
 def count_macs(
     model: Model,
     shapes: dict[str, tuple[int, ...]],
@@ -128,50 +139,55 @@ def count_macs(
     # Count on the original structure (same names as the inferred copy), so that a fallback run
     # can lift a subgraph together with its real weights.
     tally = _count_graph(model.proto.graph, context, "", 1)
-    resolver = _Resolver(model, shapes, feeds)
+    resolver = _Resolver(model, shapes, feeds, context.opset)
     ort_shapes: dict[str, Dims] = {}
     if any(entry.missing for entry in tally.unknown) or tally.wanted_values:
-        arrays = resolver.resolve(tally)
-        ort_shapes = {
-            name: tuple(int(d) for d in array.shape) for name, array in arrays.items() if not context.known(name)
-        }
-        # A generated input's value says nothing about the model (a random trip count), so only
-        # given feeds and computed tensors count as values.
-        generated = {value.name for value in model.proto.graph.input} if feeds is None else set()
-        values = {
-            name: a
-            for name, a in arrays.items()
-            if a.dtype.kind in "iu" and a.size <= SMALL_VALUE_ELEMENTS and name not in generated
-        }
-        if ort_shapes or set(values) - set(context.values):
-            context.shapes.update(ort_shapes)
-            context.values.update(values)
-            tally = _count_graph(model.proto.graph, context, "", 1)
-        if ort_shapes:
-            origin = "the given inputs" if feeds is not None else "generated inputs"
-            notes.append(
-                f"shapes of {len(ort_shapes)} tensor(s) that shape inference left open came from onnxruntime "
-                f"({resolver.runs} run(s) on {origin})"
-            )
-            if resolver.first_iteration:
-                notes.append("shapes inside Loop/Scan bodies came from a run of their first iteration")
-    unknown = [resolver.explain(entry) for entry in tally.unknown]
+        ort_shapes = _learn_from_run(resolver, tally, context)
+        tally = _count_graph(model.proto.graph, context, "", 1)
+    if ort_shapes:
+        origin = "the given inputs" if feeds is not None else "generated inputs"
+        notes.append(
+            f"shapes of {len(ort_shapes)} tensor(s) that shape inference left open came from onnxruntime "
+            f"({resolver.runs} run(s) on {origin})"
+        )
+        if resolver.first_iteration:
+            notes.append("shapes inside Loop/Scan bodies came from a run of their first iteration")
     notes.extend(tally.notes)
-    if context.not_counted:
-        listed = ", ".join(f"{count} {op}" for op, count in sorted(context.not_counted.items()))
+    if tally.not_counted:
+        listed = ", ".join(f"{count} {op}" for op, count in sorted(tally.not_counted.items()))
         notes.append(f"not counted (no rule for these ops): {listed}")
     if model.proto.functions:
         notes.append(f"{len(model.proto.functions)} model-local function(s): nodes inside them are not counted")
-    ordered = sorted(tally.nodes, key=lambda node: node.macs, reverse=True)
     return MacReport(
         total_macs=tally.total,
-        by_op_type=dict(sorted(tally.by_op.items(), key=lambda item: item[1], reverse=True)),
-        top_nodes=ordered[:top],
-        unknown=unknown,
+        by_op_type=dict(tally.by_op.most_common()),
+        top_nodes=sorted(tally.nodes, key=lambda node: node.macs, reverse=True)[:top],
+        unknown=[resolver.explain(entry) for entry in tally.unknown],
         notes=notes,
         counted_nodes=len(tally.nodes),
         shapes_from_ort=len(ort_shapes),
     )
+
+
+def _learn_from_run(resolver: _Resolver, tally: _Tally, context: _Context) -> dict[str, Dims]:
+    """Add what a fallback run saw to `context`: shapes left open, and small integers (trip counts).
+
+    Returns the shapes it added.
+    """
+    arrays = resolver.resolve(tally)
+    new_shapes = {
+        name: tuple(int(d) for d in array.shape) for name, array in arrays.items() if not context.known(name)
+    }
+    # A generated input's value says nothing about the model (a random trip count), so only
+    # given feeds and computed tensors count as values.
+    generated = {value.name for value in resolver.model.proto.graph.input} if resolver.feeds is None else set()
+    context.values.update(
+        (name, array)
+        for name, array in arrays.items()
+        if array.dtype.kind in "iu" and array.size <= SMALL_VALUE_ELEMENTS and name not in generated
+    )
+    context.shapes.update(new_shapes)
+    return new_shapes
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -194,22 +210,16 @@ def _inference_copy(model: Model, shapes: dict[str, tuple[int, ...]]) -> onnx.Mo
 
 
 def _strip_tensor(tensor: onnx.TensorProto, model: Model) -> None:
+    """Drop data inference does not need; external tensors end up inline (read, or as bare dims)."""
     elements = math.prod(tensor.dims)
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         # Small integer tensors may be shapes that data propagation needs; read those, drop the rest.
         if elements <= STRIP_ELEMENTS and _is_integer(tensor.data_type) and model.base_dir is not None:
-            try:
+            with contextlib.suppress(OSError):
                 external_data_helper.load_external_data_for_tensor(tensor, str(model.base_dir))
-                tensor.data_location = onnx.TensorProto.DEFAULT
-                del tensor.external_data[:]
-                return
-            except OSError:
-                pass
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
-        tensor.ClearField("raw_data")
-        return
-    if elements > STRIP_ELEMENTS:
+    elif elements > STRIP_ELEMENTS:
         for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
             tensor.ClearField(name)
 
@@ -241,7 +251,7 @@ def _infer(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
 
 
 def _collect_shapes(proto: onnx.ModelProto) -> dict[str, PartialDims]:
-    """Name -> dims (None where unknown) for every typed value in every graph."""
+    """Name -> dims (None where unknown) for every typed value and constant in every graph."""
     shapes: dict[str, PartialDims] = {}
     for graph in iter_graphs(proto.graph):
         for value in [*graph.input, *graph.value_info, *graph.output]:
@@ -250,11 +260,7 @@ def _collect_shapes(proto: onnx.ModelProto) -> dict[str, PartialDims]:
                     d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
                     for d in value.type.tensor_type.shape.dim
                 )
-        for tensor in graph.initializer:
-            shapes[tensor.name] = tuple(tensor.dims)
-        for node in graph.node:
-            if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
-                shapes[node.output[0]] = tuple(node.attribute[0].t.dims)
+    shapes.update((name, tuple(tensor.dims)) for name, tensor in _constant_tensors(proto).items())
     return shapes
 
 
@@ -301,18 +307,18 @@ class _Bad(Exception):
 
 @dataclass
 class _Context:
+    """What counting knows about tensors: their shapes, and the values of small integer ones."""
+
     shapes: dict[str, PartialDims]
     values: dict[str, np.ndarray]
     opset: int = 0  # of the default domain: Scan changed meaning at 9
-    not_counted: Counter = field(default_factory=Counter)
 
     def dims(self, name: str) -> Dims:
         if not name:
             raise _Bad("a required input is absent")
-        shape = self.shapes.get(name)
-        if shape is None or any(d is None for d in shape):
+        if not self.known(name):
             raise _Missing(name)
-        return shape  # type: ignore[return-value]
+        return self.shapes[name]  # type: ignore[return-value]
 
     def known(self, name: str) -> bool:
         shape = self.shapes.get(name)
@@ -332,7 +338,7 @@ class _Pending:
     node: onnx.NodeProto
     graph: onnx.GraphProto
     where: str
-    missing: str | None
+    missing: str | None  # None: the node is malformed for its rule (see reason), a run cannot help
     reason: str
     open_names: list[str]
 
@@ -344,16 +350,17 @@ class _Tally:
     nodes: list[NodeMacs] = field(default_factory=list)
     unknown: list[_Pending] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    not_counted: Counter = field(default_factory=Counter)  # op key -> nodes of ops without a rule
     # (graph, tensor): Loop trip counts that a fallback run could supply
     wanted_values: list[tuple[onnx.GraphProto, str]] = field(default_factory=list)
 
-    def absorb(self, other: _Tally, *, totals: bool = True) -> None:
-        if totals:
-            self.total += other.total
-            self.by_op.update(other.by_op)
+    def absorb(self, other: _Tally) -> None:
+        self.total += other.total
+        self.by_op.update(other.by_op)
         self.nodes.extend(other.nodes)
         self.unknown.extend(other.unknown)
         self.notes.extend(other.notes)
+        self.not_counted.update(other.not_counted)
         self.wanted_values.extend(other.wanted_values)
 
     @property
@@ -365,85 +372,100 @@ class _Tally:
         return text + (f" + {len(self.unknown)} uncounted node(s)" if self.unknown else "")
 
 
+def _is_onnx(node: onnx.NodeProto) -> bool:
+    """Whether the node is in the default domain, which may be written out."""
+    return node.domain in ("", "ai.onnx")
+
+
 def _count_graph(graph: onnx.GraphProto, context: _Context, where: str, repeat: int) -> _Tally:
     tally = _Tally()
     for node in graph.node:
-        counter = COUNTERS.get((node.domain or "", node.op_type))
-        label = node.name or node.op_type
-        if counter is not None:
+        rule = COUNTERS.get(("" if _is_onnx(node) else node.domain, node.op_type))
+        if rule is not None:
             try:
-                macs = counter(node, context.dims)
+                macs = rule(node, context.dims) * repeat
             except _Missing as exc:
                 open_names = [n for n in [*node.input, *node.output] if n and not context.known(n)]
                 tally.unknown.append(_Pending(node, graph, where, exc.name, "", open_names))
             except _Bad as exc:
                 tally.unknown.append(_Pending(node, graph, where, None, str(exc), []))
             else:
-                tally.total += macs * repeat
-                tally.by_op[op_key(node)] += macs * repeat
-                tally.nodes.append(NodeMacs(label, node.op_type, macs * repeat, where, repeat))
+                tally.total += macs
+                tally.by_op[op_key(node)] += macs
+                tally.nodes.append(NodeMacs(node.name or node.op_type, node.op_type, macs, where, repeat))
         elif node.op_type in NOT_COUNTED:
-            context.not_counted[op_key(node)] += 1
-        if any(a.HasField("g") or a.graphs for a in node.attribute):
+            tally.not_counted[op_key(node)] += 1
+        if subgraphs(node):
             tally.absorb(_count_subgraphs(node, graph, context, where, repeat))
     return tally
 
 
 def _count_subgraphs(node: onnx.NodeProto, parent: onnx.GraphProto, context: _Context, where: str, repeat: int) -> _Tally:
     """The subgraphs' share: the larger If branch, Loop/Scan bodies times their iterations."""
-    label = node.name or node.op_type
-    prefix = f"{where} > " if where else ""
-    result = _Tally()
+    holder = f"{node.op_type} '{node.name or node.op_type}'"
+    inner = f"{where} > {holder}" if where else holder
     graphs = {a.name: a.g for a in node.attribute if a.HasField("g")}
-    if node.op_type == "If" and not node.domain and {"then_branch", "else_branch"} <= set(graphs):
-        branches = {
-            name: _count_graph(graphs[name], context, f"{prefix}If '{label}' {name}", repeat)
-            for name in ("then_branch", "else_branch")
-        }
-        chosen = max(branches, key=lambda name: branches[name].total)
-        for branch in branches.values():
-            result.absorb(branch, totals=False)
-        # One run takes one branch: the total takes the costlier, both are listed.
-        result.total = branches[chosen].total
-        result.by_op = Counter(branches[chosen].by_op)
-        if any(b.has_heavy for b in branches.values()):
-            result.notes.append(
-                f"If '{label}': then_branch {branches['then_branch'].describe()}, else_branch "
-                f"{branches['else_branch'].describe()}; branches counted separately, the total takes the larger ({chosen})"
-            )
-        return result
-    if node.op_type in ("Loop", "Scan") and not node.domain and "body" in graphs:
-        times, why = _iterations(node, context)
-        body = _count_graph(graphs["body"], context, f"{prefix}{node.op_type} '{label}' body", repeat * (times or 1))
-        result.absorb(body)
-        if body.has_heavy:
-            if times is None:
-                result.notes.append(f"{node.op_type} '{label}': {why}; its body is counted once")
-                if node.op_type == "Loop" and node.input and node.input[0]:
-                    result.wanted_values.append((parent, node.input[0]))
-            else:
-                result.notes.append(f"{node.op_type} '{label}': body counted {times:,} times ({why})")
-        return result
+    if _is_onnx(node) and node.op_type == "If" and {"then_branch", "else_branch"} <= graphs.keys():
+        return _count_if(holder, graphs["then_branch"], graphs["else_branch"], context, inner, repeat)
+    if _is_onnx(node) and node.op_type in ("Loop", "Scan") and "body" in graphs:
+        return _count_body(node, holder, graphs["body"], parent, context, inner, repeat)
+    result = _Tally()
     for attribute in node.attribute:
-        subgraphs = ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
-        for index, subgraph in enumerate(subgraphs):
+        held = [attribute.g] if attribute.HasField("g") else list(attribute.graphs)
+        for index, subgraph in enumerate(held):
             name = attribute.name if attribute.HasField("g") else f"{attribute.name}[{index}]"
-            body = _count_graph(subgraph, context, f"{prefix}{node.op_type} '{label}' {name}", repeat)
+            body = _count_graph(subgraph, context, f"{inner} {name}", repeat)
             result.absorb(body)
             if body.has_heavy:
-                result.notes.append(f"{node.op_type} '{label}': subgraph {name} counted once (how often it runs is unknown)")
+                result.notes.append(f"{holder}: subgraph {name} counted once (how often it runs is unknown)")
     return result
+
+
+def _count_if(
+    holder: str, then_graph: onnx.GraphProto, else_graph: onnx.GraphProto, context: _Context, inner: str, repeat: int
+) -> _Tally:
+    """Both branches listed; one run takes one branch, so the total takes the costlier."""
+    then_branch = _count_graph(then_graph, context, f"{inner} then_branch", repeat)
+    else_branch = _count_graph(else_graph, context, f"{inner} else_branch", repeat)
+    chosen, larger = ("else_branch", else_branch) if else_branch.total > then_branch.total else ("then_branch", then_branch)
+    result = _Tally()
+    result.absorb(then_branch)
+    result.absorb(else_branch)
+    result.total = larger.total
+    result.by_op = Counter(larger.by_op)
+    if then_branch.has_heavy or else_branch.has_heavy:
+        result.notes.append(
+            f"{holder}: then_branch {then_branch.describe()}, else_branch {else_branch.describe()}; "
+            f"branches counted separately, the total takes the larger ({chosen})"
+        )
+    return result
+
+
+def _count_body(
+    node: onnx.NodeProto, holder: str, body_graph: onnx.GraphProto, parent: onnx.GraphProto, context: _Context, inner: str, repeat: int
+) -> _Tally:
+    """A Loop/Scan body, times its iterations when they are known."""
+    times, why = _iterations(node, context)
+    body = _count_graph(body_graph, context, f"{inner} body", repeat * (times or 1))
+    if body.has_heavy:
+        if times is not None:
+            body.notes.append(f"{holder}: body counted {times:,} times ({why})")
+        else:
+            body.notes.append(f"{holder}: {why}; its body is counted once")
+            if node.op_type == "Loop" and _input(node, 0):
+                body.wanted_values.append((parent, node.input[0]))
+    return body
 
 
 def _iterations(node: onnx.NodeProto, context: _Context) -> tuple[int | None, str]:
     """How often a Loop/Scan body runs, and how that was decided."""
     if node.op_type == "Loop":
-        if not node.input or not node.input[0]:
+        if not _input(node, 0):
             return None, "no trip count (runs until its condition turns false)"
         trip = context.int_value(node.input[0])
         if trip is None:
             return None, f"trip count '{node.input[0]}' is not a known constant"
-        condition = len(node.input) > 1 and bool(node.input[1])
+        condition = bool(_input(node, 1))
         return trip, f"trip count {trip}" + (", or fewer if its condition ends it" if condition else "")
     attrs = _attrs(node)
     scan_count = int(attrs.get("num_scan_inputs", 0))
@@ -472,83 +494,80 @@ def _iterations(node: onnx.NodeProto, context: _Context) -> tuple[int | None, st
 class _Resolver:
     """Real shapes for tensors shape inference left open, from unoptimised CPU runs."""
 
-    def __init__(self, model: Model, shapes: dict[str, tuple[int, ...]], feeds: dict[str, np.ndarray] | None) -> None:
+    def __init__(
+        self, model: Model, shapes: dict[str, tuple[int, ...]], feeds: dict[str, np.ndarray] | None, opset: int
+    ) -> None:
         self.model = model
         self.shapes = shapes
         self.feeds = feeds
+        self.opset = opset
         self.tensors = _constant_tensors(model.proto)
-        self.parents: dict[int, tuple[onnx.GraphProto, onnx.NodeProto]] = {}
-        for graph in iter_graphs(model.proto.graph):
-            for node in graph.node:
-                for subgraph in _subgraphs(node):
-                    self.parents[id(subgraph)] = (graph, node)
+        # id(subgraph) -> (the graph holding it, the node holding it)
+        self.parents: dict[int, tuple[onnx.GraphProto, onnx.NodeProto]] = {
+            id(subgraph): (graph, node)
+            for graph in iter_graphs(model.proto.graph)
+            for node in graph.node
+            for subgraph in subgraphs(node)
+        }
+        self.needs: dict[int, set[str]] = {}  # id(graph) -> tensors a run of that graph must expose
+        self.active: set[int] = set()  # ids of the graphs to run: those with needs and all their ancestors
+        self.found: dict[str, np.ndarray] = {}  # every value seen: feeds and exposed outputs of every run
         self.errors: dict[int, str] = {}  # id(graph) -> why it could not be run
         self.runs = 0
         self.first_iteration = False
-        self.attempted = False
 
     def resolve(self, tally: _Tally) -> dict[str, np.ndarray]:
         """Every tensor value obtained: feeds and exposed outputs of every scope that was run."""
-        self.attempted = True
-        needs: dict[int, set[str]] = {}
-        active: set[int] = set()
         for entry in tally.unknown:
             if entry.missing is not None:
-                self._need(entry.graph, entry.open_names, needs, active)
+                self._need(entry.graph, entry.open_names)
         for graph, name in tally.wanted_values:
-            self._need(graph, [name], needs, active)
+            self._need(graph, [name])
         try:
             feeds = self.feeds if self.feeds is not None else self._generated_feeds()
         except Exception as exc:  # the generator raises UserError for inputs it cannot invent
             self.errors[id(self.model.proto.graph)] = f"no inputs to run it on: {_first_line(exc)}"
             return {}
-        found: dict[str, np.ndarray] = {}
-        self._run_scope(self.model.proto.graph, None, dict(feeds), needs, active, found)
-        return found
+        self._run_scope(self.model.proto.graph, None, dict(feeds), None)
+        return self.found
 
-    def _need(self, graph: onnx.GraphProto, names: Iterable[str], needs: dict[int, set[str]], active: set[int]) -> None:
-        needs.setdefault(id(graph), set()).update(names)
+    def _need(self, graph: onnx.GraphProto, names: Iterable[str]) -> None:
+        self.needs.setdefault(id(graph), set()).update(names)
         child = graph
-        while id(child) in self.parents and id(child) not in active:
-            active.add(id(child))
+        while id(child) in self.parents and id(child) not in self.active:
+            self.active.add(id(child))
             parent, holder = self.parents[id(child)]
             # A lifted child is fed from its parent's run: what it reads from outside, and for Loop/Scan
             # the holder's inputs (initial values). An If condition is not needed: both branches are run.
             fed = set(_outer_names(child))
             if holder.op_type != "If":
                 fed.update(n for n in holder.input if n)
-            needs.setdefault(id(parent), set()).update(fed)
+            self.needs.setdefault(id(parent), set()).update(fed)
             child = parent
-        active.add(id(child))
+        self.active.add(id(child))
 
     def _run_scope(
-        self,
-        graph: onnx.GraphProto,
-        holder: onnx.NodeProto | None,
-        env: dict[str, np.ndarray],
-        needs: dict[int, set[str]],
-        active: set[int],
-        found: dict[str, np.ndarray],
-        parent_error: str | None = None,
+        self, graph: onnx.GraphProto, holder: onnx.NodeProto | None, env: dict[str, np.ndarray], parent_error: str | None
     ) -> None:
+        """Run `graph` (the main graph when holder is None) for its needs, then its active subgraphs."""
         produced = {name for node in graph.node for name in node.output if name}
-        wanted = sorted(needs.get(id(graph), set()) & produced)
+        wanted = sorted(self.needs.get(id(graph), set()) & produced)
         if holder is None:
-            outputs, error = (self._run(self.model.proto, env, wanted) if wanted else ({}, None))
+            outputs, error = self._run(self.model.proto, env, wanted) if wanted else ({}, None)
         elif self.runs >= MAX_RUNS:
             outputs, error = {}, f"skipped: at most {MAX_RUNS} fallback runs per model"
         else:
             outputs, error = self._run_lifted(graph, holder, env, wanted, parent_error)
-        found.update(env)
-        found.update(outputs)
+        self.found.update(env)
+        self.found.update(outputs)
         if error is not None:
             self.errors[id(graph)] = error
         # Children are tried even when this scope failed: they may read only inputs and constants.
         scope = {**env, **outputs}
         for node in graph.node:
-            for subgraph in _subgraphs(node):
-                if id(subgraph) in active:
-                    self._run_scope(subgraph, node, scope, needs, active, found, error or parent_error)
+            for subgraph in subgraphs(node):
+                if id(subgraph) in self.active:
+                    self._run_scope(subgraph, node, scope, error or parent_error)
 
     def _run_lifted(
         self,
@@ -594,14 +613,14 @@ class _Resolver:
         names = [value.name for value in graph.input]
         if not names:
             return {}, None
-        if holder.op_type == "Loop" and not holder.domain:
-            initial = [n for n in holder.input[2:]]
+        if holder.op_type == "Loop" and _is_onnx(holder):
+            initial = list(holder.input[2:])
             if any(n not in env for n in initial):
                 return {}, "initial Loop values not available"
             self.first_iteration = True
             values = [np.array(0, dtype=np.int64), np.array(True)] + [env[n] for n in initial]
             return dict(zip(names, values)), None
-        if holder.op_type == "Scan" and not holder.domain and self._opset() >= 9:
+        if holder.op_type == "Scan" and _is_onnx(holder) and self.opset >= 9:
             attrs = _attrs(holder)
             scan_count = int(attrs.get("num_scan_inputs", 0))
             states = list(holder.input[: len(holder.input) - scan_count])
@@ -614,9 +633,6 @@ class _Resolver:
             return dict(zip(names, [env[n] for n in states] + slices)), None
         return {}, f"a {holder.op_type} subgraph with its own inputs, which the fallback cannot feed"
 
-    def _opset(self) -> int:
-        return opset_versions(self.model.proto).get("ai.onnx", 0)
-
     def _run(self, proto: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[str]) -> tuple[dict[str, np.ndarray], str | None]:
         """One CPU run, unoptimised, with `names` exposed as outputs."""
         self.runs += 1
@@ -625,9 +641,7 @@ class _Resolver:
             exposed_proto = onnx.ModelProto()
             exposed_proto.CopyFrom(proto)
             present = {value.name for value in exposed_proto.graph.output}
-            for name in names:
-                if name not in present:
-                    exposed_proto.graph.output.append(onnx.ValueInfoProto(name=name))
+            exposed_proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in present)
             exposed = Model(proto=exposed_proto, data_dir=self.model.base_dir, changes=["exposed intermediate tensors"])
             source, entries = exposed.ort_source()
             options = runtime.quiet_session_options()
@@ -644,48 +658,31 @@ class _Resolver:
         return {name: value for name, value in zip(names, results) if isinstance(value, np.ndarray)}, None
 
     def _generated_feeds(self) -> dict[str, np.ndarray]:
+        """The package's seeded generated inputs, at exactly the shapes inference was given."""
         specs = input_specs(self.model)
-        vocab = vocabulary_sizes(self.model)
-        rng = np.random.default_rng(0)
-        feeds = {}
         for spec in specs:
-            shape = self.shapes.get(spec.name)
-            if shape is None:
+            if spec.name not in self.shapes:
                 raise ValueError(f"no shape given for input '{spec.name}'")
-            feeds[spec.name], _ = generate_sample(spec, tuple(shape), rng, vocab.get(spec.name))
-        return feeds
+        chosen = ShapeOptions(shapes={spec.name: tuple(self.shapes[spec.name]) for spec in specs})
+        return generate_feeds(self.model, shape_options=chosen).samples[0]
 
     def explain(self, entry: _Pending) -> UnknownMacs:
         """Why a node stayed uncounted, in a sentence."""
-        name = entry.node.name or entry.node.op_type
-        if entry.missing is None:
-            return UnknownMacs(name, entry.node.op_type, entry.reason, entry.where)
-        why = f"shape of '{entry.missing}' not inferred"
-        error = self._error_for(entry.graph)
-        if not self.attempted:
-            reason = why
-        elif error is not None:
-            reason = f"{why}, and the onnxruntime fallback failed: {error}"
-        else:
-            reason = f"{why}, and the onnxruntime fallback did not produce it"
-        return UnknownMacs(name, entry.node.op_type, reason, entry.where)
+        reason = entry.reason
+        if entry.missing is not None:
+            # Uncounted for a missing shape means the fallback was tried and did not supply it.
+            error = self._error_for(entry.graph)
+            outcome = f"failed: {error}" if error is not None else "did not produce it"
+            reason = f"shape of '{entry.missing}' not inferred, and the onnxruntime fallback {outcome}"
+        return UnknownMacs(entry.node.name or entry.node.op_type, entry.node.op_type, reason, entry.where)
 
     def _error_for(self, graph: onnx.GraphProto) -> str | None:
-        while True:
-            if id(graph) in self.errors:
-                return self.errors[id(graph)]
+        """Why this graph, or the nearest enclosing one, could not be run."""
+        while id(graph) not in self.errors:
             if id(graph) not in self.parents:
                 return None
             graph = self.parents[id(graph)][0]
-
-
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    found = []
-    for attribute in node.attribute:
-        if attribute.HasField("g"):
-            found.append(attribute.g)
-        found.extend(attribute.graphs)
-    return found
+        return self.errors[id(graph)]
 
 
 def _outer_names(graph: onnx.GraphProto) -> set[str]:
@@ -717,8 +714,7 @@ def _compact_ort_error(text: str) -> str:
     """ORT's message cut to the innermost failing node and what it said (no source paths)."""
     text = ORT_PREFIX.sub("", text.strip())
     nodes = ORT_NODE.findall(text)
-    message = text.rsplit("Status Message: ", 1)[-1]
-    message = ORT_SOURCE.sub("", message)
+    message = ORT_SOURCE.sub("", text.rsplit("Status Message: ", 1)[-1])
     if nodes:
         op, name = nodes[-1]
         return f"{op} node '{name}': {message}"
@@ -734,10 +730,11 @@ def _attrs(node: onnx.NodeProto) -> dict:
 
 
 def _input(node: onnx.NodeProto, index: int) -> str:
+    """The name of an optional input, "" when absent."""
     return node.input[index] if index < len(node.input) else ""
 
 
-def _conv(weight: int) -> Callable[[onnx.NodeProto, DimsOf], int]:
+def _conv(weight: int) -> Rule:
     """Each output element takes (C/groups) x kernel MACs: that is the weight's size past its first axis."""
 
     def count(node: onnx.NodeProto, dims: DimsOf) -> int:
@@ -759,18 +756,14 @@ def _conv_transpose(node: onnx.NodeProto, dims: DimsOf) -> int:
     return math.prod(x) * math.prod(w[1:])
 
 
-def _matmul(a_index: int) -> Callable[[onnx.NodeProto, DimsOf], int]:
+def _matmul(node: onnx.NodeProto, dims: DimsOf) -> int:
     """Every output element is a dot product of length K (A's last axis, or second last when transposed)."""
-
-    def count(node: onnx.NodeProto, dims: DimsOf) -> int:
-        a = dims(_input(node, a_index))
-        y = dims(node.output[0])
-        if not a:
-            raise _Bad("MatMul operand is a scalar")
-        transposed = bool(_attrs(node).get("transA", 0)) and len(a) >= 2
-        return math.prod(y) * (a[-2] if transposed else a[-1])
-
-    return count
+    a = dims(_input(node, 0))
+    y = dims(node.output[0])
+    if not a:
+        raise _Bad("MatMul operand is a scalar")
+    transposed = bool(_attrs(node).get("transA", 0)) and len(a) >= 2  # FusedMatMul
+    return math.prod(y) * (a[-2] if transposed else a[-1])
 
 
 def _matmul_nbits(node: onnx.NodeProto, dims: DimsOf) -> int:
@@ -780,15 +773,12 @@ def _matmul_nbits(node: onnx.NodeProto, dims: DimsOf) -> int:
     return math.prod(dims(node.output[0])) * k
 
 
-def _gemm(a_index: int) -> Callable[[onnx.NodeProto, DimsOf], int]:
-    def count(node: onnx.NodeProto, dims: DimsOf) -> int:
-        a = dims(_input(node, a_index))
-        if len(a) != 2:
-            raise _Bad(f"Gemm operand A has rank {len(a)}, expected 2")
-        k = a[0] if _attrs(node).get("transA", 0) else a[1]
-        return math.prod(dims(node.output[0])) * k
-
-    return count
+def _gemm(node: onnx.NodeProto, dims: DimsOf) -> int:
+    a = dims(_input(node, 0))
+    if len(a) != 2:
+        raise _Bad(f"Gemm operand A has rank {len(a)}, expected 2")
+    k = a[0] if _attrs(node).get("transA", 0) else a[1]
+    return math.prod(dims(node.output[0])) * k
 
 
 def _recurrent(node: onnx.NodeProto, dims: DimsOf) -> int:
@@ -803,6 +793,20 @@ def _recurrent(node: onnx.NodeProto, dims: DimsOf) -> int:
     return steps * batch * (math.prod(w) + math.prod(r))
 
 
+def _present_length(node: onnx.NodeProto, dims: DimsOf, axis: int) -> int | None:
+    """The attended length (past + new positions) read off the present-key output, when its shape is known."""
+    present = node.output[1] if len(node.output) > 1 else ""
+    return dims(present)[axis] if present and _known(dims, present) else None
+
+
+def _known(dims: DimsOf, name: str) -> bool:
+    try:
+        dims(name)
+    except (_Missing, _Bad):
+        return False
+    return True
+
+
 def _ms_attention(node: onnx.NodeProto, dims: DimsOf) -> int:
     """com.microsoft Attention: the packed Q/K/V projection, then QK^T and scores x V."""
     x = dims(_input(node, 0))
@@ -813,7 +817,10 @@ def _ms_attention(node: onnx.NodeProto, dims: DimsOf) -> int:
     batch, steps, _ = x
     sizes = list(_attrs(node).get("qkv_hidden_sizes", []) or [])
     q_size, v_size = (sizes[0], sizes[2]) if len(sizes) == 3 else (weights[1] // 3, weights[1] // 3)
-    total = _total_sequence(node, dims, present_index=1, present_axis=3, past_index=4, past_axis=3, default=steps)
+    total = _present_length(node, dims, axis=3)  # present: (2, B, N, T, H)
+    if total is None:
+        past = _input(node, 4)
+        total = (dims(past)[3] if past else 0) + steps
     projection = math.prod(x) * weights[1]
     return projection + batch * steps * total * (q_size + v_size)
 
@@ -831,20 +838,16 @@ def _ms_multihead(node: onnx.NodeProto, dims: DimsOf) -> int:
         q_size = query[2] * query[4]
     else:
         raise _Bad(f"query has rank {len(query)}, expected 3 or 5")
-    key_name = _input(node, 1)
-    if len(node.output) > 1 and node.output[1] and _known(dims, node.output[1]):
-        total = dims(node.output[1])[2]
-    elif not key_name:
+    total = _present_length(node, dims, axis=2)  # present: (B, N, T, H)
+    if total is None and not _input(node, 1):
         total = steps
-    else:
-        key = dims(key_name)
+    elif total is None:
+        key = dims(_input(node, 1))
         if len(key) == 4:  # (B, N, L, H): a cross-attention cache, already complete
             total = key[2]
-        else:
-            total = key[1]  # (B, L, D) or packed KV (B, L, N, 2, H)
+        else:  # (B, L, D) or packed KV (B, L, N, 2, H), after the past key if any
             past = _input(node, 6)
-            if past:
-                total += dims(past)[2]
+            total = key[1] + (dims(past)[2] if past else 0)
     return batch * steps * total * (q_size + v_size)
 
 
@@ -862,38 +865,17 @@ def _onnx_attention(node: onnx.NodeProto, dims: DimsOf) -> int:
     """ONNX Attention (opset 23): QK^T over all key positions, then scores x V."""
     q = dims(_input(node, 0))
     y = dims(node.output[0])
-    if len(node.output) > 1 and node.output[1] and _known(dims, node.output[1]):
-        total = dims(node.output[1])[2]
-    else:
+    total = _present_length(node, dims, axis=2)
+    if total is None:
         key = dims(_input(node, 1))
         if len(key) not in (3, 4):
             raise _Bad(f"key has rank {len(key)}, expected 3 or 4")
-        total = key[2] if len(key) == 4 else key[1]
         past = _input(node, 4)
-        if past:
-            total += dims(past)[2]
+        total = (key[2] if len(key) == 4 else key[1]) + (dims(past)[2] if past else 0)
     return (math.prod(q) + math.prod(y)) * total
 
 
-def _total_sequence(node: onnx.NodeProto, dims: DimsOf, *, present_index: int, present_axis: int, past_index: int, past_axis: int, default: int) -> int:
-    present = node.output[present_index] if len(node.output) > present_index else ""
-    if present and _known(dims, present):
-        return dims(present)[present_axis]
-    past = _input(node, past_index)
-    if past:
-        return dims(past)[past_axis] + default
-    return default
-
-
-def _known(dims: DimsOf, name: str) -> bool:
-    try:
-        dims(name)
-    except (_Missing, _Bad):
-        return False
-    return True
-
-
-COUNTERS: dict[tuple[str, str], Callable[[onnx.NodeProto, DimsOf], int]] = {
+COUNTERS: dict[tuple[str, str], Rule] = {
     ("", "Conv"): _conv(1),
     ("", "ConvInteger"): _conv(1),
     ("", "QLinearConv"): _conv(3),
@@ -901,16 +883,16 @@ COUNTERS: dict[tuple[str, str], Callable[[onnx.NodeProto, DimsOf], int]] = {
     (MS, "FusedConv"): _conv(1),
     (MS, "NhwcConv"): _conv(1),
     ("", "ConvTranspose"): _conv_transpose,
-    ("", "MatMul"): _matmul(0),
-    ("", "MatMulInteger"): _matmul(0),
-    ("", "QLinearMatMul"): _matmul(0),
-    (MS, "FusedMatMul"): _matmul(0),
-    (MS, "MatMulIntegerToFloat"): _matmul(0),
-    (MS, "DynamicQuantizeMatMul"): _matmul(0),
+    ("", "MatMul"): _matmul,
+    ("", "MatMulInteger"): _matmul,
+    ("", "QLinearMatMul"): _matmul,
+    (MS, "FusedMatMul"): _matmul,
+    (MS, "MatMulIntegerToFloat"): _matmul,
+    (MS, "DynamicQuantizeMatMul"): _matmul,
     (MS, "MatMulNBits"): _matmul_nbits,
-    ("", "Gemm"): _gemm(0),
-    (MS, "FusedGemm"): _gemm(0),
-    (MS, "QGemm"): _gemm(0),
+    ("", "Gemm"): _gemm,
+    (MS, "FusedGemm"): _gemm,
+    (MS, "QGemm"): _gemm,
     ("", "LSTM"): _recurrent,
     ("", "GRU"): _recurrent,
     ("", "RNN"): _recurrent,
@@ -920,5 +902,3 @@ COUNTERS: dict[tuple[str, str], Callable[[onnx.NodeProto, DimsOf], int]] = {
     (MS, "GroupQueryAttention"): _ms_group_query,
     ("", "Attention"): _onnx_attention,
 }
-# The default domain may also be written out.
-COUNTERS.update({("ai.onnx", op): rule for (domain, op), rule in list(COUNTERS.items()) if domain == ""})

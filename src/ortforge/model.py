@@ -340,6 +340,20 @@ def save_model(
     return out
 
 
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write a small text file via a temporary file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".ortforge-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _refuse_overwrite(out: Path, source: Model) -> None:
     protected = ([source.path] if source.path else []) + source.external_data_files()
     for guarded in protected:

@@ -19,6 +19,8 @@ def _mib(value: int) -> str:
 
 
 def _ms(value: float) -> str:
+    if value < 1:
+        return f"{value:.3g}"
     return f"{value:,.3f}" if value < 10 else f"{value:,.1f}"
 
 
@@ -279,3 +281,17 @@ def render_run(loaded, feeds, outputs, console: Console) -> None:  # noqa: ANN00
             text = np.array2string(array, threshold=12, edgeitems=3, precision=5)
             console.print(f"  {escape(name)} {array.dtype} {list(array.shape)}: {escape(text)}", highlight=False)
     console.print(f"inputs: {escape(feeds.origin)}", style="dim", highlight=False)
+
+
+def render_session_tuning(tuning, path, console: Console) -> None:  # noqa: ANN001 - session_tuning.SessionTuning
+    render_bench(tuning.final, console, top=0)
+    table = Table(title="Against ORT's defaults, per interleaved round")
+    for column in ("candidate", "p50 (ms)", "ratio median (min-max)", "rounds won"):
+        table.add_column(column, overflow="fold")
+    for score in tuning.scores:
+        table.add_row(score.label, _ms(score.p50_ms), f"{score.ratio:.3g}x ({score.low:.3g}-{score.high:.3g})", f"{score.wins:.0%}")
+    console.print(table)
+    console.print(f"[bold]chosen:[/] {escape(tuning.chosen.label)} ({escape(tuning.why)})", highlight=False)
+    console.print(f"[bold]wrote[/] {escape(str(path))}", highlight=False)
+    for note in tuning.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)

@@ -37,6 +37,7 @@ PROVIDER_ALIASES = {
     "webgpu": "WebGpuExecutionProvider",
 }
 CPU = "CPUExecutionProvider"
+MEASUREMENTS_KEY = "measurements"  # figures a tool stored beside the config; informational, ignored on load
 
 
 def provider_name(text: str) -> str:
@@ -88,6 +89,7 @@ class SessionConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "session config") -> SessionConfig:
+        data = {key: value for key, value in data.items() if key != MEASUREMENTS_KEY}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

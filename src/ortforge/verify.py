@@ -36,6 +36,7 @@ class Verification:
     generated_inputs: bool
     outputs: list[OutputDiff] = field(default_factory=list)
     problem: str = ""  # why it failed, in one line
+    reference: str = "the original"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,7 +45,7 @@ class Verification:
         worst = max(self.outputs, key=lambda o: o.max_abs, default=None)
         figures = f"max abs diff {worst.max_abs:.3g}, max rel diff {worst.max_rel:.3g}" if worst else "no outputs"
         verdict = "within" if self.passed else "OUTSIDE"
-        return f"outputs {verdict} rtol={self.rtol:g} atol={self.atol:g} on {self.samples} sample(s): {figures}"
+        return f"outputs {verdict} rtol={self.rtol:g} atol={self.atol:g} of {self.reference} on {self.samples} sample(s): {figures}"
 
 
 def run_all(model: Model, config: SessionConfig, feeds: FeedSet) -> list[list[np.ndarray]]:
@@ -109,11 +110,13 @@ def verify(
     """Run both models on the same feeds and compare every output; never raises for a mismatch."""
     names = [output.name for output in original.proto.graph.output]
     candidate_names = [output.name for output in candidate.proto.graph.output]
+    original_config = original_config or SessionConfig(graph_optimization_level="disable")
     result = Verification(True, rtol, atol, len(feeds), feeds.generated)
+    result.reference = f"the original at ORT level {original_config.graph_optimization_level}"
     if candidate_names != names:
         result.passed, result.problem = False, f"outputs changed: {candidate_names} instead of {names}"
         return result
-    reference = run_all(original, original_config or SessionConfig(graph_optimization_level="disable"), feeds)
+    reference = run_all(original, original_config, feeds)
     produced = run_all(candidate, candidate_config or SessionConfig(), feeds)
     try:
         result.outputs = compare_outputs(reference, produced, names, rtol, atol)

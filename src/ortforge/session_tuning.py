@@ -1,0 +1,160 @@
+"""`ortforge tune-session`: measure session options (threads, spinning, affinity, execution mode, memory,
+EP options) against ORT's defaults, interleaved, and keep the one that wins consistently.
+
+On 2 shared cores the best thread count flips with background load, so a candidate is only chosen
+when it beats the defaults in most interleaved rounds, not just on the median.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .bench import BenchOptions, BenchReport, Progress, Variant, VariantResult, bench
+from .data import FeedSet
+from .machine import cpu_info
+from .model import Model
+from .session import SessionConfig
+
+SPINNING = "session.intra_op.allow_spinning"
+AFFINITY = "session.intra_op_thread_affinities"
+MIN_WIN_FRACTION = 0.75  # of interleaved rounds a candidate must win against the defaults
+FINALISTS = 3
+# Documented provider options worth a try, per EP (only EPs the config already uses are tried).
+EP_OPTION_CANDIDATES: dict[str, list[dict[str, str]]] = {
+    "CUDAExecutionProvider": [{"cudnn_conv_algo_search": "EXHAUSTIVE"}, {"cudnn_conv_algo_search": "HEURISTIC"}],
+    "TensorrtExecutionProvider": [{"trt_fp16_enable": "False"}, {"trt_builder_optimization_level": "5"}],
+    "OpenVINOExecutionProvider": [{"num_of_threads": "1"}, {"precision": "ACCURACY"}],
+    "DnnlExecutionProvider": [{"use_arena": "0"}],
+}
+
+
+@dataclass
+class Candidate:
+    label: str
+    config: SessionConfig
+
+
+@dataclass
+class CandidateScore:
+    label: str
+    ratio: float  # median per-round p50 ratio to the defaults
+    low: float
+    high: float
+    wins: float  # fraction of rounds faster than the defaults
+    p50_ms: float
+
+
+@dataclass
+class SessionTuning:
+    chosen: Candidate
+    scores: list[CandidateScore]
+    why: str
+    screening: BenchReport
+    final: BenchReport
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "chosen": {"label": self.chosen.label, "config": self.chosen.config.to_dict()},
+            "why": self.why,
+            "scores": [score.__dict__ for score in self.scores],
+            "screening": self.screening.to_dict(),
+            "final": self.final.to_dict(),
+            "notes": self.notes,
+        }
+
+
+def _with_entries(config: SessionConfig, **entries: str) -> SessionConfig:
+    return replace(config, config_entries={**config.config_entries, **entries})
+
+
+def candidates(base: SessionConfig, cores: int | None = None) -> list[Candidate]:
+    """ORT's defaults first, then one change at a time from them (plus the thread counts with spinning off)."""
+    cores = cores or cpu_info().physical_cores or os.cpu_count() or 1
+    found = [Candidate("ORT defaults", base)]
+    for threads in range(1, cores + 1):
+        threaded = replace(base, intra_op_num_threads=threads)
+        found.append(Candidate(f"intra_op_num_threads={threads}", threaded))
+        if threads > 1:
+            found.append(Candidate(f"intra_op_num_threads={threads}, no spinning", _with_entries(threaded, **{SPINNING: "0"})))
+            # Once the count is explicit ORT sets no affinity; pin thread i to logical processor i+1 as its default does.
+            pinned = ";".join(str(processor) for processor in range(2, threads + 1))
+            found.append(Candidate(f"intra_op_num_threads={threads}, pinned", _with_entries(threaded, **{AFFINITY: pinned})))
+    found.append(Candidate("no spinning", _with_entries(base, **{SPINNING: "0"})))
+    if cores > 1:
+        found.append(Candidate("parallel execution, 2 inter-op threads", replace(base, execution_mode="parallel", inter_op_num_threads=2)))
+    found.append(Candidate("no memory pattern", replace(base, enable_mem_pattern=False)))
+    found.append(Candidate("no CPU memory arena", replace(base, enable_cpu_mem_arena=False)))
+    for index, provider in enumerate(base.providers):
+        for options in EP_OPTION_CANDIDATES.get(provider.name, []):
+            providers = list(base.providers)
+            providers[index] = replace(provider, options={**provider.options, **options})
+            label = ", ".join(f"{k}={v}" for k, v in options.items())
+            found.append(Candidate(f"{provider.name.replace('ExecutionProvider', '')} {label}", replace(base, providers=providers)))
+    return found
+
+
+def score(result: VariantResult, baseline: VariantResult) -> CandidateScore:
+    """How a candidate fared against the defaults, round by round."""
+    ratios = np.asarray(result.latency.round_medians) / np.asarray(baseline.latency.round_medians)
+    return CandidateScore(
+        label=result.label,
+        ratio=float(np.median(ratios)),
+        low=float(ratios.min()),
+        high=float(ratios.max()),
+        wins=float(np.mean(ratios < 1.0)),
+        p50_ms=result.latency.p50,
+    )
+
+
+def choose(scores: list[CandidateScore]) -> tuple[str, str]:
+    """The label to keep and why: the fastest median among candidates that win most rounds, else the defaults."""
+    defaults, *others = scores
+    consistent = [s for s in others if s.ratio < 1.0 and s.wins >= MIN_WIN_FRACTION]
+    if not consistent:
+        return defaults.label, f"no candidate beat ORT's defaults in at least {MIN_WIN_FRACTION:.0%} of interleaved rounds"
+    best = min(consistent, key=lambda s: s.ratio)
+    return best.label, f"{best.ratio:.2f}x the defaults' p50 ({best.low:.2f}-{best.high:.2f}), faster in {best.wins:.0%} of rounds"
+
+
+def tune_session(
+    model: Model, feeds: FeedSet, base: SessionConfig, options: BenchOptions | None = None, progress: Progress | None = None
+) -> SessionTuning:
+    """Screen every candidate briefly, then measure the finalists against the defaults for longer."""
+    # Short blocks give many interleaved rounds, which is what "wins consistently" is judged on.
+    options = replace(options or BenchOptions(max_seconds=4.0), block_seconds=0.1, min_rounds=8, profile=False)
+    found = candidates(base)
+    by_label = {c.label: c for c in found}
+    screening_options = replace(options, max_seconds=max(0.5, options.max_seconds / 4), profile=False)
+    screening = bench([Variant(c.label, model, c.config, feeds) for c in found], screening_options, progress)
+    screened = sorted((score(r, screening.variants[0]) for r in screening.variants[1:]), key=lambda s: s.ratio)
+    finalists = [found[0]] + [by_label[s.label] for s in screened[:FINALISTS]]
+    final = bench([Variant(c.label, model, c.config, feeds) for c in finalists], replace(options, profile=False), progress)
+    scores = [score(result, final.variants[0]) for result in final.variants]
+    label, why = choose(scores)
+    notes = ["inputs were generated: fine for speed"] if feeds.generated else []
+    return SessionTuning(by_label[label], scores, why, screening, final, notes)
+
+
+def write_config(tuning: SessionTuning, path: str | os.PathLike[str], model: Model) -> Path:
+    """The chosen config as JSON, with the figures that chose it under "measurements" (ignored on load)."""
+    import json
+
+    from . import runtime
+    from .model import atomic_write_text
+
+    data = tuning.chosen.config.to_dict()
+    data["measurements"] = {
+        "model": str(model.path or model.name),
+        "model_sha256": model.content_hash(),
+        "onnxruntime": runtime.version(),
+        "cpu": cpu_info().model,
+        "chosen": tuning.chosen.label,
+        "why": tuning.why,
+        "scores": [score.__dict__ for score in tuning.scores],
+    }
+    return atomic_write_text(Path(path), json.dumps(data, indent=2))

@@ -1,0 +1,56 @@
+"""tune-session: candidate configs, the consistent-winner rule, and a real end-to-end run."""
+
+from __future__ import annotations
+
+from helpers import linear_model, save
+
+from ortforge.api import tune_session
+from ortforge.bench import BenchOptions
+from ortforge.session import ProviderSpec, SessionConfig
+from ortforge.session_tuning import AFFINITY, SPINNING, CandidateScore, candidates, choose
+
+
+def test_candidates_change_one_thing_from_the_defaults():
+    found = {c.label: c.config for c in candidates(SessionConfig(), cores=4)}
+    assert found["ORT defaults"] == SessionConfig()
+    assert [found[f"intra_op_num_threads={n}"].intra_op_num_threads for n in range(1, 5)] == [1, 2, 3, 4]
+    assert found["intra_op_num_threads=4, pinned"].config_entries[AFFINITY] == "2;3;4"  # one group per extra thread
+    assert found["no spinning"].config_entries[SPINNING] == "0"
+    assert found["parallel execution, 2 inter-op threads"].execution_mode == "parallel"
+    assert not found["no CPU memory arena"].enable_cpu_mem_arena
+
+
+def test_ep_options_are_tried_only_for_configured_eps():
+    labels = [c.label for c in candidates(SessionConfig(providers=[ProviderSpec("CUDAExecutionProvider"), ProviderSpec("CPUExecutionProvider")]), cores=1)]
+    assert any("cudnn_conv_algo_search=EXHAUSTIVE" in label for label in labels)
+    assert not any("cudnn" in c.label for c in candidates(SessionConfig(), cores=1))
+
+
+def _score(label, ratio, wins):
+    return CandidateScore(label, ratio, ratio * 0.9, ratio * 1.1, wins, 1.0)
+
+
+def test_choose_prefers_consistent_winners():
+    defaults = _score("ORT defaults", 1.0, 0.0)
+    lucky = _score("lucky", 0.80, 0.5)  # faster median, but wins only half the rounds
+    steady = _score("steady", 0.90, 1.0)
+    assert choose([defaults, lucky, steady])[0] == "steady"
+    label, why = choose([defaults, lucky])
+    assert label == "ORT defaults" and "no candidate" in why
+
+
+def test_tune_session_writes_a_loadable_config(tmp_path):
+    model = save(linear_model(64), tmp_path / "m.onnx")
+    tuning, path = tune_session(str(model), tmp_path / "best.json", options=BenchOptions(max_seconds=0.4, warmup_seconds=0.05))
+    config = SessionConfig.load(path)  # the "measurements" section is ignored on load
+    assert config == tuning.chosen.config
+    assert tuning.scores[0].label == "ORT defaults" and len(tuning.scores) >= 2
+    assert all(len(v.latency.round_medians) >= 2 for v in tuning.final.variants)
+
+
+def test_candidate_configs_build_sessions(tmp_path):
+    from ortforge.model import load_model
+
+    model = load_model(save(linear_model(), tmp_path / "m.onnx"))
+    for candidate in candidates(SessionConfig(), cores=2):
+        candidate.config.build(model)  # every candidate must be a config ORT accepts (affinity format included)
