@@ -106,7 +106,7 @@ def _read_folder(folder: Path, specs: list[InputSpec]) -> Iterator[Feed]:
 
 def _read_hook(source: str) -> Iterator[Feed]:
     module_name, _, function_name = source.rpartition(":")
-    module = _import_hook_module(module_name)
+    module = import_hook_module(module_name)
     function = getattr(module, function_name, None)
     if not callable(function):
         raise UserError(f"--data {source}: '{module_name}' has no function '{function_name}'")
@@ -124,7 +124,7 @@ def _read_hook(source: str) -> Iterator[Feed]:
         yield {name: np.asarray(value) for name, value in feed.items()}
 
 
-def _import_hook_module(module_name: str):  # noqa: ANN202 - a module
+def import_hook_module(module_name: str):  # noqa: ANN202 - a module
     if module_name.endswith(".py"):
         path = Path(module_name)
         if not path.is_file():

@@ -1,0 +1,143 @@
+"""Accuracy metrics of a candidate's outputs against a reference, tolerances on them, and the user's hook.
+
+Errors (max_abs, mean_abs, rel) must stay at or below their tolerance; agreements (cosine, top1,
+and the user's `--eval` hook by default) must stay at or above it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .data.sources import import_hook_module
+from .errors import UserError
+
+Outputs = list[dict[str, np.ndarray]]  # one dict of output name -> array per sample
+HIGHER_IS_BETTER = {"cosine", "top1", "eval"}
+LOWER_IS_BETTER = {"max_abs", "mean_abs", "rel"}
+METRICS = HIGHER_IS_BETTER | LOWER_IS_BETTER
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """One bound on one metric, e.g. cosine >= 0.99 or max_abs <= 1e-3."""
+
+    metric: str
+    value: float
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric in HIGHER_IS_BETTER
+
+    def met_by(self, measured: float) -> bool:
+        return measured >= self.value if self.higher_is_better else measured <= self.value
+
+    def describe(self) -> str:
+        return f"{self.metric} {'>=' if self.higher_is_better else '<='} {self.value:g}"
+
+
+def parse_tolerance(text: str) -> Tolerance:
+    """'cosine=0.99' -> Tolerance('cosine', 0.99)."""
+    metric, sep, value = text.partition("=")
+    if not sep or metric not in METRICS:
+        raise UserError(f"--tolerance '{text}': expected METRIC=VALUE with METRIC one of {', '.join(sorted(METRICS))}")
+    try:
+        return Tolerance(metric, float(value))
+    except ValueError:
+        raise UserError(f"--tolerance '{text}': '{value}' is not a number") from None
+
+
+@dataclass
+class OutputAccuracy:
+    name: str
+    max_abs: float
+    mean_abs: float
+    rel: float  # max |a-b| / max |reference|: scale-free, robust to near-zero elements
+    cosine: float  # worst sample's cosine similarity
+    top1: float | None  # agreement of argmax over the last axis, for classifier-like outputs
+
+
+@dataclass
+class AccuracyReport:
+    """Per-output metrics and the worst of each over all outputs and samples."""
+
+    outputs: list[OutputAccuracy] = field(default_factory=list)
+    eval_score: float | None = None
+
+    def metric(self, name: str) -> float:
+        if name == "eval":
+            if self.eval_score is None:
+                raise UserError("tolerance on 'eval' needs --eval module:function")
+            return self.eval_score
+        values = [getattr(o, name) for o in self.outputs if getattr(o, name) is not None]
+        if not values:
+            raise UserError(f"metric '{name}' does not apply to these outputs")
+        return min(values) if name in HIGHER_IS_BETTER else max(values)
+
+    def meets(self, tolerances: Sequence[Tolerance]) -> bool:
+        return all(t.met_by(self.metric(t.metric)) for t in tolerances)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _is_classifier_output(array: np.ndarray) -> bool:
+    """[batch, classes] or [batch, steps, classes] scores: where top-1 agreement means something."""
+    return array.dtype.kind == "f" and array.ndim in (2, 3) and array.shape[-1] >= 2
+
+
+def output_accuracy(name: str, reference: list[np.ndarray], candidate: list[np.ndarray]) -> OutputAccuracy:
+    """Metrics for one output over all samples."""
+    max_abs = mean_sum = 0.0
+    count = 0
+    peak = 0.0
+    cosines, agreements = [], []
+    for ref, cand in zip(reference, candidate):
+        ref64, cand64 = np.asarray(ref, np.float64), np.asarray(cand, np.float64)
+        if ref64.shape != cand64.shape:
+            raise UserError(f"output '{name}': shape {list(cand64.shape)} differs from the reference's {list(ref64.shape)}")
+        error = np.abs(ref64 - cand64)
+        if error.size:
+            max_abs = max(max_abs, float(error.max()))
+            mean_sum += float(error.sum())
+            count += error.size
+            peak = max(peak, float(np.abs(ref64).max()))
+        norm = np.linalg.norm(ref64) * np.linalg.norm(cand64)
+        cosines.append(float(np.dot(ref64.ravel(), cand64.ravel()) / norm) if norm > 0 else float(np.array_equal(ref64, cand64)))
+        if _is_classifier_output(np.asarray(ref)):
+            agreements.append(np.mean(ref64.argmax(axis=-1) == cand64.argmax(axis=-1)))
+    return OutputAccuracy(
+        name=name,
+        max_abs=max_abs,
+        mean_abs=mean_sum / count if count else 0.0,
+        rel=max_abs / peak if peak > 0 else max_abs,
+        cosine=min(cosines) if cosines else 1.0,
+        top1=float(np.mean(agreements)) if agreements else None,
+    )
+
+
+def compare(reference: Outputs, candidate: Outputs, hook: Callable | None = None) -> AccuracyReport:
+    """All metrics for every output; the hook (if any) scores the whole candidate against the reference."""
+    names = list(reference[0]) if reference else []
+    report = AccuracyReport(
+        [output_accuracy(n, [s[n] for s in reference], [s[n] for s in candidate]) for n in names]
+    )
+    if hook is not None:
+        try:
+            report.eval_score = float(hook(candidate, reference))
+        except Exception as exc:
+            raise UserError(f"--eval hook raised {type(exc).__name__}: {exc}") from None
+    return report
+
+
+def load_eval_hook(spec: str) -> Callable:
+    """'module:function' or 'file.py:function' -> the function(outputs, reference) -> float."""
+    module_name, sep, function_name = spec.rpartition(":")
+    if not sep or not module_name or not function_name.isidentifier():
+        raise UserError(f"--eval '{spec}': expected module:function or file.py:function")
+    function = getattr(import_hook_module(module_name), function_name, None)
+    if not callable(function):
+        raise UserError(f"--eval '{spec}': '{module_name}' has no function '{function_name}'")
+    return function
