@@ -128,6 +128,23 @@ def test_contrib_attention_ops_use_the_onnxruntime_fallback():
     assert report.shapes_from_ort >= 2 and not report.unknown
 
 
+def test_contrib_attention_with_past_attends_past_and_new_positions():
+    # The attended length is read off the present output (2, B, N, past 5 + new 3, H), which only the run knows.
+    attention = helper.make_node(
+        "Attention", ["x", "W", "b", "", "past"], ["y", "present"], name="attention", domain=MS, num_heads=2, unidirectional=1
+    )
+    model = make_model(
+        [attention],
+        [tensor("x", [1, 3, 16]), tensor("past", [2, 1, 2, 5, 8])],
+        [tensor("y", None), tensor("present", None)],
+        [weight("W", ones(16, 48)), weight("b", np.zeros(48, np.float32))],
+        extra_opsets={MS: 1},
+    )
+    report = macs_of(model, {"x": (1, 3, 16), "past": (2, 1, 2, 5, 8)})
+    # projection 3*16*48; 3 queries x 8 positions x (16 + 16)
+    assert report.total_macs == 3 * 16 * 48 + 3 * 8 * 32
+
+
 def test_onnx_attention_op():
     attention = helper.make_node("Attention", ["q", "k", "v"], ["y"], name="attention")
     model = make_model(
@@ -254,6 +271,15 @@ def test_reshape_driven_shape_resolved_by_onnxruntime_run():
     assert any("onnxruntime" in note for note in report.notes)
 
 
+def test_ops_without_a_rule_are_noted_once_when_the_fallback_recounts():
+    proto = reshape_driven_model()
+    proto.graph.node.append(helper.make_node("Einsum", ["x", "x"], ["e"], equation="ij,ij->i"))
+    proto.graph.output.append(tensor("e", None))
+    report = macs_of(proto, {"x": (2, 6)})
+    assert report.total_macs == 60 and report.shapes_from_ort >= 1  # counted twice: before and after the run
+    assert "not counted (no rule for these ops): 1 Einsum" in report.notes
+
+
 def test_failed_fallback_lists_the_node_as_unknown():
     report = macs_of(reshape_driven_model(), {"x": (2, 5)})  # (4, 2) cannot hold 10 values: the run fails
     assert report.total_macs == 0
@@ -321,5 +347,7 @@ def test_to_dict_is_plain_data():
 
     report = macs_of(if_model(), {"x": (2, 4), "c": ()})
     data = json.loads(json.dumps(report.to_dict()))
-    assert data["flops"] == 2 * data["total_macs"]
-    assert {"by_op_type", "top_nodes", "unknown", "notes"} <= set(data)
+    assert data["flops"] == 2 * data["total_macs"] == 80
+    assert data["by_op_type"] == {"MatMul": 40} and data["counted_nodes"] == 2 and data["unknown"] == []
+    top = {"name": "else_mm", "op_type": "MatMul", "macs": 40, "where": "If 'branch' else_branch", "repeat": 1}
+    assert data["top_nodes"][0] == top

@@ -147,6 +147,7 @@ def test_parameters_by_dtype():
     nodes = [
         helper.make_node("Constant", [], ["shape"], value=helper.make_tensor("shape", TensorProto.INT64, [2], [1, 16])),
         helper.make_node("Constant", [], ["scales"], value_floats=[1.0, 2.0, 3.0]),
+        helper.make_node("Constant", [], ["axis"], value_int=1),
         helper.make_node("Reshape", ["x", "shape"], ["y"]),
     ]
     initializers = [
@@ -155,14 +156,19 @@ def test_parameters_by_dtype():
         weight("q", np.ones(3, np.int8)),
     ]
     model = make_model(nodes, [tensor("x", [4, 4])], [tensor("y", [1, 16])], initializers)
+    # A sparse weight: 2 stored float32 values (counted) and their 2 int64 indices (bytes only).
+    values = helper.make_tensor("sparse", TensorProto.FLOAT, [2], [1.0, 2.0])
+    indices = helper.make_tensor("sparse_indices", TensorProto.INT64, [2], [3, 7])
+    model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [10]))
     stats = parameter_stats(model)
     assert stats.by_dtype == {
-        "float32": {"count": 16 + 3, "bytes": 64 + 12, "tensors": 2},
+        "float32": {"count": 16 + 3 + 2, "bytes": 64 + 12 + 8 + 16, "tensors": 3},
         "float16": {"count": 10, "bytes": 20, "tensors": 1},
-        "int64": {"count": 2, "bytes": 16, "tensors": 1},
+        "int64": {"count": 2 + 1, "bytes": 16 + 8, "tensors": 2},
         "int8": {"count": 3, "bytes": 3, "tensors": 1},
     }
-    assert stats.count == 34 and stats.bytes == 115 and stats.tensors == 5 and stats.external_tensors == 0
+    assert list(stats.by_dtype) == ["float32", "int64", "float16", "int8"]  # by bytes, most first
+    assert stats.count == 37 and stats.bytes == 147 and stats.tensors == 7 and stats.external_tensors == 0
 
 
 def test_parameters_of_external_data_model_come_from_dims(tmp_path):

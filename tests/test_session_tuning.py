@@ -7,7 +7,8 @@ from helpers import linear_model, save
 from ortforge.api import tune_session
 from ortforge.bench import BenchOptions
 from ortforge.session import ProviderSpec, SessionConfig
-from ortforge.session_tuning import AFFINITY, SPINNING, CandidateScore, candidates, choose
+from ortforge.bench import CandidateScore, consistent_winner
+from ortforge.session_tuning import AFFINITY, SPINNING, candidates
 
 
 def test_candidates_change_one_thing_from_the_defaults():
@@ -34,9 +35,8 @@ def test_choose_prefers_consistent_winners():
     defaults = _score("ORT defaults", 1.0, 0.0)
     lucky = _score("lucky", 0.80, 0.5)  # faster median, but wins only half the rounds
     steady = _score("steady", 0.90, 1.0)
-    assert choose([defaults, lucky, steady])[0] == "steady"
-    label, why = choose([defaults, lucky])
-    assert label == "ORT defaults" and "no candidate" in why
+    assert consistent_winner([defaults, lucky, steady]).label == "steady"
+    assert consistent_winner([defaults, lucky]) is None
 
 
 def test_tune_session_writes_a_loadable_config(tmp_path):

@@ -18,6 +18,8 @@ Outputs = list[dict[str, np.ndarray]]  # one dict of output name -> array per sa
 HIGHER_IS_BETTER = {"cosine", "top1", "eval"}
 LOWER_IS_BETTER = {"max_abs", "mean_abs", "rel"}
 METRICS = HIGHER_IS_BETTER | LOWER_IS_BETTER
+# A cosine over a handful of numbers (a VAD's one probability) says little per sample: pool them.
+MIN_COSINE_ELEMENTS = 16
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class OutputAccuracy:
     max_abs: float
     mean_abs: float
     rel: float  # max |a-b| / max |reference|: scale-free, robust to near-zero elements
-    cosine: float  # worst sample's cosine similarity
+    cosine: float  # worst sample's cosine similarity (over all samples at once for tiny outputs)
     top1: float | None  # agreement of argmax over the last axis, for classifier-like outputs
 
 
@@ -88,12 +90,21 @@ def _is_classifier_output(array: np.ndarray) -> bool:
     return array.dtype.kind == "f" and array.ndim in (2, 3) and array.shape[-1] >= 2
 
 
+def _cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
+    reference, candidate = np.asarray(reference, np.float64).ravel(), np.asarray(candidate, np.float64).ravel()
+    norm = np.linalg.norm(reference) * np.linalg.norm(candidate)
+    if not np.isfinite(norm):
+        return 0.0
+    return float(np.dot(reference, candidate) / norm) if norm > 0 else float(np.array_equal(reference, candidate))
+
+
 def output_accuracy(name: str, reference: list[np.ndarray], candidate: list[np.ndarray]) -> OutputAccuracy:
     """Metrics for one output over all samples."""
     max_abs = mean_sum = 0.0
     count = 0
     peak = 0.0
     cosines, agreements = [], []
+    tiny = all(np.size(r) < MIN_COSINE_ELEMENTS for r in reference)
     for ref, cand in zip(reference, candidate):
         ref64, cand64 = np.asarray(ref, np.float64), np.asarray(cand, np.float64)
         if ref64.shape != cand64.shape:
@@ -104,10 +115,12 @@ def output_accuracy(name: str, reference: list[np.ndarray], candidate: list[np.n
             mean_sum += float(error.sum())
             count += error.size
             peak = max(peak, float(np.abs(ref64).max()))
-        norm = np.linalg.norm(ref64) * np.linalg.norm(cand64)
-        cosines.append(float(np.dot(ref64.ravel(), cand64.ravel()) / norm) if norm > 0 else float(np.array_equal(ref64, cand64)))
+        if not tiny:
+            cosines.append(_cosine(ref64, cand64))
         if _is_classifier_output(np.asarray(ref)):
             agreements.append(np.mean(ref64.argmax(axis=-1) == cand64.argmax(axis=-1)))
+    if tiny and reference:
+        cosines.append(_cosine(np.concatenate([np.ravel(r) for r in reference]), np.concatenate([np.ravel(c) for c in candidate])))
     return OutputAccuracy(
         name=name,
         max_abs=max_abs,

@@ -177,6 +177,51 @@ def optimize(
     )
 
 
+def quantize(
+    reference: str | Path,
+    output: str | Path,
+    *,
+    mode: str = "static",
+    recipe: dict | None = None,
+    calib: str | None = None,
+    calib_samples: int | None = None,
+    data: str | None = None,
+    samples: int | None = None,
+    shape_options: ShapeOptions | None = None,
+    tolerances: Sequence[str] = (),
+    eval_hook: str | None = None,
+    force: bool = False,
+    measure: BenchOptions | None = None,
+    progress: Progress | None = None,
+):  # -> quantization.QuantizeReport
+    """int8-quantize with one recipe (`recipe` = QuantizeOptions fields) or search recipes (`mode='auto'`)."""
+    from .accuracy import load_eval_hook, parse_tolerance
+    from .inspection import inspect_model
+    from .quantization import auto_recipes, quantize_model
+    from .transforms.quantize import QuantizeOptions
+
+    model = open_model(reference)
+    calibration = feeds_for(model, reference, calib, samples=calib_samples or 16, shape_options=shape_options)
+    evaluation = feeds_for(model, reference, data, samples=samples, shape_options=shape_options, seed=1) if (data or calib is None) else calibration
+    if mode == "auto":
+        family = inspect_model(model, shape_options).family
+        recipes = auto_recipes(family)
+    else:
+        recipes = [QuantizeOptions(mode=mode, **(recipe or {}))]
+    return quantize_model(
+        model,
+        output,
+        recipes,
+        calibration,
+        evaluation,
+        tolerances=[parse_tolerance(t) for t in tolerances] or None,
+        hook=load_eval_hook(eval_hook) if eval_hook else None,
+        force=force,
+        measure=measure,
+        progress=progress,
+    )
+
+
 def tune_session(
     reference: str | Path,
     output: str | Path,

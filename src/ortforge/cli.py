@@ -121,6 +121,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shapes(optimize)
     _add_json(optimize)
 
+    quantize = commands.add_parser(
+        "quantize",
+        help="int8 quantization (dynamic/static, QDQ/QOperator) or --mode auto; checked for accuracy before writing",
+        description="One recipe, or --mode auto: recipes chosen from the model family and CPU, each checked against the "
+        "fp32 outputs and timed against fp32 in one interleaved run; the fastest within tolerance wins, fp32 if none is faster.",
+    )
+    quantize.add_argument("model", help="an .onnx file or zoo:NAME")
+    quantize.add_argument("-o", "--output", required=True, help="where to write the quantized model")
+    quantize.add_argument("--mode", choices=["dynamic", "static", "auto"], default="static")
+    quantize.add_argument("--format", choices=["qdq", "qoperator"], default="qdq")
+    quantize.add_argument("--activation-type", choices=["u8", "s8"], default="u8")
+    quantize.add_argument("--weight-type", choices=["u8", "s8"], default="s8")
+    quantize.add_argument("--per-channel", action="store_true", help="one scale per output channel for weights")
+    quantize.add_argument("--reduce-range", action="store_true", help="7-bit weights (for CPUs without VNNI)")
+    quantize.add_argument("--symmetric-activations", action="store_true")
+    quantize.add_argument("--method", choices=["minmax", "entropy", "percentile", "distribution"], default="minmax", help="calibration method (static)")
+    quantize.add_argument("--op-types", nargs="+", default=[], metavar="OP", help="quantize only these op types, e.g. Conv MatMul Gemm")
+    quantize.add_argument("--exclude", nargs="+", default=[], metavar="NODE|OP", help="node names or op types to keep in float")
+    quantize.add_argument("--calib", metavar="SOURCE", help="calibration data (any --data source; default: zoo realistic or generated)")
+    quantize.add_argument("--calib-samples", type=int, default=None, help="calibration samples (default 16)")
+    quantize.add_argument("--tolerance", action="append", default=[], metavar="METRIC=VALUE",
+                          help="accuracy bound vs fp32: cosine=0.99, top1=1, max_abs=1e-2, rel=1e-2, mean_abs=..., eval=... "
+                          "(default: cosine=0.99, plus top1=1 for classifier outputs)")  # fmt: skip
+    quantize.add_argument("--eval", metavar="MODULE:FUNCTION", help="your metric: function(outputs, reference) -> float, higher is better")
+    quantize.add_argument("--force", action="store_true", help="write a single recipe's result even outside tolerance")
+    quantize.add_argument("--time", type=float, default=3.0, help="seconds of timed runs per candidate (default 3)")
+    quantize.add_argument("--no-measure", action="store_true", help="skip timing a single recipe against fp32")
+    _add_data(quantize)
+    _add_shapes(quantize)
+    _add_json(quantize)
+
     tune_session = commands.add_parser(
         "tune-session",
         help="measure threads, spinning, affinity, execution mode, memory and EP options; write the best session config",
@@ -238,6 +269,41 @@ def run_optimize(args: argparse.Namespace, console: Any) -> None:
     _emit_json(report) if args.json else render_optimize(report, console)
 
 
+def run_quantize(args: argparse.Namespace, console: Any) -> None:
+    from .render import render_quantize
+
+    recipe = dict(
+        format=args.format,
+        activation_type=args.activation_type,
+        weight_type=args.weight_type,
+        per_channel=args.per_channel,
+        reduce_range=args.reduce_range,
+        symmetric_activations=args.symmetric_activations,
+        calibration_method=args.method,
+        op_types=tuple(args.op_types),
+        exclude=tuple(args.exclude),
+    )
+    measure = None if args.no_measure and args.mode != "auto" else BenchOptions(max_seconds=args.time, profile=False)
+    with _progress(_stderr_console().is_terminal) as progress:
+        report = api.quantize(
+            args.model,
+            args.output,
+            mode=args.mode,
+            recipe=recipe,
+            calib=args.calib,
+            calib_samples=args.calib_samples,
+            data=args.data,
+            samples=args.samples,
+            shape_options=_shape_options(args),
+            tolerances=args.tolerance,
+            eval_hook=args.eval,
+            force=args.force,
+            measure=measure,
+            progress=progress,
+        )
+    _emit_json(report) if args.json else render_quantize(report, console)
+
+
 def run_tune_session(args: argparse.Namespace, console: Any) -> None:
     from .render import render_session_tuning
 
@@ -288,6 +354,7 @@ COMMANDS = {
     "bench": run_bench,
     "optimize": run_optimize,
     "tune-session": run_tune_session,
+    "quantize": run_quantize,
     "run": run_run,
     "zoo": run_zoo,
 }

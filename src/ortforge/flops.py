@@ -142,16 +142,9 @@ def count_macs(
     resolver = _Resolver(model, shapes, feeds, context.opset)
     ort_shapes: dict[str, Dims] = {}
     if any(entry.missing for entry in tally.unknown) or tally.wanted_values:
-        ort_shapes = _learn_from_run(resolver, tally, context)
+        ort_shapes = resolver.resolve(tally, context)
         tally = _count_graph(model.proto.graph, context, "", 1)
-    if ort_shapes:
-        origin = "the given inputs" if feeds is not None else "generated inputs"
-        notes.append(
-            f"shapes of {len(ort_shapes)} tensor(s) that shape inference left open came from onnxruntime "
-            f"({resolver.runs} run(s) on {origin})"
-        )
-        if resolver.first_iteration:
-            notes.append("shapes inside Loop/Scan bodies came from a run of their first iteration")
+        notes.extend(resolver.summary(len(ort_shapes)))
     notes.extend(tally.notes)
     if tally.not_counted:
         listed = ", ".join(f"{count} {op}" for op, count in sorted(tally.not_counted.items()))
@@ -167,27 +160,6 @@ def count_macs(
         counted_nodes=len(tally.nodes),
         shapes_from_ort=len(ort_shapes),
     )
-
-
-def _learn_from_run(resolver: _Resolver, tally: _Tally, context: _Context) -> dict[str, Dims]:
-    """Add what a fallback run saw to `context`: shapes left open, and small integers (trip counts).
-
-    Returns the shapes it added.
-    """
-    arrays = resolver.resolve(tally)
-    new_shapes = {
-        name: tuple(int(d) for d in array.shape) for name, array in arrays.items() if not context.known(name)
-    }
-    # A generated input's value says nothing about the model (a random trip count), so only
-    # given feeds and computed tensors count as values.
-    generated = {value.name for value in resolver.model.proto.graph.input} if resolver.feeds is None else set()
-    context.values.update(
-        (name, array)
-        for name, array in arrays.items()
-        if array.dtype.kind in "iu" and array.size <= SMALL_VALUE_ELEMENTS and name not in generated
-    )
-    context.shapes.update(new_shapes)
-    return new_shapes
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -280,9 +252,9 @@ def _small_int_values(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Small integer constants held inline (initializers, Constant nodes): Loop trip counts among them."""
     values: dict[str, np.ndarray] = {}
     for name, tensor in _constant_tensors(proto).items():
-        if _is_integer(tensor.data_type) and tensor.data_location != onnx.TensorProto.EXTERNAL:
-            if math.prod(tensor.dims) <= SMALL_VALUE_ELEMENTS:
-                values[name] = numpy_helper.to_array(tensor)
+        inline = tensor.data_location != onnx.TensorProto.EXTERNAL
+        if inline and _is_integer(tensor.data_type) and math.prod(tensor.dims) <= SMALL_VALUE_ELEMENTS:
+            values[name] = numpy_helper.to_array(tensor)
     for node in iter_nodes(proto):
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name in ("value_int", "value_ints"):
             values[node.output[0]] = np.array(helper.get_attribute_value(node.attribute[0]), dtype=np.int64)
@@ -345,6 +317,8 @@ class _Pending:
 
 @dataclass
 class _Tally:
+    """What counting a graph (its subgraphs included) found."""
+
     total: int = 0
     by_op: Counter = field(default_factory=Counter)
     nodes: list[NodeMacs] = field(default_factory=list)
@@ -482,7 +456,7 @@ def _iterations(node: onnx.NodeProto, context: _Context) -> tuple[int | None, st
         return shape[0] * shape[1], f"scan input '{first}': {shape[0]} batch x {shape[1]} steps"
     if not shape:
         return None, f"scan input '{first}' is a scalar"
-    axis = (list(attrs.get("scan_input_axes", []) or [0])[0]) % len(shape)
+    axis = (attrs.get("scan_input_axes") or [0])[0] % len(shape)
     return shape[axis], f"scan input '{first}' has {shape[axis]} steps"
 
 
@@ -511,13 +485,16 @@ class _Resolver:
         }
         self.needs: dict[int, set[str]] = {}  # id(graph) -> tensors a run of that graph must expose
         self.active: set[int] = set()  # ids of the graphs to run: those with needs and all their ancestors
-        self.found: dict[str, np.ndarray] = {}  # every value seen: feeds and exposed outputs of every run
+        self.found: dict[str, np.ndarray] = {}  # every value seen: the feeds and exposed outputs of each run
         self.errors: dict[int, str] = {}  # id(graph) -> why it could not be run
         self.runs = 0
         self.first_iteration = False
 
-    def resolve(self, tally: _Tally) -> dict[str, np.ndarray]:
-        """Every tensor value obtained: feeds and exposed outputs of every scope that was run."""
+    def resolve(self, tally: _Tally, context: _Context) -> dict[str, Dims]:
+        """Run for what `tally` misses; add the shapes and small integer values seen to `context`.
+
+        Returns the shapes added.
+        """
         for entry in tally.unknown:
             if entry.missing is not None:
                 self._need(entry.graph, entry.open_names)
@@ -529,7 +506,34 @@ class _Resolver:
             self.errors[id(self.model.proto.graph)] = f"no inputs to run it on: {_first_line(exc)}"
             return {}
         self._run_scope(self.model.proto.graph, None, dict(feeds), None)
-        return self.found
+        new_shapes = {
+            name: tuple(int(d) for d in array.shape) for name, array in self.found.items() if not context.known(name)
+        }
+        # A generated input's value says nothing about the model (a random trip count), so only
+        # given feeds and computed tensors count as values.
+        generated = {value.name for value in self.model.proto.graph.input} if self.feeds is None else set()
+        context.values.update(
+            (name, array)
+            for name, array in self.found.items()
+            if array.dtype.kind in "iu" and array.size <= SMALL_VALUE_ELEMENTS and name not in generated
+        )
+        context.shapes.update(new_shapes)
+        return new_shapes
+
+    def summary(self, shapes_found: int) -> list[str]:
+        """Notes on what the runs supplied."""
+        if not shapes_found:
+            return []
+        origin = "the given inputs" if self.feeds is not None else "generated inputs"
+        notes = [
+            (
+                f"shapes of {shapes_found} tensor(s) that shape inference left open came from onnxruntime "
+                f"({self.runs} run(s) on {origin})"
+            )
+        ]
+        if self.first_iteration:
+            notes.append("shapes inside Loop/Scan bodies came from a run of their first iteration")
+        return notes
 
     def _need(self, graph: onnx.GraphProto, names: Iterable[str]) -> None:
         self.needs.setdefault(id(graph), set()).update(names)
@@ -762,7 +766,7 @@ def _matmul(node: onnx.NodeProto, dims: DimsOf) -> int:
     y = dims(node.output[0])
     if not a:
         raise _Bad("MatMul operand is a scalar")
-    transposed = bool(_attrs(node).get("transA", 0)) and len(a) >= 2  # FusedMatMul
+    transposed = bool(_attrs(node).get("transA", 0)) and len(a) >= 2  # only FusedMatMul has transA
     return math.prod(y) * (a[-2] if transposed else a[-1])
 
 

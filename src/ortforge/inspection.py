@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import onnx
@@ -15,10 +16,9 @@ from onnx import helper
 
 from .data import ShapeOptions, input_specs, resolve_shapes
 from .errors import UserError
-from .flops import MacReport, count_macs, op_key
+from .flops import MacReport, count_macs, op_key, subgraphs
 from .model import Model, iter_graphs, iter_nodes, opset_versions
 
-FAMILIES = ("cnn", "rnn", "transformer", "mlp", "quantized", "other")
 # A family claimed from MACs needs its op group to hold at least this share of the counted MACs.
 DOMINANT_SHARE = 0.5
 
@@ -50,6 +50,13 @@ PATTERN_DEPTH = 4
 FOUR_BIT_TYPES = {
     getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, name)
 }
+# Constant attributes holding plain numbers rather than a tensor: their data type and bytes per number.
+NUMBER_ATTRIBUTES = {
+    "value_float": (onnx.TensorProto.FLOAT, 4),
+    "value_floats": (onnx.TensorProto.FLOAT, 4),
+    "value_int": (onnx.TensorProto.INT64, 8),
+    "value_ints": (onnx.TensorProto.INT64, 8),
+}
 
 
 @dataclass(frozen=True)
@@ -75,13 +82,7 @@ class ParameterStats:
     by_dtype: dict[str, dict[str, int]]  # dtype -> {"count", "bytes", "tensors"}
 
     def to_dict(self) -> dict:
-        return {
-            "count": self.count,
-            "bytes": self.bytes,
-            "tensors": self.tensors,
-            "external_tensors": self.external_tensors,
-            "by_dtype": {dtype: dict(stats) for dtype, stats in self.by_dtype.items()},
-        }
+        return asdict(self)
 
 
 @dataclass
@@ -227,31 +228,12 @@ def parameter_stats(proto: onnx.ModelProto) -> ParameterStats:
     """Counts and bytes of initializers and Constant tensors in every graph, by dtype, from dims only."""
     by_dtype: dict[str, dict[str, int]] = {}
     external = 0
-
-    def add(data_type: int, elements: int, size: int) -> None:
+    for data_type, count, size, is_external in _weights(proto):
         stats = by_dtype.setdefault(dtype_name(data_type), {"count": 0, "bytes": 0, "tensors": 0})
-        stats["count"] += elements
+        stats["count"] += count
         stats["bytes"] += size
         stats["tensors"] += 1
-
-    for tensor in _weight_tensors(proto):
-        external += tensor.data_location == onnx.TensorProto.EXTERNAL
-        elements = math.prod(tensor.dims)
-        add(tensor.data_type, elements, _tensor_bytes(tensor, elements))
-    for graph in iter_graphs(proto.graph):
-        for sparse in graph.sparse_initializer:
-            stored = math.prod(sparse.values.dims)
-            add(sparse.values.data_type, stored, _tensor_bytes(sparse.values, stored) + _tensor_bytes(sparse.indices, math.prod(sparse.indices.dims)))
-        for node in graph.node:
-            if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
-                continue
-            for attribute in node.attribute:
-                if attribute.name in ("value_float", "value_floats"):
-                    count = 1 if attribute.name == "value_float" else len(attribute.floats)
-                    add(onnx.TensorProto.FLOAT, count, 4 * count)
-                elif attribute.name in ("value_int", "value_ints"):
-                    count = 1 if attribute.name == "value_int" else len(attribute.ints)
-                    add(onnx.TensorProto.INT64, count, 8 * count)
+        external += is_external
     ordered = dict(sorted(by_dtype.items(), key=lambda item: -item[1]["bytes"]))
     return ParameterStats(
         count=sum(s["count"] for s in ordered.values()),
@@ -262,17 +244,38 @@ def parameter_stats(proto: onnx.ModelProto) -> ParameterStats:
     )
 
 
-def _weight_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
-    tensors = []
+def _weights(proto: onnx.ModelProto) -> Iterator[tuple[int, int, int, bool]]:
+    """(data type, values, bytes, stored externally) of each weight: dense tensors first, then sparse and numbers."""
+    for tensor in _dense_weights(proto):
+        count = math.prod(tensor.dims)
+        yield tensor.data_type, count, _tensor_bytes(tensor, count), tensor.data_location == onnx.TensorProto.EXTERNAL
     for graph in iter_graphs(proto.graph):
-        tensors.extend(graph.initializer)
-        for node in graph.node:
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                tensors.extend(a.t for a in node.attribute if a.name == "value" and a.HasField("t"))
-                for attribute in node.attribute:
-                    if attribute.name == "sparse_value" and attribute.HasField("sparse_tensor"):
-                        tensors.append(attribute.sparse_tensor.values)
-    return tensors
+        for sparse in graph.sparse_initializer:
+            count = math.prod(sparse.values.dims)
+            size = _tensor_bytes(sparse.values, count) + _tensor_bytes(sparse.indices, math.prod(sparse.indices.dims))
+            yield sparse.values.data_type, count, size, False
+        for node in filter(_is_constant, graph.node):
+            for attribute in node.attribute:
+                if attribute.name in NUMBER_ATTRIBUTES:
+                    data_type, itemsize = NUMBER_ATTRIBUTES[attribute.name]
+                    count = len(attribute.floats) + len(attribute.ints) if attribute.name.endswith("s") else 1
+                    yield data_type, count, itemsize * count, False
+
+
+def _dense_weights(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Initializers and Constant tensors (of a sparse Constant, its values) of every graph."""
+    for graph in iter_graphs(proto.graph):
+        yield from graph.initializer
+        for node in filter(_is_constant, graph.node):
+            for attribute in node.attribute:
+                if attribute.name == "value" and attribute.HasField("t"):
+                    yield attribute.t
+                elif attribute.name == "sparse_value" and attribute.HasField("sparse_tensor"):
+                    yield attribute.sparse_tensor.values
+
+
+def _is_constant(node: onnx.NodeProto) -> bool:
+    return node.op_type == "Constant" and node.domain in ("", "ai.onnx")
 
 
 def _tensor_bytes(tensor: onnx.TensorProto, elements: int) -> int:
@@ -321,9 +324,8 @@ class _Graphs:
 def _mark_containers(graph: onnx.GraphProto, holder: str, container: dict[int, str]) -> None:
     for node in graph.node:
         container[id(node)] = holder
-        for attribute in node.attribute:
-            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                _mark_containers(subgraph, holder or node.op_type, container)
+        for subgraph in subgraphs(node):
+            _mark_containers(subgraph, holder or node.op_type, container)
 
 
 def attention_patterns(proto: onnx.ModelProto, graphs: _Graphs | None = None) -> int:
@@ -332,7 +334,9 @@ def attention_patterns(proto: onnx.ModelProto, graphs: _Graphs | None = None) ->
     return sum(
         1
         for node in iter_nodes(proto)
-        if node.op_type == "Softmax" and _scores_matmul(node.input[0], graphs, PATTERN_DEPTH) and _probs_matmul(node.output[0], graphs, PATTERN_DEPTH)
+        if node.op_type == "Softmax"
+        and _scores_matmul(node.input[0], graphs, PATTERN_DEPTH)
+        and _probs_matmul(node.output[0], graphs, PATTERN_DEPTH)
     )
 
 
@@ -372,70 +376,98 @@ def _decomposed_layernorms(proto: onnx.ModelProto, graphs: _Graphs) -> int:
 
 
 def classify_family(proto: onnx.ModelProto, macs: MacReport) -> tuple[str, list[str]]:
-    """One of FAMILIES, with short human-readable evidence for the choice."""
+    """cnn, rnn, transformer, mlp, quantized or other, with short human-readable evidence for the choice."""
     ops = Counter(node.op_type for node in iter_nodes(proto))
-    graphs = _Graphs.build(proto)
-    family, evidence = _architecture(proto, macs, ops, graphs)
-    quantized = {op: n for op, n in ops.items() if op in QUANT_OPS or op.startswith(("QLinear", "DynamicQuantize"))}
+    family, evidence = _architecture(proto, macs, ops)
+    quantized = Counter({op: n for op, n in ops.items() if op in QUANT_OPS or op.startswith(("QLinear", "DynamicQuantize"))})
     if quantized:
-        listed = ", ".join(f"{n} {op}" for op, n in sorted(quantized.items(), key=lambda item: -item[1])[:4])
+        listed = ", ".join(f"{n} {op}" for op, n in quantized.most_common(4))
         return "quantized", [f"already quantized: {listed}", f"underlying architecture looks {family}", *evidence]
     return family, evidence
 
 
-def _architecture(proto: onnx.ModelProto, macs: MacReport, ops: Counter, graphs: _Graphs) -> tuple[str, list[str]]:
+def _architecture(proto: onnx.ModelProto, macs: MacReport, ops: Counter) -> tuple[str, list[str]]:
+    """Recurrent ops decide first, then attention unless convolutions dominate, then Conv, then MatMul/Gemm."""
+    graphs = _Graphs.build(proto)
     shares = _mac_shares(macs)
     incomplete = [f"MAC shares cover counted nodes only ({len(macs.unknown)} heavy node(s) uncounted)"] if macs.unknown and shares else []
-    conv_nodes = sum(ops[op] for op in CONV_OPS)
-    dense_nodes = sum(ops[op] for op in DENSE_OPS)
-
     recurrent = [node for node in iter_nodes(proto) if node.op_type in RECURRENT_OPS]
     if recurrent:
-        evidence = [_recurrent_evidence(recurrent, graphs)]
-        share = sum(shares.get(op, 0.0) for op in RECURRENT_OPS)
-        if shares:
-            evidence.append(f"recurrent ops hold {share:.0%} of counted MACs")
-        if conv_nodes:
-            evidence.append(f"also {conv_nodes} Conv node(s) ({_share_text(shares, CONV_OPS)})")
-        return "rnn", evidence + incomplete
-
-    attention_ops = sum(ops[op] for op in ATTENTION_OPS)
-    patterns = attention_patterns(proto, graphs)
-    attention = _attention_evidence(attention_ops, patterns, ops)
-    conv_share = sum(shares.get(op, 0.0) for op in CONV_OPS)
-    dense_share = sum(shares.get(op, 0.0) for op in DENSE_OPS)
-    conv_dominant = conv_share >= DOMINANT_SHARE if shares else conv_nodes > dense_nodes
+        return "rnn", _rnn_evidence(recurrent, graphs, ops, shares) + incomplete
+    attention = _attention_evidence(ops, attention_patterns(proto, graphs))
+    conv_nodes = _node_count(ops, CONV_OPS)
+    dense_nodes = _node_count(ops, DENSE_OPS)
+    # Without counted MACs, node counts stand in for the shares.
+    conv_dominant = _share(shares, CONV_OPS) >= DOMINANT_SHARE if shares else conv_nodes > dense_nodes
     if attention and not conv_dominant:
-        norms = sum(ops[op] for op in NORM_OPS)
-        decomposed = _decomposed_layernorms(proto, graphs)
-        evidence = list(attention)
-        if norms:
-            evidence.append(f"{norms} LayerNormalization-type node(s)")
-        elif decomposed:
-            evidence.append(f"{decomposed} LayerNorm(s) written out as ReduceMean/Sub/...")
-        if shares:
-            evidence.append(f"MatMul/Gemm/attention hold {dense_share + sum(shares.get(op, 0.0) for op in ATTENTION_OPS):.0%} of counted MACs")
-        return "transformer", evidence + incomplete
+        return "transformer", _transformer_evidence(proto, graphs, ops, shares, attention) + incomplete
     if conv_nodes and conv_dominant:
-        evidence = [f"{_conv_text(ops)} ({_share_text(shares, CONV_OPS)})"]
-        companions = [f"{ops[op]} {op}" for op in CNN_COMPANIONS if ops[op]]
-        if companions:
-            evidence.append("with " + ", ".join(companions))
-        if dense_nodes:
-            evidence.append(f"{dense_nodes} MatMul/Gemm node(s) ({_share_text(shares, DENSE_OPS)})")
-        if attention:
-            evidence.append("also " + "; ".join(attention) + ": a hybrid CNN-transformer, convolutions dominate")
-        return "cnn", evidence + incomplete
-    if dense_nodes and (dense_share >= DOMINANT_SHARE or not shares):
-        evidence = [f"{dense_nodes} MatMul/Gemm node(s) ({_share_text(shares, DENSE_OPS)})"]
-        evidence.append("no attention or recurrent ops" + (f"; {conv_nodes} minor Conv node(s)" if conv_nodes else ", no Conv"))
-        return "mlp", evidence + incomplete
-    heavy = [f"{ops[op]} {op}" for op in sorted(CONV_OPS | DENSE_OPS) if ops[op]]
-    evidence = [("heavy ops without a dominant kind: " + ", ".join(heavy)) if heavy else "no Conv, MatMul/Gemm, attention or recurrent ops"]
+        return "cnn", _cnn_evidence(ops, shares, attention) + incomplete
+    if dense_nodes and (_share(shares, DENSE_OPS) >= DOMINANT_SHARE or not shares):
+        return "mlp", [
+            f"{dense_nodes} MatMul/Gemm node(s) ({_share_text(shares, DENSE_OPS)})",
+            "no attention or recurrent ops" + (f"; {conv_nodes} minor Conv node(s)" if conv_nodes else ", no Conv"),
+            *incomplete,
+        ]
+    return "other", _other_evidence(proto, ops)
+
+
+def _rnn_evidence(recurrent: list[onnx.NodeProto], graphs: _Graphs, ops: Counter, shares: dict[str, float]) -> list[str]:
+    text = ", ".join(f"{n} {op}" for op, n in Counter(node.op_type for node in recurrent).most_common())
+    holders = [graphs.container[id(node)] for node in recurrent if graphs.container[id(node)]]
+    if len(holders) == len(recurrent) and len(set(holders)) == 1:
+        text += f", inside {holders[0]} subgraphs"
+    elif holders:
+        text += f" ({len(holders)} inside If/Loop/Scan subgraphs)"
+    evidence = [text]
+    if shares:
+        evidence.append(f"recurrent ops hold {_share(shares, RECURRENT_OPS):.0%} of counted MACs")
+    if conv_nodes := _node_count(ops, CONV_OPS):
+        evidence.append(f"also {conv_nodes} Conv node(s) ({_share_text(shares, CONV_OPS)})")
+    return evidence
+
+
+def _attention_evidence(ops: Counter, patterns: int) -> list[str]:
+    evidence = []
+    if fused := _listed(ops, sorted(ATTENTION_OPS)):
+        evidence.append(f"fused attention ops: {fused}")
+    if patterns:
+        evidence.append(f"{patterns} Softmax between two activation MatMuls (attention pattern)")
+    return evidence
+
+
+def _transformer_evidence(
+    proto: onnx.ModelProto, graphs: _Graphs, ops: Counter, shares: dict[str, float], attention: list[str]
+) -> list[str]:
+    evidence = list(attention)
+    if norms := _node_count(ops, NORM_OPS):
+        evidence.append(f"{norms} LayerNormalization-type node(s)")
+    elif decomposed := _decomposed_layernorms(proto, graphs):
+        evidence.append(f"{decomposed} LayerNorm(s) written out as ReduceMean/Sub/...")
+    if shares:
+        share = _share(shares, DENSE_OPS) + _share(shares, ATTENTION_OPS)
+        evidence.append(f"MatMul/Gemm/attention hold {share:.0%} of counted MACs")
+    return evidence
+
+
+def _cnn_evidence(ops: Counter, shares: dict[str, float], attention: list[str]) -> list[str]:
+    evidence = [f"{_listed(ops, sorted(CONV_OPS))} ({_share_text(shares, CONV_OPS)})"]
+    if companions := _listed(ops, CNN_COMPANIONS):
+        evidence.append(f"with {companions}")
+    if dense_nodes := _node_count(ops, DENSE_OPS):
+        evidence.append(f"{dense_nodes} MatMul/Gemm node(s) ({_share_text(shares, DENSE_OPS)})")
+    if attention:
+        evidence.append("also " + "; ".join(attention) + ": a hybrid CNN-transformer, convolutions dominate")
+    return evidence
+
+
+def _other_evidence(proto: onnx.ModelProto, ops: Counter) -> list[str]:
+    heavy = _listed(ops, sorted(CONV_OPS | DENSE_OPS))
+    evidence = [f"heavy ops without a dominant kind: {heavy}" if heavy else "no Conv, MatMul/Gemm, attention or recurrent ops"]
     ml_ops = Counter(node.op_type for node in iter_nodes(proto) if node.domain == "ai.onnx.ml")
     if ml_ops:
         evidence.append("ai.onnx.ml ops: " + ", ".join(f"{n} {op}" for op, n in ml_ops.most_common(3)))
-    return "other", evidence
+    return evidence
 
 
 def _mac_shares(macs: MacReport) -> dict[str, float]:
@@ -449,34 +481,18 @@ def _mac_shares(macs: MacReport) -> dict[str, float]:
     return shares
 
 
-def _share_text(shares: dict[str, float], group: set[str]) -> str:
-    if not shares:
-        return "MACs unknown"
-    return f"{sum(shares.get(op, 0.0) for op in group):.0%} of counted MACs"
+def _share(shares: dict[str, float], group: Iterable[str]) -> float:
+    return sum(shares.get(op, 0.0) for op in group)
 
 
-def _conv_text(ops: Counter) -> str:
-    parts = [f"{ops[op]} {op}" for op in sorted(CONV_OPS) if ops[op]]
-    return ", ".join(parts)
+def _share_text(shares: dict[str, float], group: Iterable[str]) -> str:
+    return f"{_share(shares, group):.0%} of counted MACs" if shares else "MACs unknown"
 
 
-def _recurrent_evidence(nodes: list[onnx.NodeProto], graphs: _Graphs) -> str:
-    kinds = Counter(node.op_type for node in nodes)
-    text = ", ".join(f"{n} {op}" for op, n in kinds.most_common())
-    holders = Counter(graphs.container.get(id(node), "") for node in nodes)
-    inside = {holder: n for holder, n in holders.items() if holder}
-    if inside and len(inside) == 1 and sum(inside.values()) == len(nodes):
-        return f"{text}, inside {next(iter(inside))} subgraphs"
-    if inside:
-        return f"{text} ({sum(inside.values())} inside If/Loop/Scan subgraphs)"
-    return text
+def _node_count(ops: Counter, group: Iterable[str]) -> int:
+    return sum(ops[op] for op in group)
 
 
-def _attention_evidence(attention_ops: int, patterns: int, ops: Counter) -> list[str]:
-    evidence = []
-    if attention_ops:
-        listed = ", ".join(f"{ops[op]} {op}" for op in sorted(ATTENTION_OPS) if ops[op])
-        evidence.append(f"fused attention ops: {listed}")
-    if patterns:
-        evidence.append(f"{patterns} Softmax between two activation MatMuls (attention pattern)")
-    return evidence
+def _listed(ops: Counter, names: Iterable[str]) -> str:
+    """'2 Conv, 1 ConvTranspose': those of `names` that occur, with their node counts."""
+    return ", ".join(f"{ops[op]} {op}" for op in names if ops[op])

@@ -295,3 +295,32 @@ def render_session_tuning(tuning, path, console: Console) -> None:  # noqa: ANN0
     console.print(f"[bold]wrote[/] {escape(str(path))}", highlight=False)
     for note in tuning.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def render_quantize(report, console: Console) -> None:  # noqa: ANN001 - quantization.QuantizeReport
+    table = Table(title="Recipes against fp32 (" + ", ".join(t.describe() for t in report.tolerances) + ")")
+    for column in ("recipe", "size", "cosine", "top-1", "max abs", "latency vs fp32", "rounds won", "verdict"):
+        table.add_column(column, overflow="fold")
+    for outcome in report.outcomes:
+        acc = outcome.accuracy
+        top1 = [o.top1 for o in acc.outputs if o.top1 is not None] if acc else []
+        speed = outcome.speed
+        verdict = "[green]chosen[/]" if outcome is report.chosen else ("ok" if outcome.passed else f"[red]{escape(outcome.rejected)}[/]")
+        table.add_row(
+            escape(outcome.label),
+            _mib(outcome.size_bytes) if outcome.size_bytes else "-",
+            f"{acc.metric('cosine'):.4f}" if acc else "-",
+            f"{min(top1):.0%}" if top1 else "-",
+            f"{acc.metric('max_abs'):.3g}" if acc else "-",
+            f"{speed.ratio:.3g}x ({speed.low:.3g}-{speed.high:.3g})" if speed else "-",
+            f"{speed.wins:.0%}" if speed and outcome.options is not None else "-",
+            verdict,
+        )
+    console.print(table)
+    console.print(f"[bold]chosen:[/] {escape(report.why)}", highlight=False)
+    console.print(f"[bold]wrote[/] {escape(report.output)}", highlight=False)
+    for outcome in report.outcomes:
+        for note in outcome.notes:
+            console.print(f"  {escape(outcome.label)}: {escape(note)}", style="dim", highlight=False)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)

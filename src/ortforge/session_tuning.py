@@ -11,9 +11,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
-from .bench import BenchOptions, BenchReport, Progress, Variant, VariantResult, bench
+from .bench import BenchOptions, BenchReport, CandidateScore, Progress, Variant, bench, consistent_winner, score
 from .data import FeedSet
 from .machine import cpu_info
 from .model import Model
@@ -21,7 +19,6 @@ from .session import SessionConfig
 
 SPINNING = "session.intra_op.allow_spinning"
 AFFINITY = "session.intra_op_thread_affinities"
-MIN_WIN_FRACTION = 0.75  # of interleaved rounds a candidate must win against the defaults
 FINALISTS = 3
 # Documented provider options worth a try, per EP (only EPs the config already uses are tried).
 EP_OPTION_CANDIDATES: dict[str, list[dict[str, str]]] = {
@@ -36,16 +33,6 @@ EP_OPTION_CANDIDATES: dict[str, list[dict[str, str]]] = {
 class Candidate:
     label: str
     config: SessionConfig
-
-
-@dataclass
-class CandidateScore:
-    label: str
-    ratio: float  # median per-round p50 ratio to the defaults
-    low: float
-    high: float
-    wins: float  # fraction of rounds faster than the defaults
-    p50_ms: float
 
 
 @dataclass
@@ -98,29 +85,6 @@ def candidates(base: SessionConfig, cores: int | None = None) -> list[Candidate]
     return found
 
 
-def score(result: VariantResult, baseline: VariantResult) -> CandidateScore:
-    """How a candidate fared against the defaults, round by round."""
-    ratios = np.asarray(result.latency.round_medians) / np.asarray(baseline.latency.round_medians)
-    return CandidateScore(
-        label=result.label,
-        ratio=float(np.median(ratios)),
-        low=float(ratios.min()),
-        high=float(ratios.max()),
-        wins=float(np.mean(ratios < 1.0)),
-        p50_ms=result.latency.p50,
-    )
-
-
-def choose(scores: list[CandidateScore]) -> tuple[str, str]:
-    """The label to keep and why: the fastest median among candidates that win most rounds, else the defaults."""
-    defaults, *others = scores
-    consistent = [s for s in others if s.ratio < 1.0 and s.wins >= MIN_WIN_FRACTION]
-    if not consistent:
-        return defaults.label, f"no candidate beat ORT's defaults in at least {MIN_WIN_FRACTION:.0%} of interleaved rounds"
-    best = min(consistent, key=lambda s: s.ratio)
-    return best.label, f"{best.ratio:.2f}x the defaults' p50 ({best.low:.2f}-{best.high:.2f}), faster in {best.wins:.0%} of rounds"
-
-
 def tune_session(
     model: Model, feeds: FeedSet, base: SessionConfig, options: BenchOptions | None = None, progress: Progress | None = None
 ) -> SessionTuning:
@@ -135,9 +99,17 @@ def tune_session(
     finalists = [found[0]] + [by_label[s.label] for s in screened[:FINALISTS]]
     final = bench([Variant(c.label, model, c.config, feeds) for c in finalists], replace(options, profile=False), progress)
     scores = [score(result, final.variants[0]) for result in final.variants]
-    label, why = choose(scores)
+    winner = consistent_winner(scores)
+    label = winner.label if winner else scores[0].label
+    why = _why(winner, scores)
     notes = ["inputs were generated: fine for speed"] if feeds.generated else []
     return SessionTuning(by_label[label], scores, why, screening, final, notes)
+
+
+def _why(winner: CandidateScore | None, scores: list[CandidateScore]) -> str:
+    if winner is None:
+        return "no candidate beat ORT's defaults consistently: keeping them"
+    return f"{winner.ratio:.2f}x the defaults' p50 ({winner.low:.2f}-{winner.high:.2f}), faster in {winner.wins:.0%} of rounds"
 
 
 def write_config(tuning: SessionTuning, path: str | os.PathLike[str], model: Model) -> Path:

