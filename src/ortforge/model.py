@@ -18,7 +18,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from . import runtime
-from .errors import UserError
+from .errors import UserError, first_line
 
 # Leave headroom for the graph itself when deciding whether weights must go to external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -193,8 +193,7 @@ def _run_checker(model: Model) -> None:
         else:
             onnx.checker.check_model(model.proto)
     except onnx.checker.ValidationError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
-        raise UserError(f"{model.name}: onnx.checker rejects the model: {first_line}", hint="--no-check loads it anyway") from None
+        raise UserError(f"{model.name}: onnx.checker rejects the model: {first_line(exc)}", hint="--no-check loads it anyway") from None
 
 
 def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import runtime
-from .errors import UserError
+from .errors import UserError, first_line
 from .model import Model
 
 OPTIMIZATION_LEVELS = {
@@ -169,5 +169,4 @@ class SessionConfig:
                 provider_options=[p.options for p in self.providers],
             )
         except Exception as exc:  # ORT raises its own exception types per failure kind
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"{name}: onnxruntime could not create a session: {message}") from None
+            raise UserError(f"{name}: onnxruntime could not create a session: {first_line(exc, 500)}") from None

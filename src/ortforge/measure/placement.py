@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import first_line
+
 RECORD_ASSIGNMENT = "session.record_ep_graph_assignment_info"
 CPU = "CPUExecutionProvider"
 
@@ -55,7 +57,7 @@ def placement_from_session(session: Any, requested: list[str]) -> Placement | No
     try:
         subgraphs = session.get_provider_graph_assignment_info()
     except Exception as exc:  # ORT raises when the entry was not set
-        return Placement(requested, error=str(exc).splitlines()[0])
+        return Placement(requested, error=first_line(exc))
     placement = Placement(requested)
     for subgraph in subgraphs:
         nodes = placement.nodes_by_provider.setdefault(subgraph.ep_name, [])

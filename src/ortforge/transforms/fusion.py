@@ -485,31 +485,46 @@ class _Structure:
 
 
 def _find_model_type(graph: _Graph, info: TransformerInfo) -> None:
-    facts = _structure(graph, info.hidden_size)
+    facts = _structure(graph, info)
     info.model_type, why = _classify(facts)
     info.evidence.extend(why)
 
 
-def _structure(graph: _Graph, hidden: int) -> _Structure:
+def _structure(graph: _Graph, info: TransformerInfo) -> _Structure:
     facts = _Structure()
     facts.token_inputs, facts.table_shape = _token_inputs(graph)
     facts.image_input, facts.patch_conv = _patch_embedding(graph)
-    facts.class_token = any(
-        node.op_type == "Concat" and any((graph.dims(i) or ())[-1:] == (hidden,) and len(graph.dims(i) or ()) == 3 for i in node.input)
-        for node in graph.nodes
-    ) if hidden else False
+    facts.class_token = _has_class_token(graph, info.hidden_size)
     facts.causal = _causal_evidence(graph)
     facts.encoder_decoder = _encoder_decoder_evidence(graph, facts.token_inputs)
     ops = Counter(node.op_type for node in graph.nodes)
     facts.layer_norms = ops["LayerNormalization"] + ops["SkipLayerNormalization"] + _decomposed_layer_norms(graph)
-    facts.rms_norms = ops["SimplifiedLayerNormalization"] + ops["SkipSimplifiedLayerNormalization"] + ops["RMSNormalization"] + _decomposed_rms_norms(graph)
-    facts.relative_bias = ops["Log"] > 0 and any(
-        node.op_type == "Gather" and len(graph.dims(node.input[0]) or ()) == 2 and (graph.dims(node.input[0]) or (0, 0))[0] <= 512
-        and node.input[1] not in graph.inputs for node in graph.nodes
-    )
+    facts.rms_norms = (ops["SimplifiedLayerNormalization"] + ops["SkipSimplifiedLayerNormalization"] + ops["RMSNormalization"]
+                       + _decomposed_rms_norms(graph))
+    facts.relative_bias = ops["Log"] > 0 and _has_bias_table(graph, info.num_heads)
     facts.argmax_pooling = ops["ArgMax"] > 0
     facts.name_hints = _name_hints(graph)
     return facts
+
+
+def _has_class_token(graph: _Graph, hidden: int) -> bool:
+    """A learned [1, 1, hidden] vector concatenated in front of the patch sequence."""
+    for node in graph.nodes:
+        if node.op_type == "Concat" and hidden:
+            for name in node.input:
+                dims = graph.dims(name) or ()
+                if len(dims) == 3 and dims[-1] == hidden and dims[1] == 1:
+                    return True
+    return False
+
+
+def _has_bias_table(graph: _Graph, heads: int) -> bool:
+    """T5's relative position bias: a [buckets, heads] table gathered at bucketed (Log) distances."""
+    for node in graph.nodes:
+        dims = graph.dims(node.input[0]) if node.op_type == "Gather" else None
+        if dims is not None and len(dims) == 2 and dims[0] <= 512 and (dims[1] == heads or not heads) and node.input[1] not in graph.inputs:
+            return True
+    return False
 
 
 def _token_inputs(graph: _Graph) -> tuple[list[str], tuple[int, ...] | None]:
@@ -628,9 +643,14 @@ def _decomposed_rms_norms(graph: _Graph) -> int:
 
 
 def _name_hints(graph: _Graph) -> set[str]:
-    """Family names that appear in the graph's or weights' names: a hint, never proof."""
-    text = " ".join([graph.graph.name] + [t.name for t in graph.graph.initializer[:200]] + [n.name for n in graph.nodes[:200]]).lower()
-    return {family for family in ("clip", "vit", "t5", "bart", "gpt", "bert") if re.search(rf"(^|[^a-z]){family}", text)}
+    """Family names in the graph's or the weights' names: a hint, never proof (node names are left out:
+    ONNX has an op called Clip)."""
+    names = [graph.graph.name] + [t.name for t in graph.graph.initializer]
+    text = " ".join(names).lower()
+    hints = {family for family in ("clip", "vit", "t5", "bart", "gpt", "bert") if re.search(rf"(^|[^a-z]){family}", text)}
+    if re.search(r"(^| )text_model\.", text) and re.search(r"(^| )vision_model\.", text):
+        hints.add("clip")  # HuggingFace's CLIPModel names its two towers so
+    return hints
 
 
 def _classify(facts: _Structure) -> tuple[str, list[str]]:
@@ -942,7 +962,9 @@ def _ort_input(model: Model, folder: Path) -> tuple[bytes | str, dict[str, str]]
     """What the session reads: the model's own file, its bytes, or (over 2 GB in memory) a temporary copy."""
     if (model.path is not None and not model.changes) or weight_bytes(model.proto) <= EXTERNAL_DATA_THRESHOLD:
         return model.ort_source()
-    saved = save_model(model.proto, folder / "input.onnx", source=model, external_data=True)
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)  # save_model reads external data into the proto it is given: not the caller's
+    saved = save_model(proto, folder / "input.onnx", source=model, external_data=True)
     return str(saved), {}
 
 
@@ -958,7 +980,7 @@ def _prepass_providers(options: FusionOptions) -> list[str]:
 
 # --- onnxscript's fuser -----------------------------------------------------------------------
 
-# (fusion step in onnxscript.rewriter.ort_fusions, its module, ortforge's switch that turns it off),
+# (onnxscript's count name, module in onnxscript.rewriter.ort_fusions, its function, ortforge's switch),
 # in the order the steps depend on each other: SDPA before MHA before packed-QKV Attention.
 ONNXSCRIPT_STEPS = (
     ("erf_gelu", "erfgelu", "fuse_erfgelu", "gelu"),

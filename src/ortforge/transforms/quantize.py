@@ -20,7 +20,7 @@ from pathlib import Path
 import onnx
 
 from ..data import Feed
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..model import Model, iter_graphs, iter_nodes, opset_versions
 from . import TransformResult, op_count_changes
 
@@ -113,7 +113,7 @@ def preprocess(proto: onnx.ModelProto, folder: Path, notes: list[str]) -> onnx.M
                                   external_data_location="pre_output.data", **switches)  # fmt: skip
             processed = onnx.load(str(target))
         except Exception as exc:  # ORT's pre-processing raises whatever its passes raise
-            notes.append(f"pre-processing {label} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); falling back")
+            notes.append(f"pre-processing {label} failed ({type(exc).__name__}: {first_line(exc, 120)}); falling back")
             continue
         if switches:
             notes.append(f"pre-processed {label}")
@@ -228,7 +228,7 @@ def quantize(model: Model, options: QuantizeOptions, calibration: Iterable[Feed]
         except UserError:
             raise
         except Exception as exc:  # ORT's quantizer raises bare exceptions for unsupported graphs
-            raise UserError(f"{model.name}: onnxruntime's quantizer failed ({options.describe()}): {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"{model.name}: onnxruntime's quantizer failed ({options.describe()}): {type(exc).__name__}: {first_line(exc)}") from None
         quantized = onnx.load(str(target))
     return _result(model.proto, quantized, options, excluded, notes)
 

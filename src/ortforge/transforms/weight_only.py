@@ -76,7 +76,8 @@ class _Site:
     node: onnx.NodeProto
     stack: tuple[onnx.GraphProto, ...]  # the graphs enclosing the node, outermost first
     kind: str  # the original op type
-    output: str
+    name: str
+    output: str  # of the node to be quantized (a Gemm's MatMul once rewritten)
     reason: str | None = None
 
 
@@ -99,9 +100,11 @@ def quantize_weight_only(model: Model, options: WeightOnlyOptions) -> TransformR
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)  # ORT's quantizer edits in place
     edits = _Edits()
-    edits.renamed = _name_nodes(proto)
-    edits.lifted = _lift_constants(proto, _weight_names(proto, options))
-    sites = _classify(proto, options, model.base_dir)
+    aliases = _name_nodes(proto)
+    edits.renamed = len(aliases)
+    edits.lifted = _lift_constants(proto, _weight_names(proto, options, aliases))
+    sites = _classify(proto, options, aliases)
+    _load_weights(sites, model.base_dir)
     edits.gemms = _rewrite_gemms(proto, sites)
     edits.split = _split_shared_weights(proto, sites)
     chosen = [site for site in sites if site.reason is None]
@@ -169,29 +172,38 @@ def _weight_index(op_type: str) -> int:
 # ---- pre-passes ----------------------------------------------------------------------------------------------
 
 
-def _name_nodes(proto: onnx.ModelProto) -> int:
-    """Give unnamed or duplicate-named MatMul/Gemm/Gather nodes unique names: ORT's tool excludes by name."""
+def _name_nodes(proto: onnx.ModelProto) -> dict[str, str]:
+    """Give unnamed or duplicate-named MatMul/Gemm/Gather nodes unique names (ORT's tool excludes by name).
+
+    Returns new name -> name before, so exclusions by the user's names still apply.
+    """
     taken = {node.name for node in iter_nodes(proto) if node.name}
     seen: set[str] = set()
-    count = 0
+    aliases = {}
     for node in iter_nodes(proto):
-        if node.op_type not in OP_TYPES or node.domain not in ("", "ai.onnx"):
+        if not _is_target(node, OP_TYPES):
             continue
         if node.name and node.name not in seen:
             seen.add(node.name)
             continue
-        node.name = _fresh(node.name or node.op_type, taken)
+        old = node.name
+        node.name = _fresh(old or node.op_type, taken)
+        aliases[node.name] = old
         seen.add(node.name)
-        count += 1
-    return count
+    return aliases
 
 
-def _weight_names(proto: onnx.ModelProto, options: WeightOnlyOptions) -> set[str]:
+def _is_target(node: onnx.NodeProto, op_types: tuple[str, ...]) -> bool:
+    return node.op_type in op_types and node.domain in ("", "ai.onnx")
+
+
+def _weight_names(proto: onnx.ModelProto, options: WeightOnlyOptions, aliases: dict[str, str]) -> set[str]:
     """Names feeding the weight input of a node that may be quantized (to know which Constants to lift)."""
     names = set()
     for node in iter_nodes(proto):
-        if node.op_type in options.op_types and node.domain in ("", "ai.onnx") and len(node.input) > _weight_index(node.op_type):
-            names.add(node.input[_weight_index(node.op_type)])
+        index = _weight_index(node.op_type)
+        if _is_target(node, options.op_types) and len(node.input) > index and not _exclusion(node, options, aliases):
+            names.add(node.input[index])
     return names
 
 
@@ -226,27 +238,26 @@ def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
     return None
 
 
-def _classify(proto: onnx.ModelProto, options: WeightOnlyOptions, base_dir: Path | None) -> list[_Site]:
+def _classify(proto: onnx.ModelProto, options: WeightOnlyOptions, aliases: dict[str, str]) -> list[_Site]:
     """Every node of a selected op type, with the reason it cannot be quantized (None when it can)."""
     sites = []
     for node, stack in _walk(proto.graph):
-        if node.op_type not in options.op_types or node.domain not in ("", "ai.onnx"):
-            continue
-        site = _Site(node, stack, node.op_type, node.output[0])
-        site.reason = _exclusion(node, options) or _weight_problem(node, stack, options, base_dir)
-        sites.append(site)
+        if _is_target(node, options.op_types):
+            site = _Site(node, stack, node.op_type, node.name, node.output[0])
+            site.reason = _exclusion(node, options, aliases) or _weight_problem(node, stack)
+            sites.append(site)
     return sites
 
 
-def _exclusion(node: onnx.NodeProto, options: WeightOnlyOptions) -> str | None:
-    if node.name in options.exclude:
+def _exclusion(node: onnx.NodeProto, options: WeightOnlyOptions, aliases: dict[str, str]) -> str | None:
+    if node.name in options.exclude or aliases.get(node.name, node.name) in options.exclude:
         return "excluded by name"
     if node.op_type in options.exclude:
         return "excluded by op type"
     return None
 
 
-def _weight_problem(node: onnx.NodeProto, stack: tuple, options: WeightOnlyOptions, base_dir: Path | None) -> str | None:
+def _weight_problem(node: onnx.NodeProto, stack: tuple) -> str | None:
     """Why this node's weight cannot be block-quantized, in words; None when it can."""
     role = "data" if node.op_type == "Gather" else "B"
     index = _weight_index(node.op_type)
@@ -262,21 +273,27 @@ def _weight_problem(node: onnx.NodeProto, stack: tuple, options: WeightOnlyOptio
         return f"{role} is {len(dims)}-D; only matrices are block-quantized"
     if node.op_type == "MatMul" and any(d != 1 for d in dims[:-2]):
         return f"B has shape {dims}: MatMulNBits takes one [K, N] matrix, not a batch of them"
-    if node.op_type == "Gemm" and _gemm_problem(node, stack):
-        return _gemm_problem(node, stack)
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        if base_dir is None:
-            return f"{role} is in external data and the model's folder is unknown"
-        load_external_data_for_tensor(tensor, str(base_dir))  # only the weights being quantized are read
-    return None
-
-
-def _gemm_problem(node: onnx.NodeProto, stack: tuple) -> str | None:
-    """A Gemm this module cannot turn into an exact MatMul (+ Add)."""
-    attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
-    if attributes.get("alpha", 1.0) == 0.0:
+    if node.op_type == "Gemm" and _attributes(node).get("alpha", 1.0) == 0.0:
         return "alpha is 0, so B does not contribute"
     return None
+
+
+def _attributes(node: onnx.NodeProto) -> dict:
+    return {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
+
+
+def _load_weights(sites: list[_Site], base_dir: Path | None) -> None:
+    """Read from external data only the weights about to be quantized; the rest stay on disk."""
+    for site in sites:
+        if site.reason is not None:
+            continue
+        tensor, _ = _lookup(site.node.input[_weight_index(site.kind)], site.stack)
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        if base_dir is None:
+            site.reason = "the weight is in external data and the model's folder is unknown"
+        else:
+            load_external_data_for_tensor(tensor, str(base_dir))
 
 
 def _rewrite_gemms(proto: onnx.ModelProto, sites: list[_Site]) -> int:
@@ -292,7 +309,10 @@ def _rewrite_gemms(proto: onnx.ModelProto, sites: list[_Site]) -> int:
         del graph.node[position]
         for offset, node in enumerate(nodes):
             graph.node.insert(position + offset, node)
-        site.node = next(node for node in nodes if node.op_type == "MatMul")
+        # insert() copies: point the site at the MatMul now in the graph.
+        offset = next(i for i, node in enumerate(nodes) if node.op_type == "MatMul")
+        site.node = graph.node[position + offset]
+        site.output = site.node.output[0]
         count += 1
     return count
 
@@ -300,7 +320,7 @@ def _rewrite_gemms(proto: onnx.ModelProto, sites: list[_Site]) -> int:
 def _gemm_as_matmul(gemm: onnx.NodeProto, stack: tuple, taken: set[str]) -> list[onnx.NodeProto]:
     """MatMul(A', alpha*B') [+ beta*C]: alpha and transB are folded into the constant B (it is quantized next,
     and block quantization is scale-invariant), transA becomes a Transpose, beta a folded or explicit scale of C."""
-    attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in gemm.attribute}
+    attributes = _attributes(gemm)
     alpha, beta = float(attributes.get("alpha", 1.0)), float(attributes.get("beta", 1.0))
     graph, name = stack[-1], gemm.name
     b_tensor, _ = _lookup(gemm.input[1], stack)
@@ -376,7 +396,7 @@ def _split_shared_weights(proto: onnx.ModelProto, sites: list[_Site]) -> int:
 def _run_ort_quantizer(proto: onnx.ModelProto, options: WeightOnlyOptions, chosen: list[_Site]) -> None:
     """Quantize exactly the chosen nodes with ORT's tool (in memory: it writes no files when given a proto)."""
     quantizer_module = _import_ort_quantizer()
-    chosen_names = {site.node.name for site in chosen}
+    chosen_names = {site.name for site in chosen}
     ort_ops = {"MatMul"} | ({"Gather"} if any(site.kind == "Gather" for site in chosen) else set())
     others = [node.name for node in iter_nodes(proto) if node.op_type in ort_ops and node.name not in chosen_names]
     quantizer = quantizer_module.MatMulNBitsQuantizer(
@@ -444,7 +464,7 @@ def _has_subgraph(node: onnx.NodeProto) -> bool:
 # ---- the report ----------------------------------------------------------------------------------------------
 
 
-def tensor_bytes(proto: onnx.ModelProto) -> int:
+def _tensor_bytes(proto: onnx.ModelProto) -> int:
     """Bytes of every initializer and tensor attribute, external data included (its recorded length)."""
     total = 0
     for tensor in iter_tensors(proto):
@@ -478,17 +498,17 @@ def _mark_outcomes(proto: onnx.ModelProto, sites: list[_Site]) -> None:
         quantized = site.output in produced or f"{site.output}_pre_reshape" in produced
         if site.reason is None and not quantized:
             site.reason = "left float by ORT's quantizer"
-        if site.kind == "Gemm" and site.reason is None and site.node.output[0] in produced:
-            continue
 
 
-def _format_mb(size: int) -> str:
-    return f"{size / 1e6:.2f} MB" if size >= 10_000 else f"{size} B"
+def _sizes(before: int, after: int) -> str:
+    """Both sizes in one unit, so the shrink reads at a glance."""
+    unit, scale = ("MB", 1e6) if max(before, after) >= 1e6 else ("kB", 1e3)
+    return f"{before / scale:.1f} {unit} -> {after / scale:.1f} {unit}"
 
 
 def _details(sites: list[_Site], options: WeightOnlyOptions, edits: _Edits, before: int, after: int, op_changes: dict) -> dict:
     quantized = Counter(site.kind for site in sites if site.reason is None)
-    skipped = [{"node": site.node.name, "op_type": site.kind, "reason": site.reason} for site in sites if site.reason]
+    skipped = [{"node": site.name, "op_type": site.kind, "reason": site.reason} for site in sites if site.reason]
     return {
         "bits": options.bits,
         "block_size": options.block_size,
@@ -541,13 +561,13 @@ def _changes(sites: list[_Site], options: WeightOnlyOptions, edits: _Edits, befo
         lines.append(f"quantized {quantized['Gather']} Gather table(s) to GatherBlockQuantized ({scheme})")
     if edits.renamed:
         lines.append(f"named {edits.renamed} unnamed or duplicate-named MatMul/Gemm/Gather node(s)")
-    lines.append(f"weights {_format_mb(before)} -> {_format_mb(after)}")
+    lines.append(f"weights {_sizes(before, after)}")
     return lines
 
 
 def _result(model: Model, proto: onnx.ModelProto, options: WeightOnlyOptions, sites: list[_Site], edits: _Edits) -> TransformResult:
     _mark_outcomes(proto, sites)
-    before, after = tensor_bytes(model.proto), tensor_bytes(proto)
+    before, after = _tensor_bytes(model.proto), _tensor_bytes(proto)
     op_changes = op_count_changes(model.proto, proto)
     return TransformResult(
         proto=proto,
@@ -562,7 +582,7 @@ def _unchanged(model: Model, options: WeightOnlyOptions, sites: list[_Site], edi
     """Nothing to quantize: hand back the original untouched (no lifted Constants, no rewritten Gemms)."""
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
-    size = tensor_bytes(proto)
+    size = _tensor_bytes(proto)
     edits = _Edits(notes=edits.notes)
     return TransformResult(
         proto=proto,

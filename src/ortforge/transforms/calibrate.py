@@ -1,0 +1,721 @@
+"""Calibration for static quantization in memory that does not grow with the number of samples.
+
+ORT's histogram calibrators keep every intermediate output of every sample until the end, then
+build one histogram per tensor over all of it: gigabytes for a CNN and a few dozen images. Here
+each sample is run once, folded into per-tensor running min/max or a fixed-size streaming histogram,
+and dropped. The ranges are then computed with the same algorithms as ORT (KL-divergence threshold,
+percentile, distribution), so they agree with ORT's on the same data to within one histogram bin,
+and `CalibrationResult.to_tensors_data()` hands them to ORT's quantizers in place of its calibrator.
+
+How the streaming histogram reproduces ORT's one-shot histogram: ORT bins all values of a tensor in
+`num_bins` equal bins over [-T, T], T the largest magnitude seen (over [min|x|, max|x|] of |x| for
+symmetric percentile). T is only known at the end, so values go into many more, finer bins over
+[-R, R] with T <= R < 2T: when a sample reaches beyond R, R doubles and neighbouring fine bins pair
+up (exact, and the bin count never grows). At the end the fine counts are re-binned onto ORT's grid
+by interpolating the cumulative count, which moves each count by less than one fine bin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..data import Feed, FeedSet
+from ..errors import UserError
+from ..model import Model, iter_graphs
+from ..session import SessionConfig
+
+Progress = Callable[[str, float], None]
+
+METHODS = ("minmax", "entropy", "percentile", "distribution")
+HISTOGRAM_METHODS = ("entropy", "percentile", "distribution")
+SCENARIOS = ("same", "p3")
+# ORT's defaults, as `onnxruntime.quantization.calibrate.create_calibrator` sets them per method.
+DEFAULT_NUM_BINS = {"entropy": 128, "percentile": 2048, "distribution": 2048}
+DEFAULT_SYMMETRIC = {"minmax": False, "entropy": False, "percentile": True, "distribution": False}
+MIN_DISTRIBUTION_BINS = 512  # ORT refuses fewer for the distribution method
+CALIBRATED_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)  # what ORT's calibrator looks at
+
+# Fine bins per final bin: at least FINE_FACTOR / 2 after the range doubled, so re-binning moves a
+# count by well under one final bin; capped so a 2048-bin tensor holds 128 KiB of counts.
+FINE_FACTOR = 16
+MAX_FINE_BINS = 16384
+CHUNK = 1 << 20  # values binned at a time: bounds the temporaries to a few MiB per tensor
+SMOOTHING_EPS = 1e-4  # what ORT's KL search adds to empty bins
+INITIALIZER_STUB_BYTES = 1024  # shape inference gets larger initializers as shape-only stubs
+
+
+# --- options and result -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """How to calibrate; None means ORT's default for the method (as `quantize_static` would use)."""
+
+    method: str = "minmax"
+    num_bins: int | None = None  # entropy 128, percentile 2048, distribution 2048
+    num_quantized_bins: int = 128  # entropy: bins of the quantized distribution in the KL search
+    percentile: float = 99.999
+    symmetric: bool | None = None  # percentile: True (histogram of |x|); minmax: False
+    moving_average: bool = False  # minmax: mean of per-sample min/max instead of the extremes
+    averaging_constant: float = 0.01  # minmax with stride: weight of each new chunk's range
+    stride: int | None = None  # minmax: ORT's CalibStridedMinMax, chunks of this many samples
+    scenario: str = "same"  # distribution: 'same' or 'p3' (float8: values ~ x**3)
+    op_types: tuple[str, ...] | None = None  # None: every op type ORT can quantize
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"calibration method '{self.method}' is not one of {', '.join(METHODS)}")
+        if self.num_bins is not None and self.num_bins < 2:
+            raise UserError(f"num_bins must be at least 2, got {self.num_bins}")
+        if self.method == "distribution" and self.bins < MIN_DISTRIBUTION_BINS:
+            raise UserError(f"the distribution method needs num_bins >= {MIN_DISTRIBUTION_BINS}, got {self.bins}")
+        if self.method == "entropy" and not 2 <= self.num_quantized_bins <= self.bins:
+            raise UserError(f"num_quantized_bins must lie in [2, num_bins={self.bins}], got {self.num_quantized_bins}")
+        if not 0 <= self.percentile <= 100:
+            raise UserError(f"percentile must lie in [0, 100], got {self.percentile}")
+        if not 0 <= self.averaging_constant <= 1:
+            raise UserError(f"averaging_constant must lie in [0, 1], got {self.averaging_constant}")
+        if self.stride is not None and (self.method != "minmax" or self.stride < 1):
+            raise UserError("stride (CalibStridedMinMax) is a positive sample count, for the minmax method only")
+        if self.scenario not in SCENARIOS:
+            raise UserError(f"scenario '{self.scenario}' is not one of {', '.join(SCENARIOS)}")
+
+    @property
+    def bins(self) -> int:
+        """Histogram bins, ORT's default for the method when not given (0 for minmax)."""
+        return self.num_bins if self.num_bins is not None else DEFAULT_NUM_BINS.get(self.method, 0)
+
+    @property
+    def is_symmetric(self) -> bool:
+        return DEFAULT_SYMMETRIC[self.method] if self.symmetric is None else self.symmetric
+
+    @property
+    def absolute_histogram(self) -> bool:
+        """Whether ORT histograms |x| (symmetric percentile) rather than x."""
+        return self.method == "percentile" and self.is_symmetric
+
+
+@dataclass
+class Histogram:
+    """A final histogram as ORT builds it: int64 counts and float32 edges, plus the data's extremes."""
+
+    counts: np.ndarray
+    edges: np.ndarray
+    low: float  # smallest raw (signed) value seen: ORT clamps thresholds to it
+    high: float
+
+
+@dataclass
+class CalibrationResult:
+    """Per-tensor (low, high) ranges, and what ORT's quantizers need to use them."""
+
+    ranges: dict[str, tuple[float, float]]
+    method: str
+    samples: int
+    notes: list[str] = field(default_factory=list)
+    histograms: dict[str, Histogram] = field(default_factory=dict)  # histogram methods only
+    moments: dict[str, tuple[float, float]] = field(default_factory=dict)  # distribution: (avg, std)
+
+    def to_tensors_data(self) -> Any:
+        """The ranges as ORT's `TensorsData`: what `QDQQuantizer` / `ONNXQuantizer` take as `tensors_range`.
+
+        A fresh object each call: ORT's quantizers overwrite entries (Relu/Clip inputs, Softmax).
+        """
+        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+        data = {}
+        for name, (low, high) in self.ranges.items():
+            values: dict[str, Any] = {"lowest": np.array(low, np.float32), "highest": np.array(high, np.float32)}
+            histogram = self.histograms.get(name)
+            if self.method == "distribution" and histogram is not None:
+                avg, std = self.moments[name]
+                values.update(avg=np.array(avg, np.float32), std=np.array(std, np.float32))
+                values.update(hist=histogram.counts, hist_edges=histogram.edges)
+            elif histogram is not None:
+                values.update(hist=histogram.counts, bins=histogram.edges)
+            data[name] = TensorData(**values)
+        return TensorsData(CalibrationMethod[_ORT_METHOD_NAMES[self.method]], data)
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "samples": self.samples,
+            "tensors": len(self.ranges),
+            "ranges": {name: list(pair) for name, pair in self.ranges.items()},
+            "notes": self.notes,
+        }
+
+
+_ORT_METHOD_NAMES = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "distribution": "Distribution"}
+
+
+# --- collectors: O(bins) state per tensor, whatever the sample count ---------------------------
+
+
+@dataclass
+class RunningRange:
+    """Per-sample min/max folded as ORT's MinMax calibrator does: extremes, or means (moving average).
+
+    With a stride, each chunk of samples gives a range that is merged into the previous chunks' by
+    min/max or, with moving average, by an exponential moving average (ORT's `merge_range`).
+    """
+
+    moving_average: bool = False
+    averaging_constant: float = 0.01
+    symmetric: bool = False
+    stride: int | None = None
+    # The open chunk: extremes, or sums and counts of the non-NaN per-sample values.
+    _low: float = np.inf
+    _high: float = -np.inf
+    _low_sum: float = 0.0
+    _high_sum: float = 0.0
+    _low_count: int = 0
+    _high_count: int = 0
+    _in_chunk: int = 0
+    merged: tuple[float, float] | None = None
+
+    def update(self, low: float, high: float) -> None:
+        """Fold in one sample's min and max of the tensor."""
+        if not np.isnan(low):
+            self._low, self._low_sum, self._low_count = min(self._low, low), self._low_sum + low, self._low_count + 1
+        if not np.isnan(high):
+            self._high, self._high_sum, self._high_count = max(self._high, high), self._high_sum + high, self._high_count + 1
+        self._in_chunk += 1
+        if self.stride is not None and self._in_chunk == self.stride:
+            self._close_chunk()
+
+    def range(self) -> tuple[float, float] | None:
+        """The final range (closes a partly filled chunk), or None when no sample had a value."""
+        if self._in_chunk:
+            self._close_chunk()
+        return self.merged
+
+    def state_size(self) -> int:
+        """Numbers held: constant, whatever the sample count."""
+        return 9
+
+    def _close_chunk(self) -> None:
+        chunk = self._chunk_range()
+        self._low, self._high, self._low_sum, self._high_sum = np.inf, -np.inf, 0.0, 0.0
+        self._low_count = self._high_count = self._in_chunk = 0
+        if chunk is None:
+            return
+        if self.merged is None:
+            self.merged = chunk
+        elif self.moving_average:
+            rate = self.averaging_constant
+            self.merged = tuple(_f32(old + rate * (new - old)) for old, new in zip(self.merged, chunk))  # type: ignore[assignment]
+        else:
+            self.merged = (min(self.merged[0], chunk[0]), max(self.merged[1], chunk[1]))
+
+    def _chunk_range(self) -> tuple[float, float] | None:
+        if not self._low_count or not self._high_count:
+            return None
+        if self.moving_average:
+            low, high = _f32(self._low_sum / self._low_count), _f32(self._high_sum / self._high_count)
+        else:
+            low, high = self._low, self._high
+        if self.symmetric:
+            magnitude = max(abs(low), abs(high))
+            return (-magnitude, magnitude)
+        return (low, high)
+
+
+@dataclass
+class StreamingHistogram:
+    """Counts of a tensor's values (or magnitudes) in a fixed number of fine bins over [-limit, limit].
+
+    The limit starts at the first sample's largest magnitude and doubles when a later one reaches
+    beyond it, merging neighbouring bins in pairs: memory is `bins` integers, whatever the data.
+    """
+
+    bins: int
+    absolute: bool = False  # histogram |x| over [0, limit], as ORT does for symmetric percentile
+    counts: np.ndarray = field(init=False)
+    limit: float = 0.0
+    zeros_before_limit: int = 0  # values seen while everything so far was exactly 0 (no limit yet)
+    low: float = np.inf  # extremes of the raw (signed) values
+    high: float = -np.inf
+    low_magnitude: float = np.inf  # smallest |x|: the first edge of ORT's |x| histogram
+    total: int = 0
+    skipped: int = 0  # NaN and infinite values, which ORT's histograms cannot hold either
+
+    def __post_init__(self) -> None:
+        if self.bins % 4:
+            raise ValueError("fine bin count must be a multiple of 4 (bins merge in pairs around 0)")
+        self.counts = np.zeros(self.bins, np.int64)
+
+    def update(self, values: np.ndarray) -> None:
+        """Fold one sample's values in: widen (merging bins) if needed, then count them."""
+        flat = np.asarray(values).reshape(-1)
+        if flat.size == 0:
+            return
+        low, high = flat.min(), flat.max()
+        if not (np.isfinite(low) and np.isfinite(high)):
+            finite = np.isfinite(flat)
+            self.skipped += int(flat.size - np.count_nonzero(finite))
+            flat = flat[finite]
+            if flat.size == 0:
+                return
+            low, high = flat.min(), flat.max()
+        self.low, self.high = min(self.low, float(low)), max(self.high, float(high))
+        self._widen(max(abs(float(low)), abs(float(high))))
+        for start in range(0, flat.size, CHUNK):
+            self._count(flat[start : start + CHUNK])
+        self.total += int(flat.size)
+
+    def state_size(self) -> int:
+        """Numbers held: the fine counts plus a few scalars, whatever the sample count."""
+        return int(self.counts.size) + 8
+
+    def fine_edges(self) -> np.ndarray:
+        start = 0.0 if self.absolute else -self.limit
+        return np.linspace(start, self.limit, self.bins + 1)
+
+    def _widen(self, magnitude: float) -> None:
+        if magnitude == 0.0:
+            return
+        if self.limit == 0.0:
+            self.limit = magnitude
+            if self.zeros_before_limit:
+                self.counts[self._zero_bin()] += self.zeros_before_limit
+                self.zeros_before_limit = 0
+            return
+        while self.limit < magnitude:
+            self.limit *= 2.0
+            pairs = self.counts.reshape(-1, 2).sum(axis=1)
+            self.counts[:] = 0
+            # Signed bins are centred on 0, so the old range lands in the middle half of the new one.
+            offset = 0 if self.absolute else self.bins // 4
+            self.counts[offset : offset + self.bins // 2] = pairs
+
+    def _zero_bin(self) -> int:
+        return 0 if self.absolute else self.bins // 2
+
+    def _count(self, chunk: np.ndarray) -> None:
+        values = chunk.astype(np.float64)
+        if self.absolute:
+            np.abs(values, out=values)
+            self.low_magnitude = min(self.low_magnitude, float(values.min()))
+        if self.limit == 0.0:  # every value so far is 0
+            self.zeros_before_limit += values.size
+            return
+        offset = 0.0 if self.absolute else self.limit
+        scale = self.bins / (self.limit if self.absolute else 2.0 * self.limit)
+        values += offset
+        values *= scale
+        index = values.astype(np.intp)  # truncation is floor: values are >= 0 here
+        np.clip(index, 0, self.bins - 1, out=index)  # the top edge belongs to the last bin
+        self.counts += np.bincount(index, minlength=self.bins)
+
+    def final(self, num_bins: int) -> Histogram | None:
+        """The histogram ORT would have built from the same values: `num_bins` bins over its range."""
+        if self.total == 0:
+            return None
+        if self.absolute:
+            first, last = np.float32(self.low_magnitude), np.float32(max(abs(self.low), abs(self.high)))
+            support = (float(first), float(last))
+        else:
+            magnitude = np.float32(max(abs(self.low), abs(self.high)))
+            first, last = -magnitude, magnitude
+            support = (self.low, self.high)
+        # np.histogram makes the edges, so they match ORT's to the bit (float32, degenerate ranges widened).
+        edges = np.histogram(np.empty(0, np.float32), num_bins, range=(first, last))[1]
+        if self.limit == 0.0 or support[0] == support[1]:
+            # One value only (all zeros, say): every count goes to the bin holding it.
+            counts = np.histogram(np.array([support[0]], np.float32), edges)[0] * self.total
+        else:
+            counts = self._rebinned(edges.astype(np.float64), support)
+        return Histogram(counts.astype(np.int64), edges, float(np.float32(self.low)), float(np.float32(self.high)))
+
+    def _rebinned(self, edges: np.ndarray, support: tuple[float, float]) -> np.ndarray:
+        """Counts on `edges`, from the fine counts' cumulative sum interpolated at each edge.
+
+        Within a fine bin the values are taken as spread evenly over the part of it the data
+        reaches (so the outermost bins do not leak counts beyond the data's extremes).
+        """
+        fine = self.fine_edges()
+        cumulative = np.concatenate(([0], np.cumsum(self.counts)))
+        index = np.clip(np.searchsorted(fine, edges, side="right") - 1, 0, self.bins - 1)
+        start = np.maximum(fine[index], support[0])
+        end = np.minimum(fine[index + 1], support[1])
+        width = end - start
+        inside = np.clip((edges - start) / np.where(width > 0, width, 1.0), 0.0, 1.0)
+        fraction = np.where(width > 0, inside, (edges >= end).astype(np.float64))
+        below = cumulative[index] + self.counts[index] * fraction
+        below[0], below[-1] = 0, self.total  # all data lies within the outer edges
+        return np.diff(np.round(below).astype(np.int64))
+
+
+# --- range algorithms (ORT's, re-implemented over a final histogram) ----------------------------
+
+
+def entropy_range(histogram: Histogram, num_quantized_bins: int) -> tuple[float, float]:
+    """ORT's KL-divergence threshold: the symmetric window whose int8 version loses least information.
+
+    Each candidate window around the middle bin keeps the outliers in its end bins (p), is squeezed
+    into `num_quantized_bins` bins and expanded back (q); the window minimising KL(p || q) wins,
+    clamped to the data's extremes.
+    """
+    counts, edges = histogram.counts, histogram.edges
+    size = counts.size
+    middle = size // 2
+    half_quantized = num_quantized_bins // 2
+    prefix = np.concatenate(([0], np.cumsum(counts)))
+    divergences = []
+    for half in range(half_quantized, middle + 1):
+        start, end = middle - half, min(middle + half + 1, size)
+        divergences.append(_window_divergence(counts[start:end], prefix[start], prefix[size] - prefix[end], num_quantized_bins))
+    half = half_quantized + int(np.argmin(divergences))  # the first of equal minima, as ORT picks
+    return _clamped(float(edges[middle - half]), float(edges[min(middle + half + 1, size)]), histogram)
+
+
+def _window_divergence(window: np.ndarray, left_outliers: int, right_outliers: int, num_quantized_bins: int) -> float:
+    """KL(p || q) for one candidate window, with ORT's float32 arithmetic and its quirks kept.
+
+    q spreads each merged bin's count (truncated to an integer) over the bins where p is non-zero,
+    and leaves the window's last `len % num_quantized_bins` bins at 0, as ORT does.
+    """
+    reference = window.copy()
+    reference[0] += left_outliers
+    reference[-1] += right_outliers
+    nonzero = reference != 0
+    merge = window.size // num_quantized_bins
+    covered = merge * num_quantized_bins
+    merged = window[:covered].reshape(num_quantized_bins, merge).sum(axis=1)
+    merged[-1] += window[covered:].sum()
+    occupied = nonzero[:covered].reshape(num_quantized_bins, merge).sum(axis=1)
+    per_bin = np.where(occupied > 0, merged // np.maximum(occupied, 1), 0)
+    expanded = np.zeros(window.size, np.int64)
+    expanded[:covered] = np.repeat(per_bin, merge)
+    p, q = _smoothed(reference), _smoothed(expanded)
+    if p is None or q is None:
+        return float(np.inf)
+    p /= p.sum()
+    q /= q.sum()
+    return float((p * np.log(p / q)).sum(dtype=np.float32))
+
+
+def _smoothed(counts: np.ndarray) -> np.ndarray | None:
+    """Float32 distribution with empty bins raised to eps, paid for by the others (None if all empty)."""
+    empty = counts == 0
+    filled = counts.size - int(empty.sum())
+    if filled == 0:
+        return None
+    taken = SMOOTHING_EPS * float(counts.size - filled) / float(filled)
+    smoothed = counts.astype(np.float32)
+    smoothed += np.where(empty, np.float32(SMOOTHING_EPS), np.float32(-taken)).astype(np.float32)
+    return smoothed
+
+
+def percentile_range(histogram: Histogram, percentile: float, absolute: bool) -> tuple[float, float]:
+    """ORT's percentile range: the edges where the cumulative share crosses the cut-offs, clamped.
+
+    On a histogram of |x| (symmetric) the range is +-edge at `percentile`; otherwise half of the
+    excluded share is cut on each side.
+    """
+    cumulative = np.cumsum(histogram.counts / histogram.counts.sum())
+    edges = histogram.edges
+    if absolute:
+        edge = float(edges[np.searchsorted(cumulative, percentile / 100.0)])
+        return _clamped(-edge, edge, histogram)
+    cut = (100.0 - percentile) / 200.0
+    low = float(edges[np.searchsorted(cumulative, cut)])
+    high = float(edges[np.searchsorted(cumulative, 1.0 - cut)])
+    return _clamped(low, high, histogram)
+
+
+def distribution_moments(histogram: Histogram, scenario: str) -> tuple[float, float]:
+    """Mean and standard deviation of the bin centres (of x, or of x**(1/3) for 'p3'), as ORT computes them."""
+    centres = (histogram.edges[:-1] + histogram.edges[1:]) * np.float32(0.5)
+    if scenario == "p3":
+        centres = np.cbrt(centres)  # odd root keeps the sign, as ORT's |x|**p * sign(x) does
+    counts = histogram.counts
+    mean = (counts * centres).sum() / counts.sum()
+    spread = (counts * centres**2).sum() / counts.sum() - mean**2
+    return float(np.float32(mean)), float(np.float32(max(spread, 0.0) ** 0.5))
+
+
+def _clamped(low: float, high: float, histogram: Histogram) -> tuple[float, float]:
+    """Thresholds never reach beyond the data (ORT clamps to the observed min and max)."""
+    return (max(low, histogram.low), min(high, histogram.high))
+
+
+def _f32(value: float) -> float:
+    return float(np.float32(value))
+
+
+# --- which tensors, and the model that exposes them -----------------------------------------------
+
+
+def quantizable_op_types() -> tuple[str, ...]:
+    """The op types `quantize_static` quantizes by default (ORT's QLinear and QDQ registries)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return tuple(sorted(set(QLinearOpsRegistry) | set(QDQRegistry)))
+
+
+def select_tensors(model: Model, op_types: Sequence[str] | None = None) -> tuple[list[str], dict[str, int]]:
+    """The tensors ORT's calibrator would calibrate, and their element types.
+
+    Float32/float16 inputs and outputs of the main graph's nodes of `op_types` (ORT's quantizable
+    ops by default) whose type shape inference knows, initializers excepted. Sorted, for stable output.
+    """
+    wanted = set(op_types) if op_types is not None else set(quantizable_op_types())
+    types = tensor_types(model.proto)
+    initializers = {tensor.name for tensor in model.proto.graph.initializer}
+    chosen = set()
+    for node in model.proto.graph.node:
+        if node.op_type not in wanted:
+            continue
+        for name in (*node.input, *node.output):
+            if name and name not in initializers and types.get(name) in CALIBRATED_TYPES:
+                chosen.add(name)
+    return sorted(chosen), {name: types[name] for name in chosen}
+
+
+def tensor_types(proto: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every main-graph tensor that shape inference types (as ORT's calibrator sees them)."""
+    inferred = _infer_shapes(proto).graph
+    types = {}
+    for info in (*inferred.value_info, *inferred.output, *inferred.input):
+        if info.type.HasField("tensor_type"):
+            types[info.name] = info.type.tensor_type.elem_type
+    return types
+
+
+def _infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference on a copy of the graph without the weights' bytes (types and dims are enough)."""
+    light = onnx.ModelProto()
+    for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(light, name, getattr(proto, name))
+    light.opset_import.extend(proto.opset_import)
+    light.functions.extend(proto.functions)
+    graph = proto.graph
+    light.graph.name = graph.name
+    for part in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(light.graph, part).extend(getattr(graph, part))
+    # Small initializers keep their values: Reshape/Slice/... shapes are inferred from them.
+    light.graph.initializer.extend(_stub(tensor) for tensor in graph.initializer)
+    try:
+        return onnx.shape_inference.infer_shapes(light)
+    except Exception:  # onnx raises several types; ORT's calibrator would fail here, we calibrate what is typed
+        return light
+
+
+def _stub(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    if tensor.data_location != TensorProto.EXTERNAL and tensor.ByteSize() <= INITIALIZER_STUB_BYTES:
+        return tensor
+    return onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+
+
+@dataclass
+class _Probe:
+    """How one tensor's values come back from a run: from the feed, the tensor itself, or its min/max."""
+
+    tensor: str
+    outputs: tuple[str, ...]  # empty: a graph input, read from the feed
+
+
+def _plan_probes(model: Model, tensors: Sequence[str], method: str) -> tuple[list[_Probe], list[onnx.NodeProto], list[onnx.ValueInfoProto]]:
+    """Probes per tensor and the nodes/outputs to add. MinMax adds ReduceMin/ReduceMax so a run returns
+    two numbers per tensor instead of the whole tensor (ORT's MinMax calibrator does the same)."""
+    graph = model.proto.graph
+    graph_inputs = {value.name for value in graph.input}
+    graph_outputs = {value.name for value in graph.output}
+    taken = {name for node in graph.node for name in (*node.input, *node.output)} | graph_inputs
+    probes, nodes, outputs = [], [], []
+    for tensor in tensors:
+        if tensor in graph_inputs:
+            probes.append(_Probe(tensor, ()))
+        elif method == "minmax":
+            low, high = _unique(f"{tensor}__ortforge_min", taken), _unique(f"{tensor}__ortforge_max", taken)
+            nodes.append(helper.make_node("ReduceMin", [tensor], [low], name=low, keepdims=1))
+            nodes.append(helper.make_node("ReduceMax", [tensor], [high], name=high, keepdims=1))
+            outputs += [helper.make_empty_tensor_value_info(low), helper.make_empty_tensor_value_info(high)]
+            probes.append(_Probe(tensor, (low, high)))
+        else:
+            if tensor not in graph_outputs:
+                outputs.append(helper.make_empty_tensor_value_info(tensor))
+            probes.append(_Probe(tensor, (tensor,)))
+    return probes, nodes, outputs
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, index = name, 0
+    while candidate in taken:
+        index += 1
+        candidate = f"{name}_{index}"
+    taken.add(candidate)
+    return candidate
+
+
+def _augmented_session(model: Model, nodes: list, outputs: list, config: SessionConfig) -> Any:
+    """A session over the model plus the probe nodes/outputs, created from bytes (no files written).
+
+    The probes are appended to the caller's proto only while it is serialised, then removed, so the
+    weights are not copied a second time in memory.
+    """
+    graph = model.proto.graph
+    node_count, output_count = len(graph.node), len(graph.output)
+    graph.node.extend(nodes)
+    graph.output.extend(outputs)
+    try:
+        augmented = Model(proto=model.proto, data_dir=model.base_dir, changes=["calibration outputs added"])
+        source, entries = augmented.ort_source()
+    finally:
+        del graph.node[node_count:]
+        del graph.output[output_count:]
+    # Outputs of the float model itself: no fusions between them, as ORT's calibrator runs it.
+    return config.create(source, entries, name=model.name)
+
+
+# --- the calibration loop -------------------------------------------------------------------------
+
+
+def calibrate(
+    model: Model,
+    feeds: Iterable[Feed] | FeedSet,
+    options: CalibrationOptions | None = None,
+    *,
+    tensors: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    total: int | None = None,
+    session: SessionConfig | None = None,
+) -> CalibrationResult:
+    """Ranges of `tensors` (ORT's choice by default) over `feeds`, each sample run once and dropped.
+
+    Feeds are consumed one at a time (a generator works); memory is one run's outputs plus a
+    fixed-size state per tensor, whatever the number of samples. `session` sets providers and
+    threads; by default the model runs unoptimised on CPU, as ORT's calibrator runs it.
+    """
+    options = options or CalibrationOptions()
+    config = session or SessionConfig(graph_optimization_level="disable")
+    report = progress or (lambda what, fraction: None)
+    samples = feeds.samples if isinstance(feeds, FeedSet) else feeds
+    if total is None and hasattr(samples, "__len__"):
+        total = len(samples)  # type: ignore[arg-type]
+    names, notes = _tensors_to_calibrate(model, tensors, options)
+    probes, nodes, outputs = _plan_probes(model, names, options.method)
+    report(f"calibrating {len(names)} tensors ({options.method})", 0.0)
+    runner = _augmented_session(model, nodes, outputs, config)
+    collectors = {name: _collector(options) for name in names}
+    count = _run_samples(runner, probes, collectors, iter(samples), report, total, model.name)
+    if count == 0:
+        raise UserError(f"{model.name}: calibration needs at least one sample, got none")
+    report(f"computing {options.method} ranges", 1.0)
+    result = _finish(collectors, options, count)
+    result.notes[:0] = notes
+    return result
+
+
+def _tensors_to_calibrate(model: Model, tensors: Sequence[str] | None, options: CalibrationOptions) -> tuple[list[str], list[str]]:
+    notes = []
+    if any(graph is not model.proto.graph for graph in iter_graphs(model.proto.graph)):
+        notes.append("tensors inside If/Loop/Scan subgraphs are not calibrated (ORT's calibrator skips them too)")
+    if tensors is None:
+        names, types = select_tensors(model, options.op_types)
+    else:
+        names, types = list(dict.fromkeys(tensors)), tensor_types(model.proto)
+        initializers = {tensor.name for tensor in model.proto.graph.initializer}
+        for name in names:
+            if name in initializers:
+                raise UserError(f"{model.name}: '{name}' is an initializer (a weight), not an activation to calibrate")
+            if types.get(name) not in CALIBRATED_TYPES:
+                raise UserError(f"{model.name}: no float32/float16 tensor '{name}' in the main graph to calibrate")
+    if not names:
+        raise UserError(f"{model.name}: no float tensors to calibrate (none feed or leave a quantizable op)")
+    if any(types[name] == TensorProto.FLOAT16 for name in names):
+        notes.append("float16 tensors are calibrated in float32 (ORT keeps float16 ranges; the values are the same)")
+    return names, notes
+
+
+def _collector(options: CalibrationOptions) -> RunningRange | StreamingHistogram:
+    if options.method == "minmax":
+        return RunningRange(options.moving_average, options.averaging_constant, options.is_symmetric, options.stride)
+    fine = min(FINE_FACTOR * options.bins, max(MAX_FINE_BINS, 4 * options.bins))
+    return StreamingHistogram(fine + (-fine) % 4, absolute=options.absolute_histogram)
+
+
+def _run_samples(
+    runner: Any,
+    probes: list[_Probe],
+    collectors: dict[str, RunningRange | StreamingHistogram],
+    feeds: Iterator[Feed],
+    report: Progress,
+    total: int | None,
+    name: str,
+) -> int:
+    """Run each sample once and fold its values in; returns how many samples ran."""
+    wanted = list(dict.fromkeys(output for probe in probes for output in probe.outputs))
+    count = 0
+    for feed in feeds:
+        values = _run(runner, wanted, feed, name, count)
+        for probe in probes:
+            _fold(collectors[probe.tensor], probe, feed, values)
+        del values  # this sample's outputs go before the next sample is asked for
+        count += 1
+        fraction = min(count / total, 1.0) if total else 0.0
+        report(f"calibrating: sample {count}" + (f"/{total}" if total else ""), fraction)
+    return count
+
+
+def _run(runner: Any, wanted: list[str], feed: Feed, name: str, index: int) -> dict[str, np.ndarray]:
+    if not wanted:
+        return {}
+    try:
+        return dict(zip(wanted, runner.run(wanted, feed)))
+    except Exception as exc:  # ORT raises its own types for bad feeds
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{name}: calibration sample {index} failed to run: {first}") from None
+
+
+def _fold(collector: RunningRange | StreamingHistogram, probe: _Probe, feed: Feed, values: dict[str, np.ndarray]) -> None:
+    if isinstance(collector, RunningRange):
+        if probe.outputs:
+            low, high = (float(np.min(values.pop(output))) for output in probe.outputs)
+        else:
+            array = np.asarray(feed[probe.tensor])
+            low, high = (float(array.min()), float(array.max())) if array.size else (np.nan, np.nan)
+        collector.update(low, high)
+    else:
+        collector.update(values.pop(probe.tensor) if probe.outputs else feed[probe.tensor])
+
+
+def _finish(collectors: dict[str, RunningRange | StreamingHistogram], options: CalibrationOptions, count: int) -> CalibrationResult:
+    result = CalibrationResult({}, options.method, count)
+    empty, skipped = [], 0
+    for name, collector in collectors.items():
+        if isinstance(collector, RunningRange):
+            pair = collector.range()
+        else:
+            skipped += collector.skipped
+            pair = _histogram_range(name, collector, options, result)
+        if pair is None:
+            empty.append(name)
+        else:
+            result.ranges[name] = pair
+    if empty:
+        result.notes.append(f"{len(empty)} tensor(s) had no values in any sample and got no range: {', '.join(empty[:5])}")
+    if skipped:
+        result.notes.append(f"{skipped} NaN/infinite value(s) left out of the histograms")
+    return result
+
+
+def _histogram_range(name: str, collector: StreamingHistogram, options: CalibrationOptions, result: CalibrationResult) -> tuple[float, float] | None:
+    histogram = collector.final(options.bins)
+    if histogram is None:
+        return None
+    result.histograms[name] = histogram
+    if options.method == "entropy":
+        return entropy_range(histogram, options.num_quantized_bins)
+    if options.method == "percentile":
+        return percentile_range(histogram, options.percentile, options.absolute_histogram)
+    result.moments[name] = distribution_moments(histogram, options.scenario)
+    return (float(histogram.edges.min()), float(histogram.edges.max()))
