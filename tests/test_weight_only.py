@@ -101,7 +101,7 @@ def test_chain_quantizes_initializer_constant_and_gemm_weights(bits: int, floor:
     assert details["constants_lifted"] == 1 and details["gemms_rewritten"] == 1
     assert details["weight_bytes_after"] < (0.35 if bits == 4 else 0.5) * details["weight_bytes_before"]
     reference, produced = run(original, CHAIN_FEEDS), run(result.proto, CHAIN_FEEDS)
-    assert all(cosine(r, p) >= floor for r, p in zip(reference, produced))
+    assert all(cosine(r, p) >= floor for r, p in zip(reference, produced, strict=True))
     assert result.proto.opset_import[0].version == original.opset_import[0].version
 
 
@@ -117,6 +117,25 @@ def test_gemm_rewrite_honours_trans_a_alpha_beta_and_computed_c() -> None:
     result = quantize_weight_only(from_proto(proto), WeightOnlyOptions(bits=8))
     assert result.details["quantized"] == {"MatMul": 0, "Gemm": 2}
     assert len(quantized_nodes(result.proto)) == 2 and "Transpose" in ops(result.proto)
+    assert cosine(run(proto, feeds)[0], run(result.proto, feeds)[0]) >= 0.9999
+
+
+def test_gemms_sharing_a_weight_share_its_quantized_form() -> None:
+    nodes = [helper.make_node("Gemm", [x, "B"], [f"{x}_out"], name=f"gemm_{x}", transB=1) for x in ("a", "b")]
+    proto = make_model(nodes, [tensor("a", [2, 64]), tensor("b", [2, 64])], [tensor("a_out", [2, 32]), tensor("b_out", [2, 32])],
+                       [weight("B", _w(32, 64))])
+    result = quantize_weight_only(from_proto(proto), WeightOnlyOptions())
+    packed = {n.input[1] for n in quantized_nodes(result.proto)}
+    assert len(quantized_nodes(result.proto)) == 2 and len(packed) == 1
+    assert [t.name for t in result.proto.graph.initializer].count(packed.pop()) == 1
+
+
+def test_k_not_a_multiple_of_the_block_is_padded_not_skipped() -> None:
+    proto = make_model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], [tensor("x", [3, 20])], [tensor("y", [3, 24])],
+                       [weight("W", _w(20, 24))])
+    feeds = {"x": RNG.standard_normal((3, 20)).astype(np.float32)}
+    result = quantize_weight_only(from_proto(proto), WeightOnlyOptions(bits=8, block_size=32))
+    assert attribute(quantized_nodes(result.proto)[0], "K") == 20
     assert cosine(run(proto, feeds)[0], run(result.proto, feeds)[0]) >= 0.9999
 
 
@@ -185,7 +204,8 @@ def test_matmuls_inside_if_branches_are_quantized() -> None:
 
 
 def test_nothing_to_quantize_returns_the_model_untouched() -> None:
-    proto = make_model([helper.make_node("MatMul", ["a", "b"], ["y"], name="mm")], [tensor("a", [2, 3]), tensor("b", [3, 2])], [tensor("y", [2, 2])])
+    node = helper.make_node("MatMul", ["a", "b"], ["y"], name="mm")
+    proto = make_model([node], [tensor("a", [2, 3]), tensor("b", [3, 2])], [tensor("y", [2, 2])])
     result = quantize_weight_only(from_proto(proto), WeightOnlyOptions())
     assert not result.changed and result.proto == proto
     assert result.details["skipped_by_reason"] == {"B is an activation, not a weight": 1}

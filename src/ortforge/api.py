@@ -191,6 +191,7 @@ def quantize(
     tolerances: Sequence[str] = (),
     eval_hook: str | None = None,
     force: bool = False,
+    auto_exclude: bool = True,
     measure: BenchOptions | None = None,
     progress: Progress | None = None,
 ):  # -> quantization.QuantizeReport
@@ -217,9 +218,37 @@ def quantize(
         tolerances=[parse_tolerance(t) for t in tolerances] or None,
         hook=load_eval_hook(eval_hook) if eval_hook else None,
         force=force,
+        auto_exclude=auto_exclude,
         measure=measure,
         progress=progress,
     )
+
+
+def quant_debug(
+    float_reference: str | Path,
+    quantized_reference: str | Path,
+    *,
+    data: str | None = None,
+    samples: int | None = None,
+    shape_options: ShapeOptions | None = None,
+):  # -> quant_debug.QuantDebugReport
+    """Per-layer SQNR / relative error of a quantized model against its float original, worst first."""
+    from .model import from_proto
+    from .quant_debug import debug_quantization
+    from .transforms.quantize import QuantizeOptions, prepare
+
+    float_model = open_model(float_reference)
+    quant_model = open_model(quantized_reference, check=False)
+    feeds = feeds_for(float_model, float_reference, data, samples=samples or 4, shape_options=shape_options)
+    as_given = debug_quantization(float_model, quant_model, feeds)
+    if not as_given.unmatched:
+        return as_given
+    # Quantizers work on a pre-processed graph (fused, renamed nodes); compare against that if it matches better.
+    prepared = debug_quantization(from_proto(prepare(float_model, QuantizeOptions(), [])), quant_model, feeds)
+    if prepared.unmatched < as_given.unmatched:
+        prepared.notes.append("compared with the pre-processed float graph the quantizer saw (node names as in that graph)")
+        return prepared
+    return as_given
 
 
 def tune_session(

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from . import __version__, api
@@ -146,11 +147,24 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: cosine=0.99, plus top1=1 for classifier outputs)")  # fmt: skip
     quantize.add_argument("--eval", metavar="MODULE:FUNCTION", help="your metric: function(outputs, reference) -> float, higher is better")
     quantize.add_argument("--force", action="store_true", help="write a single recipe's result even outside tolerance")
+    quantize.add_argument("--no-auto-exclude", action="store_true", help="do not keep nodes in float when a recipe misses the tolerance")
     quantize.add_argument("--time", type=float, default=3.0, help="seconds of timed runs per candidate (default 3)")
     quantize.add_argument("--no-measure", action="store_true", help="skip timing a single recipe against fp32")
     _add_data(quantize)
     _add_shapes(quantize)
     _add_json(quantize)
+
+    debug = commands.add_parser(
+        "quant-debug",
+        help="compare a quantized model with its float original tensor by tensor (SQNR, relative error), worst first",
+    )
+    debug.add_argument("float_model", help="the float original (.onnx or zoo:NAME)")
+    debug.add_argument("quantized_model", help="the quantized model (QDQ or QOperator)")
+    debug.add_argument("--top", type=int, default=15, help="rows per table")
+    debug.add_argument("--plot", metavar="FILE.svg", help="also write an SVG bar chart of the worst layers")
+    _add_data(debug)
+    _add_shapes(debug)
+    _add_json(debug)
 
     tune_session = commands.add_parser(
         "tune-session",
@@ -298,10 +312,25 @@ def run_quantize(args: argparse.Namespace, console: Any) -> None:
             tolerances=args.tolerance,
             eval_hook=args.eval,
             force=args.force,
+            auto_exclude=not args.no_auto_exclude,
             measure=measure,
             progress=progress,
         )
     _emit_json(report) if args.json else render_quantize(report, console)
+
+
+def run_quant_debug(args: argparse.Namespace, console: Any) -> None:
+    from .render import render_quant_debug
+
+    with _progress(_stderr_console().is_terminal) as progress:
+        progress("comparing float and quantized tensors", 0.1)
+        report = api.quant_debug(args.float_model, args.quantized_model, data=args.data, samples=args.samples, shape_options=_shape_options(args))
+    if args.plot:
+        from .model import atomic_write_text
+        from .quant_debug import plot
+
+        atomic_write_text(Path(args.plot), plot(report))
+    _emit_json(report) if args.json else render_quant_debug(report, console, top=args.top)
 
 
 def run_tune_session(args: argparse.Namespace, console: Any) -> None:
@@ -355,6 +384,7 @@ COMMANDS = {
     "optimize": run_optimize,
     "tune-session": run_tune_session,
     "quantize": run_quantize,
+    "quant-debug": run_quant_debug,
     "run": run_run,
     "zoo": run_zoo,
 }

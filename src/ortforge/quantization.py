@@ -80,9 +80,11 @@ class QuantizeReport:
     measurement: BenchReport | None = None
     forced: bool = False
     notes: list[str] = field(default_factory=list)
+    exclusion: object = None  # exclusion.ExclusionReport when nodes were kept in float to meet the tolerance
 
     def to_dict(self) -> dict:
         return {
+            "exclusion": self.exclusion.to_dict() if self.exclusion else None,
             "output": self.output,
             "chosen": self.chosen.label,
             "why": self.why,
@@ -177,10 +179,14 @@ def quantize_model(
     tolerances: Sequence[Tolerance] | None = None,
     hook: Callable | None = None,
     force: bool = False,
+    auto_exclude: bool = True,
     measure: BenchOptions | None = None,
     progress: Progress | None = None,
 ) -> QuantizeReport:
-    """Build each recipe, judge accuracy, time the survivors vs fp32 (when asked or when several), write the winner."""
+    """Build each recipe, judge accuracy, time the survivors vs fp32 (when asked or when several), write the winner.
+
+    A single recipe that misses the tolerance first gets nodes kept in float (`auto_exclude`).
+    """
     report_progress = progress or (lambda what, fraction: None)
     reference = run_outputs(model, evaluation)
     tolerances = list(tolerances) if tolerances else default_tolerances(reference)
@@ -188,6 +194,15 @@ def quantize_model(
     for index, options in enumerate(recipes):
         report_progress(f"building {options.describe()}", index / max(len(recipes), 1) * 0.5)
         outcomes.append(build_recipe(model, options, calibration, evaluation, reference, tolerances, hook))
+    exclusion = None
+    if len(outcomes) == 1 and not outcomes[0].passed and outcomes[0].model is not None and auto_exclude and not force:
+        from .exclusion import search_exclusions
+
+        first = outcomes[0]
+        fixed, exclusion = search_exclusions(model, first, calibration, evaluation, reference, tolerances, hook, progress)
+        if exclusion.met:
+            fixed.label = f"{first.label}, {len(exclusion.excluded)} node(s) kept float"
+            outcomes = [first, fixed]
     fp32 = RecipeOutcome(FP32, None, _size(model), compare(reference, reference), model=model)
     measurement = None
     auto = len(recipes) > 1
@@ -197,13 +212,16 @@ def quantize_model(
     if auto:
         chosen, why = choose(fp32, outcomes)
     else:
-        chosen = outcomes[0]
+        chosen = outcomes[-1]
         if not chosen.passed and not force:
-            raise UserError(f"{Path(output).name}: not written, {chosen.label} {chosen.rejected}", hint="--force writes it anyway; the report says so")
+            tried = f"; keeping nodes in float did not help ({exclusion.notes[0]})" if exclusion and exclusion.notes else ""
+            raise UserError(f"{Path(output).name}: not written, {chosen.label}: {chosen.rejected}{tried}", hint="--force writes it anyway; the report says so")
         why = "the requested recipe" + ("" if chosen.passed else f", written despite: {chosen.rejected} (--force)")
+        if exclusion and exclusion.met:
+            why = f"the requested recipe missed the tolerance; keeping {len(exclusion.excluded)} node(s) in float met it ({exclusion.attempts} attempts)"
     saved = save_model(chosen.model.proto, output, source=model)
     notes = [GENERATED_WARNING] if evaluation.generated else []
     if chosen is fp32:
         notes.append("the output is the fp32 model unchanged")
     return QuantizeReport(str(saved), chosen, [fp32] + outcomes, tolerances, why, evaluation.generated, measurement,
-                          forced=not chosen.passed, notes=notes)  # fmt: skip
+                          forced=not chosen.passed, notes=notes, exclusion=exclusion)  # fmt: skip

@@ -318,9 +318,32 @@ def render_quantize(report, console: Console) -> None:  # noqa: ANN001 - quantiz
         )
     console.print(table)
     console.print(f"[bold]chosen:[/] {escape(report.why)}", highlight=False)
+    if report.exclusion is not None and report.exclusion.met:
+        for candidate in report.exclusion.excluded:
+            console.print(f"  kept float: {escape(candidate.node)} ({escape(candidate.reason)})", highlight=False)
     console.print(f"[bold]wrote[/] {escape(report.output)}", highlight=False)
     for outcome in report.outcomes:
         for note in outcome.notes:
             console.print(f"  {escape(outcome.label)}: {escape(note)}", style="dim", highlight=False)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def render_quant_debug(report, console: Console, top: int = 15) -> None:  # noqa: ANN001 - quant_debug.QuantDebugReport
+    for title, rows in (("Activations, by SQNR lost at the node", report.activations), ("Weights, worst SQNR first", report.weights)):
+        table = Table(title=title)
+        table.add_column("node (tensor in --json)", overflow="fold", ratio=3)
+        for column in ("op", "SQNR dB", "lost dB", "rel. err", "float |x|"):
+            table.add_column(column, no_wrap=True, justify="right")
+        for error in rows[:top]:
+            lost = f"{error.drop_db:.1f}" if error.kind == "activation" else "-"
+            table.add_row(escape(error.node), error.op_type, f"{error.sqnr_db:.1f}", lost, f"{error.rel_error:.3g}",
+                          f"{error.float_absmax:.3g}")  # fmt: skip
+        console.print(table)
+    worst = ", ".join(f"{o.name}: cosine {o.cosine:.4f}, max abs {o.max_abs:.3g}" + (f", top-1 {o.top1:.0%}" if o.top1 is not None else "")
+                      for o in report.end_to_end.outputs)  # fmt: skip
+    console.print(f"[bold]end to end[/] ({report.samples} samples): {escape(worst)}", highlight=False)
+    if report.unmatched:
+        console.print(f"  {report.unmatched} float tensor(s) had no counterpart in the quantized model", style="dim")
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)

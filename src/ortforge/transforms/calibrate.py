@@ -17,14 +17,16 @@ by interpolating the cumulative count, which moves each count by less than one f
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from .. import runtime
 from ..data import Feed, FeedSet
 from ..errors import UserError
 from ..model import Model, iter_graphs
@@ -181,7 +183,9 @@ class RunningRange:
     merged: tuple[float, float] | None = None
 
     def update(self, low: float, high: float) -> None:
-        """Fold in one sample's min and max of the tensor."""
+        """Fold in one sample's min and max of the tensor (NaN ones are skipped, as ORT's nanmin does)."""
+        if low > high:  # an empty tensor: ReduceMin gives +inf and ReduceMax -inf
+            low = high = np.nan
         if not np.isnan(low):
             self._low, self._low_sum, self._low_count = min(self._low, low), self._low_sum + low, self._low_count + 1
         if not np.isnan(high):
@@ -243,6 +247,7 @@ class StreamingHistogram:
     low: float = np.inf  # extremes of the raw (signed) values
     high: float = -np.inf
     low_magnitude: float = np.inf  # smallest |x|: the first edge of ORT's |x| histogram
+    zeros: int = 0  # exact zeros (ReLU outputs, padding): placed in ORT's bin exactly, not spread
     total: int = 0
     skipped: int = 0  # NaN and infinite values, which ORT's histograms cannot hold either
 
@@ -303,14 +308,15 @@ class StreamingHistogram:
         if self.absolute:
             np.abs(values, out=values)
             self.low_magnitude = min(self.low_magnitude, float(values.min()))
+        self.zeros += int(values.size - np.count_nonzero(values))
         if self.limit == 0.0:  # every value so far is 0
             self.zeros_before_limit += values.size
             return
-        offset = 0.0 if self.absolute else self.limit
-        scale = self.bins / (self.limit if self.absolute else 2.0 * self.limit)
-        values += offset
-        values *= scale
-        index = values.astype(np.intp)  # truncation is floor: values are >= 0 here
+        values *= self.bins / (self.limit if self.absolute else 2.0 * self.limit)
+        np.floor(values, out=values)
+        index = values.astype(np.intp)
+        # Offsetting after the floor keeps 0 exactly on the edge of the zero bin, whatever the rounding.
+        index += self._zero_bin()
         np.clip(index, 0, self.bins - 1, out=index)  # the top edge belongs to the last bin
         self.counts += np.bincount(index, minlength=self.bins)
 
@@ -331,7 +337,8 @@ class StreamingHistogram:
             # One value only (all zeros, say): every count goes to the bin holding it.
             counts = np.histogram(np.array([support[0]], np.float32), edges)[0] * self.total
         else:
-            counts = self._rebinned(edges.astype(np.float64), support)
+            zero_bin = np.histogram(np.zeros(1, np.float32), edges)[0]
+            counts = self._rebinned(edges.astype(np.float64), support) + zero_bin * self.zeros
         return Histogram(counts.astype(np.int64), edges, float(np.float32(self.low)), float(np.float32(self.high)))
 
     def _rebinned(self, edges: np.ndarray, support: tuple[float, float]) -> np.ndarray:
@@ -341,15 +348,17 @@ class StreamingHistogram:
         reaches (so the outermost bins do not leak counts beyond the data's extremes).
         """
         fine = self.fine_edges()
-        cumulative = np.concatenate(([0], np.cumsum(self.counts)))
+        counts = self.counts.copy()
+        counts[self._zero_bin()] -= self.zeros  # placed exactly by the caller
+        cumulative = np.concatenate(([0], np.cumsum(counts)))
         index = np.clip(np.searchsorted(fine, edges, side="right") - 1, 0, self.bins - 1)
         start = np.maximum(fine[index], support[0])
         end = np.minimum(fine[index + 1], support[1])
         width = end - start
         inside = np.clip((edges - start) / np.where(width > 0, width, 1.0), 0.0, 1.0)
         fraction = np.where(width > 0, inside, (edges >= end).astype(np.float64))
-        below = cumulative[index] + self.counts[index] * fraction
-        below[0], below[-1] = 0, self.total  # all data lies within the outer edges
+        below = cumulative[index] + counts[index] * fraction
+        below[0], below[-1] = 0, cumulative[-1]  # all data lies within the outer edges
         return np.diff(np.round(below).astype(np.int64))
 
 
@@ -556,24 +565,63 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _augmented_session(model: Model, nodes: list, outputs: list, config: SessionConfig) -> Any:
+def _augmented_session(model: Model, nodes: list[onnx.NodeProto], outputs: list[onnx.ValueInfoProto], config: SessionConfig) -> Any:
     """A session over the model plus the probe nodes/outputs, created from bytes (no files written).
 
-    The probes are appended to the caller's proto only while it is serialised, then removed, so the
-    weights are not copied a second time in memory.
+    The probes are put into the caller's proto only while it is serialised, then taken out again,
+    so the weights are not copied a second time in memory.
     """
     graph = model.proto.graph
-    node_count, output_count = len(graph.node), len(graph.output)
-    graph.node.extend(nodes)
+    output_count = len(graph.output)
+    added = _insert_after_producers(graph, nodes)
     graph.output.extend(outputs)
     try:
         augmented = Model(proto=model.proto, data_dir=model.base_dir, changes=["calibration outputs added"])
         source, entries = augmented.ort_source()
     finally:
-        del graph.node[node_count:]
         del graph.output[output_count:]
-    # Outputs of the float model itself: no fusions between them, as ORT's calibrator runs it.
-    return config.create(source, entries, name=model.name)
+        for index in reversed(range(len(graph.node))):
+            if graph.node[index].name in added:
+                del graph.node[index]
+    return _session(config, source, entries, model.name)
+
+
+def _session(config: SessionConfig, source: bytes | str, entries: dict[str, str], name: str) -> Any:
+    """Like `SessionConfig.create`, with ORT's priority-based node order (SessionConfig has no field for it).
+
+    The default order runs the probes late, keeping every probed tensor alive at once: 2.8 GB instead
+    of 0.34 GB for MinMax on PP-OCR det.
+    """
+    ort = runtime.ort()
+    options = config.session_options(entries)
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    config.check_providers()
+    try:
+        return ort.InferenceSession(source, options, providers=config.provider_names, provider_options=[p.options for p in config.providers])
+    except Exception as exc:  # ORT raises its own exception types per failure kind
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{name}: onnxruntime could not create the calibration session: {message}") from None
+
+
+def _insert_after_producers(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> set[str]:
+    """Put each probe right after the node producing its input; returns the probes' names.
+
+    ORT runs nodes in this order: a probe left at the end would keep every tensor it reads alive
+    until then (all of them at once), where right after the producer the tensor can go at once.
+    """
+    by_input: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        by_input.setdefault(node.input[0], []).append(node)
+    placements = []
+    for index, node in enumerate(graph.node):
+        after = [probe for output in node.output for probe in by_input.pop(output, [])]
+        if after:
+            placements.append((index + 1, after))
+    leftovers = [probe for probes in by_input.values() for probe in probes]  # produced nowhere: graph inputs
+    for index, probes in reversed([(0, leftovers), *placements]):
+        for offset, probe in enumerate(probes):
+            graph.node.insert(index + offset, probe)
+    return {node.name for node in nodes}
 
 
 # --- the calibration loop -------------------------------------------------------------------------
@@ -588,12 +636,14 @@ def calibrate(
     progress: Progress | None = None,
     total: int | None = None,
     session: SessionConfig | None = None,
+    max_run_bytes: int | None = None,
 ) -> CalibrationResult:
     """Ranges of `tensors` (ORT's choice by default) over `feeds`, each sample run once and dropped.
 
     Feeds are consumed one at a time (a generator works); memory is one run's outputs plus a
-    fixed-size state per tensor, whatever the number of samples. `session` sets providers and
-    threads; by default the model runs unoptimised on CPU, as ORT's calibrator runs it.
+    fixed-size state per tensor, whatever the number of samples. `max_run_bytes` caps that run's
+    outputs for the histogram methods by running each sample once per group of tensors (slower).
+    `session` sets providers and threads; by default the model runs unoptimised on CPU, as in ORT.
     """
     options = options or CalibrationOptions()
     config = session or SessionConfig(graph_optimization_level="disable")
@@ -602,17 +652,67 @@ def calibrate(
     if total is None and hasattr(samples, "__len__"):
         total = len(samples)  # type: ignore[arg-type]
     names, notes = _tensors_to_calibrate(model, tensors, options)
-    probes, nodes, outputs = _plan_probes(model, names, options.method)
-    report(f"calibrating {len(names)} tensors ({options.method})", 0.0)
-    runner = _augmented_session(model, nodes, outputs, config)
-    collectors = {name: _collector(options) for name in names}
-    count = _run_samples(runner, probes, collectors, iter(samples), report, total, model.name)
-    if count == 0:
+    stream = iter(samples)
+    first = next(stream, None)
+    if first is None:
         raise UserError(f"{model.name}: calibration needs at least one sample, got none")
+    report(f"calibrating {len(names)} tensors ({options.method})", 0.0)
+    groups = [names]
+    if max_run_bytes is not None and options.method in HISTOGRAM_METHODS:
+        groups = _groups(model, names, first, max_run_bytes, config)
+        if len(groups) > 1:
+            notes.append(f"each sample ran {len(groups)} times, on groups of tensors of at most ~{max_run_bytes / 2**20:.0f} MiB")
+            # Without the arena each group's run gives its memory back before the next group's.
+            config = replace(config, enable_cpu_mem_arena=False)
+    runners = [_runner(model, group, options.method, config) for group in groups]
+    collectors = {name: _collector(options) for name in names}
+    count = _run_samples(runners, collectors, itertools.chain([first], stream), report, total, model.name)
     report(f"computing {options.method} ranges", 1.0)
     result = _finish(collectors, options, count)
     result.notes[:0] = notes
     return result
+
+
+@dataclass
+class _Runner:
+    """A session exposing some tensors, and how to read each tensor back from its outputs."""
+
+    session: Any
+    probes: list[_Probe]
+    wanted: list[str]
+
+
+def _runner(model: Model, tensors: Sequence[str], method: str, config: SessionConfig) -> _Runner:
+    probes, nodes, outputs = _plan_probes(model, tensors, method)
+    wanted = list(dict.fromkeys(output for probe in probes for output in probe.outputs))
+    return _Runner(_augmented_session(model, nodes, outputs, config), probes, wanted)
+
+
+def _groups(model: Model, names: list[str], feed: Feed, budget: int, config: SessionConfig) -> list[list[str]]:
+    """Tensors split, in order, into groups whose outputs for `feed` take at most `budget` bytes each.
+
+    Sizes come from a run that returns only each tensor's element count (`Size` nodes), so finding
+    them costs about one plain run; a tensor larger than the budget gets a group of its own.
+    """
+    graph_inputs = {value.name for value in model.proto.graph.input}
+    measured = [name for name in names if name not in graph_inputs]
+    taken = {name for node in model.proto.graph.node for name in (*node.input, *node.output)}
+    counters = {name: _unique(f"{name}__ortforge_size", taken) for name in measured}
+    nodes = [helper.make_node("Size", [name], [counter], name=counter) for name, counter in counters.items()]
+    outputs = [helper.make_empty_tensor_value_info(counter) for counter in counters.values()]
+    sizes = dict(zip(measured, _augmented_session(model, nodes, outputs, config).run(list(counters.values()), feed)))
+    types = tensor_types(model.proto)
+    groups: list[list[str]] = [[]]
+    used = 0
+    for name in measured:
+        size = int(sizes[name]) * (2 if types.get(name) == TensorProto.FLOAT16 else 4)
+        if groups[-1] and used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(name)
+        used += size
+    groups[0].extend(name for name in names if name in graph_inputs)  # read from the feed: free
+    return groups
 
 
 def _tensors_to_calibrate(model: Model, tensors: Sequence[str] | None, options: CalibrationOptions) -> tuple[list[str], list[str]]:
@@ -644,22 +744,21 @@ def _collector(options: CalibrationOptions) -> RunningRange | StreamingHistogram
 
 
 def _run_samples(
-    runner: Any,
-    probes: list[_Probe],
+    runners: list[_Runner],
     collectors: dict[str, RunningRange | StreamingHistogram],
     feeds: Iterator[Feed],
     report: Progress,
     total: int | None,
     name: str,
 ) -> int:
-    """Run each sample once and fold its values in; returns how many samples ran."""
-    wanted = list(dict.fromkeys(output for probe in probes for output in probe.outputs))
+    """Run each sample once per runner and fold its values in; returns how many samples ran."""
     count = 0
     for feed in feeds:
-        values = _run(runner, wanted, feed, name, count)
-        for probe in probes:
-            _fold(collectors[probe.tensor], probe, feed, values)
-        del values  # this sample's outputs go before the next sample is asked for
+        for runner in runners:
+            values = _run(runner.session, runner.wanted, feed, name, count)
+            for probe in runner.probes:
+                _fold(collectors[probe.tensor], probe, feed, values)
+            del values  # this group's outputs go before the next group's run
         count += 1
         fraction = min(count / total, 1.0) if total else 0.0
         report(f"calibrating: sample {count}" + (f"/{total}" if total else ""), fraction)
@@ -677,15 +776,23 @@ def _run(runner: Any, wanted: list[str], feed: Feed, name: str, index: int) -> d
 
 
 def _fold(collector: RunningRange | StreamingHistogram, probe: _Probe, feed: Feed, values: dict[str, np.ndarray]) -> None:
-    if isinstance(collector, RunningRange):
-        if probe.outputs:
-            low, high = (float(np.min(values.pop(output))) for output in probe.outputs)
-        else:
-            array = np.asarray(feed[probe.tensor])
-            low, high = (float(array.min()), float(array.max())) if array.size else (np.nan, np.nan)
-        collector.update(low, high)
+    """Hand one sample's values of a tensor to its collector; its output array is released here."""
+    if probe.outputs:
+        arrays = [values.pop(output) for output in probe.outputs]
+    elif probe.tensor in feed:
+        arrays = [np.asarray(feed[probe.tensor])]
     else:
-        collector.update(values.pop(probe.tensor) if probe.outputs else feed[probe.tensor])
+        raise UserError(f"calibration feed has no input '{probe.tensor}' (it has: {', '.join(feed)})")
+    if isinstance(collector, StreamingHistogram):
+        collector.update(arrays[0])
+    elif len(arrays) == 2:  # ReduceMin / ReduceMax outputs: one number each
+        collector.update(_first(arrays[0]), _first(arrays[1]))
+    else:
+        collector.update(*((float(arrays[0].min()), float(arrays[0].max())) if arrays[0].size else (np.nan, np.nan)))
+
+
+def _first(array: np.ndarray) -> float:
+    return float(array.reshape(-1)[0]) if array.size else np.nan
 
 
 def _finish(collectors: dict[str, RunningRange | StreamingHistogram], options: CalibrationOptions, count: int) -> CalibrationResult:
@@ -699,10 +806,10 @@ def _finish(collectors: dict[str, RunningRange | StreamingHistogram], options: C
             pair = _histogram_range(name, collector, options, result)
         if pair is None:
             empty.append(name)
-        else:
-            result.ranges[name] = pair
+        result.ranges[name] = pair or (0.0, 0.0)
     if empty:
-        result.notes.append(f"{len(empty)} tensor(s) had no values in any sample and got no range: {', '.join(empty[:5])}")
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        result.notes.append(f"{len(empty)} tensor(s) were empty in every sample and got the range (0, 0): {shown}")
     if skipped:
         result.notes.append(f"{skipped} NaN/infinite value(s) left out of the histograms")
     return result

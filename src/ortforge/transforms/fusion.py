@@ -134,13 +134,24 @@ class _Graph:
                 values = attribute.floats if attribute.name == "value_floats" else attribute.ints
                 self.tensors[node.output[0]] = numpy_helper.from_array(np.array(list(values)))
 
+    def constant(self, name: str) -> onnx.TensorProto | None:
+        """The weight behind a name, through Identity (TorchScript turns duplicate weights into Identity nodes)."""
+        for _ in range(4):
+            if name in self.tensors:
+                return self.tensors[name]
+            node = self.producer.get(name)
+            if node is None or node.op_type != "Identity":
+                return None
+            name = node.input[0]
+        return None
+
     def dims(self, name: str) -> tuple[int, ...] | None:
-        tensor = self.tensors.get(name)
+        tensor = self.constant(name)
         return tuple(tensor.dims) if tensor is not None else None
 
     def value(self, name: str) -> np.ndarray | None:
         """A small in-graph constant's value; None for activations, big or external tensors."""
-        tensor = self.tensors.get(name)
+        tensor = self.constant(name)
         if tensor is None or tensor.data_location == onnx.TensorProto.EXTERNAL:
             return None
         if math.prod(tensor.dims) > SMALL_CONSTANT:
@@ -170,7 +181,7 @@ class _Graph:
                     return None
                 entries.extend(part_entries)
             return entries
-        if node.op_type in ("Cast", "Identity"):
+        if node.op_type == "Cast":
             return self.shape_entries(node.input[0], depth + 1)
         return self._dynamic_length(node)
 
@@ -360,7 +371,7 @@ def _norm_scale_sizes(graph: _Graph) -> Counter:
 def _follows_reduce_mean(graph: _Graph, node: onnx.NodeProto) -> bool:
     """A decomposed norm: the activation side leads back to a ReduceMean within a few ops."""
     frontier = [i for i in node.input if graph.dims(i) is None]
-    for _ in range(4):
+    for _ in range(6):
         parents = [graph.producer[name] for name in frontier if name in graph.producer]
         if any(p.op_type == "ReduceMean" for p in parents):
             return True
@@ -583,26 +594,54 @@ def _causal_evidence(graph: _Graph) -> str:
         return "past/present key-value inputs or outputs"
     if any(node.op_type == "Trilu" for node in graph.nodes):
         return "a Trilu builds the attention mask"
-    for tensor in graph.graph.initializer:
+    for name, tensor in graph.tensors.items():
         if _is_triangular(tensor):
-            return f"a triangular constant mask {list(tensor.dims)} ('{tensor.name}')"
+            return f"a triangular constant mask {list(tensor.dims)} ('{name}')"
+    for node in graph.nodes:
+        if node.op_type in ("Less", "LessOrEqual", "Greater", "GreaterOrEqual") and _compares_positions(graph, node):
+            return f"key positions compared with query positions ({node.op_type})"
     if any("causal" in node.name.lower() for node in graph.nodes):
         return "nodes named 'causal'"
     return ""
 
 
+def _compares_positions(graph: _Graph, node: onnx.NodeProto) -> bool:
+    """kv_idx <= q_idx: both sides are position vectors (a Range or a folded one), neither a scalar bound."""
+    return all(_is_positions(graph, name) for name in node.input[:2])
+
+
+def _is_positions(graph: _Graph, name: str) -> bool:
+    for _ in range(5):
+        tensor = graph.constant(name)
+        if tensor is not None:
+            return math.prod(tensor.dims) > 1
+        node = graph.producer.get(name)
+        if node is None:
+            return False
+        if node.op_type == "Range":
+            return True
+        if node.op_type not in ("Unsqueeze", "Reshape", "Expand", "Cast", "Add", "Sub", "Slice"):
+            return False
+        name = node.input[0]
+    return False
+
+
 def _is_triangular(tensor: onnx.TensorProto) -> bool:
+    """A folded causal mask: bool/uint8 ones on and below the diagonal, or a float [1, 1, N, N] with zeros there."""
     dims = list(tensor.dims)
     if len(dims) < 2 or dims[-1] != dims[-2] or dims[-1] < 2 or math.prod(dims) > 4_194_304:
         return False
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         return False
-    # Masks are stored as bool/uint8 buffers; square float tensors are weights, not worth reading.
-    if tensor.data_type not in (onnx.TensorProto.BOOL, onnx.TensorProto.UINT8):
+    is_flag = tensor.data_type in (onnx.TensorProto.BOOL, onnx.TensorProto.UINT8)
+    # A float mask has leading ones ([1, 1, N, N]); square 2-D float tensors are weights, not worth reading.
+    is_additive = tensor.data_type == onnx.TensorProto.FLOAT and len(dims) > 2 and all(d == 1 for d in dims[:-2])
+    if not (is_flag or is_additive):
         return False
     square = numpy_helper.to_array(tensor).reshape(-1, dims[-1], dims[-1])[0]
-    lower = np.tril(np.ones_like(square))
-    return bool(np.array_equal(square != 0, lower != 0) or np.array_equal(square != 0, lower == 0))
+    lower = np.tril(np.ones(square.shape, bool))
+    marked = square != 0
+    return bool(np.array_equal(marked, lower) or np.array_equal(marked, ~lower))
 
 
 def _encoder_decoder_evidence(graph: _Graph, token_inputs: list[str]) -> str:
@@ -749,21 +788,32 @@ def _check_names(what: str, names: tuple[str, ...], known: dict) -> None:
 
 @dataclass
 class _Attempt:
-    """One fuser's output and what it did."""
+    """One fuser's output (None when it failed or ORT cannot load it) and what it did."""
 
     fuser: str
-    proto: onnx.ModelProto
+    proto: onnx.ModelProto | None
     notes: list[str]
     counts: dict[str, int] = field(default_factory=dict)  # the fuser's own per-pattern counts, if any
+    fused: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.fused = fused_op_counts(self.proto) if self.proto is not None else {}
+
+    @property
+    def ok(self) -> bool:
+        return self.proto is not None
 
     @property
     def attention(self) -> int:
-        fused = fused_op_counts(self.proto)
-        return sum(fused.get(op, 0) for op in ATTENTION_OPS)
+        return sum(self.fused.get(op, 0) for op in ATTENTION_OPS)
 
     @property
     def nodes(self) -> int:
-        return len(self.proto.graph.node)
+        return len(self.proto.graph.node) if self.proto is not None else 0
+
+    def to_dict(self) -> dict:
+        return {"fuser": self.fuser, "ok": self.ok, "attention_ops": self.attention, "nodes": self.nodes,
+                "fused_ops": self.fused, "counts": self.counts}
 
 
 def fused_op_counts(proto: onnx.ModelProto) -> dict[str, int]:
@@ -789,14 +839,20 @@ def fuse_transformer(model: Model, options: FusionOptions | None = None) -> Tran
     for fuser in _fuser_order(info, options, notes):
         attempt = _run_fuser(fuser, model, model_type, heads, hidden, options)
         attempts.append(attempt)
-        if attempt.attention or "attention" in options.disabled or info.attention_blocks == 0:
+        if attempt.ok and (attempt.attention or "attention" in options.disabled or info.attention_blocks == 0):
             break
-    # Most attention fused wins, then fewest nodes; max() keeps the first of equals (the fitting fuser).
-    best = max(attempts, key=lambda a: (a.attention, -a.nodes))
-    notes.extend(best.notes)
+    best = _best(attempts)
+    for attempt in attempts:
+        notes.extend(attempt.notes)
     if len(attempts) > 1:
         notes.append(_attempts_note(attempts, best))
     return _result(model, best, attempts, info, model_type, heads, hidden, options, notes)
+
+
+def _best(attempts: list[_Attempt]) -> _Attempt | None:
+    """Most attention fused wins, then fewest nodes; max() keeps the first of equals (the fitting fuser)."""
+    usable = [attempt for attempt in attempts if attempt.ok]
+    return max(usable, key=lambda a: (a.attention, -a.nodes)) if usable else None
 
 
 def _resolve(info: TransformerInfo, options: FusionOptions) -> tuple[str, int, int, list[str]]:
@@ -828,38 +884,73 @@ def _fuser_order(info: TransformerInfo, options: FusionOptions, notes: list[str]
     return order
 
 
-def _attempts_note(attempts: list[_Attempt], best: _Attempt) -> str:
-    tried = ", ".join(f"{a.fuser}: {a.attention} attention op(s), {a.nodes} nodes" for a in attempts)
-    return f"tried {tried}; kept {best.fuser}"
+def _attempts_note(attempts: list[_Attempt], best: _Attempt | None) -> str:
+    tried = ", ".join(f"{a.fuser}: {a.attention} attention op(s), {a.nodes} nodes" if a.ok else f"{a.fuser}: failed" for a in attempts)
+    return f"tried {tried}; kept {best.fuser if best else 'neither'}"
 
 
 def _run_fuser(fuser: str, model: Model, model_type: str, heads: int, hidden: int, options: FusionOptions) -> _Attempt:
+    """One fuser's attempt. The fusers are pattern matchers that can trip over graphs they half-match,
+    so their failures, and outputs ORT cannot load, are recorded rather than raised."""
     notes: list[str] = []
+    label = _FUSER_NAMES[fuser]
     with _library_output(notes):
-        if fuser == "ort":
-            proto = _ort_fuse(model, model_type, heads, hidden, options)
-            return _Attempt("ort", proto, notes)
-        proto, counts = _onnxscript_fuse(model, options)
-        return _Attempt("onnxscript", proto, notes, counts)
+        try:
+            if fuser == "ort":
+                proto, counts = _ort_fuse(model, model_type, heads, hidden, options), {}
+            else:
+                proto, counts = _onnxscript_fuse(model, options)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure inside the fuser library
+            notes.append(f"{label} failed on this graph ({type(exc).__name__}: {_first_line(exc)}); its result is not used")
+            return _Attempt(fuser, None, notes)
+    problem = _load_problem(proto, model, options)
+    if problem:
+        notes.append(f"{label} produced a model ORT cannot load ({problem}); its result is not used")
+        return _Attempt(fuser, None, notes)
+    return _Attempt(fuser, proto, notes, counts)
 
 
-def _result(model: Model, best: _Attempt, attempts: list[_Attempt], info: TransformerInfo, model_type: str,
+_FUSER_NAMES = {"ort": "ORT's transformers optimizer", "onnxscript": "onnxscript's ort_fusions"}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _load_problem(proto: onnx.ModelProto, model: Model, options: FusionOptions) -> str:
+    """Why ORT refuses the fused model, or '' if it loads (on CPU, with ORT's default graph optimizations,
+    which is where some half-fused graphs first fail)."""
+    if options.use_gpu or weight_bytes(proto) > EXTERNAL_DATA_THRESHOLD:
+        return ""  # GPU-only fused ops may lack CPU kernels; over 2 GB cannot go to ORT as bytes
+    from ..model import from_proto
+    from ..session import SessionConfig
+
+    try:
+        SessionConfig().build(from_proto(proto, base_dir=model.base_dir))
+    except Exception as exc:  # noqa: BLE001 - UserError from ortforge or ORT's own exceptions
+        return _first_line(exc)
+    return ""
+
+
+def _result(model: Model, best: _Attempt | None, attempts: list[_Attempt], info: TransformerInfo, model_type: str,
             heads: int, hidden: int, options: FusionOptions, notes: list[str]) -> TransformResult:
+    if best is None:
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model.proto)
+        best = _Attempt("none", proto, [])
     before_nodes, after_nodes = len(model.proto.graph.node), best.nodes
-    fused = fused_op_counts(best.proto)
     fused_before = fused_op_counts(model.proto)
-    new_fused = {op: count - fused_before.get(op, 0) for op, count in fused.items() if count > fused_before.get(op, 0)}
+    new_fused = {op: count - fused_before.get(op, 0) for op, count in best.fused.items() if count > fused_before.get(op, 0)}
     changes_by_op = op_count_changes(model.proto, best.proto)
-    changed = bool(changes_by_op) or before_nodes != after_nodes
-    fuser_name = "ORT's transformers optimizer" if best.fuser == "ort" else "onnxscript's ort_fusions"
+    changed = best.fuser != "none" and (bool(changes_by_op) or before_nodes != after_nodes)
     changes = []
     if new_fused:
         listed = ", ".join(f"{count} {op}" for op, count in new_fused.items())
-        changes.append(f"fused {listed} ({fuser_name}, {model_type}, {heads or '?'} heads, hidden {hidden or '?'})")
-    if changed:
-        changes.append(f"nodes {before_nodes} -> {after_nodes}")
-    else:
-        changes.append("no fusion applied")
+        changes.append(f"fused {listed} ({_FUSER_NAMES[best.fuser]}, {model_type}, {heads or '?'} heads, hidden {hidden or '?'})")
+    changes.append(f"nodes {before_nodes} -> {after_nodes}" if changed else "no fusion applied")
     if best.fuser == "ort" and best.attention and model_type == "bert" and options.attention_mask_format == "auto":
         notes.append("fused attention reads the mask as one length per row (ORT's default for bert): right-padded "
                      "batches only; attention_mask_format 'raw' keeps any 0/1 mask")
@@ -873,10 +964,10 @@ def _result(model: Model, best: _Attempt, attempts: list[_Attempt], info: Transf
         "detected": info.to_dict(),
         "nodes_before": before_nodes,
         "nodes_after": after_nodes,
-        "fused_ops": fused,
+        "fused_ops": best.fused,
         "fused_ops_before": fused_before,
         "op_changes": changes_by_op,
-        "attempts": [{"fuser": a.fuser, "attention_ops": a.attention, "nodes": a.nodes, "counts": a.counts} for a in attempts],
+        "attempts": [attempt.to_dict() for attempt in attempts],
         "options": options.to_dict(),
         "external_data": options.external_data,
     }

@@ -141,18 +141,36 @@ def _flatten_gemm_bias(proto: onnx.ModelProto, notes: list[str]) -> None:
         notes.append(f"reshaped {flattened} Gemm bias(es) from [1, N] to [N] (ORT's per-channel bias check needs 1-D biases)")
 
 
-def _nodes_to_exclude(proto: onnx.ModelProto, options: QuantizeOptions, notes: list[str]) -> list[str]:
+def _nodes_to_exclude(proto: onnx.ModelProto, original: onnx.ModelProto, options: QuantizeOptions, notes: list[str]) -> list[str]:
     requested = set(options.exclude)
-    names = {node.name for node in iter_nodes(proto)}
-    unknown = requested - names - {node.op_type for node in iter_nodes(proto)}
+    present = {node.name for node in iter_nodes(proto)} | {node.op_type for node in iter_nodes(proto)}
+    known = {node.name for node in iter_nodes(original)} | {node.op_type for node in iter_nodes(original)}
+    unknown = requested - present - known
     if unknown:
         raise UserError(f"--exclude {sorted(unknown)[0]}: no node or op type of that name in the model")
+    gone = sorted(requested - present)
+    if gone:
+        notes.append(f"--exclude {', '.join(gone)}: fused away by pre-processing, nothing left to exclude")
     excluded = [node.name for node in iter_nodes(proto) if node.name in requested or node.op_type in requested]
     standard_attention = [n.name for n in iter_nodes(proto) if n.op_type == "Attention" and n.domain in ("", "ai.onnx")]
     if standard_attention:
         # ORT's registry keys on the op type only and would treat these as com.microsoft Attention.
         notes.append(f"kept {len(standard_attention)} standard ONNX Attention node(s) in float (ORT's quantizer would mistake them for com.microsoft's)")
     return sorted(set(excluded) | set(standard_attention))
+
+
+def _follow_fusions(op_types: list[str], prepared: onnx.ModelProto, original: onnx.ModelProto, excluded: list[str], notes: list[str]) -> list[str]:
+    """Keep asking for the MatMuls the user meant after pre-processing fused MatMul + Add into Gemm."""
+    if "MatMul" not in op_types or "Gemm" in op_types:
+        return op_types
+    original_gemms = {n.name for n in original.graph.node if n.op_type == "Gemm"}
+    gemms = [n.name for n in prepared.graph.node if n.op_type == "Gemm"]
+    fused = [name for name in gemms if name not in original_gemms]
+    if not fused:
+        return op_types
+    excluded.extend(sorted(set(gemms) - set(fused) - set(excluded)))
+    notes.append(f"also quantized {len(fused)} Gemm(s) that pre-processing fused from MatMul + Add")
+    return op_types + ["Gemm"]
 
 
 def _subgraph_nodes(proto: onnx.ModelProto) -> int:
@@ -172,13 +190,11 @@ class _Feeds:
         pass
 
 
-def quantize(model: Model, options: QuantizeOptions, calibration: Iterable[Feed] | None = None) -> TransformResult:
-    """int8-quantize with ORT (dynamic, or static on `calibration` feeds); returns the quantized model."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+def prepare(model: Model, options: QuantizeOptions, notes: list[str]) -> onnx.ModelProto:
+    """The float model as ORT's quantizer will see it: opset converted, pre-processed, biases flattened.
 
-    if options.mode == "static" and calibration is None:
-        raise UserError("static quantization needs calibration data (--calib); or use --mode dynamic")
-    notes: list[str] = []
+    Node and tensor names of the quantized model follow this graph, not the original one.
+    """
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
     if model.base_dir is not None and model.external_data_files():
@@ -186,9 +202,23 @@ def quantize(model: Model, options: QuantizeOptions, calibration: Iterable[Feed]
     proto = _convert_opset(proto, MIN_QUANT_OPSET, "ORT's quantizer", notes)
     if options.per_channel and options.mode == "static" and options.format == "qdq":
         proto = _convert_opset(proto, PER_CHANNEL_QDQ_OPSET, "per-channel QDQ (DequantizeLinear axis)", notes)
+    with tempfile.TemporaryDirectory(prefix="ortforge-prepare-") as temporary:
+        proto = preprocess(proto, Path(temporary), notes)
+    _flatten_gemm_bias(proto, notes)
+    return proto
+
+
+def quantize(model: Model, options: QuantizeOptions, calibration: Iterable[Feed] | None = None) -> TransformResult:
+    """int8-quantize with ORT (dynamic, or static on `calibration` feeds); returns the quantized model."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    if options.mode == "static" and calibration is None:
+        raise UserError("static quantization needs calibration data (--calib); or use --mode dynamic")
+    notes: list[str] = []
+    prepared = prepare(model, options, notes)
     types = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, **dict(options.extra_options)}
-    subgraph_nodes = _subgraph_nodes(proto)
+    subgraph_nodes = _subgraph_nodes(prepared)
     if subgraph_nodes:
         if options.mode == "dynamic":
             extra["EnableSubgraph"] = True
@@ -196,13 +226,12 @@ def quantize(model: Model, options: QuantizeOptions, calibration: Iterable[Feed]
             notes.append(f"{subgraph_nodes} node(s) inside If/Loop/Scan stay float: ORT's static quantizer does not enter subgraphs")
     with tempfile.TemporaryDirectory(prefix="ortforge-quantize-") as temporary:
         folder = Path(temporary)
-        prepared = preprocess(proto, folder, notes)
-        _flatten_gemm_bias(prepared, notes)
-        excluded = _nodes_to_exclude(prepared, options, notes)
+        excluded = _nodes_to_exclude(prepared, model.proto, options, notes)
+        op_types = _follow_fusions(list(options.op_types), prepared, model.proto, excluded, notes)
         source, target = folder / "input.onnx", folder / "quantized.onnx"
         onnx.save_model(prepared, str(source), save_as_external_data=True, location="input.data", size_threshold=1 << 20)
         common = dict(
-            op_types_to_quantize=list(options.op_types) or None,
+            op_types_to_quantize=op_types or None,
             per_channel=options.per_channel,
             reduce_range=options.reduce_range,
             weight_type=types[options.weight_type],
