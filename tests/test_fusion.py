@@ -326,6 +326,35 @@ def test_auto_falls_back_when_the_first_fuser_finds_no_attention(dynamo_bert):
     assert any("tried ort" in note for note in result.notes)
 
 
+def test_a_failing_fuser_is_recorded_not_raised(torchscript_bert, monkeypatch):
+    from ortforge.transforms import fusion
+
+    def trips(*args, **kwargs):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(fusion, "_ort_fuse", trips)
+    result = fuse_transformer(torchscript_bert, FusionOptions(fuser="ort"))
+    assert not result.changed and result.details["fuser"] == "none"
+    assert result.changes == ["no fusion applied"]
+    assert any("failed on this graph (IndexError" in note for note in result.notes)
+
+
+def test_a_fused_model_ort_cannot_load_is_discarded(torchscript_bert, monkeypatch):
+    from ortforge.transforms import fusion
+
+    def breaks(model, *args, **kwargs):
+        broken = onnx.ModelProto()
+        broken.CopyFrom(model.proto)
+        del broken.graph.node[0]  # leaves a dangling input
+        return broken
+
+    monkeypatch.setattr(fusion, "_ort_fuse", breaks)
+    result = fuse_transformer(torchscript_bert, FusionOptions(fuser="ort"))
+    assert not result.changed
+    assert any("ORT cannot load" in note for note in result.notes)
+    assert result.details["attempts"][0]["ok"] is False
+
+
 def test_external_data_model_fuses_without_leaving_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "bert.onnx"

@@ -196,3 +196,16 @@ def test_auto_never_returns_a_slower_or_inaccurate_model(cnn, tmp_path):
         assert chosen.speed.ratio < 1.0 and chosen.speed.wins >= 0.75
     assert (tmp_path / "auto.onnx").exists()
     assert len(report.outcomes) == len(auto_recipes("cnn")) + 1
+
+
+def test_weight_only_recipes_go_through_the_same_gate(tmp_path):
+    from ortforge.transforms.weight_only import WeightOnlyOptions
+
+    rng = np.random.default_rng(0)
+    proto = make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [tensor("x", [1, 64])], [tensor("y", [1, 64])],
+                       [weight("w", rng.standard_normal((64, 64)).astype(np.float32))])  # fmt: skip
+    model = load_model(save(proto, tmp_path / "mm.onnx"))
+    data = feeds(model)
+    report = quantize_model(model, tmp_path / "w8.onnx", [WeightOnlyOptions(bits=8, accuracy_level=4)], data, data, measure=None)
+    assert report.chosen.passed and "MatMulNBits" in ops(load_model(tmp_path / "w8.onnx", check=False).proto)
+    assert report.chosen.label.startswith("weight-only int8")

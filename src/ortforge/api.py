@@ -183,6 +183,7 @@ def quantize(
     *,
     mode: str = "static",
     recipe: dict | None = None,
+    weight_only: dict | None = None,
     calib: str | None = None,
     calib_samples: int | None = None,
     data: str | None = None,
@@ -195,11 +196,16 @@ def quantize(
     measure: BenchOptions | None = None,
     progress: Progress | None = None,
 ):  # -> quantization.QuantizeReport
-    """int8-quantize with one recipe (`recipe` = QuantizeOptions fields) or search recipes (`mode='auto'`)."""
+    """Quantize with one recipe or search recipes (`mode='auto'`).
+
+    `recipe` holds QuantizeOptions fields (dynamic/static int8); `weight_only` WeightOnlyOptions fields
+    (`mode='int4'` or `'weight-only'`).
+    """
     from .accuracy import load_eval_hook, parse_tolerance
     from .inspection import inspect_model
     from .quantization import auto_recipes, quantize_model
     from .transforms.quantize import QuantizeOptions
+    from .transforms.weight_only import WeightOnlyOptions
 
     model = open_model(reference)
     calibration = feeds_for(model, reference, calib, samples=calib_samples or 16, shape_options=shape_options)
@@ -207,6 +213,8 @@ def quantize(
     if mode == "auto":
         family = inspect_model(model, shape_options).family
         recipes = auto_recipes(family)
+    elif mode in ("int4", "weight-only"):
+        recipes = [WeightOnlyOptions(**({"bits": 4} if mode == "int4" else {}), **(weight_only or {}))]
     else:
         recipes = [QuantizeOptions(mode=mode, **(recipe or {}))]
     return quantize_model(

@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quantize.add_argument("model", help="an .onnx file or zoo:NAME")
     quantize.add_argument("-o", "--output", required=True, help="where to write the quantized model")
-    quantize.add_argument("--mode", choices=["dynamic", "static", "auto"], default="static")
+    quantize.add_argument("--mode", choices=["dynamic", "static", "int4", "weight-only", "auto"], default="static",
+                          help="int8 dynamic/static; int4 = weight-only 4-bit MatMulNBits; weight-only with --bits 4|8; auto = measure recipes")  # fmt: skip
     quantize.add_argument("--format", choices=["qdq", "qoperator"], default="qdq")
     quantize.add_argument("--activation-type", choices=["u8", "s8"], default="u8")
     quantize.add_argument("--weight-type", choices=["u8", "s8"], default="s8")
@@ -140,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--method", choices=["minmax", "entropy", "percentile", "distribution"], default="minmax", help="calibration method (static)")
     quantize.add_argument("--op-types", nargs="+", default=[], metavar="OP", help="quantize only these op types, e.g. Conv MatMul Gemm")
     quantize.add_argument("--exclude", nargs="+", default=[], metavar="NODE|OP", help="node names or op types to keep in float")
+    weights = quantize.add_argument_group("weight-only (--mode int4 / weight-only)")
+    weights.add_argument("--bits", type=int, choices=[4, 8], default=None, help="weight bits (int4 mode: 4)")
+    weights.add_argument("--block-size", type=int, default=32, help="weights per quantization block (16-256, power of two)")
+    weights.add_argument("--symmetric", action="store_true", help="symmetric blocks (no zero points)")
+    weights.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4,
+                         help="MatMulNBits compute type: 4 = int8 (fast on CPU, the default), 0 = leave it to ORT")  # fmt: skip
     quantize.add_argument("--calib", metavar="SOURCE", help="calibration data (any --data source; default: zoo realistic or generated)")
     quantize.add_argument("--calib-samples", type=int, default=None, help="calibration samples (default 16)")
     quantize.add_argument("--tolerance", action="append", default=[], metavar="METRIC=VALUE",
@@ -297,6 +304,13 @@ def run_quantize(args: argparse.Namespace, console: Any) -> None:
         op_types=tuple(args.op_types),
         exclude=tuple(args.exclude),
     )
+    weight_only = dict(block_size=args.block_size, symmetric=args.symmetric, accuracy_level=args.accuracy_level or None)
+    if args.op_types:
+        weight_only["op_types"] = tuple(args.op_types)
+    if args.exclude:
+        weight_only["exclude"] = tuple(args.exclude)
+    if args.bits and args.mode == "weight-only":
+        weight_only["bits"] = args.bits
     measure = None if args.no_measure and args.mode != "auto" else BenchOptions(max_seconds=args.time, profile=False)
     with _progress(_stderr_console().is_terminal) as progress:
         report = api.quantize(
@@ -304,6 +318,7 @@ def run_quantize(args: argparse.Namespace, console: Any) -> None:
             args.output,
             mode=args.mode,
             recipe=recipe,
+            weight_only=weight_only,
             calib=args.calib,
             calib_samples=args.calib_samples,
             data=args.data,

@@ -20,7 +20,7 @@ from .data import FeedSet
 from .model import Model, from_proto
 from .quant_debug import QuantDebugReport, debug_quantization
 from .quantization import RecipeOutcome, build_recipe
-from .transforms.quantize import prepare
+from .transforms.quantize import QuantizeOptions, prepare
 
 WIDE_RANGE_FACTOR = 20.0  # an activation this many times wider than the median one counts as wide-range
 
@@ -111,7 +111,7 @@ def search_exclusions(
     max_attempts: int = 12,
 ) -> tuple[RecipeOutcome, ExclusionReport]:
     """Keep the fewest nodes in float that make `outcome`'s recipe meet the tolerances."""
-    assert outcome.options is not None and outcome.model is not None
+    assert isinstance(outcome.options, QuantizeOptions) and outcome.model is not None
     report_progress = progress or (lambda what, fraction: None)
     report_progress("ranking layers (quant-debug)", 0.0)
     # Rank and exclude in the graph ORT quantized (pre-processing renames and fuses nodes).

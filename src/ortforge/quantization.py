@@ -21,6 +21,9 @@ from .machine import cpu_info
 from .model import Model, from_proto, save_model
 from .session import SessionConfig
 from .transforms.quantize import QuantizeOptions, quantize
+from .transforms.weight_only import WeightOnlyOptions, quantize_weight_only
+
+Recipe = QuantizeOptions | WeightOnlyOptions
 
 FP32 = "fp32 (original)"
 VNNI_FEATURES = {"avx512_vnni", "avx_vnni", "amx_int8", "dotprod", "i8mm"}
@@ -48,7 +51,7 @@ class RecipeOutcome:
     """One candidate: how it was made, how accurate it is, and (if timed) how fast against fp32."""
 
     label: str
-    options: QuantizeOptions | None  # None: the fp32 original
+    options: Recipe | None  # None: the fp32 original
     size_bytes: int = 0
     accuracy: AccuracyReport | None = None
     passed: bool = True
@@ -101,15 +104,21 @@ def _size(model: Model) -> int:
     return model.proto.ByteSize() + sum(path.stat().st_size for path in model.external_data_files())
 
 
+def apply_recipe(model: Model, options: Recipe, calibration: FeedSet):  # -> TransformResult
+    if isinstance(options, WeightOnlyOptions):
+        return quantize_weight_only(model, options)
+    return quantize(model, options, calibration.samples if options.mode == "static" else None)
+
+
 def build_recipe(
-    model: Model, options: QuantizeOptions, calibration: FeedSet, evaluation: FeedSet, reference: Outputs,
+    model: Model, options: Recipe, calibration: FeedSet, evaluation: FeedSet, reference: Outputs,
     tolerances: Sequence[Tolerance], hook: Callable | None,
 ) -> RecipeOutcome:  # fmt: skip
     """Quantize with one recipe and judge it against the fp32 reference; failures become rejections."""
     outcome = RecipeOutcome(options.describe(), options)
     try:
-        result = quantize(model, options, calibration.samples if options.mode == "static" else None)
-        candidate = from_proto(result.proto)
+        result = apply_recipe(model, options, calibration)
+        candidate = from_proto(result.proto, base_dir=model.base_dir)
         outcome.model, outcome.notes = candidate, result.notes
         outcome.size_bytes = candidate.proto.ByteSize()
         outcome.accuracy = compare(reference, run_outputs(candidate, evaluation), hook)
@@ -126,7 +135,7 @@ def build_recipe(
     return outcome
 
 
-def auto_recipes(family: str, features: Sequence[str] | None = None) -> list[QuantizeOptions]:
+def auto_recipes(family: str, features: Sequence[str] | None = None) -> list[Recipe]:
     """Recipes worth measuring for a model family on this CPU (VNNI or not)."""
     features = set(cpu_info().features if features is None else features)
     vnni = bool(features & VNNI_FEATURES)
@@ -142,8 +151,10 @@ def auto_recipes(family: str, features: Sequence[str] | None = None) -> list[Qua
         recipes.insert(0, QuantizeOptions(mode="dynamic", weight_type="s8", op_types=("LSTM", "GRU", "MatMul")))
     if family in ("transformer", "mlp"):
         recipes = [r for r in recipes if r.mode == "dynamic"] + [QuantizeOptions(mode="static", per_channel=True, op_types=("MatMul", "Gemm"))]
+        # Level 4 (int8 compute) is what makes MatMulNBits fast on CPUs; unset, 8-bit ran ~7x slower than fp32.
+        recipes += [WeightOnlyOptions(bits=8, accuracy_level=4), WeightOnlyOptions(bits=4, accuracy_level=4)]
     if not vnni:  # without VNNI, s8 x u8 products can saturate; ORT recommends 7-bit weights
-        recipes = [replace(r, reduce_range=True) if r.weight_type == "s8" else r for r in recipes]
+        recipes = [replace(r, reduce_range=True) if isinstance(r, QuantizeOptions) and r.weight_type == "s8" else r for r in recipes]
     return recipes
 
 
@@ -172,7 +183,7 @@ def choose(fp32: RecipeOutcome, outcomes: list[RecipeOutcome]) -> tuple[RecipeOu
 def quantize_model(
     model: Model,
     output: str | os.PathLike[str],
-    recipes: Sequence[QuantizeOptions],
+    recipes: Sequence[Recipe],
     calibration: FeedSet,
     evaluation: FeedSet,
     *,
@@ -195,10 +206,10 @@ def quantize_model(
         report_progress(f"building {options.describe()}", index / max(len(recipes), 1) * 0.5)
         outcomes.append(build_recipe(model, options, calibration, evaluation, reference, tolerances, hook))
     exclusion = None
-    if len(outcomes) == 1 and not outcomes[0].passed and outcomes[0].model is not None and auto_exclude and not force:
+    first = outcomes[0] if len(outcomes) == 1 else None
+    if first and not first.passed and first.model is not None and isinstance(first.options, QuantizeOptions) and auto_exclude and not force:
         from .exclusion import search_exclusions
 
-        first = outcomes[0]
         fixed, exclusion = search_exclusions(model, first, calibration, evaluation, reference, tolerances, hook, progress)
         if exclusion.met:
             fixed.label = f"{first.label}, {len(exclusion.excluded)} node(s) kept float"

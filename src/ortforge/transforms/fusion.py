@@ -916,7 +916,7 @@ _FUSER_NAMES = {"ort": "ORT's transformers optimizer", "onnxscript": "onnxscript
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = str(exc).strip().replace("<in-memory model>: ", "")
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 

@@ -51,6 +51,14 @@ class WeightOnlyOptions:
     op_types: tuple[str, ...] = ("MatMul", "Gemm")  # "Gather" (embeddings) is opt-in
     exclude: tuple[str, ...] = ()  # node names or op types left in float
 
+    mode = "weight-only"  # what `ortforge quantize --mode` calls it; not a field
+
+    def describe(self) -> str:
+        """A short label, e.g. 'weight-only int4 block 32 asym level 4 MatMul+Gemm'."""
+        level = f" level {self.accuracy_level}" if self.accuracy_level else ""
+        symmetry = "sym" if self.symmetric else "asym"
+        return f"weight-only int{self.bits} block {self.block_size} {symmetry}{level} {'+'.join(self.op_types)}"
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "op_types", tuple(self.op_types))
         object.__setattr__(self, "exclude", tuple(self.exclude))
