@@ -32,7 +32,11 @@ from ortforge.bench import BenchOptions, Variant, bench
 from ortforge.data import FeedSet
 from ortforge.model import Model, from_proto, load_model
 from ortforge.session import SessionConfig
-from ortforge.transforms.fusion import FusionOptions, detect_transformer, fuse_transformer
+from ortforge.transforms.fusion import (
+    FusionOptions,
+    detect_transformer,
+    fuse_transformer,
+)
 from ortforge.verify import verify
 
 INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
@@ -77,13 +81,13 @@ def load_torch_model():  # -> (torch module returning last_hidden_state, tokeniz
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids, attention_mask, token_type_ids):  # noqa: ANN001, ANN201
+        def forward(self, input_ids, attention_mask, token_type_ids):
             return self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
 
     return LastHidden(bert).eval(), tokenizer
 
 
-def export(module, tokenizer, folder: Path) -> dict[str, Path]:  # noqa: ANN001
+def export(module, tokenizer, folder: Path) -> dict[str, Path]:
     """The legacy TorchScript export (opset 17) and the dynamo export (opset 18), both with dynamic batch/sequence."""
     import torch
 
@@ -103,7 +107,7 @@ def export(module, tokenizer, folder: Path) -> dict[str, Path]:  # noqa: ANN001
     return paths
 
 
-def sentence_feeds(tokenizer, batch: int, count: int) -> FeedSet:  # noqa: ANN001
+def sentence_feeds(tokenizer, batch: int, count: int) -> FeedSet:
     """`count` batches of real sentences, right-padded as the tokenizer does by default."""
     samples = []
     for index in range(count):
@@ -125,7 +129,7 @@ def fuser_matrix(model: Model) -> list[str]:
     logging.getLogger().addHandler(logged)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            alone = optimize_model(str(model.path), "bert", num_heads=0, hidden_size=0, opt_level=0)
+            alone = optimize_model(str(model.path), "bert", num_heads=0, hidden_size=0)  # ORT defaults: opt_level 1
     finally:
         logging.getLogger().removeHandler(logged)
     fused = {op: n for op, n in alone.get_fused_operator_statistics().items() if n}
@@ -146,7 +150,7 @@ class _LogCounter(logging.Handler):
         self.counts[message] = self.counts.get(message, 0) + 1
 
 
-def run_export(style: str, path: Path, tokenizer, batches: list[int], seconds: float, threads: int, margin: float) -> dict:  # noqa: ANN001
+def run_export(style: str, path: Path, tokenizer, batches: list[int], args: argparse.Namespace) -> dict:
     model = load_model(path)
     info = detect_transformer(model)
     print(f"\n== {style} export: {path.name} ({len(model.proto.graph.node)} nodes)")
@@ -168,16 +172,19 @@ def run_export(style: str, path: Path, tokenizer, batches: list[int], seconds: f
     timings = {}
     for batch in batches:
         feeds = sentence_feeds(tokenizer, batch, 8)
-        config = SessionConfig(intra_op_num_threads=threads)
+        config = SessionConfig(intra_op_num_threads=args.threads)
         variants = [Variant("unfused", model, config, feeds), Variant("fused", fused, config, feeds)]
-        report = bench(variants, BenchOptions(max_seconds=seconds, profile=False))
+        report = bench(variants, BenchOptions(max_seconds=args.seconds, profile=args.profile))
         unfused, fused_result = report.variants
         ratio, low, high = fused_result.ratio
-        kept = check.passed and ratio < 1.0 - margin
+        kept = check.passed and ratio < 1.0 - args.margin
         timings[batch] = (unfused.latency.p50, fused_result.latency.p50, ratio, low, high, kept)
         print(f"  batch {batch}: unfused p50 {unfused.latency.p50:.3f} ms, fused p50 {fused_result.latency.p50:.3f} ms, "
               f"ratio fused/unfused {ratio:.3f} ({low:.3f}–{high:.3f}) over {report.rounds} rounds -> "
               f"{'KEEP fused' if kept else 'keep UNFUSED'}")
+        for variant in report.variants if args.profile else []:
+            top = ", ".join(f"{op.op_type} {op.total_us / 1e3:.2f}" for op in variant.profile.by_op_type[:6])
+            print(f"    {variant.label} kernel ms per run by op type: {top}")
     return {"info": info, "details": details, "verified": check.passed, "timings": timings}
 
 
@@ -188,6 +195,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="timing budget per variant and batch size")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT's default)")
     parser.add_argument("--margin", type=float, default=0.02, help="keep the fusion only if faster by more than this")
+    parser.add_argument("--profile", action="store_true", help="also print per-op-type kernel time (ORT profiler)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batch.split(",")]
     module, tokenizer = load_torch_model()
@@ -195,8 +203,7 @@ def main() -> None:
         folder = Path(args.out) if args.out else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
         paths = export(module, tokenizer, folder)
-        results = {style: run_export(style, path, tokenizer, batches, args.seconds, args.threads, args.margin)
-                   for style, path in paths.items()}
+        results = {style: run_export(style, path, tokenizer, batches, args) for style, path in paths.items()}
     threads = args.threads or "ORT default"
     print(f"\n== summary (intra-op threads: {threads}; ratio = fused/unfused p50, median (min–max) of interleaved rounds;"
           f" kept only if verified and ratio < {1 - args.margin:g})")

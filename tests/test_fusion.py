@@ -9,13 +9,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import tensor, weight
 from onnx import TensorProto, helper
 
-from helpers import tensor, weight
 from ortforge.data import FeedSet
 from ortforge.errors import UserError
 from ortforge.model import from_proto, load_model
-from ortforge.transforms.fusion import FusionOptions, detect_transformer, fuse_transformer, fused_op_counts
+from ortforge.transforms.fusion import (
+    FusionOptions,
+    detect_transformer,
+    fuse_transformer,
+    fused_op_counts,
+)
 from ortforge.verify import verify
 
 HIDDEN, HEADS, VOCAB, FFN, LAYERS = 32, 4, 100, 64, 2
@@ -313,7 +318,7 @@ def test_onnxscript_with_attention_disabled(dynamo_bert):
     fused_matches(dynamo_bert, result)
 
 
-def test_auto_falls_back_when_the_first_fuser_finds_no_attention(dynamo_bert):
+def test_auto_falls_back_when_the_first_fuser_finds_no_attention():
     pytest.importorskip("onnxscript")
     model = from_proto(bert_encoder("dynamo"))
     for node in model.proto.graph.node:  # a dynamo graph without the metadata looks like 'other': ORT goes first

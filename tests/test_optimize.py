@@ -102,8 +102,8 @@ def test_failed_verification_writes_nothing_unless_forced(cnn_path, tmp_path, mo
 
     real = graph_opt.optimize_offline
 
-    def broken(model, options):
-        result = real(model, options)
+    def broken(model, options, **stamping):
+        result = real(model, options, **stamping)
         for tensor_proto in result.proto.graph.initializer:  # corrupt a weight: outputs must change
             if tensor_proto.data_type == onnx.TensorProto.FLOAT and tensor_proto.raw_data:
                 array = onnx.numpy_helper.to_array(tensor_proto) + 1.0
@@ -186,3 +186,22 @@ def test_extra_cpu_features_also_mismatch(cnn_path, tmp_path):
 def test_unstamped_models_load_with_defaults(cnn_path):
     loaded, feeds, outputs = run(str(cnn_path))
     assert loaded.stamp is None and outputs[0]["y"].shape == (1, 16, 16, 16)
+
+
+def test_transformer_fusion_is_verified_timed_and_stamped(tmp_path):
+    from test_fusion import bert_encoder  # the tiny TorchScript-style BERT encoder
+
+    model_path = save(bert_encoder(), tmp_path / "bert.onnx")
+    out = tmp_path / "bert.opt.onnx"
+    quick = BenchOptions(max_seconds=0.5, warmup_seconds=0.05, block_seconds=0.05, min_rounds=4, profile=False)
+    from ortforge.data import ShapeOptions
+
+    shapes = ShapeOptions(dims={"batch": 1, "seq": 7})
+    report = optimize(str(model_path), str(out), transformer={"model_type": "auto"}, measure=quick, shape_options=shapes)
+    decision = report.fusion
+    assert decision.result.details["fused_ops"].get("com.microsoft:Attention", decision.result.details["fused_ops"].get("Attention"))
+    assert decision.verification.passed and decision.speed is not None
+    assert decision.kept == (decision.speed.ratio < 1 and decision.speed.wins >= 0.75)
+    stamp = read_stamp(load_model(out).proto)
+    assert (stamp.fusion is not None) == decision.kept
+    assert stamp.source_sha256 == load_model(model_path).content_hash()

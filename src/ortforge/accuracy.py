@@ -86,8 +86,18 @@ class AccuracyReport:
 
 
 def _is_classifier_output(array: np.ndarray) -> bool:
-    """[batch, classes] or [batch, steps, classes] scores: where top-1 agreement means something."""
-    return array.dtype.kind == "f" and array.ndim in (2, 3) and array.shape[-1] >= 2
+    """[batch, classes] scores, or [batch, steps, classes] probabilities: where top-1 agreement means something.
+
+    A 3-D output counts only when its rows are probabilities (a recurrent state or hidden states are not).
+    """
+    if array.dtype.kind != "f" or array.shape[-1:] < (2,) or array.size == 0:
+        return False
+    if array.ndim == 2:
+        return True
+    if array.ndim == 3:
+        sums = np.asarray(array, np.float64).sum(axis=-1)
+        return bool(array.min() >= 0 and np.allclose(sums, 1.0, atol=1e-3))
+    return False
 
 
 def _cosine(reference: np.ndarray, candidate: np.ndarray) -> float:

@@ -115,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--level", choices=["basic", "extended", "layout", "all"], default="all", help="ORT graph optimization level (default all)")
     optimize.add_argument("--ep", action="append", default=[], help="execution provider(s) it is for, in priority order (CPU is always the fallback)")
     optimize.add_argument("--portable", action="store_true", help="only rewrites valid on any CPU of the EP (basic/extended, no layout)")
+    fusion = optimize.add_argument_group("transformer fusion (kept only if it measures faster)")
+    fusion.add_argument("--transformer", metavar="TYPE", help="auto, or bert, gpt2, bart, t5, vit, clip, ... (type found from the graph with auto)")
+    fusion.add_argument("--num-heads", type=int, default=0, help="attention heads (default: found from the graph)")
+    fusion.add_argument("--hidden-size", type=int, default=0, help="hidden size (default: found from the graph)")
+    fusion.add_argument("--fuser", choices=["auto", "ort", "onnxscript"], default="auto", help="ORT's transformer optimizer or onnxscript's fuser (dynamo exports)")
+    fusion.add_argument("--disable-fusion", nargs="+", default=[], metavar="NAME", help="e.g. attention skip_layer_norm bias_gelu gelu layer_norm embed_layer_norm")
+    fusion.add_argument("--fusion-opt-level", type=int, choices=[0, 1, 2, 99], default=None, help="ORT optimizer opt_level")
+    fusion.add_argument("--only-onnxruntime", action="store_true", help="ORT's graph optimizer only, no Python fusions")
+    fusion.add_argument("--use-gpu", action="store_true", help="fuse for a GPU EP")
+    fusion.add_argument("--attention-mask-format", choices=["auto", "index", "index_start_end", "raw", "none"], default="auto")
     _add_tolerance(optimize)
     optimize.add_argument("--no-measure", action="store_true", help="skip the start-up / latency comparison with online optimization")
     optimize.add_argument("--time", type=float, default=3.0, help="seconds of timed runs per variant for the comparison (default 3)")
@@ -271,6 +281,19 @@ def run_optimize(args: argparse.Namespace, console: Any) -> None:
     from .render import render_optimize
 
     measure = None if args.no_measure else BenchOptions(max_seconds=args.time, profile=False, startup_rounds=10)
+    transformer = None
+    if args.transformer:
+        transformer = dict(
+            model_type=args.transformer,
+            num_heads=args.num_heads,
+            hidden_size=args.hidden_size,
+            fuser=args.fuser,
+            disabled=tuple(args.disable_fusion),
+            opt_level=args.fusion_opt_level,
+            only_onnxruntime=args.only_onnxruntime,
+            use_gpu=args.use_gpu,
+            attention_mask_format=args.attention_mask_format,
+        )
     with _progress(_stderr_console().is_terminal) as progress:
         report = api.optimize(
             args.model,
@@ -285,6 +308,7 @@ def run_optimize(args: argparse.Namespace, console: Any) -> None:
             atol=args.atol,
             force=args.force,
             measure=measure,
+            transformer=transformer,
             progress=progress,
         )
     _emit_json(report) if args.json else render_optimize(report, console)

@@ -72,7 +72,13 @@ def _reoptimized(path: Path, stamp: Stamp, original_path: Path, problems: list[s
     available = available_providers()
     providers = tuple(ProviderSpec(p["name"], p.get("options", {})) for p in stamp.providers if p["name"] in available)
     options = GraphOptOptions(level=stamp.level, providers=providers or (ProviderSpec("CPUExecutionProvider"),), portable=stamp.portable)
-    result = optimize_offline(original, options)
+    source = original
+    if stamp.fusion:  # replay the transformer fusion the saved model was made with
+        from .transforms.fusion import FusionOptions, fuse_transformer
+
+        fused = fuse_transformer(original, FusionOptions(**stamp.fusion))
+        source = from_proto(fused.proto, base_dir=original.base_dir)
+    result = optimize_offline(source, options, source_sha256=stamp.source_sha256, fusion=stamp.fusion)
     model = from_proto(result.proto, base_dir=original.base_dir)
     fresh = read_stamp(result.proto)
     config = config_for(fresh)

@@ -3,18 +3,70 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .bench import BenchOptions, BenchReport, Progress, Variant, bench
+from dataclasses import replace
+
+from .bench import BenchOptions, BenchReport, CandidateScore, Progress, Variant, bench, consistent_winner, score
 from .data import GENERATED_WARNING, FeedSet
 from .loader import config_for
 from .model import Model, from_proto, load_model, save_model
 from .session import ProviderSpec, SessionConfig
 from .stamp import Stamp, read_stamp
 from .transforms import TransformResult
+from .transforms.fusion import FusionOptions, fuse_transformer
 from .transforms.graph_opt import GraphOptOptions, optimize_offline
 from .verify import DEFAULT_ATOL, DEFAULT_RTOL, Verification, require, verify
+
+
+FUSION_RTOL = 1e-3
+FUSION_ATOL = 1e-4  # fused kernels reassociate sums: ~4e-5 on MiniLM's embeddings
+
+
+@dataclass
+class FusionDecision:
+    """Transformer fusion: what it fused, whether it kept the outputs, and whether it measured faster."""
+
+    result: TransformResult
+    verification: Verification | None = None
+    speed: CandidateScore | None = None
+    kept: bool = False
+    why: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "transform": self.result.to_dict(),
+            "verification": self.verification.to_dict() if self.verification else None,
+            "speed": self.speed.__dict__ if self.speed else None,
+            "kept": self.kept,
+            "why": self.why,
+        }
+
+
+def decide_fusion(
+    model: Model, feeds: FeedSet, options: FusionOptions, bench_options: BenchOptions, progress: Progress | None = None
+) -> tuple[Model, FusionDecision]:
+    """Fuse, verify against the original, time fused vs unfused interleaved; keep the fusion only if faster."""
+    result = fuse_transformer(model, options)
+    decision = FusionDecision(result)
+    if not result.changed:
+        decision.why = "nothing was fused"
+        return model, decision
+    fused = from_proto(result.proto, base_dir=model.base_dir)
+    decision.verification = verify(model, fused, feeds, rtol=FUSION_RTOL, atol=FUSION_ATOL, original_config=SessionConfig(), candidate_config=SessionConfig())
+    if not decision.verification.passed:
+        decision.why = f"fused model rejected: {decision.verification.problem}"
+        return model, decision
+    timing = bench([Variant("unfused", model, SessionConfig(), feeds), Variant("fused", fused, SessionConfig(), feeds)],
+                   replace(bench_options, profile=False, startup_rounds=0), progress)  # fmt: skip
+    decision.speed = score(timing.variants[1], timing.variants[0])
+    if consistent_winner([score(timing.variants[0], timing.variants[0]), decision.speed]) is None:
+        decision.why = f"fusion not kept: {decision.speed.ratio:.2f}x unfused ({decision.speed.low:.2f}-{decision.speed.high:.2f}), not consistently faster"
+        return model, decision
+    decision.kept = True
+    decision.why = f"fusion kept: {decision.speed.ratio:.2f}x unfused ({decision.speed.low:.2f}-{decision.speed.high:.2f}), faster in {decision.speed.wins:.0%} of rounds"
+    return fused, decision
 
 
 @dataclass
@@ -26,6 +78,7 @@ class OptimizeReport:
     forced: bool = False
     measurement: BenchReport | None = None
     notes: list[str] = field(default_factory=list)
+    fusion: FusionDecision | None = None
 
     @property
     def startup_ratio(self) -> tuple[float, float, float] | None:
@@ -45,6 +98,7 @@ class OptimizeReport:
             "startup_ratio": self.startup_ratio,
             "latency_ratio": self.latency_ratio,
             "measurement": self.measurement.to_dict() if self.measurement else None,
+            "fusion": self.fusion.to_dict() if self.fusion else None,
             "notes": self.notes,
         }
 
@@ -59,12 +113,20 @@ def optimize_model(
     atol: float = DEFAULT_ATOL,
     force: bool = False,
     measure: BenchOptions | None = None,
+    fusion: FusionOptions | None = None,
     progress: Progress | None = None,
 ) -> OptimizeReport:
-    """Optimize offline, verify on `feeds`, save atomically; then time start-up and latency vs online."""
+    """(Fuse a transformer if asked and faster,) optimize offline, verify on `feeds`, save atomically;
+    then time start-up and latency vs online."""
     report_progress = progress or (lambda what, fraction: None)
+    decision = None
+    original = model
+    if fusion is not None:
+        report_progress("fusing transformer ops", 0.0)
+        model, decision = decide_fusion(model, feeds, fusion, measure or BenchOptions(max_seconds=3.0), progress)
     report_progress(f"optimizing at level {options.level}", 0.0)
-    result = optimize_offline(model, options)
+    fusion_record = asdict(fusion) if decision is not None and decision.kept and fusion is not None else None
+    result = optimize_offline(model, options, source_sha256=original.content_hash(), fusion=fusion_record)
     stamp = read_stamp(result.proto)
     assert stamp is not None
     candidate = from_proto(result.proto)
@@ -74,13 +136,13 @@ def optimize_model(
     online = SessionConfig(providers=list(options.providers), graph_optimization_level=options.level)
     verification = verify(model, candidate, feeds, rtol=rtol, atol=atol, original_config=online, candidate_config=config_for(stamp))
     require(verification, str(output), force)
-    saved = save_model(result.proto, output, source=model)
+    saved = save_model(result.proto, output, source=original)
     notes = [GENERATED_WARNING] if feeds.generated else []
     if not verification.passed:
         notes.append(f"written despite failed verification (--force): {verification.problem}")
-    report = OptimizeReport(str(saved), stamp, result, verification, forced=not verification.passed, notes=notes)
+    report = OptimizeReport(str(saved), stamp, result, verification, forced=not verification.passed, notes=notes, fusion=decision)
     if measure is not None:
-        report.measurement = measure_against_online(model, Path(saved), feeds, options, measure, progress)
+        report.measurement = measure_against_online(original, Path(saved), feeds, options, measure, progress)
     return report
 
 

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from .accuracy import AccuracyReport, compare
 from .data import FeedSet
 from .model import Model, from_proto
-from .session import SessionConfig
+from .session import SessionConfig, run_checked
 
 DQ_SUFFIX = "_DequantizeLinear_Output"
 QUANTIZED_SUFFIX = "_quantized"
@@ -196,9 +196,9 @@ def debug_quantization(float_model: Model, quant_model: Model, feeds: FeedSet) -
     real_outputs = [o.name for o in float_proto.graph.output]
     accumulators = {name: _Accumulator() for name in matched}
     reference_outputs, candidate_outputs = [], []
-    for feed in feeds.samples:
-        reference = dict(zip(float_names, float_session.run(None, feed)))
-        candidate = dict(zip(quant_names, quant_session.run(None, feed)))
+    for index, feed in enumerate(feeds.samples):
+        reference = dict(zip(float_names, run_checked(float_session, feed, float_model.name, index)))
+        candidate = dict(zip(quant_names, run_checked(quant_session, feed, quant_model.name, index)))
         for name, fetched in matched.items():
             accumulators[name].add(reference[name], counterparts.as_float(name, fetched, candidate[fetched]))
         reference_outputs.append({n: reference[n] for n in real_outputs})

@@ -19,7 +19,7 @@ from .data import GENERATED_WARNING, FeedSet
 from .errors import UserError
 from .machine import cpu_info
 from .model import Model, from_proto, save_model
-from .session import SessionConfig
+from .session import SessionConfig, run_checked
 from .transforms.quantize import QuantizeOptions, quantize
 from .transforms.weight_only import WeightOnlyOptions, quantize_weight_only
 
@@ -43,7 +43,7 @@ def default_tolerances(reference: Outputs) -> list[Tolerance]:
 def run_outputs(model: Model, feeds: FeedSet, config: SessionConfig | None = None) -> Outputs:
     session = (config or SessionConfig()).build(model)
     names = [output.name for output in session.get_outputs()]
-    return [dict(zip(names, session.run(None, feed))) for feed in feeds.samples]
+    return [dict(zip(names, run_checked(session, feed, model.name, index))) for index, feed in enumerate(feeds.samples)]
 
 
 @dataclass

@@ -224,6 +224,17 @@ def _render_placements(placements: list, console: Console, top: int) -> None:
 
 def render_optimize(report, console: Console) -> None:  # noqa: ANN001 - optimize.OptimizeReport
     stamp = report.stamp
+    if report.fusion is not None:
+        details = report.fusion.result.details
+        fused = ", ".join(f"{op} {count}" for op, count in details.get("fused_ops", {}).items()) or "nothing"
+        info = details.get("detected", {})
+        console.print(
+            f"[bold]transformer fusion[/] ({details.get('fuser', '?')}, {details.get('model_type', '?')}, "
+            f"{details.get('num_heads', '?')} heads / hidden {details.get('hidden_size', '?')}"
+            f"{' found in the graph' if info else ''}): {details.get('nodes_before', '?')} -> {details.get('nodes_after', '?')} nodes; {fused}",
+            highlight=False,
+        )
+        console.print(f"  {escape(report.fusion.why)}", highlight=False)
     console.print(f"[bold]wrote[/] {escape(report.output)}", highlight=False)
     for change in report.transform.changes[:12]:
         console.print(f"  {escape(change)}", highlight=False)

@@ -170,3 +170,15 @@ class SessionConfig:
             )
         except Exception as exc:  # ORT raises its own exception types per failure kind
             raise UserError(f"{name}: onnxruntime could not create a session: {first_line(exc, 500)}") from None
+
+
+def run_checked(session: Any, feed: dict, name: str, index: int = 0) -> list:
+    """`session.run` whose failures (bad shapes for this model, kernel errors) become one-line UserErrors."""
+    try:
+        return session.run(None, feed)
+    except Exception as exc:  # ORT raises its own exception types per failure kind
+        shapes = ", ".join(f"{k} {list(getattr(v, 'shape', []))}" for k, v in feed.items())
+        raise UserError(
+            f"{name}: onnxruntime failed on sample {index} ({shapes}): {first_line(exc, 300)}",
+            hint="check the input shapes; symbolic dims can be set with --dim NAME=N or --shape INPUT=DxD",
+        ) from None

@@ -41,6 +41,7 @@ class Stamp:
     gpu_compute_capabilities: list[str] = field(default_factory=list)
     source_sha256: str = ""
     created: str = ""
+    fusion: dict | None = None  # transformer fusion options applied before ORT's optimizations (replayed on re-optimization)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -54,7 +55,7 @@ class Stamp:
         return [p["name"] for p in self.providers]
 
 
-def make_stamp(providers: list[dict], level: str, portable: bool, source_sha256: str) -> Stamp:
+def make_stamp(providers: list[dict], level: str, portable: bool, source_sha256: str, fusion: dict | None = None) -> Stamp:
     """A stamp for a model optimized here, now."""
     machine = machine_info()
     uses_gpu = any(p["name"] in GPU_PROVIDERS for p in providers)
@@ -68,6 +69,7 @@ def make_stamp(providers: list[dict], level: str, portable: bool, source_sha256:
         isa_features=sorted(set(machine.cpu.features) & LAYOUT_FEATURES),
         gpu_compute_capabilities=sorted({g.compute_capability or "?" for g in machine.gpus}) if uses_gpu else [],
         source_sha256=source_sha256,
+        fusion=fusion,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
 

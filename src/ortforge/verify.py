@@ -9,7 +9,7 @@ import numpy as np
 from .data import FeedSet
 from .errors import UserError
 from .model import Model
-from .session import SessionConfig
+from .session import SessionConfig, run_checked
 
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-5
@@ -50,7 +50,7 @@ class Verification:
 
 def run_all(model: Model, config: SessionConfig, feeds: FeedSet) -> list[list[np.ndarray]]:
     session = config.build(model)
-    return [session.run(None, feed) for feed in feeds.samples]
+    return [run_checked(session, feed, model.name, index) for index, feed in enumerate(feeds.samples)]
 
 
 def compare_outputs(

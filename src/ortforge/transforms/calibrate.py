@@ -63,7 +63,7 @@ class CalibrationOptions:
     num_bins: int | None = None  # entropy 128, percentile 2048, distribution 2048
     num_quantized_bins: int = 128  # entropy: bins of the quantized distribution in the KL search
     percentile: float = 99.999
-    symmetric: bool | None = None  # percentile: True (histogram of |x|); minmax: False
+    symmetric: bool | None = None  # percentile: True (histogram of |x|); minmax: False; ORT ignores it otherwise
     moving_average: bool = False  # minmax: mean of per-sample min/max instead of the extremes
     averaging_constant: float = 0.01  # minmax with stride: weight of each new chunk's range
     stride: int | None = None  # minmax: ORT's CalibStridedMinMax, chunks of this many samples
@@ -129,7 +129,11 @@ class CalibrationResult:
 
         A fresh object each call: ORT's quantizers overwrite entries (Relu/Clip inputs, Softmax).
         """
-        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+        from onnxruntime.quantization.calibrate import (
+            CalibrationMethod,
+            TensorData,
+            TensorsData,
+        )
 
         data = {}
         for name, (low, high) in self.ranges.items():
@@ -533,12 +537,15 @@ class _Probe:
 
 
 def _plan_probes(model: Model, tensors: Sequence[str], method: str) -> tuple[list[_Probe], list[onnx.NodeProto], list[onnx.ValueInfoProto]]:
-    """Probes per tensor and the nodes/outputs to add. MinMax adds ReduceMin/ReduceMax so a run returns
-    two numbers per tensor instead of the whole tensor (ORT's MinMax calibrator does the same)."""
+    """Probes per tensor, and the nodes and graph outputs to add for them.
+
+    MinMax adds ReduceMin/ReduceMax so that a run returns two numbers per tensor instead of the
+    whole tensor (ORT's MinMax calibrator does the same); the other methods need the values.
+    """
     graph = model.proto.graph
     graph_inputs = {value.name for value in graph.input}
     graph_outputs = {value.name for value in graph.output}
-    taken = {name for node in graph.node for name in (*node.input, *node.output)} | graph_inputs
+    taken = _names_in_use(graph)
     probes, nodes, outputs = [], [], []
     for tensor in tensors:
         if tensor in graph_inputs:
@@ -554,6 +561,11 @@ def _plan_probes(model: Model, tensors: Sequence[str], method: str) -> tuple[lis
                 outputs.append(helper.make_empty_tensor_value_info(tensor))
             probes.append(_Probe(tensor, (tensor,)))
     return probes, nodes, outputs
+
+
+def _names_in_use(graph: onnx.GraphProto) -> set[str]:
+    """Tensor and node names of the graph: added probes must not collide with either."""
+    return {name for node in graph.node for name in (node.name, *node.input, *node.output)} | {value.name for value in graph.input}
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -606,8 +618,8 @@ def _session(config: SessionConfig, source: bytes | str, entries: dict[str, str]
 def _insert_after_producers(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> set[str]:
     """Put each probe right after the node producing its input; returns the probes' names.
 
-    ORT runs nodes in this order: a probe left at the end would keep every tensor it reads alive
-    until then (all of them at once), where right after the producer the tensor can go at once.
+    With the priority-based order ORT keeps to this order: a probe left at the end would keep every
+    tensor it reads alive until then (all of them at once); right after its producer, it can go.
     """
     by_input: dict[str, list[onnx.NodeProto]] = {}
     for node in nodes:
@@ -696,7 +708,7 @@ def _groups(model: Model, names: list[str], feed: Feed, budget: int, config: Ses
     """
     graph_inputs = {value.name for value in model.proto.graph.input}
     measured = [name for name in names if name not in graph_inputs]
-    taken = {name for node in model.proto.graph.node for name in (*node.input, *node.output)}
+    taken = _names_in_use(model.proto.graph)
     counters = {name: _unique(f"{name}__ortforge_size", taken) for name in measured}
     nodes = [helper.make_node("Size", [name], [counter], name=counter) for name, counter in counters.items()]
     outputs = [helper.make_empty_tensor_value_info(counter) for counter in counters.values()]
@@ -826,3 +838,65 @@ def _histogram_range(name: str, collector: StreamingHistogram, options: Calibrat
         return percentile_range(histogram, options.percentile, options.absolute_histogram)
     result.moments[name] = distribution_moments(histogram, options.scenario)
     return (float(histogram.edges.min()), float(histogram.edges.max()))
+
+
+# --- handing the ranges to ORT's quantizers --------------------------------------------------------
+
+
+def quantize_with_ranges(
+    model: Model,
+    result: CalibrationResult,
+    *,
+    quant_format: Any = None,
+    activation_type: Any = None,
+    weight_type: Any = None,
+    per_channel: bool = False,
+    reduce_range: bool = False,
+    op_types: Sequence[str] | None = None,
+    nodes_to_quantize: Sequence[str] = (),
+    nodes_to_exclude: Sequence[str] = (),
+    extra_options: dict[str, Any] | None = None,
+) -> onnx.ModelProto:
+    """What `quantize_static` does once it has calibrated, with `result`'s ranges instead of its calibrator's.
+
+    Same steps and quantizer classes: shape inference, opset update, `QDQQuantizer` (or
+    `ONNXQuantizer` for QOperator) given the ranges as `tensors_range`. Format and types are ORT's
+    enums (`QuantFormat`, `QuantType`); by default QDQ with int8 activations and weights.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import (
+        QuantizationMode,
+        save_and_reload_model_with_shape_infer,
+        update_opset_version,
+    )
+    from onnxruntime.quantization.quantize import check_static_quant_arguments
+
+    quant_format = QuantFormat.QDQ if quant_format is None else quant_format
+    activation_type = QuantType.QInt8 if activation_type is None else activation_type
+    weight_type = QuantType.QInt8 if weight_type is None else weight_type
+    extra = dict(extra_options or {})
+    check_static_quant_arguments(quant_format, activation_type, weight_type)
+    # ORT's own shape inference goes through a temporary folder of its own, removed afterwards.
+    proto = save_and_reload_model_with_shape_infer(_with_weights(model))
+    proto = update_opset_version(
+        proto, weight_type, activation_type, tensor_quant_overrides=extra.get("TensorQuantOverrides"), block_size=extra.get("BlockSize", 0)
+    )
+    arguments = (result.to_tensors_data(), list(nodes_to_quantize), list(nodes_to_exclude), list(op_types or quantizable_op_types()), extra)
+    if quant_format == QuantFormat.QOperator:
+        quantizer = ONNXQuantizer(proto, per_channel, reduce_range, QuantizationMode.QLinearOps, True, weight_type, activation_type, *arguments)
+    else:
+        quantizer = QDQQuantizer(proto, per_channel, reduce_range, weight_type, activation_type, *arguments)
+    quantizer.quantize_model()
+    quantizer.model.topological_sort()  # quantize_static sorts while saving
+    return quantizer.model.model
+
+
+def _with_weights(model: Model) -> onnx.ModelProto:
+    """A copy of the model with any external weights read in (ORT's quantizer needs them in memory)."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    if model.base_dir is not None and model.external_data_files():
+        onnx.load_external_data_for_model(proto, str(model.base_dir))
+    return proto

@@ -36,7 +36,6 @@ ORT_EXTRA_MODEL_TYPES = ("bert_tf", "bert_keras", "gpt2_tf", "gpt_neox", "swin",
                          "qwen3", "sam2", "unet", "vae", "mmdit")
 FUSERS = ("auto", "ort", "onnxscript")
 OPT_LEVELS = (None, 0, 1, 2, 99)
-EXPORT_STYLES = ("torchscript", "dynamo", "other")
 
 # ortforge's name of a fusion -> ORT FusionOptions attribute and the value that turns it off.
 ORT_SWITCHES = {
@@ -193,10 +192,14 @@ class _Graph:
             attributes = {a.name: a.i for a in node.attribute}
             if "end" in attributes and attributes.get("start", 0) >= 0 and attributes["end"] > 0:
                 return [None] * (attributes["end"] - attributes.get("start", 0))
-        if node.op_type in ("Gather", "Slice"):
-            indices = self.value(node.input[1]) if node.op_type == "Gather" else None
+        if node.op_type == "Gather":
+            indices = self.value(node.input[1])
             if indices is not None:
                 return [None] * max(1, indices.size)
+        if node.op_type == "Slice" and len(node.input) >= 3:
+            starts, ends = self.value(node.input[1]), self.value(node.input[2])
+            if starts is not None and ends is not None and starts.size == ends.size == 1 and 0 <= starts.item() < ends.item() < 64:
+                return [None] * int(ends.item() - starts.item())
         return None
 
 
@@ -236,6 +239,7 @@ def _export_style(graph: _Graph, evidence: list[str]) -> str:
     if producer == "pytorch":
         evidence.append("producer 'pytorch' without dynamo metadata: taken as a TorchScript export")
         return "torchscript"
+    evidence.append(f"exporter not recognised (producer '{graph.proto.producer_name}'): export style other")
     return "other"
 
 
@@ -245,39 +249,52 @@ def _export_style(graph: _Graph, evidence: list[str]) -> str:
 def _find_geometry(graph: _Graph, info: TransformerInfo) -> None:
     """Hidden size from projection weights and norm scales; heads from reshapes and the QK^T scale."""
     projections = _head_reshapes(graph)
-    norm_sizes = _norm_scale_sizes(graph)
-    in_dims = Counter(p.in_dim for p in projections if p.in_dim)
-    if in_dims:
-        info.hidden_size = in_dims.most_common(1)[0][0]
-        info.evidence.append(f"hidden {info.hidden_size}: input width of {in_dims[info.hidden_size]} projection(s) into head-split Reshapes")
-    elif norm_sizes:
-        info.hidden_size = norm_sizes.most_common(1)[0][0]
-    if norm_sizes:
-        size, count = norm_sizes.most_common(1)[0]
-        agrees = "agrees" if size == info.hidden_size else f"DISAGREES with {info.hidden_size}"
-        info.evidence.append(f"hidden {size}: scale of {count} normalization(s) ({agrees})" if in_dims else f"hidden {size}: scale of {count} normalization(s)")
-    head_votes = Counter()
-    for projection in projections:
-        heads = projection.heads(info.hidden_size)
-        if heads:
-            head_votes[heads] += 1
-    scale_dims = _scale_head_sizes(graph)
-    if head_votes:
-        info.num_heads = head_votes.most_common(1)[0][0]
-        example = next(p for p in projections if p.heads(info.hidden_size) == info.num_heads)
-        info.evidence.append(f"heads {info.num_heads}: {head_votes[info.num_heads]} Reshape(s) to {example.describe()} after {example.out_dim or info.hidden_size}-wide projections")
-    if scale_dims:
-        head_size, count = scale_dims.most_common(1)[0]
-        info.evidence.append(f"head size {head_size}: QK^T scaled by 1/sqrt({head_size}) in {count} attention block(s)")
-        if not info.num_heads and info.hidden_size and info.hidden_size % head_size == 0:
-            info.num_heads = info.hidden_size // head_size
-            info.evidence.append(f"heads {info.num_heads} = hidden {info.hidden_size} / head size {head_size}")
-        elif info.num_heads and info.hidden_size and info.hidden_size != info.num_heads * head_size:
-            info.evidence.append(f"scale's head size {head_size} disagrees with {info.num_heads} heads; kept the reshape's")
+    _hidden_size(projections, _norm_scale_sizes(graph), info)
+    _heads_from_reshapes(projections, info)
+    _heads_from_scale(_scale_head_sizes(graph), info)
     if info.num_heads and info.hidden_size and info.hidden_size % info.num_heads == 0:
         info.head_size = info.hidden_size // info.num_heads
     if not info.num_heads:
         info.evidence.append("heads not found: no head-split Reshape constants or QK^T scale; give --num-heads")
+
+
+def _hidden_size(projections: list[_HeadReshape], norm_sizes: Counter, info: TransformerInfo) -> None:
+    """The projections' input width wins; the norms' scale width confirms it (or stands in for it)."""
+    in_dims = Counter(p.in_dim for p in projections if p.in_dim)
+    if in_dims:
+        info.hidden_size, count = in_dims.most_common(1)[0]
+        info.evidence.append(f"hidden {info.hidden_size}: input width of {count} projection(s) into head-split Reshapes")
+    if norm_sizes:
+        size, count = norm_sizes.most_common(1)[0]
+        if not info.hidden_size:
+            info.hidden_size = size
+            info.evidence.append(f"hidden {size}: scale of {count} normalization(s)")
+        else:
+            agrees = "agrees" if size == info.hidden_size else f"DISAGREES with {info.hidden_size}"
+            info.evidence.append(f"hidden {size}: scale of {count} normalization(s) ({agrees})")
+
+
+def _heads_from_reshapes(projections: list[_HeadReshape], info: TransformerInfo) -> None:
+    votes = Counter(heads for p in projections if (heads := p.heads(info.hidden_size)))
+    if not votes:
+        return
+    info.num_heads, count = votes.most_common(1)[0]
+    example = next(p for p in projections if p.heads(info.hidden_size) == info.num_heads)
+    width = example.out_dim or info.hidden_size
+    info.evidence.append(f"heads {info.num_heads}: {count} Reshape(s) to {example.describe()} after {width}-wide projections")
+
+
+def _heads_from_scale(scale_sizes: Counter, info: TransformerInfo) -> None:
+    """1/sqrt(head size) confirms the reshapes' heads, or gives them when the reshapes say -1 for both."""
+    if not scale_sizes:
+        return
+    head_size, count = scale_sizes.most_common(1)[0]
+    info.evidence.append(f"head size {head_size}: QK^T scaled by 1/sqrt({head_size}) in {count} attention block(s)")
+    if not info.num_heads and info.hidden_size and info.hidden_size % head_size == 0:
+        info.num_heads = info.hidden_size // head_size
+        info.evidence.append(f"heads {info.num_heads} = hidden {info.hidden_size} / head size {head_size}")
+    elif info.num_heads and info.hidden_size and info.hidden_size != info.num_heads * head_size:
+        info.evidence.append(f"the scale's head size {head_size} disagrees with {info.num_heads} heads; kept the reshapes' count")
 
 
 @dataclass
@@ -317,22 +334,29 @@ def _head_reshapes(graph: _Graph) -> list[_HeadReshape]:
 
 
 def _projection_weight(graph: _Graph, name: str) -> tuple[int | None, int | None] | None:
-    """(input, output) width of the MatMul/Gemm weight that feeds `name`, through bias Add/scale Mul/Split."""
+    """(input, output) width of the MatMul/Gemm weight that feeds `name`, through bias Add/scale Mul/Split.
+
+    A packed QKV projection (GPT-2's c_attn) is Split in parts: each part's width is the weight's share."""
+    parts: int | None = 1
     for _ in range(4):
         node = graph.producer.get(name)
         if node is None:
             return None
         if node.op_type in ("MatMul", "Gemm"):
-            return _weight_dims(graph, node)
-        if node.op_type in ("Add", "Mul", "Div", "Split", "Slice"):
+            dims = _weight_dims(graph, node)
+            if dims is None:
+                return None
+            return dims[0], (dims[1] // parts if parts and dims[1] % parts == 0 else None)
+        if node.op_type in ("Split", "Slice"):
+            parts = len(node.output) if node.op_type == "Split" and parts else None  # a Slice's share is unknown
+            name = node.input[0]
+        elif node.op_type in ("Add", "Mul", "Div"):
             activations = [i for i in node.input[:2] if i and graph.dims(i) is None]
-            if node.op_type in ("Split", "Slice"):
-                activations = node.input[:1]
             if len(activations) != 1:
                 return None
             name = activations[0]
-            continue
-        return None
+        else:
+            return None
     return None
 
 
@@ -533,7 +557,9 @@ def _has_bias_table(graph: _Graph, heads: int) -> bool:
     """T5's relative position bias: a [buckets, heads] table gathered at bucketed (Log) distances."""
     for node in graph.nodes:
         dims = graph.dims(node.input[0]) if node.op_type == "Gather" else None
-        if dims is not None and len(dims) == 2 and dims[0] <= 512 and (dims[1] == heads or not heads) and node.input[1] not in graph.inputs:
+        if dims is None or len(dims) != 2 or dims[0] > 512 or node.input[1] in graph.inputs:
+            continue
+        if dims[1] == heads or not heads:
             return True
     return False
 
@@ -699,7 +725,8 @@ def _classify(facts: _Structure) -> tuple[str, list[str]]:
     if text:
         why.append(f"token-id input(s) {facts.token_inputs} index an embedding table {list(facts.table_shape or ())}")
     if vision:
-        why.append(f"image input '{facts.image_input}' cut into {facts.patch_conv} patches by a Conv" + (", class token concatenated" if facts.class_token else ""))
+        token = ", class token concatenated" if facts.class_token else ""
+        why.append(f"image input '{facts.image_input}' cut into {facts.patch_conv} patches by a Conv{token}")
     if facts.causal:
         why.append(f"causal attention: {facts.causal}")
     if facts.encoder_decoder:
@@ -713,12 +740,13 @@ def _classify(facts: _Structure) -> tuple[str, list[str]]:
     if not text:
         return "unknown", why + ["no token-id or image input found: family unknown (force it with --transformer)"]
     t5_like = (facts.rms_norms > 0 and facts.layer_norms == 0) or facts.relative_bias
+    t5_why = f"RMS norms ({facts.rms_norms}), no LayerNorm" + (", relative position bias" if facts.relative_bias else "")
     if facts.encoder_decoder:
         if t5_like:
-            return "t5", why + [f"t5: RMS norms ({facts.rms_norms}) and no LayerNorm" + (", relative position bias" if facts.relative_bias else "")]
+            return "t5", why + [f"t5: {t5_why}"]
         return "bart", why + ["bart: encoder-decoder with LayerNorm"]
     if t5_like:
-        return "t5", why + [f"t5 encoder: RMS norms ({facts.rms_norms}) and no LayerNorm" + (", relative position bias" if facts.relative_bias else "")]
+        return "t5", why + [f"t5 encoder: {t5_why}"]
     if facts.causal:
         if facts.argmax_pooling:
             return "clip", why + ["clip text encoder: causal attention pooled at the ArgMax (EOS) token"]
@@ -747,7 +775,7 @@ class FusionOptions:
     disabled: tuple[str, ...] = ()  # names from ORT_SWITCHES
     enabled: tuple[str, ...] = ()  # opt-in fusions: names from ORT_OPT_IN
     attention_mask_format: str = "auto"  # auto (ORT's per type), index, index_start_end, raw, none
-    external_data: bool | None = None  # for whoever saves the result: None = only over 2 GB
+    external_data: bool | None = None  # for whoever saves the result; None: only when the weights near 2 GB
 
     def __post_init__(self) -> None:
         known_types = ("auto",) + MODEL_TYPES + ORT_EXTRA_MODEL_TYPES
@@ -955,7 +983,7 @@ def _result(model: Model, best: _Attempt | None, attempts: list[_Attempt], info:
         notes.append("fused attention reads the mask as one length per row (ORT's default for bert): right-padded "
                      "batches only; attention_mask_format 'raw' keeps any 0/1 mask")
     if weight_bytes(best.proto) > EXTERNAL_DATA_THRESHOLD:
-        notes.append("the fused model is over 2 GB in memory: save it with external data before running it")
+        notes.append("the fused model's weights are too big for one .onnx file: save it with external data before running it")
     details = {
         "fuser": best.fuser,
         "model_type": model_type,
@@ -999,7 +1027,9 @@ def _ort_fuse(model: Model, model_type: str, heads: int, hidden: int, options: F
 
 
 def _ort_fusion_options(model_type: str, options: FusionOptions):  # -> onnxruntime FusionOptions
-    from onnxruntime.transformers.fusion_options import FusionOptions as OrtFusionOptions
+    from onnxruntime.transformers.fusion_options import (
+        FusionOptions as OrtFusionOptions,
+    )
 
     ort_options = OrtFusionOptions(model_type)
     for name in options.disabled:
@@ -1043,7 +1073,7 @@ def _ort_graph_optimize(model: Model, level: int, options: FusionOptions) -> onn
         disabled = ["ConstantSharing"] + (ORT_PREPASS_BLOCKERS if level > 1 and not options.only_onnxruntime else [])
         try:
             ort.InferenceSession(source, session_options, providers=_prepass_providers(options), disabled_optimizers=disabled)
-        except Exception as exc:  # ORT raises its own exception types; the user needs one line
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types; the user needs one line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"{model.name}: ORT's graph optimizer (opt_level {level}) failed: {first}") from None
         return onnx.load(str(output))
@@ -1129,14 +1159,16 @@ def _onnxscript_switches() -> set[str]:
     return {switch for _, _, _, switch in ONNXSCRIPT_STEPS}
 
 
-def _onnxscript_steps(ir_model, disabled: set[str]) -> dict[str, int]:  # noqa: ANN001 - an onnx_ir Model
+def _onnxscript_steps(ir_model, disabled: set[str]) -> dict[str, int]:
     """onnxscript's fusion steps one by one, skipping the disabled ones (its one-call API has no switches)."""
     import importlib
 
     import onnx_ir.passes.common as common_passes
     from onnxscript import optimizer, rewriter
-    from onnxscript.rewriter.ort_fusions import ORT_PATTERN_REWRITE_RULES
-    from onnxscript.rewriter.ort_fusions import shape_optimization
+    from onnxscript.rewriter.ort_fusions import (
+        ORT_PATTERN_REWRITE_RULES,
+        shape_optimization,
+    )
 
     common_passes.ShapeInferencePass()(ir_model)
     optimizer.optimize(ir_model)

@@ -43,8 +43,12 @@ def load_level(saved_level: str) -> str:
     return "disable" if saved_level in ("layout", "all") else "all"
 
 
-def optimize_offline(model: Model, options: GraphOptOptions) -> TransformResult:
-    """ORT's graph optimizations at `options.level`, applied once and returned as a stamped model."""
+def optimize_offline(model: Model, options: GraphOptOptions, *, source_sha256: str | None = None, fusion: dict | None = None) -> TransformResult:
+    """ORT's graph optimizations at `options.level`, applied once and returned as a stamped model.
+
+    `source_sha256` and `fusion` name the original file and the fusion applied before, when `model`
+    is an intermediate (fused) model rather than the file the user gave.
+    """
     config = SessionConfig(providers=list(options.providers), graph_optimization_level=options.level)
     large = weight_bytes(model.proto) > EXTERNAL_DATA_THRESHOLD or bool(model.external_data_files())
     with tempfile.TemporaryDirectory(prefix="ortforge-optimize-") as folder:
@@ -62,7 +66,7 @@ def optimize_offline(model: Model, options: GraphOptOptions) -> TransformResult:
             onnx.load_external_data_for_model(optimized.proto, folder)
         proto = optimized.proto
     providers = [{"name": p.name, "options": dict(p.options)} for p in options.providers]
-    write_stamp(proto, make_stamp(providers, options.level, options.portable, model.content_hash()))
+    write_stamp(proto, make_stamp(providers, options.level, options.portable, source_sha256 or model.content_hash(), fusion))
     counts = op_count_changes(model.proto, proto)
     before, after = len(model.proto.graph.node), len(proto.graph.node)
     return TransformResult(

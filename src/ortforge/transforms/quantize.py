@@ -32,6 +32,7 @@ MIN_QUANT_OPSET = 11
 QUANTIZED_OPS = {
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
     "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearAdd", "QLinearMul", "QGemm", "QAttention",
+    "DynamicQuantizeLSTM", "QEmbedLayerNormalization", "QLinearSoftmax", "QLinearSigmoid", "QLinearGlobalAveragePool",
 }  # fmt: skip
 
 

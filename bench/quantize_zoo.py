@@ -1,0 +1,48 @@
+"""`ortforge quantize --mode auto` on zoo models: every recipe's size, accuracy and latency vs fp32.
+
+    python bench/quantize_zoo.py [zoo:NAME | MODEL.onnx ...] [--time 3]
+
+Calibration uses 16 realistic samples (seed 0) and accuracy is judged on 8 others (seed 1); the
+tolerance is ortforge's default (cosine >= 0.99, top-1 unchanged for classifier outputs). The last
+line per model says what auto chose and checks it is neither slower than fp32 nor outside tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from ortforge import api
+from ortforge.bench import BenchOptions
+
+
+def describe(outcome) -> str:  # noqa: ANN001
+    accuracy = outcome.accuracy
+    cosine = f"cos {accuracy.metric('cosine'):.4f}" if accuracy else "cos -"
+    top1 = [o.top1 for o in accuracy.outputs if o.top1 is not None] if accuracy else []
+    speed = f"{outcome.speed.ratio:.2f}x ({outcome.speed.low:.2f}-{outcome.speed.high:.2f})" if outcome.speed else "not timed"
+    verdict = "ok" if outcome.passed else f"rejected: {outcome.rejected[:70]}"
+    return f"  {outcome.label:<58} {outcome.size_bytes / 2**20:6.2f} MiB  {cosine}  top1 {min(top1):.0%}  {speed}  {verdict}" if top1 else \
+        f"  {outcome.label:<58} {outcome.size_bytes / 2**20:6.2f} MiB  {cosine}  {speed}  {verdict}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", default=["zoo:magika", "zoo:ppocr-det", "zoo:ppocr-cls", "zoo:silero-vad"])
+    parser.add_argument("--time", type=float, default=3.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        for reference in args.models:
+            out = Path(folder) / "auto.onnx"
+            report = api.quantize(reference, out, mode="auto", measure=BenchOptions(max_seconds=args.time))
+            print(f"{reference} ({', '.join(t.describe() for t in report.tolerances)}):")
+            for outcome in report.outcomes:
+                print(describe(outcome))
+            chosen = report.chosen
+            safe = chosen.passed and (chosen.options is None or (chosen.speed and chosen.speed.ratio < 1))
+            print(f"  -> {report.why} [{'never slower, within tolerance' if safe else 'CHECK FAILED'}]")
+
+
+if __name__ == "__main__":
+    main()
