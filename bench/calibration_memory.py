@@ -41,35 +41,45 @@ def pages(count: int) -> Iterator[dict[str, np.ndarray]]:
 
 
 def child(tool: str, count: int, method: str, max_run_mib: int | None, cache: str) -> None:
-    """Run one calibration + quantization and print its peak RSS and ranges as JSON."""
+    """Run one calibration + quantization and print its peak RSS, ranges (and bin widths) as JSON."""
     from ortforge.measure.memory import peak_rss
     from ortforge.zoo import fetch
 
     model_path = fetch(MODEL)
     start = time.perf_counter()
+    widths: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="ortforge-calib-bench-") as folder:
         if tool == "ortforge":
-            ranges = run_ortforge(model_path, count, method, max_run_mib)
+            ranges, widths = run_ortforge(model_path, count, method, max_run_mib)
         else:
             ranges = run_ort(model_path, Path(folder), count, method, cache)
-    print(json.dumps({"peak": peak_rss(), "seconds": time.perf_counter() - start, "ranges": ranges}))
+    print(json.dumps({"peak": peak_rss(), "seconds": time.perf_counter() - start, "ranges": ranges, "widths": widths}))
 
 
-def run_ortforge(model_path: Path, count: int, method: str, max_run_mib: int | None) -> dict[str, list[float]]:
+def run_ortforge(model_path: Path, count: int, method: str, max_run_mib: int | None) -> tuple[dict[str, list[float]], dict[str, float]]:
     from ortforge.model import load_model
-    from ortforge.transforms.calibrate import CalibrationOptions, calibrate, quantize_with_ranges
+    from ortforge.transforms.calibrate import (
+        CalibrationOptions,
+        calibrate,
+        quantize_with_ranges,
+    )
 
     model = load_model(model_path)
     budget = max_run_mib << 20 if max_run_mib else None
     result = calibrate(model, pages(count), CalibrationOptions(method), total=count, max_run_bytes=budget)
     quantize_with_ranges(model, result)
-    return {name: list(pair) for name, pair in result.ranges.items()}
+    widths = {name: float(h.edges[1] - h.edges[0]) for name, h in result.histograms.items()}
+    return {name: list(pair) for name, pair in result.ranges.items()}, widths
 
 
 def run_ort(model_path: Path, folder: Path, count: int, method: str, cache: str) -> dict[str, list[float]]:
     import shutil
 
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        quantize_static,
+    )
     from onnxruntime.quantization.calibrate import load_tensors_data
 
     class Reader(CalibrationDataReader):
@@ -124,10 +134,23 @@ def describe(tool: str, count: int, figures: dict) -> str:
     return f"{tool:<9} {count:>4} samples: peak RSS {peak}  ({figures['seconds']:.0f} s)"
 
 
-def compare(ours: dict[str, list[float]], theirs: dict[str, list[float]]) -> str:
-    shared = sorted(set(ours) & set(theirs))
-    worst = max(max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours[name], theirs[name])) for name in shared)
-    return f"ranges vs ORT: {len(shared)} shared tensors (ours {len(ours)}, ORT {len(theirs)}), largest relative difference {worst:.2e}"
+def compare(ours: dict, theirs: dict) -> str:
+    """How far our ranges are from ORT's: relative, and in histogram bins where there are bins."""
+    common = sorted(set(ours["ranges"]) & set(theirs["ranges"]))
+    # ORT's MinMax gives empty tensors (Resize's roi) the range (inf, -inf); ortforge gives (0, 0).
+    shared = [name for name in common if all(np.isfinite(theirs["ranges"][name]))]
+    pairs = {name: list(zip(ours["ranges"][name], theirs["ranges"][name])) for name in shared}
+    relative = max(abs(a - b) / max(abs(b), 1e-12) for name in shared for a, b in pairs[name])
+    text = f"{len(common)} shared tensors (ours {len(ours['ranges'])}, ORT {len(theirs['ranges'])}), largest relative difference {relative:.2e}"
+    if len(shared) < len(common):
+        text += f" ({len(common) - len(shared)} left out: ORT's range is not finite)"
+    widths = ours.get("widths") or {}
+    if widths:
+        bins = {name: max(abs(a - b) for a, b in pairs[name]) / widths[name] for name in shared if widths.get(name)}
+        beyond = sorted((name for name, count in bins.items() if count > 1.0001), key=bins.get, reverse=True)
+        text += f"; in bins: largest {max(bins.values()):.2f}, {len(beyond)} tensor(s) beyond one bin"
+        text += f" ({', '.join(f'{name} {bins[name]:.1f}' for name in beyond[:5])})" if beyond else ""
+    return text
 
 
 def main() -> None:
@@ -156,7 +179,7 @@ def main() -> None:
         print(f"ortforge peak RSS {ours[-1]} vs {count} samples: {high / low:.3f}x ({(high / low - 1) * 100:+.1f}%)")
     for tool, count in finished:
         if tool == "ort" and ("ortforge", count) in finished:
-            print(f"at {count} samples, {compare(finished['ortforge', count]['ranges'], finished['ort', count]['ranges'])}")
+            print(f"at {count} samples, ranges vs ORT: {compare(finished['ortforge', count], finished['ort', count])}")
 
 
 if __name__ == "__main__":

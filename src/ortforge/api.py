@@ -239,6 +239,23 @@ def quantize(
     )
 
 
+def quantize_for_tensorrt(
+    reference: str | Path,
+    output: str | Path,
+    *,
+    method: str = "minmax",
+    calib: str | None = None,
+    calib_samples: int | None = None,
+    shape_options: ShapeOptions | None = None,
+):  # -> tensorrt_int8.TensorRTInt8
+    """TensorRT int8: the model, ORT's TensorRT calibration table from ortforge's calibration, a session config."""
+    from .tensorrt_int8 import write_tensorrt_int8
+
+    model = open_model(reference)
+    feeds = feeds_for(model, reference, calib, samples=calib_samples or 16, shape_options=shape_options)
+    return write_tensorrt_int8(model, feeds, output, method)
+
+
 def quant_debug(
     float_reference: str | Path,
     quantized_reference: str | Path,

@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--reduce-range", action="store_true", help="7-bit weights (for CPUs without VNNI)")
     quantize.add_argument("--symmetric-activations", action="store_true")
     quantize.add_argument("--method", choices=["minmax", "entropy", "percentile", "distribution"], default="minmax", help="calibration method (static)")
+    quantize.add_argument("--percentile", type=float, default=99.999, help="for --method percentile")
+    quantize.add_argument("--moving-average", action="store_true", help="for --method minmax: moving average of per-sample ranges")
+    quantize.add_argument("--target", choices=["cpu", "tensorrt"], default="cpu",
+                          help="tensorrt: write OUTPUT as a folder with the float model, ORT's TensorRT int8 calibration table and a session config")  # fmt: skip
     quantize.add_argument("--op-types", nargs="+", default=[], metavar="OP", help="quantize only these op types, e.g. Conv MatMul Gemm")
     quantize.add_argument("--exclude", nargs="+", default=[], metavar="NODE|OP", help="node names or op types to keep in float")
     weights = quantize.add_argument_group("weight-only (--mode int4 / weight-only)")
@@ -317,6 +321,16 @@ def run_optimize(args: argparse.Namespace, console: Any) -> None:
 def run_quantize(args: argparse.Namespace, console: Any) -> None:
     from .render import render_quantize
 
+    if args.target == "tensorrt":
+        result = api.quantize_for_tensorrt(args.model, args.output, method=args.method, calib=args.calib,
+                                           calib_samples=args.calib_samples, shape_options=_shape_options(args))  # fmt: skip
+        if args.json:
+            _emit_json(result)
+            return
+        console.print(f"wrote {result.folder}: model.onnx, calibration.flatbuffers ({result.tensors} tensors, {result.samples} samples), session.json")
+        for note in result.notes:
+            console.print(f"[yellow]note:[/] {note}", highlight=False)
+        return
     recipe = dict(
         format=args.format,
         activation_type=args.activation_type,
@@ -325,6 +339,8 @@ def run_quantize(args: argparse.Namespace, console: Any) -> None:
         reduce_range=args.reduce_range,
         symmetric_activations=args.symmetric_activations,
         calibration_method=args.method,
+        percentile=args.percentile,
+        moving_average=args.moving_average,
         op_types=tuple(args.op_types),
         exclude=tuple(args.exclude),
     )

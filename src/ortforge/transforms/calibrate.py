@@ -673,7 +673,7 @@ def calibrate(
     if max_run_bytes is not None and options.method in HISTOGRAM_METHODS:
         groups = _groups(model, names, first, max_run_bytes, config)
         if len(groups) > 1:
-            notes.append(f"each sample ran {len(groups)} times, on groups of tensors of at most ~{max_run_bytes / 2**20:.0f} MiB")
+            notes.append(f"each sample ran {len(groups)} times, on groups of tensors of at most ~{max_run_bytes / 2**20:.4g} MiB each")
             # Without the arena each group's run gives its memory back before the next group's.
             config = replace(config, enable_cpu_mem_arena=False)
     runners = [_runner(model, group, options.method, config) for group in groups]
@@ -708,6 +708,8 @@ def _groups(model: Model, names: list[str], feed: Feed, budget: int, config: Ses
     """
     graph_inputs = {value.name for value in model.proto.graph.input}
     measured = [name for name in names if name not in graph_inputs]
+    if not measured:
+        return [names]
     taken = _names_in_use(model.proto.graph)
     counters = {name: _unique(f"{name}__ortforge_size", taken) for name in measured}
     nodes = [helper.make_node("Size", [name], [counter], name=counter) for name, counter in counters.items()]

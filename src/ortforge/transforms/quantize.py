@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import onnx
 
 from ..data import Feed
 from ..errors import UserError, first_line
-from ..model import Model, iter_graphs, iter_nodes, opset_versions
+from ..model import Model, from_proto, iter_graphs, iter_nodes, opset_versions
 from . import TransformResult, op_count_changes
 
 MODES = ("dynamic", "static")
@@ -50,6 +50,8 @@ class QuantizeOptions:
     exclude: tuple[str, ...] = ()  # node names or op types kept in float
     symmetric_activations: bool = False
     calibration_method: str = "minmax"
+    percentile: float = 99.999  # for --method percentile
+    moving_average: bool = False  # for --method minmax
     extra_options: tuple[tuple[str, object], ...] = ()  # passed through to ORT's quantizer
 
     def __post_init__(self) -> None:
@@ -178,19 +180,6 @@ def _subgraph_nodes(proto: onnx.ModelProto) -> int:
     return sum(len(graph.node) for graph in list(iter_graphs(proto.graph))[1:])
 
 
-class _Feeds:
-    """ORT's CalibrationDataReader over any iterable of feeds, consumed lazily."""
-
-    def __init__(self, feeds: Iterable[Feed]) -> None:
-        self._feeds = iter(feeds)
-
-    def get_next(self) -> Feed | None:
-        return next(self._feeds, None)
-
-    def rewind(self) -> None:  # ORT calls this on some paths; one pass is all we give
-        pass
-
-
 def prepare(model: Model, options: QuantizeOptions, notes: list[str]) -> onnx.ModelProto:
     """The float model as ORT's quantizer will see it: opset converted, pre-processed, biases flattened.
 
@@ -209,15 +198,77 @@ def prepare(model: Model, options: QuantizeOptions, notes: list[str]) -> onnx.Mo
     return proto
 
 
-def quantize(model: Model, options: QuantizeOptions, calibration: Iterable[Feed] | None = None) -> TransformResult:
-    """int8-quantize with ORT (dynamic, or static on `calibration` feeds); returns the quantized model."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+def _quantize_dynamic(prepared: onnx.ModelProto, options: QuantizeOptions, op_types: list[str], excluded: list[str], extra: dict) -> onnx.ModelProto:
+    """ORT's quantize_dynamic, run in a private folder (it reads and writes files)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    with tempfile.TemporaryDirectory(prefix="ortforge-quantize-") as temporary:
+        folder = Path(temporary)
+        source, target = folder / "input.onnx", folder / "quantized.onnx"
+        onnx.save_model(prepared, str(source), save_as_external_data=True, location="input.data", size_threshold=1 << 20)
+        with _inside(folder):
+            quantize_dynamic(
+                str(source),
+                str(target),
+                op_types_to_quantize=op_types or None,
+                per_channel=options.per_channel,
+                reduce_range=options.reduce_range,
+                weight_type={"u8": QuantType.QUInt8, "s8": QuantType.QInt8}[options.weight_type],
+                nodes_to_exclude=excluded,
+                use_external_data_format=True,
+                extra_options=extra,
+            )
+        return onnx.load(str(target))
+
+
+def _quantize_static(
+    prepared: onnx.ModelProto, options: QuantizeOptions, calibration: Iterable[Feed], op_types: list[str],
+    excluded: list[str], extra: dict, progress: Callable[[str, float], None] | None,
+) -> onnx.ModelProto:  # fmt: skip
+    """ortforge's bounded-memory calibration, then ORT's own static quantizer classes on those ranges.
+
+    quantize_static's calibrators keep every activation of every sample in memory (11 GB at 8 samples
+    on PP-OCR det); ours stream, with the same ranges.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    from .calibrate import CalibrationOptions, calibrate, quantize_with_ranges
+
+    model = from_proto(prepared)
+    calibration_options = CalibrationOptions(
+        method=options.calibration_method,
+        percentile=options.percentile,
+        moving_average=options.moving_average,
+        symmetric=True if options.symmetric_activations else None,
+        op_types=tuple(op_types) if op_types else None,
+    )
+    ranges = calibrate(model, calibration, calibration_options, progress=progress)
+    types = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+    return quantize_with_ranges(
+        model,
+        ranges,
+        quant_format=QuantFormat.QDQ if options.format == "qdq" else QuantFormat.QOperator,
+        activation_type=types[options.activation_type],
+        weight_type=types[options.weight_type],
+        per_channel=options.per_channel,
+        reduce_range=options.reduce_range,
+        op_types=op_types or None,
+        nodes_to_exclude=excluded,
+        extra_options=extra,
+    )
+
+
+def quantize(
+    model: Model,
+    options: QuantizeOptions,
+    calibration: Iterable[Feed] | None = None,
+    progress: Callable[[str, float], None] | None = None,
+) -> TransformResult:
+    """int8-quantize with ORT (dynamic, or static on `calibration` feeds); returns the quantized model."""
     if options.mode == "static" and calibration is None:
         raise UserError("static quantization needs calibration data (--calib); or use --mode dynamic")
     notes: list[str] = []
     prepared = prepare(model, options, notes)
-    types = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, **dict(options.extra_options)}
     subgraph_nodes = _subgraph_nodes(prepared)
     if subgraph_nodes:
@@ -225,41 +276,18 @@ def quantize(model: Model, options: QuantizeOptions, calibration: Iterable[Feed]
             extra["EnableSubgraph"] = True
         else:
             notes.append(f"{subgraph_nodes} node(s) inside If/Loop/Scan stay float: ORT's static quantizer does not enter subgraphs")
-    with tempfile.TemporaryDirectory(prefix="ortforge-quantize-") as temporary:
-        folder = Path(temporary)
-        excluded = _nodes_to_exclude(prepared, model.proto, options, notes)
-        op_types = _follow_fusions(list(options.op_types), prepared, model.proto, excluded, notes)
-        source, target = folder / "input.onnx", folder / "quantized.onnx"
-        onnx.save_model(prepared, str(source), save_as_external_data=True, location="input.data", size_threshold=1 << 20)
-        common = dict(
-            op_types_to_quantize=op_types or None,
-            per_channel=options.per_channel,
-            reduce_range=options.reduce_range,
-            weight_type=types[options.weight_type],
-            nodes_to_exclude=excluded,
-            use_external_data_format=True,
-        )
-        try:
-            with _inside(folder):
-                if options.mode == "dynamic":
-                    quantize_dynamic(str(source), str(target), extra_options=extra, **common)
-                else:
-                    extra["ActivationSymmetric"] = options.symmetric_activations
-                    quantize_static(
-                        str(source),
-                        str(target),
-                        _Feeds(calibration),  # type: ignore[arg-type]
-                        quant_format=QuantFormat.QDQ if options.format == "qdq" else QuantFormat.QOperator,
-                        activation_type=types[options.activation_type],
-                        calibrate_method=getattr(CalibrationMethod, {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "distribution": "Distribution"}[options.calibration_method]),
-                        extra_options=extra,
-                        **common,
-                    )  # fmt: skip
-        except UserError:
-            raise
-        except Exception as exc:  # ORT's quantizer raises bare exceptions for unsupported graphs
-            raise UserError(f"{model.name}: onnxruntime's quantizer failed ({options.describe()}): {type(exc).__name__}: {first_line(exc)}") from None
-        quantized = onnx.load(str(target))
+    excluded = _nodes_to_exclude(prepared, model.proto, options, notes)
+    op_types = _follow_fusions(list(options.op_types), prepared, model.proto, excluded, notes)
+    try:
+        if options.mode == "dynamic":
+            quantized = _quantize_dynamic(prepared, options, op_types, excluded, extra)
+        else:
+            extra["ActivationSymmetric"] = options.symmetric_activations
+            quantized = _quantize_static(prepared, options, calibration, op_types, excluded, extra, progress)
+    except UserError:
+        raise
+    except Exception as exc:  # ORT's quantizer raises bare exceptions for unsupported graphs
+        raise UserError(f"{model.name}: onnxruntime's quantizer failed ({options.describe()}): {type(exc).__name__}: {first_line(exc)}") from None
     return _result(model.proto, quantized, options, excluded, notes)
 
 
