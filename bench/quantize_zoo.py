@@ -1,6 +1,10 @@
 """`ortforge quantize --mode auto` on zoo models: every recipe's size, accuracy and latency vs fp32.
 
-    python bench/quantize_zoo.py [zoo:NAME | MODEL.onnx ...] [--time 3]
+    python bench/quantize_zoo.py [zoo:NAME | MODEL.onnx ...] [--time 3] [--data DIR] [--tolerance cosine=0.985]
+
+MiniLM (exported and tokenized by bench/minilm_fusion.py --out /tmp/minilm --save-feeds /tmp/minilm/feeds):
+
+    python bench/quantize_zoo.py /tmp/minilm/minilm_torchscript.onnx --data /tmp/minilm/feeds --tolerance cosine=0.985
 
 Calibration uses 16 realistic samples (seed 0) and accuracy is judged on 8 others (seed 1); the
 tolerance is ortforge's default (cosine >= 0.99, top-1 unchanged for classifier outputs). The last
@@ -31,11 +35,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="*", default=["zoo:magika", "zoo:ppocr-det", "zoo:ppocr-cls", "zoo:silero-vad"])
     parser.add_argument("--time", type=float, default=3.0)
+    parser.add_argument("--data", help="data for models that are not zoo models (used for calibration and evaluation)")
+    parser.add_argument("--tolerance", action="append", default=[], help="as `ortforge quantize --tolerance` (default: ortforge's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         for reference in args.models:
             out = Path(folder) / "auto.onnx"
-            report = api.quantize(reference, out, mode="auto", measure=BenchOptions(max_seconds=args.time))
+            report = api.quantize(reference, out, mode="auto", calib=args.data, data=args.data, tolerances=args.tolerance,
+                                  measure=BenchOptions(max_seconds=args.time))  # fmt: skip
             print(f"{reference} ({', '.join(t.describe() for t in report.tolerances)}):")
             for outcome in report.outcomes:
                 print(describe(outcome))

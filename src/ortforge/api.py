@@ -283,6 +283,50 @@ def quant_debug(
     return as_given
 
 
+def tune(
+    reference: str | Path,
+    output: str | Path,
+    *,
+    data: str | None = None,
+    samples: int | None = None,
+    calib_samples: int | None = None,
+    shape_options: ShapeOptions | None = None,
+    tolerances: Sequence[str] = (),
+    eval_hook: str | None = None,
+    objective: str = "latency",
+    time_budget_s: float = 300.0,
+    providers: Sequence[str] = (),
+    progress: Progress | None = None,
+):  # -> tune.TuneReport
+    """Search precision, fusion, EPs and session options under an accuracy budget; write the artifact folder."""
+    from .accuracy import load_eval_hook, parse_tolerance
+    from .errors import UserError
+    from .inspection import inspect_model
+    from .runtime import available_providers
+    from .session import provider_name
+    from .transforms.fusion import detect_transformer
+    from .tune import tune_model
+    from .tune.search import OBJECTIVES, TuneOptions
+
+    if objective not in OBJECTIVES:
+        raise UserError(f"--objective {objective}: choose one of {', '.join(OBJECTIVES)}")
+    model = open_model(reference)
+    calibration = feeds_for(model, reference, data, samples=calib_samples or 16, shape_options=shape_options)
+    evaluation = feeds_for(model, reference, data, samples=samples or 8, shape_options=shape_options, seed=1)
+    local = [p for p in available_providers() if p != "AzureExecutionProvider"]
+    chosen = [provider_name(p) for p in providers] or local
+    for name in chosen:
+        if name not in local:
+            raise UserError(f"--ep {name}: not available in this onnxruntime (available: {', '.join(local)})")
+    family = inspect_model(model, shape_options).family
+    transformer = detect_transformer(model).model_type != "unknown"
+    options = TuneOptions(objective=objective, time_budget_s=time_budget_s, providers=tuple(chosen))
+    return tune_model(
+        model, str(reference), Path(output), calibration, evaluation, family=family, transformer=transformer, options=options,
+        tolerances=[parse_tolerance(t) for t in tolerances] or None, hook=load_eval_hook(eval_hook) if eval_hook else None, progress=progress,
+    )  # fmt: skip
+
+
 def tune_session(
     reference: str | Path,
     output: str | Path,

@@ -187,6 +187,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shapes(debug)
     _add_json(debug)
 
+    tune = commands.add_parser(
+        "tune",
+        help="search precision, fusion, EPs and session options under an accuracy budget; write a deployable artifact",
+        description="Builds precision candidates (fp32, fusion, int8 recipes, weight-only) and checks their accuracy first, "
+        "screens the accurate ones against fp32, tunes session options for the survivors, then measures the finalists "
+        "interleaved in one run. Writes OUTPUT/model.onnx, OUTPUT/ortforge.json and OUTPUT/report.html. Builds are "
+        "cached, so an interrupted run resumes where it was.",
+    )
+    tune.add_argument("model", help="an .onnx file or zoo:NAME")
+    tune.add_argument("-o", "--output", required=True, help="artifact folder to write")
+    tune.add_argument("--objective", choices=["latency", "throughput", "startup", "size"], default="latency")
+    tune.add_argument("--time-budget", default="5m", help="e.g. 90s, 5m, 1h (default 5m)")
+    tune.add_argument("--tolerance", action="append", default=[], metavar="METRIC=VALUE", help="as for quantize (default cosine=0.99, plus top1=1 for classifiers)")
+    tune.add_argument("--eval", metavar="MODULE:FUNCTION", help="your metric: function(outputs, reference) -> float, higher is better")
+    tune.add_argument("--ep", action="append", default=[], help="EPs to consider (default: every local EP of this onnxruntime)")
+    tune.add_argument("--calib-samples", type=int, default=None, help="calibration samples (default 16)")
+    _add_data(tune)
+    _add_shapes(tune)
+    _add_json(tune)
+
     tune_session = commands.add_parser(
         "tune-session",
         help="measure threads, spinning, affinity, execution mode, memory and EP options; write the best session config",
@@ -388,6 +408,40 @@ def run_quant_debug(args: argparse.Namespace, console: Any) -> None:
     _emit_json(report) if args.json else render_quant_debug(report, console, top=args.top)
 
 
+def parse_duration(text: str) -> float:
+    """'90s', '5m', '1h', '300' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise UserError(f"--time-budget {text}: expected e.g. 90s, 5m or 1h") from None
+    if value <= 0:
+        raise UserError(f"--time-budget {text}: must be positive")
+    return value
+
+
+def run_tune(args: argparse.Namespace, console: Any) -> None:
+    from .render import render_tune
+
+    with _progress(_stderr_console().is_terminal) as progress:
+        report = api.tune(
+            args.model,
+            args.output,
+            data=args.data,
+            samples=args.samples,
+            calib_samples=args.calib_samples,
+            shape_options=_shape_options(args),
+            tolerances=args.tolerance,
+            eval_hook=args.eval,
+            objective=args.objective,
+            time_budget_s=parse_duration(args.time_budget),
+            providers=args.ep,
+            progress=progress,
+        )
+    _emit_json(report) if args.json else render_tune(report, console)
+
+
 def run_tune_session(args: argparse.Namespace, console: Any) -> None:
     from .render import render_session_tuning
 
@@ -437,6 +491,7 @@ COMMANDS = {
     "inspect": run_inspect,
     "bench": run_bench,
     "optimize": run_optimize,
+    "tune": run_tune,
     "tune-session": run_tune_session,
     "quantize": run_quantize,
     "quant-debug": run_quant_debug,

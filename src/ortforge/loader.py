@@ -8,7 +8,7 @@ or, when allowed and the original model is given, the original is re-optimized h
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,38 +31,50 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
 
 
-def config_for(stamp: Stamp | None) -> SessionConfig:
-    """The session config a model needs: its stamp's EPs, and the level that follows from how it was saved."""
+def config_for(stamp: Stamp | None, base: SessionConfig | None = None) -> SessionConfig:
+    """The session config a model needs: `base` (or ORT defaults) with, for a stamped model, its EPs
+    (unless `base` names them) and the level that follows from how it was saved."""
     from .transforms.graph_opt import load_level
 
+    config = base or SessionConfig()
     if stamp is None:
-        return SessionConfig()
-    providers = [ProviderSpec(p["name"], p.get("options", {})) for p in stamp.providers]
-    return SessionConfig(providers=providers, graph_optimization_level=load_level(stamp.level))
+        return config
+    if base is None:
+        config = replace(config, providers=[ProviderSpec(p["name"], p.get("options", {})) for p in stamp.providers])
+    return replace(config, graph_optimization_level=load_level(stamp.level))
 
 
 def load_checked(
     path: str | os.PathLike[str], *, original: str | os.PathLike[str] | None = None, reoptimize: bool = False
 ) -> Loaded:
-    """Load a model for this machine, honouring and checking its stamp."""
+    """Load a model (or a `tune` artifact folder) for this machine, honouring and checking its stamp."""
+    from .tune.artifact import is_artifact, read_artifact
+
+    base, notes = None, []
+    if is_artifact(path):
+        path, base, _ = read_artifact(path)
+        notes.append(f"session config from {Path(path).parent / 'ortforge.json'}")
     model = load_model(path)
     stamp = read_stamp(model.proto)
     if stamp is None:
-        config = SessionConfig()
-        return Loaded(config.build(model), Path(path), model, config, None, notes=["not stamped by ortforge: ORT defaults"])
+        config = base or SessionConfig()
+        notes.append("not stamped by ortforge: its own or ORT's default session settings")
+        return Loaded(config.build(model), Path(path), model, config, None, notes=notes)
     problems = mismatches(stamp)
     if not problems:
-        config = config_for(stamp)
-        return Loaded(config.build(model), Path(path), model, config, stamp)
+        config = config_for(stamp, base)
+        return Loaded(config.build(model), Path(path), model, config, stamp, notes=notes)
     if not (reoptimize and original is not None):
         raise UserError(
             f"{Path(path).name}: not valid on this machine: {'; '.join(problems)}",
             hint="give the original model with --original and allow --reoptimize to optimize it for this machine",
         )
-    return _reoptimized(Path(path), stamp, Path(original), problems)
+    loaded = _reoptimized(Path(path), stamp, Path(original), problems, base)
+    loaded.notes = notes + loaded.notes
+    return loaded
 
 
-def _reoptimized(path: Path, stamp: Stamp, original_path: Path, problems: list[str]) -> Loaded:
+def _reoptimized(path: Path, stamp: Stamp, original_path: Path, problems: list[str], base: SessionConfig | None) -> Loaded:
     from .runtime import available_providers
     from .transforms.graph_opt import GraphOptOptions, optimize_offline
 
@@ -81,11 +93,11 @@ def _reoptimized(path: Path, stamp: Stamp, original_path: Path, problems: list[s
     result = optimize_offline(source, options, source_sha256=stamp.source_sha256, fusion=stamp.fusion)
     model = from_proto(result.proto, base_dir=original.base_dir)
     fresh = read_stamp(result.proto)
-    config = config_for(fresh)
+    config = config_for(fresh, base)
     notes = [f"re-optimized {original_path.name} for this machine because {path.name} was {'; '.join(problems)}"]
     return Loaded(config.build(model), path, model, config, fresh, reoptimized=True, notes=notes)
 
 
 def load(path: str | os.PathLike[str], *, original: str | os.PathLike[str] | None = None, reoptimize: bool = False) -> Any:
-    """A ready `InferenceSession` for a model saved by ortforge (or any ONNX model)."""
+    """A ready `InferenceSession` for a model saved by ortforge, a `tune` artifact folder, or any ONNX model."""
     return load_checked(path, original=original, reoptimize=reoptimize).session

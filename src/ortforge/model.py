@@ -153,6 +153,11 @@ def weight_bytes(proto: onnx.ModelProto) -> int:
     return total
 
 
+def model_size(model: Model) -> int:
+    """Bytes on disk the model needs: weights held in the proto plus its external data files."""
+    return weight_bytes(model.proto) + sum(path.stat().st_size for path in model.external_data_files())
+
+
 def iter_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every initializer and tensor attribute, subgraphs included."""
     for graph in iter_graphs(proto.graph):
@@ -346,6 +351,9 @@ def atomic_write_text(path: Path, text: str) -> Path:
     try:
         with os.fdopen(handle, "w") as stream:
             stream.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; a written config is a normal file
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from .bench import BenchOptions, BenchReport, CandidateScore, Progress, Variant,
 from .data import GENERATED_WARNING, FeedSet
 from .errors import UserError
 from .machine import cpu_info
-from .model import Model, from_proto, save_model
+from .model import Model, from_proto, model_size, save_model
 from .session import SessionConfig, run_checked
 from .transforms.quantize import QuantizeOptions, quantize
 from .transforms.weight_only import WeightOnlyOptions, quantize_weight_only
@@ -100,10 +100,6 @@ class QuantizeReport:
         }
 
 
-def _size(model: Model) -> int:
-    return model.proto.ByteSize() + sum(path.stat().st_size for path in model.external_data_files())
-
-
 def apply_recipe(model: Model, options: Recipe, calibration: FeedSet):  # -> TransformResult
     if isinstance(options, WeightOnlyOptions):
         return quantize_weight_only(model, options)
@@ -120,7 +116,7 @@ def build_recipe(
         result = apply_recipe(model, options, calibration)
         candidate = from_proto(result.proto, base_dir=model.base_dir)
         outcome.model, outcome.notes = candidate, result.notes
-        outcome.size_bytes = candidate.proto.ByteSize()
+        outcome.size_bytes = model_size(candidate)
         outcome.accuracy = compare(reference, run_outputs(candidate, evaluation), hook)
     except UserError as exc:
         outcome.passed, outcome.rejected = False, str(exc)
@@ -214,7 +210,7 @@ def quantize_model(
         if exclusion.met:
             fixed.label = f"{first.label}, {len(exclusion.excluded)} node(s) kept float"
             outcomes = [first, fixed]
-    fp32 = RecipeOutcome(FP32, None, _size(model), compare(reference, reference), model=model)
+    fp32 = RecipeOutcome(FP32, None, model_size(model), compare(reference, reference), model=model)
     measurement = None
     auto = len(recipes) > 1
     if auto or measure is not None:

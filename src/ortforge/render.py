@@ -358,3 +358,24 @@ def render_quant_debug(report, console: Console, top: int = 15) -> None:  # noqa
         console.print(f"  {report.unmatched} float tensor(s) had no counterpart in the quantized model", style="dim")
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def render_tune(report, console: Console) -> None:  # noqa: ANN001 - tune.TuneReport
+    record = report.record
+    table = Table(title="Finalists, measured interleaved (latency ratio to fp32 + ORT defaults)")
+    for column in ("candidate", "latency ratio (min-max)", "rounds won", record["error_label"], "Pareto"):
+        table.add_column(column, overflow="fold")
+    for row in record["finalist_rows"]:
+        table.add_row(*(escape(str(cell)) for cell in row))
+    console.print(table)
+    if record["rejected"]:
+        console.print("[bold]rejected:[/]")
+        for label, why in record["rejected"]:
+            console.print(f"  {escape(label)}: {escape(why)}", highlight=False)
+    summary = record["summary"]
+    console.print(f"[bold]chosen:[/] {escape(record['why'])}", highlight=False)
+    console.print(f"  latency {summary['speedup']}, {summary['accuracy']}, size {summary['size']}, start-up {summary['startup']}", highlight=False)
+    console.print(f"  {record['built']} candidate(s) built, the rest from the cache; {record['elapsed_s']:.0f} s", style="dim")
+    console.print(f"[bold]wrote[/] {escape(str(report.artifact))}/ (model.onnx, ortforge.json, report.html)", highlight=False)
+    for note in record["notes"]:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)

@@ -1,0 +1,81 @@
+"""What `tune` tries: precision candidates (built, then judged for accuracy) and session candidates (timed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+from ..machine import cpu_info
+from ..quantization import auto_recipes
+from ..session import ProviderSpec, SessionConfig
+from ..transforms.quantize import QuantizeOptions
+from ..transforms.weight_only import WeightOnlyOptions
+
+SPINNING = "session.intra_op.allow_spinning"
+REMOTE_PROVIDERS = {"AzureExecutionProvider"}
+
+
+@dataclass(frozen=True)
+class PrecisionCandidate:
+    """One way to rewrite the model: fp32 as is, transformer fusion, int8, weight-only int4/int8, fp16."""
+
+    label: str
+    kind: str  # fp32 | fusion | int8 | weight-only | fp16
+    options: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def settings(self) -> dict:
+        return dict(self.options)
+
+    def key(self, model_hash: str, data_hash: str) -> str:
+        """Cache key: the same model, transform, options and calibration data build the same candidate."""
+        text = json.dumps([model_hash, self.kind, self.options, data_hash if self.kind == "int8" else ""], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _frozen(options: object) -> tuple[tuple[str, object], ...]:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in asdict(options).items()))
+
+
+def precision_candidates(family: str, providers: list[str], transformer: bool, features: tuple[str, ...] | None = None) -> list[PrecisionCandidate]:
+    """fp32 first, then what suits the family and the hardware."""
+    found = [PrecisionCandidate("fp32", "fp32")]
+    if transformer:
+        found.append(PrecisionCandidate("fp32 + transformer fusion", "fusion", (("model_type", "auto"),)))
+    for recipe in auto_recipes(family, features):
+        kind = "weight-only" if isinstance(recipe, WeightOnlyOptions) else "int8"
+        found.append(PrecisionCandidate(recipe.describe(), kind, _frozen(recipe)))
+    if any(p in ("CUDAExecutionProvider", "TensorrtExecutionProvider", "DmlExecutionProvider") for p in providers):
+        found.append(PrecisionCandidate("fp16 (mixed precision)", "fp16"))
+    return found
+
+
+def recipe_of(candidate: PrecisionCandidate) -> QuantizeOptions | WeightOnlyOptions | None:
+    settings = candidate.settings
+    if candidate.kind == "int8":
+        return QuantizeOptions(**settings)
+    if candidate.kind == "weight-only":
+        return WeightOnlyOptions(**settings)
+    return None
+
+
+@dataclass(frozen=True)
+class SessionCandidate:
+    label: str
+    config: SessionConfig = field(default_factory=SessionConfig)
+
+
+def session_candidates(providers: list[str], cores: int | None = None) -> list[SessionCandidate]:
+    """ORT defaults, each thread count (spinning on and off), and every other local EP with the CPU as fallback."""
+    cores = cores or cpu_info().physical_cores or 1
+    base = SessionConfig()
+    found = [SessionCandidate("ORT defaults", base)]
+    for threads in range(1, cores + 1):
+        found.append(SessionCandidate(f"{threads} intra-op thread(s)", replace(base, intra_op_num_threads=threads)))
+    if cores > 1:
+        found.append(SessionCandidate("no spinning", replace(base, config_entries={SPINNING: "0"})))
+    for provider in providers:
+        if provider not in REMOTE_PROVIDERS and provider != "CPUExecutionProvider":
+            found.append(SessionCandidate(provider.replace("ExecutionProvider", ""), replace(base, providers=[ProviderSpec(provider), ProviderSpec("CPUExecutionProvider")])))
+    return found

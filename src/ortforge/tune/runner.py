@@ -1,0 +1,151 @@
+"""The trial runner: build a candidate (cached on disk) and measure candidates on a target.
+
+`TrialRunner` is the small interface the search talks to; `LocalRunner` runs everything on this
+machine. A cluster backend would implement the same two methods and fan candidates out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..accuracy import AccuracyReport, Outputs, Tolerance, compare
+from ..bench import BenchOptions, BenchReport, Progress, Variant, bench
+from ..data import FeedSet
+from ..errors import UserError
+from ..model import Model, atomic_write_text, from_proto, load_model, model_size, save_model
+from ..quantization import apply_recipe, run_outputs
+from ..session import SessionConfig
+from .candidates import PrecisionCandidate, recipe_of
+
+RESULT_FILE = "result.json"
+MODEL_FILE = "model.onnx"
+
+
+@dataclass
+class Trial:
+    """A built candidate and how accurate it is against the fp32 reference."""
+
+    candidate: PrecisionCandidate
+    model: Model | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    error: str = ""  # why it could not be built
+    cached: bool = False
+    size_bytes: int = 0
+
+    def passes(self, tolerances: Sequence[Tolerance]) -> tuple[bool, str]:
+        if self.error:
+            return False, self.error
+        failed = [t for t in tolerances if t.metric in self.metrics and not t.met_by(self.metrics[t.metric])]
+        missing = [t for t in tolerances if t.metric not in self.metrics]
+        if missing:
+            return False, f"metric {missing[0].metric} not available for this model"
+        if failed:
+            return False, "; ".join(f"{t.metric} {self.metrics[t.metric]:.4g} misses {t.describe()}" for t in failed)
+        return True, ""
+
+
+@dataclass
+class MeasureTarget:
+    label: str
+    trial: Trial
+    config: SessionConfig
+
+
+class TrialRunner(Protocol):
+    def build(self, candidate: PrecisionCandidate) -> Trial: ...
+    def measure(self, targets: Sequence[MeasureTarget], options: BenchOptions, progress: Progress | None = None) -> BenchReport: ...
+
+
+def feeds_hash(feeds: FeedSet) -> str:
+    digest = hashlib.sha256()
+    for sample in feeds.samples:
+        for name in sorted(sample):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(sample[name]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def metrics_of(report: AccuracyReport) -> dict[str, float]:
+    metrics = {}
+    for name in ("cosine", "max_abs", "mean_abs", "rel", "top1", "eval"):
+        try:
+            metrics[name] = report.metric(name)
+        except UserError:
+            continue
+    return metrics
+
+
+class LocalRunner:
+    """Builds candidates here, caching each under <cache>/<model hash>/<candidate key>/."""
+
+    def __init__(self, model: Model, calibration: FeedSet, evaluation: FeedSet, reference: Outputs, cache: Path,
+                 hook: Callable | None = None) -> None:  # fmt: skip
+        self.model, self.calibration, self.evaluation, self.reference, self.hook = model, calibration, evaluation, reference, hook
+        self.model_hash = model.content_hash()
+        self.data_hash = feeds_hash(calibration)
+        self.folder = cache / self.model_hash[:16]
+        self.built = 0  # candidates built (not taken from the cache) in this run
+
+    def build(self, candidate: PrecisionCandidate) -> Trial:
+        folder = self.folder / candidate.key(self.model_hash, self.data_hash)
+        cached = self._from_cache(candidate, folder)
+        if cached is not None:
+            return cached
+        trial = self._build(candidate)
+        self.built += 1
+        self._store(trial, folder)
+        return trial
+
+    def _build(self, candidate: PrecisionCandidate) -> Trial:
+        if candidate.kind == "fp32":
+            return Trial(candidate, self.model, metrics_of(compare(self.reference, self.reference)), size_bytes=model_size(self.model))
+        try:
+            result = self._transform(candidate)
+            model = from_proto(result.proto, base_dir=self.model.base_dir)
+            accuracy = compare(self.reference, run_outputs(model, self.evaluation), self.hook)
+        except UserError as exc:
+            return Trial(candidate, None, error=str(exc))
+        if not result.changed:
+            return Trial(candidate, None, error="the transform changed nothing", notes=result.notes)
+        return Trial(candidate, model, metrics_of(accuracy), notes=result.notes, size_bytes=model_size(model))
+
+    def _transform(self, candidate: PrecisionCandidate):  # -> TransformResult
+        if candidate.kind == "fusion":
+            from ..transforms.fusion import FusionOptions, fuse_transformer
+
+            return fuse_transformer(self.model, FusionOptions(**candidate.settings))
+        if candidate.kind == "fp16":
+            raise UserError("fp16 candidates need the fp16 converter (not available in this build)")
+        return apply_recipe(self.model, recipe_of(candidate), self.calibration)
+
+    def _store(self, trial: Trial, folder: Path) -> None:
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        if trial.model is not None and trial.candidate.kind != "fp32":
+            save_model(trial.model.proto, folder / MODEL_FILE, source=self.model)
+        record = {"label": trial.candidate.label, "metrics": trial.metrics, "notes": trial.notes, "error": trial.error, "size_bytes": trial.size_bytes}
+        atomic_write_text(folder / RESULT_FILE, json.dumps(record, indent=2))  # written last: its presence means complete
+
+    def _from_cache(self, candidate: PrecisionCandidate, folder: Path) -> Trial | None:
+        record_path = folder / RESULT_FILE
+        if not record_path.is_file():
+            return None
+        record = json.loads(record_path.read_text())
+        model = self.model if candidate.kind == "fp32" else (load_model(folder / MODEL_FILE, check=False) if (folder / MODEL_FILE).exists() else None)
+        return Trial(candidate, model, record["metrics"], record["notes"], record["error"], cached=True, size_bytes=record["size_bytes"])
+
+    def measure(self, targets: Sequence[MeasureTarget], options: BenchOptions, progress: Progress | None = None) -> BenchReport:
+        variants = [Variant(t.label, t.trial.model, t.config, self.evaluation) for t in targets]  # type: ignore[arg-type]
+        return bench(variants, options, progress)
+
+

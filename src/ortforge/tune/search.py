@@ -1,0 +1,211 @@
+"""The search: build precision candidates and judge accuracy first, screen the accurate ones against
+fp32, tune session options for the survivors only, then measure finalists interleaved in one run.
+
+Each stage prunes before the next spends time; builds and accuracy checks are cached on disk, so an
+interrupted run resumes without rebuilding. Timings are always re-measured: figures from another
+moment on a shared machine are not comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..accuracy import Tolerance
+from ..bench import BenchOptions, BenchReport, CandidateScore, Progress, consistent_winner, score
+from ..measure.placement import CPU, placement_for
+from ..model import atomic_write_text
+from ..session import SessionConfig
+from .candidates import PrecisionCandidate, SessionCandidate, session_candidates
+from .runner import MeasureTarget, Trial, TrialRunner
+
+OBJECTIVES = ("latency", "throughput", "startup", "size")
+JOURNAL = "journal.json"
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    objective: str = "latency"
+    time_budget_s: float = 300.0
+    providers: tuple[str, ...] = (CPU,)
+    cpu_fallback_budget: float = 0.1  # an EP may leave at most this share of nodes to the CPU
+    finalists: int = 3
+
+
+@dataclass
+class Finalist:
+    label: str
+    trial: Trial
+    session: SessionCandidate
+    score: CandidateScore | None = None
+
+    @property
+    def target(self) -> MeasureTarget:
+        return MeasureTarget(self.label, self.trial, self.session.config)
+
+
+@dataclass
+class TuneResult:
+    chosen: Finalist
+    baseline: Finalist
+    finalists: list[Finalist]
+    trials: list[Trial]
+    rejected: list[tuple[str, str]]  # (candidate, why)
+    final: BenchReport
+    screening: BenchReport | None
+    why: str
+    elapsed_s: float
+    built: int
+    notes: list[str] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+class Clock:
+    """The time budget: what is left, and a fair share of it for a stage."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.start, self.budget = time.monotonic(), budget_s
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    @property
+    def left(self) -> float:
+        return max(0.0, self.budget - self.elapsed)
+
+    def seconds_per_variant(self, share: float, variants: int, low: float = 0.6, high: float = 4.0) -> float:
+        return max(low, min(high, self.left * share / max(variants, 1)))
+
+
+def _build_all(runner: TrialRunner, candidates: Sequence[PrecisionCandidate], tolerances: Sequence[Tolerance], clock: Clock,
+               progress: Progress) -> tuple[list[Trial], list[Trial], list[tuple[str, str]]]:  # fmt: skip
+    trials, accurate, rejected = [], [], []
+    for index, candidate in enumerate(candidates):
+        if candidate.kind != "fp32" and clock.left < clock.budget * 0.4:
+            rejected.append((candidate.label, "skipped: time budget"))
+            continue
+        progress(f"building {candidate.label} ({index + 1}/{len(candidates)})", 0.05 + 0.35 * index / len(candidates))
+        trial = runner.build(candidate)
+        trials.append(trial)
+        passed, why = trial.passes(tolerances)
+        (accurate.append(trial) if passed else rejected.append((candidate.label, why)))
+    return trials, accurate, rejected
+
+
+def _screen(runner: TrialRunner, accurate: list[Trial], options: TuneOptions, clock: Clock, progress: Progress) -> tuple[list[Trial], BenchReport | None, list[tuple[str, str]]]:
+    """Time every accurate candidate against fp32 briefly; keep fp32 and the ones that beat it."""
+    fp32, others = accurate[0], accurate[1:]
+    if options.objective == "size":
+        smallest = sorted(others, key=lambda t: t.size_bytes)[: options.finalists]
+        return [fp32] + smallest, None, []
+    if not others:
+        return [fp32], None, []
+    seconds = clock.seconds_per_variant(0.25, len(accurate))
+    targets = [MeasureTarget(t.candidate.label, t, SessionConfig()) for t in accurate]
+    report = runner.measure(targets, BenchOptions(max_seconds=seconds, profile=False, block_seconds=0.1, min_rounds=4),
+                            _sub(progress, "screening precision candidates", 0.4, 0.6))  # fmt: skip
+    scores = [score(result, report.variants[0]) for result in report.variants[1:]]
+    ranked = sorted(zip(others, scores), key=lambda pair: pair[1].ratio)
+    survivors = [trial for trial, s in ranked if s.ratio < 1.0][: options.finalists]
+    dropped = [
+        (trial.candidate.label, f"screening: {s.ratio:.2f}x fp32, " + ("not faster" if s.ratio >= 1.0 else f"not among the {options.finalists} fastest"))
+        for trial, s in ranked
+        if trial not in survivors
+    ]
+    return [fp32] + survivors, report, dropped
+
+
+def _sub(progress: Progress, stage: str, low: float, high: float) -> Progress:
+    return lambda what, fraction: progress(f"{stage}: {what}", low + (high - low) * fraction)
+
+
+def _allowed_sessions(trial: Trial, options: TuneOptions, notes: list[str]) -> list[SessionCandidate]:
+    """Session candidates, dropping EPs that would leave more than the budget of nodes to the CPU."""
+    allowed = []
+    for candidate in session_candidates(list(options.providers)):
+        provider = candidate.config.provider_names[0]
+        if provider != CPU and trial.model is not None:
+            placement = placement_for(trial.model, provider)
+            share = len(placement.cpu_fallback) / max(placement.total, 1)
+            if placement.error or share > options.cpu_fallback_budget:
+                why = placement.error or f"leaves {share:.0%} of nodes to the CPU (budget {options.cpu_fallback_budget:.0%})"
+                notes.append(f"{trial.candidate.label} on {provider}: rejected, {why}")
+                continue
+        allowed.append(candidate)
+    return allowed
+
+
+def _finalists(survivors: list[Trial], options: TuneOptions, notes: list[str]) -> list[Finalist]:
+    """fp32 and the fastest survivor with every allowed session candidate, the other survivors with ORT
+    defaults only (session options rarely reorder precisions; measuring every pair costs too much on 2 cores).
+    fp32 + ORT defaults comes first: it is the baseline."""
+    found = []
+    for index, trial in enumerate(survivors):
+        sessions = _allowed_sessions(trial, options, notes) if index <= 1 else session_candidates([CPU])[:1]
+        found.extend(Finalist(f"{trial.candidate.label} | {session.label}", trial, session) for session in sessions)
+    return found
+
+
+def _objective_score(result, baseline, objective: str) -> CandidateScore:  # noqa: ANN001 - VariantResult
+    if objective == "startup" and result.startup_ratio is not None:
+        median, low, high = result.startup_ratio
+        rounds_won = sum(a < b for a, b in zip(result.startup.round_medians, baseline.startup.round_medians)) / max(len(result.startup.round_medians), 1)
+        return CandidateScore(result.label, median, low, high, rounds_won, result.startup.p50)
+    return score(result, baseline)
+
+
+def tune_search(runner: TrialRunner, candidates: Sequence[PrecisionCandidate], tolerances: Sequence[Tolerance], options: TuneOptions,
+                progress: Progress | None = None, journal: Path | None = None) -> TuneResult:  # fmt: skip
+    """Run the stages within the time budget and pick the consistent winner against fp32 + ORT defaults."""
+    report = progress or (lambda what, fraction: None)
+    clock, stages, notes = Clock(options.time_budget_s), {}, []
+    trials, accurate, rejected = _build_all(runner, candidates, tolerances, clock, report)
+    stages["build + accuracy"] = clock.elapsed
+    if not accurate or accurate[0].candidate.kind != "fp32":
+        raise RuntimeError("the fp32 candidate must come first and pass")
+    survivors, screening, dropped = _screen(runner, accurate, options, clock, report)
+    rejected += dropped
+    stages["screening"] = clock.elapsed - sum(stages.values())
+    finalists = _finalists(survivors, options, notes)
+    seconds = clock.seconds_per_variant(0.8, len(finalists), low=0.5, high=6.0)
+    startup_rounds = 8 if options.objective == "startup" else 3
+    final = runner.measure([f.target for f in finalists],
+                           BenchOptions(max_seconds=seconds, profile=True, profile_seconds=0.5, startup_rounds=startup_rounds, block_seconds=0.1, min_rounds=6),
+                           _sub(report, "final interleaved run", 0.6, 0.98))  # fmt: skip
+    stages["final"] = clock.elapsed - sum(stages.values())
+    for finalist, result in zip(finalists, final.variants):
+        finalist.score = _objective_score(result, final.variants[0], options.objective)
+    chosen, why = _choose(finalists, options)
+    if journal is not None:
+        atomic_write_text(journal, json.dumps({"chosen": chosen.label, "finalists": [f.label for f in finalists], "time": time.time()}))
+    return TuneResult(chosen, finalists[0], finalists, trials, rejected, final, screening, why, clock.elapsed, getattr(runner, "built", 0), notes, stages)
+
+
+def _choose(finalists: list[Finalist], options: TuneOptions) -> tuple[Finalist, str]:
+    baseline = finalists[0]
+    if options.objective == "size":
+        within = [f for f in finalists if f.score and f.score.ratio <= 1.0 + 0.05]
+        smallest = min(within or [baseline], key=lambda f: f.trial.size_bytes)
+        return smallest, f"smallest within tolerance and not slower than fp32 ({smallest.trial.size_bytes / 2**20:.1f} MiB)"
+    winner = consistent_winner([f.score for f in finalists])  # type: ignore[misc]
+    if winner is None:
+        fp32_sessions = [f for f in finalists[1:] if f.trial is baseline.trial and f.score and f.score.ratio < 1 and f.score.wins >= 0.5]
+        best = min(fp32_sessions, key=lambda f: f.score.ratio) if fp32_sessions else baseline  # type: ignore[union-attr]
+        return best, f"nothing beat fp32 with ORT defaults consistently on {options.objective}: shipping fp32 ({best.session.label})"
+    chosen = next(f for f in finalists if f.score is winner)
+    return chosen, (f"{chosen.label}: {winner.ratio:.2f}x the {options.objective} of fp32 with ORT defaults "
+                    f"({winner.low:.2f}-{winner.high:.2f}), better in {winner.wins:.0%} of interleaved rounds, within tolerance")  # fmt: skip
+
+
+def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
+    """Labels on the latency-vs-error Pareto front (lower is better on both axes)."""
+    front = []
+    for label, latency, error in points:
+        dominated = any(l2 <= latency and e2 <= error and (l2 < latency or e2 < error) for _, l2, e2 in points)
+        if not dominated:
+            front.append(label)
+    return front

@@ -1,0 +1,127 @@
+"""tune: the staged search on a tiny model, the artifact, resuming from the cache, and the report in a browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from helpers import save
+from test_quantize import conv_net
+
+import ortforge
+from ortforge.api import tune
+from ortforge.errors import UserError
+from ortforge.tune.artifact import CONFIG_FILE, MODEL_FILE, REPORT_FILE, read_artifact
+from ortforge.tune.search import pareto_front
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORTFORGE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tune")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("ORTFORGE_CACHE", str(folder / "cache"))  # module-wide, undone below
+    model = save(conv_net(), folder / "cnn.onnx")
+    report = tune(str(model), folder / "artifact", time_budget_s=25)
+    yield folder, model, report
+    patch.undo()
+
+
+def test_artifact_holds_model_config_and_report(tuned):
+    folder, model, report = tuned
+    artifact = folder / "artifact"
+    assert {MODEL_FILE, CONFIG_FILE, REPORT_FILE} <= {p.name for p in artifact.iterdir()}
+    model_path, config, record = read_artifact(artifact)
+    assert record["format"] == "ortforge-artifact/1" and record["commands"]
+    assert record["figures"]["latency_ratio"]["median"] > 0
+    assert record["environment"]["onnxruntime"]
+    chosen = report.result.chosen
+    assert chosen.trial.passes(report.tolerances)[0]
+    if chosen is not report.result.baseline:  # never slower than the baseline, consistently
+        assert chosen.score.ratio < 1.0 and chosen.score.wins >= 0.75
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    session = ortforge.load(artifact)  # a ready session from the folder
+    assert session.run(None, {"x": x})[0].shape == (1, 10)
+    assert session.get_session_options().intra_op_num_threads == config.intra_op_num_threads
+
+
+def test_plain_ort_can_apply_the_config_by_hand(tuned):
+    import onnxruntime as ort
+
+    folder, _, _ = tuned
+    record = json.loads((folder / "artifact" / CONFIG_FILE).read_text())
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = record["session"]["intra_op_num_threads"]
+    for key, value in record["session"]["config_entries"].items():
+        options.add_session_config_entry(key, value)
+    providers = [p["name"] for p in record["session"]["providers"]]
+    session = ort.InferenceSession(str(folder / "artifact" / record["model"]), options, providers=providers)
+    assert session.run(None, {"x": np.zeros((1, 3, 16, 16), np.float32)})[0].shape == (1, 10)
+
+
+def test_rerun_resumes_from_the_cache(tuned):
+    folder, model, first = tuned
+    assert first.result.built >= 1
+    again = tune(str(model), folder / "again", time_budget_s=20)
+    assert again.result.built == 0  # every candidate came from the cache
+    assert all(trial.cached for trial in again.result.trials)
+
+
+def test_interrupted_build_is_not_taken_as_done(cache, tmp_path, monkeypatch):
+    from ortforge.tune import runner
+
+    model = save(conv_net(), tmp_path / "cnn.onnx")
+    real = runner.LocalRunner._store
+    calls = {"count": 0}
+
+    def interrupt_after_two(self, trial, folder):
+        calls["count"] += 1
+        if calls["count"] == 3:
+            raise KeyboardInterrupt
+        real(self, trial, folder)
+
+    monkeypatch.setattr(runner.LocalRunner, "_store", interrupt_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        tune(str(model), tmp_path / "a", time_budget_s=20)
+    monkeypatch.setattr(runner.LocalRunner, "_store", real)
+    resumed = tune(str(model), tmp_path / "b", time_budget_s=20)
+    cached = [trial.cached for trial in resumed.result.trials]
+    assert cached[:2] == [True, True] and not all(cached)
+
+
+def test_pareto_front():
+    points = [("a", 1.0, 0.0), ("b", 0.5, 0.01), ("c", 0.6, 0.02), ("d", 0.4, 0.5)]
+    assert pareto_front(points) == ["a", "b", "d"]
+
+
+def test_bad_objective_and_budget(tuned):
+    folder, model, _ = tuned
+    with pytest.raises(UserError, match="--objective"):
+        tune(str(model), folder / "x", objective="beauty")
+    from ortforge.cli import parse_duration
+
+    assert parse_duration("90s") == 90 and parse_duration("5m") == 300 and parse_duration("1h") == 3600
+    with pytest.raises(UserError, match="--time-budget"):
+        parse_duration("soon")
+
+
+@pytest.mark.skipif(BROWSER is None, reason="needs Debian's chromium (apt-get install chromium) for a headless render")
+def test_report_draws_in_a_headless_browser(tuned, tmp_path):
+    folder, _, _ = tuned
+    report = folder / "artifact" / REPORT_FILE
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    dom = subprocess.run([BROWSER, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    count = int(dom.split('data-plot-elements="')[1].split('"')[0])
+    assert count >= 4  # scatter points and op-time bars drew
+    assert "Latency vs accuracy" in dom and "<svg" in dom and "http://" not in dom.replace("http://www.w3.org/2000/svg", "")
