@@ -226,12 +226,23 @@ def short_ort_message(message: str, limit: int = 220) -> str:
     return text.strip()[:limit]
 
 
-def ort_failure_category(message: str) -> str:
+ORT_FAILURE_CATEGORIES = (  # (step, pattern, category), first match wins
+    ("load", r"Unsupported model IR version", "IR version newer than ORT supports"),
+    ("load", r"ONNX Runtime only \*guarantees\*|is under development|Current official support for domain", "opset newer than ORT supports"),
+    ("load", r"Could not find an implementation|NOT_IMPLEMENTED", "no ORT kernel for an op at this opset or type"),
+    ("load", r"is not a registered function/op|Unrecognized attribute", "op or attribute unknown to ORT"),
+    ("load", r"Exception during initialization", "ORT's kernel rejects the node's attributes"),
+    ("load", r"Type Error|TypeInferenceError|ShapeInferenceError", "ORT's type/shape inference rejects the graph"),
+    ("load", r".", "ORT rejects the graph"),
+    ("run", r"Numpy_type \d+ can't be converted", "ORT's Python API cannot take an input's type (float8/int4/...)"),
+    ("run", r".", "ORT fails at run time"),
+)
+
+
+def ort_failure_category(failure: OrtFailure) -> str:
     """A short class of why ORT failed on an original, for grouping the exclusions."""
-    for pattern, category in ORT_FAILURE_CATEGORIES:
-        if re.search(pattern, message):
-            return category
-    return "other ORT failure"
+    matches = (category for step, pattern, category in ORT_FAILURE_CATEGORIES if step == failure.step and re.search(pattern, failure.message))
+    return next(matches, "other ORT failure")
 
 
 def is_float_case(proto: onnx.ModelProto) -> bool:

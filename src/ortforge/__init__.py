@@ -1,13 +1,14 @@
 """ortforge: the fastest ONNX Runtime deployment of an ONNX model that still gives the right answers.
 
-The public API has the CLI's verbs: `doctor()`, `inspect(model)`, `bench(models)`, `optimize(model, out)`,
-`load(path)` (the guarded loader behind `ortforge run`), plus the pieces they are made of
-(`load_model`, `load_feeds`, `SessionConfig`).
+The public API has the CLI's verbs: `tune(model, out)` (the main job), `doctor()`, `inspect(model)`,
+`bench(models)`, `optimize(model, out)`, `quantize(model, out)`, `quant_debug(float, quant)`,
+`tune_session(model, out)`, `load(path)` (the guarded loader behind `ortforge run`, which also opens
+tune artifacts), plus the pieces they are made of (`load_model`, `load_feeds`, `SessionConfig`).
 """
 
 __version__ = "0.1.0"
 
-from .api import bench, doctor, inspect, open_model, optimize  # noqa: E402
+from .api import bench, doctor, inspect, open_model, optimize, quant_debug, quantize, tune, tune_session  # noqa: E402
 from .data import FeedSet, ShapeOptions, load_feeds  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .loader import load  # noqa: E402
@@ -29,5 +30,9 @@ __all__ = [
     "load_model",
     "open_model",
     "optimize",
+    "quant_debug",
+    "quantize",
+    "tune",
+    "tune_session",
     "save_model",
 ]

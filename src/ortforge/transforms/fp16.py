@@ -435,11 +435,10 @@ class _Constants:
         return int(np.prod(self.tensors[name].dims)) if name in self.tensors else 0
 
     def peak(self, name: str) -> float:
-        """Largest |value| of a float constant (inf if any is infinite; NaN ignored)."""
+        """Largest finite |value| of a constant (infinities and NaN exist in float16 too, so they do not count)."""
         if name not in self._peaks:
             array = self.array(name)
-            finite = array[~np.isnan(array)] if array.dtype.kind == "f" else array
-            self._peaks[name] = float(np.max(np.abs(finite))) if finite.size else 0.0
+            self._peaks[name] = _finite_peak(array) if array.dtype.kind == "f" else 0.0
         return self._peaks[name]
 
     def array(self, name: str) -> np.ndarray:
@@ -687,9 +686,14 @@ def _range_reason(node: onnx.NodeProto, in_slots: tuple[int, ...], out_slots: tu
         if value in ranges and not ranges[value] <= options.max_finite:  # NaN counts as out of range
             return ACTIVATION_RANGE, f"activation '{value}' reaches {ranges[value]:.4g} on the measured data, beyond float16's range"
     for attribute in node.attribute:
-        if attribute.HasField("t") and attribute.t.data_type == FLOAT and np.abs(numpy_helper.to_array(attribute.t)).max(initial=0) > options.max_finite:
+        if attribute.HasField("t") and attribute.t.data_type == FLOAT and _finite_peak(numpy_helper.to_array(attribute.t)) > options.max_finite:
             return CONSTANT_RANGE, f"attribute '{attribute.name}' holds a value beyond float16's range"
     return None
+
+
+def _finite_peak(array: np.ndarray) -> float:
+    finite = array[np.isfinite(array)]
+    return float(np.abs(finite).max()) if finite.size else 0.0
 
 
 def _fixed_note(node: onnx.NodeProto, outs: list, out_slots: tuple[int, ...]) -> str:
@@ -822,12 +826,17 @@ class _Surgery:
         self._constants_in_place()
         for value, uses in self.consumers.items():
             for node, slot in uses:
-                precision = self.wants_fp16(node, slot)
-                if self.plan.types.get(value) != FLOAT and not precision:
-                    continue
-                node.input[slot] = self.available.get((value, precision)) or self._variant(value, precision)
+                node.input[slot] = self._name_at(value, self.wants_fp16(node, slot))
         self._insert()
         return self.result
+
+    def _name_at(self, value: str, fp16: bool) -> str:
+        """The name to read `value` by at this precision; creates a Cast/copy/round trip when needed."""
+        if (value, fp16) in self.available:
+            return self.available[(value, fp16)]
+        if not fp16 and (value, True) not in self.available:
+            return value  # never made float16: its own name has its original type
+        return self._variant(value, fp16)
 
     def _fp16_outputs(self, node: onnx.NodeProto) -> tuple[int, ...]:
         decision = self.plan.decisions.get(node.name)
@@ -937,14 +946,16 @@ class _Surgery:
         self.inserts.setdefault(gi, {}).setdefault(after, []).append(node)
 
     def _insert(self) -> None:
-        for gi, by_position in self.inserts.items():
+        """Put the new nodes in place, last position first so earlier indices stay valid.
+
+        Inserting (rather than rebuilding the node list) keeps the existing node messages, and with them
+        the subgraphs `self.graphs` points into; subgraphs go before the graphs that hold them.
+        """
+        for gi in sorted(self.inserts, reverse=True):
             graph = self.graphs[gi]
-            nodes = list(by_position.get(-1, []))
-            for index, node in enumerate(graph.node):
-                nodes.append(node)
-                nodes.extend(by_position.get(index, []))
-            del graph.node[:]
-            graph.node.extend(nodes)
+            for position in sorted(self.inserts[gi], reverse=True):
+                for offset, node in enumerate(self.inserts[gi][position]):
+                    graph.node.insert(position + 1 + offset, node)
 
     def _retype(self, value: str, elem: int) -> None:
         for info in self.infos.get(value, []):
@@ -958,3 +969,137 @@ class _Surgery:
             name = f"{base}_{index}"
         self.taken.add(name)
         return name
+
+
+# --- public entry points --------------------------------------------------------------------------
+
+SIMULATION_NOTE = (
+    "simulated float16: every tensor a float16 model would hold (weights, activations, boundary values) is rounded "
+    "through float16 inside a float32 graph; rounding of storage is captured, float16 arithmetic inside kernels "
+    "(accumulation, intermediate overflow) is not"
+)
+
+
+def _as_plan(model: Model, options: Fp16Options | Fp16Plan | None) -> Fp16Plan:
+    return options if isinstance(options, Fp16Plan) else plan_fp16(model, options)
+
+
+def convert_fp16(model: Model, options: Fp16Options | Fp16Plan | None = None) -> TransformResult:
+    """The model with the plan's float16 nodes in float16, checked: onnx.checker, same I/O signature, loads in ORT.
+
+    Raises UserError with the reason when the result fails a check; nothing is written.
+    """
+    plan = _as_plan(model, options)
+    applied = _Surgery(model, plan, simulate=False).run()
+    _check_converted(model, applied.proto, plan.options)
+    return _result(model, plan, applied, simulate=False)
+
+
+def simulate_fp16(model: Model, options: Fp16Options | Fp16Plan | None = None) -> TransformResult:
+    """A float32 model that computes with the values the plan's float16 model would hold, for judging accuracy on a CPU.
+
+    Each float16 node's float16 outputs and inputs are rounded through float16 (Cast to float16 and back;
+    constants rounded in numpy), so the rounding of every stored tensor is what real float16 gives. Not
+    captured: float16 arithmetic inside kernels (a real float16 MatMul/reduction may accumulate in float16,
+    or in float32 on most GPUs) and overflow of intermediates inside a kernel, and EP-specific fusions.
+    Run it with ORT's CPU EP at any optimisation level (ORT keeps the Cast pairs).
+    """
+    plan = _as_plan(model, options)
+    applied = _Surgery(model, plan, simulate=True).run()
+    return _result(model, plan, applied, simulate=True)
+
+
+def measure_activation_ranges(model: Model, feeds: FeedSet | Iterable[dict], *, session: Any = None) -> dict[str, float]:
+    """Max |x| of every float32 activation of the main graph over the feeds (for `Fp16Options.activation_ranges`).
+
+    Each sample runs once through the float32 model with a ReduceMin/ReduceMax pair per tensor (ortforge's
+    streaming calibrator), so memory is one sample's run whatever the number of samples.
+    """
+    from .calibrate import CalibrationOptions, calibrate, tensor_types
+
+    proto = model.proto
+    context = _Context(opset_versions(proto), list(proto.opset_import), {(f.domain, f.name) for f in proto.functions})
+    types = _value_types(proto, context)
+    known = tensor_types(proto)  # what the calibrator can see; contrib-op outputs it cannot type are skipped
+    initializers = {tensor.name for tensor in proto.graph.initializer}
+    candidates = [value.name for value in proto.graph.input] + [
+        value for node in proto.graph.node if node.op_type != "Constant" for value in node.output
+    ]
+    names = [n for n in dict.fromkeys(candidates) if n and n not in initializers and types.get(n) == FLOAT and known.get(n) == FLOAT]
+    if not names:
+        return {}
+    ranges = calibrate(model, feeds, CalibrationOptions(method="minmax"), tensors=names, session=session).ranges
+    return {name: max(abs(low), abs(high)) for name, (low, high) in ranges.items()}
+
+
+# --- checks and results -------------------------------------------------------------------------
+
+
+def _signature_of(graph_values: Iterable[onnx.ValueInfoProto]) -> list[tuple[str, int | None, tuple]]:
+    def dims(info: onnx.ValueInfoProto) -> tuple:
+        shape = info.type.tensor_type.shape
+        return tuple(d.dim_value or d.dim_param for d in shape.dim) if info.type.tensor_type.HasField("shape") else ()
+
+    return [(info.name, _elem(info.type), dims(info)) for info in graph_values]
+
+
+def _check_converted(model: Model, proto: onnx.ModelProto, options: Fp16Options) -> None:
+    """onnx.checker, the I/O signature (names always; dtypes and shapes with keep_io_types), an ORT CPU session."""
+    what = f"{model.name}: float16 conversion"
+    problem = _checker_problem(proto)
+    # A complaint the original model earns too (a missing output shape, say) is not the conversion's doing.
+    if problem and _checker_problem(model.proto) != problem:
+        raise UserError(f"{what} produced a model onnx.checker rejects: {problem}", hint="--block-op/--block-node the op it names")
+    for kind in ("input", "output"):
+        before = _signature_of(getattr(model.proto.graph, kind))
+        after = _signature_of(getattr(proto.graph, kind))
+        if [b[0] for b in before] != [a[0] for a in after] or (options.keep_io_types and before != after):
+            raise UserError(f"{what} changed the graph {kind}s: {after} instead of {before}")
+    candidate = from_proto(proto, base_dir=model.base_dir)
+    source, entries = candidate.ort_source()
+    session_options = runtime.quiet_session_options()
+    for key, value in entries.items():
+        session_options.add_session_config_entry(key, value)
+    try:
+        runtime.ort().InferenceSession(source, session_options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types per failure kind
+        raise UserError(f"{what} produced a model ORT cannot load: {first_line(exc, 300)}", hint="--block-op/--block-node the op it names") from None
+
+
+def _checker_problem(proto: onnx.ModelProto) -> str:
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        return first_line(exc)
+    return ""
+
+
+def _result(model: Model, plan: Fp16Plan, applied: _Applied, simulate: bool) -> TransformResult:
+    summary = plan.summary()
+    fp16, fp32 = summary["fp16_nodes"], summary["fp32_nodes"]
+    reasons = ", ".join(f"{count} {kind}" for kind, count in Counter(summary["fp32_reasons"]).most_common())
+    verb = "are simulated in" if simulate else "compute in"
+    changes = [f"{fp16} of {fp16 + fp32} float nodes {verb} float16" + (f"; {fp32} stay float32 ({reasons})" if fp32 else "")]
+    if applied.casts:
+        changes.append(f"{applied.casts} " + ("float16 round trips (Cast pairs) inserted" if simulate else "Cast nodes at float16/float32 boundaries"))
+    if applied.constants or applied.copies:
+        stored = "rounded through float16" if simulate else "stored as float16"
+        changes.append(f"{applied.constants + applied.copies} constants {stored}" + (f" ({applied.copies} as copies beside float32 readers)" if applied.copies else ""))
+    notes = list(plan.notes) + _runtime_notes(plan, fp16, fp16 + fp32)
+    if simulate:
+        notes.insert(0, SIMULATION_NOTE)
+    details = {**summary, "casts_inserted": applied.casts, "constants_converted": applied.constants, "constant_copies": applied.copies,
+               "simulated": simulate}
+    return TransformResult(applied.proto, changed=bool(fp16), changes=changes, notes=notes, details=details)
+
+
+def _runtime_notes(plan: Fp16Plan, fp16: int, total: int) -> list[str]:
+    """What the numbers mean on this machine: CPU float16 gains little, a missing EP cannot be timed."""
+    provider = plan.options.provider
+    if provider == "CPUExecutionProvider":
+        return [f"ORT's CPU EP has float16 kernels for few ops ({fp16} of {total} float nodes here): a float16 model on CPU "
+                f"mostly shrinks the file; it is not faster"]
+    if provider is not None and provider not in runtime.available_providers():
+        return [f"{provider} is not available in this onnxruntime: judge accuracy with simulate_fp16; latency measured on this "
+                f"machine's CPU (which inserts Casts around float16 ops it lacks) does not represent {provider}"]
+    return []
