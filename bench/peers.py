@@ -1,0 +1,175 @@
+"""ortforge tune against its peers on the same model, data and tolerance, in one run.
+
+    python bench/peers.py [zoo:NAME | MODEL.onnx ...] [--data DIR] [--budget 5m] [--olive PATH_TO_olive]
+
+Per model: ORT defaults (fp32); ORT's quantization tools with their defaults (quantize_dynamic;
+quant_pre_process + quantize_static QDQ MinMax); Olive's `auto-opt` for the CPU EP (when an `olive`
+executable from its own venv is given: --olive /work/olive-venv/bin/olive); and `ortforge tune`.
+Each tool runs as its own process (wall time and peak RSS of its process tree are recorded); then
+every model produced is checked for accuracy against fp32 on the same evaluation inputs and all are
+timed interleaved in one bench run. "honest" says whether a tool that produced nothing usable said so
+(non-zero exit) rather than exiting 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from ortforge import api
+from ortforge.accuracy import compare
+from ortforge.bench import BenchOptions, Variant, bench, score
+from ortforge.model import load_model
+from ortforge.quantization import default_tolerances, run_outputs
+from ortforge.session import SessionConfig
+
+
+@dataclass
+class ToolRun:
+    tool: str
+    model: Path | None
+    config: SessionConfig
+    wall_s: float
+    peak_rss: int
+    exit_code: int
+    message: str = ""
+
+
+def run_measured(command: list[str], env: dict | None = None, timeout: float = 1800) -> tuple[int, float, int, str]:
+    """Exit code, wall seconds, peak RSS of the whole process tree, last line of output."""
+    start = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    peak = [0]
+
+    def watch() -> None:
+        while process.poll() is None:
+            try:
+                root = psutil.Process(process.pid)
+                peak[0] = max(peak[0], sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]))
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    watcher.join()
+    lines = [line for line in (output or "").splitlines() if line.strip()]
+    return process.returncode, time.monotonic() - start, peak[0], (lines[-1] if lines else "")
+
+
+ORT_DYNAMIC = """
+import sys
+from onnxruntime.quantization import quantize_dynamic
+quantize_dynamic(sys.argv[1], sys.argv[2])
+"""
+ORT_STATIC = """
+import sys, glob, numpy as np
+from onnxruntime.quantization import quantize_static, quant_pre_process, CalibrationDataReader
+class Reader(CalibrationDataReader):
+    def __init__(self, files): self.files = iter(files)
+    def get_next(self):
+        path = next(self.files, None)
+        return None if path is None else dict(np.load(path))
+quant_pre_process(sys.argv[1], sys.argv[2] + ".pre.onnx")
+quantize_static(sys.argv[2] + ".pre.onnx", sys.argv[2], Reader(sorted(glob.glob(sys.argv[3] + "/*.npz"))))
+"""
+
+
+def save_feeds(feeds, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, sample in enumerate(feeds.samples):
+        np.savez(folder / f"sample_{index:03d}.npz", **sample)
+    return folder
+
+
+def run_tools(reference: str, model_path: Path, data: Path, work: Path, budget: str, olive: str | None) -> list[ToolRun]:
+    runs = [ToolRun("ORT defaults", model_path, SessionConfig(), 0.0, 0, 0)]
+    for tool, script, extra in (("ORT quantize_dynamic", ORT_DYNAMIC, []), ("ORT pre_process + quantize_static", ORT_STATIC, [str(data)])):
+        out = work / (tool.split()[-1] + ".onnx")
+        code, wall, peak, message = run_measured([sys.executable, "-c", script, str(model_path), str(out), *extra])
+        runs.append(ToolRun(tool, out if out.exists() else None, SessionConfig(), wall, peak, code, message))
+    if olive:
+        out = work / "olive"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        code, wall, peak, message = run_measured([olive, "auto-opt", "--model_name_or_path", str(model_path), "--output_path", str(out),
+                                                  "--device", "cpu", "--provider", "CPUExecutionProvider", "--precision", "int8"], env=env)  # fmt: skip
+        produced = sorted(out.rglob("*.onnx")) if out.exists() else []
+        runs.append(ToolRun("Olive auto-opt int8", produced[0] if produced else None, SessionConfig(), wall, peak, code, message))
+    artifact = work / "ortforge"
+    command = [str(Path(sys.executable).with_name("ortforge")), "tune", reference, "-o", str(artifact), "--time-budget", budget]
+    if not reference.startswith("zoo:"):
+        command += ["--data", str(data)]
+    code, wall, peak, message = run_measured(command)
+    config = SessionConfig.from_dict(json.loads((artifact / "ortforge.json").read_text())["session"]) if code == 0 else SessionConfig()
+    runs.append(ToolRun("ortforge tune", artifact / "model.onnx" if code == 0 else None, config, wall, peak, code, message))
+    return runs
+
+
+def compare_runs(reference: str, runs: list[ToolRun], evaluation, seconds: float) -> None:
+    original = api.open_model(reference)
+    expected = run_outputs(original, evaluation)
+    tolerances = default_tolerances(expected)
+    usable, rows = [], []
+    for run in runs:
+        if run.model is None:
+            rows.append((run, None, "produced no model"))
+            continue
+        try:
+            model = load_model(run.model, check=False)
+            accuracy = compare(expected, run_outputs(model, evaluation, run.config))
+        except Exception as exc:  # a peer's output that ORT cannot run is a finding, not a crash of this script
+            rows.append((run, None, f"unusable: {str(exc).splitlines()[0][:80]}"))
+            continue
+        within = all(t.met_by(accuracy.metric(t.metric)) for t in tolerances)
+        usable.append((run, model))
+        rows.append((run, accuracy, "within tolerance" if within else "OUTSIDE tolerance"))
+    report = bench([Variant(run.tool, model, run.config, evaluation) for run, model in usable],
+                   BenchOptions(max_seconds=seconds, profile=False, min_rounds=6))  # fmt: skip
+    speed = {result.label: score(result, report.variants[0]) for result in report.variants}
+    print(f"{reference} ({', '.join(t.describe() for t in tolerances)}; {len(evaluation)} evaluation samples)")
+    for run, accuracy, verdict in rows:
+        s = speed.get(run.tool)
+        ratio = f"{s.ratio:.2f}x ({s.low:.2f}-{s.high:.2f})" if s else "-"
+        cosine = f"cos {accuracy.metric('cosine'):.4f}" if accuracy else ""
+        honest = "yes" if run.model is not None or run.exit_code != 0 else "NO (exit 0, nothing usable)"
+        print(f"  {run.tool:<36} latency {ratio:<20} {cosine:<12} {verdict:<20} tuning {run.wall_s:6.1f} s  peak RSS {run.peak_rss / 2**20:7.0f} MiB  "
+              f"exit {run.exit_code}  honest: {honest}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", default=["zoo:magika", "zoo:ppocr-cls", "zoo:silero-vad", "zoo:ppocr-det"])
+    parser.add_argument("--data", help="data folder for non-zoo models (.npz per sample)")
+    parser.add_argument("--budget", default="5m")
+    parser.add_argument("--olive", help="path to an `olive` executable in its own venv")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per variant in the comparison")
+    args = parser.parse_args()
+    for reference in args.models:
+        with tempfile.TemporaryDirectory() as temporary:
+            work = Path(temporary)
+            model = api.open_model(reference)
+            calibration = api.feeds_for(model, reference, args.data, samples=16)
+            evaluation = api.feeds_for(model, reference, args.data, samples=8, seed=1)
+            data = Path(args.data) if args.data else save_feeds(calibration, work / "calibration")
+            runs = run_tools(reference, model.path, data, work, args.budget, args.olive)
+            compare_runs(reference, runs, evaluation, args.seconds)
+
+
+if __name__ == "__main__":
+    main()
