@@ -33,10 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from corpus import transforms as corpus_transforms  # noqa: E402
-from corpus.classify import Result  # noqa: E402
-from corpus.generate import default_cache, ensure_corpus, select  # noqa: E402
-from corpus.pool import PoolOptions, Task, WorkerStartError, run_tasks  # noqa: E402
+from corpus import transforms as corpus_transforms
+from corpus.classify import Result
+from corpus.generate import default_cache, ensure_corpus, select
+from corpus.pool import PoolOptions, Task, WorkerStartError, run_tasks
 
 TOP_REASONS = 10
 SHOWN_COMPARISON_WRONG = 40  # onnxconverter-common's silently-wrong cases listed (all are in --json)

@@ -16,9 +16,16 @@ from ortforge.model import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from corpus.classify import Tolerance, Transform, Written, compare_arrays, evaluate_case, interrupted_result  # noqa: E402
-from corpus.generate import Case, select  # noqa: E402
-from corpus.pool import PoolOptions, Task, run_tasks  # noqa: E402
+from corpus.classify import (
+    Tolerance,
+    Transform,
+    Written,
+    compare_arrays,
+    evaluate_case,
+    interrupted_result,
+)
+from corpus.generate import Case, select
+from corpus.pool import PoolOptions, Task, run_tasks
 
 
 def write_case(folder: Path, model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> Case:
@@ -36,23 +43,23 @@ def relu_case(folder: Path) -> Case:
     return write_case(folder, model, {"x": np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)})
 
 
-def fake(apply, name: str = "fake", **kwargs) -> Transform:  # noqa: ANN001
+def fake(apply, name: str = "fake", **kwargs) -> Transform:
     return Transform(name, "a fake transform", load_model, apply, Tolerance(1e-5, 1e-5), **kwargs)
 
 
-def identity(model) -> Written:  # noqa: ANN001
+def identity(model) -> Written:
     return Written(model.proto, changed=False)
 
 
-def refuse(model) -> Written:  # noqa: ANN001
+def refuse(model) -> Written:
     raise UserError(f"{model.name}: not this one")
 
 
-def crash(model) -> Written:  # noqa: ANN001
+def crash(model) -> Written:
     raise RuntimeError("bug")
 
 
-def doubled(model) -> Written:  # noqa: ANN001
+def doubled(model) -> Written:
     """Deliberately broken: Relu(x) * 2 under the same signature."""
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
@@ -62,14 +69,14 @@ def doubled(model) -> Written:  # noqa: ANN001
     return Written(proto)
 
 
-def retyped(model) -> Written:  # noqa: ANN001
+def retyped(model) -> Written:
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
     proto.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT16
     return Written(proto)
 
 
-def unloadable(model) -> Written:  # noqa: ANN001
+def unloadable(model) -> Written:
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
     proto.graph.node[0].op_type = "NoSuchOp"
@@ -87,7 +94,7 @@ def unloadable(model) -> Written:  # noqa: ANN001
         (unloadable, "wrong", "fails to load"),
     ],
 )
-def test_verdicts(tmp_path: Path, apply, verdict: str, words: str) -> None:  # noqa: ANN001
+def test_verdicts(tmp_path: Path, apply, verdict: str, words: str) -> None:
     case = relu_case(tmp_path / "relu")
     result = evaluate_case(case, fake(apply), tmp_path / "work")
     assert result.verdict == verdict, result.reason

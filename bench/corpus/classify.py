@@ -158,7 +158,7 @@ def interrupted_result(case: Case, transform: Transform, stage: str, kind: str, 
 def _feeds(case: Case, original: onnx.ModelProto) -> list[dict[str, Any]]:
     try:
         return read_feeds(case, original.graph)
-    except Exception as exc:  # a case whose files do not parse is the corpus's problem, not a transform's
+    except Exception as exc:  # noqa: BLE001 - a case whose files do not parse is the corpus's problem, not a transform's
         raise _Verdict("excluded", f"test data unreadable: {first_line(exc)}", "test data unreadable") from None
 
 
@@ -196,13 +196,13 @@ def run_model(path: Path, level: str, feeds: list[dict[str, Any]]) -> list[list[
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     try:
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own exception types per failure kind
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types per failure kind
         raise OrtFailure("load", _one_line(exc)) from None
     outputs = []
     for feed in feeds:
         try:
             outputs.append(session.run(None, feed))
-        except Exception as exc:  # likewise
+        except Exception as exc:  # noqa: BLE001 - likewise
             raise OrtFailure("run", _one_line(exc)) from None
     return outputs
 
@@ -279,7 +279,7 @@ def _attempt(step: str, transform: Transform, action: Callable[[], Any]) -> Any:
         return action()
     except UserError as exc:
         raise _Verdict("refused", str(exc), f"{step}: {refusal_category(exc.message)}") from None
-    except Exception as exc:  # anything else is what a user would see as a traceback
+    except Exception as exc:  # noqa: BLE001 - anything else is what a user would see as a traceback
         verdict = "loud" if transform.comparison else "crashed"
         reason = f"{type(exc).__name__} while {step}ing: {first_line(exc)}"
         raise _Verdict(verdict, reason, f"{type(exc).__name__} in {step}", traceback.format_exc(limit=-8)) from None
@@ -295,7 +295,7 @@ def refusal_category(message: str) -> str:
 def _save(written: Written, workdir: Path, transform: Transform) -> Path:
     try:
         return save_model(written.proto, workdir / "written.onnx")
-    except Exception as exc:  # writing is part of the transform's job
+    except Exception as exc:  # noqa: BLE001 - writing is part of the transform's job
         verdict = "loud" if transform.comparison else "crashed"
         raise _Verdict(verdict, f"could not write the result: {type(exc).__name__}: {first_line(exc)}", "could not write the result") from None
 

@@ -110,11 +110,11 @@ def _write_node_cases(staging: Path) -> int:
 
     with _quiet_numpy():
         cases = node_generators.collect_testcases()
-    with _swapped(cmd_tools, "model_test", types.SimpleNamespace(collect_testcases=lambda: cases)):
-        with tempfile.TemporaryDirectory(dir=staging) as written:
-            cmd_tools.generate_data(argparse.Namespace(output=written))
-            for folder in sorted((Path(written) / "node").iterdir()):
-                os.replace(folder, staging / folder.name)
+    shim = types.SimpleNamespace(collect_testcases=lambda: cases)
+    with _swapped(cmd_tools, "model_test", shim), tempfile.TemporaryDirectory(dir=staging) as written:
+        cmd_tools.generate_data(argparse.Namespace(output=written))
+        for folder in sorted((Path(written) / "node").iterdir()):
+            os.replace(folder, staging / folder.name)
     return len(cases)
 
 

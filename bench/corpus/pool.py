@@ -148,7 +148,6 @@ class _Pool:
             raise WorkerStartError(f"worker processes die before running anything ({_exit_text(code)}); run one case in-process to see why")
         self.retried.add(task)
         self.requeue.append(task)
-        return None
 
     def _replace(self, slot: int, kind: str, detail: str) -> Result:
         worker = self.workers[slot]

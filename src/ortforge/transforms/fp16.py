@@ -21,6 +21,7 @@ where a ModelProto -> IR -> ModelProto round trip per call would cost as much as
 from __future__ import annotations
 
 import functools
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -68,6 +69,10 @@ UNKNOWN_TYPE = "unknown-type"
 NOT_TENSOR = "not-tensor"
 INFERENCE = "inference"
 ISOLATED = "isolated"
+RUNTIME = "runtime"
+# Conversions retried after a float16 node failed to run (a kernel registered for float16 can still
+# refuse an attribute, e.g. ScatterND's reductions on CPU); each retry keeps one more node float32.
+MAX_RUNTIME_REPAIRS = 8
 
 
 # --- options and plan ---------------------------------------------------------------------------
@@ -134,7 +139,7 @@ class Fp16Plan:
     def fp32_nodes(self) -> list[NodeDecision]:
         return [d for d in self.decisions.values() if not d.fp16]
 
-    def with_fp32(self, names: Iterable[str], reason: str = "kept float32 by the caller") -> Fp16Plan:
+    def with_fp32(self, names: Iterable[str], reason: str = "kept float32 by the caller", kind: str = KEPT) -> Fp16Plan:
         """A copy with these nodes float32 too (cheap: no re-analysis); islands are dropped again if enabled."""
         names = list(names)
         unknown = [name for name in names if name not in self.decisions]
@@ -143,7 +148,7 @@ class Fp16Plan:
         decisions = dict(self.decisions)
         for name in names:
             if decisions[name].fp16:
-                decisions[name] = _as_fp32(decisions[name], KEPT, reason)
+                decisions[name] = _as_fp32(decisions[name], kind, reason)
         if self.options.drop_islands and self._wiring is not None and self._constants is not None:
             _drop_islands(decisions, self._wiring, self._constants, self.options)
         return replace(self, decisions=decisions, notes=list(self.notes))
@@ -215,7 +220,7 @@ def _unique_node_names(graphs: list[onnx.GraphProto]) -> list[list[str]]:
 
 # --- types --------------------------------------------------------------------------------------
 
-_TYPE_STRINGS = {TensorProto.DataType.Value(n): f"tensor({n.lower()})" for n in TensorProto.DataType.keys() if n != "UNDEFINED"}
+_TYPE_STRINGS = {value: f"tensor({name.lower()})" for name, value in TensorProto.DataType.items() if name != "UNDEFINED"}
 _ELEM_TYPES = {text: elem for elem, text in _TYPE_STRINGS.items()}
 
 
@@ -584,19 +589,18 @@ def _decide(
     ranged = _range_reason(node, in_slots, out_slots, constants, options)
     if ranged:
         return replace(base, kind=ranged[0], reason=ranged[1])
-    return NodeDecision(name, node.op_type, path, True, inputs=in_slots, outputs=out_slots, note=_fixed_note(node, outs, out_slots))
+    return NodeDecision(name, node.op_type, path, True, inputs=in_slots, outputs=out_slots, note=_fixed_note(node, signature, outs, out_slots))
 
 
 def _has_float(node: onnx.NodeProto, signature: _Signature | None, ins: list, outs: list) -> bool:
     """Whether the node has a float32 (or untyped float-capable) tensor on a slot whose type can vary."""
     if signature is None:
         return FLOAT in ins or FLOAT in outs
-    for slots, formal_of in ((ins, signature.input_type), (outs, signature.output_type)):
-        for slot, elem in enumerate(slots):
+    for values, elems, formal_of in ((node.input, ins, signature.input_type), (node.output, outs, signature.output_type)):
+        for slot, (value, elem) in enumerate(zip(values, elems)):
             allowed = signature.allowed.get(formal_of(slot) or "")
-            if allowed is not None and (elem == FLOAT or (elem is None and FLOAT_TYPE in allowed)):
-                if elem == FLOAT or (node.input if slots is ins else node.output)[slot]:
-                    return True
+            if value and allowed is not None and (elem == FLOAT or (elem is None and FLOAT_TYPE in allowed)):
+                return True
     return False
 
 
@@ -654,14 +658,18 @@ def _type_problem(node: onnx.NodeProto, signature: _Signature, ins: list, outs: 
         return None
     float_outs = [value for value, elem in zip(node.output, outs) if elem == FLOAT]
     if float_outs and FLOAT not in ins:
-        return FIXED_TYPE, f"output '{float_outs[0]}' has its type fixed by {_type_attribute(node)}"
+        return FIXED_TYPE, f"output '{float_outs[0]}' has its type fixed by {_type_attribute(node, signature)}"
     blocked = next((value for value, elem in zip(node.input, ins) if elem == FLOAT), float_outs[0] if float_outs else "?")
     return NO_FLOAT16_TYPE, f"its schema allows no float16 for '{blocked}'"
 
 
-def _type_attribute(node: onnx.NodeProto) -> str:
+def _type_attribute(node: onnx.NodeProto, signature: _Signature | None = None) -> str:
+    """Which attribute fixes an output type, for the reason: one set on the node, else one its schema defaults."""
     present = [a.name for a in node.attribute if a.name in TYPE_ATTRIBUTES]
-    return f"attribute '{present[0]}'" if present else "its schema"
+    if present:
+        return f"attribute '{present[0]}'"
+    defaults = [name for name in getattr(signature and signature.schema, "attributes", {}) if name in TYPE_ATTRIBUTES]
+    return f"attribute '{defaults[0]}' (default)" if defaults else "its schema"
 
 
 def _binding(signature: _Signature, ins: list, outs: list) -> dict[str, str]:
@@ -696,9 +704,9 @@ def _finite_peak(array: np.ndarray) -> float:
     return float(np.abs(finite).max()) if finite.size else 0.0
 
 
-def _fixed_note(node: onnx.NodeProto, outs: list, out_slots: tuple[int, ...]) -> str:
+def _fixed_note(node: onnx.NodeProto, signature: _Signature, outs: list, out_slots: tuple[int, ...]) -> str:
     kept = [node.output[i] for i, elem in enumerate(outs) if elem == FLOAT and i not in out_slots]
-    return f"output(s) {', '.join(kept)} stay float32 ({_type_attribute(node)})" if kept else ""
+    return f"output(s) {', '.join(kept)} stay float32 ({_type_attribute(node, signature)})" if kept else ""
 
 
 def _wire(graphs: list[onnx.GraphProto], node_names: list[list[str]], main: onnx.GraphProto, types: dict[str, int], options: Fp16Options) -> _Wiring:
@@ -984,15 +992,24 @@ def _as_plan(model: Model, options: Fp16Options | Fp16Plan | None) -> Fp16Plan:
     return options if isinstance(options, Fp16Plan) else plan_fp16(model, options)
 
 
-def convert_fp16(model: Model, options: Fp16Options | Fp16Plan | None = None) -> TransformResult:
+def convert_fp16(model: Model, options: Fp16Options | Fp16Plan | None = None, *, feeds: FeedSet | None = None) -> TransformResult:
     """The model with the plan's float16 nodes in float16, checked: onnx.checker, same I/O signature, loads in ORT.
 
-    Raises UserError with the reason when the result fails a check; nothing is written.
+    With `feeds`, the result also runs once (first sample) on the plan's EP when this ORT has it, else on
+    CPU: a float16 node ORT fails to run (a registered kernel that refuses an attribute) is kept float32
+    and the conversion redone. Raises UserError with the reason when the result fails a check.
     """
     plan = _as_plan(model, options)
-    applied = _Surgery(model, plan, simulate=False).run()
-    _check_converted(model, applied.proto, plan.options)
-    return _result(model, plan, applied, simulate=False)
+    for _ in range(MAX_RUNTIME_REPAIRS + 1):
+        applied = _Surgery(model, plan, simulate=False).run()
+        _check_converted(model, applied.proto, plan.options)
+        failure = _runtime_failure(model, applied.proto, plan, feeds) if feeds is not None and len(feeds) else None
+        if failure is None:
+            return _result(model, plan, applied, simulate=False)
+        node, message = failure
+        plan = plan.with_fp32([node], f"ORT failed to run it in float16: {message}", kind=RUNTIME)
+    raise UserError(f"{model.name}: float16 conversion still fails to run after keeping {MAX_RUNTIME_REPAIRS} nodes float32",
+                    hint="--block-op the op types that fail")
 
 
 def simulate_fp16(model: Model, options: Fp16Options | Fp16Plan | None = None) -> TransformResult:
@@ -1055,15 +1072,45 @@ def _check_converted(model: Model, proto: onnx.ModelProto, options: Fp16Options)
         after = _signature_of(getattr(proto.graph, kind))
         if [b[0] for b in before] != [a[0] for a in after] or (options.keep_io_types and before != after):
             raise UserError(f"{what} changed the graph {kind}s: {after} instead of {before}")
-    candidate = from_proto(proto, base_dir=model.base_dir)
-    source, entries = candidate.ort_source()
+    try:
+        _session(from_proto(proto, base_dir=model.base_dir), ["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types per failure kind
+        raise UserError(f"{what} produced a model ORT cannot load: {first_line(exc, 300)}", hint="--block-op/--block-node the op it names") from None
+
+
+def _runtime_failure(model: Model, proto: onnx.ModelProto, plan: Fp16Plan, feeds: FeedSet) -> tuple[str, str] | None:
+    """(node, ORT's message) when a float16 node of the converted model fails on the first sample, else None."""
+    provider = plan.options.provider
+    providers = [provider] if provider and provider in runtime.available_providers() else []
+    providers += [] if "CPUExecutionProvider" in providers else ["CPUExecutionProvider"]
+    try:
+        _session(from_proto(proto, base_dir=model.base_dir), providers).run(None, feeds.samples[0])
+    except Exception as exc:  # ORT raises its own exception types per failure kind
+        message = str(exc)
+        match = re.search(r"running (\S+) node\. Name:'([^']*)'", message)
+        decision = plan.decisions.get(match.group(2)) if match else None
+        if decision is None or not decision.fp16 or not _runs(model, providers, feeds.samples[0]):
+            raise UserError(f"{model.name}: the float16 model fails to run: {first_line(exc, 300)}") from None
+        detail = message.split("Status Message:", 1)[-1].strip().splitlines()
+        return decision.name, (detail[0] if detail else "")[:160]
+    return None
+
+
+def _session(model: Model, providers: list[str]) -> Any:
+    source, entries = model.ort_source()
     session_options = runtime.quiet_session_options()
     for key, value in entries.items():
         session_options.add_session_config_entry(key, value)
+    return runtime.ort().InferenceSession(source, session_options, providers=providers)
+
+
+def _runs(model: Model, providers: list[str], feed: dict) -> bool:
+    """Whether the original model runs on the feed (a feed that breaks it too says nothing about float16)."""
     try:
-        runtime.ort().InferenceSession(source, session_options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own exception types per failure kind
-        raise UserError(f"{what} produced a model ORT cannot load: {first_line(exc, 300)}", hint="--block-op/--block-node the op it names") from None
+        _session(model, providers).run(None, feed)
+    except Exception:  # ORT raises its own exception types per failure kind
+        return False
+    return True
 
 
 def _checker_problem(proto: onnx.ModelProto) -> str:
@@ -1097,9 +1144,9 @@ def _runtime_notes(plan: Fp16Plan, fp16: int, total: int) -> list[str]:
     """What the numbers mean on this machine: CPU float16 gains little, a missing EP cannot be timed."""
     provider = plan.options.provider
     if provider == "CPUExecutionProvider":
-        return [f"ORT's CPU EP has float16 kernels for few ops ({fp16} of {total} float nodes here): a float16 model on CPU "
-                f"mostly shrinks the file; it is not faster"]
+        return [(f"ORT's CPU EP has float16 kernels for few ops ({fp16} of {total} float nodes here): a float16 model on CPU "
+                 f"mostly shrinks the file; it is not faster")]
     if provider is not None and provider not in runtime.available_providers():
-        return [f"{provider} is not available in this onnxruntime: judge accuracy with simulate_fp16; latency measured on this "
-                f"machine's CPU (which inserts Casts around float16 ops it lacks) does not represent {provider}"]
+        return [(f"{provider} is not available in this onnxruntime: judge accuracy with simulate_fp16; latency measured on this "
+                 f"machine's CPU (which inserts Casts around float16 ops it lacks) does not represent {provider}")]
     return []

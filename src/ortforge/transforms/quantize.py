@@ -76,6 +76,20 @@ class QuantizeOptions:
 
 
 @contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ORT's pre-processing logs whole tracebacks on the root logger when a pass fails; ortforge reports one line."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+@contextlib.contextmanager
 def _inside(folder: Path) -> Iterator[None]:
     """Run ORT's tools with the working folder set to our temporary one: some leave files in cwd."""
     previous = os.getcwd()
@@ -86,6 +100,20 @@ def _inside(folder: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
+def signature(proto: onnx.ModelProto) -> list[tuple[str, str, str]]:
+    """Graph inputs (not initializers) and outputs as (name, type, rank): what callers of the model rely on."""
+    initializers = {t.name for t in proto.graph.initializer}
+
+    def describe(value: onnx.ValueInfoProto) -> tuple[str, str, str]:
+        kind = value.type.WhichOneof("value") or "?"
+        elem = str(value.type.tensor_type.elem_type) if kind == "tensor_type" else kind
+        rank = str(len(value.type.tensor_type.shape.dim)) if kind == "tensor_type" and value.type.tensor_type.HasField("shape") else "?"
+        return value.name, elem, rank
+
+    inputs = [describe(v) for v in proto.graph.input if v.name not in initializers]
+    return [("in",) + i for i in inputs] + [("out",) + describe(v) for v in proto.graph.output]  # type: ignore[misc]
+
+
 def _convert_opset(proto: onnx.ModelProto, target: int, why: str, notes: list[str]) -> onnx.ModelProto:
     current = opset_versions(proto).get("ai.onnx", 0)
     if current >= target:
@@ -93,7 +121,10 @@ def _convert_opset(proto: onnx.ModelProto, target: int, why: str, notes: list[st
     try:
         converted = onnx.version_converter.convert_version(proto, target)
     except Exception as exc:  # the converter raises plain RuntimeErrors per unsupported op
-        raise UserError(f"{why} needs opset {target}, and converting this opset-{current} model failed: {exc}") from None
+        raise UserError(f"{why} needs opset {target}, and converting this opset-{current} model failed: {first_line(exc)}") from None
+    if signature(converted) != signature(proto):
+        # e.g. Slice-1 attributes turned into new graph inputs, Scan-8 losing its batch axis
+        raise UserError(f"{why} needs opset {target}, and onnx's converter changed this opset-{current} model's inputs or outputs; refusing")
     notes.append(f"converted the model from opset {current} to {target}: {why}")
     return converted
 
@@ -111,12 +142,15 @@ def preprocess(proto: onnx.ModelProto, folder: Path, notes: list[str]) -> onnx.M
     )
     for label, switches in attempts:
         try:
-            with _inside(folder):
+            with _inside(folder), _quiet_root_logger():
                 quant_pre_process(str(source), str(target), save_as_external_data=True, all_tensors_to_one_file=True,
                                   external_data_location="pre_output.data", **switches)  # fmt: skip
             processed = onnx.load(str(target))
         except Exception as exc:  # ORT's pre-processing raises whatever its passes raise
             notes.append(f"pre-processing {label} failed ({type(exc).__name__}: {first_line(exc, 120)}); falling back")
+            continue
+        if signature(processed) != signature(proto):
+            notes.append(f"pre-processing {label} changed the model's input/output types; falling back")
             continue
         if switches:
             notes.append(f"pre-processed {label}")
@@ -292,10 +326,18 @@ def quantize(
 
 
 def _result(original: onnx.ModelProto, quantized: onnx.ModelProto, options: QuantizeOptions, excluded: list[str], notes: list[str]) -> TransformResult:
-    counts = op_count_changes(original, quantized)
     quantized_ops = sum(1 for node in iter_nodes(quantized) if node.op_type in QUANTIZED_OPS)
     if not quantized_ops:
+        # Hand back the model as given: the pre-processed or converted copy carries no benefit, only risk.
         notes.append("nothing was quantized: no node of the selected op types had quantizable inputs")
+        unchanged = onnx.ModelProto()
+        unchanged.CopyFrom(original)
+        return TransformResult(unchanged, False, [], notes, {"recipe": options.describe(), "quantization_nodes": 0, "excluded": excluded})
+    if signature(quantized) != signature(original):
+        raise UserError(f"onnxruntime's quantizer changed the model's inputs or outputs ({options.describe()}); refusing")
+    # Pre-processing's value_info can hold shapes that are wrong for other inputs; ORT infers its own.
+    del quantized.graph.value_info[:]
+    counts = op_count_changes(original, quantized)
     return TransformResult(
         proto=quantized,
         changed=bool(quantized_ops),
