@@ -254,7 +254,7 @@ def _gate_kernels(model: Model, opsets: dict[str, int], ort_name: str) -> None:
             continue  # unknown to this onnx: let ORT judge it
         if schema.has_function or schema.has_context_dependent_function:
             continue  # ORT expands function ops it has no kernel for
-        if not runtime.kernel_providers(domain, node.op_type, schema.since_version):
+        if runtime.kernel_providers(domain, node.op_type, schema.since_version) == set():  # None: ORT cannot say
             raise UserError(
                 f"{model.name}: node '{node.name or node.op_type}' ({node.op_type}-{schema.since_version}): "
                 f"no execution provider in {ort_name} has a kernel for this operator version",

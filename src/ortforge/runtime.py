@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import UserError
@@ -124,22 +125,67 @@ class KernelRange:
     last: int
 
 
-@functools.lru_cache(maxsize=1)
-def kernel_registry() -> dict[tuple[str, str], tuple[KernelRange, ...]]:
-    """(domain, op_type) -> the opset ranges each EP of this build registered a kernel for."""
+def dump_kernels() -> None:
+    """Print this build's kernel registry as JSON (run in a child process: see `kernel_registry`)."""
+    import json
+
     from onnxruntime.capi import _pybind_state as capi
 
+    rows = [[k.domain or DEFAULT_DOMAIN, k.op_name, k.provider, *k.version_range, k.type_constraints] for k in capi.get_all_opkernel_def()]
+    print(json.dumps(rows))
+
+
+def _registry_file() -> Path:
+    from .cache import cache_root
+
+    name = f"kernels-{flavour().replace(', ', '+')}-{version()}.json".replace(" ", "_")
+    return cache_root() / "runtime" / name
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_rows() -> list[list] | None:
+    """[domain, op, provider, first, last, type_constraints] per kernel, or None where ORT cannot list them.
+
+    Asked in a child process once per ORT build and cached on disk: `get_all_opkernel_def` crashes
+    the process in some flavours (onnxruntime-openvino 1.24 segfaults).
+    """
+    import json
+    import subprocess
+    import sys
+
+    cached = _registry_file()
+    if cached.is_file():
+        data = json.loads(cached.read_text())
+        return data.get("kernels")
+    try:
+        child = subprocess.run([sys.executable, "-c", "from ortforge.runtime import dump_kernels; dump_kernels()"],
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+        kernels = json.loads(child.stdout) if child.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        kernels = None
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps({"kernels": kernels}))
+    return kernels
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_registry() -> dict[tuple[str, str], tuple[KernelRange, ...]] | None:
+    """(domain, op_type) -> the opset ranges each EP of this build registered a kernel for (None: unknown)."""
+    rows = kernel_rows()
+    if rows is None:
+        return None
     registry: dict[tuple[str, str], list[KernelRange]] = {}
-    for kernel in capi.get_all_opkernel_def():
-        domain = kernel.domain or DEFAULT_DOMAIN
-        first, last = kernel.version_range
-        registry.setdefault((domain, kernel.op_name), []).append(KernelRange(kernel.provider, first, last))
+    for domain, op_type, provider, first, last, _ in rows:
+        registry.setdefault((domain, op_type), []).append(KernelRange(provider, first, last))
     return {key: tuple(ranges) for key, ranges in registry.items()}
 
 
-def kernel_providers(domain: str, op_type: str, since_version: int) -> set[str]:
-    """EPs of this build with a kernel for the op at the given schema version (empty if none)."""
-    ranges = kernel_registry().get((domain or DEFAULT_DOMAIN, op_type), ())
+def kernel_providers(domain: str, op_type: str, since_version: int) -> set[str] | None:
+    """EPs of this build with a kernel for the op at the given schema version (None when ORT cannot say)."""
+    registry = kernel_registry()
+    if registry is None:
+        return None
+    ranges = registry.get((domain or DEFAULT_DOMAIN, op_type), ())
     return {r.provider for r in ranges if r.first <= since_version <= r.last}
 
 

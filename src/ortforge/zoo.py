@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import runtime
+from .cache import cache_root
 from .data import Feed, FeedSet
 from .errors import UserError
 
@@ -112,14 +113,8 @@ def entries() -> list[ZooEntry]:
 
 
 def cache_dir() -> Path:
-    """Where the zoo keeps wheels and models: $ORTFORGE_CACHE, $XDG_CACHE_HOME/ortforge or ~/.cache/ortforge, + zoo/."""
-    if root := os.environ.get("ORTFORGE_CACHE"):
-        base = Path(root)
-    elif xdg := os.environ.get("XDG_CACHE_HOME"):
-        base = Path(xdg) / "ortforge"
-    else:
-        base = Path.home() / ".cache" / "ortforge"
-    return base.expanduser() / "zoo"
+    """Where the zoo keeps wheels and models: <ortforge cache>/zoo."""
+    return cache_root() / "zoo"
 
 
 def is_zoo_reference(text: str) -> bool:

@@ -6,7 +6,6 @@ artifact.py writes the folder, and ../report/html.py draws the report.
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 
 from ..accuracy import Tolerance
 from ..bench import Progress
+from ..cache import cache_root
 from ..data import GENERATED_WARNING, FeedSet
 from ..model import Model, model_size
 from ..quantization import default_tolerances, run_outputs
@@ -35,13 +35,6 @@ class TuneReport:
 
     def to_dict(self) -> dict:
         return {"artifact": str(self.artifact), **self.record}
-
-
-def cache_root() -> Path:
-    if root := os.environ.get("ORTFORGE_CACHE"):
-        return Path(root) / "tune"
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "ortforge" / "tune"
 
 
 def _error_metric(tolerances: list[Tolerance]) -> tuple[str, Any]:
@@ -132,7 +125,7 @@ def tune_model(
     """Search, then write the artifact folder (model, ortforge.json, report.html)."""
     reference = run_outputs(model, evaluation)
     tolerances = tolerances or default_tolerances(reference)
-    runner = LocalRunner(model, calibration, evaluation, reference, cache_root(), hook)
+    runner = LocalRunner(model, calibration, evaluation, reference, cache_root() / "tune", hook)
     candidates = precision_candidates(family, list(options.providers), transformer)
     result = tune_search(runner, candidates, tolerances, options, progress, journal=runner.folder / JOURNAL)
     command = "ortforge " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and sys.argv[0].endswith("ortforge") else f"ortforge tune {reference_name} -o {output}"
