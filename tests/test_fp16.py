@@ -9,6 +9,7 @@ import pytest
 from helpers import attention_block, make_model, tensor, weight
 from onnx import TensorProto, helper, numpy_helper
 
+from ortforge import runtime
 from ortforge.data import FeedSet
 from ortforge.errors import UserError
 from ortforge.model import from_proto
@@ -46,11 +47,9 @@ def io_signature(proto: onnx.ModelProto) -> list:
 
 
 def cpu_fp16_kernel(op_type: str) -> bool:
-    from onnxruntime.capi import _pybind_state as capi
-
     return any(
-        k.op_name == op_type and k.provider == "CPUExecutionProvider" and k.domain == "" and any("tensor(float16)" in v for v in k.type_constraints.values())
-        for k in capi.get_all_opkernel_def()
+        op == op_type and provider == "CPUExecutionProvider" and domain == "ai.onnx" and any("tensor(float16)" in v for v in constraints.values())
+        for domain, op, provider, _, _, constraints in runtime.kernel_rows() or []
     )
 
 
@@ -429,3 +428,31 @@ def test_plan_from_another_model_is_refused():
 def test_max_finite_is_checked():
     with pytest.raises(UserError, match="max_finite"):
         Fp16Options(max_finite=1e6)
+
+
+def test_nested_subgraphs_reading_the_outermost_graph():
+    """An If inside a Loop body reads a main-graph activation two scopes up."""
+    then_branch = helper.make_graph([helper.make_node("Mul", ["acc_in", "h"], ["t"], name="inner_mul")], "then", [], [tensor("t", [3])])
+    else_branch = helper.make_graph([helper.make_node("Add", ["acc_in", "h"], ["e"], name="inner_add")], "else", [], [tensor("e", [3])])
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["keep_going"], ["cond_out"], name="body_cond"),
+            helper.make_node("Cast", ["i"], ["i_bool"], name="parity", to=TensorProto.BOOL),
+            helper.make_node("If", ["i_bool"], ["acc_out"], name="inner_if", then_branch=then_branch, else_branch=else_branch),
+        ],
+        "body",
+        [tensor("i", [], I64), tensor("keep_going", [], TensorProto.BOOL), tensor("acc_in", [3])],
+        [tensor("cond_out", [], TensorProto.BOOL), tensor("acc_out", [3])],
+    )
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["h"], name="relu"), helper.make_node("Loop", ["trips", "", "x"], ["y"], name="loop", body=body)],
+        [tensor("x", [3]), tensor("trips", [], I64)],
+        [tensor("y", [3])],
+    )
+    plan = plan_fp16(from_proto(model), EVERYTHING)
+    assert plan.decisions["inner_mul"].fp16 and plan.decisions["inner_add"].fp16 and plan.decisions["inner_if"].kind == CONTROL_FLOW
+    result = assert_converted_matches(model, {"x": np.array([0.5, 1.5, -2], np.float32), "trips": np.array(4, np.int64)})
+    onnx.checker.check_model(result.proto, full_check=True)
+    simulated = simulate_fp16(from_proto(model), plan).proto
+    np.testing.assert_allclose(run(simulated, {"x": np.array([0.5, 1.5, -2], np.float32), "trips": np.array(4, np.int64)})[0],
+                               run(model, {"x": np.array([0.5, 1.5, -2], np.float32), "trips": np.array(4, np.int64)})[0], rtol=1e-2)

@@ -256,6 +256,74 @@ def quantize_for_tensorrt(
     return write_tensorrt_int8(model, feeds, output, method)
 
 
+def fp16(
+    reference: str | Path,
+    output: str | Path,
+    *,
+    keep_io_types: bool = True,
+    block_ops: Sequence[str] = (),
+    block_nodes: Sequence[str] = (),
+    ep: str | None = None,
+    auto: bool = False,
+    rtol: float = 1e-2,
+    atol: float = 1e-3,
+    data: str | None = None,
+    samples: int | None = None,
+    shape_options: ShapeOptions | None = None,
+    eval_hook: str | None = None,
+    force: bool = False,
+):  # -> dict report
+    """fp16 (or, with `auto`, the fewest fp32 nodes within rtol/atol), judged by simulation on the CPU."""
+    import time
+
+    from .accuracy import load_eval_hook
+    from .data import GENERATED_WARNING
+    from .errors import UserError
+    from .mixed_precision import accuracy_of, search_mixed_precision, simulated_outputs, within
+    from .model import save_model
+    from .quantization import run_outputs
+    from .runtime import available_providers
+    from .session import provider_name
+    from .transforms.fp16 import Fp16Options, convert_fp16, measure_activation_ranges, plan_fp16
+
+    started = time.perf_counter()
+    model = open_model(reference)
+    feeds = feeds_for(model, reference, data, samples=samples or 4, shape_options=shape_options)
+    gpu = [p for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider", "DmlExecutionProvider") if p in available_providers()]
+    provider = provider_name(ep) if ep else (gpu[0] if gpu else "CPUExecutionProvider")
+    ranges = measure_activation_ranges(model, feeds)
+    options = Fp16Options(keep_io_types=keep_io_types, block_ops=tuple(block_ops), block_nodes=tuple(block_nodes), provider=provider, activation_ranges=ranges)
+    plan = plan_fp16(model, options)
+    search = None
+    if auto:
+        plan, search = search_mixed_precision(model, plan, feeds, rtol, atol, load_eval_hook(eval_hook) if eval_hook else None)
+    simulated_ok = within(run_outputs(model, feeds), simulated_outputs(model, plan, feeds), rtol, atol)
+    if not simulated_ok and not force:
+        raise UserError(f"{Path(output).name}: not written, simulated fp16 outputs are outside rtol={rtol:g} atol={atol:g}",
+                        hint="--auto keeps the sensitive nodes in fp32; --force writes it anyway")  # fmt: skip
+    result = convert_fp16(model, plan, feeds=feeds)
+    saved = save_model(result.proto, output, source=model)
+    notes = list(result.notes)
+    if provider == "CPUExecutionProvider":
+        notes.append("judged by simulation: ORT's CPU EP has few fp16 kernels and computes the rest in fp32 behind Casts, so CPU latency says nothing about fp16 speed")
+    if feeds.generated:
+        notes.append(GENERATED_WARNING)
+    if not simulated_ok:
+        notes.append("written despite simulated outputs outside tolerance (--force)")
+    return {
+        "output": str(saved),
+        "provider": provider,
+        "plan": result.details,
+        "accuracy_simulated": accuracy_of(model, plan, feeds),
+        "within_tolerance": simulated_ok,
+        "rtol": rtol,
+        "atol": atol,
+        "search": search.to_dict() if search else None,
+        "wall_s": time.perf_counter() - started,
+        "notes": notes,
+    }
+
+
 def quant_debug(
     float_reference: str | Path,
     quantized_reference: str | Path,

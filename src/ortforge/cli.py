@@ -175,6 +175,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shapes(quantize)
     _add_json(quantize)
 
+    half = commands.add_parser(
+        "fp16",
+        help="fp16 conversion that never silently breaks a model; --auto finds the fewest nodes to keep in fp32",
+        description="Keeps in fp32 what must stay there (ops the EP has no fp16 kernel for, constants and measured "
+        "activations beyond fp16 range, type-fixing ops), keeps the I/O signature, and judges accuracy by simulating "
+        "fp16 rounding on the CPU (or for real on a GPU EP).",
+    )
+    half.add_argument("model", help="an .onnx file or zoo:NAME")
+    half.add_argument("-o", "--output", required=True)
+    half.add_argument("--no-keep-io-types", action="store_true", help="make float32 inputs/outputs fp16 too (names kept)")
+    half.add_argument("--block-op", nargs="+", default=[], metavar="OPTYPE", help="op types to keep in fp32")
+    half.add_argument("--block-node", nargs="+", default=[], metavar="NAME", help="nodes to keep in fp32")
+    half.add_argument("--ep", help="the EP whose fp16 kernels count (default: a GPU EP if present, else the CPU)")
+    half.add_argument("--auto", action="store_true", help="mixed precision: the fewest fp32 nodes that keep outputs within --rtol/--atol")
+    half.add_argument("--rtol", type=float, default=1e-2)
+    half.add_argument("--atol", type=float, default=1e-3)
+    half.add_argument("--eval", metavar="MODULE:FUNCTION", help="validate function(outputs, reference) -> bool, applied on top of rtol/atol")
+    half.add_argument("--force", action="store_true", help="write even when simulated outputs are outside tolerance")
+    _add_data(half)
+    _add_shapes(half)
+    _add_json(half)
+
     debug = commands.add_parser(
         "quant-debug",
         help="compare a quantized model with its float original tensor by tensor (SQNR, relative error), worst first",
@@ -394,6 +416,38 @@ def run_quantize(args: argparse.Namespace, console: Any) -> None:
     _emit_json(report) if args.json else render_quantize(report, console)
 
 
+def run_fp16(args: argparse.Namespace, console: Any) -> None:
+    with _progress(_stderr_console().is_terminal) as progress:
+        progress("planning fp16" + (" and searching" if args.auto else ""), 0.2)
+        report = api.fp16(args.model, args.output, keep_io_types=not args.no_keep_io_types, block_ops=args.block_op, block_nodes=args.block_node,
+                          ep=args.ep, auto=args.auto, rtol=args.rtol, atol=args.atol, data=args.data, samples=args.samples,
+                          shape_options=_shape_options(args), eval_hook=args.eval, force=args.force)  # fmt: skip
+    if args.json:
+        _emit_json(report)
+        return
+    plan = report["plan"]
+    console.print(f"[bold]wrote[/] {report['output']} (fp16 kernels of {report['provider']})", highlight=False)
+    console.print(f"  fp16 nodes {plan.get('fp16_nodes', '?')}, fp32 nodes {plan.get('fp32_nodes', '?')}, casts {plan.get('casts_inserted', '?')}", highlight=False)
+    for reason, count in (plan.get("fp32_reasons") or {}).items():
+        console.print(f"    fp32 because {reason}: {count}", highlight=False)
+    accuracy = report["accuracy_simulated"]
+    console.print(f"  simulated fp16 vs fp32: cosine {accuracy['cosine']:.6f}, max abs {accuracy['max_abs']:.3g} "
+                  f"({'within' if report['within_tolerance'] else 'OUTSIDE'} rtol={report['rtol']:g} atol={report['atol']:g})")  # fmt: skip
+    if report["search"]:
+        search = report["search"]
+        console.print(f"  --auto: {len(search['kept_fp32'])} extra node(s) kept fp32 after {search['evaluations']} evaluations in {search['wall_s']:.1f} s")
+        for node, why in search["kept_fp32"][:10]:
+            console.print(f"    {escape_text(node)}: {escape_text(why)}", highlight=False)
+    for note in report["notes"]:
+        console.print(f"[yellow]note:[/] {escape_text(note)}", highlight=False)
+
+
+def escape_text(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
 def run_quant_debug(args: argparse.Namespace, console: Any) -> None:
     from .render import render_quant_debug
 
@@ -495,6 +549,7 @@ COMMANDS = {
     "tune-session": run_tune_session,
     "quantize": run_quantize,
     "quant-debug": run_quant_debug,
+    "fp16": run_fp16,
     "run": run_run,
     "zoo": run_zoo,
 }

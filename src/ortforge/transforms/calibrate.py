@@ -17,6 +17,8 @@ by interpolating the cumulative count, which moves each count by less than one f
 
 from __future__ import annotations
 
+import inspect
+
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -882,9 +884,10 @@ def quantize_with_ranges(
     check_static_quant_arguments(quant_format, activation_type, weight_type)
     # ORT's own shape inference goes through a temporary folder of its own, removed afterwards.
     proto = save_and_reload_model_with_shape_infer(_with_weights(model))
-    proto = update_opset_version(
-        proto, weight_type, activation_type, tensor_quant_overrides=extra.get("TensorQuantOverrides"), block_size=extra.get("BlockSize", 0)
-    )
+    # Older ORT (the OpenVINO flavour ships 1.24) takes fewer keywords here: pass only those it knows.
+    accepted = inspect.signature(update_opset_version).parameters
+    optional = {"tensor_quant_overrides": extra.get("TensorQuantOverrides"), "block_size": extra.get("BlockSize", 0)}
+    proto = update_opset_version(proto, weight_type, activation_type, **{k: v for k, v in optional.items() if k in accepted})
     arguments = (result.to_tensors_data(), list(nodes_to_quantize), list(nodes_to_exclude), list(op_types or quantizable_op_types()), extra)
     if quant_format == QuantFormat.QOperator:
         quantizer = ONNXQuantizer(proto, per_channel, reduce_range, QuantizationMode.QLinearOps, True, weight_type, activation_type, *arguments)

@@ -460,23 +460,26 @@ class _Constants:
 
 
 @functools.lru_cache(maxsize=8)
-def _kernels(provider: str) -> dict[tuple[str, str], tuple[tuple[int, int, Mapping[str, frozenset[str]]], ...]]:
-    """(domain, op) -> (first, last, type constraints) of each kernel the provider registered in this ORT."""
-    from onnxruntime.capi import _pybind_state as capi
+def _kernels(provider: str) -> dict[tuple[str, str], tuple[tuple[int, int, Mapping[str, frozenset[str]]], ...]] | None:
+    """(domain, op) -> (first, last, type constraints) of each kernel the provider registered in this ORT.
 
+    None when this ORT cannot list its kernels (`runtime.kernel_rows` asks in a child process).
+    """
+    rows = runtime.kernel_rows()
+    if rows is None:
+        return None
     table: dict[tuple[str, str], list] = {}
-    for kernel in capi.get_all_opkernel_def():
-        if kernel.provider == provider:
-            first, last = kernel.version_range
-            constraints = {param: frozenset(allowed) for param, allowed in kernel.type_constraints.items()}
-            table.setdefault((kernel.domain or "ai.onnx", kernel.op_name), []).append((first, last, constraints))
+    for domain, op_type, kernel_provider, first, last, constraints in rows:
+        if kernel_provider == provider:
+            allowed = {param: frozenset(types) for param, types in constraints.items()}
+            table.setdefault((domain or "ai.onnx", op_type), []).append((first, last, allowed))
     return {key: tuple(value) for key, value in table.items()}
 
 
 def _kernel_problem(node: onnx.NodeProto, signature: _Signature, binding: dict[str, str], provider: str) -> str:
     """Why the provider cannot run the node with this type binding ('' if a registered kernel can)."""
     domain = node.domain or "ai.onnx"
-    ranges = [k for k in _kernels(provider).get((domain, node.op_type), ()) if k[0] <= signature.since_version <= k[1]]
+    ranges = [k for k in (_kernels(provider) or {}).get((domain, node.op_type), ()) if k[0] <= signature.since_version <= k[1]]
     label = f"{node.op_type}-{signature.since_version}"
     if not ranges:
         return f"{provider} has no {label} kernel at all"
@@ -531,7 +534,11 @@ def _kernel_source(options: Fp16Options, notes: list[str]) -> str:
     if options.provider is None:
         notes.append("no execution provider given: float16 support judged from the ONNX schemas alone")
         return "schema"
-    if not _kernels(options.provider):
+    kernels = _kernels(options.provider)
+    if kernels is None:
+        notes.append(f"this onnxruntime ({runtime.flavour()}) cannot list its kernels: float16 support judged from the ONNX schemas alone")
+        return "schema"
+    if not kernels:
         notes.append(
             f"this onnxruntime ({runtime.flavour()}) has no {options.provider} kernels to ask: float16 support judged from "
             f"the ONNX schemas alone; plan on a machine with that EP to check its kernels"
@@ -954,16 +961,19 @@ class _Surgery:
         self.inserts.setdefault(gi, {}).setdefault(after, []).append(node)
 
     def _insert(self) -> None:
-        """Put the new nodes in place, last position first so earlier indices stay valid.
+        """Put the new nodes in place, one rebuild per graph, subgraphs first.
 
-        Inserting (rather than rebuilding the node list) keeps the existing node messages, and with them
-        the subgraphs `self.graphs` points into; subgraphs go before the graphs that hold them.
+        Graphs are in depth-first order, so going backwards edits every subgraph before the graph that
+        holds it copies it along with its nodes.
         """
         for gi in sorted(self.inserts, reverse=True):
-            graph = self.graphs[gi]
-            for position in sorted(self.inserts[gi], reverse=True):
-                for offset, node in enumerate(self.inserts[gi][position]):
-                    graph.node.insert(position + 1 + offset, node)
+            graph, by_position = self.graphs[gi], self.inserts[gi]
+            nodes = list(by_position.get(-1, []))
+            for index, node in enumerate(graph.node):
+                nodes.append(node)
+                nodes.extend(by_position.get(index, []))
+            del graph.node[:]
+            graph.node.extend(nodes)
 
     def _retype(self, value: str, elem: int) -> None:
         for info in self.infos.get(value, []):
