@@ -108,6 +108,7 @@ def test_opset_newer_than_ort(tmp_path):
         load_model(save(proto, tmp_path / "op27.onnx"), check=False)
 
 
+@pytest.mark.skipif(__import__("ortforge.runtime").runtime.kernel_rows() is None, reason="this onnxruntime cannot list its kernels")
 def test_old_op_without_kernel_names_the_node(tmp_path):
     proto = make_model(
         [helper.make_node("Add", ["x", "x"], ["y"], name="old_add")], [tensor("x", [2])], [tensor("y", [2])], opset=6, ir_version=3

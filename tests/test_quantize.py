@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import onnx
 import pytest
 from helpers import make_model, save, tensor, weight
 from onnx import TensorProto, helper

@@ -153,6 +153,25 @@ def weight_bytes(proto: onnx.ModelProto) -> int:
     return total
 
 
+def loaded_copy(model: Model) -> onnx.ModelProto:
+    """A copy of the model's proto with any external weights read in (for tools that need them in memory)."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    if model.base_dir is not None and model.external_data_files():
+        onnx.load_external_data_for_model(proto, str(model.base_dir))
+    return proto
+
+
+def fresh_name(base: str, taken: set[str]) -> str:
+    """`base`, or `base_1`, `base_2`, ... whichever is not yet in `taken`; recorded as taken."""
+    name, index = base, 0
+    while name in taken:
+        index += 1
+        name = f"{base}_{index}"
+    taken.add(name)
+    return name
+
+
 def model_size(model: Model) -> int:
     """Bytes on disk the model needs: weights held in the proto plus its external data files."""
     return weight_bytes(model.proto) + sum(path.stat().st_size for path in model.external_data_files())

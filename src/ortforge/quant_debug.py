@@ -17,7 +17,7 @@ from onnx import numpy_helper
 
 from .accuracy import AccuracyReport, compare
 from .data import FeedSet
-from .model import Model, from_proto
+from .model import Model, from_proto, loaded_copy
 from .session import SessionConfig, run_checked
 
 DQ_SUFFIX = "_DequantizeLinear_Output"
@@ -183,8 +183,8 @@ def _weight_errors(float_proto: onnx.ModelProto, counterparts: _Counterparts) ->
 
 def debug_quantization(float_model: Model, quant_model: Model, feeds: FeedSet) -> QuantDebugReport:
     """Match and compare every float activation and weight with the quantized model's, worst first."""
-    float_proto = _load_data(float_model)
-    quant_proto = _load_data(quant_model)
+    float_proto = loaded_copy(float_model)
+    quant_proto = loaded_copy(quant_model)
     producers = _float_activations(float_proto)
     counterparts = _Counterparts(quant_proto)
     fetch = {name: counterparts.output_for(name) for name in producers}
@@ -227,14 +227,6 @@ def _ranked(errors: list[TensorError], producers: dict[str, onnx.NodeProto]) -> 
         inputs = [sqnr[name] for name in producers[error.tensor].input if name in sqnr]
         error.drop_db = max(0.0, min(inputs, default=SQNR_CAP_DB) - min(error.sqnr_db, SQNR_CAP_DB))
     return sorted(errors, key=lambda e: (-e.drop_db, e.sqnr_db))
-
-
-def _load_data(model: Model) -> onnx.ModelProto:
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    if model.base_dir is not None and model.external_data_files():
-        onnx.load_external_data_for_model(proto, str(model.base_dir))
-    return proto
 
 
 def plot(report: QuantDebugReport, count: int = 20) -> str:

@@ -31,7 +31,7 @@ from onnx import TensorProto, helper
 from .. import runtime
 from ..data import Feed, FeedSet
 from ..errors import UserError
-from ..model import Model, iter_graphs
+from ..model import Model, fresh_name, iter_graphs, loaded_copy
 from ..session import SessionConfig
 
 Progress = Callable[[str, float], None]
@@ -553,7 +553,7 @@ def _plan_probes(model: Model, tensors: Sequence[str], method: str) -> tuple[lis
         if tensor in graph_inputs:
             probes.append(_Probe(tensor, ()))
         elif method == "minmax":
-            low, high = _unique(f"{tensor}__ortforge_min", taken), _unique(f"{tensor}__ortforge_max", taken)
+            low, high = fresh_name(f"{tensor}__ortforge_min", taken), fresh_name(f"{tensor}__ortforge_max", taken)
             nodes.append(helper.make_node("ReduceMin", [tensor], [low], name=low, keepdims=1))
             nodes.append(helper.make_node("ReduceMax", [tensor], [high], name=high, keepdims=1))
             outputs += [helper.make_empty_tensor_value_info(low), helper.make_empty_tensor_value_info(high)]
@@ -568,15 +568,6 @@ def _plan_probes(model: Model, tensors: Sequence[str], method: str) -> tuple[lis
 def _names_in_use(graph: onnx.GraphProto) -> set[str]:
     """Tensor and node names of the graph: added probes must not collide with either."""
     return {name for node in graph.node for name in (node.name, *node.input, *node.output)} | {value.name for value in graph.input}
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    candidate, index = name, 0
-    while candidate in taken:
-        index += 1
-        candidate = f"{name}_{index}"
-    taken.add(candidate)
-    return candidate
 
 
 def _augmented_session(model: Model, nodes: list[onnx.NodeProto], outputs: list[onnx.ValueInfoProto], config: SessionConfig) -> Any:
@@ -713,7 +704,7 @@ def _groups(model: Model, names: list[str], feed: Feed, budget: int, config: Ses
     if not measured:
         return [names]
     taken = _names_in_use(model.proto.graph)
-    counters = {name: _unique(f"{name}__ortforge_size", taken) for name in measured}
+    counters = {name: fresh_name(f"{name}__ortforge_size", taken) for name in measured}
     nodes = [helper.make_node("Size", [name], [counter], name=counter) for name, counter in counters.items()]
     outputs = [helper.make_empty_tensor_value_info(counter) for counter in counters.values()]
     sizes = dict(zip(measured, _augmented_session(model, nodes, outputs, config).run(list(counters.values()), feed)))
@@ -883,11 +874,14 @@ def quantize_with_ranges(
     extra = dict(extra_options or {})
     check_static_quant_arguments(quant_format, activation_type, weight_type)
     # ORT's own shape inference goes through a temporary folder of its own, removed afterwards.
-    proto = save_and_reload_model_with_shape_infer(_with_weights(model))
+    proto = save_and_reload_model_with_shape_infer(loaded_copy(model))
     # Older ORT (the OpenVINO flavour ships 1.24) takes fewer keywords here: pass only those it knows.
     accepted = inspect.signature(update_opset_version).parameters
-    optional = {"tensor_quant_overrides": extra.get("TensorQuantOverrides"), "block_size": extra.get("BlockSize", 0)}
-    proto = update_opset_version(proto, weight_type, activation_type, **{k: v for k, v in optional.items() if k in accepted})
+    if len(accepted) == 2:  # ORT <= 1.24: (model, weight_type)
+        proto = update_opset_version(proto, weight_type)
+    else:
+        optional = {"tensor_quant_overrides": extra.get("TensorQuantOverrides"), "block_size": extra.get("BlockSize", 0)}
+        proto = update_opset_version(proto, weight_type, activation_type, **{k: v for k, v in optional.items() if k in accepted})
     arguments = (result.to_tensors_data(), list(nodes_to_quantize), list(nodes_to_exclude), list(op_types or quantizable_op_types()), extra)
     if quant_format == QuantFormat.QOperator:
         quantizer = ONNXQuantizer(proto, per_channel, reduce_range, QuantizationMode.QLinearOps, True, weight_type, activation_type, *arguments)
@@ -898,10 +892,3 @@ def quantize_with_ranges(
     return quantizer.model.model
 
 
-def _with_weights(model: Model) -> onnx.ModelProto:
-    """A copy of the model with any external weights read in (ORT's quantizer needs them in memory)."""
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    if model.base_dir is not None and model.external_data_files():
-        onnx.load_external_data_for_model(proto, str(model.base_dir))
-    return proto

@@ -27,7 +27,7 @@ from onnx import numpy_helper
 
 from .. import runtime
 from ..errors import UserError
-from ..model import EXTERNAL_DATA_THRESHOLD, Model, save_model, weight_bytes
+from ..model import EXTERNAL_DATA_THRESHOLD, Model, loaded_copy, save_model, weight_bytes
 from . import TransformResult, op_count_changes, op_counts
 
 MODEL_TYPES = ("bert", "gpt2", "bart", "t5", "vit", "clip")
@@ -1017,7 +1017,7 @@ def _ort_fuse(model: Model, model_type: str, heads: int, hidden: int, options: F
     if model_type not in ORT_MODEL_TYPES:
         raise UserError(f"onnxruntime {runtime.version()}'s optimizer does not know model type '{model_type}'")
     level = options.opt_level if options.opt_level is not None else ORT_MODEL_TYPES[model_type][2]
-    proto = _ort_graph_optimize(model, level, options) if level > 0 else _in_memory_copy(model)
+    proto = _ort_graph_optimize(model, level, options) if level > 0 else loaded_copy(model)
     if options.only_onnxruntime:
         return proto
     # opt_level=0: the ORT pass above already ran; ORT's own would import torch only to look for ROCm.
@@ -1041,15 +1041,6 @@ def _ort_fusion_options(model_type: str, options: FusionOptions):  # -> onnxrunt
     if MASK_FORMATS[options.attention_mask_format] is not None:
         ort_options.attention_mask_format = MASK_FORMATS[options.attention_mask_format]
     return ort_options
-
-
-def _in_memory_copy(model: Model) -> onnx.ModelProto:
-    """A copy of the proto with external weights read in: ORT's fusions need the weight values."""
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    if model.base_dir is not None and any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-        onnx.load_external_data_for_model(proto, str(model.base_dir))
-    return proto
 
 
 def _ort_graph_optimize(model: Model, level: int, options: FusionOptions) -> onnx.ModelProto:

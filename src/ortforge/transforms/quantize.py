@@ -14,14 +14,14 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
 from ..data import Feed
 from ..errors import UserError, first_line
-from ..model import Model, from_proto, iter_graphs, iter_nodes, opset_versions
+from ..model import Model, from_proto, iter_graphs, iter_nodes, loaded_copy, opset_versions
 from . import TransformResult, op_count_changes
 
 MODES = ("dynamic", "static")
@@ -219,10 +219,7 @@ def prepare(model: Model, options: QuantizeOptions, notes: list[str]) -> onnx.Mo
 
     Node and tensor names of the quantized model follow this graph, not the original one.
     """
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    if model.base_dir is not None and model.external_data_files():
-        onnx.load_external_data_for_model(proto, str(model.base_dir))
+    proto = loaded_copy(model)
     proto = _convert_opset(proto, MIN_QUANT_OPSET, "ORT's quantizer", notes)
     if options.per_channel and options.mode == "static" and options.format == "qdq":
         proto = _convert_opset(proto, PER_CHANNEL_QDQ_OPSET, "per-channel QDQ (DequantizeLinear axis)", notes)

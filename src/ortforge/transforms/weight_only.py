@@ -26,7 +26,7 @@ from onnx import helper, numpy_helper
 from onnx.external_data_helper import load_external_data_for_tensor
 
 from ..errors import UserError
-from ..model import Model, iter_graphs, iter_nodes, iter_tensors
+from ..model import Model, fresh_name, iter_graphs, iter_nodes, iter_tensors
 from . import TransformResult, op_count_changes
 
 BITS = (4, 8)
@@ -163,16 +163,6 @@ def _taken_names(proto: onnx.ModelProto) -> set[str]:
     return names
 
 
-def _fresh(base: str, taken: set[str]) -> str:
-    """A name not yet used anywhere in the model, recorded as used."""
-    name, index = base, 0
-    while name in taken:
-        index += 1
-        name = f"{base}_{index}"
-    taken.add(name)
-    return name
-
-
 def _weight_index(op_type: str) -> int:
     return 0 if op_type == "Gather" else 1
 
@@ -201,7 +191,7 @@ def _name_nodes(proto: onnx.ModelProto) -> dict[str, str]:
             seen.add(node.name)
             continue
         old = node.name
-        node.name = _fresh(old or node.op_type, taken)
+        node.name = fresh_name(old or node.op_type, taken)
         aliases[node.name] = old
         seen.add(node.name)
     return aliases
@@ -340,14 +330,14 @@ def _gemm_as_matmul(gemm: onnx.NodeProto, stack: tuple, taken: set[str], folded:
     nodes = []
     a_name = gemm.input[0]
     if attributes.get("transA", 0):
-        a_name = _fresh(f"{name}_a_transposed", taken)
-        nodes.append(helper.make_node("Transpose", [gemm.input[0]], [a_name], name=_fresh(f"{name}_transpose_a", taken), perm=[1, 0]))
+        a_name = fresh_name(f"{name}_a_transposed", taken)
+        nodes.append(helper.make_node("Transpose", [gemm.input[0]], [a_name], name=fresh_name(f"{name}_transpose_a", taken), perm=[1, 0]))
     has_c = len(gemm.input) > 2 and gemm.input[2] != "" and beta != 0.0
-    product = _fresh(f"{name}_product", taken) if has_c else gemm.output[0]
+    product = fresh_name(f"{name}_product", taken) if has_c else gemm.output[0]
     nodes.append(helper.make_node("MatMul", [a_name, b_name], [product], name=name))
     if has_c:
         c_name = _scaled_c(gemm.input[2], beta, stack, name, taken, nodes)
-        nodes.append(helper.make_node("Add", [product, c_name], [gemm.output[0]], name=_fresh(f"{name}_bias", taken)))
+        nodes.append(helper.make_node("Add", [product, c_name], [gemm.output[0]], name=fresh_name(f"{name}_bias", taken)))
     return nodes
 
 
@@ -361,7 +351,7 @@ def _matmul_weight(b_name: str, trans_b: bool, alpha: float, stack: tuple, taken
         b = numpy_helper.to_array(b_tensor)
         b = b.T if trans_b else b
         b = (b.astype(np.float32) * alpha).astype(b.dtype) if alpha != 1.0 else b
-        folded[key] = _fresh(f"{b_name}_as_matmul", taken)
+        folded[key] = fresh_name(f"{b_name}_as_matmul", taken)
         graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(b), folded[key]))
     return folded[key]
 
@@ -373,14 +363,14 @@ def _scaled_c(c_name: str, beta: float, stack: tuple, name: str, taken: set[str]
     c_tensor, _ = _lookup(c_name, stack)
     if c_tensor is not None and c_tensor.data_location != onnx.TensorProto.EXTERNAL:
         c = numpy_helper.to_array(c_tensor)
-        scaled = _fresh(f"{c_name}_scaled", taken)
+        scaled = fresh_name(f"{c_name}_scaled", taken)
         stack[-1].initializer.append(numpy_helper.from_array((c.astype(np.float32) * beta).astype(c.dtype), scaled))
         return scaled
-    beta_name = _fresh(f"{name}_beta", taken)
+    beta_name = fresh_name(f"{name}_beta", taken)
     dtype = helper.tensor_dtype_to_np_dtype(c_tensor.data_type) if c_tensor is not None else np.float32
     stack[-1].initializer.append(numpy_helper.from_array(np.array(beta, dtype=dtype), beta_name))
-    scaled = _fresh(f"{c_name}_scaled", taken)
-    nodes.append(helper.make_node("Mul", [c_name, beta_name], [scaled], name=_fresh(f"{name}_beta_mul", taken)))
+    scaled = fresh_name(f"{c_name}_scaled", taken)
+    nodes.append(helper.make_node("Mul", [c_name, beta_name], [scaled], name=fresh_name(f"{name}_beta_mul", taken)))
     return scaled
 
 
@@ -402,7 +392,7 @@ def _split_shared_weights(proto: onnx.ModelProto, sites: list[_Site]) -> int:
         tensor, graph = _lookup(node.input[1], site.stack)
         key = (id(graph), tensor.name)
         if key not in copies:
-            copies[key] = _fresh(f"{tensor.name}_for_matmul", taken)
+            copies[key] = fresh_name(f"{tensor.name}_for_matmul", taken)
             duplicate = onnx.TensorProto()
             duplicate.CopyFrom(tensor)
             duplicate.name = copies[key]
