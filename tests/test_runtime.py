@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import onnxruntime
+import pytest
 
 from ortforge import runtime
 
@@ -16,6 +17,7 @@ def test_limits_match_what_ort_loads():
     assert not runtime._loads(limits.max_ir_version, {"ai.onnx": top + 1})
 
 
+@pytest.mark.skipif(runtime.kernel_rows() is None, reason="this onnxruntime cannot list its kernels")
 def test_kernel_registry_knows_old_and_new_add():
     assert "CPUExecutionProvider" in runtime.kernel_providers("ai.onnx", "Add", 14)
     assert runtime.kernel_providers("ai.onnx", "Add", 6) == set()
