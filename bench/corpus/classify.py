@@ -89,6 +89,7 @@ class Transform:
     tolerance: Tolerance
     float_only: bool = False
     comparison: bool = False  # a third-party tool: its exceptions are loud failures, not ortforge crashes
+    uses_inputs: bool = False  # apply(model, feeds): the transform sees the case's inputs, as the CLI sees --data
 
 
 @dataclass
@@ -271,6 +272,8 @@ def _transform(case: Case, transform: Transform, stage: Callable[[str], None]) -
     stage("load")
     loaded = _attempt("load", transform, lambda: transform.load(case.model_path))
     stage("transform")
+    if transform.uses_inputs:
+        return _attempt("transform", transform, lambda: transform.apply(loaded, read_feeds(case, loaded.proto.graph)))
     return _attempt("transform", transform, lambda: transform.apply(loaded))
 
 

@@ -36,13 +36,18 @@ COMPARISON = "fp16-occ"
 
 
 def _ortforge_fp16() -> Transform:
-    from ortforge.transforms.fp16 import Fp16Options, convert_fp16
+    """As `ortforge fp16` runs it: activation ranges measured on the inputs, the result run once on them."""
+    from ortforge.data import FeedSet
+    from ortforge.transforms.fp16 import Fp16Options, convert_fp16, measure_activation_ranges
 
-    def apply(model: Model) -> Written:
-        result = convert_fp16(model, Fp16Options())
+    def apply(model: Model, feeds: list[dict]) -> Written:
+        data = FeedSet(feeds, "case inputs", generated=False)
+        options = Fp16Options(activation_ranges=measure_activation_ranges(model, data))
+        result = convert_fp16(model, options, feeds=data)
         return Written(result.proto, result.changed)
 
-    return Transform("fp16", "ortforge convert_fp16, Fp16Options()", load_model, apply, FP16_TOLERANCE, float_only=True)
+    label = "ortforge convert_fp16 as `ortforge fp16` runs it (ranges measured on the case's inputs)"
+    return Transform("fp16", label, load_model, apply, FP16_TOLERANCE, float_only=True, uses_inputs=True)
 
 
 def _converter_common_fp16() -> Transform:
