@@ -125,3 +125,21 @@ def test_report_draws_in_a_headless_browser(tuned, tmp_path):
     count = int(dom.split('data-plot-elements="')[1].split('"')[0])
     assert count >= 4  # scatter points and op-time bars drew
     assert "Latency vs accuracy" in dom and "<svg" in dom and "http://" not in dom.replace("http://www.w3.org/2000/svg", "")
+
+
+def test_fp16_candidate_on_gpu_eps_is_built_and_judged_by_simulation(cache, tmp_path):
+    from ortforge.model import load_model
+    from ortforge.quantization import run_outputs
+    from ortforge.tune.candidates import precision_candidates
+    from ortforge.tune.runner import LocalRunner
+    from test_quant_debug import feeds
+
+    model = load_model(save(conv_net(), tmp_path / "cnn.onnx"))
+    data = feeds(2)
+    data.samples = [{"x": np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32)} for i in range(2)]
+    candidates = precision_candidates("cnn", ["CUDAExecutionProvider", "CPUExecutionProvider"], transformer=False)
+    fp16 = next(c for c in candidates if c.kind == "fp16")
+    assert fp16.settings["provider"] == "CUDAExecutionProvider"
+    assert not any(c.kind == "fp16" for c in precision_candidates("cnn", ["CPUExecutionProvider"], transformer=False))
+    trial = LocalRunner(model, data, data, run_outputs(model, data), cache).build(fp16)
+    assert not trial.error and 0.99 < trial.metrics["cosine"] < 1.0 + 1e-9  # simulated fp16 rounding, not exact

@@ -46,8 +46,9 @@ def precision_candidates(family: str, providers: list[str], transformer: bool, f
     for recipe in auto_recipes(family, features):
         kind = "weight-only" if isinstance(recipe, WeightOnlyOptions) else "int8"
         found.append(PrecisionCandidate(recipe.describe(), kind, _frozen(recipe)))
-    if any(p in ("CUDAExecutionProvider", "TensorrtExecutionProvider", "DmlExecutionProvider") for p in providers):
-        found.append(PrecisionCandidate("fp16 (mixed precision)", "fp16"))
+    gpu = [p for p in providers if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider", "DmlExecutionProvider")]
+    if gpu:  # fp16 pays only where an EP has fp16 kernels; ORT's CPU EP computes most fp16 ops in fp32
+        found.append(PrecisionCandidate(f"fp16 for {gpu[0].replace('ExecutionProvider', '')}", "fp16", (("provider", gpu[0]),)))
     return found
 
 

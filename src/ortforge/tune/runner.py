@@ -94,6 +94,7 @@ class LocalRunner:
         self.data_hash = feeds_hash(calibration)
         self.folder = cache / self.model_hash[:16]
         self.built = 0  # candidates built (not taken from the cache) in this run
+        self._plans: dict = {}
 
     def build(self, candidate: PrecisionCandidate) -> Trial:
         folder = self.folder / candidate.key(self.model_hash, self.data_hash)
@@ -111,7 +112,7 @@ class LocalRunner:
         try:
             result = self._transform(candidate)
             model = from_proto(result.proto, base_dir=self.model.base_dir)
-            accuracy = compare(self.reference, run_outputs(model, self.evaluation), self.hook)
+            accuracy = compare(self.reference, self._outputs(candidate, model), self.hook)
         except UserError as exc:
             return Trial(candidate, None, error=str(exc))
         if not result.changed:
@@ -124,8 +125,27 @@ class LocalRunner:
 
             return fuse_transformer(self.model, FusionOptions(**candidate.settings))
         if candidate.kind == "fp16":
-            raise UserError("fp16 candidates need the fp16 converter (not available in this build)")
+            from ..transforms.fp16 import convert_fp16
+
+            return convert_fp16(self.model, self._fp16_plan(candidate), feeds=self.evaluation)
         return apply_recipe(self.model, recipe_of(candidate), self.calibration)
+
+    def _fp16_plan(self, candidate: PrecisionCandidate):  # -> Fp16Plan
+        """Planned once per candidate (activation ranges measured on the calibration data)."""
+        from ..transforms.fp16 import Fp16Options, measure_activation_ranges, plan_fp16
+
+        if candidate.label not in self._plans:
+            ranges = measure_activation_ranges(self.model, self.calibration)
+            self._plans[candidate.label] = plan_fp16(self.model, Fp16Options(provider=candidate.settings.get("provider"), activation_ranges=ranges))
+        return self._plans[candidate.label]
+
+    def _outputs(self, candidate: PrecisionCandidate, model: Model) -> Outputs:
+        """The candidate's outputs for the accuracy check; fp16 is simulated, since the CPU EP would compute it in fp32."""
+        if candidate.kind == "fp16":
+            from ..mixed_precision import simulated_outputs
+
+            return simulated_outputs(self.model, self._fp16_plan(candidate), self.evaluation)
+        return run_outputs(model, self.evaluation)
 
     def _store(self, trial: Trial, folder: Path) -> None:
         if folder.exists():
