@@ -100,20 +100,20 @@ class QuantizeReport:
         }
 
 
-def apply_recipe(model: Model, options: Recipe, calibration: FeedSet):  # -> TransformResult
+def apply_recipe(model: Model, options: Recipe, calibration: FeedSet, progress: Progress | None = None):  # -> TransformResult
     if isinstance(options, WeightOnlyOptions):
         return quantize_weight_only(model, options)
-    return quantize(model, options, calibration.samples if options.mode == "static" else None)
+    return quantize(model, options, calibration.samples if options.mode == "static" else None, progress)
 
 
 def build_recipe(
     model: Model, options: Recipe, calibration: FeedSet, evaluation: FeedSet, reference: Outputs,
-    tolerances: Sequence[Tolerance], hook: Callable | None,
+    tolerances: Sequence[Tolerance], hook: Callable | None, progress: Progress | None = None,
 ) -> RecipeOutcome:  # fmt: skip
     """Quantize with one recipe and judge it against the fp32 reference; failures become rejections."""
     outcome = RecipeOutcome(options.describe(), options)
     try:
-        result = apply_recipe(model, options, calibration)
+        result = apply_recipe(model, options, calibration, progress)
         candidate = from_proto(result.proto, base_dir=model.base_dir)
         outcome.model, outcome.notes = candidate, result.notes
         outcome.size_bytes = model_size(candidate)
@@ -176,6 +176,11 @@ def choose(fp32: RecipeOutcome, outcomes: list[RecipeOutcome]) -> tuple[RecipeOu
     return chosen, f"{chosen.label}: {winner.ratio:.2f}x fp32 latency ({winner.low:.2f}-{winner.high:.2f}), faster in {winner.wins:.0%} of rounds, within tolerance"
 
 
+def _within(progress: Progress, label: str) -> Progress:
+    """Progress of one recipe's calibration, shown under its label in the first half of the bar."""
+    return lambda what, fraction: progress(f"{label}: {what}", fraction * 0.5)
+
+
 def quantize_model(
     model: Model,
     output: str | os.PathLike[str],
@@ -200,7 +205,7 @@ def quantize_model(
     outcomes = []
     for index, options in enumerate(recipes):
         report_progress(f"building {options.describe()}", index / max(len(recipes), 1) * 0.5)
-        outcomes.append(build_recipe(model, options, calibration, evaluation, reference, tolerances, hook))
+        outcomes.append(build_recipe(model, options, calibration, evaluation, reference, tolerances, hook, _within(report_progress, options.describe())))
     exclusion = None
     first = outcomes[0] if len(outcomes) == 1 else None
     if first and not first.passed and first.model is not None and isinstance(first.options, QuantizeOptions) and auto_exclude and not force:
