@@ -28,7 +28,7 @@ import numpy as np
 import psutil
 
 from ortforge import api
-from ortforge.accuracy import compare
+from ortforge.accuracy import compare, parse_tolerance
 from ortforge.bench import BenchOptions, Variant, bench, score
 from ortforge.model import load_model
 from ortforge.quantization import default_tolerances, run_outputs
@@ -98,7 +98,7 @@ def save_feeds(feeds, folder: Path) -> Path:
     return folder
 
 
-def run_tools(reference: str, model_path: Path, data: Path, work: Path, budget: str, olive: str | None) -> list[ToolRun]:
+def run_tools(reference: str, model_path: Path, data: Path, work: Path, budget: str, olive: str | None, tolerances: list[str]) -> list[ToolRun]:
     runs = [ToolRun("ORT defaults", model_path, SessionConfig(), 0.0, 0, 0)]
     for tool, script, extra in (("ORT quantize_dynamic", ORT_DYNAMIC, []), ("ORT pre_process + quantize_static", ORT_STATIC, [str(data)])):
         out = work / (tool.split()[-1] + ".onnx")
@@ -115,16 +115,18 @@ def run_tools(reference: str, model_path: Path, data: Path, work: Path, budget: 
     command = [str(Path(sys.executable).with_name("ortforge")), "tune", reference, "-o", str(artifact), "--time-budget", budget]
     if not reference.startswith("zoo:"):
         command += ["--data", str(data)]
+    for tolerance in tolerances:
+        command += ["--tolerance", tolerance]
     code, wall, peak, message = run_measured(command)
     config = SessionConfig.from_dict(json.loads((artifact / "ortforge.json").read_text())["session"]) if code == 0 else SessionConfig()
     runs.append(ToolRun("ortforge tune", artifact / "model.onnx" if code == 0 else None, config, wall, peak, code, message))
     return runs
 
 
-def compare_runs(reference: str, runs: list[ToolRun], evaluation, seconds: float) -> None:
+def compare_runs(reference: str, runs: list[ToolRun], evaluation, seconds: float, given: list[str]) -> None:
     original = api.open_model(reference)
     expected = run_outputs(original, evaluation)
-    tolerances = default_tolerances(expected)
+    tolerances = [parse_tolerance(t) for t in given] or default_tolerances(expected)
     usable, rows = [], []
     for run in runs:
         if run.model is None:
@@ -159,6 +161,7 @@ def main() -> None:
     parser.add_argument("--budget", default="5m")
     parser.add_argument("--olive", help="path to an `olive` executable in its own venv")
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per variant in the comparison")
+    parser.add_argument("--tolerance", action="append", default=[], help="as `ortforge tune --tolerance` (default: ortforge's)")
     args = parser.parse_args()
     for reference in args.models:
         with tempfile.TemporaryDirectory() as temporary:
@@ -167,8 +170,8 @@ def main() -> None:
             calibration = api.feeds_for(model, reference, args.data, samples=16)
             evaluation = api.feeds_for(model, reference, args.data, samples=8, seed=1)
             data = Path(args.data) if args.data else save_feeds(calibration, work / "calibration")
-            runs = run_tools(reference, model.path, data, work, args.budget, args.olive)
-            compare_runs(reference, runs, evaluation, args.seconds)
+            runs = run_tools(reference, model.path, data, work, args.budget, args.olive, args.tolerance)
+            compare_runs(reference, runs, evaluation, args.seconds, args.tolerance)
 
 
 if __name__ == "__main__":
