@@ -49,8 +49,10 @@ def _error_metric(tolerances: list[Tolerance]) -> tuple[str, Any]:
 
 def _record(model: Model, reference_name: str, result: TuneResult, tolerances: list[Tolerance], feeds: FeedSet, command: str) -> dict[str, Any]:
     chosen, baseline = result.chosen, result.baseline
-    final = {v.label: v for v in result.final.variants}
-    chosen_run, baseline_run = final[chosen.label], final[baseline.label]
+    runs = {v.label: v for v in result.final.variants}
+    if result.confirmation is not None:
+        runs.update({v.label: v for v in result.confirmation.variants})  # head-to-head figures win
+    chosen_run, baseline_run = runs[chosen.label], runs[baseline.label]
     error_label, error_of = _error_metric(tolerances)
     points = [(f.label, f.score.ratio if f.score else 1.0, error_of(f.trial.metrics)) for f in result.finalists]
     front = pareto_front(points)
