@@ -143,3 +143,14 @@ def test_fp16_candidate_on_gpu_eps_is_built_and_judged_by_simulation(cache, tmp_
     assert not any(c.kind == "fp16" for c in precision_candidates("cnn", ["CPUExecutionProvider"], transformer=False))
     trial = LocalRunner(model, data, data, run_outputs(model, data), cache).build(fp16)
     assert not trial.error and 0.99 < trial.metrics["cosine"] < 1.0 + 1e-9  # simulated fp16 rounding, not exact
+
+
+def test_startup_objective_considers_offline_optimization(cache, tmp_path):
+    model = save(conv_net(), tmp_path / "cnn.onnx")
+    report = tune(str(model), tmp_path / "startup", objective="startup", time_budget_s=25)
+    labels = [f.label for f in report.result.finalists]
+    assert any("offline" in label for label in labels)
+    offline = next(f for f in report.result.finalists if "offline" in f.label)
+    assert offline.session.config.graph_optimization_level == "disable"  # saved at ALL, loaded without re-optimizing
+    session = ortforge.load(tmp_path / "startup")  # whichever won, the artifact loads (stamp checked if offline)
+    assert session.run(None, {"x": np.zeros((1, 3, 16, 16), np.float32)})[0].shape == (1, 10)

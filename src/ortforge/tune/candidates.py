@@ -76,6 +76,7 @@ def session_candidates(providers: list[str], cores: int | None = None) -> list[S
         found.append(SessionCandidate(f"{threads} intra-op thread(s)", replace(base, intra_op_num_threads=threads)))
     if cores > 1:
         found.append(SessionCandidate("no spinning", replace(base, config_entries={SPINNING: "0"})))
+        found.append(SessionCandidate("parallel execution", replace(base, execution_mode="parallel", inter_op_num_threads=2)))
     for provider in providers:
         if provider not in REMOTE_PROVIDERS and provider != "CPUExecutionProvider":
             found.append(SessionCandidate(provider.replace("ExecutionProvider", ""), replace(base, providers=[ProviderSpec(provider), ProviderSpec("CPUExecutionProvider")])))

@@ -151,6 +151,31 @@ def _finalists(survivors: list[Trial], options: TuneOptions, notes: list[str]) -
     return found
 
 
+def _offline_variants(trial: Trial, notes: list[str]) -> list[Finalist]:
+    """The fastest survivor saved after ORT's ALL-level optimizations (start-up without the optimization cost).
+
+    Tied to this machine's ISA by its stamp, so it wins only where it measures better."""
+    from dataclasses import replace as with_changes
+
+    from ..errors import UserError
+    from ..loader import config_for
+    from ..model import from_proto
+    from ..stamp import read_stamp
+    from ..transforms.graph_opt import GraphOptOptions, optimize_offline
+    from .candidates import SessionCandidate
+
+    if trial.model is None:
+        return []
+    try:
+        result = optimize_offline(trial.model, GraphOptOptions(level="all"))
+    except UserError as exc:
+        notes.append(f"offline optimization of {trial.candidate.label} failed: {exc}")
+        return []
+    offline = with_changes(trial, model=from_proto(result.proto, base_dir=trial.model.base_dir))
+    session = SessionCandidate("offline, optimized at level all (this CPU)", config_for(read_stamp(result.proto)))
+    return [Finalist(f"{trial.candidate.label} | {session.label}", offline, session)]
+
+
 def _objective_score(result, baseline, objective: str) -> CandidateScore:  # noqa: ANN001 - VariantResult
     if objective == "startup" and result.startup_ratio is not None:
         median, low, high = result.startup_ratio
@@ -172,6 +197,7 @@ def tune_search(runner: TrialRunner, candidates: Sequence[PrecisionCandidate], t
     rejected += dropped
     stages["screening"] = clock.elapsed - sum(stages.values())
     finalists = _finalists(survivors, options, notes)
+    finalists += _offline_variants(survivors[1] if len(survivors) > 1 else survivors[0], notes)
     seconds = clock.seconds_per_variant(0.8, len(finalists), low=0.5, high=6.0)
     startup_rounds = 8 if options.objective == "startup" else 3
     final = runner.measure([f.target for f in finalists],
