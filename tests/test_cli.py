@@ -95,7 +95,7 @@ def test_bench_table_shows_variants_side_by_side(tmp_path):
 
 
 def test_every_command_has_help():
-    for command in ("doctor", "inspect", "bench", "zoo"):
+    for command in ("doctor", "inspect", "bench", "optimize", "run", "quantize", "quant-debug", "fp16", "tune", "tune-session", "zoo"):
         result = ortforge(command, "--help")
         assert result.returncode == 0 and "--json" in result.stdout
 
