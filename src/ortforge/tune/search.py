@@ -141,13 +141,16 @@ def _allowed_sessions(trial: Trial, options: TuneOptions, notes: list[str]) -> l
 
 
 def _finalists(survivors: list[Trial], options: TuneOptions, notes: list[str]) -> list[Finalist]:
-    """fp32 and the fastest survivor with every allowed session candidate, the other survivors with ORT
-    defaults only (session options rarely reorder precisions; measuring every pair costs too much on 2 cores).
-    fp32 + ORT defaults comes first: it is the baseline."""
-    found = []
-    for index, trial in enumerate(survivors):
-        sessions = _allowed_sessions(trial, options, notes) if index <= 1 else session_candidates([CPU])[:1]
-        found.extend(Finalist(f"{trial.candidate.label} | {session.label}", trial, session) for session in sessions)
+    """fp32 + ORT defaults first (the baseline); session candidates for the fastest survivor, or for fp32
+    when nothing beat it in screening; the other survivors with ORT defaults only. Session options rarely
+    reorder precisions, and every finalist is one more process (and copy of the model) in the final run."""
+    fp32, others = survivors[0], survivors[1:]
+    tuned = others[0] if others else fp32
+    found = [Finalist(f"{fp32.candidate.label} | ORT defaults", fp32, session_candidates([CPU])[0])]
+    for trial in [tuned] + others[1:]:
+        sessions = _allowed_sessions(trial, options, notes) if trial is tuned else session_candidates([CPU])[:1]
+        found.extend(Finalist(f"{trial.candidate.label} | {session.label}", trial, session) for session in sessions
+                     if not (trial is fp32 and session.label == "ORT defaults"))  # fmt: skip
     return found
 
 
@@ -247,7 +250,7 @@ def _choose(finalists: list[Finalist], options: TuneOptions) -> tuple[Finalist, 
         return smallest, f"smallest within tolerance and not slower than fp32 ({smallest.trial.size_bytes / 2**20:.1f} MiB)"
     winner = consistent_winner([f.score for f in finalists])  # type: ignore[misc]
     if winner is None:
-        fp32_sessions = [f for f in finalists[1:] if f.trial is baseline.trial and f.score and f.score.ratio < 1 and f.score.wins >= 0.5]
+        fp32_sessions = [f for f in finalists[1:] if f.trial is baseline.trial and f.score and f.score.ratio < 1 and f.score.wins >= 0.75]
         best = min(fp32_sessions, key=lambda f: f.score.ratio) if fp32_sessions else baseline  # type: ignore[union-attr]
         return best, f"nothing beat fp32 with ORT defaults consistently on {options.objective}: shipping fp32 ({best.session.label})"
     chosen = next(f for f in finalists if f.score is winner)
