@@ -177,3 +177,16 @@ def test_string_inputs_cannot_be_generated(tmp_path):
     model = load_model(save(proto, tmp_path / "s.onnx"))
     with pytest.raises(UserError, match="takes strings"):
         generate_feeds(model)
+
+
+def test_user_data_is_split_between_calibration_and_evaluation(linear, tmp_path):
+    from ortforge.api import calibration_and_evaluation
+
+    for index in range(10):
+        np.savez(tmp_path / f"s{index:02d}.npz", x=np.full((1, 8), index, np.float32))
+    calibration, evaluation = calibration_and_evaluation(linear, "m.onnx", str(tmp_path), calib_samples=16, samples=4, shape_options=None)
+    seen = [float(s["x"][0, 0]) for s in calibration.samples], [float(s["x"][0, 0]) for s in evaluation.samples]
+    assert not set(seen[0]) & set(seen[1]) and len(seen[0]) + len(seen[1]) == 10
+    assert len(seen[1]) == 4
+    generated = calibration_and_evaluation(linear, "m.onnx", None, calib_samples=2, samples=2, shape_options=None)
+    assert not np.array_equal(generated[0].samples[0]["x"], generated[1].samples[0]["x"])

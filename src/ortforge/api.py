@@ -42,6 +42,27 @@ def feeds_for(
     return load_feeds(model, data, count=samples, seed=seed, shape_options=shape_options)
 
 
+def calibration_and_evaluation(
+    model: Model, reference: str | Path, data: str | None, *, calib_samples: int, samples: int, shape_options: ShapeOptions | None
+) -> tuple[FeedSet, FeedSet]:
+    """Separate samples for calibrating and for judging accuracy: judging on the calibration data flatters int8.
+
+    Generated and zoo inputs come from two seeds; a user's data is split in two halves when it has at
+    least four samples (otherwise both use all of it, and the evaluation set says so).
+    """
+    if data is None:
+        calibration = feeds_for(model, reference, None, samples=calib_samples, shape_options=shape_options)
+        return calibration, feeds_for(model, reference, None, samples=samples, shape_options=shape_options, seed=1)
+    everything = load_feeds(model, data, count=calib_samples + samples, shape_options=shape_options)
+    if len(everything) < 4:
+        everything.notes.append("calibration and accuracy use the same samples (fewer than 4 given)")
+        return everything, everything
+    half = max(len(everything) - samples, len(everything) // 2)
+    calibration = FeedSet(everything.samples[:half], f"{data} (samples 0-{half - 1})", False)
+    evaluation = FeedSet(everything.samples[half:], f"{data} (samples {half}-{len(everything) - 1})", False)
+    return calibration, evaluation
+
+
 def doctor() -> DoctorReport:
     """The ORT build, its EPs and EP devices, this CPU and GPUs, and how to get missing EPs."""
     return _doctor()
@@ -215,8 +236,12 @@ def quantize(
     from .transforms.weight_only import WeightOnlyOptions
 
     model = open_model(reference)
-    calibration = feeds_for(model, reference, calib, samples=calib_samples or 16, shape_options=shape_options)
-    evaluation = feeds_for(model, reference, data, samples=samples, shape_options=shape_options, seed=1) if (data or calib is None) else calibration
+    if calib is not None and data is not None:  # both given: the user split them already
+        calibration = feeds_for(model, reference, calib, samples=calib_samples or 16, shape_options=shape_options)
+        evaluation = feeds_for(model, reference, data, samples=samples, shape_options=shape_options)
+    else:
+        calibration, evaluation = calibration_and_evaluation(model, reference, calib or data, calib_samples=calib_samples or 16,
+                                                             samples=samples or 8, shape_options=shape_options)  # fmt: skip
     if mode == "auto":
         family = inspect_model(model, shape_options).family
         recipes = auto_recipes(family)
@@ -379,8 +404,8 @@ def tune(
     if objective not in OBJECTIVES:
         raise UserError(f"--objective {objective}: choose one of {', '.join(OBJECTIVES)}")
     model = open_model(reference)
-    calibration = feeds_for(model, reference, data, samples=calib_samples or 16, shape_options=shape_options)
-    evaluation = feeds_for(model, reference, data, samples=samples or 8, shape_options=shape_options, seed=1)
+    calibration, evaluation = calibration_and_evaluation(model, reference, data, calib_samples=calib_samples or 16,
+                                                         samples=samples or 8, shape_options=shape_options)  # fmt: skip
     local = [p for p in available_providers() if p != "AzureExecutionProvider"]
     chosen = [provider_name(p) for p in providers] or local
     for name in chosen:
