@@ -72,6 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ortforge {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    tune = commands.add_parser(
+        "tune",
+        help="search precision, fusion, EPs and session options under an accuracy budget; write a deployable artifact",
+        description="Builds precision candidates (fp32, fusion, int8 recipes, weight-only) and checks their accuracy first, "
+        "screens the accurate ones against fp32, tunes session options for the survivors, then measures the finalists "
+        "interleaved in one run. Writes OUTPUT/model.onnx, OUTPUT/ortforge.json and OUTPUT/report.html. Builds are "
+        "cached, so an interrupted run resumes where it was.",
+    )
+    tune.add_argument("model", help="an .onnx file or zoo:NAME")
+    tune.add_argument("-o", "--output", required=True, help="artifact folder to write")
+    tune.add_argument("--objective", choices=["latency", "throughput", "startup", "size"], default="latency")
+    tune.add_argument("--time-budget", default="5m", help="e.g. 90s, 5m, 1h (default 5m)")
+    tune.add_argument("--tolerance", action="append", default=[], metavar="METRIC=VALUE", help="as for quantize (default cosine=0.99, plus top1=1 for classifiers)")
+    tune.add_argument("--eval", metavar="MODULE:FUNCTION", help="your metric: function(outputs, reference) -> float, higher is better")
+    tune.add_argument("--ep", action="append", default=[], help="EPs to consider (default: every local EP of this onnxruntime)")
+    tune.add_argument("--calib-samples", type=int, default=None, help="calibration samples (default 16)")
+    _add_data(tune)
+    _add_shapes(tune)
+    _add_json(tune)
+
     doctor = commands.add_parser("doctor", help="the ORT build, its EPs, this CPU/GPU, and how to get missing EPs")
     _add_json(doctor)
 
@@ -208,26 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(debug)
     _add_shapes(debug)
     _add_json(debug)
-
-    tune = commands.add_parser(
-        "tune",
-        help="search precision, fusion, EPs and session options under an accuracy budget; write a deployable artifact",
-        description="Builds precision candidates (fp32, fusion, int8 recipes, weight-only) and checks their accuracy first, "
-        "screens the accurate ones against fp32, tunes session options for the survivors, then measures the finalists "
-        "interleaved in one run. Writes OUTPUT/model.onnx, OUTPUT/ortforge.json and OUTPUT/report.html. Builds are "
-        "cached, so an interrupted run resumes where it was.",
-    )
-    tune.add_argument("model", help="an .onnx file or zoo:NAME")
-    tune.add_argument("-o", "--output", required=True, help="artifact folder to write")
-    tune.add_argument("--objective", choices=["latency", "throughput", "startup", "size"], default="latency")
-    tune.add_argument("--time-budget", default="5m", help="e.g. 90s, 5m, 1h (default 5m)")
-    tune.add_argument("--tolerance", action="append", default=[], metavar="METRIC=VALUE", help="as for quantize (default cosine=0.99, plus top1=1 for classifiers)")
-    tune.add_argument("--eval", metavar="MODULE:FUNCTION", help="your metric: function(outputs, reference) -> float, higher is better")
-    tune.add_argument("--ep", action="append", default=[], help="EPs to consider (default: every local EP of this onnxruntime)")
-    tune.add_argument("--calib-samples", type=int, default=None, help="calibration samples (default 16)")
-    _add_data(tune)
-    _add_shapes(tune)
-    _add_json(tune)
 
     tune_session = commands.add_parser(
         "tune-session",
