@@ -110,3 +110,18 @@ def test_optimize_then_run(tmp_path):
     ran = ortforge("run", str(out), "--json")
     assert ran.returncode == 0, ran.stderr
     assert json.loads(ran.stdout)["outputs"][0]["y"]["shape"] == [1, 8]
+
+
+def test_tune_json_names_the_artifact(tmp_path):
+    from test_quantize import conv_net
+
+    model = save(conv_net(), tmp_path / "cnn.onnx")
+    env_cache = {"ORTFORGE_CACHE": str(tmp_path / "cache")}
+    import os
+
+    result = subprocess.run([sys.executable, "-m", "ortforge", "tune", str(model), "-o", str(tmp_path / "out"), "--time-budget", "20s", "--json"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, **env_cache})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["artifact"] == str(tmp_path / "out") and (tmp_path / "out" / "ortforge.json").exists()
+    assert data["figures"]["latency_ratio"]["median"] > 0
