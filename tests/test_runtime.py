@@ -26,3 +26,19 @@ def test_kernel_registry_knows_old_and_new_add():
 def test_flavour_names_the_installed_distribution():
     assert "onnxruntime" in runtime.flavour()
     assert runtime.version() == onnxruntime.__version__
+
+
+def test_limits_are_probed_once_per_ort_build_and_cached(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("ORTFORGE_CACHE", str(tmp_path))
+    runtime.limits.cache_clear()
+    try:
+        probed = runtime.limits()
+        (cached,) = (tmp_path / "runtime").glob("limits-*.json")
+        assert json.loads(cached.read_text())["max_ir_version"] == probed.max_ir_version
+        cached.write_text(json.dumps({"max_ir_version": 5, "max_opset": {"ai.onnx": 9}}))
+        runtime.limits.cache_clear()
+        assert runtime.limits().max_ir_version == 5  # read from the cache, not probed again
+    finally:
+        runtime.limits.cache_clear()

@@ -85,7 +85,7 @@ class AccuracyReport:
         return asdict(self)
 
 
-def _is_classifier_output(array: np.ndarray) -> bool:
+def is_classifier_output(array: np.ndarray) -> bool:
     """[batch, classes] scores, or [batch, steps, classes] probabilities: where top-1 agreement means something.
 
     A 3-D output counts only when its rows are probabilities (a recurrent state or hidden states are not).
@@ -127,7 +127,7 @@ def output_accuracy(name: str, reference: list[np.ndarray], candidate: list[np.n
             peak = max(peak, float(np.abs(ref64).max()))
         if not tiny:
             cosines.append(_cosine(ref64, cand64))
-        if _is_classifier_output(np.asarray(ref)):
+        if is_classifier_output(np.asarray(ref)):
             agreements.append(np.mean(ref64.argmax(axis=-1) == cand64.argmax(axis=-1)))
     if tiny and reference:
         cosines.append(_cosine(np.concatenate([np.ravel(r) for r in reference]), np.concatenate([np.ravel(c) for c in candidate])))

@@ -77,8 +77,8 @@ def inspect(
 ):  # -> ModelReport (imported lazily to keep `import ortforge` light)
     """Inputs, ops, parameters, FLOPs, family, and the node->EP assignment for every local EP."""
     from .inspection import inspect_model
-    from .measure.placement import REMOTE_PROVIDERS, placement_for
-    from .runtime import available_providers
+    from .measure.placement import placement_for
+    from .runtime import local_providers
 
     from . import zoo
 
@@ -94,7 +94,7 @@ def inspect(
         report.name = str(reference)
     if placement:
         report.placements = [
-            placement_for(model, provider) for provider in available_providers() if provider not in REMOTE_PROVIDERS
+            placement_for(model, provider) for provider in local_providers()
         ]
     return report
 
@@ -307,14 +307,14 @@ def fp16(
     from .mixed_precision import accuracy_of, search_mixed_precision, simulated_outputs, within
     from .model import save_model
     from .quantization import run_outputs
-    from .runtime import available_providers
+    from .runtime import GPU_PROVIDERS, available_providers
     from .session import provider_name
     from .transforms.fp16 import Fp16Options, convert_fp16, measure_activation_ranges, plan_fp16
 
     started = time.perf_counter()
     model = open_model(reference)
     feeds = feeds_for(model, reference, data, samples=samples or 4, shape_options=shape_options)
-    gpu = [p for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider", "DmlExecutionProvider") if p in available_providers()]
+    gpu = [p for p in GPU_PROVIDERS if p in available_providers()]
     provider = provider_name(ep) if ep else (gpu[0] if gpu else "CPUExecutionProvider")
     ranges = measure_activation_ranges(model, feeds)
     options = Fp16Options(keep_io_types=keep_io_types, block_ops=tuple(block_ops), block_nodes=tuple(block_nodes), provider=provider, activation_ranges=ranges)
@@ -395,7 +395,7 @@ def tune(
     from .accuracy import load_eval_hook, parse_tolerance
     from .errors import UserError
     from .inspection import inspect_model
-    from .runtime import available_providers
+    from .runtime import local_providers
     from .session import provider_name
     from .transforms.fusion import detect_transformer
     from .tune import tune_model
@@ -406,7 +406,7 @@ def tune(
     model = open_model(reference)
     calibration, evaluation = calibration_and_evaluation(model, reference, data, calib_samples=calib_samples or 16,
                                                          samples=samples or 8, shape_options=shape_options)  # fmt: skip
-    local = [p for p in available_providers() if p != "AzureExecutionProvider"]
+    local = local_providers()
     chosen = [provider_name(p) for p in providers] or local
     for name in chosen:
         if name not in local:

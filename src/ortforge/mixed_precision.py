@@ -22,6 +22,7 @@ from .model import Model, from_proto
 from .quantization import run_outputs
 from .session import SessionConfig, run_checked
 from .transforms.fp16 import Fp16Plan, simulate_fp16
+from .verify import ShapeMismatch, compare_outputs
 
 RISKY_OPS = {"Exp", "Pow", "Log", "Softmax", "LogSoftmax", "ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL2",
              "ReduceLogSumExp", "Sqrt", "Reciprocal", "Div", "CumSum", "Erf"}  # fmt: skip
@@ -40,18 +41,13 @@ class SearchReport:
 
 
 def within(reference: Outputs, candidate: Outputs, rtol: float, atol: float) -> bool:
-    """Every output element within atol + rtol * |fp32| (NaNs where fp32 has them), as numpy's isclose."""
-    for expected, actual in zip(reference, candidate):
-        for name, value in expected.items():
-            got = np.asarray(actual[name])
-            if got.shape != np.shape(value):
-                return False
-            if np.asarray(value).dtype.kind == "f":
-                if not np.allclose(got.astype(np.float64), np.asarray(value, np.float64), rtol=rtol, atol=atol, equal_nan=True):
-                    return False
-            elif not np.array_equal(got, value):
-                return False
-    return True
+    """Every output element within atol + rtol * |fp32| (NaNs where fp32 has them), as `ortforge.verify` judges."""
+    names = list(reference[0]) if reference else []
+    try:
+        diffs = compare_outputs([[s[n] for n in names] for s in reference], [[s[n] for n in names] for s in candidate], names, rtol, atol)
+    except ShapeMismatch:
+        return False
+    return not any(diff.mismatched for diff in diffs)
 
 
 def simulated_outputs(model: Model, plan: Fp16Plan, feeds: FeedSet) -> Outputs:

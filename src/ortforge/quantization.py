@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .accuracy import AccuracyReport, Outputs, Tolerance, compare
+from .accuracy import AccuracyReport, Outputs, Tolerance, compare, is_classifier_output
 from .bench import BenchOptions, BenchReport, CandidateScore, Progress, Variant, bench, consistent_winner, score
 from .data import GENERATED_WARNING, FeedSet
 from .errors import UserError
@@ -32,10 +32,8 @@ HEAVY_OPS = ("Conv", "MatMul", "Gemm")
 
 def default_tolerances(reference: Outputs) -> list[Tolerance]:
     """cosine >= 0.99 on every output, and top-1 unchanged where an output looks like class scores."""
-    from .accuracy import _is_classifier_output
-
     tolerances = [Tolerance("cosine", 0.99)]
-    if reference and any(_is_classifier_output(array) for array in reference[0].values()):
+    if reference and any(is_classifier_output(array) for array in reference[0].values()):
         tolerances.append(Tolerance("top1", 1.0))
     return tolerances
 

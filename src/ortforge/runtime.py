@@ -29,6 +29,11 @@ ORT_FLAVOURS = (
 )
 
 DEFAULT_DOMAIN = "ai.onnx"
+# EPs on NVIDIA GPUs (their saved graphs depend on the compute capability), and GPU EPs in general.
+NVIDIA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "NvTensorRTRTXExecutionProvider")
+GPU_PROVIDERS = NVIDIA_PROVIDERS + ("DmlExecutionProvider", "MIGraphXExecutionProvider")
+# EPs that run nothing on this machine: timing or placing them says nothing about it.
+REMOTE_PROVIDERS = ("AzureExecutionProvider",)
 
 
 def ort() -> Any:
@@ -111,11 +116,20 @@ def _highest(accepts: Any, low: int, high: int) -> int:
 
 @functools.lru_cache(maxsize=1)
 def limits() -> OrtLimits:
-    """Probe the installed ORT for the newest IR version and opsets it loads (about 20 tiny sessions)."""
+    """The newest IR version and opsets the installed ORT loads: probed once per ORT build (about 20
+    tiny sessions, 0.2 s) and cached on disk, since every command that loads a model needs them."""
+    import json
+
+    cached = _runtime_file("limits")
+    if cached.is_file():
+        data = json.loads(cached.read_text())
+        return OrtLimits(data["max_ir_version"], data["max_opset"])
     max_ir = _highest(lambda ir: _loads(ir, {DEFAULT_DOMAIN: 13}), 7, 64)
     max_onnx = _highest(lambda v: _loads(max_ir, {DEFAULT_DOMAIN: v}), 13, 200)
     max_ml = _highest(lambda v: _loads(max_ir, {DEFAULT_DOMAIN: 13, "ai.onnx.ml": v}), 1, 200)
-    return OrtLimits(max_ir_version=max_ir, max_opset={DEFAULT_DOMAIN: max_onnx, "ai.onnx.ml": max_ml})
+    found = OrtLimits(max_ir_version=max_ir, max_opset={DEFAULT_DOMAIN: max_onnx, "ai.onnx.ml": max_ml})
+    _write_runtime_file(cached, {"max_ir_version": found.max_ir_version, "max_opset": found.max_opset})
+    return found
 
 
 @dataclass(frozen=True)
@@ -135,11 +149,20 @@ def dump_kernels() -> None:
     print(json.dumps(rows))
 
 
-def _registry_file() -> Path:
+def _runtime_file(kind: str) -> Path:
+    """Where facts about this ORT build are cached: one file per kind, flavour and version."""
     from .cache import cache_root
 
-    name = f"kernels-{flavour().replace(', ', '+')}-{version()}.json".replace(" ", "_")
+    name = f"{kind}-{flavour().replace(', ', '+')}-{version()}.json".replace(" ", "_")
     return cache_root() / "runtime" / name
+
+
+def _write_runtime_file(path: Path, data: object) -> None:
+    import json
+
+    from .model import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data))
 
 
 @functools.lru_cache(maxsize=1)
@@ -153,7 +176,7 @@ def kernel_rows() -> list[list] | None:
     import subprocess
     import sys
 
-    cached = _registry_file()
+    cached = _runtime_file("kernels")
     if cached.is_file():
         data = json.loads(cached.read_text())
         return data.get("kernels")
@@ -163,8 +186,7 @@ def kernel_rows() -> list[list] | None:
         kernels = json.loads(child.stdout) if child.returncode == 0 else None
     except (OSError, subprocess.SubprocessError, ValueError):
         kernels = None
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps({"kernels": kernels}))
+    _write_runtime_file(cached, {"kernels": kernels})
     return kernels
 
 
@@ -195,3 +217,8 @@ def version() -> str:
 
 def available_providers() -> list[str]:
     return list(ort().get_available_providers())
+
+
+def local_providers() -> list[str]:
+    """Available EPs that run on this machine (not remote ones such as Azure)."""
+    return [p for p in available_providers() if p not in REMOTE_PROVIDERS]

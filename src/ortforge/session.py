@@ -37,6 +37,7 @@ PROVIDER_ALIASES = {
     "webgpu": "WebGpuExecutionProvider",
 }
 CPU = "CPUExecutionProvider"
+SPINNING = "session.intra_op.allow_spinning"  # config entry: "0" parks idle intra-op threads at once
 MEASUREMENTS_KEY = "measurements"  # figures a tool stored beside the config; informational, ignored on load
 
 

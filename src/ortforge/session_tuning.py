@@ -15,9 +15,8 @@ from .bench import BenchOptions, BenchReport, CandidateScore, Progress, Variant,
 from .data import FeedSet
 from .machine import cpu_info
 from .model import Model
-from .session import SessionConfig
+from .session import SPINNING, SessionConfig
 
-SPINNING = "session.intra_op.allow_spinning"
 AFFINITY = "session.intra_op_thread_affinities"
 FINALISTS = 3
 # Documented provider options worth a try, per EP (only EPs the config already uses are tried).

@@ -24,7 +24,6 @@ LAYOUT_FEATURES = {
     "avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
     "amx_int8", "amx_bf16", "neon", "dotprod", "i8mm", "fp16", "bf16", "sve", "sve2",
 }  # fmt: skip
-GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider", "NvTensorRTRTXExecutionProvider"}
 
 
 @dataclass
@@ -58,7 +57,7 @@ class Stamp:
 def make_stamp(providers: list[dict], level: str, portable: bool, source_sha256: str, fusion: dict | None = None) -> Stamp:
     """A stamp for a model optimized here, now."""
     machine = machine_info()
-    uses_gpu = any(p["name"] in GPU_PROVIDERS for p in providers)
+    uses_gpu = any(p["name"] in runtime.NVIDIA_PROVIDERS for p in providers)
     return Stamp(
         ortforge_version=__version__,
         ort_version=runtime.version(),

@@ -72,7 +72,7 @@ def _diff(name: str, expected: list[np.ndarray], actual: list[np.ndarray], rtol:
     is_float = all(e.dtype.kind == "f" for e in expected)
     for e, a in zip(expected, actual):
         if e.shape != a.shape:
-            raise _ShapeMismatch(f"output '{name}' has shape {list(a.shape)}, the original gives {list(e.shape)}")
+            raise ShapeMismatch(f"output '{name}' has shape {list(a.shape)}, the original gives {list(e.shape)}")
         if not is_float:
             wrong = int(np.count_nonzero(e != a))
             mismatched += wrong
@@ -93,8 +93,8 @@ def _diff(name: str, expected: list[np.ndarray], actual: list[np.ndarray], rtol:
     return OutputDiff(name, max_abs, max_rel, mismatched, elements, cosine)
 
 
-class _ShapeMismatch(Exception):
-    pass
+class ShapeMismatch(Exception):
+    """A candidate output whose shape differs from the reference's: no element-wise comparison applies."""
 
 
 def verify(
@@ -120,7 +120,7 @@ def verify(
     produced = run_all(candidate, candidate_config or SessionConfig(), feeds)
     try:
         result.outputs = compare_outputs(reference, produced, names, rtol, atol)
-    except _ShapeMismatch as exc:
+    except ShapeMismatch as exc:
         result.passed, result.problem = False, str(exc)
         return result
     bad = [o for o in result.outputs if o.mismatched]

@@ -65,9 +65,6 @@ def placement_from_session(session: Any, requested: list[str]) -> Placement | No
     return placement
 
 
-# EPs that run nothing locally: asking them for a placement says nothing about this machine.
-REMOTE_PROVIDERS = {"AzureExecutionProvider"}
-
 
 def placement_for(model: Any, provider: str, graph_optimization_level: str = "all") -> Placement:
     """Create a session asking for `provider` first (CPU as fallback) and read its node assignment."""

@@ -8,12 +8,11 @@ from dataclasses import asdict, dataclass, field, replace
 
 from ..machine import cpu_info
 from ..quantization import auto_recipes
-from ..session import ProviderSpec, SessionConfig
+from ..runtime import GPU_PROVIDERS, REMOTE_PROVIDERS
+from ..session import CPU, SPINNING, ProviderSpec, SessionConfig
 from ..transforms.quantize import QuantizeOptions
 from ..transforms.weight_only import WeightOnlyOptions
 
-SPINNING = "session.intra_op.allow_spinning"
-REMOTE_PROVIDERS = {"AzureExecutionProvider"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ def precision_candidates(family: str, providers: list[str], transformer: bool, f
     for recipe in auto_recipes(family, features):
         kind = "weight-only" if isinstance(recipe, WeightOnlyOptions) else "int8"
         found.append(PrecisionCandidate(recipe.describe(), kind, _frozen(recipe)))
-    gpu = [p for p in providers if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider", "DmlExecutionProvider")]
+    gpu = [p for p in providers if p in GPU_PROVIDERS]
     if gpu:  # fp16 pays only where an EP has fp16 kernels; ORT's CPU EP computes most fp16 ops in fp32
         found.append(PrecisionCandidate(f"fp16 for {gpu[0].replace('ExecutionProvider', '')}", "fp16", (("provider", gpu[0]),)))
     return found
@@ -78,6 +77,6 @@ def session_candidates(providers: list[str], cores: int | None = None) -> list[S
         found.append(SessionCandidate("no spinning", replace(base, config_entries={SPINNING: "0"})))
         found.append(SessionCandidate("parallel execution", replace(base, execution_mode="parallel", inter_op_num_threads=2)))
     for provider in providers:
-        if provider not in REMOTE_PROVIDERS and provider != "CPUExecutionProvider":
+        if provider not in REMOTE_PROVIDERS and provider != CPU:
             found.append(SessionCandidate(provider.replace("ExecutionProvider", ""), replace(base, providers=[ProviderSpec(provider), ProviderSpec("CPUExecutionProvider")])))
     return found
