@@ -320,9 +320,11 @@ def fp16(
     options = Fp16Options(keep_io_types=keep_io_types, block_ops=tuple(block_ops), block_nodes=tuple(block_nodes), provider=provider, activation_ranges=ranges)
     plan = plan_fp16(model, options)
     search = None
+    reference = run_outputs(model, feeds)
     if auto:
-        plan, search = search_mixed_precision(model, plan, feeds, rtol, atol, load_eval_hook(eval_hook) if eval_hook else None)
-    simulated_ok = within(run_outputs(model, feeds), simulated_outputs(model, plan, feeds), rtol, atol)
+        plan, search = search_mixed_precision(model, plan, feeds, rtol, atol, load_eval_hook(eval_hook) if eval_hook else None, reference=reference)
+    simulated = simulated_outputs(model, plan, feeds)
+    simulated_ok = within(reference, simulated, rtol, atol)
     if not simulated_ok and not force:
         raise UserError(f"{Path(output).name}: not written, simulated fp16 outputs are outside rtol={rtol:g} atol={atol:g}",
                         hint="--auto keeps the sensitive nodes in fp32; --force writes it anyway")  # fmt: skip
@@ -339,7 +341,7 @@ def fp16(
         "output": str(saved),
         "provider": provider,
         "plan": result.details,
-        "accuracy_simulated": accuracy_of(model, plan, feeds),
+        "accuracy_simulated": accuracy_of(reference, simulated),
         "within_tolerance": simulated_ok,
         "rtol": rtol,
         "atol": atol,

@@ -104,11 +104,12 @@ def ranked_candidates(model: Model, plan: Fp16Plan, feeds: FeedSet) -> list[tupl
 
 
 def search_mixed_precision(
-    model: Model, plan: Fp16Plan, feeds: FeedSet, rtol: float, atol: float, hook: Callable | None = None, max_evaluations: int = 30
+    model: Model, plan: Fp16Plan, feeds: FeedSet, rtol: float, atol: float, hook: Callable | None = None, max_evaluations: int = 30,
+    reference: Outputs | None = None,
 ) -> tuple[Fp16Plan, SearchReport]:
     """The plan with the fewest extra fp32 nodes (down a ranked list) whose simulated outputs meet the tolerance."""
     start = time.perf_counter()
-    reference = run_outputs(model, feeds)
+    reference = reference if reference is not None else run_outputs(model, feeds)
     evaluations = 0
     tried: dict[int, bool] = {}
 
@@ -153,8 +154,7 @@ def search_mixed_precision(
     return with_prefix(high), SearchReport(True, evaluations, time.perf_counter() - start, order[:high])
 
 
-def accuracy_of(model: Model, plan: Fp16Plan, feeds: FeedSet) -> dict:
-    """Simulated fp16 against fp32 on the feeds: metrics for the report."""
-    reference = run_outputs(model, feeds)
-    report = compare(reference, simulated_outputs(model, plan, feeds))
+def accuracy_of(reference: Outputs, simulated: Outputs) -> dict:
+    """Simulated fp16 against fp32: metrics for the report."""
+    report = compare(reference, simulated)
     return {name: report.metric(name) for name in ("cosine", "max_abs", "rel")}

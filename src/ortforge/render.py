@@ -112,9 +112,7 @@ def _render_notes(notes: list[str], console: Console, limit: int = 4) -> None:
 
 
 def _placement_cell(result: VariantResult) -> str:
-    if result.placement is None:
-        return "n/a"
-    if result.placement.error:
+    if result.placement is None or result.placement.error:
         return "n/a"
     return ", ".join(f"{p.replace('ExecutionProvider', '')} {n}" for p, n in result.placement.counts.items())
 

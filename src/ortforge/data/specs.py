@@ -65,10 +65,6 @@ def input_specs(model: Model) -> list[InputSpec]:
     return [_spec_from_value_info(v) for v in model.proto.graph.input if v.name not in initializers]
 
 
-def output_specs(model: Model) -> list[InputSpec]:
-    return [_spec_from_value_info(v) for v in model.proto.graph.output]
-
-
 @dataclass
 class ShapeOptions:
     """How to make symbolic dims concrete: per-input shapes, per-dim-name values, and the defaults."""
