@@ -10,7 +10,7 @@ from onnx import helper
 from ortforge.api import fp16
 from ortforge.data import FeedSet
 from ortforge.errors import UserError
-from ortforge.mixed_precision import ranked_candidates, search_mixed_precision, simulated_outputs, within
+from ortforge.mixed_precision import search_mixed_precision, simulated_outputs, within
 from ortforge.model import load_model
 from ortforge.quantization import run_outputs
 from ortforge.transforms.fp16 import Fp16Options, plan_fp16
@@ -46,17 +46,46 @@ def test_search_meets_a_tolerance_full_fp16_misses(model):
     data = feeds()
     plan = plan_fp16(model, Fp16Options(provider=None))  # ONNX schemas: everything convertible goes fp16
     reference = run_outputs(model, data)
-    assert not within(reference, simulated_outputs(model, plan, data), 1e-4, 1e-5)
-    found, report = search_mixed_precision(model, plan, data, rtol=1e-4, atol=1e-5)
-    assert report.met and within(reference, simulated_outputs(model, found, data), 1e-4, 1e-5)
+    assert not within(reference, simulated_outputs(model, plan, data), 1e-2, 1e-3)  # exp overflows fp16
+    found, report = search_mixed_precision(model, plan, data, rtol=1e-2, atol=1e-3)
+    assert report.met and within(reference, simulated_outputs(model, found, data), 1e-2, 1e-3)
+    assert "exp" not in found.fp16_nodes() and "project" in found.fp16_nodes()
     assert 1 <= len(report.kept_fp32) < len(plan.fp16_nodes())
     assert report.evaluations <= 12
 
 
-def test_ranking_puts_outputs_and_risky_ops_first(model):
-    order = [name for name, _ in ranked_candidates(model, plan_fp16(model, Fp16Options(provider=None)), feeds(1))]
-    assert order[0] == "out"
-    assert order.index("exp") < order.index("project")
+def test_nothing_fits_a_tolerance_no_fp16_node_meets_alone(model):
+    data = feeds()
+    found, report = search_mixed_precision(model, plan_fp16(model, Fp16Options(provider=None)), data, rtol=1e-6, atol=1e-7)
+    assert found.fp16_nodes() == [] and "every node stays fp32" in report.notes[0]
+    assert within(run_outputs(model, data), simulated_outputs(model, found, data), 1e-6, 1e-7)
+
+
+def two_branch_model():
+    """An exact MatMul branch (small integers, fp16-representable) beside an Exp branch fp16 rounding hurts."""
+    rng = np.random.default_rng(2)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["mm"], name="project"),
+        helper.make_node("Relu", ["mm"], ["y1"], name="rectify"),
+        helper.make_node("Mul", ["x", "scale"], ["s"], name="sharpen"),
+        helper.make_node("Exp", ["s"], ["e"], name="exp"),
+        helper.make_node("Add", ["e", "one"], ["y2"], name="shift"),
+    ]
+    weights = [weight("w", rng.integers(-3, 4, (16, 16)).astype(np.float32)), weight("scale", np.float32(2.3)),
+               weight("one", np.float32(1.0))]  # fmt: skip
+    return make_model(nodes, [tensor("x", [1, 16])], [tensor("y1", [1, 16]), tensor("y2", [1, 16])], weights, opset=17)
+
+
+def test_search_keeps_the_heavy_harmless_node_in_fp16(tmp_path):
+    model = load_model(save(two_branch_model(), tmp_path / "branches.onnx"))
+    rng = np.random.default_rng(3)
+    data = FeedSet([{"x": (rng.integers(-16, 17, (1, 16)) / 8).astype(np.float32)} for _ in range(3)], "test", generated=False)
+    plan = plan_fp16(model, Fp16Options(provider=None))
+    found, report = search_mixed_precision(model, plan, data, rtol=1e-4, atol=1e-5)
+    assert report.met and within(run_outputs(model, data), simulated_outputs(model, found, data), 1e-4, 1e-5)
+    assert "project" in found.fp16_nodes() and "exp" not in found.fp16_nodes()
+    assert dict(report.kept_fp32)["exp"].startswith("Exp: its group")
+    assert report.evaluations <= 12
 
 
 def test_a_harmless_model_needs_one_evaluation(tmp_path):
@@ -73,5 +102,5 @@ def test_fp16_command_refuses_then_auto_writes(tmp_path, model):
         fp16(str(tmp_path / "m.onnx"), out, ep="cuda", rtol=1e-5, atol=1e-6, data=str(tmp_path / "x.npz"))
     assert not out.exists()
     report = fp16(str(tmp_path / "m.onnx"), out, ep="cuda", auto=True, rtol=1e-4, atol=1e-5, data=str(tmp_path / "x.npz"))
-    assert out.exists() and report["within_tolerance"] and report["search"]["met"]
+    assert out.exists() and report.within_tolerance and report.search.met
     assert load_model(out).proto.graph.input[0].type.tensor_type.elem_type == 1  # float32 I/O kept

@@ -140,8 +140,13 @@ def bench(
     options: BenchOptions | None = None,
     check: bool = True,
     progress: Progress | None = None,
+    streams: int = 1,
 ) -> BenchReport:
-    """Measure models (or model + config pairs) side by side, each in a fresh process, interleaved."""
+    """Measure models (or model + config pairs) side by side, each in a fresh process, interleaved.
+
+    `streams` > 1 keeps that many requests in flight on each session (throughput under concurrency)."""
+    if streams < 1:
+        raise UserError(f"--streams {streams}: give 1 or more requests in flight")
     parsed = [t for t in targets if isinstance(t, BenchTarget)]
     if len(parsed) != len(targets):
         parsed = parse_bench_targets([str(t) for t in targets])
@@ -153,7 +158,7 @@ def bench(
             models[target.model] = open_model(target.model, check=check)
             feeds[target.model] = feeds_for(models[target.model], target.model, data, samples=samples, seed=seed, shape_options=shape_options)
         config = SessionConfig.load(target.config) if target.config else (default_config or SessionConfig())
-        variants.append(Variant(_unique_label(target.label, variants), models[target.model], config, feeds[target.model]))
+        variants.append(Variant(_unique_label(target.label, variants), models[target.model], config, feeds[target.model], streams))
     report = _bench(variants, options, progress)
     if any(f.generated for f in feeds.values()):
         report.notes.append("inputs were generated (random): fine for speed, but say nothing about accuracy")
@@ -297,14 +302,14 @@ def fp16(
     shape_options: ShapeOptions | None = None,
     eval_hook: str | None = None,
     force: bool = False,
-):  # -> dict report
-    """fp16 (or, with `auto`, the fewest fp32 nodes within rtol/atol), judged by simulation on the CPU."""
+):  # -> mixed_precision.Fp16Report
+    """fp16 (or, with `auto`, as many fp16 nodes as rtol/atol allow), judged by simulation on the CPU."""
     import time
 
     from .accuracy import load_eval_hook
     from .data import GENERATED_WARNING
     from .errors import UserError
-    from .mixed_precision import accuracy_of, search_mixed_precision, simulated_outputs, within
+    from .mixed_precision import Fp16Report, accuracy_of, fp16_mac_share, search_mixed_precision, simulated_outputs, within
     from .model import save_model
     from .quantization import run_outputs
     from .runtime import GPU_PROVIDERS, available_providers
@@ -337,18 +342,20 @@ def fp16(
         notes.append(GENERATED_WARNING)
     if not simulated_ok:
         notes.append("written despite simulated outputs outside tolerance (--force)")
-    return {
-        "output": str(saved),
-        "provider": provider,
-        "plan": result.details,
-        "accuracy_simulated": accuracy_of(reference, simulated),
-        "within_tolerance": simulated_ok,
-        "rtol": rtol,
-        "atol": atol,
-        "search": search.to_dict() if search else None,
-        "wall_s": time.perf_counter() - started,
-        "notes": notes,
-    }
+    share = fp16_mac_share(model, plan, feeds)
+    return Fp16Report(
+        output=str(saved),
+        provider=provider,
+        plan=result.details,
+        accuracy_simulated=accuracy_of(reference, simulated),
+        within_tolerance=simulated_ok,
+        rtol=rtol,
+        atol=atol,
+        search=search,
+        wall_s=time.perf_counter() - started,
+        fp16_mac_share=share,
+        notes=notes,
+    )
 
 
 def quant_debug(

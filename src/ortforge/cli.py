@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-profile", action="store_true", help="skip the per-op profile")
     bench.add_argument("--startup", type=int, default=0, metavar="N", help="also time session creation N times per variant, interleaved")
     bench.add_argument("--top", type=int, default=8, help="op types / nodes to show")
+    bench.add_argument("--streams", type=int, default=1, metavar="N",
+                       help="keep N requests in flight on each session (threads calling run): time per request = 1 / throughput")  # fmt: skip
     session = bench.add_argument_group("session (for models given without a config)")
     session.add_argument("--ep", action="append", default=[], help="execution provider(s) in priority order, e.g. cuda")
     session.add_argument("--threads", type=int, default=0, help="intra-op threads (0: ORT default)")
@@ -318,6 +320,7 @@ def run_bench(args: argparse.Namespace, console: Any) -> None:
             default_config=config,
             options=options,
             check=not args.no_check,
+            streams=args.streams,
             progress=progress,
         )
     _emit_json(report) if args.json else render_bench(report, console, top=args.top)
@@ -417,35 +420,14 @@ def run_quantize(args: argparse.Namespace, console: Any) -> None:
 
 
 def run_fp16(args: argparse.Namespace, console: Any) -> None:
+    from .render import render_fp16
+
     with _progress(_stderr_console().is_terminal) as progress:
         progress("planning fp16" + (" and searching" if args.auto else ""), 0.2)
         report = api.fp16(args.model, args.output, keep_io_types=not args.no_keep_io_types, block_ops=args.block_op, block_nodes=args.block_node,
                           ep=args.ep, auto=args.auto, rtol=args.rtol, atol=args.atol, data=args.data, samples=args.samples,
                           shape_options=_shape_options(args), eval_hook=args.eval, force=args.force)  # fmt: skip
-    if args.json:
-        _emit_json(report)
-        return
-    plan = report["plan"]
-    console.print(f"[bold]wrote[/] {report['output']} (fp16 kernels of {report['provider']})", highlight=False)
-    console.print(f"  fp16 nodes {plan.get('fp16_nodes', '?')}, fp32 nodes {plan.get('fp32_nodes', '?')}, casts {plan.get('casts_inserted', '?')}", highlight=False)
-    for reason, count in (plan.get("fp32_reasons") or {}).items():
-        console.print(f"    fp32 because {reason}: {count}", highlight=False)
-    accuracy = report["accuracy_simulated"]
-    console.print(f"  simulated fp16 vs fp32: cosine {accuracy['cosine']:.6f}, max abs {accuracy['max_abs']:.3g} "
-                  f"({'within' if report['within_tolerance'] else 'OUTSIDE'} rtol={report['rtol']:g} atol={report['atol']:g})")  # fmt: skip
-    if report["search"]:
-        search = report["search"]
-        console.print(f"  --auto: {len(search['kept_fp32'])} extra node(s) kept fp32 after {search['evaluations']} evaluations in {search['wall_s']:.1f} s")
-        for node, why in search["kept_fp32"][:10]:
-            console.print(f"    {escape_text(node)}: {escape_text(why)}", highlight=False)
-    for note in report["notes"]:
-        console.print(f"[yellow]note:[/] {escape_text(note)}", highlight=False)
-
-
-def escape_text(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
+    _emit_json(report) if args.json else render_fp16(report, console)
 
 
 def run_quant_debug(args: argparse.Namespace, console: Any) -> None:

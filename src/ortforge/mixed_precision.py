@@ -1,31 +1,38 @@
 """`ortforge fp16`: fp16 conversion judged by simulation on the CPU, and `--auto` mixed precision.
 
-The search finds a small set of nodes to keep in fp32 in few evaluations: one instrumented run ranks
-the fp16 nodes by the error they add (simulated fp16 vs fp32, tensor by tensor), risky ops (Exp,
-Pow, reductions, Softmax, the nodes that produce outputs) go first, then the kept set grows
-1, 2, 4, ... nodes down the ranking until the outputs are within tolerance and is bisected back to
-the shortest prefix that still is. Each evaluation is one simulated model and one session.
+The search finds a large set of nodes that can run in fp16 within the tolerance, in few evaluations.
+fp16 rounding is a small perturbation, so the output error of a set of nodes is close to the sum of
+the errors its parts cause alone. The fp16 nodes are cut into groups (graph-order chunks, the heavy
+MatMul/Conv nodes apart from the cheap ones); each group is simulated alone once, and groups are
+chosen greedily while their summed error stays under a margin of the tolerance. A simulation of the
+choice is the judge; a miss tightens the margin. With evaluations left, the rejected group with the
+least error alone is split in halves and the choice made again. One evaluation = one simulated
+model, one session, every sample.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-import onnx
 
 from .accuracy import Outputs, compare
 from .data import FeedSet
+from .flops import count_macs
 from .model import Model, from_proto
 from .quantization import run_outputs
-from .session import SessionConfig, run_checked
+from .session import SessionConfig
 from .transforms.fp16 import Fp16Plan, simulate_fp16
 from .verify import ShapeMismatch, compare_outputs
 
-RISKY_OPS = {"Exp", "Pow", "Log", "Softmax", "LogSoftmax", "ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL2",
-             "ReduceLogSumExp", "Sqrt", "Reciprocal", "Div", "CumSum", "Erf"}  # fmt: skip
+HEAVY_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Attention", "MultiHeadAttention", "FusedMatMul", "Einsum",
+             "LSTM", "GRU", "RNN"}  # fmt: skip
+FIRST_CHUNKS = 8  # graph-order chunks, each split heavy/cheap: up to 16 groups simulated alone
+MARGIN = 0.8  # a choice's summed error must stay under this fraction of the tolerance
+IDLE_SPLITS = 2  # splits in a row that found nothing better end the search
+PROBED_ELEMENTS = 200_000  # output elements the error model keeps: bounded memory and greedy time
 
 
 @dataclass
@@ -55,103 +62,189 @@ def simulated_outputs(model: Model, plan: Fp16Plan, feeds: FeedSet) -> Outputs:
     return run_outputs(from_proto(simulated.proto, base_dir=model.base_dir), feeds, SessionConfig(graph_optimization_level="disable"))
 
 
-def _added_error(model: Model, plan: Fp16Plan, feed: dict) -> dict[str, float]:
-    """fp16 node -> relative error of its outputs minus the worst of its inputs' (one instrumented run each)."""
-    fp16 = set(plan.fp16_nodes())
-    nodes = [n for n in model.proto.graph.node if n.name in fp16]
-    names = sorted({o for n in nodes for o in n.output if o})
-    errors: dict[str, float] = {}
-    runs = []
-    for proto in (model.proto, simulate_fp16(model, plan).proto):
-        augmented = onnx.ModelProto()
-        augmented.CopyFrom(proto)
-        present = {o for n in augmented.graph.node for o in n.output}
-        wanted = [name for name in names if name in present]
-        augmented.graph.output.extend(onnx.ValueInfoProto(name=name) for name in wanted)
-        session = SessionConfig(graph_optimization_level="disable").build(from_proto(augmented, base_dir=model.base_dir))
-        outputs = [o.name for o in session.get_outputs()]
-        runs.append(dict(zip(outputs, run_checked(session, feed, model.name))))
-    reference, simulated = runs
-    for name in names:
-        if name in reference and name in simulated and np.asarray(reference[name]).dtype.kind == "f":
-            ref = np.asarray(reference[name], np.float64)
-            norm = np.linalg.norm(ref)
-            diff = np.linalg.norm(np.asarray(simulated[name], np.float64) - ref) if ref.shape == np.shape(simulated[name]) else np.inf
-            errors[name] = float(diff / norm) if norm > 0 else float(diff > 0)
-    added = {}
-    for node in nodes:
-        own = max((errors.get(o, 0.0) for o in node.output), default=0.0)
-        inherited = max((errors.get(i, 0.0) for i in node.input), default=0.0)
-        added[node.name] = own - inherited if np.isfinite(own) else np.inf
-    return added
+@dataclass
+class Fp16Report:
+    """What `ortforge fp16` wrote and how its simulated outputs compare with fp32."""
+
+    output: str
+    provider: str  # whose fp16 kernels were asked
+    plan: dict  # counts, fp32 nodes and why, casts inserted
+    accuracy_simulated: dict  # cosine, max_abs, rel
+    within_tolerance: bool
+    rtol: float
+    atol: float
+    search: SearchReport | None
+    wall_s: float
+    fp16_mac_share: float | None = None  # of the counted MACs (MatMul, Conv, ...), the fraction fp16 nodes compute
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {**{k: v for k, v in vars(self).items() if k != "search"}, "search": self.search.to_dict() if self.search else None}
 
 
-def ranked_candidates(model: Model, plan: Fp16Plan, feeds: FeedSet) -> list[tuple[str, str]]:
-    """fp16 nodes in the order to try keeping them fp32, each with why it is on the list."""
+def fp16_mac_share(model: Model, plan: Fp16Plan, feeds: FeedSet) -> float | None:
+    """Fraction of the counted MACs that the plan's fp16 nodes compute: the part fp16 can speed up."""
+    sample = feeds.samples[0]
+    macs = count_macs(model, {name: np.shape(value) for name, value in sample.items()}, feeds=sample, top=len(plan.decisions) + 1)
+    counted = sum(node.macs for node in macs.top_nodes)  # both branches of an If count here, unlike in total_macs
+    if not counted:
+        return None
     fp16 = set(plan.fp16_nodes())
-    outputs = {o.name for o in model.proto.graph.output}
-    ordered: dict[str, str] = {}
-    for node in model.proto.graph.node:
-        if node.name in fp16 and set(node.output) & outputs:
-            ordered.setdefault(node.name, "produces a model output")
-    for node in model.proto.graph.node:
-        if node.name in fp16 and node.op_type in RISKY_OPS:
-            ordered.setdefault(node.name, f"{node.op_type}: sensitive to fp16 range and precision")
-    added = _added_error(model, plan, feeds.samples[0])
-    for name, error in sorted(added.items(), key=lambda item: -item[1]):
-        ordered.setdefault(name, f"adds {error:.2g} relative error in simulated fp16")
-    return list(ordered.items())
+    return sum(node.macs for node in macs.top_nodes if node.name in fp16) / counted
+
+
+class _ErrorProbe:
+    """A candidate's output error on a bounded set of float output elements, and its size in tolerances."""
+
+    def __init__(self, reference: Outputs, all_fp16: Outputs, rtol: float, atol: float, limit: int = PROBED_ELEMENTS) -> None:
+        first = reference[0]
+        self.shapes = {n: np.shape(first[n]) for n in first if np.asarray(first[n]).dtype.kind == "f"}
+        flat = self._flat(reference)
+        index = np.flatnonzero(np.isfinite(flat))
+        if index.size > limit:  # the elements full fp16 hurts most, and a random sample of the rest
+            hurt = np.nan_to_num(np.abs(self._flat(all_fp16)[index] - flat[index]) / (atol + rtol * np.abs(flat[index]) + 1e-30), nan=np.inf)
+            worst = index[np.argsort(-hurt)[: limit // 2]]
+            rest = np.setdiff1d(index, worst)
+            index = np.union1d(worst, np.random.default_rng(0).choice(rest, limit - worst.size, replace=False))
+        self.index = index
+        self.reference = flat[index]
+        self.tolerance = atol + rtol * np.abs(self.reference)
+
+    def _flat(self, outputs: Outputs) -> np.ndarray:
+        parts = []
+        for sample in outputs:
+            for name, shape in self.shapes.items():
+                value = np.asarray(sample[name], np.float64)
+                parts.append(value.ravel() if value.shape == shape else np.full(int(np.prod(shape)), np.inf))
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def error(self, outputs: Outputs) -> np.ndarray:
+        return np.nan_to_num(self._flat(outputs)[self.index] - self.reference, nan=np.inf)
+
+    def ratio(self, error: np.ndarray) -> float:
+        """Worst |error| / tolerance: 1 or less is within."""
+        if error.size == 0:
+            return 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.max(np.where(error == 0, 0.0, np.abs(error) / self.tolerance)))
+
+
+@dataclass(eq=False)  # compared by identity: groups are split and regrouped during the search
+class _Group:
+    nodes: tuple[str, ...]
+    error: np.ndarray  # probed output error with only this group in fp16
+    ratio: float
+
+
+def _first_groups(plan: Fp16Plan) -> list[tuple[str, ...]]:
+    """fp16 nodes in graph-order chunks, each split into heavy (MatMul, Conv, ...) and cheap nodes."""
+    names = plan.fp16_nodes()
+    groups = []
+    for chunk in np.array_split(np.array(names, dtype=object), min(FIRST_CHUNKS, len(names))):
+        heavy = tuple(n for n in chunk if plan.decisions[n].op_type in HEAVY_OPS)
+        cheap = tuple(n for n in chunk if plan.decisions[n].op_type not in HEAVY_OPS)
+        groups.extend(group for group in (heavy, cheap) if group)
+    return groups
+
+
+def _choose(groups: list[_Group], probe: _ErrorProbe, margin: float, plan: Fp16Plan) -> list[_Group]:
+    """Greedy: heavy groups first, least error first; take each group while the summed error stays under the margin."""
+    chosen: list[_Group] = []
+    total = np.zeros_like(probe.reference)
+    for group in sorted(groups, key=lambda g: (-_value([g], plan)[0] / max(g.ratio, 1e-9), g.ratio)):
+        if group.ratio <= margin and probe.ratio(total + group.error) <= margin:
+            chosen.append(group)
+            total = total + group.error
+    return chosen
+
+
+def _value(groups: list[_Group], plan: Fp16Plan) -> tuple[int, int]:
+    """Heavy fp16 nodes first (they bring the speed), then all fp16 nodes."""
+    nodes = [n for group in groups for n in group.nodes]
+    return sum(plan.decisions[n].op_type in HEAVY_OPS for n in nodes), len(nodes)
+
+
+class _GroupSearch:
+    def __init__(self, model: Model, plan: Fp16Plan, feeds: FeedSet, reference: Outputs, rtol: float, atol: float,
+                 hook: Callable | None, max_evaluations: int) -> None:  # fmt: skip
+        self.model, self.plan, self.feeds, self.reference = model, plan, feeds, reference
+        self.rtol, self.atol, self.hook, self.max_evaluations = rtol, atol, hook, max_evaluations
+        self.evaluations = 0
+        self.with_islands = replace(plan, options=replace(plan.options, drop_islands=False))
+
+    def evaluate(self, candidate: Fp16Plan) -> tuple[Outputs, bool]:
+        self.evaluations += 1
+        outputs = simulated_outputs(self.model, candidate, self.feeds)
+        ok = within(self.reference, outputs, self.rtol, self.atol)
+        if ok and self.hook is not None:
+            ok = bool(self.hook(outputs, self.reference))  # the user's validate function has the last word
+        return outputs, ok
+
+    def only(self, nodes: Iterable[str], plan: Fp16Plan | None = None) -> Fp16Plan:
+        keep = set(nodes)
+        plan = plan or self.plan
+        return plan.with_fp32([n for n in plan.fp16_nodes() if n not in keep], reason="kept fp32 by the mixed-precision search")
+
+    def alone(self, nodes: tuple[str, ...], probe: _ErrorProbe) -> _Group:
+        # Measured with lone nodes left fp16: a group's own error, even where the final plan would drop an island.
+        outputs, _ = self.evaluate(self.only(nodes, self.with_islands))
+        error = probe.error(outputs)
+        return _Group(nodes, error, probe.ratio(error))
+
+    def run(self) -> tuple[list[_Group], list[_Group]] | None:
+        """The groups of the best verified choice and the rest; None when full fp16 already meets the tolerance."""
+        outputs, ok = self.evaluate(self.plan)
+        if ok:
+            return None
+        probe = _ErrorProbe(self.reference, outputs, self.rtol, self.atol)
+        groups = [self.alone(nodes, probe) for nodes in _first_groups(self.plan)]
+        best: list[_Group] = []
+        tried: set[frozenset[str]] = set()
+        margin, idle_splits = MARGIN, 0
+        while self.evaluations < self.max_evaluations and idle_splits < IDLE_SPLITS:
+            chosen = _choose(groups, probe, margin, self.plan)
+            key = frozenset(n for group in chosen for n in group.nodes)
+            if chosen and key not in tried:
+                tried.add(key)
+                if not self.evaluate(self.only(key))[1]:
+                    margin *= 0.6  # the sum underestimated the error: ask for more headroom
+                    continue
+                if _value(chosen, self.plan) > _value(best, self.plan):
+                    best, idle_splits = chosen, 0
+            if not self._split_one(groups, best, probe):
+                break
+            idle_splits += 1
+        return best, [group for group in groups if group not in best]
+
+    def _split_one(self, groups: list[_Group], best: list[_Group], probe: _ErrorProbe) -> bool:
+        """Split the rejected group with the least error alone in halves (two evaluations); False if none is left."""
+        rejected = [group for group in groups if group not in best and len(group.nodes) > 1]
+        if not rejected or self.evaluations + 3 > self.max_evaluations:
+            return False
+        closest = min(rejected, key=lambda group: group.ratio)
+        groups.remove(closest)
+        half = len(closest.nodes) // 2
+        groups.extend(self.alone(part, probe) for part in (closest.nodes[:half], closest.nodes[half:]))
+        return True
 
 
 def search_mixed_precision(
     model: Model, plan: Fp16Plan, feeds: FeedSet, rtol: float, atol: float, hook: Callable | None = None, max_evaluations: int = 30,
     reference: Outputs | None = None,
 ) -> tuple[Fp16Plan, SearchReport]:
-    """The plan with the fewest extra fp32 nodes (down a ranked list) whose simulated outputs meet the tolerance."""
+    """A plan with many fp16 nodes whose simulated outputs meet the tolerance (every node fp32 at worst)."""
     start = time.perf_counter()
     reference = reference if reference is not None else run_outputs(model, feeds)
-    evaluations = 0
-    tried: dict[int, bool] = {}
-
-    def meets(candidate: Fp16Plan) -> bool:
-        nonlocal evaluations
-        evaluations += 1
-        outputs = simulated_outputs(model, candidate, feeds)
-        ok = within(reference, outputs, rtol, atol)
-        if ok and hook is not None:
-            ok = bool(hook(outputs, reference))  # the user's validate function has the last word
-        return ok
-
-    if meets(plan):
-        return plan, SearchReport(True, evaluations, time.perf_counter() - start, [])
-    order = ranked_candidates(model, plan, feeds)
-    evaluations += 1  # the instrumented ranking run
-
-    def with_prefix(count: int) -> Fp16Plan:
-        return plan.with_fp32([name for name, _ in order[:count]], reason="kept fp32 by the mixed-precision search")
-
-    def passes(count: int) -> bool:
-        if count not in tried:
-            tried[count] = meets(with_prefix(count))
-        return tried[count]
-
-    low, high, count = 0, None, 1
-    while count <= len(order) and evaluations < max_evaluations:
-        if passes(count):
-            high = count
-            break
-        low = count
-        count = len(order) if count * 2 > len(order) and count < len(order) else count * 2
-    if high is None:
-        note = f"no prefix of {len(order)} ranked node(s) met rtol={rtol:g} atol={atol:g} in {evaluations} evaluations"
-        return plan.with_fp32([n for n, _ in order], reason="search gave up"), SearchReport(False, evaluations, time.perf_counter() - start, [], [note])
-    while high - low > 1 and evaluations < max_evaluations:
-        middle = (low + high) // 2
-        if passes(middle):
-            high = middle
-        else:
-            low = middle
-    return with_prefix(high), SearchReport(True, evaluations, time.perf_counter() - start, order[:high])
+    search = _GroupSearch(model, plan, feeds, reference, rtol, atol, hook, max_evaluations)
+    found = search.run()
+    if found is None:
+        return plan, SearchReport(True, search.evaluations, time.perf_counter() - start, [])
+    kept, rejected = found
+    why = [(node, f"{plan.decisions[node].op_type}: its group of {len(group.nodes)} node(s) alone put outputs at {group.ratio:.3g}x the tolerance")
+           for group in rejected for node in group.nodes]  # fmt: skip
+    notes = [] if kept else [f"no group of fp16 nodes met rtol={rtol:g} atol={atol:g} in {search.evaluations} evaluations: every node stays fp32"]
+    result = search.only(n for group in kept for n in group.nodes)
+    return result, SearchReport(True, search.evaluations, time.perf_counter() - start, why, notes)
 
 
 def accuracy_of(reference: Outputs, simulated: Outputs) -> dict:

@@ -372,8 +372,31 @@ def render_tune(report, console: Console) -> None:  # noqa: ANN001 - tune.TuneRe
             console.print(f"  {escape(label)}: {escape(why)}", highlight=False)
     summary = record["summary"]
     console.print(f"[bold]chosen:[/] {escape(record['why'])}", highlight=False)
-    console.print(f"  latency {summary['speedup']}, {summary['accuracy']}, size {summary['size']}, start-up {summary['startup']}", highlight=False)
+    ratio = "time per request" if record.get("objective") == "throughput" else "latency"
+    console.print(f"  {ratio} {summary['speedup']}, {summary['accuracy']}, size {summary['size']}, start-up {summary['startup']}"
+                  + (f", throughput {summary['throughput']}" if "throughput" in summary else ""), highlight=False)  # fmt: skip
     console.print(f"  {record['built']} candidate(s) built, the rest from the cache; {record['elapsed_s']:.0f} s", style="dim")
     console.print(f"[bold]wrote[/] {escape(str(report.artifact))}/ (model.onnx, ortforge.json, report.html)", highlight=False)
     for note in record["notes"]:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+
+
+def render_fp16(report, console: Console) -> None:  # noqa: ANN001 - mixed_precision.Fp16Report
+    plan = report.plan
+    console.print(f"[bold]wrote[/] {escape(report.output)} (fp16 kernels of {report.provider})", highlight=False)
+    share = "" if report.fp16_mac_share is None else f", {report.fp16_mac_share:.0%} of the MACs in fp16"
+    console.print(f"  fp16 nodes {plan.get('fp16_nodes', '?')}, fp32 nodes {plan.get('fp32_nodes', '?')}, casts {plan.get('casts_inserted', '?')}{share}", highlight=False)
+    for reason, count in (plan.get("fp32_reasons") or {}).items():
+        console.print(f"    fp32 because {reason}: {count}", highlight=False)
+    accuracy = report.accuracy_simulated
+    console.print(f"  simulated fp16 vs fp32: cosine {accuracy['cosine']:.6f}, max abs {accuracy['max_abs']:.3g} "
+                  f"({'within' if report.within_tolerance else 'OUTSIDE'} rtol={report.rtol:g} atol={report.atol:g})")  # fmt: skip
+    if report.search:
+        search = report.search
+        console.print(f"  --auto: {len(search.kept_fp32)} more node(s) kept fp32 after {search.evaluations} evaluations in {search.wall_s:.1f} s")
+        for node, why in search.kept_fp32[:10]:
+            console.print(f"    {escape(node)}: {escape(why)}", highlight=False)
+        if len(search.kept_fp32) > 10:
+            console.print(f"    ... {len(search.kept_fp32) - 10} more (--json lists them all)")
+    for note in report.notes + (report.search.notes if report.search else []):
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
