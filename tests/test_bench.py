@@ -83,3 +83,36 @@ def test_user_data_is_used(tmp_path):
     assert report.variants[0].batch == 16
     assert report.feeds["generated"] is False
     assert not any("generated" in note for note in report.notes)
+
+
+def test_requests_in_flight_share_one_session_across_threads(tmp_path):
+    import threading
+
+    import onnxruntime as ort
+
+    from ortforge.measure.worker import Worker
+
+    model = save(deep_model(32, 2), tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    callers = []
+
+    class Recording:  # the real session, noting which thread calls it
+        def run(self, names, feed):
+            callers.append(threading.get_ident())
+            return session.run(names, feed)
+
+    worker = Worker()
+    worker.session, worker.feeds = Recording(), [{"x": np.ones((4, 32), np.float32)}]
+    times = worker.run(10, streams=2)
+    assert len(callers) == 10 and len(set(callers)) == 2
+    assert len(times) == 10 and min(times) > 0
+
+
+def test_bench_with_streams_reports_time_per_request(tmp_path):
+    model = save(deep_model(32, 2), tmp_path / "m.onnx")
+    report = bench([str(model)], options=QUICK, streams=2, default_config=SessionConfig(intra_op_num_threads=1))
+    result = report.variants[0]
+    assert result.streams == 2 and result.latency.p50 > 0 and result.throughput > 0
+    assert any("requests in flight" in note for note in report.notes)
+    with pytest.raises(UserError, match="--streams 0"):
+        bench([str(model)], options=QUICK, streams=0)

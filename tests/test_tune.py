@@ -141,8 +141,13 @@ def test_fp16_candidate_on_gpu_eps_is_built_and_judged_by_simulation(cache, tmp_
     fp16 = next(c for c in candidates if c.kind == "fp16")
     assert fp16.settings["provider"] == "CUDAExecutionProvider"
     assert not any(c.kind == "fp16" for c in precision_candidates("cnn", ["CPUExecutionProvider"], transformer=False))
-    trial = LocalRunner(model, data, data, run_outputs(model, data), cache).build(fp16)
+    runner = LocalRunner(model, data, data, run_outputs(model, data), cache)
+    trial = runner.build(fp16)
     assert not trial.error and 0.99 < trial.metrics["cosine"] < 1.0 + 1e-9  # simulated fp16 rounding, not exact
+    mixed = next(c for c in candidates if c.settings.get("auto"))
+    searched = runner.build(mixed)
+    assert any(note.startswith("mixed precision:") for note in searched.notes), searched.notes
+    assert searched.error or searched.metrics["cosine"] >= trial.metrics["cosine"] - 1e-6
 
 
 def test_startup_objective_considers_offline_optimization(cache, tmp_path):
@@ -154,3 +159,17 @@ def test_startup_objective_considers_offline_optimization(cache, tmp_path):
     assert offline.session.config.graph_optimization_level == "disable"  # saved at ALL, loaded without re-optimizing
     session = ortforge.load(tmp_path / "startup")  # whichever won, the artifact loads (stamp checked if offline)
     assert session.run(None, {"x": np.zeros((1, 3, 16, 16), np.float32)})[0].shape == (1, 10)
+
+
+def test_throughput_objective_tries_requests_in_flight(cache, tmp_path):
+    from ortforge.tune.candidates import session_candidates
+
+    assert not any(c.streams > 1 for c in session_candidates(["CPUExecutionProvider"], cores=2))
+    concurrent = [c for c in session_candidates(["CPUExecutionProvider"], cores=2, objective="throughput") if c.streams > 1]
+    assert [(c.streams, c.config.intra_op_num_threads) for c in concurrent] == [(2, 1)]
+    model = save(conv_net(), tmp_path / "cnn.onnx")
+    report = tune(str(model), tmp_path / "throughput", objective="throughput", time_budget_s=25)
+    assert any(f.session.streams == 2 for f in report.result.finalists)
+    record = json.loads((tmp_path / "throughput" / CONFIG_FILE).read_text())
+    assert record["objective"] == "throughput" and record["requests_in_flight"] == report.result.chosen.session.streams
+    assert record["figures"]["throughput_per_s"]["chosen"] > 0

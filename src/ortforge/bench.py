@@ -50,6 +50,7 @@ class Variant:
     model: Model
     config: SessionConfig
     feeds: FeedSet
+    streams: int = 1  # requests in flight at once (threads calling the one session); >1 measures throughput
 
 
 @dataclass
@@ -70,6 +71,7 @@ class VariantResult:
     profile: ProfileSummary | None = None
     startup: LatencyStats | None = None  # repeated session creation (ms), when asked for
     startup_ratio: tuple[float, float, float] | None = None
+    streams: int = 1  # with more than one, latency figures are wall time per request at that concurrency
 
 
 @dataclass
@@ -103,7 +105,7 @@ class _Running:
         self.offset = 0
 
     def run(self, count: int) -> list[int]:
-        times = self.process.call("run", count=count, offset=self.offset)
+        times = self.process.call("run", count=count, offset=self.offset, streams=self.variant.streams)
         self.offset += count
         return times
 
@@ -145,6 +147,8 @@ def bench(variants: list[Variant], options: BenchOptions | None = None, progress
     notes = []
     if len(variants) > 1:
         notes.append("ratios are per-round p50 ratios to the first variant: median (min–max) over interleaved rounds")
+    if any(variant.streams > 1 for variant in variants):
+        notes.append("with several requests in flight, latency figures are wall time per request (1 / throughput), not one request's latency")
     return BenchReport(results, len(running[0].rounds), time.perf_counter() - started, variants[0].feeds.to_dict(), notes)
 
 
@@ -222,6 +226,7 @@ def _collect(item: _Running, options: BenchOptions, progress: Progress) -> Varia
         session_rss=max(0, memory["peak_rss"] - item.loaded["baseline_rss"]),
         placement=item.loaded["placement"],
         profile=profile,
+        streams=item.variant.streams,
     )
 
 

@@ -28,6 +28,9 @@ def _figure(label: str, value: str) -> str:
     return f'<div class="figure">{escape(label)}<b>{escape(value)}</b></div>'
 
 
+RATIO_LABELS = {"throughput": "time per request vs ORT defaults", "startup": "start-up vs ORT defaults"}
+
+
 def render_report(data: dict[str, Any]) -> str:
     """HTML from the artifact record (what ortforge.json holds) plus the plot inputs."""
     summary = data["summary"]
@@ -35,10 +38,11 @@ def render_report(data: dict[str, Any]) -> str:
         f"<h1>ortforge tune: {escape(data['model_name'])}</h1>",
         f"<p>{escape(data['why'])}</p>",
         '<div class="figures">'
-        + _figure("latency vs ORT defaults", summary["speedup"])
+        + _figure(RATIO_LABELS.get(data.get("objective", "latency"), "latency vs ORT defaults"), summary["speedup"])
         + _figure("accuracy", summary["accuracy"])
         + _figure("size", summary["size"])
         + _figure("start-up", summary["startup"])
+        + (_figure("throughput", summary["throughput"]) if "throughput" in summary else "")
         + "</div>",
         "".join(f'<p class="note">{escape(note)}</p>' for note in data.get("notes", [])),
         "<h2>Latency vs accuracy</h2>",

@@ -47,7 +47,8 @@ def _error_metric(tolerances: list[Tolerance]) -> tuple[str, Any]:
     return named.metric, lambda m: m.get(named.metric, 0.0)
 
 
-def _record(model: Model, reference_name: str, result: TuneResult, tolerances: list[Tolerance], feeds: FeedSet, command: str) -> dict[str, Any]:
+def _record(model: Model, reference_name: str, result: TuneResult, tolerances: list[Tolerance], feeds: FeedSet, command: str,
+            objective: str = "latency") -> dict[str, Any]:  # fmt: skip
     chosen, baseline = result.chosen, result.baseline
     runs = {v.label: v for v in result.final.variants}
     if result.confirmation is not None:
@@ -58,8 +59,13 @@ def _record(model: Model, reference_name: str, result: TuneResult, tolerances: l
     front = pareto_front(points)
     ratio = chosen.score or baseline.score
     startup = (chosen_run.startup.p50 if chosen_run.startup else chosen_run.create_s * 1e3, baseline_run.startup.p50 if baseline_run.startup else baseline_run.create_s * 1e3)
+    streams = chosen.session.streams
+    serving = [] if streams == 1 else [f"serve with {streams} requests in flight (threads calling run on this one session): "
+                                       "the figures were measured that way and are time per request, not one request's latency"]  # fmt: skip
     return {
         "model_name": reference_name,
+        "objective": objective,
+        "requests_in_flight": streams,
         "chosen": {"label": chosen.label, "precision": chosen.trial.candidate.label, "session": chosen.session.label},
         "why": result.why,
         "tolerances": [t.describe() for t in tolerances],
@@ -70,12 +76,14 @@ def _record(model: Model, reference_name: str, result: TuneResult, tolerances: l
             "size_bytes": {"chosen": chosen.trial.size_bytes, "original": model_size(model)},
             "startup_ms": {"chosen": startup[0], "baseline": startup[1]},
             "peak_rss_bytes": {"chosen": chosen_run.peak_rss, "baseline": baseline_run.peak_rss},
+            "throughput_per_s": {"chosen": chosen_run.throughput, "baseline": baseline_run.throughput, "batch": chosen_run.batch},
         },
         "summary": {
             "speedup": f"{ratio.ratio:.2f}x ({ratio.low:.2f}-{ratio.high:.2f})" if ratio else "1.00x",
             "accuracy": ", ".join(f"{k} {v:.4g}" for k, v in chosen.trial.metrics.items() if k in ("cosine", "top1", "max_abs")),
             "size": f"{chosen.trial.size_bytes / 2**20:.1f} MiB (was {model_size(model) / 2**20:.1f})",
             "startup": f"{startup[0]:.1f} ms (was {startup[1]:.1f})",
+            "throughput": f"{chosen_run.throughput:.1f}/s (was {baseline_run.throughput:.1f})",
         },
         "points": [(label, x, y, "chosen" if label == chosen.label else "baseline" if label == baseline.label else "other") for label, x, y in points],
         "front": front,
@@ -92,7 +100,7 @@ def _record(model: Model, reference_name: str, result: TuneResult, tolerances: l
         "elapsed_s": result.elapsed_s,
         "built": result.built,
         "inputs": feeds.to_dict(),
-        "notes": ([GENERATED_WARNING] if feeds.generated else []) + result.notes,
+        "notes": ([GENERATED_WARNING] if feeds.generated else []) + serving + result.notes,
         "commands": [command],
     }
 
@@ -131,7 +139,7 @@ def tune_model(
     candidates = precision_candidates(family, list(options.providers), transformer)
     result = tune_search(runner, candidates, tolerances, options, progress, journal=runner.folder / JOURNAL)
     command = "ortforge " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and sys.argv[0].endswith("ortforge") else f"ortforge tune {reference_name} -o {output}"
-    record = _record(model, reference_name, result, tolerances, evaluation, command)
+    record = _record(model, reference_name, result, tolerances, evaluation, command, options.objective)
     chosen_model = result.chosen.trial.model
     assert chosen_model is not None
     write_artifact(output, chosen_model, model, result.chosen.session.config, record, render_report({**record, "environment": _environment_rows()}))

@@ -13,6 +13,9 @@ from ..session import CPU, SPINNING, ProviderSpec, SessionConfig
 from ..transforms.quantize import QuantizeOptions
 from ..transforms.weight_only import WeightOnlyOptions
 
+# The mixed-precision candidate searches within fp16's usual elementwise bound; tune's own tolerance judges the result.
+MIXED_RTOL, MIXED_ATOL = 1e-2, 1e-3
+
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,8 @@ class PrecisionCandidate:
 
     def key(self, model_hash: str, data_hash: str) -> str:
         """Cache key: the same model, transform, options and calibration data build the same candidate."""
-        text = json.dumps([model_hash, self.kind, self.options, data_hash if self.kind == "int8" else ""], sort_keys=True, default=str)
+        uses_data = self.kind == "int8" or self.settings.get("auto")  # calibration, or the mixed-precision search
+        text = json.dumps([model_hash, self.kind, self.options, data_hash if uses_data else ""], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -47,7 +51,10 @@ def precision_candidates(family: str, providers: list[str], transformer: bool, f
         found.append(PrecisionCandidate(recipe.describe(), kind, _frozen(recipe)))
     gpu = [p for p in providers if p in GPU_PROVIDERS]
     if gpu:  # fp16 pays only where an EP has fp16 kernels; ORT's CPU EP computes most fp16 ops in fp32
-        found.append(PrecisionCandidate(f"fp16 for {gpu[0].replace('ExecutionProvider', '')}", "fp16", (("provider", gpu[0]),)))
+        name = gpu[0].replace("ExecutionProvider", "")
+        found.append(PrecisionCandidate(f"fp16 for {name}", "fp16", (("provider", gpu[0]),)))
+        found.append(PrecisionCandidate(f"mixed fp16 for {name} (searched within rtol {MIXED_RTOL:g}, atol {MIXED_ATOL:g})", "fp16",
+                                        (("auto", True), ("provider", gpu[0]))))  # fmt: skip
     return found
 
 
@@ -64,10 +71,12 @@ def recipe_of(candidate: PrecisionCandidate) -> QuantizeOptions | WeightOnlyOpti
 class SessionCandidate:
     label: str
     config: SessionConfig = field(default_factory=SessionConfig)
+    streams: int = 1  # requests in flight at once: a serving choice, measured for the throughput objective
 
 
-def session_candidates(providers: list[str], cores: int | None = None) -> list[SessionCandidate]:
-    """ORT defaults, each thread count (spinning on and off), and every other local EP with the CPU as fallback."""
+def session_candidates(providers: list[str], cores: int | None = None, objective: str = "latency") -> list[SessionCandidate]:
+    """ORT defaults, each thread count (spinning on and off), and every other local EP with the CPU as fallback;
+    for throughput, also several requests in flight sharing the cores (threads split between them)."""
     cores = cores or cpu_info().physical_cores or 1
     base = SessionConfig()
     found = [SessionCandidate("ORT defaults", base)]
@@ -76,6 +85,12 @@ def session_candidates(providers: list[str], cores: int | None = None) -> list[S
     if cores > 1:
         found.append(SessionCandidate("no spinning", replace(base, config_entries={SPINNING: "0"})))
         found.append(SessionCandidate("parallel execution", replace(base, execution_mode="parallel", inter_op_num_threads=2)))
+    if objective == "throughput":
+        for streams in sorted({2, cores} - {1}):
+            if streams <= cores:
+                threads = cores // streams
+                found.append(SessionCandidate(f"{streams} requests in flight x {threads} intra-op thread(s)",
+                                              replace(base, intra_op_num_threads=threads), streams))  # fmt: skip
     for provider in providers:
         if provider not in REMOTE_PROVIDERS and provider != CPU:
             found.append(SessionCandidate(provider.replace("ExecutionProvider", ""), replace(base, providers=[ProviderSpec(provider), ProviderSpec("CPUExecutionProvider")])))

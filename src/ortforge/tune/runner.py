@@ -58,6 +58,7 @@ class MeasureTarget:
     label: str
     trial: Trial
     config: SessionConfig
+    streams: int = 1  # requests in flight at once
 
 
 class TrialRunner(Protocol):
@@ -136,8 +137,21 @@ class LocalRunner:
 
         if candidate.label not in self._plans:
             ranges = measure_activation_ranges(self.model, self.calibration)
-            self._plans[candidate.label] = plan_fp16(self.model, Fp16Options(provider=candidate.settings.get("provider"), activation_ranges=ranges))
+            plan = plan_fp16(self.model, Fp16Options(provider=candidate.settings.get("provider"), activation_ranges=ranges))
+            if candidate.settings.get("auto"):
+                plan = self._mixed(plan)
+            self._plans[candidate.label] = plan
         return self._plans[candidate.label]
+
+    def _mixed(self, plan):  # noqa: ANN001, ANN202 - Fp16Plan
+        """The mixed-precision search on the calibration half; the evaluation half then judges it like any candidate."""
+        from ..mixed_precision import search_mixed_precision
+        from .candidates import MIXED_ATOL, MIXED_RTOL
+
+        found, search = search_mixed_precision(self.model, plan, self.calibration, MIXED_RTOL, MIXED_ATOL)
+        found.notes.append(f"mixed precision: {len(search.kept_fp32)} more node(s) kept fp32 after {search.evaluations} simulated evaluations")
+        found.notes.extend(search.notes)
+        return found
 
     def _outputs(self, candidate: PrecisionCandidate, model: Model) -> Outputs:
         """The candidate's outputs for the accuracy check; fp16 is simulated, since the CPU EP would compute it in fp32."""
@@ -165,7 +179,7 @@ class LocalRunner:
         return Trial(candidate, model, record["metrics"], record["notes"], record["error"], cached=True, size_bytes=record["size_bytes"])
 
     def measure(self, targets: Sequence[MeasureTarget], options: BenchOptions, progress: Progress | None = None) -> BenchReport:
-        variants = [Variant(t.label, t.trial.model, t.config, self.evaluation) for t in targets]  # type: ignore[arg-type]
+        variants = [Variant(t.label, t.trial.model, t.config, self.evaluation, t.streams) for t in targets]  # type: ignore[arg-type]
         return bench(variants, options, progress)
 
 

@@ -44,7 +44,7 @@ class Finalist:
 
     @property
     def target(self) -> MeasureTarget:
-        return MeasureTarget(self.label, self.trial, self.session.config)
+        return MeasureTarget(self.label, self.trial, self.session.config, self.session.streams)
 
 
 @dataclass
@@ -127,7 +127,7 @@ def _sub(progress: Progress, stage: str, low: float, high: float) -> Progress:
 def _allowed_sessions(trial: Trial, options: TuneOptions, notes: list[str]) -> list[SessionCandidate]:
     """Session candidates, dropping EPs that would leave more than the budget of nodes to the CPU."""
     allowed = []
-    for candidate in session_candidates(list(options.providers)):
+    for candidate in session_candidates(list(options.providers), objective=options.objective):
         provider = candidate.config.provider_names[0]
         if provider != CPU and trial.model is not None:
             placement = placement_for(trial.model, provider)
