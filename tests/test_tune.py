@@ -173,3 +173,4 @@ def test_throughput_objective_tries_requests_in_flight(cache, tmp_path):
     record = json.loads((tmp_path / "throughput" / CONFIG_FILE).read_text())
     assert record["objective"] == "throughput" and record["requests_in_flight"] == report.result.chosen.session.streams
     assert record["figures"]["throughput_per_s"]["chosen"] > 0
+    assert "time per request" in record["why"] or "nothing beat fp32" in record["why"]

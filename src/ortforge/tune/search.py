@@ -238,8 +238,15 @@ def _confirm(runner: TrialRunner, chosen: Finalist, finalists: list[Finalist], o
         return baseline, (f"{chosen.label} led the finalists but did not beat fp32 with ORT defaults head to head "
                           f"({head_to_head.ratio:.2f}x, better in {head_to_head.wins:.0%} of rounds): shipping fp32"), report  # fmt: skip
     chosen.score = head_to_head
-    return chosen, (f"{chosen.label}: {head_to_head.ratio:.2f}x the {options.objective} of fp32 with ORT defaults head to head "
+    return chosen, (f"{chosen.label}: {_ratio_phrase(head_to_head.ratio, options.objective)} of fp32 with ORT defaults head to head "
                     f"({head_to_head.low:.2f}-{head_to_head.high:.2f}), better in {head_to_head.wins:.0%} of rounds, within tolerance"), report  # fmt: skip
+
+
+def _ratio_phrase(ratio: float, objective: str) -> str:
+    """Scores are time ratios (lower is better) for every objective; say so in the objective's terms."""
+    if objective == "throughput":
+        return f"{ratio:.2f}x the time per request ({1 / ratio:.2f}x the throughput)"
+    return f"{ratio:.2f}x the {'start-up time' if objective == 'startup' else 'latency'}"
 
 
 def _choose(finalists: list[Finalist], options: TuneOptions) -> tuple[Finalist, str]:
@@ -254,7 +261,7 @@ def _choose(finalists: list[Finalist], options: TuneOptions) -> tuple[Finalist, 
         best = min(fp32_sessions, key=lambda f: f.score.ratio) if fp32_sessions else baseline  # type: ignore[union-attr]
         return best, f"nothing beat fp32 with ORT defaults consistently on {options.objective}: shipping fp32 ({best.session.label})"
     chosen = next(f for f in finalists if f.score is winner)
-    return chosen, (f"{chosen.label}: {winner.ratio:.2f}x the {options.objective} of fp32 with ORT defaults "
+    return chosen, (f"{chosen.label}: {_ratio_phrase(winner.ratio, options.objective)} of fp32 with ORT defaults "
                     f"({winner.low:.2f}-{winner.high:.2f}), better in {winner.wins:.0%} of interleaved rounds, within tolerance")  # fmt: skip
 
 
