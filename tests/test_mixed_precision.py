@@ -104,3 +104,12 @@ def test_fp16_command_refuses_then_auto_writes(tmp_path, model):
     report = fp16(str(tmp_path / "m.onnx"), out, ep="cuda", auto=True, rtol=1e-4, atol=1e-5, data=str(tmp_path / "x.npz"))
     assert out.exists() and report.within_tolerance and report.search.met
     assert load_model(out).proto.graph.input[0].type.tensor_type.elem_type == 1  # float32 I/O kept
+
+
+def test_sequence_outputs_are_compared_item_by_item(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="rectify"), helper.make_node("SplitToSequence", ["r"], ["parts"], axis=0, name="split")]
+    graph = helper.make_graph(nodes, "seq", [tensor("x", [3, 4])], [helper.make_tensor_sequence_value_info("parts", 1, None)])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    np.savez(tmp_path / "x.npz", x=np.arange(12, dtype=np.float32).reshape(3, 4) / 7)
+    report = fp16(str(save(proto, tmp_path / "seq.onnx")), tmp_path / "half.onnx", ep="cuda", auto=True, data=str(tmp_path / "x.npz"))
+    assert report.within_tolerance and 0.999 < report.accuracy_simulated["cosine"] <= 1.0 + 1e-9

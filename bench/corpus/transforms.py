@@ -4,6 +4,8 @@
   fp32 ORT output. fp16 has an 11-bit mantissa (relative step ~1e-3); a few roundings in a chain stay
   well inside 1e-2, while a wrong fallback decision (overflow to inf, a lost small value, an int or
   bool output that flips) does not.
+- `fp16-cuda`: the same gate with the plan made for CUDA (most ops fp16), judged by simulating the plan,
+  since this machine has no GPU to show real fp16 numerics.
 - `fp16-occ`: onnxconverter-common's `convert_float_to_float16(model, keep_io_types=True)`, the same
   tolerance; for comparison only. Its exceptions are 'loud failures'.
 - `optimize`: `optimize_offline` at level all, loaded back at the level its stamp asks for: 1e-5 / 1e-5
@@ -36,18 +38,37 @@ COMPARISON = "fp16-occ"
 
 
 def _ortforge_fp16() -> Transform:
-    """As `ortforge fp16` runs it: activation ranges measured on the inputs, the result run once on them."""
+    """As `ortforge fp16` runs it: ranges measured on the inputs, simulated outputs within the tolerance or refused."""
     from ortforge.data import FeedSet
-    from ortforge.transforms.fp16 import Fp16Options, convert_fp16, measure_activation_ranges
+    from ortforge.mixed_precision import convert_within
+    from ortforge.transforms.fp16 import Fp16Options
 
     def apply(model: Model, feeds: list[dict]) -> Written:
         data = FeedSet(feeds, "case inputs", generated=False)
-        options = Fp16Options(activation_ranges=measure_activation_ranges(model, data))
-        result = convert_fp16(model, options, feeds=data)
-        return Written(result.proto, result.changed)
+        outcome = convert_within(model, data, Fp16Options(), FP16_TOLERANCE.rtol, FP16_TOLERANCE.atol, subject=model.name)
+        return Written(outcome.result.proto, outcome.result.changed)
 
-    label = "ortforge convert_fp16 as `ortforge fp16` runs it (ranges measured on the case's inputs)"
+    label = "ortforge fp16 as the command runs it (ranges measured on the case's inputs, simulated outputs gate the write)"
     return Transform("fp16", label, load_model, apply, FP16_TOLERANCE, float_only=True, uses_inputs=True)
+
+
+def _ortforge_fp16_gpu() -> Transform:
+    """Planned for CUDA (the ONNX schemas decide where this ORT has no CUDA kernels): most ops go fp16.
+
+    Without a GPU the written model cannot show fp16 numerics (the CPU EP computes in fp32 behind Casts),
+    so what is judged is its simulation: the same plan with every fp16 tensor rounded through float16."""
+    from ortforge.data import FeedSet
+    from ortforge.mixed_precision import convert_within
+    from ortforge.transforms.fp16 import Fp16Options, simulate_fp16
+
+    def apply(model: Model, feeds: list[dict]) -> Written:
+        data = FeedSet(feeds, "case inputs", generated=False)
+        outcome = convert_within(model, data, Fp16Options(provider="CUDAExecutionProvider"), FP16_TOLERANCE.rtol, FP16_TOLERANCE.atol,
+                                 subject=model.name)  # fmt: skip
+        return Written(simulate_fp16(model, outcome.plan).proto, outcome.result.changed)
+
+    label = "ortforge fp16 --ep cuda, judged by simulating its plan (no GPU here)"
+    return Transform("fp16-cuda", label, load_model, apply, FP16_TOLERANCE, float_only=True, uses_inputs=True)
 
 
 def _converter_common_fp16() -> Transform:
@@ -88,12 +109,13 @@ def _quantize() -> Transform:
 
 BUILDERS: dict[str, Callable[[], Transform]] = {
     "fp16": _ortforge_fp16,
+    "fp16-cuda": _ortforge_fp16_gpu,
     COMPARISON: _converter_common_fp16,
     "optimize": _optimize,
     "quantize": _quantize,
 }
 # --transform NAME -> the transforms run for it (fp16 is shown beside onnxconverter-common's figures).
-GROUPS = {"fp16": ("fp16", COMPARISON), "optimize": ("optimize",), "quantize": ("quantize",)}
+GROUPS = {"fp16": ("fp16", COMPARISON), "fp16-cuda": ("fp16-cuda",), "optimize": ("optimize",), "quantize": ("quantize",)}
 
 
 def build(name: str) -> Transform:

@@ -141,18 +141,39 @@ def output_accuracy(name: str, reference: list[np.ndarray], candidate: list[np.n
     )
 
 
+def tensors_of(value: object) -> list[np.ndarray]:
+    """The tensors in an output: itself, a sequence's items (ORT gives a list), a map's values, none for an empty optional."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [tensor for item in value for tensor in tensors_of(item)]
+    if isinstance(value, dict):
+        return [np.asarray(value[key]) for key in sorted(value)]
+    return [np.asarray(value)]
+
+
 def compare(reference: Outputs, candidate: Outputs, hook: Callable | None = None) -> AccuracyReport:
     """All metrics for every output; the hook (if any) scores the whole candidate against the reference."""
     names = list(reference[0]) if reference else []
-    report = AccuracyReport(
-        [output_accuracy(n, [s[n] for s in reference], [s[n] for s in candidate]) for n in names]
-    )
+    report = AccuracyReport([output_accuracy(n, *_paired_tensors(n, reference, candidate)) for n in names])
     if hook is not None:
         try:
             report.eval_score = float(hook(candidate, reference))
         except Exception as exc:
             raise UserError(f"--eval hook raised {type(exc).__name__}: {exc}") from None
     return report
+
+
+def _paired_tensors(name: str, reference: Outputs, candidate: Outputs) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One output's tensors over all samples, sequences unrolled, in matching order."""
+    ours, theirs = [], []
+    for expected, actual in zip(reference, candidate):
+        expected_tensors, actual_tensors = tensors_of(expected[name]), tensors_of(actual[name])
+        if len(expected_tensors) != len(actual_tensors):
+            raise UserError(f"output '{name}': holds {len(actual_tensors)} tensor(s), the reference {len(expected_tensors)}")
+        ours += expected_tensors
+        theirs += actual_tensors
+    return ours, theirs
 
 
 def load_eval_hook(spec: str) -> Callable:

@@ -308,50 +308,38 @@ def fp16(
 
     from .accuracy import load_eval_hook
     from .data import GENERATED_WARNING
-    from .errors import UserError
-    from .mixed_precision import Fp16Report, accuracy_of, fp16_mac_share, search_mixed_precision, simulated_outputs, within
+    from .mixed_precision import Fp16Report, accuracy_of, convert_within, fp16_mac_share
     from .model import save_model
-    from .quantization import run_outputs
     from .runtime import GPU_PROVIDERS, available_providers
     from .session import provider_name
-    from .transforms.fp16 import Fp16Options, convert_fp16, measure_activation_ranges, plan_fp16
+    from .transforms.fp16 import Fp16Options
 
     started = time.perf_counter()
     model = open_model(reference)
     feeds = feeds_for(model, reference, data, samples=samples or 4, shape_options=shape_options)
     gpu = [p for p in GPU_PROVIDERS if p in available_providers()]
     provider = provider_name(ep) if ep else (gpu[0] if gpu else "CPUExecutionProvider")
-    ranges = measure_activation_ranges(model, feeds)
-    options = Fp16Options(keep_io_types=keep_io_types, block_ops=tuple(block_ops), block_nodes=tuple(block_nodes), provider=provider, activation_ranges=ranges)
-    plan = plan_fp16(model, options)
-    search = None
-    reference = run_outputs(model, feeds)
-    if auto:
-        plan, search = search_mixed_precision(model, plan, feeds, rtol, atol, load_eval_hook(eval_hook) if eval_hook else None, reference=reference)
-    simulated = simulated_outputs(model, plan, feeds)
-    simulated_ok = within(reference, simulated, rtol, atol)
-    if not simulated_ok and not force:
-        raise UserError(f"{Path(output).name}: not written, simulated fp16 outputs are outside rtol={rtol:g} atol={atol:g}",
-                        hint="--auto keeps the sensitive nodes in fp32; --force writes it anyway")  # fmt: skip
-    result = convert_fp16(model, plan, feeds=feeds)
-    saved = save_model(result.proto, output, source=model)
-    notes = list(result.notes)
+    options = Fp16Options(keep_io_types=keep_io_types, block_ops=tuple(block_ops), block_nodes=tuple(block_nodes), provider=provider)
+    outcome = convert_within(model, feeds, options, rtol, atol, auto=auto, hook=load_eval_hook(eval_hook) if eval_hook else None, force=force,
+                             subject=Path(output).name)  # fmt: skip
+    saved = save_model(outcome.result.proto, output, source=model)
+    notes = list(outcome.result.notes)
     if provider == "CPUExecutionProvider":
         notes.append("judged by simulation: ORT's CPU EP has few fp16 kernels and computes the rest in fp32 behind Casts, so CPU latency says nothing about fp16 speed")
     if feeds.generated:
         notes.append(GENERATED_WARNING)
-    if not simulated_ok:
+    if not outcome.within:
         notes.append("written despite simulated outputs outside tolerance (--force)")
-    share = fp16_mac_share(model, plan, feeds)
+    share = fp16_mac_share(model, outcome.plan, feeds)
     return Fp16Report(
         output=str(saved),
         provider=provider,
-        plan=result.details,
-        accuracy_simulated=accuracy_of(reference, simulated),
-        within_tolerance=simulated_ok,
+        plan=outcome.result.details,
+        accuracy_simulated=accuracy_of(outcome.reference, outcome.simulated),
+        within_tolerance=outcome.within,
         rtol=rtol,
         atol=atol,
-        search=search,
+        search=outcome.search,
         wall_s=time.perf_counter() - started,
         fp16_mac_share=share,
         notes=notes,

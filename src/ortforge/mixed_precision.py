@@ -24,7 +24,9 @@ from .flops import count_macs
 from .model import Model, from_proto
 from .quantization import run_outputs
 from .session import SessionConfig
-from .transforms.fp16 import Fp16Plan, simulate_fp16
+from .errors import UserError
+from .transforms import TransformResult
+from .transforms.fp16 import Fp16Options, Fp16Plan, convert_fp16, measure_activation_ranges, plan_fp16, simulate_fp16
 from .verify import ShapeMismatch, compare_outputs
 
 HEAVY_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Attention", "MultiHeadAttention", "FusedMatMul", "Einsum",
@@ -98,7 +100,8 @@ class _ErrorProbe:
 
     def __init__(self, reference: Outputs, all_fp16: Outputs, rtol: float, atol: float, limit: int = PROBED_ELEMENTS) -> None:
         first = reference[0]
-        self.shapes = {n: np.shape(first[n]) for n in first if np.asarray(first[n]).dtype.kind == "f"}
+        # Float tensors only: sequences and maps are judged by the simulation that checks every choice.
+        self.shapes = {n: first[n].shape for n in first if isinstance(first[n], np.ndarray) and first[n].dtype.kind == "f"}
         flat = self._flat(reference)
         index = np.flatnonzero(np.isfinite(flat))
         if index.size > limit:  # the elements full fp16 hurts most, and a random sample of the rest
@@ -245,6 +248,33 @@ def search_mixed_precision(
     notes = [] if kept else [f"no group of fp16 nodes met rtol={rtol:g} atol={atol:g} in {search.evaluations} evaluations: every node stays fp32"]
     result = search.only(n for group in kept for n in group.nodes)
     return result, SearchReport(True, search.evaluations, time.perf_counter() - start, why, notes)
+
+
+@dataclass
+class Fp16Outcome:
+    plan: Fp16Plan
+    result: TransformResult  # the converted model
+    reference: Outputs  # fp32 outputs on the feeds
+    simulated: Outputs  # the plan's simulated fp16 outputs
+    within: bool
+    search: SearchReport | None = None
+
+
+def convert_within(model: Model, feeds: FeedSet, options: Fp16Options, rtol: float, atol: float, *, auto: bool = False,
+                   hook: Callable | None = None, force: bool = False, subject: str = "fp16 model") -> Fp16Outcome:  # fmt: skip
+    """The gate `ortforge fp16` applies: plan with measured ranges, search if `auto`, simulate, and convert
+    only when the simulated outputs are within rtol/atol (or `force`); UserError naming `subject` otherwise."""
+    plan = plan_fp16(model, replace(options, activation_ranges=measure_activation_ranges(model, feeds)))
+    reference = run_outputs(model, feeds)
+    search = None
+    if auto:
+        plan, search = search_mixed_precision(model, plan, feeds, rtol, atol, hook, reference=reference)
+    simulated = simulated_outputs(model, plan, feeds)
+    ok = within(reference, simulated, rtol, atol)
+    if not ok and not force:
+        raise UserError(f"{subject}: not written, simulated fp16 outputs are outside rtol={rtol:g} atol={atol:g}",
+                        hint="--auto keeps the sensitive nodes in fp32; --force writes it anyway")  # fmt: skip
+    return Fp16Outcome(plan, convert_fp16(model, plan, feeds=feeds), reference, simulated, ok, search)
 
 
 def accuracy_of(reference: Outputs, simulated: Outputs) -> dict:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .accuracy import tensors_of
 from .data import FeedSet
 from .errors import UserError
 from .model import Model
@@ -59,8 +60,13 @@ def compare_outputs(
     """Per output, the worst differences over all samples."""
     diffs = []
     for index, name in enumerate(names):
-        expected = [np.asarray(sample[index]) for sample in reference]
-        actual = [np.asarray(sample[index]) for sample in candidate]
+        expected, actual = [], []
+        for ours, theirs in zip(reference, candidate):
+            ours_tensors, their_tensors = tensors_of(ours[index]), tensors_of(theirs[index])
+            if len(ours_tensors) != len(their_tensors):
+                raise ShapeMismatch(f"output '{name}' holds {len(their_tensors)} tensor(s), the original {len(ours_tensors)}")
+            expected += ours_tensors
+            actual += their_tensors
         diffs.append(_diff(name, expected, actual, rtol, atol))
     return diffs
 

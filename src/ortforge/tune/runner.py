@@ -105,6 +105,9 @@ class LocalRunner:
         trial = self._build(candidate)
         self.built += 1
         self._store(trial, folder)
+        if trial.model is not None and (folder / MODEL_FILE).exists():
+            # Measurement processes then open the file, rather than each holding a serialized copy of the model.
+            trial.model = load_model(folder / MODEL_FILE, check=False)
         return trial
 
     def _build(self, candidate: PrecisionCandidate) -> Trial:
