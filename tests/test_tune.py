@@ -168,7 +168,10 @@ def test_throughput_objective_tries_requests_in_flight(cache, tmp_path):
     concurrent = [c for c in session_candidates(["CPUExecutionProvider"], cores=2, objective="throughput") if c.streams > 1]
     assert [(c.streams, c.config.intra_op_num_threads) for c in concurrent] == [(2, 1)]
     model = save(conv_net(), tmp_path / "cnn.onnx")
-    report = tune(str(model), tmp_path / "throughput", objective="throughput", time_budget_s=25)
+    seen = []
+    report = tune(str(model), tmp_path / "throughput", objective="throughput", time_budget_s=25, progress=lambda what, _: seen.append(what))
+    assert any(m.startswith("building") for m in seen) and any("final interleaved run" in m for m in seen)
+    assert all("| best so far: " in m for m in seen)
     assert any(f.session.streams == 2 for f in report.result.finalists)
     record = json.loads((tmp_path / "throughput" / CONFIG_FILE).read_text())
     assert record["objective"] == "throughput" and record["requests_in_flight"] == report.result.chosen.session.streams

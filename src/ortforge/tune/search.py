@@ -190,7 +190,12 @@ def _objective_score(result, baseline, objective: str) -> CandidateScore:  # noq
 def tune_search(runner: TrialRunner, candidates: Sequence[PrecisionCandidate], tolerances: Sequence[Tolerance], options: TuneOptions,
                 progress: Progress | None = None, journal: Path | None = None) -> TuneResult:  # fmt: skip
     """Run the stages within the time budget and pick the consistent winner against fp32 + ORT defaults."""
-    report = progress or (lambda what, fraction: None)
+    shown = progress or (lambda what, fraction: None)
+    best = ["fp32 with ORT defaults"]
+
+    def report(what: str, fraction: float) -> None:
+        shown(f"{what} | best so far: {best[0]}", fraction)
+
     clock, stages, notes = Clock(options.time_budget_s), {}, []
     trials, accurate, rejected = _build_all(runner, candidates, tolerances, clock, report)
     stages["build + accuracy"] = clock.elapsed
@@ -198,6 +203,9 @@ def tune_search(runner: TrialRunner, candidates: Sequence[PrecisionCandidate], t
         raise RuntimeError("the fp32 candidate must come first and pass")
     survivors, screening, dropped = _screen(runner, accurate, options, clock, report)
     rejected += dropped
+    if screening is not None and len(survivors) > 1:
+        lead = next(v for v in screening.variants if v.label == survivors[1].candidate.label)
+        best[0] = f"{survivors[1].candidate.label} ({score(lead, screening.variants[0]).ratio:.2f}x in screening)"
     stages["screening"] = clock.elapsed - sum(stages.values())
     finalists = _finalists(survivors, options, notes)
     finalists += _offline_variants(survivors[1] if len(survivors) > 1 else survivors[0], notes)
@@ -210,6 +218,7 @@ def tune_search(runner: TrialRunner, candidates: Sequence[PrecisionCandidate], t
     for finalist, result in zip(finalists, final.variants):
         finalist.score = _objective_score(result, final.variants[0], options.objective)
     chosen, why = _choose(finalists, options)
+    best[0] = f"{chosen.label} ({chosen.score.ratio:.2f}x)" if chosen.score else chosen.label
     confirmation = None
     if chosen is not finalists[0] and options.objective != "size":
         chosen, why, confirmation = _confirm(runner, chosen, finalists, options, clock, _sub(report, "head-to-head confirmation", 0.98, 1.0))
