@@ -54,8 +54,8 @@ def main() -> None:
                 search = report.search
                 share = "" if report.fp16_mac_share is None else f" ({report.fp16_mac_share:.0%} of the MACs)"
                 ours = (f"{search.evaluations} evaluations, {report.wall_s:.1f} s in all, fp16/fp32 nodes "
-                        f"{report.plan['fp16_nodes']}/{report.plan['fp32_nodes']}{share}, simulated cosine "
-                        f"{report.accuracy_simulated['cosine']:.6f}, within tolerance: {report.within_tolerance}")  # fmt: skip
+                        f"{report.plan['fp16_nodes']}/{report.plan['fp32_nodes']}{share}, cosine ({report.judged_by}) "
+                        f"{report.accuracy['cosine']:.6f}, within tolerance: {report.within_tolerance}")  # fmt: skip
             except Exception as exc:  # reported, not hidden: this is a benchmark
                 ours = f"FAILED: {exc}"
             model = api.open_model(reference)

@@ -112,4 +112,29 @@ def test_sequence_outputs_are_compared_item_by_item(tmp_path):
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     np.savez(tmp_path / "x.npz", x=np.arange(12, dtype=np.float32).reshape(3, 4) / 7)
     report = fp16(str(save(proto, tmp_path / "seq.onnx")), tmp_path / "half.onnx", ep="cuda", auto=True, data=str(tmp_path / "x.npz"))
-    assert report.within_tolerance and 0.999 < report.accuracy_simulated["cosine"] <= 1.0 + 1e-9
+    assert report.within_tolerance and 0.999 < report.accuracy["cosine"] <= 1.0 + 1e-9
+
+
+def test_judging_on_an_ep_runs_the_converted_model_there(model):
+    from ortforge.mixed_precision import fp16_outputs
+
+    data = feeds()
+    plan = plan_fp16(model, Fp16Options(provider="CPUExecutionProvider"))
+    real = fp16_outputs(model, plan, data, judge_on="CPUExecutionProvider")  # the converted model, run
+    assert within(run_outputs(model, data), real, 1e-2, 1e-3)
+    found, report = search_mixed_precision(model, plan_fp16(model, Fp16Options(provider=None)), data, 1e-2, 1e-3, judge_on="CPUExecutionProvider")
+    assert report.met and within(run_outputs(model, data), fp16_outputs(model, found, data, "CPUExecutionProvider"), 1e-2, 1e-3)
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
+                    reason="needs onnxruntime-gpu and an NVIDIA GPU: fp16 is judged by simulation without them")  # fmt: skip
+def test_on_a_gpu_fp16_is_judged_for_real_and_agrees_with_simulation(tmp_path, model):
+    np.savez(tmp_path / "x.npz", x=feeds(1).samples[0]["x"])
+    report = fp16(str(tmp_path / "m.onnx"), tmp_path / "half.onnx", ep="cuda", auto=True, data=str(tmp_path / "x.npz"))
+    assert report.judged_by == "CUDAExecutionProvider" and report.within_tolerance
+    data = feeds(1)
+    plan = plan_fp16(model, Fp16Options(provider="CUDAExecutionProvider"))
+    from ortforge.mixed_precision import fp16_outputs
+
+    real, simulated = fp16_outputs(model, plan, data, "CUDAExecutionProvider"), simulated_outputs(model, plan, data)
+    assert within(simulated, real, 1e-2, 1e-3)  # simulation and real fp16 kernels agree to fp16's own precision

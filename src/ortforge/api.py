@@ -324,8 +324,9 @@ def fp16(
                              subject=Path(output).name)  # fmt: skip
     saved = save_model(outcome.result.proto, output, source=model)
     notes = list(outcome.result.notes)
-    if provider == "CPUExecutionProvider":
-        notes.append("judged by simulation: ORT's CPU EP has few fp16 kernels and computes the rest in fp32 behind Casts, so CPU latency says nothing about fp16 speed")
+    if outcome.judged_by == "simulation":
+        notes.append(f"judged by simulation: {provider} is not here to run fp16 for real (ORT's CPU EP has few fp16 kernels and computes "
+                     "the rest in fp32 behind Casts, so CPU latency says nothing about fp16 speed)")  # fmt: skip
     if feeds.generated:
         notes.append(GENERATED_WARNING)
     if not outcome.within:
@@ -335,7 +336,8 @@ def fp16(
         output=str(saved),
         provider=provider,
         plan=outcome.result.details,
-        accuracy_simulated=accuracy_of(outcome.reference, outcome.simulated),
+        accuracy=accuracy_of(outcome.reference, outcome.judged),
+        judged_by=outcome.judged_by,
         within_tolerance=outcome.within,
         rtol=rtol,
         atol=atol,

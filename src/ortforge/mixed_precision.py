@@ -23,7 +23,8 @@ from .data import FeedSet
 from .flops import count_macs
 from .model import Model, from_proto
 from .quantization import run_outputs
-from .session import SessionConfig
+from .runtime import GPU_PROVIDERS, available_providers
+from .session import CPU, ProviderSpec, SessionConfig
 from .errors import UserError
 from .transforms import TransformResult
 from .transforms.fp16 import Fp16Options, Fp16Plan, convert_fp16, measure_activation_ranges, plan_fp16, simulate_fp16
@@ -64,6 +65,21 @@ def simulated_outputs(model: Model, plan: Fp16Plan, feeds: FeedSet) -> Outputs:
     return run_outputs(from_proto(simulated.proto, base_dir=model.base_dir), feeds, SessionConfig(graph_optimization_level="disable"))
 
 
+def fp16_outputs(model: Model, plan: Fp16Plan, feeds: FeedSet, judge_on: str | None = None) -> Outputs:
+    """The plan's outputs: simulated on the CPU, or with `judge_on` (an EP this ORT has, e.g. CUDA) the
+    converted model run there, real fp16 kernels and all."""
+    if judge_on is None:
+        return simulated_outputs(model, plan, feeds)
+    converted = from_proto(convert_fp16(model, plan).proto, base_dir=model.base_dir)
+    providers = [ProviderSpec(judge_on)] + ([ProviderSpec(CPU)] if judge_on != CPU else [])
+    return run_outputs(converted, feeds, SessionConfig(providers=providers))
+
+
+def judge_for(provider: str | None) -> str | None:
+    """Where fp16 is judged for a plan made for `provider`: for real on a GPU EP this ORT has, else None (simulation)."""
+    return provider if provider in GPU_PROVIDERS and provider in available_providers() else None
+
+
 @dataclass
 class Fp16Report:
     """What `ortforge fp16` wrote and how its simulated outputs compare with fp32."""
@@ -71,7 +87,8 @@ class Fp16Report:
     output: str
     provider: str  # whose fp16 kernels were asked
     plan: dict  # counts, fp32 nodes and why, casts inserted
-    accuracy_simulated: dict  # cosine, max_abs, rel
+    accuracy: dict  # cosine, max_abs, rel against fp32
+    judged_by: str  # "simulation" (fp16 rounding inside an fp32 graph, on the CPU) or the EP that ran it for real
     within_tolerance: bool
     rtol: float
     atol: float
@@ -169,15 +186,15 @@ def _value(groups: list[_Group], plan: Fp16Plan) -> tuple[int, int]:
 
 class _GroupSearch:
     def __init__(self, model: Model, plan: Fp16Plan, feeds: FeedSet, reference: Outputs, rtol: float, atol: float,
-                 hook: Callable | None, max_evaluations: int) -> None:  # fmt: skip
-        self.model, self.plan, self.feeds, self.reference = model, plan, feeds, reference
+                 hook: Callable | None, max_evaluations: int, judge_on: str | None = None) -> None:  # fmt: skip
+        self.model, self.plan, self.feeds, self.reference, self.judge_on = model, plan, feeds, reference, judge_on
         self.rtol, self.atol, self.hook, self.max_evaluations = rtol, atol, hook, max_evaluations
         self.evaluations = 0
         self.with_islands = replace(plan, options=replace(plan.options, drop_islands=False))
 
     def evaluate(self, candidate: Fp16Plan) -> tuple[Outputs, bool]:
         self.evaluations += 1
-        outputs = simulated_outputs(self.model, candidate, self.feeds)
+        outputs = fp16_outputs(self.model, candidate, self.feeds, self.judge_on)
         ok = within(self.reference, outputs, self.rtol, self.atol)
         if ok and self.hook is not None:
             ok = bool(self.hook(outputs, self.reference))  # the user's validate function has the last word
@@ -233,12 +250,12 @@ class _GroupSearch:
 
 def search_mixed_precision(
     model: Model, plan: Fp16Plan, feeds: FeedSet, rtol: float, atol: float, hook: Callable | None = None, max_evaluations: int = 30,
-    reference: Outputs | None = None,
+    reference: Outputs | None = None, judge_on: str | None = None,
 ) -> tuple[Fp16Plan, SearchReport]:
-    """A plan with many fp16 nodes whose simulated outputs meet the tolerance (every node fp32 at worst)."""
+    """A plan with many fp16 nodes whose outputs (simulated, or run on `judge_on`) meet the tolerance (every node fp32 at worst)."""
     start = time.perf_counter()
     reference = reference if reference is not None else run_outputs(model, feeds)
-    search = _GroupSearch(model, plan, feeds, reference, rtol, atol, hook, max_evaluations)
+    search = _GroupSearch(model, plan, feeds, reference, rtol, atol, hook, max_evaluations, judge_on)
     found = search.run()
     if found is None:
         return plan, SearchReport(True, search.evaluations, time.perf_counter() - start, [])
@@ -255,26 +272,29 @@ class Fp16Outcome:
     plan: Fp16Plan
     result: TransformResult  # the converted model
     reference: Outputs  # fp32 outputs on the feeds
-    simulated: Outputs  # the plan's simulated fp16 outputs
+    judged: Outputs  # the plan's fp16 outputs, simulated or real
     within: bool
     search: SearchReport | None = None
+    judged_by: str = "simulation"
 
 
 def convert_within(model: Model, feeds: FeedSet, options: Fp16Options, rtol: float, atol: float, *, auto: bool = False,
                    hook: Callable | None = None, force: bool = False, subject: str = "fp16 model") -> Fp16Outcome:  # fmt: skip
-    """The gate `ortforge fp16` applies: plan with measured ranges, search if `auto`, simulate, and convert
-    only when the simulated outputs are within rtol/atol (or `force`); UserError naming `subject` otherwise."""
+    """The gate `ortforge fp16` applies: plan with measured ranges, search if `auto`, judge (for real on a local
+    GPU EP, else by simulation), and convert only when the outputs are within rtol/atol (or `force`)."""
     plan = plan_fp16(model, replace(options, activation_ranges=measure_activation_ranges(model, feeds)))
+    judge_on = judge_for(options.provider)
     reference = run_outputs(model, feeds)
     search = None
     if auto:
-        plan, search = search_mixed_precision(model, plan, feeds, rtol, atol, hook, reference=reference)
-    simulated = simulated_outputs(model, plan, feeds)
-    ok = within(reference, simulated, rtol, atol)
+        plan, search = search_mixed_precision(model, plan, feeds, rtol, atol, hook, reference=reference, judge_on=judge_on)
+    judged = fp16_outputs(model, plan, feeds, judge_on)
+    ok = within(reference, judged, rtol, atol)
     if not ok and not force:
-        raise UserError(f"{subject}: not written, simulated fp16 outputs are outside rtol={rtol:g} atol={atol:g}",
+        how = f"on {judge_on}" if judge_on else "simulated"
+        raise UserError(f"{subject}: not written, fp16 outputs ({how}) are outside rtol={rtol:g} atol={atol:g}",
                         hint="--auto keeps the sensitive nodes in fp32; --force writes it anyway")  # fmt: skip
-    return Fp16Outcome(plan, convert_fp16(model, plan, feeds=feeds), reference, simulated, ok, search)
+    return Fp16Outcome(plan, convert_fp16(model, plan, feeds=feeds), reference, judged, ok, search, judge_on or "simulation")
 
 
 def accuracy_of(reference: Outputs, simulated: Outputs) -> dict:

@@ -388,8 +388,9 @@ def render_fp16(report, console: Console) -> None:  # noqa: ANN001 - mixed_preci
     console.print(f"  fp16 nodes {plan.get('fp16_nodes', '?')}, fp32 nodes {plan.get('fp32_nodes', '?')}, casts {plan.get('casts_inserted', '?')}{share}", highlight=False)
     for reason, count in (plan.get("fp32_reasons") or {}).items():
         console.print(f"    fp32 because {reason}: {count}", highlight=False)
-    accuracy = report.accuracy_simulated
-    console.print(f"  simulated fp16 vs fp32: cosine {accuracy['cosine']:.6f}, max abs {accuracy['max_abs']:.3g} "
+    accuracy = report.accuracy
+    judged = "simulated fp16" if report.judged_by == "simulation" else f"fp16 on {report.judged_by}"
+    console.print(f"  {judged} vs fp32: cosine {accuracy['cosine']:.6f}, max abs {accuracy['max_abs']:.3g} "
                   f"({'within' if report.within_tolerance else 'OUTSIDE'} rtol={report.rtol:g} atol={report.atol:g})")  # fmt: skip
     if report.search:
         search = report.search

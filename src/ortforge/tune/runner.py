@@ -22,7 +22,7 @@ from ..data import FeedSet
 from ..errors import UserError
 from ..model import Model, atomic_write_text, from_proto, load_model, model_size, save_model
 from ..quantization import apply_recipe, run_outputs
-from ..session import SessionConfig
+from ..session import CPU, ProviderSpec, SessionConfig
 from .candidates import PrecisionCandidate, recipe_of
 
 RESULT_FILE = "result.json"
@@ -148,20 +148,24 @@ class LocalRunner:
 
     def _mixed(self, plan):  # noqa: ANN001, ANN202 - Fp16Plan
         """The mixed-precision search on the calibration half; the evaluation half then judges it like any candidate."""
-        from ..mixed_precision import search_mixed_precision
+        from ..mixed_precision import judge_for, search_mixed_precision
         from .candidates import MIXED_ATOL, MIXED_RTOL
 
-        found, search = search_mixed_precision(self.model, plan, self.calibration, MIXED_RTOL, MIXED_ATOL)
-        found.notes.append(f"mixed precision: {len(search.kept_fp32)} more node(s) kept fp32 after {search.evaluations} simulated evaluations")
+        found, search = search_mixed_precision(self.model, plan, self.calibration, MIXED_RTOL, MIXED_ATOL, judge_on=judge_for(plan.options.provider))
+        found.notes.append(f"mixed precision: {len(search.kept_fp32)} more node(s) kept fp32 after {search.evaluations} evaluations")
         found.notes.extend(search.notes)
         return found
 
     def _outputs(self, candidate: PrecisionCandidate, model: Model) -> Outputs:
-        """The candidate's outputs for the accuracy check; fp16 is simulated, since the CPU EP would compute it in fp32."""
+        """The candidate's outputs for the accuracy check; fp16 runs on its GPU EP where this ORT has it, and is
+        simulated otherwise (the CPU EP would compute most of it in fp32 behind Casts)."""
         if candidate.kind == "fp16":
-            from ..mixed_precision import simulated_outputs
+            from ..mixed_precision import judge_for, simulated_outputs
 
-            return simulated_outputs(self.model, self._fp16_plan(candidate), self.evaluation)
+            judge_on = judge_for(candidate.settings.get("provider"))
+            if judge_on is None:
+                return simulated_outputs(self.model, self._fp16_plan(candidate), self.evaluation)
+            return run_outputs(model, self.evaluation, SessionConfig(providers=[ProviderSpec(judge_on), ProviderSpec(CPU)]))
         return run_outputs(model, self.evaluation)
 
     def _store(self, trial: Trial, folder: Path) -> None:
