@@ -177,3 +177,28 @@ def test_throughput_objective_tries_requests_in_flight(cache, tmp_path):
     assert record["objective"] == "throughput" and record["requests_in_flight"] == report.result.chosen.session.streams
     assert record["figures"]["throughput_per_s"]["chosen"] > 0
     assert "time per request" in record["why"] or "nothing beat fp32" in record["why"]
+
+
+def test_a_missed_int8_candidate_gets_nodes_kept_float_and_the_search_is_cached(cache, tmp_path, monkeypatch):
+    from test_quant_debug import feeds, wide_range_model
+
+    from ortforge import exclusion
+    from ortforge.accuracy import Tolerance
+    from ortforge.model import load_model
+    from ortforge.quantization import run_outputs
+    from ortforge.transforms.quantize import QuantizeOptions
+    from ortforge.tune.candidates import PrecisionCandidate, frozen_options
+    from ortforge.tune.runner import LocalRunner
+
+    model = load_model(save(wide_range_model(), tmp_path / "wide.onnx"))
+    calibration, evaluation = feeds(16, 0), feeds(16, 1)
+    tolerances = [Tolerance("cosine", 0.99)]
+    recipe = QuantizeOptions(mode="static", op_types=("MatMul",))
+    runner = LocalRunner(model, calibration, evaluation, run_outputs(model, evaluation), cache)
+    missed = runner.build(PrecisionCandidate(recipe.describe(), "int8", frozen_options(recipe)))
+    assert not missed.passes(tolerances)[0]
+    repaired = runner.exclusion(missed, tolerances)
+    assert repaired is not None and "kept float" in repaired.label and repaired.settings["exclude"]
+    assert runner.build(repaired).passes(tolerances)[0]  # judged on the evaluation half, which the search never saw
+    monkeypatch.setattr(exclusion, "search_exclusions", lambda *a, **k: pytest.fail("searched again"))
+    assert runner.exclusion(missed, tolerances) == repaired

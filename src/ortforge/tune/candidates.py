@@ -37,7 +37,7 @@ class PrecisionCandidate:
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _frozen(options: object) -> tuple[tuple[str, object], ...]:
+def frozen_options(options: object) -> tuple[tuple[str, object], ...]:
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in asdict(options).items()))
 
 
@@ -48,7 +48,7 @@ def precision_candidates(family: str, providers: list[str], transformer: bool, f
         found.append(PrecisionCandidate("fp32 + transformer fusion", "fusion", (("model_type", "auto"),)))
     for recipe in auto_recipes(family, features):
         kind = "weight-only" if isinstance(recipe, WeightOnlyOptions) else "int8"
-        found.append(PrecisionCandidate(recipe.describe(), kind, _frozen(recipe)))
+        found.append(PrecisionCandidate(recipe.describe(), kind, frozen_options(recipe)))
     gpu = [p for p in providers if p in GPU_PROVIDERS]
     if gpu:  # fp16 pays only where an EP has fp16 kernels; ORT's CPU EP computes most fp16 ops in fp32
         name = gpu[0].replace("ExecutionProvider", "")

@@ -23,9 +23,10 @@ from ..errors import UserError
 from ..model import Model, atomic_write_text, from_proto, load_model, model_size, save_model
 from ..quantization import apply_recipe, run_outputs
 from ..session import CPU, ProviderSpec, SessionConfig
-from .candidates import PrecisionCandidate, recipe_of
+from .candidates import PrecisionCandidate, frozen_options, recipe_of
 
 RESULT_FILE = "result.json"
+EXCLUSION_ATTEMPTS = 6  # quantize-and-judge rounds the exclusion search may spend
 MODEL_FILE = "model.onnx"
 
 
@@ -64,6 +65,9 @@ class MeasureTarget:
 class TrialRunner(Protocol):
     def build(self, candidate: PrecisionCandidate) -> Trial: ...
     def measure(self, targets: Sequence[MeasureTarget], options: BenchOptions, progress: Progress | None = None) -> BenchReport: ...
+    def exclusion(self, trial: Trial, tolerances: Sequence[Tolerance], progress: Progress | None = None) -> PrecisionCandidate | None:
+        """The int8 candidate with the fewest nodes kept float that meets the tolerances (None if none found)."""
+        ...
 
 
 def feeds_hash(feeds: FeedSet) -> str:
@@ -184,6 +188,32 @@ class LocalRunner:
         record = json.loads(record_path.read_text())
         model = self.model if candidate.kind == "fp32" else (load_model(folder / MODEL_FILE, check=False) if (folder / MODEL_FILE).exists() else None)
         return Trial(candidate, model, record["metrics"], record["notes"], record["error"], cached=True, size_bytes=record["size_bytes"])
+
+    def exclusion(self, trial: Trial, tolerances: Sequence[Tolerance], progress: Progress | None = None) -> PrecisionCandidate | None:
+        """Search on the calibration half (the evaluation half then judges the result like any candidate);
+        the nodes found are cached, so a resumed run does not search again."""
+        from dataclasses import replace
+
+        from ..exclusion import search_exclusions
+        from ..quantization import RecipeOutcome
+
+        record = self.folder / f"exclusion-{trial.candidate.key(self.model_hash, self.data_hash)}.json"
+        if record.is_file():
+            nodes = json.loads(record.read_text())["nodes"]
+        else:
+            recipe = recipe_of(trial.candidate)
+            outcome = RecipeOutcome(trial.candidate.label, recipe, model=trial.model, passed=False)
+            reference = run_outputs(self.model, self.calibration)
+            _, report = search_exclusions(self.model, outcome, self.calibration, self.calibration, reference, tolerances, self.hook, progress,
+                                          max_attempts=EXCLUSION_ATTEMPTS)  # fmt: skip
+            nodes = [c.node for c in report.excluded] if report.met else []
+            record.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(record, json.dumps({"candidate": trial.candidate.label, "nodes": nodes}))
+        if not nodes:
+            return None
+        recipe = recipe_of(trial.candidate)
+        options = replace(recipe, exclude=tuple(recipe.exclude) + tuple(nodes))
+        return PrecisionCandidate(f"{trial.candidate.label}, {len(nodes)} node(s) kept float", "int8", frozen_options(options))
 
     def measure(self, targets: Sequence[MeasureTarget], options: BenchOptions, progress: Progress | None = None) -> BenchReport:
         variants = [Variant(t.label, t.trial.model, t.config, self.evaluation, t.streams) for t in targets]  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from .runner import MeasureTarget, Trial, TrialRunner
 
 OBJECTIVES = ("latency", "throughput", "startup", "size")
 JOURNAL = "journal.json"
+EXCLUSION_BUDGET_SHARE = 0.6  # the exclusion search starts only while this share of the budget is left
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,26 @@ def _build_all(runner: TrialRunner, candidates: Sequence[PrecisionCandidate], to
         passed, why = trial.passes(tolerances)
         (accurate.append(trial) if passed else rejected.append((candidate.label, why)))
     return trials, accurate, rejected
+
+
+def _exclude(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], rejected: list[tuple[str, str]], tolerances: Sequence[Tolerance],
+             clock: Clock, progress: Progress) -> None:  # fmt: skip
+    """The most accurate int8 candidate that missed the tolerance gets its worst nodes kept in float (once, time allowing)."""
+    missed = [t for t in trials if t.candidate.kind == "int8" and t.model is not None and not t.error and t not in accurate]
+    if not missed:
+        return
+    trial = max(missed, key=lambda t: t.metrics.get("cosine", 0.0))
+    if clock.left < clock.budget * EXCLUSION_BUDGET_SHARE:
+        rejected.append((f"{trial.candidate.label}, nodes kept float", "skipped: time budget"))
+        return
+    candidate = runner.exclusion(trial, tolerances, _sub(progress, f"keeping nodes of {trial.candidate.label} in float", 0.35, 0.4))
+    if candidate is None:
+        rejected.append((f"{trial.candidate.label}, nodes kept float", "no set of nodes kept in float met the tolerance"))
+        return
+    built = runner.build(candidate)
+    trials.append(built)
+    passed, why = built.passes(tolerances)
+    (accurate.append(built) if passed else rejected.append((candidate.label, why)))
 
 
 def _screen(runner: TrialRunner, accurate: list[Trial], options: TuneOptions, clock: Clock, progress: Progress) -> tuple[list[Trial], BenchReport | None, list[tuple[str, str]]]:
@@ -198,6 +219,7 @@ def tune_search(runner: TrialRunner, candidates: Sequence[PrecisionCandidate], t
 
     clock, stages, notes = Clock(options.time_budget_s), {}, []
     trials, accurate, rejected = _build_all(runner, candidates, tolerances, clock, report)
+    _exclude(runner, trials, accurate, rejected, tolerances, clock, report)
     stages["build + accuracy"] = clock.elapsed
     if not accurate or accurate[0].candidate.kind != "fp32":
         raise RuntimeError("the fp32 candidate must come first and pass")
