@@ -165,6 +165,8 @@ def test_throughput_objective_tries_requests_in_flight(cache, tmp_path):
     from ortforge.tune.candidates import session_candidates
 
     assert not any(c.streams > 1 for c in session_candidates(["CPUExecutionProvider"], cores=2))
+    levels = {c.config.graph_optimization_level for c in session_candidates(["CPUExecutionProvider"], cores=2, objective="startup")}
+    assert {"basic", "extended"} <= levels
     concurrent = [c for c in session_candidates(["CPUExecutionProvider"], cores=2, objective="throughput") if c.streams > 1]
     assert [(c.streams, c.config.intra_op_num_threads) for c in concurrent] == [(2, 1)]
     model = save(conv_net(), tmp_path / "cnn.onnx")

@@ -75,8 +75,8 @@ class SessionCandidate:
 
 
 def session_candidates(providers: list[str], cores: int | None = None, objective: str = "latency") -> list[SessionCandidate]:
-    """ORT defaults, each thread count (spinning on and off), and every other local EP with the CPU as fallback;
-    for throughput, also several requests in flight sharing the cores (threads split between them)."""
+    """ORT defaults, each thread count, spinning off, parallel mode, a lower graph level, and every other local EP
+    with the CPU as fallback; for throughput, also several requests in flight sharing the cores."""
     cores = cores or cpu_info().physical_cores or 1
     base = SessionConfig()
     found = [SessionCandidate("ORT defaults", base)]
@@ -85,6 +85,9 @@ def session_candidates(providers: list[str], cores: int | None = None, objective
     if cores > 1:
         found.append(SessionCandidate("no spinning", replace(base, config_entries={SPINNING: "0"})))
         found.append(SessionCandidate("parallel execution", replace(base, execution_mode="parallel", inter_op_num_threads=2)))
+    # Graph levels below ALL: layout (NCHWc) rewrites occasionally slow a model down, and lower levels start faster.
+    for level in ("basic", "extended") if objective == "startup" else ("extended",):
+        found.append(SessionCandidate(f"graph level {level}", replace(base, graph_optimization_level=level)))
     if objective == "throughput":
         for streams in sorted({2, cores} - {1}):
             if streams <= cores:
