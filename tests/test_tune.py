@@ -174,7 +174,8 @@ def test_throughput_objective_tries_requests_in_flight(cache, tmp_path):
     report = tune(str(model), tmp_path / "throughput", objective="throughput", time_budget_s=25, progress=lambda what, _: seen.append(what))
     assert any(m.startswith("building") for m in seen) and any("final interleaved run" in m for m in seen)
     assert all("| best so far: " in m for m in seen)
-    assert any(f.session.streams == 2 for f in report.result.finalists)
+    finalist = any(f.session.streams == 2 for f in report.result.finalists)
+    assert finalist or any("requests in flight" in label and "session screening" in why for label, why in report.result.rejected)
     record = json.loads((tmp_path / "throughput" / CONFIG_FILE).read_text())
     assert record["objective"] == "throughput" and record["requests_in_flight"] == report.result.chosen.session.streams
     assert record["figures"]["throughput_per_s"]["chosen"] > 0
@@ -204,3 +205,18 @@ def test_a_missed_int8_candidate_gets_nodes_kept_float_and_the_search_is_cached(
     assert runner.build(repaired).passes(tolerances)[0]  # judged on the evaluation half, which the search never saw
     monkeypatch.setattr(exclusion, "search_exclusions", lambda *a, **k: pytest.fail("searched again"))
     assert runner.exclusion(missed, tolerances) == repaired
+
+
+def test_session_options_are_screened_before_the_final_run(tuned):
+    from ortforge.tune.search import SESSION_FINALISTS
+
+    _, _, report = tuned
+    result = report.result
+    by_trial: dict[int, int] = {}
+    for finalist in result.finalists:
+        if finalist.session.label != "ORT defaults" and "offline" not in finalist.session.label:
+            by_trial[id(finalist.trial)] = by_trial.get(id(finalist.trial), 0) + 1
+    assert all(count <= SESSION_FINALISTS for count in by_trial.values())
+    screened_out = [why for _, why in result.rejected if why.startswith("session screening")]
+    assert len(by_trial) <= 1 and (screened_out or sum(by_trial.values()) <= SESSION_FINALISTS)
+    assert "session screening" in result.stages

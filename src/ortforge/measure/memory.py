@@ -22,3 +22,21 @@ def peak_rss() -> int:
         return int(getattr(info, "peak_wset", info.rss))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes, Linux KiB
+
+
+def release_freed_memory() -> None:
+    """Hand memory that is freed but still held by the C allocator back to the OS (glibc only; no-op elsewhere).
+
+    Building candidates (quantizers, sessions) frees hundreds of MiB that glibc keeps; during tune's final
+    run every process is alive at once, so what each one holds adds up (MiniLM: 855 -> 273 MiB here)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # musl and others have no malloc_trim
+        pass

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
-from .memory import current_rss, peak_rss
+from .memory import current_rss, peak_rss, release_freed_memory
 from .placement import RECORD_ASSIGNMENT, placement_from_session
 from .profile import summarize_profile
 
@@ -44,6 +44,7 @@ class Worker:
         self.session.run(None, feeds[0])
         first_run_s = time.perf_counter() - start
         placement = placement_from_session(self.session, config.provider_names)
+        release_freed_memory()  # what graph optimization freed; other workers run beside this one
         return {
             "create_s": create_s,
             "first_run_s": first_run_s,
@@ -108,7 +109,10 @@ class Worker:
             for index in range(runs):
                 session.run(None, self.feeds[index % len(self.feeds)])
             profile_path = Path(session.end_profiling())
-            return summarize_profile(profile_path, runs)
+            summary = summarize_profile(profile_path, runs)
+        del session
+        release_freed_memory()
+        return summary
 
 
 def serve(inbox: Any, outbox: Any) -> None:

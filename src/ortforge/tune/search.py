@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..accuracy import Tolerance
 from ..bench import BenchOptions, BenchReport, CandidateScore, Progress, consistent_winner, score
+from ..measure.memory import release_freed_memory
 from ..measure.placement import CPU, placement_for
 from ..model import atomic_write_text
 from ..session import SessionConfig
@@ -24,6 +25,7 @@ from .runner import MeasureTarget, Trial, TrialRunner
 
 OBJECTIVES = ("latency", "throughput", "startup", "size")
 JOURNAL = "journal.json"
+SESSION_FINALISTS = 2  # session options carried into the final run after their own screen
 EXCLUSION_BUDGET_SHARE = 0.6  # the exclusion search starts only while this share of the budget is left
 
 
@@ -161,18 +163,39 @@ def _allowed_sessions(trial: Trial, options: TuneOptions, notes: list[str]) -> l
     return allowed
 
 
-def _finalists(survivors: list[Trial], options: TuneOptions, notes: list[str]) -> list[Finalist]:
-    """fp32 + ORT defaults first (the baseline); session candidates for the fastest survivor, or for fp32
-    when nothing beat it in screening; the other survivors with ORT defaults only. Session options rarely
-    reorder precisions, and every finalist is one more process (and copy of the model) in the final run."""
+def _finalists(runner: TrialRunner, survivors: list[Trial], options: TuneOptions, clock: Clock, progress: Progress,
+               notes: list[str], rejected: list[tuple[str, str]]) -> list[Finalist]:  # fmt: skip
+    """fp32 + ORT defaults first (the baseline); the fastest survivor (fp32 when nothing beat it in screening)
+    with ORT defaults and the session options that beat its defaults in a short screen; the other survivors
+    with ORT defaults only. Session options rarely reorder precisions, and every finalist is one more
+    process (and copy of the model) in the final run."""
     fp32, others = survivors[0], survivors[1:]
     tuned = others[0] if others else fp32
-    found = [Finalist(f"{fp32.candidate.label} | ORT defaults", fp32, session_candidates([CPU])[0])]
-    for trial in [tuned] + others[1:]:
-        sessions = _allowed_sessions(trial, options, notes) if trial is tuned else session_candidates([CPU])[:1]
-        found.extend(Finalist(f"{trial.candidate.label} | {session.label}", trial, session) for session in sessions
-                     if not (trial is fp32 and session.label == "ORT defaults"))  # fmt: skip
-    return found
+    defaults = session_candidates([CPU])[0]
+    baseline = Finalist(f"{fp32.candidate.label} | ORT defaults", fp32, defaults)
+    sessions = _screen_sessions(runner, tuned, _allowed_sessions(tuned, options, notes)[1:], options, clock, progress, rejected)
+    found = [baseline] + ([] if tuned is fp32 else [Finalist(f"{tuned.candidate.label} | ORT defaults", tuned, defaults)])
+    found += [Finalist(f"{tuned.candidate.label} | {session.label}", tuned, session) for session in sessions]
+    return found + [Finalist(f"{trial.candidate.label} | ORT defaults", trial, defaults) for trial in others[1:]]
+
+
+def _screen_sessions(runner: TrialRunner, trial: Trial, sessions: list[SessionCandidate], options: TuneOptions, clock: Clock,
+                     progress: Progress, rejected: list[tuple[str, str]]) -> list[SessionCandidate]:  # fmt: skip
+    """The session candidates that beat ORT's defaults for this trial in a short interleaved screen, best first."""
+    if len(sessions) <= SESSION_FINALISTS:
+        return sessions
+    targets = [MeasureTarget(f"{trial.candidate.label} | ORT defaults", trial, SessionConfig())]
+    targets += [MeasureTarget(f"{trial.candidate.label} | {s.label}", trial, s.config, s.streams) for s in sessions]
+    seconds = clock.seconds_per_variant(0.08, len(targets), high=2.0)  # a screen: the final run measures what it keeps
+    startup_rounds = 3 if options.objective == "startup" else 0
+    report = runner.measure(targets, BenchOptions(max_seconds=seconds, profile=False, block_seconds=0.1, min_rounds=4, startup_rounds=startup_rounds),
+                            _sub(progress, "screening session options", 0.6, 0.65))  # fmt: skip
+    ratios = [_objective_score(result, report.variants[0], options.objective).ratio for result in report.variants[1:]]
+    scored = sorted(zip(sessions, ratios), key=lambda pair: pair[1])
+    kept = [session for session, ratio in scored if ratio < 1.0][:SESSION_FINALISTS]
+    rejected += [(f"{trial.candidate.label} | {session.label}", f"session screening: {ratio:.2f}x its ORT defaults"
+                  + ("" if ratio >= 1.0 else f", not among the {SESSION_FINALISTS} best")) for session, ratio in scored if session not in kept]  # fmt: skip
+    return kept
 
 
 def _offline_variants(trial: Trial, notes: list[str]) -> list[Finalist]:
@@ -223,14 +246,16 @@ def tune_search(runner: TrialRunner, candidates: Sequence[PrecisionCandidate], t
     stages["build + accuracy"] = clock.elapsed
     if not accurate or accurate[0].candidate.kind != "fp32":
         raise RuntimeError("the fp32 candidate must come first and pass")
+    release_freed_memory()  # the builds' freed memory would otherwise stay with this process through the timed runs
     survivors, screening, dropped = _screen(runner, accurate, options, clock, report)
     rejected += dropped
     if screening is not None and len(survivors) > 1:
         lead = next(v for v in screening.variants if v.label == survivors[1].candidate.label)
         best[0] = f"{survivors[1].candidate.label} ({score(lead, screening.variants[0]).ratio:.2f}x in screening)"
     stages["screening"] = clock.elapsed - sum(stages.values())
-    finalists = _finalists(survivors, options, notes)
+    finalists = _finalists(runner, survivors, options, clock, report, notes, rejected)
     finalists += _offline_variants(survivors[1] if len(survivors) > 1 else survivors[0], notes)
+    stages["session screening"] = clock.elapsed - sum(stages.values())
     seconds = clock.seconds_per_variant(0.8, len(finalists), low=0.5, high=6.0)
     startup_rounds = 8 if options.objective == "startup" else 3
     final = runner.measure([f.target for f in finalists],
