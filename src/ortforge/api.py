@@ -322,6 +322,7 @@ def fp16(
     options = Fp16Options(keep_io_types=keep_io_types, block_ops=tuple(block_ops), block_nodes=tuple(block_nodes), provider=provider)
     outcome = convert_within(model, feeds, options, rtol, atol, auto=auto, hook=load_eval_hook(eval_hook) if eval_hook else None, force=force,
                              subject=Path(output).name)  # fmt: skip
+    share = fp16_mac_share(model, outcome.plan, feeds)
     saved = save_model(outcome.result.proto, output, source=model)
     notes = list(outcome.result.notes)
     if outcome.judged_by == "simulation":
@@ -330,8 +331,7 @@ def fp16(
     if feeds.generated:
         notes.append(GENERATED_WARNING)
     if not outcome.within:
-        notes.append("written despite simulated outputs outside tolerance (--force)")
-    share = fp16_mac_share(model, outcome.plan, feeds)
+        notes.append("written despite fp16 outputs outside tolerance (--force)")
     return Fp16Report(
         output=str(saved),
         provider=provider,
