@@ -82,7 +82,9 @@ class Worker:
     def _run_concurrently(self, count: int, offset: int, streams: int) -> list[int]:
         """`count` runs shared by `streams` threads calling the one session, as a server with that many
         requests in flight does; each run is credited wall time / count, the inverse of the throughput."""
-        pool = self.pools.setdefault(streams, ThreadPoolExecutor(streams, thread_name_prefix="ortforge-stream"))
+        if streams not in self.pools:
+            self.pools[streams] = ThreadPoolExecutor(streams, thread_name_prefix="ortforge-stream")
+        pool = self.pools[streams]
         run, feeds = self.session.run, self.feeds
         together = threading.Barrier(streams)  # no stream starts before all are there: the requests overlap
 
