@@ -86,3 +86,16 @@ def test_automatic_exclusion_meets_a_tolerance_plain_quantization_misses(wide, t
     assert report.exclusion.met and 1 <= len(report.exclusion.excluded) <= 2
     assert report.exclusion.excluded[0].node == "narrow/MatMulAddFusion"
     assert (tmp_path / "q.onnx").exists()
+
+
+def test_fetching_activations_in_passes_gives_the_same_report(wide, monkeypatch):
+    from ortforge import quant_debug
+
+    data = feeds(4)
+    quantized = from_proto(quantize(wide, QuantizeOptions(mode="static", op_types=("MatMul",)), data.samples).proto)
+    whole = debug_quantization(wide, quantized, data)
+    monkeypatch.setattr(quant_debug, "PASS_BYTES", 1)  # one activation per pass
+    assert len(quant_debug._passes(wide, [e.tensor for e in whole.activations], data)) == len(whole.activations) > 1
+    split = debug_quantization(wide, quantized, data)
+    assert [(e.tensor, e.sqnr_db) for e in split.activations] == [(e.tensor, e.sqnr_db) for e in whole.activations]
+    assert split.end_to_end.metric("cosine") == whole.end_to_end.metric("cosine")

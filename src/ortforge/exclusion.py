@@ -109,14 +109,16 @@ def search_exclusions(
     hook: Callable | None = None,
     progress: Progress | None = None,
     max_attempts: int = 12,
+    ranking_feeds: FeedSet | None = None,
 ) -> tuple[RecipeOutcome, ExclusionReport]:
-    """Keep the fewest nodes in float that make `outcome`'s recipe meet the tolerances."""
+    """Keep the fewest nodes in float that make `outcome`'s recipe meet the tolerances (layers ranked on
+    `ranking_feeds`, default `evaluation`: a few samples rank as well as many, at a fraction of the time)."""
     assert isinstance(outcome.options, QuantizeOptions) and outcome.model is not None
     report_progress = progress or (lambda what, fraction: None)
     report_progress("ranking layers (quant-debug)", 0.0)
     # Rank and exclude in the graph ORT quantized (pre-processing renames and fuses nodes).
     prepared = from_proto(prepare(model, outcome.options, []))
-    ranking = debug_quantization(prepared, outcome.model, evaluation)
+    ranking = debug_quantization(prepared, outcome.model, ranking_feeds or evaluation)
     ordered = candidates(prepared.proto, outcome.model.proto, ranking)
     base_exclude = tuple(outcome.options.exclude)
     attempts = 0

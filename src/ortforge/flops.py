@@ -166,6 +166,11 @@ def count_macs(
 # Shape inference on a data-free copy
 
 
+def inferred_shapes(model: Model, shapes: dict[str, tuple[int, ...]]) -> dict[str, PartialDims]:
+    """Every value's dims (None where unknown) for these input shapes, by ONNX shape inference on a data-free copy."""
+    return _collect_shapes(_infer(_inference_copy(model, shapes), []))
+
+
 def _inference_copy(model: Model, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
     """The model with concrete input shapes and large tensors reduced to dims (data is not needed)."""
     copy = onnx.ModelProto()

@@ -27,6 +27,7 @@ from .candidates import PrecisionCandidate, frozen_options, recipe_of
 
 RESULT_FILE = "result.json"
 EXCLUSION_ATTEMPTS = 6  # quantize-and-judge rounds the exclusion search may spend
+RANKING_SAMPLES = 4  # samples quant-debug ranks layers on for the exclusion search
 MODEL_FILE = "model.onnx"
 
 
@@ -204,8 +205,9 @@ class LocalRunner:
             recipe = recipe_of(trial.candidate)
             outcome = RecipeOutcome(trial.candidate.label, recipe, model=trial.model, passed=False)
             reference = run_outputs(self.model, self.calibration)
+            ranking = replace(self.calibration, samples=self.calibration.samples[:RANKING_SAMPLES])
             _, report = search_exclusions(self.model, outcome, self.calibration, self.calibration, reference, tolerances, self.hook, progress,
-                                          max_attempts=EXCLUSION_ATTEMPTS)  # fmt: skip
+                                          max_attempts=EXCLUSION_ATTEMPTS, ranking_feeds=ranking)  # fmt: skip
             nodes = [c.node for c in report.excluded] if report.met else []
             record.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(record, json.dumps({"candidate": trial.candidate.label, "nodes": nodes}))
