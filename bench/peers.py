@@ -44,6 +44,7 @@ class ToolRun:
     peak_rss: int
     exit_code: int
     message: str = ""
+    detail: str = ""  # what the tool chose, where it says
 
 
 def run_measured(command: list[str], env: dict | None = None, timeout: float = 1800) -> tuple[int, float, int, str]:
@@ -118,8 +119,10 @@ def run_tools(reference: str, model_path: Path, data: Path, work: Path, budget: 
     for tolerance in tolerances:
         command += ["--tolerance", tolerance]
     code, wall, peak, message = run_measured(command)
-    config = SessionConfig.from_dict(json.loads((artifact / "ortforge.json").read_text())["session"]) if code == 0 else SessionConfig()
-    runs.append(ToolRun("ortforge tune", artifact / "model.onnx" if code == 0 else None, config, wall, peak, code, message))
+    record = json.loads((artifact / "ortforge.json").read_text()) if code == 0 else {}
+    config = SessionConfig.from_dict(record["session"]) if record else SessionConfig()
+    chosen = f"chose {record['chosen']['label']}" if record else ""
+    runs.append(ToolRun("ortforge tune", artifact / "model.onnx" if code == 0 else None, config, wall, peak, code, message, chosen))
     return runs
 
 
@@ -152,6 +155,8 @@ def compare_runs(reference: str, runs: list[ToolRun], evaluation, seconds: float
         honest = "yes" if run.model is not None or run.exit_code != 0 else "NO (exit 0, nothing usable)"
         print(f"  {run.tool:<36} latency {ratio:<20} {cosine:<12} {verdict:<20} tuning {run.wall_s:6.1f} s  peak RSS {run.peak_rss / 2**20:7.0f} MiB  "
               f"exit {run.exit_code}  honest: {honest}")
+        if run.detail:
+            print(f"    {run.detail}")
 
 
 def main() -> None:

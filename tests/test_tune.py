@@ -220,3 +220,34 @@ def test_session_options_are_screened_before_the_final_run(tuned):
     screened_out = [why for _, why in result.rejected if why.startswith("session screening")]
     assert len(by_trial) <= 1 and (screened_out or sum(by_trial.values()) <= SESSION_FINALISTS)
     assert "session screening" in result.stages
+
+
+def test_confirmation_picks_the_runner_up_when_it_is_faster_head_to_head():
+    """A scripted runner (per-round medians given): the selection rule, apart from any timing noise."""
+    from ortforge.bench import BenchReport, VariantResult
+    from ortforge.measure.stats import latency_stats
+    from ortforge.tune.candidates import PrecisionCandidate, SessionCandidate
+    from ortforge.tune.runner import Trial
+    from ortforge.tune.search import Clock, Finalist, TuneOptions, _confirm, score
+
+    def result(label, round_ms):
+        rounds = [[int(ms * 1e6)] for ms in round_ms]
+        return VariantResult(label, "m", {}, [], 0.0, 0.0, latency_stats([r[0] for r in rounds], rounds), 1, 1.0, 0, 0)
+
+    timings = {"fp32": [10.0] * 8, "int8 a": [7.0] * 8, "int8 b": [5.0, 5.1, 4.9, 5.0, 5.2, 5.0, 4.8, 5.0]}
+
+    class Scripted:
+        def measure(self, targets, options, progress=None):
+            return BenchReport([result(t.label, timings[t.label]) for t in targets], 8, 1.0, {})
+
+    def finalist(label, ratio):
+        found = Finalist(label, Trial(PrecisionCandidate(label, "int8"), None), SessionCandidate("ORT defaults"))
+        found.score = score(result(label, [ratio * 10] * 8), result("fp32", timings["fp32"]))
+        return found
+
+    baseline, a, b = finalist("fp32", 1.0), finalist("int8 a", 0.6), finalist("int8 b", 0.65)  # a led the crowded final run
+    chosen, why, _ = _confirm(Scripted(), a, [baseline, a, b], TuneOptions(), Clock(60), lambda *_: None)
+    assert chosen is b and "runner-up int8 a" in why and abs(chosen.score.ratio - 0.5) < 0.02
+    timings["int8 a"] = timings["int8 b"] = [11.0] * 8  # neither holds up: fp32 ships
+    chosen, why, _ = _confirm(Scripted(), a, [baseline, a, b], TuneOptions(), Clock(60), lambda *_: None)
+    assert chosen is baseline and "shipping fp32" in why
