@@ -155,7 +155,7 @@ def tensors_of(value: object) -> list[np.ndarray]:
 def compare(reference: Outputs, candidate: Outputs, hook: Callable | None = None) -> AccuracyReport:
     """All metrics for every output; the hook (if any) scores the whole candidate against the reference."""
     names = list(reference[0]) if reference else []
-    report = AccuracyReport([output_accuracy(n, *_paired_tensors(n, reference, candidate)) for n in names])
+    report = AccuracyReport([output_accuracy(n, *_paired(n, reference, candidate)) for n in names])
     if hook is not None:
         try:
             report.eval_score = float(hook(candidate, reference))
@@ -164,13 +164,20 @@ def compare(reference: Outputs, candidate: Outputs, hook: Callable | None = None
     return report
 
 
-def _paired_tensors(name: str, reference: Outputs, candidate: Outputs) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """One output's tensors over all samples, sequences unrolled, in matching order."""
+def _paired(name: str, reference: Outputs, candidate: Outputs) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    pair = paired_tensors([s[name] for s in reference], [s[name] for s in candidate])
+    if pair is None:
+        raise UserError(f"output '{name}': holds a different number of tensors than the reference")
+    return pair
+
+
+def paired_tensors(expected: Sequence[object], actual: Sequence[object]) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    """One output's values over all samples, sequences unrolled, in matching order; None where a sample's tensor counts differ."""
     ours, theirs = [], []
-    for expected, actual in zip(reference, candidate):
-        expected_tensors, actual_tensors = tensors_of(expected[name]), tensors_of(actual[name])
+    for expected_value, actual_value in zip(expected, actual):
+        expected_tensors, actual_tensors = tensors_of(expected_value), tensors_of(actual_value)
         if len(expected_tensors) != len(actual_tensors):
-            raise UserError(f"output '{name}': holds {len(actual_tensors)} tensor(s), the reference {len(expected_tensors)}")
+            return None
         ours += expected_tensors
         theirs += actual_tensors
     return ours, theirs

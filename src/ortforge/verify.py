@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .accuracy import tensors_of
+from .accuracy import paired_tensors
 from .data import FeedSet
 from .errors import UserError
 from .model import Model
@@ -60,14 +60,10 @@ def compare_outputs(
     """Per output, the worst differences over all samples."""
     diffs = []
     for index, name in enumerate(names):
-        expected, actual = [], []
-        for ours, theirs in zip(reference, candidate):
-            ours_tensors, their_tensors = tensors_of(ours[index]), tensors_of(theirs[index])
-            if len(ours_tensors) != len(their_tensors):
-                raise ShapeMismatch(f"output '{name}' holds {len(their_tensors)} tensor(s), the original {len(ours_tensors)}")
-            expected += ours_tensors
-            actual += their_tensors
-        diffs.append(_diff(name, expected, actual, rtol, atol))
+        pair = paired_tensors([sample[index] for sample in reference], [sample[index] for sample in candidate])
+        if pair is None:
+            raise ShapeMismatch(f"output '{name}' holds a different number of tensors than the original's")
+        diffs.append(_diff(name, *pair, rtol, atol))
     return diffs
 
 
