@@ -135,3 +135,16 @@ def test_fp16_auto_prints_the_search_and_json_parses(tmp_path):
     as_json = ortforge("fp16", str(model), "-o", str(tmp_path / "half2.onnx"), "--ep", "cuda", "--auto", "--json")
     report = json.loads(as_json.stdout)
     assert report["within_tolerance"] and report["search"]["met"] and 0 <= report["fp16_mac_share"] <= 1
+
+
+def test_quant_debug_writes_its_plot_and_bench_times_startup(tmp_path):
+    model = save(linear_model(), tmp_path / "m.onnx")
+    quantized = ortforge("quantize", str(model), "-o", str(tmp_path / "q.onnx"), "--mode", "dynamic", "--force")
+    assert quantized.returncode == 0, quantized.stderr
+    debugged = ortforge("quant-debug", str(model), str(tmp_path / "q.onnx"), "--plot", str(tmp_path / "layers.svg"))
+    assert debugged.returncode == 0, debugged.stderr
+    assert (tmp_path / "layers.svg").read_text().lstrip().startswith("<svg")
+    timed = ortforge("bench", str(model), "--startup", "3", "--time", "0.5", "--no-profile", "--json")
+    assert timed.returncode == 0, timed.stderr
+    startup = json.loads(timed.stdout)["variants"][0]["startup"]
+    assert startup["count"] == 3 and startup["p50"] > 0

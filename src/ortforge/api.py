@@ -303,7 +303,7 @@ def fp16(
     eval_hook: str | None = None,
     force: bool = False,
 ):  # -> mixed_precision.Fp16Report
-    """fp16 (or, with `auto`, as many fp16 nodes as rtol/atol allow), judged by simulation on the CPU."""
+    """fp16 (or, with `auto`, as many fp16 nodes as rtol/atol allow), judged on a local GPU EP, else by simulation on the CPU."""
     import time
 
     from .accuracy import load_eval_hook
