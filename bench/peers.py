@@ -47,10 +47,11 @@ class ToolRun:
     detail: str = ""  # what the tool chose, where it says
 
 
-def run_measured(command: list[str], env: dict | None = None, timeout: float = 1800) -> tuple[int, float, int, str]:
-    """Exit code, wall seconds, peak RSS of the whole process tree, last line of output."""
+def run_measured(command: list[str], env: dict | None = None, timeout: float = 1800, cwd: Path | None = None) -> tuple[int, float, int, str]:
+    """Exit code, wall seconds, peak RSS of the whole process tree, last line of output. Runs in `cwd`, where the
+    tools leave their scratch files (Olive's .olive-cache, ORT's sym_shape_infer_temp.onnx and external data)."""
     start = time.monotonic()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
     peak = [0]
 
     def watch() -> None:
@@ -103,22 +104,23 @@ def run_tools(reference: str, model_path: Path, data: Path, work: Path, budget: 
     runs = [ToolRun("ORT defaults", model_path, SessionConfig(), 0.0, 0, 0)]
     for tool, script, extra in (("ORT quantize_dynamic", ORT_DYNAMIC, []), ("ORT pre_process + quantize_static", ORT_STATIC, [str(data)])):
         out = work / (tool.split()[-1] + ".onnx")
-        code, wall, peak, message = run_measured([sys.executable, "-c", script, str(model_path), str(out), *extra])
+        code, wall, peak, message = run_measured([sys.executable, "-c", script, str(model_path), str(out), *extra], cwd=work)
         runs.append(ToolRun(tool, out if out.exists() else None, SessionConfig(), wall, peak, code, message))
     if olive:
         out = work / "olive"
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         code, wall, peak, message = run_measured([olive, "auto-opt", "--model_name_or_path", str(model_path), "--output_path", str(out),
-                                                  "--device", "cpu", "--provider", "CPUExecutionProvider", "--precision", "int8"], env=env)  # fmt: skip
+                                                  "--device", "cpu", "--provider", "CPUExecutionProvider", "--precision", "int8"], env=env, cwd=work)  # fmt: skip
         produced = sorted(out.rglob("*.onnx")) if out.exists() else []
         runs.append(ToolRun("Olive auto-opt int8", produced[0] if produced else None, SessionConfig(), wall, peak, code, message))
     artifact = work / "ortforge"
-    command = [str(Path(sys.executable).with_name("ortforge")), "tune", reference, "-o", str(artifact), "--time-budget", budget]
+    target = reference if reference.startswith("zoo:") else str(Path(reference).resolve())  # the tools run in `work`
+    command = [str(Path(sys.executable).with_name("ortforge")), "tune", target, "-o", str(artifact), "--time-budget", budget]
     if not reference.startswith("zoo:"):
-        command += ["--data", str(data)]
+        command += ["--data", str(Path(data).resolve())]
     for tolerance in tolerances:
         command += ["--tolerance", tolerance]
-    code, wall, peak, message = run_measured(command)
+    code, wall, peak, message = run_measured(command, cwd=work)
     record = json.loads((artifact / "ortforge.json").read_text()) if code == 0 else {}
     config = SessionConfig.from_dict(record["session"]) if record else SessionConfig()
     chosen = f"chose {record['chosen']['label']}" if record else ""
