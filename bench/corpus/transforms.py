@@ -37,37 +37,27 @@ QUANTIZE_TOLERANCE = Tolerance(rtol=0.0, atol=0.0, values=False)
 COMPARISON = "fp16-occ"
 
 
-def _ortforge_fp16() -> Transform:
-    """As `ortforge fp16` runs it: ranges measured on the inputs, simulated outputs within the tolerance or refused."""
+def _ortforge_fp16(provider: str = "CPUExecutionProvider") -> Transform:
+    """As `ortforge fp16 --ep PROVIDER` runs it: ranges measured on the inputs, outputs within the tolerance or refused.
+
+    For a GPU EP this machine lacks, the written model cannot show fp16 numerics (the CPU EP computes in fp32 behind
+    Casts), so what is judged is its simulation: the same plan with every fp16 tensor rounded through float16."""
     from ortforge.data import FeedSet
-    from ortforge.mixed_precision import convert_within
-    from ortforge.transforms.fp16 import Fp16Options
-
-    def apply(model: Model, feeds: list[dict]) -> Written:
-        data = FeedSet(feeds, "case inputs", generated=False)
-        outcome = convert_within(model, data, Fp16Options(), FP16_TOLERANCE.rtol, FP16_TOLERANCE.atol, subject=model.name)
-        return Written(outcome.result.proto, outcome.result.changed)
-
-    label = "ortforge fp16 as the command runs it (ranges measured on the case's inputs, simulated outputs gate the write)"
-    return Transform("fp16", label, load_model, apply, FP16_TOLERANCE, float_only=True, uses_inputs=True)
-
-
-def _ortforge_fp16_gpu() -> Transform:
-    """Planned for CUDA (the ONNX schemas decide where this ORT has no CUDA kernels): most ops go fp16.
-
-    Without a GPU the written model cannot show fp16 numerics (the CPU EP computes in fp32 behind Casts),
-    so what is judged is its simulation: the same plan with every fp16 tensor rounded through float16."""
-    from ortforge.data import FeedSet
-    from ortforge.mixed_precision import convert_within
+    from ortforge.mixed_precision import convert_within, judge_for
     from ortforge.transforms.fp16 import Fp16Options, simulate_fp16
 
+    simulated = provider != "CPUExecutionProvider" and judge_for(provider) is None
+
     def apply(model: Model, feeds: list[dict]) -> Written:
         data = FeedSet(feeds, "case inputs", generated=False)
-        outcome = convert_within(model, data, Fp16Options(provider="CUDAExecutionProvider"), FP16_TOLERANCE.rtol, FP16_TOLERANCE.atol,
-                                 subject=model.name)  # fmt: skip
-        return Written(simulate_fp16(model, outcome.plan).proto, outcome.result.changed)
+        outcome = convert_within(model, data, Fp16Options(provider=provider), FP16_TOLERANCE.rtol, FP16_TOLERANCE.atol, subject=model.name)
+        judged = simulate_fp16(model, outcome.plan).proto if simulated else outcome.result.proto
+        return Written(judged, outcome.result.changed)
 
-    label = "ortforge fp16 --ep cuda, judged by simulating its plan (no GPU here)"
+    if provider == "CPUExecutionProvider":
+        return Transform("fp16", "ortforge fp16 as the command runs it (ranges measured on the case's inputs, outputs gate the write)",
+                         load_model, apply, FP16_TOLERANCE, float_only=True, uses_inputs=True)  # fmt: skip
+    label = f"ortforge fp16 --ep {provider}" + (", judged by simulating its plan (that EP is not here)" if simulated else "")
     return Transform("fp16-cuda", label, load_model, apply, FP16_TOLERANCE, float_only=True, uses_inputs=True)
 
 
@@ -109,7 +99,7 @@ def _quantize() -> Transform:
 
 BUILDERS: dict[str, Callable[[], Transform]] = {
     "fp16": _ortforge_fp16,
-    "fp16-cuda": _ortforge_fp16_gpu,
+    "fp16-cuda": lambda: _ortforge_fp16("CUDAExecutionProvider"),
     COMPARISON: _converter_common_fp16,
     "optimize": _optimize,
     "quantize": _quantize,
