@@ -69,3 +69,10 @@ def test_unavailable_provider_is_named(tmp_path):
 
 def test_config_is_json_serialisable():
     assert json.loads(SessionConfig().to_json())["providers"] == [{"name": "CPUExecutionProvider", "options": {}}]
+
+
+def test_a_config_on_an_ep_falls_back_to_the_cpu():
+    from ortforge.session import SessionConfig
+
+    assert SessionConfig.on("CUDAExecutionProvider").provider_names == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert SessionConfig.on("CPUExecutionProvider").provider_names == ["CPUExecutionProvider"]

@@ -24,7 +24,7 @@ from .flops import count_macs
 from .model import Model, from_proto
 from .quantization import run_outputs
 from .runtime import GPU_PROVIDERS, available_providers
-from .session import CPU, ProviderSpec, SessionConfig
+from .session import SessionConfig
 from .errors import UserError
 from .transforms import TransformResult
 from .transforms.fp16 import Fp16Options, Fp16Plan, convert_fp16, measure_activation_ranges, plan_fp16, simulate_fp16
@@ -70,9 +70,7 @@ def fp16_outputs(model: Model, plan: Fp16Plan, feeds: FeedSet, judge_on: str | N
     converted model run there, real fp16 kernels and all."""
     if judge_on is None:
         return simulated_outputs(model, plan, feeds)
-    converted = from_proto(convert_fp16(model, plan).proto, base_dir=model.base_dir)
-    providers = [ProviderSpec(judge_on)] + ([ProviderSpec(CPU)] if judge_on != CPU else [])
-    return run_outputs(converted, feeds, SessionConfig(providers=providers))
+    return run_outputs(from_proto(convert_fp16(model, plan).proto, base_dir=model.base_dir), feeds, SessionConfig.on(judge_on))
 
 
 def judge_for(provider: str | None) -> str | None:
@@ -288,13 +286,18 @@ def convert_within(model: Model, feeds: FeedSet, options: Fp16Options, rtol: flo
     search = None
     if auto:
         plan, search = search_mixed_precision(model, plan, feeds, rtol, atol, hook, reference=reference, judge_on=judge_on)
-    judged = fp16_outputs(model, plan, feeds, judge_on)
+    result = None
+    if judge_on is None:
+        judged = simulated_outputs(model, plan, feeds)
+    else:  # convert once: the model judged on the EP is the one written
+        result = convert_fp16(model, plan, feeds=feeds)
+        judged = run_outputs(from_proto(result.proto, base_dir=model.base_dir), feeds, SessionConfig.on(judge_on))
     ok = within(reference, judged, rtol, atol)
     if not ok and not force:
         how = f"on {judge_on}" if judge_on else "simulated"
         raise UserError(f"{subject}: not written, fp16 outputs ({how}) are outside rtol={rtol:g} atol={atol:g}",
                         hint="--auto keeps the sensitive nodes in fp32; --force writes it anyway")  # fmt: skip
-    return Fp16Outcome(plan, convert_fp16(model, plan, feeds=feeds), reference, judged, ok, search, judge_on or "simulation")
+    return Fp16Outcome(plan, result or convert_fp16(model, plan, feeds=feeds), reference, judged, ok, search, judge_on or "simulation")
 
 
 def accuracy_of(reference: Outputs, simulated: Outputs) -> dict:

@@ -85,6 +85,11 @@ class SessionConfig:
     def provider_names(self) -> list[str]:
         return [p.name for p in self.providers]
 
+    @classmethod
+    def on(cls, provider: str) -> SessionConfig:
+        """ORT's defaults on `provider`, with the CPU EP taking the nodes it leaves."""
+        return cls(providers=[ProviderSpec(provider)] + ([ProviderSpec(CPU)] if provider != CPU else []))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

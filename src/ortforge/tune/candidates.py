@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from ..machine import cpu_info
 from ..quantization import auto_recipes
 from ..runtime import GPU_PROVIDERS, REMOTE_PROVIDERS
-from ..session import CPU, SPINNING, ProviderSpec, SessionConfig
+from ..session import CPU, SPINNING, SessionConfig
 from ..transforms.quantize import QuantizeOptions
 from ..transforms.weight_only import WeightOnlyOptions
 
@@ -96,5 +96,5 @@ def session_candidates(providers: list[str], cores: int | None = None, objective
                                               replace(base, intra_op_num_threads=threads), streams))  # fmt: skip
     for provider in providers:
         if provider not in REMOTE_PROVIDERS and provider != CPU:
-            found.append(SessionCandidate(provider.replace("ExecutionProvider", ""), replace(base, providers=[ProviderSpec(provider), ProviderSpec("CPUExecutionProvider")])))
+            found.append(SessionCandidate(provider.replace("ExecutionProvider", ""), SessionConfig.on(provider)))
     return found

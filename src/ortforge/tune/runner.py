@@ -22,7 +22,7 @@ from ..data import FeedSet
 from ..errors import UserError
 from ..model import Model, atomic_write_text, from_proto, load_model, model_size, save_model
 from ..quantization import apply_recipe, run_outputs
-from ..session import CPU, ProviderSpec, SessionConfig
+from ..session import SessionConfig
 from .candidates import PrecisionCandidate, frozen_options, recipe_of
 
 RESULT_FILE = "result.json"
@@ -101,6 +101,7 @@ class LocalRunner:
         self.folder = cache / self.model_hash[:16]
         self.built = 0  # candidates built (not taken from the cache) in this run
         self._plans: dict = {}
+        self._ranges: dict[str, float] | None = None  # activation ranges, measured once for the fp16 candidates
 
     def build(self, candidate: PrecisionCandidate) -> Trial:
         folder = self.folder / candidate.key(self.model_hash, self.data_hash)
@@ -144,8 +145,9 @@ class LocalRunner:
         from ..transforms.fp16 import Fp16Options, measure_activation_ranges, plan_fp16
 
         if candidate.label not in self._plans:
-            ranges = measure_activation_ranges(self.model, self.calibration)
-            plan = plan_fp16(self.model, Fp16Options(provider=candidate.settings.get("provider"), activation_ranges=ranges))
+            if self._ranges is None:  # one measurement for every fp16 candidate
+                self._ranges = measure_activation_ranges(self.model, self.calibration)
+            plan = plan_fp16(self.model, Fp16Options(provider=candidate.settings.get("provider"), activation_ranges=self._ranges))
             if candidate.settings.get("auto"):
                 plan = self._mixed(plan)
             self._plans[candidate.label] = plan
@@ -170,7 +172,7 @@ class LocalRunner:
             judge_on = judge_for(candidate.settings.get("provider"))
             if judge_on is None:
                 return simulated_outputs(self.model, self._fp16_plan(candidate), self.evaluation)
-            return run_outputs(model, self.evaluation, SessionConfig(providers=[ProviderSpec(judge_on), ProviderSpec(CPU)]))
+            return run_outputs(model, self.evaluation, SessionConfig.on(judge_on))
         return run_outputs(model, self.evaluation)
 
     def _store(self, trial: Trial, folder: Path) -> None:
