@@ -48,10 +48,11 @@ def test_search_meets_a_tolerance_full_fp16_misses(model):
     reference = run_outputs(model, data)
     assert not within(reference, simulated_outputs(model, plan, data), 1e-2, 1e-3)  # exp overflows fp16
     found, report = search_mixed_precision(model, plan, data, rtol=1e-2, atol=1e-3)
-    assert report.met and within(reference, simulated_outputs(model, found, data), 1e-2, 1e-3)
+    assert within(reference, simulated_outputs(model, found, data), 1e-2, 1e-3)
     assert "exp" not in found.fp16_nodes() and "project" in found.fp16_nodes()
     assert 1 <= len(report.kept_fp32) < len(plan.fp16_nodes())
     assert report.evaluations <= 12
+    assert any(met for _, _, met in report.choices) and all(predicted <= 0.8 for _, predicted, _ in report.choices)
 
 
 def test_nothing_fits_a_tolerance_no_fp16_node_meets_alone(model):
@@ -82,7 +83,7 @@ def test_search_keeps_the_heavy_harmless_node_in_fp16(tmp_path):
     data = FeedSet([{"x": (rng.integers(-16, 17, (1, 16)) / 8).astype(np.float32)} for _ in range(3)], "test", generated=False)
     plan = plan_fp16(model, Fp16Options(provider=None))
     found, report = search_mixed_precision(model, plan, data, rtol=1e-4, atol=1e-5)
-    assert report.met and within(run_outputs(model, data), simulated_outputs(model, found, data), 1e-4, 1e-5)
+    assert within(run_outputs(model, data), simulated_outputs(model, found, data), 1e-4, 1e-5)
     assert "project" in found.fp16_nodes() and "exp" not in found.fp16_nodes()
     assert dict(report.kept_fp32)["exp"].startswith("Exp: its group")
     assert report.evaluations <= 12
@@ -92,7 +93,7 @@ def test_a_harmless_model_needs_one_evaluation(tmp_path):
     model = load_model(save(linear_model(16), tmp_path / "linear.onnx"))
     plan = plan_fp16(model, Fp16Options(provider=None))
     _, report = search_mixed_precision(model, plan, feeds(), rtol=1e-2, atol=1e-2)
-    assert report.met and report.evaluations == 1 and report.kept_fp32 == []
+    assert report.evaluations == 1 and report.kept_fp32 == []
 
 
 def test_fp16_command_refuses_then_auto_writes(tmp_path, model):
@@ -102,7 +103,7 @@ def test_fp16_command_refuses_then_auto_writes(tmp_path, model):
         fp16(str(tmp_path / "m.onnx"), out, ep="cuda", rtol=1e-5, atol=1e-6, data=str(tmp_path / "x.npz"))
     assert not out.exists()
     report = fp16(str(tmp_path / "m.onnx"), out, ep="cuda", auto=True, rtol=1e-4, atol=1e-5, data=str(tmp_path / "x.npz"))
-    assert out.exists() and report.within_tolerance and report.search.met
+    assert out.exists() and report.within_tolerance and report.search.evaluations >= 1
     assert load_model(out).proto.graph.input[0].type.tensor_type.elem_type == 1  # float32 I/O kept
 
 
@@ -123,7 +124,7 @@ def test_judging_on_an_ep_runs_the_converted_model_there(model):
     real = fp16_outputs(model, plan, data, judge_on="CPUExecutionProvider")  # the converted model, run
     assert within(run_outputs(model, data), real, 1e-2, 1e-3)
     found, report = search_mixed_precision(model, plan_fp16(model, Fp16Options(provider=None)), data, 1e-2, 1e-3, judge_on="CPUExecutionProvider")
-    assert report.met and within(run_outputs(model, data), fp16_outputs(model, found, data, "CPUExecutionProvider"), 1e-2, 1e-3)
+    assert within(run_outputs(model, data), fp16_outputs(model, found, data, "CPUExecutionProvider"), 1e-2, 1e-3)
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),

@@ -40,14 +40,17 @@ PROBED_ELEMENTS = 200_000  # output elements the error model keeps: bounded memo
 
 @dataclass
 class SearchReport:
-    met: bool
+    """What `--auto` did; its plan always meets the tolerance (with every node fp32 at worst)."""
+
     evaluations: int
     wall_s: float
     kept_fp32: list[tuple[str, str]]  # (node, why)
     notes: list[str] = field(default_factory=list)
+    choices: list[tuple[int, float, bool]] = field(default_factory=list)  # (fp16 nodes, predicted error / tolerance, met when judged)
 
     def to_dict(self) -> dict:
-        return {"met": self.met, "evaluations": self.evaluations, "wall_s": self.wall_s, "kept_fp32": self.kept_fp32, "notes": self.notes}
+        return {"evaluations": self.evaluations, "wall_s": self.wall_s, "kept_fp32": self.kept_fp32, "notes": self.notes,
+                "choices": [{"fp16_nodes": n, "predicted": p, "met": m} for n, p, m in self.choices]}  # fmt: skip
 
 
 def within(reference: Outputs, candidate: Outputs, rtol: float, atol: float) -> bool:
@@ -188,6 +191,7 @@ class _GroupSearch:
         self.model, self.plan, self.feeds, self.reference, self.judge_on = model, plan, feeds, reference, judge_on
         self.rtol, self.atol, self.hook, self.max_evaluations = rtol, atol, hook, max_evaluations
         self.evaluations = 0
+        self.choices: list[tuple[int, float, bool]] = []
         self.with_islands = replace(plan, options=replace(plan.options, drop_islands=False))
 
     def evaluate(self, candidate: Fp16Plan) -> tuple[Outputs, bool]:
@@ -224,7 +228,9 @@ class _GroupSearch:
             key = frozenset(n for group in chosen for n in group.nodes)
             if chosen and key not in tried:
                 tried.add(key)
-                if not self.evaluate(self.only(key))[1]:
+                met = self.evaluate(self.only(key))[1]
+                self.choices.append((len(key), probe.ratio(sum(group.error for group in chosen)), met))
+                if not met:
                     margin *= 0.6  # the sum underestimated the error: ask for more headroom
                     continue
                 if _value(chosen, self.plan) > _value(best, self.plan):
@@ -256,13 +262,13 @@ def search_mixed_precision(
     search = _GroupSearch(model, plan, feeds, reference, rtol, atol, hook, max_evaluations, judge_on)
     found = search.run()
     if found is None:
-        return plan, SearchReport(True, search.evaluations, time.perf_counter() - start, [])
+        return plan, SearchReport(search.evaluations, time.perf_counter() - start, [])
     kept, rejected = found
     why = [(node, f"{plan.decisions[node].op_type}: its group of {len(group.nodes)} node(s) alone put outputs at {group.ratio:.3g}x the tolerance")
            for group in rejected for node in group.nodes]  # fmt: skip
     notes = [] if kept else [f"no group of fp16 nodes met rtol={rtol:g} atol={atol:g} in {search.evaluations} evaluations: every node stays fp32"]
     result = search.only(n for group in kept for n in group.nodes)
-    return result, SearchReport(True, search.evaluations, time.perf_counter() - start, why, notes)
+    return result, SearchReport(search.evaluations, time.perf_counter() - start, why, notes, search.choices)
 
 
 @dataclass

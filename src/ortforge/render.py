@@ -395,6 +395,9 @@ def render_fp16(report, console: Console) -> None:  # noqa: ANN001 - mixed_preci
     if report.search:
         search = report.search
         console.print(f"  --auto: {len(search.kept_fp32)} more node(s) kept fp32 after {search.evaluations} evaluations in {search.wall_s:.1f} s")
+        tried = "; ".join(f"{n} fp16 nodes predicted at {p:.2f}x the tolerance, {'within' if m else 'OUTSIDE'}" for n, p, m in search.choices)
+        if tried:
+            console.print(f"  choices judged: {tried}", highlight=False)
         for node, why in search.kept_fp32[:10]:
             console.print(f"    {escape(node)}: {escape(why)}", highlight=False)
         if len(search.kept_fp32) > 10:
