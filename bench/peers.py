@@ -47,9 +47,11 @@ class ToolRun:
     detail: str = ""  # what the tool chose, where it says
 
 
-def run_measured(command: list[str], env: dict | None = None, timeout: float = 1800, cwd: Path | None = None) -> tuple[int, float, int, str]:
+def run_measured(command: list[str], env: dict | None = None, timeout: float = 1800, cwd: Path | None = None,
+                 at_peak: list[int] | None = None) -> tuple[int, float, int, str]:  # fmt: skip
     """Exit code, wall seconds, peak RSS of the whole process tree, last line of output. Runs in `cwd`, where the
-    tools leave their scratch files (Olive's .olive-cache, ORT's sym_shape_infer_temp.onnx and external data)."""
+    tools leave their scratch files (Olive's .olive-cache, ORT's sym_shape_infer_temp.onnx and external data).
+    `at_peak`, when given, receives each process's RSS at the moment of the peak (the root first)."""
     start = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
     peak = [0]
@@ -58,9 +60,13 @@ def run_measured(command: list[str], env: dict | None = None, timeout: float = 1
         while process.poll() is None:
             try:
                 root = psutil.Process(process.pid)
-                peak[0] = max(peak[0], sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]))
+                sizes = [p.memory_info().rss for p in [root, *root.children(recursive=True)]]
             except psutil.Error:
-                pass
+                sizes = []
+            if sum(sizes) > peak[0]:
+                peak[0] = sum(sizes)
+                if at_peak is not None:
+                    at_peak[:] = sizes
             time.sleep(0.1)
 
     watcher = threading.Thread(target=watch, daemon=True)

@@ -213,7 +213,7 @@ def debug_quantization(float_model: Model, quant_model: Model, feeds: FeedSet) -
     accumulators = {name: _Accumulator() for name in matched}
     reference_outputs: list[dict] = [{} for _ in feeds.samples]
     candidate_outputs: list[dict] = [{} for _ in feeds.samples]
-    # Fetching every activation at once holds them all (6.9 GiB on PP-OCR det): a bounded share per pass.
+    # Fetching every activation at once holds them all: a bounded share per pass (`bench/memory_peaks.py quant-debug`).
     for number, names in enumerate(_passes(float_model, list(matched), feeds)):
         chunk = {name: matched[name] for name in names}
         wanted = real_outputs if number == 0 else []

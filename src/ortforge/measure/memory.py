@@ -28,7 +28,7 @@ def release_freed_memory() -> None:
     """Hand memory that is freed but still held by the C allocator back to the OS (glibc only; no-op elsewhere).
 
     Building candidates (quantizers, sessions) frees hundreds of MiB that glibc keeps; during tune's final
-    run every process is alive at once, so what each one holds adds up (MiniLM: 855 -> 273 MiB here)."""
+    run every process is alive at once, so what each one holds adds up (`bench/memory_peaks.py tune`)."""
     import ctypes
     import ctypes.util
     import gc
