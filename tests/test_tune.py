@@ -216,9 +216,7 @@ def test_session_options_are_screened_before_the_final_run(tuned):
     for finalist in result.finalists:
         if finalist.session.label != "ORT defaults" and "offline" not in finalist.session.label:
             by_trial[id(finalist.trial)] = by_trial.get(id(finalist.trial), 0) + 1
-    assert all(count <= SESSION_FINALISTS for count in by_trial.values())
-    screened_out = [why for _, why in result.rejected if why.startswith("session screening")]
-    assert len(by_trial) <= 1 and (screened_out or sum(by_trial.values()) <= SESSION_FINALISTS)
+    assert len(by_trial) <= 1 and all(count <= SESSION_FINALISTS for count in by_trial.values())
     assert "session screening" in result.stages
 
 
@@ -251,3 +249,25 @@ def test_confirmation_picks_the_runner_up_when_it_is_faster_head_to_head():
     timings["int8 a"] = timings["int8 b"] = [11.0] * 8  # neither holds up: fp32 ships
     chosen, why, _ = _confirm(Scripted(), a, [baseline, a, b], TuneOptions(), Clock(60), lambda *_: None)
     assert chosen is baseline and "shipping fp32" in why
+
+
+def test_exclusion_runs_only_when_no_int8_recipe_met_the_tolerance():
+    from ortforge.tune.candidates import PrecisionCandidate
+    from ortforge.tune.runner import Trial
+    from ortforge.tune.search import Clock, _exclude
+
+    asked = []
+
+    class Recording:
+        def exclusion(self, trial, tolerances, progress=None):
+            asked.append(trial.candidate.label)
+
+    def trial(label, cosine):
+        return Trial(PrecisionCandidate(label, "int8"), model=object(), metrics={"cosine": cosine})
+
+    missed_a, missed_b, accurate = trial("a", 0.95), trial("b", 0.97), trial("c", 0.999)
+    rejected: list = []
+    _exclude(Recording(), [missed_a, missed_b, accurate], [accurate], rejected, [], Clock(60), lambda *_: None)
+    assert asked == []
+    _exclude(Recording(), [missed_a, missed_b], [], rejected, [], Clock(60), lambda *_: None)
+    assert asked == ["b"] and rejected[-1][1] == "no set of nodes kept in float met the tolerance"
