@@ -12,6 +12,7 @@ model, one session, every sample.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -105,7 +106,7 @@ class Fp16Report:
 def fp16_mac_share(model: Model, plan: Fp16Plan, feeds: FeedSet) -> float | None:
     """Fraction of the counted MACs that the plan's fp16 nodes compute: the part fp16 can speed up."""
     sample = feeds.samples[0]
-    macs = count_macs(model, {name: np.shape(value) for name, value in sample.items()}, feeds=sample, top=len(plan.decisions) + 1)
+    macs = count_macs(model, {name: np.shape(value) for name, value in sample.items()}, feeds=sample, top=sys.maxsize)  # every counted node
     counted = sum(node.macs for node in macs.top_nodes)  # both branches of an If count here, unlike in total_macs
     if not counted:
         return None
