@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -111,7 +112,7 @@ def test_failed_verification_writes_nothing_unless_forced(cnn_path, tmp_path, mo
                 break
         return result
 
-    monkeypatch.setattr("ortforge.optimize.optimize_offline", broken)
+    monkeypatch.setattr(importlib.import_module("ortforge.optimize"), "optimize_offline", broken)  # the module, not the verb
     out = tmp_path / "bad.onnx"
     with pytest.raises(UserError, match="not written.*outside tolerance"):
         optimize(str(cnn_path), str(out))
