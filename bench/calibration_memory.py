@@ -57,7 +57,7 @@ def child(tool: str, count: int, method: str, max_run_mib: int | None, cache: st
 
 
 def run_ortforge(model_path: Path, count: int, method: str, max_run_mib: int | None) -> tuple[dict[str, list[float]], dict[str, float]]:
-    from ortforge.model import load_model
+    from ortforge.core.model import load_model
     from ortforge.transforms.calibrate import (
         CalibrationOptions,
         calibrate,

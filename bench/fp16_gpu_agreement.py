@@ -15,13 +15,17 @@ import sys
 
 import numpy as np
 
-from ortforge import api
-from ortforge.accuracy import Outputs
-from ortforge.machine import machine_info
-from ortforge.mixed_precision import accuracy_of, fp16_outputs, simulated_outputs
-from ortforge.quantization import run_outputs
-from ortforge.runtime import available_providers
-from ortforge.session import provider_name
+import ortforge
+from ortforge.accuracy.metrics import Outputs
+from ortforge.commands.common import feeds_for
+from ortforge.core.machine import machine_info
+from ortforge.core.runtime import available_providers
+from ortforge.core.session import provider_name, run_outputs
+from ortforge.searches.mixed_precision import (
+    accuracy_of,
+    fp16_outputs,
+    simulated_outputs,
+)
 from ortforge.transforms.fp16 import Fp16Options, measure_activation_ranges, plan_fp16
 
 RTOL, ATOL = 1e-2, 1e-3
@@ -50,8 +54,8 @@ def main() -> None:
     cards = ", ".join(gpu.name for gpu in machine_info().gpus) or "unknown GPU"
     print(f"card: {cards}; {provider}; tolerance rtol {RTOL:g} atol {ATOL:g}")
     for reference in args.models:
-        model = api.open_model(reference)
-        feeds = api.feeds_for(model, reference, args.data, samples=4)
+        model = ortforge.open_model(reference)
+        feeds = feeds_for(model, reference, args.data, samples=4)
         plan = plan_fp16(model, Fp16Options(provider=provider, activation_ranges=measure_activation_ranges(model, feeds)))
         fp32 = run_outputs(model, feeds)
         simulated, real = simulated_outputs(model, plan, feeds), fp16_outputs(model, plan, feeds, provider)

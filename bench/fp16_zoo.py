@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ortforge import api
+import ortforge
+from ortforge.commands.common import feeds_for
 
 
 def converter_common(model_path: Path, feed: dict, rtol: float, atol: float) -> str:
@@ -51,7 +52,7 @@ def main() -> None:
     for reference in args.models:
         with tempfile.TemporaryDirectory() as folder:
             try:
-                report = api.fp16(reference, Path(folder) / "fp16.onnx", ep=args.ep, auto=True, rtol=args.rtol, atol=args.atol, data=args.data)
+                report = ortforge.fp16(reference, Path(folder) / "fp16.onnx", ep=args.ep, auto=True, rtol=args.rtol, atol=args.atol, data=args.data)
                 search = report.search
                 share = "" if report.fp16_mac_share is None else f" ({report.fp16_mac_share:.0%} of the MACs)"
                 ours = (f"{search.evaluations} evaluations, {report.wall_s:.1f} s in all, fp16/fp32 nodes "
@@ -61,8 +62,8 @@ def main() -> None:
                                 f"{'within' if m else 'outside'} when judged" for n, p, m in search.choices)  # fmt: skip
             except Exception as exc:  # reported, not hidden: this is a benchmark
                 ours = f"FAILED: {exc}"
-            model = api.open_model(reference)
-            feed = api.feeds_for(model, reference, args.data, samples=1).samples[0]
+            model = ortforge.open_model(reference)
+            feed = feeds_for(model, reference, args.data, samples=1).samples[0]
             print(f"{reference} (rtol {args.rtol:g}, atol {args.atol:g}, fp16 kernels of {args.ep}):")
             print(f"  ortforge fp16 --auto:                {ours}")
             if not args.no_peer:

@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ortforge.core.model import load_model, save_model
+from ortforge.core.session import SessionConfig
 from ortforge.measure.memory import peak_rss
-from ortforge.model import load_model, save_model
-from ortforge.session import SessionConfig
 
 WIDTH = 8192  # 256 MiB per float32 matrix
 LAYERS = 9  # 2.25 GiB in all

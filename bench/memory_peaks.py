@@ -56,15 +56,16 @@ def child(args: argparse.Namespace) -> None:
 
     import psutil
 
-    from ortforge import api
-    from ortforge.model import from_proto
+    import ortforge
+    from ortforge.commands.common import feeds_for
+    from ortforge.core.model import from_proto
     from ortforge.transforms.quantize import QuantizeOptions, prepare, quantize
 
-    quant_debug = importlib.import_module("ortforge.quant_debug")  # the module; `ortforge.quant_debug` is the verb
+    quant_debug = importlib.import_module("ortforge.analysis.quant_errors")
     if args.pass_bytes:
         quant_debug.PASS_BYTES = args.pass_bytes
-    model = api.open_model(args.model)
-    feeds = api.feeds_for(model, args.model, args.data, samples=args.samples)
+    model = ortforge.open_model(args.model)
+    feeds = feeds_for(model, args.model, args.data, samples=args.samples)
     options = QuantizeOptions(mode="static", per_channel=True, op_types=("Conv", "MatMul", "Gemm"))
     quantized = from_proto(quantize(model, options, feeds.samples).proto)
     prepared = from_proto(prepare(model, options, []))

@@ -13,8 +13,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from ortforge import api
-from ortforge.bench import BenchOptions
+import ortforge
+from ortforge.measure.bench import BenchOptions
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for reference in args.models:
             out = Path(folder) / (reference.replace(":", "_") + ".onnx")
-            report = api.optimize(reference, out, level=args.level, measure=options)
+            report = ortforge.optimize(reference, out, level=args.level, measure=options)
             online, offline = report.measurement.variants
             start, low, high = report.startup_ratio
             lat, lat_low, lat_high = report.latency_ratio

@@ -15,8 +15,9 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from ortforge import api
-from ortforge.bench import BenchOptions
+import ortforge
+from ortforge.commands.common import feeds_for
+from ortforge.measure.bench import BenchOptions
 
 
 def bare_p50_ms(model_path: str, feeds: list[dict], seconds: float) -> float:
@@ -36,13 +37,13 @@ def bare_p50_ms(model_path: str, feeds: list[dict], seconds: float) -> float:
 
 
 def compare(reference: str, pairs: int, seconds: float) -> None:
-    model = api.open_model(reference)
-    feeds = api.feeds_for(model, reference)
+    model = ortforge.open_model(reference)
+    feeds = feeds_for(model, reference)
     options = BenchOptions(max_seconds=seconds, profile=False)
     ratios, bare_all, forge_all = [], [], []
     for _ in range(pairs):
         bare = bare_p50_ms(str(model.path), feeds.samples, seconds)
-        forge = api.bench([reference], options=options).variants[0].latency.p50
+        forge = ortforge.bench([reference], options=options).variants[0].latency.p50
         bare_all.append(bare)
         forge_all.append(forge)
         ratios.append(forge / bare)

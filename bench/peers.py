@@ -27,12 +27,14 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from ortforge import api
-from ortforge.accuracy import compare, parse_tolerance
-from ortforge.bench import BenchOptions, Variant, bench, score
-from ortforge.model import load_model
-from ortforge.quantization import default_tolerances, run_outputs
-from ortforge.session import SessionConfig
+import ortforge
+from ortforge.accuracy.metrics import compare, parse_tolerance
+from ortforge.commands.common import feeds_for
+from ortforge.core.model import load_model
+from ortforge.core.session import SessionConfig, run_outputs
+from ortforge.measure.bench import BenchOptions, Variant, bench
+from ortforge.measure.compare import score
+from ortforge.searches.recipes import default_tolerances
 
 
 @dataclass
@@ -135,7 +137,7 @@ def run_tools(reference: str, model_path: Path, data: Path, work: Path, budget: 
 
 
 def compare_runs(reference: str, runs: list[ToolRun], evaluation, seconds: float, given: list[str]) -> None:
-    original = api.open_model(reference)
+    original = ortforge.open_model(reference)
     expected = run_outputs(original, evaluation)
     tolerances = [parse_tolerance(t) for t in given] or default_tolerances(expected)
     usable, rows = [], []
@@ -179,9 +181,9 @@ def main() -> None:
     for reference in args.models:
         with tempfile.TemporaryDirectory() as temporary:
             work = Path(temporary)
-            model = api.open_model(reference)
-            calibration = api.feeds_for(model, reference, args.data, samples=16)
-            evaluation = api.feeds_for(model, reference, args.data, samples=8, seed=1)
+            model = ortforge.open_model(reference)
+            calibration = feeds_for(model, reference, args.data, samples=16)
+            evaluation = feeds_for(model, reference, args.data, samples=8, seed=1)
             data = Path(args.data) if args.data else save_feeds(calibration, work / "calibration")
             runs = run_tools(reference, model.path, data, work, args.budget, args.olive, args.tolerance)
             compare_runs(reference, runs, evaluation, args.seconds, args.tolerance)

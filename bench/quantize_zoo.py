@@ -17,8 +17,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from ortforge import api
-from ortforge.bench import BenchOptions
+import ortforge
+from ortforge.measure.bench import BenchOptions
 
 
 def describe(outcome) -> str:  # noqa: ANN001
@@ -41,7 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for reference in args.models:
             out = Path(folder) / "auto.onnx"
-            report = api.quantize(reference, out, mode="auto", calib=args.data, data=args.data, tolerances=args.tolerance,
+            report = ortforge.quantize(reference, out, mode="auto", calib=args.data, data=args.data, tolerances=args.tolerance,
                                   measure=BenchOptions(max_seconds=args.time))  # fmt: skip
             print(f"{reference} ({', '.join(t.describe() for t in report.tolerances)}):")
             for outcome in report.outcomes:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ortforge.accuracy import Tolerance, compare, load_eval_hook, parse_tolerance
-from ortforge.errors import UserError
+from ortforge.accuracy.metrics import (
+    Tolerance,
+    compare,
+    load_eval_hook,
+    parse_tolerance,
+)
+from ortforge.core.errors import UserError
 
 
 def test_metrics_on_known_differences():

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import linear_model, make_model, save, tensor, weight
 from onnx import helper
 
-from ortforge.api import BenchTarget, bench, parse_bench_targets
-from ortforge.bench import BenchOptions
-from ortforge.errors import UserError
-from ortforge.session import ProviderSpec, SessionConfig
+from helpers import linear_model, make_model, save, tensor, weight
+from ortforge.commands.bench import BenchTarget, bench, parse_bench_targets
+from ortforge.core.errors import UserError
+from ortforge.core.session import ProviderSpec, SessionConfig
+from ortforge.measure.bench import BenchOptions
 
 QUICK = BenchOptions(max_seconds=0.6, warmup_seconds=0.05, block_seconds=0.05, min_rounds=3, profile_seconds=0.1)
 

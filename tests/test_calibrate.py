@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import make_model, tensor, weight
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -20,9 +19,10 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.calibrate import TensorsData, create_calibrator
 
+from helpers import make_model, tensor, weight
+from ortforge.core.errors import UserError
+from ortforge.core.model import from_proto
 from ortforge.data import FeedSet
-from ortforge.errors import UserError
-from ortforge.model import from_proto
 from ortforge.transforms.calibrate import (
     CalibrationOptions,
     RunningRange,

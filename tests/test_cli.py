@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
+
 from helpers import linear_model, save
 
 

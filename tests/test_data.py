@@ -5,13 +5,21 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from helpers import linear_model, make_model, save, tensor, weight
 from onnx import TensorProto, helper, numpy_helper
 
-from ortforge.data import ShapeOptions, generate_feeds, input_specs, load_feeds, parse_dim_option, parse_shape_option, resolve_shapes
-from ortforge.errors import UserError
-from ortforge.model import load_model
-from ortforge.session import SessionConfig
+from helpers import linear_model, make_model, save, tensor, weight
+from ortforge.core.errors import UserError
+from ortforge.core.model import load_model
+from ortforge.core.session import SessionConfig
+from ortforge.data import (
+    ShapeOptions,
+    generate_feeds,
+    input_specs,
+    load_feeds,
+    parse_dim_option,
+    parse_shape_option,
+    resolve_shapes,
+)
 
 
 @pytest.fixture
@@ -180,7 +188,7 @@ def test_string_inputs_cannot_be_generated(tmp_path):
 
 
 def test_user_data_is_split_between_calibration_and_evaluation(linear, tmp_path):
-    from ortforge.api import calibration_and_evaluation
+    from ortforge.commands.common import calibration_and_evaluation
 
     for index in range(10):
         np.savez(tmp_path / f"s{index:02d}.npz", x=np.full((1, 8), index, np.float32))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ortforge.doctor import doctor, missing_providers
-from ortforge.machine import cpu_features
+from ortforge.commands.doctor import doctor, missing_providers
+from ortforge.core.machine import cpu_features
 
 
 def test_report_describes_this_ort_and_cpu():

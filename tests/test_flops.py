@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from helpers import attention_block, make_model, tensor, weight
 from onnx import TensorProto, helper
 
-from ortforge.flops import STRIP_ELEMENTS, _inference_copy, count_macs
-from ortforge.model import from_proto, load_model
+from helpers import attention_block, make_model, tensor, weight
+from ortforge.analysis.macs import STRIP_ELEMENTS, _inference_copy, count_macs
+from ortforge.core.model import from_proto, load_model
 
 MS = "com.microsoft"
 

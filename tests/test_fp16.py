@@ -6,13 +6,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import attention_block, make_model, tensor, weight
 from onnx import TensorProto, helper, numpy_helper
 
-from ortforge import runtime
+from helpers import attention_block, make_model, tensor, weight
+from ortforge.core import runtime
+from ortforge.core.errors import UserError
+from ortforge.core.model import from_proto
 from ortforge.data import FeedSet
-from ortforge.errors import UserError
-from ortforge.model import from_proto
 from ortforge.transforms.fp16 import (
     ACTIVATION_RANGE,
     CONSTANT_RANGE,

@@ -9,19 +9,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import tensor, weight
 from onnx import TensorProto, helper
 
+from helpers import tensor, weight
+from ortforge.accuracy.judge import verify
+from ortforge.core.errors import UserError
+from ortforge.core.model import from_proto, load_model
 from ortforge.data import FeedSet
-from ortforge.errors import UserError
-from ortforge.model import from_proto, load_model
 from ortforge.transforms.fusion import (
     FusionOptions,
     detect_transformer,
     fuse_transformer,
     fused_op_counts,
 )
-from ortforge.verify import verify
 
 HIDDEN, HEADS, VOCAB, FFN, LAYERS = 32, 4, 100, 64, 2
 HEAD_SIZE = HIDDEN // HEADS

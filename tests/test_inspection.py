@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import onnx
-from helpers import attention_block, linear_model, make_model, tensor, weight
 from onnx import TensorProto, helper
 
+from helpers import attention_block, linear_model, make_model, tensor, weight
+from ortforge.analysis.model_report import inspect_model, parameter_stats
+from ortforge.core.model import from_proto, load_model
 from ortforge.data import ShapeOptions
-from ortforge.inspection import inspect_model, parameter_stats
-from ortforge.model import from_proto, load_model
 
 
 def ones(*shape: int, dtype=np.float32) -> np.ndarray:

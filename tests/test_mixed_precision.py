@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import linear_model, make_model, save, tensor, weight
 from onnx import helper
 
-from ortforge.api import fp16
+from helpers import linear_model, make_model, save, tensor, weight
+from ortforge.commands.fp16 import fp16
+from ortforge.core.errors import UserError
+from ortforge.core.model import load_model
+from ortforge.core.session import run_outputs
 from ortforge.data import FeedSet
-from ortforge.errors import UserError
-from ortforge.mixed_precision import search_mixed_precision, simulated_outputs, within
-from ortforge.model import load_model
-from ortforge.quantization import run_outputs
+from ortforge.searches.mixed_precision import (
+    search_mixed_precision,
+    simulated_outputs,
+    within,
+)
 from ortforge.transforms.fp16 import Fp16Options, plan_fp16
 
 
@@ -117,7 +121,7 @@ def test_sequence_outputs_are_compared_item_by_item(tmp_path):
 
 
 def test_judging_on_an_ep_runs_the_converted_model_there(model):
-    from ortforge.mixed_precision import fp16_outputs
+    from ortforge.searches.mixed_precision import fp16_outputs
 
     data = feeds()
     plan = plan_fp16(model, Fp16Options(provider="CPUExecutionProvider"))
@@ -135,7 +139,7 @@ def test_on_a_gpu_fp16_is_judged_for_real_and_agrees_with_simulation(tmp_path, m
     assert report.judged_by == "CUDAExecutionProvider" and report.within_tolerance
     data = feeds(1)
     plan = plan_fp16(model, Fp16Options(provider="CUDAExecutionProvider"))
-    from ortforge.mixed_precision import fp16_outputs
+    from ortforge.searches.mixed_precision import fp16_outputs
 
     real, simulated = fp16_outputs(model, plan, data, "CUDAExecutionProvider"), simulated_outputs(model, plan, data)
     assert within(simulated, real, 1e-2, 1e-3)  # simulation and real fp16 kernels agree to fp16's own precision

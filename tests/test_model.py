@@ -7,13 +7,13 @@ import os
 import numpy as np
 import onnx
 import pytest
-from helpers import linear_model, make_model, save, tensor
 from onnx import helper
 
-from ortforge import model as model_module
-from ortforge.errors import UserError
-from ortforge.model import load_model, save_model
-from ortforge.session import SessionConfig
+from helpers import linear_model, make_model, save, tensor
+from ortforge.core import model as model_module
+from ortforge.core.errors import UserError
+from ortforge.core.model import load_model, save_model
+from ortforge.core.session import SessionConfig
 
 
 def run(model, x):
@@ -108,7 +108,7 @@ def test_opset_newer_than_ort(tmp_path):
         load_model(save(proto, tmp_path / "op27.onnx"), check=False)
 
 
-@pytest.mark.skipif(__import__("ortforge.runtime").runtime.kernel_rows() is None, reason="this onnxruntime cannot list its kernels")
+@pytest.mark.skipif(__import__("ortforge.core.runtime").core.runtime.kernel_rows() is None, reason="this onnxruntime cannot list its kernels")
 def test_old_op_without_kernel_names_the_node(tmp_path):
     proto = make_model(
         [helper.make_node("Add", ["x", "x"], ["y"], name="old_add")], [tensor("x", [2])], [tensor("y", [2])], opset=6, ir_version=3

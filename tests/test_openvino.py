@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import save
-from test_quantize import conv_net
 
-from ortforge.api import bench, tune
-from ortforge.bench import BenchOptions
-from ortforge.doctor import doctor
+from helpers import save
+from ortforge import bench, tune
+from ortforge.commands.doctor import doctor
+from ortforge.core.model import load_model
+from ortforge.core.runtime import available_providers
+from ortforge.core.session import ProviderSpec, SessionConfig
+from ortforge.measure.bench import BenchOptions
 from ortforge.measure.placement import placement_for
-from ortforge.model import load_model
-from ortforge.runtime import available_providers
-from ortforge.session import ProviderSpec, SessionConfig
+from test_quantize import conv_net
 
 OPENVINO = "OpenVINOExecutionProvider"
 pytestmark = pytest.mark.skipif(OPENVINO not in available_providers(), reason="needs the onnxruntime-openvino flavour")

@@ -8,18 +8,19 @@ import json
 import numpy as np
 import onnx
 import pytest
-from helpers import make_model, save, tensor, weight
 from onnx import helper
 
 import ortforge
-from ortforge import stamp as stamp_module
-from ortforge.api import optimize, run
-from ortforge.bench import BenchOptions
-from ortforge.errors import UserError
-from ortforge.loader import load_checked
-from ortforge.model import load_model
-from ortforge.stamp import STAMP_KEY, read_stamp
-from ortforge.transforms.graph_opt import GraphOptOptions, load_level, optimize_offline
+from helpers import make_model, save, tensor, weight
+from ortforge.commands.optimize import optimize
+from ortforge.commands.run import load_checked, run
+from ortforge.core import stamp as stamp_module
+from ortforge.core.errors import UserError
+from ortforge.core.machine import cpu_info
+from ortforge.core.model import load_model
+from ortforge.core.stamp import LAYOUT_FEATURES, STAMP_KEY, load_level, read_stamp
+from ortforge.measure.bench import BenchOptions
+from ortforge.transforms.graph_opt import GraphOptOptions, optimize_offline
 
 
 def small_cnn():
@@ -112,7 +113,7 @@ def test_failed_verification_writes_nothing_unless_forced(cnn_path, tmp_path, mo
                 break
         return result
 
-    monkeypatch.setattr(importlib.import_module("ortforge.optimize"), "optimize_offline", broken)  # the module, not the verb
+    monkeypatch.setattr(importlib.import_module("ortforge.commands.optimize"), "optimize_offline", broken)  # the module, not the verb
     out = tmp_path / "bad.onnx"
     with pytest.raises(UserError, match="not written.*outside tolerance"):
         optimize(str(cnn_path), str(out))
@@ -126,6 +127,10 @@ def test_optimize_never_overwrites_its_input(cnn_path):
     with pytest.raises(UserError, match="overwrite the input"):
         optimize(str(cnn_path), str(cnn_path))
     assert cnn_path.read_bytes() == before
+
+
+# A layout-relevant ISA feature this CPU lacks (the test machine may have any of them, AMX included).
+MISSING_FEATURE = sorted(LAYOUT_FEATURES - set(cpu_info().features))[0]
 
 
 def _restamp(path, out, **changes):
@@ -142,7 +147,7 @@ def _restamp(path, out, **changes):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"isa_features": ["avx2", "amx_int8"]}, "made for amx_int8, this CPU has .* only"),
+        ({"isa_features": ["avx2", MISSING_FEATURE]}, f"made for {MISSING_FEATURE}, this CPU has .* only"),
         ({"ort_version": "1.2.0"}, "made with onnxruntime 1.2.0"),
         ({"architecture": "riscv64"}, "made for a riscv64 CPU"),
         ({"providers": [{"name": "NoSuchExecutionProvider", "options": {}}]}, "made for NoSuchExecutionProvider"),
@@ -165,7 +170,7 @@ def test_mismatched_stamp_is_refused_then_reoptimized(cnn_path, tmp_path, change
 def test_reoptimize_needs_the_right_original(cnn_path, tmp_path):
     optimized = tmp_path / "opt.onnx"
     optimize(str(cnn_path), str(optimized))
-    foreign = _restamp(optimized, tmp_path / "foreign.onnx", isa_features=["amx_int8"])
+    foreign = _restamp(optimized, tmp_path / "foreign.onnx", isa_features=[MISSING_FEATURE])
     other = small_cnn()
     other.graph.initializer[0].raw_data = bytes(len(other.graph.initializer[0].raw_data))
     other_path = save(other, tmp_path / "other.onnx")
@@ -174,7 +179,7 @@ def test_reoptimize_needs_the_right_original(cnn_path, tmp_path):
 
 
 def test_extra_cpu_features_also_mismatch(cnn_path, tmp_path):
-    from ortforge.machine import cpu_info
+    from ortforge.core.machine import cpu_info
 
     if not set(cpu_info().features) & stamp_module.LAYOUT_FEATURES:
         pytest.skip("this CPU has none of the ISA features a layout depends on")

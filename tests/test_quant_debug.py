@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import make_model, save, tensor, weight
 from onnx import helper
 
-from ortforge.accuracy import Tolerance
-from ortforge.api import quant_debug
-from ortforge.bench import BenchOptions
+from helpers import make_model, save, tensor, weight
+from ortforge.accuracy.metrics import Tolerance
+from ortforge.analysis.quant_errors import debug_quantization
+from ortforge.commands.quant_debug import plot, quant_debug
+from ortforge.commands.quantize import quantize_model
+from ortforge.core.model import from_proto, load_model
 from ortforge.data import FeedSet
-from ortforge.model import from_proto, load_model
-from ortforge.quant_debug import debug_quantization, plot
-from ortforge.quantization import quantize_model
+from ortforge.measure.bench import BenchOptions
 from ortforge.transforms.quantize import QuantizeOptions, quantize
 
 
@@ -91,7 +91,7 @@ def test_automatic_exclusion_meets_a_tolerance_plain_quantization_misses(wide, t
 def test_fetching_activations_in_passes_gives_the_same_report(wide, monkeypatch):
     import importlib
 
-    quant_debug = importlib.import_module("ortforge.quant_debug")  # the module; `ortforge.quant_debug` is the verb
+    quant_debug = importlib.import_module("ortforge.analysis.quant_errors")
 
     data = feeds(4)
     quantized = from_proto(quantize(wide, QuantizeOptions(mode="static", op_types=("MatMul",)), data.samples).proto)

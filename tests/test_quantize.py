@@ -6,16 +6,17 @@ import os
 
 import numpy as np
 import pytest
-from helpers import make_model, save, tensor, weight
 from onnx import TensorProto, helper
 
-from ortforge.accuracy import Tolerance
-from ortforge.bench import BenchOptions
+from helpers import make_model, save, tensor, weight
+from ortforge.accuracy.metrics import Tolerance
+from ortforge.commands.quantize import quantize_model
+from ortforge.core.errors import UserError
+from ortforge.core.model import from_proto, iter_nodes, load_model
+from ortforge.core.session import SessionConfig
 from ortforge.data import generate_feeds
-from ortforge.errors import UserError
-from ortforge.model import from_proto, iter_nodes, load_model
-from ortforge.quantization import auto_recipes, quantize_model
-from ortforge.session import SessionConfig
+from ortforge.measure.bench import BenchOptions
+from ortforge.searches.recipes import auto_recipes
 from ortforge.transforms.quantize import QuantizeOptions, quantize
 
 

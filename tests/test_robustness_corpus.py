@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import make_model, tensor
 from onnx import TensorProto, helper, numpy_helper
 
-from ortforge.errors import UserError
-from ortforge.model import load_model
+from helpers import make_model, tensor
+from ortforge.core.errors import UserError
+from ortforge.core.model import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 

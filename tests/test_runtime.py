@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnxruntime
 import pytest
 
-from ortforge import runtime
+from ortforge.core import runtime
 
 
 def test_limits_match_what_ort_loads():

@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from helpers import linear_model, save
 
-from ortforge.errors import UserError
-from ortforge.model import load_model
-from ortforge.session import ProviderSpec, SessionConfig
+from helpers import linear_model, save
+from ortforge.core.errors import UserError
+from ortforge.core.model import load_model
+from ortforge.core.session import ProviderSpec, SessionConfig
 
 
 def test_json_round_trip(tmp_path):
@@ -72,7 +72,7 @@ def test_config_is_json_serialisable():
 
 
 def test_a_config_on_an_ep_falls_back_to_the_cpu():
-    from ortforge.session import SessionConfig
+    from ortforge.core.session import SessionConfig
 
     assert SessionConfig.on("CUDAExecutionProvider").provider_names == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert SessionConfig.on("CPUExecutionProvider").provider_names == ["CPUExecutionProvider"]

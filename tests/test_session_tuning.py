@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from helpers import linear_model, save
-
-from ortforge.api import tune_session
-from ortforge.bench import BenchOptions
-from ortforge.session import ProviderSpec, SessionConfig
-from ortforge.bench import CandidateScore, consistent_winner
-from ortforge.session_tuning import AFFINITY, SPINNING, candidates
+from ortforge.commands.tune_session import AFFINITY, SPINNING, candidates, tune_session
+from ortforge.core.session import ProviderSpec, SessionConfig
+from ortforge.measure.bench import BenchOptions
+from ortforge.measure.compare import CandidateScore, consistent_winner
 
 
 def test_candidates_change_one_thing_from_the_defaults():
@@ -49,7 +47,7 @@ def test_tune_session_writes_a_loadable_config(tmp_path):
 
 
 def test_candidate_configs_build_sessions(tmp_path):
-    from ortforge.model import load_model
+    from ortforge.core.model import load_model
 
     model = load_model(save(linear_model(), tmp_path / "m.onnx"))
     for candidate in candidates(SessionConfig(), cores=2):

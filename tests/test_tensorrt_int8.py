@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_quant_debug import feeds, wide_range_model
 
-from ortforge.model import from_proto
-from ortforge.runtime import available_providers
-from ortforge.session import SessionConfig
-from ortforge.tensorrt_int8 import CONFIG_FILE, MODEL_FILE, TABLE_FILE, read_table, write_tensorrt_int8
+from ortforge.commands.quantize import write_tensorrt_int8
+from ortforge.core.model import from_proto
+from ortforge.core.runtime import available_providers
+from ortforge.core.session import SessionConfig
+from ortforge.transforms.tensorrt import CONFIG_FILE, MODEL_FILE, TABLE_FILE, read_table
+from test_quant_debug import feeds, wide_range_model
 
 
 def test_table_holds_symmetric_ranges_of_the_activations(tmp_path):
@@ -30,7 +31,7 @@ def test_table_holds_symmetric_ranges_of_the_activations(tmp_path):
 
 @pytest.mark.skipif("TensorrtExecutionProvider" not in available_providers(), reason="needs onnxruntime-gpu with the TensorRT EP and an NVIDIA GPU")
 def test_tensorrt_runs_with_the_table(tmp_path):  # pragma: no cover - GPU machines only
-    from ortforge.model import load_model
+    from ortforge.core.model import load_model
 
     write_tensorrt_int8(from_proto(wide_range_model()), feeds(8), tmp_path / "trt")
     session = SessionConfig.load(tmp_path / "trt" / CONFIG_FILE).build(load_model(tmp_path / "trt" / MODEL_FILE))

@@ -8,14 +8,14 @@ import subprocess
 
 import numpy as np
 import pytest
-from helpers import save
-from test_quantize import conv_net
 
 import ortforge
-from ortforge.api import tune
-from ortforge.errors import UserError
-from ortforge.tune.artifact import CONFIG_FILE, MODEL_FILE, REPORT_FILE, read_artifact
-from ortforge.tune.search import pareto_front
+from helpers import save
+from ortforge.commands.tune import tune
+from ortforge.core.errors import UserError
+from ortforge.tuning.artifact import CONFIG_FILE, MODEL_FILE, REPORT_FILE, read_artifact
+from ortforge.tuning.search import pareto_front
+from test_quantize import conv_net
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -78,7 +78,7 @@ def test_rerun_resumes_from_the_cache(tuned):
 
 
 def test_interrupted_build_is_not_taken_as_done(cache, tmp_path, monkeypatch):
-    from ortforge.tune import runner
+    from ortforge.tuning import runner
 
     model = save(conv_net(), tmp_path / "cnn.onnx")
     real = runner.LocalRunner._store
@@ -128,10 +128,10 @@ def test_report_draws_in_a_headless_browser(tuned, tmp_path):
 
 
 def test_fp16_candidate_on_gpu_eps_is_built_and_judged_by_simulation(cache, tmp_path):
-    from ortforge.model import load_model
-    from ortforge.quantization import run_outputs
-    from ortforge.tune.candidates import precision_candidates
-    from ortforge.tune.runner import LocalRunner
+    from ortforge.core.model import load_model
+    from ortforge.core.session import run_outputs
+    from ortforge.tuning.candidates import precision_candidates
+    from ortforge.tuning.runner import LocalRunner
     from test_quant_debug import feeds
 
     model = load_model(save(conv_net(), tmp_path / "cnn.onnx"))
@@ -162,7 +162,7 @@ def test_startup_objective_considers_offline_optimization(cache, tmp_path):
 
 
 def test_throughput_objective_tries_requests_in_flight(cache, tmp_path):
-    from ortforge.tune.candidates import session_candidates
+    from ortforge.tuning.candidates import session_candidates
 
     assert not any(c.streams > 1 for c in session_candidates(["CPUExecutionProvider"], cores=2))
     levels = {c.config.graph_optimization_level for c in session_candidates(["CPUExecutionProvider"], cores=2, objective="startup")}
@@ -183,15 +183,14 @@ def test_throughput_objective_tries_requests_in_flight(cache, tmp_path):
 
 
 def test_a_missed_int8_candidate_gets_nodes_kept_float_and_the_search_is_cached(cache, tmp_path, monkeypatch):
-    from test_quant_debug import feeds, wide_range_model
-
-    from ortforge import exclusion
-    from ortforge.accuracy import Tolerance
-    from ortforge.model import load_model
-    from ortforge.quantization import run_outputs
+    from ortforge.accuracy.metrics import Tolerance
+    from ortforge.core.model import load_model
+    from ortforge.core.session import run_outputs
+    from ortforge.searches import exclusion
     from ortforge.transforms.quantize import QuantizeOptions
-    from ortforge.tune.candidates import PrecisionCandidate, frozen_options
-    from ortforge.tune.runner import LocalRunner
+    from ortforge.tuning.candidates import PrecisionCandidate, frozen_options
+    from ortforge.tuning.runner import LocalRunner
+    from test_quant_debug import feeds, wide_range_model
 
     model = load_model(save(wide_range_model(), tmp_path / "wide.onnx"))
     calibration, evaluation = feeds(16, 0), feeds(16, 1)
@@ -208,7 +207,7 @@ def test_a_missed_int8_candidate_gets_nodes_kept_float_and_the_search_is_cached(
 
 
 def test_session_options_are_screened_before_the_final_run(tuned):
-    from ortforge.tune.search import SESSION_FINALISTS
+    from ortforge.tuning.search import SESSION_FINALISTS
 
     _, _, report = tuned
     result = report.result
@@ -222,11 +221,11 @@ def test_session_options_are_screened_before_the_final_run(tuned):
 
 def test_confirmation_picks_the_runner_up_when_it_is_faster_head_to_head():
     """A scripted runner (per-round medians given): the selection rule, apart from any timing noise."""
-    from ortforge.bench import BenchReport, VariantResult
+    from ortforge.measure.bench import BenchReport, VariantResult
     from ortforge.measure.stats import latency_stats
-    from ortforge.tune.candidates import PrecisionCandidate, SessionCandidate
-    from ortforge.tune.runner import Trial
-    from ortforge.tune.search import Clock, Finalist, TuneOptions, _confirm, score
+    from ortforge.tuning.candidates import PrecisionCandidate, SessionCandidate
+    from ortforge.tuning.runner import Trial
+    from ortforge.tuning.search import Clock, Finalist, TuneOptions, _confirm, score
 
     def result(label, round_ms):
         rounds = [[int(ms * 1e6)] for ms in round_ms]
@@ -252,9 +251,9 @@ def test_confirmation_picks_the_runner_up_when_it_is_faster_head_to_head():
 
 
 def test_exclusion_runs_only_when_no_int8_recipe_met_the_tolerance():
-    from ortforge.tune.candidates import PrecisionCandidate
-    from ortforge.tune.runner import Trial
-    from ortforge.tune.search import Clock, _exclude
+    from ortforge.tuning.candidates import PrecisionCandidate
+    from ortforge.tuning.runner import Trial
+    from ortforge.tuning.search import Clock, _exclude
 
     asked = []
 

@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import make_model, tensor, weight
 from onnx import TensorProto, helper, numpy_helper
 
-from ortforge.errors import UserError
-from ortforge.model import from_proto
+from helpers import make_model, tensor, weight
+from ortforge.core.errors import UserError
+from ortforge.core.model import from_proto
 from ortforge.transforms.weight_only import WeightOnlyOptions, quantize_weight_only
 
 RNG = np.random.default_rng(0)

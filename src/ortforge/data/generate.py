@@ -7,9 +7,9 @@ import re
 import numpy as np
 import onnx
 
-from ..errors import UserError
-from ..model import Model
-from .specs import InputSpec
+from ortforge.core.errors import UserError
+from ortforge.core.model import Model
+from ortforge.data.specs import InputSpec
 
 GENERIC_INT_HIGH = 128
 # Ops that pass indices through unchanged in meaning, on the way to an embedding Gather.

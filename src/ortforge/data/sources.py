@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import UserError
-from .specs import InputSpec
+from ortforge.core.errors import UserError
+from ortforge.data.specs import InputSpec
 
 Feed = dict[str, np.ndarray]
 

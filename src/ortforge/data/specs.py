@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..errors import UserError
-from ..model import Model
+from ortforge.core.errors import UserError
+from ortforge.core.model import Model
 
 DEFAULT_BATCH = 1
 DEFAULT_SEQUENCE = 128

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import first_line
+from ortforge.core.errors import first_line
 
 RECORD_ASSIGNMENT = "session.record_ep_graph_assignment_info"
 CPU = "CPUExecutionProvider"
@@ -68,8 +68,8 @@ def placement_from_session(session: Any, requested: list[str]) -> Placement | No
 
 def placement_for(model: Any, provider: str, graph_optimization_level: str = "all") -> Placement:
     """Create a session asking for `provider` first (CPU as fallback) and read its node assignment."""
-    from ..errors import UserError
-    from ..session import ProviderSpec, SessionConfig
+    from ortforge.core.errors import UserError
+    from ortforge.core.session import ProviderSpec, SessionConfig
 
     providers = [provider] if provider == CPU else [provider, CPU]
     config = SessionConfig(providers=[ProviderSpec(p) for p in providers], graph_optimization_level=graph_optimization_level)

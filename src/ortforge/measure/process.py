@@ -7,8 +7,8 @@ import subprocess
 import sys
 from typing import Any
 
-from ..errors import UserError
-from . import protocol
+from ortforge.core.errors import UserError
+from ortforge.measure import protocol
 
 
 class MeasureProcess:

@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import protocol
-from .memory import current_rss, peak_rss, release_freed_memory
-from .placement import RECORD_ASSIGNMENT, placement_from_session
-from .profile import summarize_profile
+from ortforge.measure import protocol
+from ortforge.measure.memory import current_rss, peak_rss, release_freed_memory
+from ortforge.measure.placement import RECORD_ASSIGNMENT, placement_from_session
+from ortforge.measure.profile import summarize_profile
 
 
 class Worker:
@@ -118,7 +118,7 @@ class Worker:
 
 
 def serve(inbox: Any, outbox: Any) -> None:
-    from ..errors import UserError
+    from ortforge.core.errors import UserError
 
     worker = Worker()
     while True:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from .svg import paired_bars, scatter
+from ortforge.report.svg import paired_bars, scatter
 
 STYLE = """
 body { font-family: -apple-system, Segoe UI, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from ..model import iter_nodes
+from ortforge.core.model import iter_nodes
 
 
 @dataclass

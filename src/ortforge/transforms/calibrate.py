@@ -18,9 +18,8 @@ by interpolating the cumulative count, which moves each count by less than one f
 from __future__ import annotations
 
 import inspect
-
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,13 +27,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .. import runtime
-from ..data import Feed, FeedSet
-from ..errors import UserError
-from ..model import Model, fresh_name, iter_graphs, loaded_copy
-from ..session import SessionConfig
-
-Progress = Callable[[str, float], None]
+from ortforge.core import runtime
+from ortforge.core.errors import UserError
+from ortforge.core.model import Model, fresh_name, iter_graphs, loaded_copy
+from ortforge.core.progress import Progress
+from ortforge.core.session import SessionConfig
+from ortforge.data import Feed, FeedSet
 
 METHODS = ("minmax", "entropy", "percentile", "distribution")
 HISTOGRAM_METHODS = ("entropy", "percentile", "distribution")

@@ -32,12 +32,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .. import runtime
-from ..data import FeedSet
-from ..errors import UserError, first_line
-from ..model import Model, from_proto, opset_versions
-from ..session import provider_name
-from . import TransformResult
+from ortforge.core import runtime
+from ortforge.core.errors import UserError, first_line
+from ortforge.core.model import Model, from_proto, opset_versions
+from ortforge.core.session import provider_name
+from ortforge.data import FeedSet
+from ortforge.transforms import TransformResult
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FLOAT_TYPE, FLOAT16_TYPE = "tensor(float)", "tensor(float16)"
@@ -1042,7 +1042,11 @@ def measure_activation_ranges(model: Model, feeds: FeedSet | Iterable[dict], *, 
     Each sample runs once through the float32 model with a ReduceMin/ReduceMax pair per tensor (ortforge's
     streaming calibrator), so memory is one sample's run whatever the number of samples.
     """
-    from .calibrate import CalibrationOptions, calibrate, tensor_types
+    from ortforge.transforms.calibrate import (
+        CalibrationOptions,
+        calibrate,
+        tensor_types,
+    )
 
     proto = model.proto
     context = _Context(opset_versions(proto), list(proto.opset_import), {(f.domain, f.name) for f in proto.functions})

@@ -25,10 +25,16 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .. import runtime
-from ..errors import UserError
-from ..model import EXTERNAL_DATA_THRESHOLD, Model, loaded_copy, save_model, weight_bytes
-from . import TransformResult, op_count_changes, op_counts
+from ortforge.core import runtime
+from ortforge.core.errors import UserError
+from ortforge.core.model import (
+    EXTERNAL_DATA_THRESHOLD,
+    Model,
+    loaded_copy,
+    save_model,
+    weight_bytes,
+)
+from ortforge.transforms import TransformResult, op_count_changes, op_counts
 
 MODEL_TYPES = ("bert", "gpt2", "bart", "t5", "vit", "clip")
 # Model types ORT's optimizer knows beyond the ones detected here; a user may force any of them.
@@ -953,8 +959,8 @@ def _load_problem(proto: onnx.ModelProto, model: Model, options: FusionOptions) 
     which is where some half-fused graphs first fail)."""
     if options.use_gpu or weight_bytes(proto) > EXTERNAL_DATA_THRESHOLD:
         return ""  # GPU-only fused ops may lack CPU kernels; over 2 GB cannot go to ORT as bytes
-    from ..model import from_proto
-    from ..session import SessionConfig
+    from ortforge.core.model import from_proto
+    from ortforge.core.session import SessionConfig
 
     try:
         SessionConfig().build(from_proto(proto, base_dir=model.base_dir))

@@ -13,11 +13,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from ..model import EXTERNAL_DATA_THRESHOLD, Model, load_model, weight_bytes
-from ..session import ProviderSpec, SessionConfig
-from ..stamp import make_stamp, write_stamp
-from . import TransformResult, op_count_changes
+from ortforge.core.errors import UserError
+from ortforge.core.model import EXTERNAL_DATA_THRESHOLD, Model, load_model, weight_bytes
+from ortforge.core.session import ProviderSpec, SessionConfig
+from ortforge.core.stamp import load_level, make_stamp, write_stamp
+from ortforge.transforms import TransformResult, op_count_changes
 
 LEVELS = ("basic", "extended", "layout", "all")
 PORTABLE_LEVELS = ("basic", "extended")  # no layout (NCHWc) rewrites: valid on any CPU of the EP
@@ -36,11 +36,6 @@ class GraphOptOptions:
             raise UserError(f"--level {self.level}: choose one of {', '.join(LEVELS)}")
         if self.portable and self.level not in PORTABLE_LEVELS:
             raise UserError(f"--portable saves only {' or '.join(PORTABLE_LEVELS)} optimizations; --level {self.level} is hardware-specific")
-
-
-def load_level(saved_level: str) -> str:
-    """The optimization level a model saved at `saved_level` should be loaded with."""
-    return "disable" if saved_level in ("layout", "all") else "all"
 
 
 def optimize_offline(model: Model, options: GraphOptOptions, *, source_sha256: str | None = None, fusion: dict | None = None) -> TransformResult:

@@ -19,10 +19,17 @@ from pathlib import Path
 
 import onnx
 
-from ..data import Feed
-from ..errors import UserError, first_line
-from ..model import Model, from_proto, iter_graphs, iter_nodes, loaded_copy, opset_versions
-from . import TransformResult, op_count_changes
+from ortforge.core.errors import UserError, first_line
+from ortforge.core.model import (
+    Model,
+    from_proto,
+    iter_graphs,
+    iter_nodes,
+    loaded_copy,
+    opset_versions,
+)
+from ortforge.data import Feed
+from ortforge.transforms import TransformResult, op_count_changes
 
 MODES = ("dynamic", "static")
 FORMATS = ("qdq", "qoperator")
@@ -263,7 +270,11 @@ def _quantize_static(
     """
     from onnxruntime.quantization import QuantFormat, QuantType
 
-    from .calibrate import CalibrationOptions, calibrate, quantize_with_ranges
+    from ortforge.transforms.calibrate import (
+        CalibrationOptions,
+        calibrate,
+        quantize_with_ranges,
+    )
 
     model = from_proto(prepared)
     calibration_options = CalibrationOptions(

@@ -25,9 +25,9 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.external_data_helper import load_external_data_for_tensor
 
-from ..errors import UserError
-from ..model import Model, fresh_name, iter_graphs, iter_nodes, iter_tensors
-from . import TransformResult, op_count_changes
+from ortforge.core.errors import UserError
+from ortforge.core.model import Model, fresh_name, iter_graphs, iter_nodes, iter_tensors
+from ortforge.transforms import TransformResult, op_count_changes
 
 BITS = (4, 8)
 # MLAS's blockwise quantizer accepts exactly these (it aborts on 24, 512, ...).

@@ -1,0 +1,94 @@
+"""`ortforge bench`: models (or model + session config pairs) side by side, each in a fresh process, interleaved."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ortforge.commands.common import feeds_for, open_model
+from ortforge.core.errors import UserError
+from ortforge.core.model import Model
+from ortforge.core.progress import Progress
+from ortforge.core.session import SessionConfig
+from ortforge.data import FeedSet, ShapeOptions
+from ortforge.measure.bench import BenchOptions, BenchReport, Variant
+from ortforge.measure.bench import bench as measure_interleaved
+
+CONFIG_SUFFIX = ".json"
+
+
+@dataclass
+class BenchTarget:
+    """One thing to measure: a model reference and, optionally, a session config file for it."""
+
+    model: str
+    config: str | None = None
+
+    @property
+    def label(self) -> str:
+        name = Path(self.model).name if not self.model.startswith("zoo:") else self.model
+        return f"{name} + {Path(self.config).name}" if self.config else name
+
+
+def parse_bench_targets(arguments: Sequence[str]) -> list[BenchTarget]:
+    """`A.onnx cfg1.json cfg2.json B.onnx` -> A, A+cfg1, A+cfg2, B (a config applies to the model before it)."""
+    targets: list[BenchTarget] = []
+    last_model: str | None = None
+    for argument in arguments:
+        if argument.endswith(CONFIG_SUFFIX):
+            if last_model is None:
+                raise UserError(f"{argument}: a session config must follow the model it applies to")
+            targets.append(BenchTarget(last_model, argument))
+        else:
+            last_model = argument
+            targets.append(BenchTarget(argument))
+    if not targets:
+        raise UserError("give at least one model to benchmark")
+    return targets
+
+
+def bench(
+    targets: Sequence[str | BenchTarget],
+    *,
+    data: str | None = None,
+    samples: int | None = None,
+    seed: int = 0,
+    shape_options: ShapeOptions | None = None,
+    default_config: SessionConfig | None = None,
+    options: BenchOptions | None = None,
+    check: bool = True,
+    progress: Progress | None = None,
+    streams: int = 1,
+) -> BenchReport:
+    """Measure models (or model + config pairs) side by side, each in a fresh process, interleaved.
+
+    `streams` > 1 keeps that many requests in flight on each session (throughput under concurrency)."""
+    if streams < 1:
+        raise UserError(f"--streams {streams}: give 1 or more requests in flight")
+    parsed = [t for t in targets if isinstance(t, BenchTarget)]
+    if len(parsed) != len(targets):
+        parsed = parse_bench_targets([str(t) for t in targets])
+    models: dict[str, Model] = {}
+    feeds: dict[str, FeedSet] = {}
+    variants: list[Variant] = []
+    for target in parsed:
+        if target.model not in models:
+            models[target.model] = open_model(target.model, check=check)
+            feeds[target.model] = feeds_for(models[target.model], target.model, data, samples=samples, seed=seed, shape_options=shape_options)
+        config = SessionConfig.load(target.config) if target.config else (default_config or SessionConfig())
+        variants.append(Variant(_unique_label(target.label, variants), models[target.model], config, feeds[target.model], streams))
+    report = measure_interleaved(variants, options, progress)
+    if any(f.generated for f in feeds.values()):
+        report.notes.append("inputs were generated (random): fine for speed, but say nothing about accuracy")
+    return report
+
+
+def _unique_label(label: str, variants: list[Variant]) -> str:
+    taken = {v.label for v in variants}
+    if label not in taken:
+        return label
+    index = 2
+    while f"{label} #{index}" in taken:
+        index += 1
+    return f"{label} #{index}"

@@ -1,0 +1,210 @@
+"""`ortforge optimize`: offline graph optimization, verified against the original, saved stamped, measured."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ortforge.accuracy.judge import (
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
+    Verification,
+    require,
+    verify,
+)
+from ortforge.commands.common import feeds_for, open_model
+from ortforge.core.model import Model, from_proto, load_model, save_model
+from ortforge.core.progress import Progress
+from ortforge.core.session import ProviderSpec, SessionConfig, provider_name
+from ortforge.core.stamp import Stamp, config_for, read_stamp
+from ortforge.data import GENERATED_WARNING, FeedSet, ShapeOptions
+from ortforge.measure.bench import BenchOptions, BenchReport, Variant, bench
+from ortforge.measure.compare import CandidateScore, consistent_winner, score
+from ortforge.transforms import TransformResult
+from ortforge.transforms.fusion import FusionOptions, fuse_transformer
+from ortforge.transforms.graph_opt import GraphOptOptions, optimize_offline
+
+FUSION_RTOL = 1e-3
+FUSION_ATOL = 1e-4  # fused kernels reassociate sums: ~4e-5 on MiniLM's embeddings
+
+
+@dataclass
+class FusionDecision:
+    """Transformer fusion: what it fused, whether it kept the outputs, and whether it measured faster."""
+
+    result: TransformResult
+    verification: Verification | None = None
+    speed: CandidateScore | None = None
+    kept: bool = False
+    why: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "transform": self.result.to_dict(),
+            "verification": self.verification.to_dict() if self.verification else None,
+            "speed": self.speed.__dict__ if self.speed else None,
+            "kept": self.kept,
+            "why": self.why,
+        }
+
+
+def decide_fusion(
+    model: Model, feeds: FeedSet, options: FusionOptions, bench_options: BenchOptions, progress: Progress | None = None
+) -> tuple[Model, FusionDecision]:
+    """Fuse, verify against the original, time fused vs unfused interleaved; keep the fusion only if faster."""
+    result = fuse_transformer(model, options)
+    decision = FusionDecision(result)
+    if not result.changed:
+        decision.why = "nothing was fused"
+        return model, decision
+    fused = from_proto(result.proto, base_dir=model.base_dir)
+    decision.verification = verify(model, fused, feeds, rtol=FUSION_RTOL, atol=FUSION_ATOL, original_config=SessionConfig(), candidate_config=SessionConfig())
+    if not decision.verification.passed:
+        decision.why = f"fused model rejected: {decision.verification.problem}"
+        return model, decision
+    timing = bench([Variant("unfused", model, SessionConfig(), feeds), Variant("fused", fused, SessionConfig(), feeds)],
+                   replace(bench_options, profile=False, startup_rounds=0), progress)  # fmt: skip
+    decision.speed = score(timing.variants[1], timing.variants[0])
+    if consistent_winner([score(timing.variants[0], timing.variants[0]), decision.speed]) is None:
+        decision.why = f"fusion not kept: {decision.speed.ratio:.2f}x unfused ({decision.speed.low:.2f}-{decision.speed.high:.2f}), not consistently faster"
+        return model, decision
+    decision.kept = True
+    decision.why = f"fusion kept: {decision.speed.ratio:.2f}x unfused ({decision.speed.low:.2f}-{decision.speed.high:.2f}), faster in {decision.speed.wins:.0%} of rounds"
+    return fused, decision
+
+
+@dataclass
+class OptimizeReport:
+    output: str
+    stamp: Stamp
+    transform: TransformResult
+    verification: Verification
+    forced: bool = False
+    measurement: BenchReport | None = None
+    notes: list[str] = field(default_factory=list)
+    fusion: FusionDecision | None = None
+
+    @property
+    def startup_ratio(self) -> tuple[float, float, float] | None:
+        return self.measurement.variants[1].startup_ratio if self.measurement else None
+
+    @property
+    def latency_ratio(self) -> tuple[float, float, float] | None:
+        return self.measurement.variants[1].ratio if self.measurement else None
+
+    def to_dict(self) -> dict:
+        return {
+            "output": self.output,
+            "stamp": self.stamp.__dict__,
+            "transform": self.transform.to_dict(),
+            "verification": self.verification.to_dict(),
+            "forced": self.forced,
+            "startup_ratio": self.startup_ratio,
+            "latency_ratio": self.latency_ratio,
+            "measurement": self.measurement.to_dict() if self.measurement else None,
+            "fusion": self.fusion.to_dict() if self.fusion else None,
+            "notes": self.notes,
+        }
+
+
+def optimize_model(
+    model: Model,
+    feeds: FeedSet,
+    output: str | os.PathLike[str],
+    options: GraphOptOptions,
+    *,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    force: bool = False,
+    measure: BenchOptions | None = None,
+    fusion: FusionOptions | None = None,
+    progress: Progress | None = None,
+) -> OptimizeReport:
+    """(Fuse a transformer if asked and faster,) optimize offline, verify on `feeds`, save atomically;
+    then time start-up and latency vs online."""
+    report_progress = progress or (lambda what, fraction: None)
+    decision = None
+    original = model
+    if fusion is not None:
+        report_progress("fusing transformer ops", 0.0)
+        model, decision = decide_fusion(model, feeds, fusion, measure or BenchOptions(max_seconds=3.0), progress)
+    report_progress(f"optimizing at level {options.level}", 0.0)
+    fusion_record = asdict(fusion) if decision is not None and decision.kept and fusion is not None else None
+    result = optimize_offline(model, options, source_sha256=original.content_hash(), fusion=fusion_record)
+    stamp = read_stamp(result.proto)
+    assert stamp is not None
+    candidate = from_proto(result.proto)
+    report_progress("verifying outputs against the original", 0.1)
+    # Offline must equal what ORT gives online at the same level; vs no optimization at all, fused
+    # and re-laid-out kernels differ by float reassociation (~1e-4 on PP-OCR det) in both cases.
+    online = SessionConfig(providers=list(options.providers), graph_optimization_level=options.level)
+    verification = verify(model, candidate, feeds, rtol=rtol, atol=atol, original_config=online, candidate_config=config_for(stamp))
+    require(verification, str(output), force)
+    saved = save_model(result.proto, output, source=original)
+    notes = [GENERATED_WARNING] if feeds.generated else []
+    if not verification.passed:
+        notes.append(f"written despite failed verification (--force): {verification.problem}")
+    report = OptimizeReport(str(saved), stamp, result, verification, forced=not verification.passed, notes=notes, fusion=decision)
+    if measure is not None:
+        report.measurement = measure_against_online(original, Path(saved), feeds, options, measure, progress)
+    return report
+
+
+def measure_against_online(
+    original: Model, saved: Path, feeds: FeedSet, options: GraphOptOptions, bench_options: BenchOptions, progress: Progress | None
+) -> BenchReport:
+    """The saved model as the loader runs it vs the original optimized online at the same level, interleaved."""
+    online = SessionConfig(providers=list(options.providers), graph_optimization_level=options.level)
+    offline_model = load_model(saved)
+    variants = [
+        Variant(f"online ({options.level})", original, online, feeds),
+        Variant("offline (saved)", offline_model, config_for(read_stamp(offline_model.proto)), feeds),
+    ]
+    return bench(variants, bench_options, progress)
+
+
+def default_providers(names: list[str]) -> tuple[ProviderSpec, ...]:
+    """EPs in priority order, with the CPU EP last as the fallback ORT needs for unsupported nodes."""
+    specs = [ProviderSpec(name) for name in names if name != "CPUExecutionProvider"]
+    return tuple(specs) + (ProviderSpec("CPUExecutionProvider"),)
+
+
+def optimize(
+    reference: str | Path,
+    output: str | Path,
+    *,
+    level: str = "all",
+    providers: Sequence[str] = (),
+    portable: bool = False,
+    data: str | None = None,
+    samples: int | None = None,
+    shape_options: ShapeOptions | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    force: bool = False,
+    measure: BenchOptions | None = None,
+    transformer: dict | None = None,
+    progress: Progress | None = None,
+) -> OptimizeReport:
+    """Save the ORT-optimized model, stamped with what it is valid for, after checking its outputs.
+
+    `transformer` (FusionOptions fields, e.g. {"model_type": "auto"}) fuses attention, LayerNorm, GELU,
+    ... first, kept only when the fused model measures faster.
+    """
+    options = GraphOptOptions(level=level, providers=default_providers([provider_name(p) for p in providers]), portable=portable)
+    model = open_model(reference)
+    feeds = feeds_for(model, reference, data, samples=samples, shape_options=shape_options)
+    return optimize_model(
+        model,
+        feeds,
+        output,
+        options,
+        rtol=DEFAULT_RTOL if rtol is None else rtol,
+        atol=DEFAULT_ATOL if atol is None else atol,
+        force=force,
+        measure=measure,
+        fusion=FusionOptions(**transformer) if transformer is not None else None,
+        progress=progress,
+    )

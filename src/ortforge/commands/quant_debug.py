@@ -1,0 +1,42 @@
+"""`ortforge quant-debug`: compare a quantized model with its float original tensor by tensor, worst first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ortforge.analysis.quant_errors import QuantDebugReport, debug_quantization
+from ortforge.commands.common import feeds_for, open_model
+from ortforge.core.model import from_proto
+from ortforge.data import ShapeOptions
+from ortforge.report.svg import bar_chart
+from ortforge.transforms.quantize import QuantizeOptions, prepare
+
+
+def quant_debug(
+    float_reference: str | Path,
+    quantized_reference: str | Path,
+    *,
+    data: str | None = None,
+    samples: int | None = None,
+    shape_options: ShapeOptions | None = None,
+) -> QuantDebugReport:
+    """Per-layer SQNR / relative error of a quantized model against its float original, worst first."""
+    float_model = open_model(float_reference)
+    quant_model = open_model(quantized_reference, check=False)
+    feeds = feeds_for(float_model, float_reference, data, samples=samples or 4, shape_options=shape_options)
+    as_given = debug_quantization(float_model, quant_model, feeds)
+    if not as_given.unmatched:
+        return as_given
+    # Quantizers work on a pre-processed graph (fused, renamed nodes); compare against that if it matches better.
+    prepared = debug_quantization(from_proto(prepare(float_model, QuantizeOptions(), [])), quant_model, feeds)
+    if prepared.unmatched < as_given.unmatched:
+        prepared.notes.append("compared with the pre-processed float graph the quantizer saw (node names as in that graph)")
+        return prepared
+    return as_given
+
+
+def plot(report: QuantDebugReport, count: int = 20) -> str:
+    """SVG bar chart of the worst layers' SQNR."""
+    worst = report.worst_layers(count)
+    return bar_chart([f"{e.node} ({e.op_type})" for e in worst], [e.sqnr_db for e in worst],
+                     title=f"Activation SQNR, worst {len(worst)} layers (dB, higher is better)", unit=" dB")  # fmt: skip

@@ -1,0 +1,243 @@
+"""`ortforge quantize`: one int8 recipe, or `--mode auto`, checked for accuracy before it is written.
+
+Auto mode builds a few recipes chosen from the model family and the CPU, drops those outside the
+accuracy tolerance, times the rest against fp32 in one interleaved run, and keeps the fastest one that
+beats fp32 consistently; otherwise it keeps fp32 and says so. ORT's default recipes are often slower
+than fp32 on CNNs (QInt8 ConvInteger) or wrong (all-op static QDQ on magika), so nothing is assumed.
+`--target tensorrt` writes the float model with ORT's TensorRT calibration table instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ortforge.accuracy.metrics import (
+    Tolerance,
+    compare,
+    load_eval_hook,
+    parse_tolerance,
+)
+from ortforge.analysis.model_report import inspect_model
+from ortforge.commands.common import calibration_and_evaluation, feeds_for, open_model
+from ortforge.core.errors import UserError
+from ortforge.core.files import atomic_write_bytes, atomic_write_text
+from ortforge.core.model import Model, model_size, save_model
+from ortforge.core.progress import Progress, section
+from ortforge.core.session import SessionConfig, run_outputs
+from ortforge.data import GENERATED_WARNING, FeedSet, ShapeOptions
+from ortforge.measure.bench import BenchOptions, BenchReport, Variant, bench
+from ortforge.measure.compare import consistent_winner, score
+from ortforge.searches.recipes import (
+    Recipe,
+    RecipeOutcome,
+    auto_recipes,
+    build_recipe,
+    default_tolerances,
+)
+from ortforge.transforms.quantize import QuantizeOptions
+from ortforge.transforms.tensorrt import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    TensorRTInt8,
+    calibration_table,
+    tensorrt_config,
+)
+from ortforge.transforms.weight_only import WeightOnlyOptions
+
+FP32 = "fp32 (original)"
+
+
+@dataclass
+class QuantizeReport:
+    output: str
+    chosen: RecipeOutcome
+    outcomes: list[RecipeOutcome]
+    tolerances: list[Tolerance]
+    why: str
+    generated_inputs: bool
+    measurement: BenchReport | None = None
+    forced: bool = False
+    notes: list[str] = field(default_factory=list)
+    exclusion: object = None  # exclusion.ExclusionReport when nodes were kept in float to meet the tolerance
+
+    def to_dict(self) -> dict:
+        return {
+            "exclusion": self.exclusion.to_dict() if self.exclusion else None,
+            "output": self.output,
+            "chosen": self.chosen.label,
+            "why": self.why,
+            "tolerances": [t.describe() for t in self.tolerances],
+            "outcomes": [o.to_dict() for o in self.outcomes],
+            "generated_inputs": self.generated_inputs,
+            "forced": self.forced,
+            "measurement": self.measurement.to_dict() if self.measurement else None,
+            "notes": self.notes,
+        }
+
+
+def _measure(
+    model: Model, outcomes: list[RecipeOutcome], feeds: FeedSet, options: BenchOptions, progress: Progress | None
+) -> BenchReport:
+    passing = [o for o in outcomes if o.passed and o.model is not None]
+    variants = [Variant(FP32, model, SessionConfig(), feeds)] + [Variant(o.label, o.model, SessionConfig(), feeds) for o in passing]
+    report = bench(variants, replace(options, profile=False), progress)
+    for outcome, result in zip(passing, report.variants[1:]):
+        outcome.speed = score(result, report.variants[0])
+    return report
+
+
+def choose(fp32: RecipeOutcome, outcomes: list[RecipeOutcome]) -> tuple[RecipeOutcome, str]:
+    """The fastest recipe within tolerance that beats fp32 in most rounds; fp32 when none does."""
+    timed = [o for o in outcomes if o.passed and o.speed is not None]
+    winner = consistent_winner([fp32.speed] + [o.speed for o in timed]) if fp32.speed else None
+    if winner is None:
+        reason = "no recipe within tolerance was consistently faster than fp32" if timed else "no recipe stayed within tolerance"
+        return fp32, f"kept fp32: {reason}"
+    chosen = next(o for o in timed if o.speed is winner)
+    return chosen, f"{chosen.label}: {winner.ratio:.2f}x fp32 latency ({winner.low:.2f}-{winner.high:.2f}), faster in {winner.wins:.0%} of rounds, within tolerance"
+
+
+def quantize_model(
+    model: Model,
+    output: str | os.PathLike[str],
+    recipes: Sequence[Recipe],
+    calibration: FeedSet,
+    evaluation: FeedSet,
+    *,
+    tolerances: Sequence[Tolerance] | None = None,
+    hook: Callable | None = None,
+    force: bool = False,
+    auto_exclude: bool = True,
+    measure: BenchOptions | None = None,
+    progress: Progress | None = None,
+) -> QuantizeReport:
+    """Build each recipe, judge accuracy, time the survivors vs fp32 (when asked or when several), write the winner.
+
+    A single recipe that misses the tolerance first gets nodes kept in float (`auto_exclude`).
+    """
+    report_progress = progress or (lambda what, fraction: None)
+    reference = run_outputs(model, evaluation)
+    tolerances = list(tolerances) if tolerances else default_tolerances(reference)
+    outcomes = []
+    for index, options in enumerate(recipes):
+        report_progress(f"building {options.describe()}", index / max(len(recipes), 1) * 0.5)
+        outcomes.append(build_recipe(model, options, calibration, evaluation, reference, tolerances, hook, section(progress, options.describe(), 0.0, 0.5)))
+    exclusion = None
+    first = outcomes[0] if len(outcomes) == 1 else None
+    if first and not first.passed and first.model is not None and isinstance(first.options, QuantizeOptions) and auto_exclude and not force:
+        from ortforge.searches.exclusion import search_exclusions
+
+        fixed, exclusion = search_exclusions(model, first, calibration, evaluation, reference, tolerances, hook, progress)
+        if exclusion.met:
+            fixed.label = f"{first.label}, {len(exclusion.excluded)} node(s) kept float"
+            outcomes = [first, fixed]
+    fp32 = RecipeOutcome(FP32, None, model_size(model), compare(reference, reference), model=model)
+    measurement = None
+    auto = len(recipes) > 1
+    if auto or measure is not None:
+        measurement = _measure(model, outcomes, evaluation, measure or BenchOptions(max_seconds=3.0), progress)
+        fp32.speed = score(measurement.variants[0], measurement.variants[0])
+    if auto:
+        chosen, why = choose(fp32, outcomes)
+    else:
+        chosen = outcomes[-1]
+        if not chosen.passed and not force:
+            tried = f"; keeping nodes in float did not help ({exclusion.notes[0]})" if exclusion and exclusion.notes else ""
+            raise UserError(f"{Path(output).name}: not written, {chosen.label}: {chosen.rejected}{tried}", hint="--force writes it anyway; the report says so")
+        why = "the requested recipe" + ("" if chosen.passed else f", written despite: {chosen.rejected} (--force)")
+        if exclusion and exclusion.met:
+            why = f"the requested recipe missed the tolerance; keeping {len(exclusion.excluded)} node(s) in float met it ({exclusion.attempts} attempts)"
+    saved = save_model(chosen.model.proto, output, source=model)
+    notes = [GENERATED_WARNING] if evaluation.generated else []
+    if chosen is fp32:
+        notes.append("the output is the fp32 model unchanged")
+    return QuantizeReport(str(saved), chosen, [fp32] + outcomes, tolerances, why, evaluation.generated, measurement,
+                          forced=not chosen.passed, notes=notes, exclusion=exclusion)  # fmt: skip
+
+
+def quantize(
+    reference: str | Path,
+    output: str | Path,
+    *,
+    mode: str = "static",
+    recipe: dict | None = None,
+    weight_only: dict | None = None,
+    calib: str | None = None,
+    calib_samples: int | None = None,
+    data: str | None = None,
+    samples: int | None = None,
+    shape_options: ShapeOptions | None = None,
+    tolerances: Sequence[str] = (),
+    eval_hook: str | None = None,
+    force: bool = False,
+    auto_exclude: bool = True,
+    measure: BenchOptions | None = None,
+    progress: Progress | None = None,
+) -> QuantizeReport:
+    """Quantize with one recipe or search recipes (`mode='auto'`).
+
+    `recipe` holds QuantizeOptions fields (dynamic/static int8); `weight_only` WeightOnlyOptions fields
+    (`mode='int4'` or `'weight-only'`).
+    """
+    model = open_model(reference)
+    if calib is not None and data is not None:  # both given: the user split them already
+        calibration = feeds_for(model, reference, calib, samples=calib_samples or 16, shape_options=shape_options)
+        evaluation = feeds_for(model, reference, data, samples=samples, shape_options=shape_options)
+    else:
+        calibration, evaluation = calibration_and_evaluation(model, reference, calib or data, calib_samples=calib_samples or 16,
+                                                             samples=samples or 8, shape_options=shape_options)  # fmt: skip
+    recipes: list[Recipe]
+    if mode == "auto":
+        recipes = auto_recipes(inspect_model(model, shape_options).family)
+    elif mode in ("int4", "weight-only"):
+        recipes = [WeightOnlyOptions(**({"bits": 4} if mode == "int4" else {}), **(weight_only or {}))]
+    else:
+        recipes = [QuantizeOptions(mode=mode, **(recipe or {}))]
+    return quantize_model(
+        model,
+        output,
+        recipes,
+        calibration,
+        evaluation,
+        tolerances=[parse_tolerance(t) for t in tolerances] or None,
+        hook=load_eval_hook(eval_hook) if eval_hook else None,
+        force=force,
+        auto_exclude=auto_exclude,
+        measure=measure,
+        progress=progress,
+    )
+
+
+def quantize_for_tensorrt(
+    reference: str | Path,
+    output: str | Path,
+    *,
+    method: str = "minmax",
+    calib: str | None = None,
+    calib_samples: int | None = None,
+    shape_options: ShapeOptions | None = None,
+) -> TensorRTInt8:
+    """TensorRT int8: the float model, ORT's TensorRT calibration table from ortforge's calibration, a session config."""
+    model = open_model(reference)
+    feeds = feeds_for(model, reference, calib, samples=calib_samples or 16, shape_options=shape_options)
+    return write_tensorrt_int8(model, feeds, output, method)
+
+
+def write_tensorrt_int8(model: Model, feeds: FeedSet, folder: str | os.PathLike[str], method: str = "minmax") -> TensorRTInt8:
+    """Calibrate symmetrically, write model + TensorRT table + session config into `folder`."""
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --target tensorrt writes a folder (model, calibration table, session config); this is a file")
+    table, result = calibration_table(model, feeds, method)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in table.items():
+        atomic_write_bytes(out / name, content)
+    save_model(model.proto, out / MODEL_FILE, source=model)
+    config = tensorrt_config(out)
+    atomic_write_text(out / CONFIG_FILE, config.to_json())
+    notes = [GENERATED_WARNING] if feeds.generated else []
+    notes.append(f"run it with `ortforge bench {out / MODEL_FILE} {out / CONFIG_FILE}` on a machine with the TensorRT EP")
+    return TensorRTInt8(str(out), len(result.ranges), result.samples, config, notes)

@@ -1,0 +1,152 @@
+"""`ortforge tune-session`: measure session options (threads, spinning, affinity, execution mode, memory,
+EP options) against ORT's defaults, interleaved, and keep the one that wins consistently.
+
+On 2 shared cores the best thread count flips with background load, so a candidate is only chosen
+when it beats the defaults in most interleaved rounds, not just on the median.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ortforge.commands.common import feeds_for, open_model
+from ortforge.core.machine import cpu_info
+from ortforge.core.model import Model
+from ortforge.core.progress import Progress
+from ortforge.core.session import SPINNING, SessionConfig
+from ortforge.data import FeedSet, ShapeOptions
+from ortforge.measure.bench import BenchOptions, BenchReport, Variant, bench
+from ortforge.measure.compare import CandidateScore, consistent_winner, score
+
+AFFINITY = "session.intra_op_thread_affinities"
+FINALISTS = 3
+# Documented provider options worth a try, per EP (only EPs the config already uses are tried).
+EP_OPTION_CANDIDATES: dict[str, list[dict[str, str]]] = {
+    "CUDAExecutionProvider": [{"cudnn_conv_algo_search": "EXHAUSTIVE"}, {"cudnn_conv_algo_search": "HEURISTIC"}],
+    "TensorrtExecutionProvider": [{"trt_fp16_enable": "False"}, {"trt_builder_optimization_level": "5"}],
+    "OpenVINOExecutionProvider": [{"num_of_threads": "1"}, {"precision": "ACCURACY"}],
+    "DnnlExecutionProvider": [{"use_arena": "0"}],
+}
+
+
+@dataclass
+class Candidate:
+    label: str
+    config: SessionConfig
+
+
+@dataclass
+class SessionTuning:
+    chosen: Candidate
+    scores: list[CandidateScore]
+    why: str
+    screening: BenchReport
+    final: BenchReport
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "chosen": {"label": self.chosen.label, "config": self.chosen.config.to_dict()},
+            "why": self.why,
+            "scores": [score.__dict__ for score in self.scores],
+            "screening": self.screening.to_dict(),
+            "final": self.final.to_dict(),
+            "notes": self.notes,
+        }
+
+
+def _with_entries(config: SessionConfig, **entries: str) -> SessionConfig:
+    return replace(config, config_entries={**config.config_entries, **entries})
+
+
+def candidates(base: SessionConfig, cores: int | None = None) -> list[Candidate]:
+    """ORT's defaults first, then one change at a time from them (plus the thread counts with spinning off)."""
+    cores = cores or cpu_info().physical_cores or os.cpu_count() or 1
+    found = [Candidate("ORT defaults", base)]
+    for threads in range(1, cores + 1):
+        threaded = replace(base, intra_op_num_threads=threads)
+        found.append(Candidate(f"intra_op_num_threads={threads}", threaded))
+        if threads > 1:
+            found.append(Candidate(f"intra_op_num_threads={threads}, no spinning", _with_entries(threaded, **{SPINNING: "0"})))
+            # Once the count is explicit ORT sets no affinity; pin thread i to logical processor i+1 as its default does.
+            pinned = ";".join(str(processor) for processor in range(2, threads + 1))
+            found.append(Candidate(f"intra_op_num_threads={threads}, pinned", _with_entries(threaded, **{AFFINITY: pinned})))
+    found.append(Candidate("no spinning", _with_entries(base, **{SPINNING: "0"})))
+    if cores > 1:
+        found.append(Candidate("parallel execution, 2 inter-op threads", replace(base, execution_mode="parallel", inter_op_num_threads=2)))
+    found.append(Candidate("no memory pattern", replace(base, enable_mem_pattern=False)))
+    found.append(Candidate("no CPU memory arena", replace(base, enable_cpu_mem_arena=False)))
+    for index, provider in enumerate(base.providers):
+        for options in EP_OPTION_CANDIDATES.get(provider.name, []):
+            providers = list(base.providers)
+            providers[index] = replace(provider, options={**provider.options, **options})
+            label = ", ".join(f"{k}={v}" for k, v in options.items())
+            found.append(Candidate(f"{provider.name.replace('ExecutionProvider', '')} {label}", replace(base, providers=providers)))
+    return found
+
+
+def tune_session_options(
+    model: Model, feeds: FeedSet, base: SessionConfig, options: BenchOptions | None = None, progress: Progress | None = None
+) -> SessionTuning:
+    """Screen every candidate briefly, then measure the finalists against the defaults for longer."""
+    # Short blocks give many interleaved rounds, which is what "wins consistently" is judged on.
+    options = replace(options or BenchOptions(max_seconds=4.0), block_seconds=0.1, min_rounds=8, profile=False)
+    found = candidates(base)
+    by_label = {c.label: c for c in found}
+    screening_options = replace(options, max_seconds=max(0.5, options.max_seconds / 4), profile=False)
+    screening = bench([Variant(c.label, model, c.config, feeds) for c in found], screening_options, progress)
+    screened = sorted((score(r, screening.variants[0]) for r in screening.variants[1:]), key=lambda s: s.ratio)
+    finalists = [found[0]] + [by_label[s.label] for s in screened[:FINALISTS]]
+    final = bench([Variant(c.label, model, c.config, feeds) for c in finalists], replace(options, profile=False), progress)
+    scores = [score(result, final.variants[0]) for result in final.variants]
+    winner = consistent_winner(scores)
+    label = winner.label if winner else scores[0].label
+    why = _why(winner, scores)
+    notes = ["inputs were generated: fine for speed"] if feeds.generated else []
+    return SessionTuning(by_label[label], scores, why, screening, final, notes)
+
+
+def _why(winner: CandidateScore | None, scores: list[CandidateScore]) -> str:
+    if winner is None:
+        return "no candidate beat ORT's defaults consistently: keeping them"
+    return f"{winner.ratio:.2f}x the defaults' p50 ({winner.low:.2f}-{winner.high:.2f}), faster in {winner.wins:.0%} of rounds"
+
+
+def write_config(tuning: SessionTuning, path: str | os.PathLike[str], model: Model) -> Path:
+    """The chosen config as JSON, with the figures that chose it under "measurements" (ignored on load)."""
+    import json
+
+    from ortforge.core import runtime
+    from ortforge.core.files import atomic_write_text
+
+    data = tuning.chosen.config.to_dict()
+    data["measurements"] = {
+        "model": str(model.path or model.name),
+        "model_sha256": model.content_hash(),
+        "onnxruntime": runtime.version(),
+        "cpu": cpu_info().model,
+        "chosen": tuning.chosen.label,
+        "why": tuning.why,
+        "scores": [score.__dict__ for score in tuning.scores],
+    }
+    return atomic_write_text(Path(path), json.dumps(data, indent=2))
+
+
+def tune_session(
+    reference: str | Path,
+    output: str | Path,
+    *,
+    base: SessionConfig | None = None,
+    data: str | None = None,
+    samples: int | None = None,
+    shape_options: ShapeOptions | None = None,
+    options: BenchOptions | None = None,
+    progress: Progress | None = None,
+) -> tuple[SessionTuning, Path]:
+    """Measure session options against ORT's defaults and write the consistent winner as a config JSON."""
+    model = open_model(reference)
+    feeds = feeds_for(model, reference, data, samples=samples, shape_options=shape_options)
+    tuning = tune_session_options(model, feeds, base or SessionConfig(), options, progress)
+    return tuning, write_config(tuning, output, model)

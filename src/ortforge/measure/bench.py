@@ -1,0 +1,229 @@
+"""`ortforge bench`: start-up, latency distribution, throughput, memory, per-op time and EP placement.
+
+Each variant (model + session config) runs in its own fresh subprocess; variants are timed in
+interleaved rounds so background load on a shared machine hits all of them alike, and the spread of
+round medians is reported along with the figures.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ortforge.core.model import Model
+from ortforge.core.progress import Progress
+from ortforge.core.session import SessionConfig
+from ortforge.data import FeedSet
+from ortforge.measure.placement import Placement
+from ortforge.measure.process import MeasureProcess
+from ortforge.measure.profile import ProfileSummary
+from ortforge.measure.stats import (
+    LatencyStats,
+    latency_stats,
+    median_is_stable,
+    ratio_spread,
+)
+
+MAX_BLOCK_RUNS = 100_000
+
+
+@dataclass
+class BenchOptions:
+    """How long and how carefully to measure."""
+
+    max_seconds: float = 8.0  # per variant, for the timed rounds
+    warmup_seconds: float = 0.5
+    block_seconds: float = 0.25  # one variant's share of a round
+    min_rounds: int = 5
+    min_samples: int = 20
+    stability: float = 0.01  # stop when a round moves the median by less than this
+    profile: bool = True
+    profile_seconds: float = 1.0
+    startup_rounds: int = 0  # > 0: also time repeated session creation, interleaved, this many rounds
+
+
+@dataclass
+class Variant:
+    label: str
+    model: Model
+    config: SessionConfig
+    feeds: FeedSet
+    streams: int = 1  # requests in flight at once (threads calling the one session); >1 measures throughput
+
+
+@dataclass
+class VariantResult:
+    label: str
+    model: str
+    config: dict
+    providers: list[str]
+    create_s: float
+    first_run_s: float
+    latency: LatencyStats
+    batch: int
+    throughput: float  # items per second at `batch`
+    peak_rss: int
+    session_rss: int  # peak minus the process's footprint before the session existed
+    ratio: tuple[float, float, float] = (1.0, 1.0, 1.0)  # p50 vs the first variant: median, min, max over rounds
+    placement: Placement | None = None
+    profile: ProfileSummary | None = None
+    startup: LatencyStats | None = None  # repeated session creation (ms), when asked for
+    startup_ratio: tuple[float, float, float] | None = None
+    streams: int = 1  # with more than one, latency figures are wall time per request at that concurrency
+
+
+@dataclass
+class BenchReport:
+    variants: list[VariantResult]
+    rounds: int
+    wall_s: float
+    feeds: dict
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for result, variant in zip(self.variants, data["variants"]):
+            variant["placement"] = result.placement.to_dict() if result.placement else None
+            variant["latency"]["spread"] = list(result.latency.spread)
+            if result.profile:  # the full node map is long; the top nodes say enough
+                variant["profile"].pop("node_providers", None)
+        return data
+
+
+class _Running:
+    """One variant's subprocess and the samples gathered from it."""
+
+    def __init__(self, variant: Variant) -> None:
+        self.variant = variant
+        self.process = MeasureProcess(variant.label)
+        self.loaded: dict = {}
+        self.rounds: list[list[int]] = []
+        self.startup_rounds: list[list[int]] = []
+        self.estimate_ns = 1
+        self.offset = 0
+
+    def run(self, count: int) -> list[int]:
+        times = self.process.call("run", count=count, offset=self.offset, streams=self.variant.streams)
+        self.offset += count
+        return times
+
+    def block_size(self, seconds: float) -> int:
+        return max(1, min(MAX_BLOCK_RUNS, int(seconds * 1e9 / self.estimate_ns)))
+
+
+def _batch_size(feeds: FeedSet) -> int:
+    first = next(iter(feeds.samples[0].values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim > 0 else 1
+
+
+def bench(variants: list[Variant], options: BenchOptions | None = None, progress: Progress | None = None) -> BenchReport:
+    """Measure every variant in its own process, interleaved; ratios are to the first variant."""
+    options = options or BenchOptions()
+    report_progress = progress or (lambda what, fraction: None)
+    started = time.perf_counter()
+    running = [_Running(variant) for variant in variants]
+    try:
+        for item in running:
+            item.process.call("ping")
+        for item in running:
+            report_progress(f"creating session: {item.variant.label}", 0.0)
+            _load(item)
+        for item in running:
+            report_progress(f"warming up: {item.variant.label}", 0.05)
+            _warm_up(item, options)
+        _timed_rounds(running, options, report_progress)
+        _startup_rounds(running, options, report_progress)
+        results = [_collect(item, options, report_progress) for item in running]
+    finally:
+        for item in running:
+            item.process.close()
+    for result, item in zip(results, running):
+        result.ratio = ratio_spread(item.rounds, running[0].rounds)
+        if item.startup_rounds:
+            result.startup = latency_stats([t for r in item.startup_rounds for t in r], item.startup_rounds)
+            result.startup_ratio = ratio_spread(item.startup_rounds, running[0].startup_rounds)
+    notes = []
+    if len(variants) > 1:
+        notes.append("ratios are per-round p50 ratios to the first variant: median (min–max) over interleaved rounds")
+    if any(variant.streams > 1 for variant in variants):
+        notes.append("with several requests in flight, latency figures are wall time per request (1 / throughput), not one request's latency")
+    return BenchReport(results, len(running[0].rounds), time.perf_counter() - started, variants[0].feeds.to_dict(), notes)
+
+
+def _load(item: _Running) -> None:
+    source, entries = item.variant.model.ort_source()
+    item.loaded = item.process.call(
+        "load",
+        source=source,
+        entries=entries,
+        name=item.variant.model.name,
+        config=item.variant.config,
+        feeds=item.variant.feeds.samples,
+    )
+
+
+def _warm_up(item: _Running, options: BenchOptions) -> None:
+    first = item.run(1)
+    item.estimate_ns = max(first[0], 1)
+    warm = item.run(item.block_size(options.warmup_seconds))
+    item.estimate_ns = max(sorted(warm)[len(warm) // 2], 1)
+
+
+def _timed_rounds(running: list[_Running], options: BenchOptions, progress: Progress) -> None:
+    budget = options.max_seconds * len(running)
+    start = time.perf_counter()
+    round_index = 0
+    while True:
+        # Rotate who goes first so no variant always runs right after another's cache-thrashing block.
+        order = running[round_index % len(running):] + running[: round_index % len(running)]
+        for item in order:
+            item.rounds.append([])
+        for item in order:
+            item.rounds[-1] = item.run(item.block_size(options.block_seconds))
+        round_index += 1
+        elapsed = time.perf_counter() - start
+        progress(f"timing round {round_index}", min(0.9, 0.1 + 0.8 * elapsed / budget))
+        if elapsed >= budget:
+            return
+        enough = round_index >= options.min_rounds and all(
+            sum(map(len, item.rounds)) >= options.min_samples for item in running
+        )
+        if enough and all(median_is_stable(item.rounds, options.stability) for item in running):
+            return
+
+
+def _startup_rounds(running: list[_Running], options: BenchOptions, progress: Progress) -> None:
+    """Session creation timed again and again, one variant after another, so noise hits all alike."""
+    for round_index in range(options.startup_rounds):
+        progress(f"timing session start-up, round {round_index + 1}", 0.9)
+        for item in running:
+            item.startup_rounds.append(item.process.call("startup", count=1))
+
+
+def _collect(item: _Running, options: BenchOptions, progress: Progress) -> VariantResult:
+    samples = [t for block in item.rounds for t in block]
+    stats = latency_stats(samples, item.rounds)
+    memory = item.process.call("memory")
+    profile = None
+    if options.profile:
+        progress(f"profiling: {item.variant.label}", 0.95)
+        runs = max(1, min(200, int(options.profile_seconds * 1e9 / item.estimate_ns)))
+        profile = item.process.call("profile", runs=runs)
+    batch = _batch_size(item.variant.feeds)
+    return VariantResult(
+        label=item.variant.label,
+        model=str(item.variant.model.path or item.variant.model.name),
+        config=item.variant.config.to_dict(),
+        providers=item.loaded["providers"],
+        create_s=item.loaded["create_s"],
+        first_run_s=item.loaded["first_run_s"],
+        latency=stats,
+        batch=batch,
+        throughput=batch / (stats.p50 / 1e3) if stats.p50 > 0 else float("nan"),
+        peak_rss=memory["peak_rss"],
+        session_rss=max(0, memory["peak_rss"] - item.loaded["baseline_rss"]),
+        placement=item.loaded["placement"],
+        profile=profile,
+        streams=item.variant.streams,
+    )

@@ -1,0 +1,81 @@
+"""The deployable artifact `tune` writes: model.onnx (+ data), ortforge.json, report.html.
+
+`ortforge.json` holds the session config a plain ORT user applies by hand (providers and options,
+graph optimization level, threads, execution mode, session config entries), the hardware and
+software it was measured on, the figures with their spreads, and the command that reproduces it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from ortforge.core import runtime
+from ortforge.core.errors import UserError
+from ortforge.core.files import atomic_write_text
+from ortforge.core.machine import machine_info
+from ortforge.core.model import Model, save_model
+from ortforge.core.session import SessionConfig
+from ortforge.version import __version__
+
+FORMAT = "ortforge-artifact/1"
+CONFIG_FILE = "ortforge.json"
+MODEL_FILE = "model.onnx"
+REPORT_FILE = "report.html"
+
+
+def is_artifact(path: str | os.PathLike[str]) -> bool:
+    return Path(path).is_dir() and (Path(path) / CONFIG_FILE).is_file()
+
+
+def read_artifact(path: str | os.PathLike[str]) -> tuple[Path, SessionConfig, dict]:
+    """The model file, its session config and the whole record of an artifact folder."""
+    folder = Path(path)
+    try:
+        record = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{folder / CONFIG_FILE}: not a readable ortforge artifact record ({exc})") from None
+    if record.get("format") != FORMAT:
+        raise UserError(f"{folder / CONFIG_FILE}: format '{record.get('format')}' is not {FORMAT}")
+    return folder / record.get("model", MODEL_FILE), SessionConfig.from_dict(record["session"], where=str(folder / CONFIG_FILE)), record
+
+
+def environment() -> dict[str, Any]:
+    machine = machine_info()
+    return {
+        "ortforge": __version__,
+        "onnxruntime": runtime.version(),
+        "onnxruntime_flavour": runtime.flavour(),
+        "providers": runtime.available_providers(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": machine.cpu.model,
+        "cpu_features": list(machine.cpu.features),
+        "cores": {"physical": machine.cpu.physical_cores, "logical": machine.cpu.logical_cores},
+        "gpus": [gpu.__dict__ for gpu in machine.gpus],
+    }
+
+
+def write_artifact(folder: Path, model: Model, source: Model, config: SessionConfig, record: dict[str, Any], report_html: str) -> Path:
+    """Write the artifact atomically: build it in a sibling temporary folder, then move it into place."""
+    if folder.exists() and not is_artifact(folder) and any(folder.iterdir()):
+        raise UserError(f"{folder}: exists and is not an ortforge artifact; choose an empty or new folder")
+    staging = folder.parent / f".{folder.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        save_model(model.proto, staging / MODEL_FILE, source=source)
+        full = {"format": FORMAT, "model": MODEL_FILE, "session": config.to_dict(), **record, "environment": environment()}
+        atomic_write_text(staging / CONFIG_FILE, json.dumps(full, indent=2, default=str))
+        atomic_write_text(staging / REPORT_FILE, report_html)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
