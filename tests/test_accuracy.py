@@ -1,17 +1,14 @@
-"""Accuracy metrics, tolerances and the --eval hook."""
+"""Accuracy metrics, the tolerance vocabulary and the eval hook."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ortforge.accuracy.metrics import (
-    Tolerance,
-    compare,
-    load_eval_hook,
-    parse_tolerance,
-)
-from ortforge.core.errors import UserError
+from ortforge.accuracy.hooks import load_eval_hook
+from ortforge.accuracy.metrics import compare
+from ortforge.accuracy.tolerance import Tolerance, close, parse_tolerances
+from ortforge.core.errors import OptionError, UserError
 
 
 def test_metrics_on_known_differences():
@@ -49,12 +46,30 @@ def test_tiny_outputs_pool_cosine_over_samples():
 
 
 def test_tolerances_parse_and_judge():
-    assert parse_tolerance("cosine=0.99") == Tolerance("cosine", 0.99)
+    assert parse_tolerances(["cosine=0.99"]) == [Tolerance("cosine", 0.99)]
     assert Tolerance("cosine", 0.99).met_by(0.995) and not Tolerance("cosine", 0.99).met_by(0.98)
     assert Tolerance("max_abs", 1e-3).met_by(1e-4) and not Tolerance("max_abs", 1e-3).met_by(1e-2)
-    for bad in ("cosine", "speed=1", "cosine=high"):
-        with pytest.raises(UserError, match="--tolerance"):
-            parse_tolerance(bad)
+    assert not Tolerance("max_abs", 1e-3).met_by(float("nan"))
+    for bad in ("cosine", "speed=1", "cosine=high", "cosine=2", "max_abs=-1", "cosine=nan", "rtol=-1"):
+        with pytest.raises(OptionError, match="^tolerance="):
+            parse_tolerances([bad])
+
+
+def test_rtol_and_atol_spell_one_close_bound_over_the_defaults():
+    defaults = [close(1e-2, 1e-3)]
+    assert parse_tolerances([], defaults) == defaults
+    assert parse_tolerances(["rtol=1e-4"], defaults) == [close(1e-4, 1e-3)]  # the default atol stays
+    assert parse_tolerances(["atol=0.5", "cosine=0.9"]) == [Tolerance("cosine", 0.9), close(0.0, 0.5)]
+
+
+def test_close_metric_is_allclose_and_nan_aware():
+    reference = [{"y": np.array([1.0, 100.0, np.nan, 0.0] * 5)}]
+    near = [{"y": np.array([1.005, 100.5, np.nan, 0.0] * 5)}]
+    assert compare(reference, near, close=(1e-2, 1e-3)).metric("close") <= 1.0  # within, NaN where the reference has NaN
+    far = [{"y": np.array([1.05, 100.0, np.nan, 0.0] * 5)}]
+    assert compare(reference, far, close=(1e-2, 1e-3)).metric("close") > 1.0
+    nan_out = [{"y": np.array([1.0, 100.0, np.nan, np.nan] * 5)}]
+    assert compare(reference, nan_out, close=(1e-2, 1e-3)).metric("close") == float("inf")
 
 
 def test_eval_hook(tmp_path, monkeypatch):
@@ -69,3 +84,5 @@ def test_eval_hook(tmp_path, monkeypatch):
     assert report.metric("eval") == 0.5
     with pytest.raises(UserError, match="no function 'nope'"):
         load_eval_hook("metric:nope")
+    with pytest.raises(OptionError, match="^eval_hook=nosuchmodule:f: hook module cannot be imported"):
+        load_eval_hook("nosuchmodule:f")

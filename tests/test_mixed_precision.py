@@ -10,15 +10,21 @@ from helpers import linear_model, make_model, save, tensor, weight
 from ortforge.commands.fp16 import fp16
 from ortforge.core.errors import UserError
 from ortforge.core.model import load_model
+from ortforge.accuracy.judge import Judge
+from ortforge.accuracy.tolerance import close
 from ortforge.core.session import run_outputs
 from ortforge.data import FeedSet
-from ortforge.searches.mixed_precision import (
-    search_mixed_precision,
-    simulated_outputs,
-    within,
-)
+from ortforge.searches.mixed_precision import search_mixed_precision, simulated_outputs
 from ortforge.transforms.fp16 import Fp16Options, plan_fp16
 
+
+
+def within(reference, candidate, rtol, atol):
+    return Judge(reference, [close(rtol, atol)])(candidate).passed
+
+
+def judge_of(model, data, rtol, atol):
+    return Judge(run_outputs(model, data), [close(rtol, atol)])
 
 def sensitive_model():
     """exp(x @ w) / sum: the Exp amplifies fp16 rounding; the rest of the graph is harmless."""
@@ -51,7 +57,7 @@ def test_search_meets_a_tolerance_full_fp16_misses(model):
     plan = plan_fp16(model, Fp16Options(provider=None))  # ONNX schemas: everything convertible goes fp16
     reference = run_outputs(model, data)
     assert not within(reference, simulated_outputs(model, plan, data), 1e-2, 1e-3)  # exp overflows fp16
-    found, report = search_mixed_precision(model, plan, data, rtol=1e-2, atol=1e-3)
+    found, report = search_mixed_precision(model, plan, data, judge_of(model, data, 1e-2, 1e-3))
     assert within(reference, simulated_outputs(model, found, data), 1e-2, 1e-3)
     assert "exp" not in found.fp16_nodes() and "project" in found.fp16_nodes()
     assert 1 <= len(report.kept_fp32) < len(plan.fp16_nodes())
@@ -61,7 +67,7 @@ def test_search_meets_a_tolerance_full_fp16_misses(model):
 
 def test_nothing_fits_a_tolerance_no_fp16_node_meets_alone(model):
     data = feeds()
-    found, report = search_mixed_precision(model, plan_fp16(model, Fp16Options(provider=None)), data, rtol=1e-6, atol=1e-7)
+    found, report = search_mixed_precision(model, plan_fp16(model, Fp16Options(provider=None)), data, judge_of(model, data, 1e-6, 1e-7))
     assert found.fp16_nodes() == [] and "every node stays fp32" in report.notes[0]
     assert within(run_outputs(model, data), simulated_outputs(model, found, data), 1e-6, 1e-7)
 
@@ -86,7 +92,7 @@ def test_search_keeps_the_heavy_harmless_node_in_fp16(tmp_path):
     rng = np.random.default_rng(3)
     data = FeedSet([{"x": (rng.integers(-16, 17, (1, 16)) / 8).astype(np.float32)} for _ in range(3)], "test", generated=False)
     plan = plan_fp16(model, Fp16Options(provider=None))
-    found, report = search_mixed_precision(model, plan, data, rtol=1e-4, atol=1e-5)
+    found, report = search_mixed_precision(model, plan, data, judge_of(model, data, 1e-4, 1e-5))
     assert within(run_outputs(model, data), simulated_outputs(model, found, data), 1e-4, 1e-5)
     assert "project" in found.fp16_nodes() and "exp" not in found.fp16_nodes()
     assert dict(report.kept_fp32)["exp"].startswith("Exp: its group")
@@ -96,17 +102,17 @@ def test_search_keeps_the_heavy_harmless_node_in_fp16(tmp_path):
 def test_a_harmless_model_needs_one_evaluation(tmp_path):
     model = load_model(save(linear_model(16), tmp_path / "linear.onnx"))
     plan = plan_fp16(model, Fp16Options(provider=None))
-    _, report = search_mixed_precision(model, plan, feeds(), rtol=1e-2, atol=1e-2)
+    _, report = search_mixed_precision(model, plan, feeds(), judge_of(model, feeds(), 1e-2, 1e-2))
     assert report.evaluations == 1 and report.kept_fp32 == []
 
 
 def test_fp16_command_refuses_then_auto_writes(tmp_path, model):
     np.savez(tmp_path / "x.npz", x=feeds(1).samples[0]["x"])
     out = tmp_path / "half.onnx"
-    with pytest.raises(UserError, match="outside rtol"):
-        fp16(str(tmp_path / "m.onnx"), out, ep="cuda", rtol=1e-5, atol=1e-6, data=str(tmp_path / "x.npz"))
+    with pytest.raises(UserError, match="outside rtol=1e-05 atol=1e-06"):
+        fp16(str(tmp_path / "m.onnx"), out, ep="cuda", tolerances=["rtol=1e-5", "atol=1e-6"], data=str(tmp_path / "x.npz"))
     assert not out.exists()
-    report = fp16(str(tmp_path / "m.onnx"), out, ep="cuda", auto=True, rtol=1e-4, atol=1e-5, data=str(tmp_path / "x.npz"))
+    report = fp16(str(tmp_path / "m.onnx"), out, ep="cuda", auto=True, tolerances=["rtol=1e-4", "atol=1e-5"], data=str(tmp_path / "x.npz"))
     assert out.exists() and report.within_tolerance and report.search.evaluations >= 1
     assert load_model(out).proto.graph.input[0].type.tensor_type.elem_type == 1  # float32 I/O kept
 
@@ -127,7 +133,7 @@ def test_judging_on_an_ep_runs_the_converted_model_there(model):
     plan = plan_fp16(model, Fp16Options(provider="CPUExecutionProvider"))
     real = fp16_outputs(model, plan, data, judge_on="CPUExecutionProvider")  # the converted model, run
     assert within(run_outputs(model, data), real, 1e-2, 1e-3)
-    found, report = search_mixed_precision(model, plan_fp16(model, Fp16Options(provider=None)), data, 1e-2, 1e-3, judge_on="CPUExecutionProvider")
+    found, report = search_mixed_precision(model, plan_fp16(model, Fp16Options(provider=None)), data, judge_of(model, data, 1e-2, 1e-3), judge_on="CPUExecutionProvider")
     assert within(run_outputs(model, data), fp16_outputs(model, found, data, "CPUExecutionProvider"), 1e-2, 1e-3)
 
 

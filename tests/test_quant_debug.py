@@ -7,7 +7,7 @@ import pytest
 from onnx import helper
 
 from helpers import make_model, save, tensor, weight
-from ortforge.accuracy.metrics import Tolerance
+from ortforge.accuracy.tolerance import Tolerance
 from ortforge.analysis.quant_errors import debug_quantization
 from ortforge.commands.quant_debug import plot, quant_debug
 from ortforge.commands.quantize import quantize_model
@@ -81,7 +81,7 @@ def test_automatic_exclusion_meets_a_tolerance_plain_quantization_misses(wide, t
     tolerance = [Tolerance("cosine", 0.99)]
     quick = BenchOptions(max_seconds=0.3, warmup_seconds=0.05, block_seconds=0.05, min_rounds=2)
     report = quantize_model(wide, tmp_path / "q.onnx", [recipe], calibration, evaluation, tolerances=tolerance, measure=quick)
-    plain, repaired = report.outcomes[1], report.outcomes[2]
+    plain, repaired = report.trials[1], report.trials[2]
     assert not plain.passed and repaired.passed and report.chosen is repaired
     assert report.exclusion.met and 1 <= len(report.exclusion.excluded) <= 2
     assert report.exclusion.excluded[0].node == "narrow/MatMulAddFusion"

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from helpers import linear_model, save
-from ortforge.commands.tune_session import AFFINITY, SPINNING, candidates, tune_session
-from ortforge.core.session import ProviderSpec, SessionConfig
+from ortforge.commands.tune_session import candidates, tune_session
+from ortforge.core.session import SPINNING, ProviderSpec, SessionConfig
 from ortforge.measure.bench import BenchOptions
 from ortforge.measure.compare import CandidateScore, consistent_winner
+from ortforge.tuning.sessions import AFFINITY
 
 
 def test_candidates_change_one_thing_from_the_defaults():
     found = {c.label: c.config for c in candidates(SessionConfig(), cores=4)}
     assert found["ORT defaults"] == SessionConfig()
-    assert [found[f"intra_op_num_threads={n}"].intra_op_num_threads for n in range(1, 5)] == [1, 2, 3, 4]
-    assert found["intra_op_num_threads=4, pinned"].config_entries[AFFINITY] == "2;3;4"  # one group per extra thread
+    assert [found[f"{n} intra-op thread(s)"].intra_op_num_threads for n in range(1, 5)] == [1, 2, 3, 4]
+    assert found["4 intra-op thread(s), pinned"].config_entries[AFFINITY] == "2;3;4"  # one group per extra thread
     assert found["no spinning"].config_entries[SPINNING] == "0"
     assert found["parallel execution, 2 inter-op threads"].execution_mode == "parallel"
     assert not found["no CPU memory arena"].enable_cpu_mem_arena

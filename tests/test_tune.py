@@ -46,7 +46,7 @@ def test_artifact_holds_model_config_and_report(tuned):
     assert record["figures"]["latency_ratio"]["median"] > 0
     assert record["environment"]["onnxruntime"]
     chosen = report.result.chosen
-    assert chosen.trial.passes(report.tolerances)[0]
+    assert chosen.trial.passed
     if chosen is not report.result.baseline:  # never slower than the baseline, consistently
         assert chosen.score.ratio < 1.0 and chosen.score.wins >= 0.75
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
@@ -162,12 +162,12 @@ def test_startup_objective_considers_offline_optimization(cache, tmp_path):
 
 
 def test_throughput_objective_tries_requests_in_flight(cache, tmp_path):
-    from ortforge.tuning.candidates import session_candidates
+    from ortforge.tuning.sessions import session_space
 
-    assert not any(c.streams > 1 for c in session_candidates(["CPUExecutionProvider"], cores=2))
-    levels = {c.config.graph_optimization_level for c in session_candidates(["CPUExecutionProvider"], cores=2, objective="startup")}
+    assert not any(c.streams > 1 for c in session_space(providers=["CPUExecutionProvider"], cores=2))
+    levels = {c.config.graph_optimization_level for c in session_space(providers=["CPUExecutionProvider"], cores=2, objective="startup")}
     assert {"basic", "extended"} <= levels
-    concurrent = [c for c in session_candidates(["CPUExecutionProvider"], cores=2, objective="throughput") if c.streams > 1]
+    concurrent = [c for c in session_space(providers=["CPUExecutionProvider"], cores=2, objective="throughput") if c.streams > 1]
     assert [(c.streams, c.config.intra_op_num_threads) for c in concurrent] == [(2, 1)]
     model = save(conv_net(), tmp_path / "cnn.onnx")
     seen = []
@@ -183,12 +183,13 @@ def test_throughput_objective_tries_requests_in_flight(cache, tmp_path):
 
 
 def test_a_missed_int8_candidate_gets_nodes_kept_float_and_the_search_is_cached(cache, tmp_path, monkeypatch):
-    from ortforge.accuracy.metrics import Tolerance
+    from ortforge.accuracy.judge import Judge
+    from ortforge.accuracy.tolerance import Tolerance
     from ortforge.core.model import load_model
     from ortforge.core.session import run_outputs
     from ortforge.searches import exclusion
+    from ortforge.searches.trial import Candidate
     from ortforge.transforms.quantize import QuantizeOptions
-    from ortforge.tuning.candidates import PrecisionCandidate, frozen_options
     from ortforge.tuning.runner import LocalRunner
     from test_quant_debug import feeds, wide_range_model
 
@@ -196,14 +197,14 @@ def test_a_missed_int8_candidate_gets_nodes_kept_float_and_the_search_is_cached(
     calibration, evaluation = feeds(16, 0), feeds(16, 1)
     tolerances = [Tolerance("cosine", 0.99)]
     recipe = QuantizeOptions(mode="static", op_types=("MatMul",))
-    runner = LocalRunner(model, calibration, evaluation, run_outputs(model, evaluation), cache)
-    missed = runner.build(PrecisionCandidate(recipe.describe(), "int8", frozen_options(recipe)))
-    assert not missed.passes(tolerances)[0]
-    repaired = runner.exclusion(missed, tolerances)
+    runner = LocalRunner(model, calibration, evaluation, Judge(run_outputs(model, evaluation), tolerances), cache)
+    missed = runner.build(Candidate.of_recipe(recipe))
+    assert not missed.passed
+    repaired = runner.exclusion(missed)
     assert repaired is not None and "kept float" in repaired.label and repaired.settings["exclude"]
-    assert runner.build(repaired).passes(tolerances)[0]  # judged on the evaluation half, which the search never saw
+    assert runner.build(repaired).passed  # judged on the evaluation half, which the search never saw
     monkeypatch.setattr(exclusion, "search_exclusions", lambda *a, **k: pytest.fail("searched again"))
-    assert runner.exclusion(missed, tolerances) == repaired
+    assert runner.exclusion(missed) == repaired
 
 
 def test_session_options_are_screened_before_the_final_run(tuned):
@@ -223,9 +224,9 @@ def test_confirmation_picks_the_runner_up_when_it_is_faster_head_to_head():
     """A scripted runner (per-round medians given): the selection rule, apart from any timing noise."""
     from ortforge.measure.bench import BenchReport, VariantResult
     from ortforge.measure.stats import latency_stats
-    from ortforge.tuning.candidates import PrecisionCandidate, SessionCandidate
-    from ortforge.tuning.runner import Trial
+    from ortforge.searches.trial import Candidate, Trial
     from ortforge.tuning.search import Clock, Finalist, TuneOptions, _confirm, score
+    from ortforge.tuning.sessions import SessionCandidate
 
     def result(label, round_ms):
         rounds = [[int(ms * 1e6)] for ms in round_ms]
@@ -238,7 +239,7 @@ def test_confirmation_picks_the_runner_up_when_it_is_faster_head_to_head():
             return BenchReport([result(t.label, timings[t.label]) for t in targets], 8, 1.0, {})
 
     def finalist(label, ratio):
-        found = Finalist(label, Trial(PrecisionCandidate(label, "int8"), None), SessionCandidate("ORT defaults"))
+        found = Finalist(label, Trial(Candidate(label, "int8")), SessionCandidate("ORT defaults"))
         found.score = score(result(label, [ratio * 10] * 8), result("fp32", timings["fp32"]))
         return found
 
@@ -251,22 +252,24 @@ def test_confirmation_picks_the_runner_up_when_it_is_faster_head_to_head():
 
 
 def test_exclusion_runs_only_when_no_int8_recipe_met_the_tolerance():
-    from ortforge.tuning.candidates import PrecisionCandidate
-    from ortforge.tuning.runner import Trial
+    from ortforge.accuracy.judge import Judge
+    from ortforge.accuracy.tolerance import Tolerance
+    from ortforge.searches.trial import Candidate, Trial
     from ortforge.tuning.search import Clock, _exclude
 
     asked = []
 
     class Recording:
-        def exclusion(self, trial, tolerances, progress=None):
+        def exclusion(self, trial, progress=None):
             asked.append(trial.candidate.label)
 
     def trial(label, cosine):
-        return Trial(PrecisionCandidate(label, "int8"), model=object(), metrics={"cosine": cosine})
+        verdict = Judge([], [Tolerance("cosine", 0.99)]).decide_measured({"cosine": cosine})
+        return Trial(Candidate(label, "int8"), model=object(), verdict=verdict)
 
     missed_a, missed_b, accurate = trial("a", 0.95), trial("b", 0.97), trial("c", 0.999)
     rejected: list = []
-    _exclude(Recording(), [missed_a, missed_b, accurate], [accurate], rejected, [], Clock(60), lambda *_: None)
+    _exclude(Recording(), [missed_a, missed_b, accurate], [accurate], rejected, Clock(60), lambda *_: None)
     assert asked == []
-    _exclude(Recording(), [missed_a, missed_b], [], rejected, [], Clock(60), lambda *_: None)
+    _exclude(Recording(), [missed_a, missed_b], [], rejected, Clock(60), lambda *_: None)
     assert asked == ["b"] and rejected[-1][1] == "no set of nodes kept in float met the tolerance"

@@ -51,11 +51,20 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0, help="seed for generated inputs")
 
 
-def _add_tolerance(parser: argparse.ArgumentParser) -> None:
+def _add_tolerance(parser: argparse.ArgumentParser, default: str) -> None:
     group = parser.add_argument_group("accuracy gate")
-    group.add_argument("--rtol", type=float, default=None, help="relative tolerance vs the original's outputs (default 1e-5)")
-    group.add_argument("--atol", type=float, default=None, help="absolute tolerance (default 1e-5)")
+    group.add_argument("--tolerance", action="append", default=[], metavar="METRIC=VALUE",
+                       help=f"bound on the outputs vs the original's: cosine=0.99, top1=1, max_abs=1e-2, rel=1e-2, mean_abs=..., eval=..., "
+                            f"rtol=R and atol=A for an allclose bound (default: {default})")  # fmt: skip
+    group.add_argument("--rtol", type=float, default=None, help="same as --tolerance rtol=R")
+    group.add_argument("--atol", type=float, default=None, help="same as --tolerance atol=A")
     group.add_argument("--force", action="store_true", help="write the result even when outputs are outside tolerance (the report says so)")
+
+
+def _tolerances(args: argparse.Namespace) -> list[str]:
+    """--tolerance entries, with --rtol/--atol as their other spelling."""
+    spelled = [f"{name}={getattr(args, name)!r}" for name in ("rtol", "atol") if getattr(args, name, None) is not None]
+    return list(args.tolerance) + spelled
 
 
 def _shape_options(args: argparse.Namespace) -> ShapeOptions | None:
@@ -152,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     fusion.add_argument("--only-onnxruntime", action="store_true", help="ORT's graph optimizer only, no Python fusions")
     fusion.add_argument("--use-gpu", action="store_true", help="fuse for a GPU EP")
     fusion.add_argument("--attention-mask-format", choices=["auto", "index", "index_start_end", "raw", "none"], default="auto")
-    _add_tolerance(optimize)
+    _add_tolerance(optimize, "rtol=1e-5 atol=1e-5 against online optimization")
     optimize.add_argument("--no-measure", action="store_true", help="skip the start-up / latency comparison with online optimization")
     optimize.add_argument("--time", type=float, default=3.0, help="seconds of timed runs per variant for the comparison (default 3)")
     _add_data(optimize)
@@ -215,11 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     half.add_argument("--block-op", nargs="+", default=[], metavar="OPTYPE", help="op types to keep in fp32")
     half.add_argument("--block-node", nargs="+", default=[], metavar="NAME", help="nodes to keep in fp32")
     half.add_argument("--ep", help="the EP whose fp16 kernels count (default: a GPU EP if present, else the CPU)")
-    half.add_argument("--auto", action="store_true", help="mixed precision: the fewest fp32 nodes that keep outputs within --rtol/--atol")
-    half.add_argument("--rtol", type=float, default=1e-2)
-    half.add_argument("--atol", type=float, default=1e-3)
-    half.add_argument("--eval", metavar="MODULE:FUNCTION", help="validate function(outputs, reference) -> bool, applied on top of rtol/atol")
-    half.add_argument("--force", action="store_true", help="write even when simulated outputs are outside tolerance")
+    half.add_argument("--auto", action="store_true", help="mixed precision: the fewest fp32 nodes that keep outputs within the tolerance")
+    half.add_argument("--eval", metavar="MODULE:FUNCTION", help="your check: function(outputs, reference) -> bool (or a score, bounded by --tolerance eval=V)")
+    _add_tolerance(half, "rtol=1e-2 atol=1e-3")
     _add_data(half)
     _add_shapes(half)
     _add_json(half)
@@ -362,8 +369,7 @@ def run_optimize(args: argparse.Namespace, console: Any) -> None:
             data=args.data,
             samples=args.samples,
             shape_options=_shape_options(args),
-            rtol=args.rtol,
-            atol=args.atol,
+            tolerances=_tolerances(args),
             force=args.force,
             measure=measure,
             transformer=transformer,
@@ -436,7 +442,7 @@ def run_fp16(args: argparse.Namespace, console: Any) -> None:
     with _progress(_stderr_console().is_terminal) as progress:
         progress("planning fp16" + (" and searching" if args.auto else ""), 0.2)
         report = fp16(args.model, args.output, keep_io_types=not args.no_keep_io_types, block_ops=args.block_op, block_nodes=args.block_node,
-                          ep=args.ep, auto=args.auto, rtol=args.rtol, atol=args.atol, data=args.data, samples=args.samples,
+                          ep=args.ep, auto=args.auto, tolerances=_tolerances(args), data=args.data, samples=args.samples,
                           shape_options=_shape_options(args), eval_hook=args.eval, force=args.force)  # fmt: skip
     _emit_json(report) if args.json else render_fp16(report, console)
 

@@ -1,138 +1,150 @@
-"""The gate every transform passes before its result is written: same feeds, outputs within tolerance."""
+"""THE judge: a candidate's outputs against the reference's on the same feeds, under tolerances and the user's hook.
+
+Every command that writes a model asks the judge before writing: optimize (offline vs online graph),
+quantize (each recipe, and each exclusion set its search tries), fp16 (the plan, and each choice its
+search tries) and tune (every candidate). One vocabulary of tolerances (`tolerance.py`), one verdict.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
-from ortforge.accuracy.metrics import paired_tensors
+from ortforge.accuracy.hooks import hook_identity
+from ortforge.accuracy.metrics import ALL_METRICS, AccuracyReport, Outputs, compare
+from ortforge.accuracy.tolerance import Tolerance
 from ortforge.core.errors import UserError
 from ortforge.core.model import Model
-from ortforge.core.session import SessionConfig, run_checked
+from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.data import FeedSet
 
-DEFAULT_RTOL = 1e-5
-DEFAULT_ATOL = 1e-5
+# What the verdict's summary shows besides the bounded metrics, when measured.
+SHOWN = ("cosine", "top1", "max_abs", "rel")
 
 
 @dataclass
-class OutputDiff:
-    name: str
-    max_abs: float
-    max_rel: float  # |a-b| / max(|a|, tiny), worst element
-    mismatched: int  # elements outside atol + rtol*|reference|
-    elements: int
-    cosine: float | None = None  # for float outputs
-
-
-@dataclass
-class Verification:
-    """How a candidate's outputs compare with the original's on the same feeds."""
+class Verdict:
+    """Whether a candidate met every tolerance, what was measured, and why it failed if it did."""
 
     passed: bool
-    rtol: float
-    atol: float
-    samples: int
-    generated_inputs: bool
-    outputs: list[OutputDiff] = field(default_factory=list)
-    problem: str = ""  # why it failed, in one line
+    tolerances: list[Tolerance]
+    measured: dict[str, float] = field(default_factory=dict)  # metric -> worst over outputs and samples
+    failures: list[str] = field(default_factory=list)  # one line per tolerance missed, or the structural problem
+    samples: int = 0
+    generated_inputs: bool = False
+    accuracy: AccuracyReport | None = None  # per-output detail
     reference: str = "the original"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.failures)
 
     def summary(self) -> str:
-        worst = max(self.outputs, key=lambda o: o.max_abs, default=None)
-        figures = f"max abs diff {worst.max_abs:.3g}, max rel diff {worst.max_rel:.3g}" if worst else "no outputs"
+        bounds = ", ".join(t.describe() for t in self.tolerances) or "no tolerance"
+        figures = ", ".join(f"{name} {self.measured[name]:.4g}" for name in SHOWN if name in self.measured)
         verdict = "within" if self.passed else "OUTSIDE"
-        return f"outputs {verdict} rtol={self.rtol:g} atol={self.atol:g} of {self.reference} on {self.samples} sample(s): {figures}"
+        text = f"outputs {verdict} {bounds} of {self.reference} on {self.samples} sample(s)" + (f": {figures}" if figures else "")
+        return text if self.passed else f"{text} ({self.reason})"
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "tolerances": [t.describe() for t in self.tolerances],
+            "measured": self.measured,
+            "failures": self.failures,
+            "samples": self.samples,
+            "generated_inputs": self.generated_inputs,
+            "reference": self.reference,
+            "outputs": [asdict(o) for o in self.accuracy.outputs] if self.accuracy else [],
+        }
 
 
-def run_all(model: Model, config: SessionConfig, feeds: FeedSet) -> list[list[np.ndarray]]:
-    session = config.build(model)
-    return [run_checked(session, feed, model.name, index) for index, feed in enumerate(feeds.samples)]
+class Judge:
+    """Holds the reference outputs, the tolerances and the hook; judges candidates' outputs against them."""
 
+    def __init__(self, reference: Outputs, tolerances: Sequence[Tolerance], hook: Callable | None = None, *,
+                 feeds: FeedSet | None = None, metrics: Sequence[str] = ALL_METRICS, reference_label: str = "the original") -> None:  # fmt: skip
+        self.reference, self.tolerances, self.hook = reference, list(tolerances), hook
+        self.bounded = tuple(dict.fromkeys(t.metric for t in self.tolerances if t.metric in ALL_METRICS))
+        self.metrics = tuple(dict.fromkeys([*metrics, *self.bounded]))
+        closes = [t for t in self.tolerances if t.metric == "close"]
+        if len(closes) > 1:
+            raise UserError("give one rtol/atol bound, not several")
+        self.close = (closes[0].rtol, closes[0].atol) if closes else None
+        self.samples = len(reference)
+        self.generated = bool(feeds is not None and feeds.generated)
+        self.reference_label = reference_label
 
-def compare_outputs(
-    reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]], names: list[str], rtol: float, atol: float
-) -> list[OutputDiff]:
-    """Per output, the worst differences over all samples."""
-    diffs = []
-    for index, name in enumerate(names):
-        pair = paired_tensors([sample[index] for sample in reference], [sample[index] for sample in candidate])
-        if pair is None:
-            raise ShapeMismatch(f"output '{name}' holds a different number of tensors than the original's")
-        diffs.append(_diff(name, *pair, rtol, atol))
-    return diffs
+    def key(self) -> str:
+        """What decides this judge's verdicts besides the outputs: its tolerances and the hook's identity (for cache keys)."""
+        return json.dumps([[t.metric, t.value, t.rtol, t.atol] for t in self.tolerances] + [hook_identity(self.hook) if self.hook else ""])
 
+    def __call__(self, candidate: Outputs, *, detail: bool = True) -> Verdict:
+        """The verdict on a candidate's outputs; a candidate that cannot be compared fails with the reason.
 
-def _diff(name: str, expected: list[np.ndarray], actual: list[np.ndarray], rtol: float, atol: float) -> OutputDiff:
-    max_abs = max_rel = 0.0
-    mismatched = elements = 0
-    dots = norms_a = norms_b = 0.0
-    is_float = all(e.dtype.kind == "f" for e in expected)
-    for e, a in zip(expected, actual):
-        if e.shape != a.shape:
-            raise ShapeMismatch(f"output '{name}' has shape {list(a.shape)}, the original gives {list(e.shape)}")
-        if not is_float:
-            wrong = int(np.count_nonzero(e != a))
-            mismatched += wrong
-            elements += e.size
-            max_abs = max(max_abs, float(wrong > 0))
-            continue
-        e64, a64 = e.astype(np.float64), a.astype(np.float64)
-        error = np.abs(e64 - a64)
-        if error.size:
-            max_abs = max(max_abs, float(np.nanmax(error)))
-            max_rel = max(max_rel, float(np.nanmax(error / np.maximum(np.abs(e64), 1e-12))))
-        mismatched += int(np.count_nonzero(~np.isclose(a64, e64, rtol=rtol, atol=atol, equal_nan=True)))
-        elements += e.size
-        dots += float(np.sum(e64 * a64))
-        norms_a += float(np.sum(e64 * e64))
-        norms_b += float(np.sum(a64 * a64))
-    cosine = dots / np.sqrt(norms_a * norms_b) if is_float and norms_a > 0 and norms_b > 0 else None
-    return OutputDiff(name, max_abs, max_rel, mismatched, elements, cosine)
+        `detail=False` measures only the bounded metrics (searches that judge many times)."""
+        try:
+            report = compare(self.reference, candidate, self.hook, metrics=self.metrics if detail else self.bounded, close=self.close)
+        except UserError as exc:
+            return self.reject(str(exc))
+        return self.decide(report)
 
+    def reject(self, reason: str) -> Verdict:
+        """A failed verdict for a candidate that could not be compared at all (outputs renamed, a hook that raised)."""
+        return self._verdict(None, [reason])
 
-class ShapeMismatch(Exception):
-    """A candidate output whose shape differs from the reference's: no element-wise comparison applies."""
+    def decide(self, report: AccuracyReport) -> Verdict:
+        """Apply the tolerances (and a True/False hook) to measured metrics."""
+        failures = []
+        measured = report.measured()
+        for tolerance in self.tolerances:
+            if tolerance.metric not in measured:
+                failures.append(f"{tolerance.metric} does not apply to these outputs" if tolerance.metric != "eval" else "the eval tolerance needs an eval hook")
+            elif not tolerance.met_by(measured[tolerance.metric]):
+                failures.append(tolerance.miss(measured[tolerance.metric]))
+        if report.eval_check and not report.eval_score:
+            failures.append("the eval hook said no")
+        return self._verdict(report, failures)
+
+    def decide_measured(self, measured: dict[str, float]) -> Verdict:
+        """A verdict from metrics measured earlier (a cached build): same tolerances, same rules."""
+        report = AccuracyReport()
+        failures = [
+            (f"{t.metric} was not measured" if t.metric not in measured else t.miss(measured[t.metric]))
+            for t in self.tolerances
+            if t.metric not in measured or not t.met_by(measured[t.metric])
+        ]
+        verdict = self._verdict(report, failures)
+        verdict.measured = dict(measured)
+        return verdict
+
+    def _verdict(self, report: AccuracyReport | None, failures: list[str]) -> Verdict:
+        return Verdict(not failures, self.tolerances, report.measured() if report else {}, failures, self.samples, self.generated, report,
+                       self.reference_label)  # fmt: skip
 
 
 def verify(
     original: Model,
     candidate: Model,
     feeds: FeedSet,
+    tolerances: Sequence[Tolerance],
     *,
-    rtol: float = DEFAULT_RTOL,
-    atol: float = DEFAULT_ATOL,
     original_config: SessionConfig | None = None,
     candidate_config: SessionConfig | None = None,
-) -> Verification:
-    """Run both models on the same feeds and compare every output; never raises for a mismatch."""
+) -> Verdict:
+    """Run both models on the same feeds (each with its session config) and judge the candidate; never raises for a mismatch."""
+    original_config = original_config or SessionConfig(graph_optimization_level="disable")
+    reference_label = f"the original at ORT level {original_config.graph_optimization_level}"
+    judge = Judge(run_outputs(original, feeds, original_config), tolerances, feeds=feeds, reference_label=reference_label)
     names = [output.name for output in original.proto.graph.output]
     candidate_names = [output.name for output in candidate.proto.graph.output]
-    original_config = original_config or SessionConfig(graph_optimization_level="disable")
-    result = Verification(True, rtol, atol, len(feeds), feeds.generated)
-    result.reference = f"the original at ORT level {original_config.graph_optimization_level}"
     if candidate_names != names:
-        result.passed, result.problem = False, f"outputs changed: {candidate_names} instead of {names}"
-        return result
-    reference = run_all(original, original_config, feeds)
-    produced = run_all(candidate, candidate_config or SessionConfig(), feeds)
-    try:
-        result.outputs = compare_outputs(reference, produced, names, rtol, atol)
-    except ShapeMismatch as exc:
-        result.passed, result.problem = False, str(exc)
-        return result
-    bad = [o for o in result.outputs if o.mismatched]
-    if bad:
-        result.passed = False
-        result.problem = f"output '{bad[0].name}': {bad[0].mismatched} of {bad[0].elements} values outside tolerance (max abs diff {bad[0].max_abs:.3g})"
-    return result
+        return judge.reject(f"outputs changed: {candidate_names} instead of {names}")
+    return judge(run_outputs(candidate, feeds, candidate_config or SessionConfig()))
 
 
-def require(verification: Verification, what: str, force: bool = False) -> None:
+def require(verdict: Verdict, what: str, force: bool = False) -> None:
     """Refuse to go on with a result outside tolerance unless the user forces it."""
-    if not verification.passed and not force:
-        raise UserError(f"{what}: not written, {verification.problem}", hint="--force writes it anyway; the report says so")
+    if not verdict.passed and not force:
+        raise UserError(f"{what}: not written, {verdict.reason}", hint="force writes it anyway; the report says so")

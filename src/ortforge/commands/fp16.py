@@ -7,19 +7,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ortforge.accuracy.metrics import load_eval_hook
+from ortforge.accuracy.hooks import load_eval_hook
+from ortforge.accuracy.judge import Verdict
+from ortforge.accuracy.tolerance import close, parse_tolerances
 from ortforge.commands.common import feeds_for, open_model
 from ortforge.core.model import save_model
 from ortforge.core.runtime import GPU_PROVIDERS, available_providers
 from ortforge.core.session import provider_name
 from ortforge.data import GENERATED_WARNING, ShapeOptions
-from ortforge.searches.mixed_precision import (
-    SearchReport,
-    accuracy_of,
-    convert_within,
-    fp16_mac_share,
-)
+from ortforge.searches.mixed_precision import SearchReport, convert_within, fp16_mac_share
 from ortforge.transforms.fp16 import Fp16Options
+
+DEFAULT_TOLERANCES = (close(1e-2, 1e-3),)  # fp16's usual elementwise bound
 
 
 @dataclass
@@ -31,16 +30,19 @@ class Fp16Report:
     plan: dict  # counts, fp32 nodes and why, casts inserted
     accuracy: dict  # cosine, max_abs, rel against fp32
     judged_by: str  # "simulation" (fp16 rounding inside an fp32 graph, on the CPU) or the EP that ran it for real
-    within_tolerance: bool
-    rtol: float
-    atol: float
+    verdict: Verdict
     search: SearchReport | None
     wall_s: float
     fp16_mac_share: float | None = None  # of the counted MACs (MatMul, Conv, ...), the fraction fp16 nodes compute
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {**{k: v for k, v in vars(self).items() if k != "search"}, "search": self.search.to_dict() if self.search else None}
+        return {**{k: v for k, v in vars(self).items() if k not in ("search", "verdict")}, "verdict": self.verdict.to_dict(),
+                "within_tolerance": self.within_tolerance, "search": self.search.to_dict() if self.search else None}  # fmt: skip
+
+    @property
+    def within_tolerance(self) -> bool:
+        return self.verdict.passed
 
 
 def fp16(
@@ -52,22 +54,24 @@ def fp16(
     block_nodes: Sequence[str] = (),
     ep: str | None = None,
     auto: bool = False,
-    rtol: float = 1e-2,
-    atol: float = 1e-3,
+    tolerances: Sequence[str] = (),
     data: str | None = None,
     samples: int | None = None,
     shape_options: ShapeOptions | None = None,
     eval_hook: str | None = None,
     force: bool = False,
 ) -> Fp16Report:
-    """fp16 (or, with `auto`, as many fp16 nodes as rtol/atol allow), judged on a local GPU EP, else by simulation on the CPU."""
+    """fp16 (or, with `auto`, as many fp16 nodes as the tolerance allows), judged on a local GPU EP, else by simulation on the CPU.
+
+    `tolerances` as for every command ('rtol=1e-2', 'atol=1e-3', 'cosine=0.999', ...; default rtol 1e-2, atol 1e-3)."""
     started = time.perf_counter()
     model = open_model(reference)
     feeds = feeds_for(model, reference, data, samples=samples or 4, shape_options=shape_options)
     gpu = [p for p in GPU_PROVIDERS if p in available_providers()]
     provider = provider_name(ep) if ep else (gpu[0] if gpu else "CPUExecutionProvider")
     options = Fp16Options(keep_io_types=keep_io_types, block_ops=tuple(block_ops), block_nodes=tuple(block_nodes), provider=provider)
-    outcome = convert_within(model, feeds, options, rtol, atol, auto=auto, hook=load_eval_hook(eval_hook) if eval_hook else None, force=force,
+    bounds = parse_tolerances(tolerances, DEFAULT_TOLERANCES)
+    outcome = convert_within(model, feeds, options, bounds, auto=auto, hook=load_eval_hook(eval_hook) if eval_hook else None, force=force,
                              subject=Path(output).name)  # fmt: skip
     share = fp16_mac_share(model, outcome.plan, feeds)
     saved = save_model(outcome.result.proto, output, source=model)
@@ -77,17 +81,15 @@ def fp16(
                      "the rest in fp32 behind Casts, so CPU latency says nothing about fp16 speed)")  # fmt: skip
     if feeds.generated:
         notes.append(GENERATED_WARNING)
-    if not outcome.within:
+    if not outcome.verdict.passed:
         notes.append("written despite fp16 outputs outside tolerance (--force)")
     return Fp16Report(
         output=str(saved),
         provider=provider,
         plan=outcome.result.details,
-        accuracy=accuracy_of(outcome.reference, outcome.judged),
+        accuracy={name: outcome.verdict.measured[name] for name in ("cosine", "max_abs", "rel") if name in outcome.verdict.measured},
         judged_by=outcome.judged_by,
-        within_tolerance=outcome.within,
-        rtol=rtol,
-        atol=atol,
+        verdict=outcome.verdict,
         search=outcome.search,
         wall_s=time.perf_counter() - started,
         fp16_mac_share=share,

@@ -7,13 +7,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ortforge.accuracy.judge import (
-    DEFAULT_ATOL,
-    DEFAULT_RTOL,
-    Verification,
-    require,
-    verify,
-)
+from ortforge.accuracy.judge import Verdict, require, verify
+from ortforge.accuracy.tolerance import Tolerance, close, parse_tolerances
 from ortforge.commands.common import feeds_for, open_model
 from ortforge.core.model import Model, from_proto, load_model, save_model
 from ortforge.core.progress import Progress
@@ -26,8 +21,8 @@ from ortforge.transforms import TransformResult
 from ortforge.transforms.fusion import FusionOptions, fuse_transformer
 from ortforge.transforms.graph_opt import GraphOptOptions, optimize_offline
 
-FUSION_RTOL = 1e-3
-FUSION_ATOL = 1e-4  # fused kernels reassociate sums: ~4e-5 on MiniLM's embeddings
+DEFAULT_TOLERANCES = (close(1e-5, 1e-5),)  # offline must compute what online optimization computes
+FUSION_TOLERANCES = (close(1e-3, 1e-4),)  # fused kernels reassociate sums: ~4e-5 on MiniLM's embeddings
 
 
 @dataclass
@@ -35,7 +30,7 @@ class FusionDecision:
     """Transformer fusion: what it fused, whether it kept the outputs, and whether it measured faster."""
 
     result: TransformResult
-    verification: Verification | None = None
+    verification: Verdict | None = None
     speed: CandidateScore | None = None
     kept: bool = False
     why: str = ""
@@ -60,9 +55,9 @@ def decide_fusion(
         decision.why = "nothing was fused"
         return model, decision
     fused = from_proto(result.proto, base_dir=model.base_dir)
-    decision.verification = verify(model, fused, feeds, rtol=FUSION_RTOL, atol=FUSION_ATOL, original_config=SessionConfig(), candidate_config=SessionConfig())
+    decision.verification = verify(model, fused, feeds, FUSION_TOLERANCES, original_config=SessionConfig(), candidate_config=SessionConfig())
     if not decision.verification.passed:
-        decision.why = f"fused model rejected: {decision.verification.problem}"
+        decision.why = f"fused model rejected: {decision.verification.reason}"
         return model, decision
     timing = bench([Variant("unfused", model, SessionConfig(), feeds), Variant("fused", fused, SessionConfig(), feeds)],
                    replace(bench_options, profile=False, startup_rounds=0), progress)  # fmt: skip
@@ -80,7 +75,7 @@ class OptimizeReport:
     output: str
     stamp: Stamp
     transform: TransformResult
-    verification: Verification
+    verification: Verdict
     forced: bool = False
     measurement: BenchReport | None = None
     notes: list[str] = field(default_factory=list)
@@ -115,8 +110,7 @@ def optimize_model(
     output: str | os.PathLike[str],
     options: GraphOptOptions,
     *,
-    rtol: float = DEFAULT_RTOL,
-    atol: float = DEFAULT_ATOL,
+    tolerances: Sequence[Tolerance] = DEFAULT_TOLERANCES,
     force: bool = False,
     measure: BenchOptions | None = None,
     fusion: FusionOptions | None = None,
@@ -140,12 +134,12 @@ def optimize_model(
     # Offline must equal what ORT gives online at the same level; vs no optimization at all, fused
     # and re-laid-out kernels differ by float reassociation (~1e-4 on PP-OCR det) in both cases.
     online = SessionConfig(providers=list(options.providers), graph_optimization_level=options.level)
-    verification = verify(model, candidate, feeds, rtol=rtol, atol=atol, original_config=online, candidate_config=config_for(stamp))
+    verification = verify(model, candidate, feeds, tolerances, original_config=online, candidate_config=config_for(stamp))
     require(verification, str(output), force)
     saved = save_model(result.proto, output, source=original)
     notes = [GENERATED_WARNING] if feeds.generated else []
     if not verification.passed:
-        notes.append(f"written despite failed verification (--force): {verification.problem}")
+        notes.append(f"written despite failed verification (forced): {verification.reason}")
     report = OptimizeReport(str(saved), stamp, result, verification, forced=not verification.passed, notes=notes, fusion=decision)
     if measure is not None:
         report.measurement = measure_against_online(original, Path(saved), feeds, options, measure, progress)
@@ -181,8 +175,7 @@ def optimize(
     data: str | None = None,
     samples: int | None = None,
     shape_options: ShapeOptions | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
+    tolerances: Sequence[str] = (),
     force: bool = False,
     measure: BenchOptions | None = None,
     transformer: dict | None = None,
@@ -190,6 +183,7 @@ def optimize(
 ) -> OptimizeReport:
     """Save the ORT-optimized model, stamped with what it is valid for, after checking its outputs.
 
+    `tolerances` as for every command (default rtol=1e-5, atol=1e-5 against online optimization).
     `transformer` (FusionOptions fields, e.g. {"model_type": "auto"}) fuses attention, LayerNorm, GELU,
     ... first, kept only when the fused model measures faster.
     """
@@ -201,8 +195,7 @@ def optimize(
         feeds,
         output,
         options,
-        rtol=DEFAULT_RTOL if rtol is None else rtol,
-        atol=DEFAULT_ATOL if atol is None else atol,
+        tolerances=parse_tolerances(tolerances, DEFAULT_TOLERANCES),
         force=force,
         measure=measure,
         fusion=FusionOptions(**transformer) if transformer is not None else None,

@@ -14,29 +14,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ortforge.accuracy.metrics import (
-    Tolerance,
-    compare,
-    load_eval_hook,
-    parse_tolerance,
-)
+from ortforge.accuracy.hooks import load_eval_hook
+from ortforge.accuracy.judge import Judge
+from ortforge.accuracy.tolerance import Tolerance, default_tolerances, parse_tolerances
 from ortforge.analysis.model_report import inspect_model
 from ortforge.commands.common import calibration_and_evaluation, feeds_for, open_model
 from ortforge.core.errors import UserError
 from ortforge.core.files import atomic_write_bytes, atomic_write_text
 from ortforge.core.model import Model, model_size, save_model
-from ortforge.core.progress import Progress, section
+from ortforge.core.progress import Progress, section, silent
 from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.data import GENERATED_WARNING, FeedSet, ShapeOptions
 from ortforge.measure.bench import BenchOptions, BenchReport, Variant, bench
 from ortforge.measure.compare import consistent_winner, score
-from ortforge.searches.recipes import (
-    Recipe,
-    RecipeOutcome,
-    auto_recipes,
-    build_recipe,
-    default_tolerances,
-)
+from ortforge.searches.exclusion import ExclusionReport, search_exclusions
+from ortforge.searches.recipes import auto_recipes, build_recipe
+from ortforge.searches.trial import Candidate, Recipe, Trial
 from ortforge.transforms.quantize import QuantizeOptions
 from ortforge.transforms.tensorrt import (
     CONFIG_FILE,
@@ -47,21 +40,21 @@ from ortforge.transforms.tensorrt import (
 )
 from ortforge.transforms.weight_only import WeightOnlyOptions
 
-FP32 = "fp32 (original)"
+FP32 = Candidate("fp32 (original)", "fp32")
 
 
 @dataclass
 class QuantizeReport:
     output: str
-    chosen: RecipeOutcome
-    outcomes: list[RecipeOutcome]
+    chosen: Trial
+    trials: list[Trial]  # fp32 first, then each recipe (and the recipe with nodes kept float, when searched)
     tolerances: list[Tolerance]
     why: str
     generated_inputs: bool
     measurement: BenchReport | None = None
     forced: bool = False
     notes: list[str] = field(default_factory=list)
-    exclusion: object = None  # exclusion.ExclusionReport when nodes were kept in float to meet the tolerance
+    exclusion: ExclusionReport | None = None  # when nodes were kept in float to meet the tolerance
 
     def to_dict(self) -> dict:
         return {
@@ -70,7 +63,7 @@ class QuantizeReport:
             "chosen": self.chosen.label,
             "why": self.why,
             "tolerances": [t.describe() for t in self.tolerances],
-            "outcomes": [o.to_dict() for o in self.outcomes],
+            "trials": [trial.to_dict() for trial in self.trials],
             "generated_inputs": self.generated_inputs,
             "forced": self.forced,
             "measurement": self.measurement.to_dict() if self.measurement else None,
@@ -78,25 +71,24 @@ class QuantizeReport:
         }
 
 
-def _measure(
-    model: Model, outcomes: list[RecipeOutcome], feeds: FeedSet, options: BenchOptions, progress: Progress | None
-) -> BenchReport:
-    passing = [o for o in outcomes if o.passed and o.model is not None]
-    variants = [Variant(FP32, model, SessionConfig(), feeds)] + [Variant(o.label, o.model, SessionConfig(), feeds) for o in passing]
+def _measure(model: Model, trials: list[Trial], feeds: FeedSet, options: BenchOptions, progress: Progress | None) -> BenchReport:
+    """fp32 and every accurate trial timed in one interleaved run; each trial's speed is its score against fp32."""
+    passing = [trial for trial in trials if trial.passed and trial.model is not None]
+    variants = [Variant(FP32.label, model, SessionConfig(), feeds)] + [Variant(t.label, t.model, SessionConfig(), feeds) for t in passing]
     report = bench(variants, replace(options, profile=False), progress)
-    for outcome, result in zip(passing, report.variants[1:]):
-        outcome.speed = score(result, report.variants[0])
+    for trial, result in zip(passing, report.variants[1:]):
+        trial.speed = score(result, report.variants[0])
     return report
 
 
-def choose(fp32: RecipeOutcome, outcomes: list[RecipeOutcome]) -> tuple[RecipeOutcome, str]:
+def choose(fp32: Trial, trials: list[Trial]) -> tuple[Trial, str]:
     """The fastest recipe within tolerance that beats fp32 in most rounds; fp32 when none does."""
-    timed = [o for o in outcomes if o.passed and o.speed is not None]
-    winner = consistent_winner([fp32.speed] + [o.speed for o in timed]) if fp32.speed else None
+    timed = [trial for trial in trials if trial.passed and trial.speed is not None]
+    winner = consistent_winner([fp32.speed] + [trial.speed for trial in timed]) if fp32.speed else None
     if winner is None:
         reason = "no recipe within tolerance was consistently faster than fp32" if timed else "no recipe stayed within tolerance"
         return fp32, f"kept fp32: {reason}"
-    chosen = next(o for o in timed if o.speed is winner)
+    chosen = next(trial for trial in timed if trial.speed is winner)
     return chosen, f"{chosen.label}: {winner.ratio:.2f}x fp32 latency ({winner.low:.2f}-{winner.high:.2f}), faster in {winner.wins:.0%} of rounds, within tolerance"
 
 
@@ -118,43 +110,41 @@ def quantize_model(
 
     A single recipe that misses the tolerance first gets nodes kept in float (`auto_exclude`).
     """
-    report_progress = progress or (lambda what, fraction: None)
+    shown = progress or silent
     reference = run_outputs(model, evaluation)
-    tolerances = list(tolerances) if tolerances else default_tolerances(reference)
-    outcomes = []
-    for index, options in enumerate(recipes):
-        report_progress(f"building {options.describe()}", index / max(len(recipes), 1) * 0.5)
-        outcomes.append(build_recipe(model, options, calibration, evaluation, reference, tolerances, hook, section(progress, options.describe(), 0.0, 0.5)))
+    judge = Judge(reference, list(tolerances) if tolerances else default_tolerances(reference), hook, feeds=evaluation)
+    trials = []
+    for index, recipe in enumerate(recipes):
+        shown(f"building {recipe.describe()}", index / max(len(recipes), 1) * 0.5)
+        trials.append(build_recipe(model, recipe, calibration, evaluation, judge, section(progress, recipe.describe(), 0.0, 0.5)))
     exclusion = None
-    first = outcomes[0] if len(outcomes) == 1 else None
-    if first and not first.passed and first.model is not None and isinstance(first.options, QuantizeOptions) and auto_exclude and not force:
-        from ortforge.searches.exclusion import search_exclusions
-
-        fixed, exclusion = search_exclusions(model, first, calibration, evaluation, reference, tolerances, hook, progress)
+    first = trials[0] if len(trials) == 1 else None
+    if first and not first.passed and first.model is not None and isinstance(first.candidate.recipe, QuantizeOptions) and auto_exclude and not force:
+        fixed, exclusion = search_exclusions(model, first, calibration, evaluation, judge, progress)
         if exclusion.met:
-            fixed.label = f"{first.label}, {len(exclusion.excluded)} node(s) kept float"
-            outcomes = [first, fixed]
-    fp32 = RecipeOutcome(FP32, None, model_size(model), compare(reference, reference), model=model)
+            fixed.candidate = replace(fixed.candidate, label=f"{first.label}, {len(exclusion.excluded)} node(s) kept float")
+            trials = [first, fixed]
+    fp32 = Trial(FP32, model, judge(reference), size_bytes=model_size(model))
     measurement = None
     auto = len(recipes) > 1
     if auto or measure is not None:
-        measurement = _measure(model, outcomes, evaluation, measure or BenchOptions(max_seconds=3.0), progress)
+        measurement = _measure(model, trials, evaluation, measure or BenchOptions(max_seconds=3.0), progress)
         fp32.speed = score(measurement.variants[0], measurement.variants[0])
     if auto:
-        chosen, why = choose(fp32, outcomes)
+        chosen, why = choose(fp32, trials)
     else:
-        chosen = outcomes[-1]
+        chosen = trials[-1]
         if not chosen.passed and not force:
             tried = f"; keeping nodes in float did not help ({exclusion.notes[0]})" if exclusion and exclusion.notes else ""
-            raise UserError(f"{Path(output).name}: not written, {chosen.label}: {chosen.rejected}{tried}", hint="--force writes it anyway; the report says so")
-        why = "the requested recipe" + ("" if chosen.passed else f", written despite: {chosen.rejected} (--force)")
+            raise UserError(f"{Path(output).name}: not written, {chosen.label}: {chosen.why_not}{tried}", hint="force (--force) writes it anyway; the report says so")
+        why = "the requested recipe" + ("" if chosen.passed else f", written despite: {chosen.why_not} (forced)")
         if exclusion and exclusion.met:
             why = f"the requested recipe missed the tolerance; keeping {len(exclusion.excluded)} node(s) in float met it ({exclusion.attempts} attempts)"
     saved = save_model(chosen.model.proto, output, source=model)
     notes = [GENERATED_WARNING] if evaluation.generated else []
     if chosen is fp32:
         notes.append("the output is the fp32 model unchanged")
-    return QuantizeReport(str(saved), chosen, [fp32] + outcomes, tolerances, why, evaluation.generated, measurement,
+    return QuantizeReport(str(saved), chosen, [fp32] + trials, judge.tolerances, why, evaluation.generated, measurement,
                           forced=not chosen.passed, notes=notes, exclusion=exclusion)  # fmt: skip
 
 
@@ -202,7 +192,7 @@ def quantize(
         recipes,
         calibration,
         evaluation,
-        tolerances=[parse_tolerance(t) for t in tolerances] or None,
+        tolerances=parse_tolerances(tolerances) or None,
         hook=load_eval_hook(eval_hook) if eval_hook else None,
         force=force,
         auto_exclude=auto_exclude,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ortforge.accuracy.metrics import load_eval_hook, parse_tolerance
+from ortforge.accuracy.hooks import load_eval_hook
+from ortforge.accuracy.tolerance import parse_tolerances
 from ortforge.analysis.model_report import inspect_model
 from ortforge.commands.common import calibration_and_evaluation, open_model
 from ortforge.core.errors import UserError
@@ -13,7 +14,7 @@ from ortforge.core.progress import Progress
 from ortforge.core.runtime import local_providers
 from ortforge.core.session import provider_name
 from ortforge.data import ShapeOptions
-from ortforge.transforms.fusion import detect_transformer
+from ortforge.analysis.transformer import detect_transformer
 from ortforge.tuning import TuneReport, tune_model
 from ortforge.tuning.search import OBJECTIVES, TuneOptions
 
@@ -49,5 +50,5 @@ def tune(
     options = TuneOptions(objective=objective, time_budget_s=time_budget_s, providers=tuple(chosen))
     return tune_model(
         model, str(reference), Path(output), calibration, evaluation, family=family, transformer=transformer, options=options,
-        tolerances=[parse_tolerance(t) for t in tolerances] or None, hook=load_eval_hook(eval_hook) if eval_hook else None, progress=progress,
+        tolerances=parse_tolerances(tolerances) or None, hook=load_eval_hook(eval_hook) if eval_hook else None, progress=progress,
     )  # fmt: skip

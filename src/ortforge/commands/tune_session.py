@@ -15,31 +15,18 @@ from ortforge.commands.common import feeds_for, open_model
 from ortforge.core.machine import cpu_info
 from ortforge.core.model import Model
 from ortforge.core.progress import Progress
-from ortforge.core.session import SPINNING, SessionConfig
+from ortforge.core.session import SessionConfig
+from ortforge.tuning.sessions import TUNE_SESSION_KINDS, SessionCandidate, session_space
 from ortforge.data import FeedSet, ShapeOptions
 from ortforge.measure.bench import BenchOptions, BenchReport, Variant, bench
 from ortforge.measure.compare import CandidateScore, consistent_winner, score
 
-AFFINITY = "session.intra_op_thread_affinities"
 FINALISTS = 3
-# Documented provider options worth a try, per EP (only EPs the config already uses are tried).
-EP_OPTION_CANDIDATES: dict[str, list[dict[str, str]]] = {
-    "CUDAExecutionProvider": [{"cudnn_conv_algo_search": "EXHAUSTIVE"}, {"cudnn_conv_algo_search": "HEURISTIC"}],
-    "TensorrtExecutionProvider": [{"trt_fp16_enable": "False"}, {"trt_builder_optimization_level": "5"}],
-    "OpenVINOExecutionProvider": [{"num_of_threads": "1"}, {"precision": "ACCURACY"}],
-    "DnnlExecutionProvider": [{"use_arena": "0"}],
-}
-
-
-@dataclass
-class Candidate:
-    label: str
-    config: SessionConfig
 
 
 @dataclass
 class SessionTuning:
-    chosen: Candidate
+    chosen: SessionCandidate
     scores: list[CandidateScore]
     why: str
     screening: BenchReport
@@ -57,34 +44,10 @@ class SessionTuning:
         }
 
 
-def _with_entries(config: SessionConfig, **entries: str) -> SessionConfig:
-    return replace(config, config_entries={**config.config_entries, **entries})
-
-
-def candidates(base: SessionConfig, cores: int | None = None) -> list[Candidate]:
-    """ORT's defaults first, then one change at a time from them (plus the thread counts with spinning off)."""
-    cores = cores or cpu_info().physical_cores or os.cpu_count() or 1
-    found = [Candidate("ORT defaults", base)]
-    for threads in range(1, cores + 1):
-        threaded = replace(base, intra_op_num_threads=threads)
-        found.append(Candidate(f"intra_op_num_threads={threads}", threaded))
-        if threads > 1:
-            found.append(Candidate(f"intra_op_num_threads={threads}, no spinning", _with_entries(threaded, **{SPINNING: "0"})))
-            # Once the count is explicit ORT sets no affinity; pin thread i to logical processor i+1 as its default does.
-            pinned = ";".join(str(processor) for processor in range(2, threads + 1))
-            found.append(Candidate(f"intra_op_num_threads={threads}, pinned", _with_entries(threaded, **{AFFINITY: pinned})))
-    found.append(Candidate("no spinning", _with_entries(base, **{SPINNING: "0"})))
-    if cores > 1:
-        found.append(Candidate("parallel execution, 2 inter-op threads", replace(base, execution_mode="parallel", inter_op_num_threads=2)))
-    found.append(Candidate("no memory pattern", replace(base, enable_mem_pattern=False)))
-    found.append(Candidate("no CPU memory arena", replace(base, enable_cpu_mem_arena=False)))
-    for index, provider in enumerate(base.providers):
-        for options in EP_OPTION_CANDIDATES.get(provider.name, []):
-            providers = list(base.providers)
-            providers[index] = replace(provider, options={**provider.options, **options})
-            label = ", ".join(f"{k}={v}" for k, v in options.items())
-            found.append(Candidate(f"{provider.name.replace('ExecutionProvider', '')} {label}", replace(base, providers=providers)))
-    return found
+def candidates(base: SessionConfig, cores: int | None = None) -> list[SessionCandidate]:
+    """ORT's defaults first, then one change at a time from them: threads (with spinning off, pinned), execution
+    mode, memory pattern and arena, and documented options of the EPs the base uses."""
+    return session_space(base, kinds=TUNE_SESSION_KINDS, cores=cores)
 
 
 def tune_session_options(

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ortforge.core.errors import UserError
+from ortforge.core.errors import OptionError, UserError
 from ortforge.data.specs import InputSpec
 
 Feed = dict[str, np.ndarray]
@@ -106,7 +106,7 @@ def _read_folder(folder: Path, specs: list[InputSpec]) -> Iterator[Feed]:
 
 def _read_hook(source: str) -> Iterator[Feed]:
     module_name, _, function_name = source.rpartition(":")
-    module = import_hook_module(module_name)
+    module = import_hook_module(module_name, spec=source)
     function = getattr(module, function_name, None)
     if not callable(function):
         raise UserError(f"--data {source}: '{module_name}' has no function '{function_name}'")
@@ -124,11 +124,13 @@ def _read_hook(source: str) -> Iterator[Feed]:
         yield {name: np.asarray(value) for name, value in feed.items()}
 
 
-def import_hook_module(module_name: str):  # noqa: ANN202 - a module
+def import_hook_module(module_name: str, option: str = "data", spec: str | None = None):  # noqa: ANN202 - a module
+    """A user's hook module, by import name or .py path; errors name the option and the `spec` the user gave."""
+    given = spec or module_name
     if module_name.endswith(".py"):
         path = Path(module_name)
         if not path.is_file():
-            raise UserError(f"--data hook file {module_name} not found")
+            raise OptionError(option, given, f"hook file {module_name} not found")
         spec = importlib.util.spec_from_file_location(path.stem, path)
         assert spec and spec.loader
         module = importlib.util.module_from_spec(spec)
@@ -139,7 +141,7 @@ def import_hook_module(module_name: str):  # noqa: ANN202 - a module
     try:
         return importlib.import_module(module_name)
     except ImportError as exc:
-        raise UserError(f"--data hook module '{module_name}' cannot be imported: {exc}") from None
+        raise OptionError(option, given, f"hook module cannot be imported: {exc}") from None
 
 
 def validate_feed(feed: Feed, specs: list[InputSpec], where: str) -> Feed:

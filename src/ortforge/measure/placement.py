@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ortforge.core.errors import first_line
+from ortforge.core.session import CPU
 
 RECORD_ASSIGNMENT = "session.record_ep_graph_assignment_info"
-CPU = "CPUExecutionProvider"
 
 
 @dataclass

@@ -291,7 +291,7 @@ def render_run(loaded, feeds, outputs, console: Console) -> None:  # noqa: ANN00
     console.print(f"inputs: {escape(feeds.origin)}", style="dim", highlight=False)
 
 
-def render_session_tuning(tuning, path, console: Console) -> None:  # noqa: ANN001 - session_tuning.SessionTuning
+def render_session_tuning(tuning, path, console: Console) -> None:  # noqa: ANN001 - commands.tune_session.SessionTuning
     render_bench(tuning.final, console, top=0)
     table = Table(title="Against ORT's defaults, per interleaved round")
     for column in ("candidate", "p50 (ms)", "ratio median (min-max)", "rounds won"):
@@ -305,23 +305,22 @@ def render_session_tuning(tuning, path, console: Console) -> None:  # noqa: ANN0
         console.print(f"[yellow]note:[/] {note}", highlight=False)
 
 
-def render_quantize(report, console: Console) -> None:  # noqa: ANN001 - quantization.QuantizeReport
+def render_quantize(report, console: Console) -> None:  # noqa: ANN001 - commands.quantize.QuantizeReport
     table = Table(title="Recipes against fp32 (" + ", ".join(t.describe() for t in report.tolerances) + ")")
     for column in ("recipe", "size", "cosine", "top-1", "max abs", "latency vs fp32", "rounds won", "verdict"):
         table.add_column(column, overflow="fold")
-    for outcome in report.outcomes:
-        acc = outcome.accuracy
-        top1 = [o.top1 for o in acc.outputs if o.top1 is not None] if acc else []
-        speed = outcome.speed
-        verdict = "[green]chosen[/]" if outcome is report.chosen else ("ok" if outcome.passed else f"[red]{escape(outcome.rejected)}[/]")
+    for trial in report.trials:
+        measured = trial.metrics
+        speed = trial.speed
+        verdict = "[green]chosen[/]" if trial is report.chosen else ("ok" if trial.passed else f"[red]{escape(trial.why_not)}[/]")
         table.add_row(
-            escape(outcome.label),
-            _mib(outcome.size_bytes) if outcome.size_bytes else "-",
-            f"{acc.metric('cosine'):.4f}" if acc else "-",
-            f"{min(top1):.0%}" if top1 else "-",
-            f"{acc.metric('max_abs'):.3g}" if acc else "-",
+            escape(trial.label),
+            _mib(trial.size_bytes) if trial.size_bytes else "-",
+            f"{measured['cosine']:.4f}" if "cosine" in measured else "-",
+            f"{measured['top1']:.0%}" if "top1" in measured else "-",
+            f"{measured['max_abs']:.3g}" if "max_abs" in measured else "-",
             f"{speed.ratio:.3g}x ({speed.low:.3g}-{speed.high:.3g})" if speed else "-",
-            f"{speed.wins:.0%}" if speed and outcome.options is not None else "-",
+            f"{speed.wins:.0%}" if speed and trial.candidate.kind != "fp32" else "-",
             verdict,
         )
     console.print(table)
@@ -330,14 +329,14 @@ def render_quantize(report, console: Console) -> None:  # noqa: ANN001 - quantiz
         for candidate in report.exclusion.excluded:
             console.print(f"  kept float: {escape(candidate.node)} ({escape(candidate.reason)})", highlight=False)
     console.print(f"[bold]wrote[/] {escape(report.output)}", highlight=False)
-    for outcome in report.outcomes:
-        for note in outcome.notes:
-            console.print(f"  {escape(outcome.label)}: {escape(note)}", style="dim", highlight=False)
+    for trial in report.trials:
+        for note in trial.notes:
+            console.print(f"  {escape(trial.label)}: {escape(note)}", style="dim", highlight=False)
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
 
 
-def render_quant_debug(report, console: Console, top: int = 15) -> None:  # noqa: ANN001 - quant_debug.QuantDebugReport
+def render_quant_debug(report, console: Console, top: int = 15) -> None:  # noqa: ANN001 - analysis.quant_errors.QuantDebugReport
     for title, rows in (("Activations, by SQNR lost at the node", report.activations), ("Weights, worst SQNR first", report.weights)):
         table = Table(title=title)
         table.add_column("node (tensor in --json)", overflow="fold", ratio=3)
@@ -380,17 +379,15 @@ def render_tune(report, console: Console) -> None:  # noqa: ANN001 - tune.TuneRe
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
-def render_fp16(report, console: Console) -> None:  # noqa: ANN001 - mixed_precision.Fp16Report
+def render_fp16(report, console: Console) -> None:  # noqa: ANN001 - commands.fp16.Fp16Report
     plan = report.plan
     console.print(f"[bold]wrote[/] {escape(report.output)} (fp16 kernels of {report.provider})", highlight=False)
     share = "" if report.fp16_mac_share is None else f", {report.fp16_mac_share:.0%} of the MACs in fp16"
     console.print(f"  fp16 nodes {plan.get('fp16_nodes', '?')}, fp32 nodes {plan.get('fp32_nodes', '?')}, casts {plan.get('casts_inserted', '?')}{share}", highlight=False)
     for reason, count in (plan.get("fp32_reasons") or {}).items():
         console.print(f"    fp32 because {reason}: {count}", highlight=False)
-    accuracy = report.accuracy
     judged = "simulated fp16" if report.judged_by == "simulation" else f"fp16 on {report.judged_by}"
-    console.print(f"  {judged} vs fp32: cosine {accuracy['cosine']:.6f}, max abs {accuracy['max_abs']:.3g} "
-                  f"({'within' if report.within_tolerance else 'OUTSIDE'} rtol={report.rtol:g} atol={report.atol:g})")  # fmt: skip
+    console.print(f"  {judged}: {escape(report.verdict.summary())}", highlight=False)
     if report.search:
         search = report.search
         console.print(f"  --auto: {len(search.kept_fp32)} more node(s) kept fp32 after {search.evaluations} evaluations in {search.wall_s:.1f} s")

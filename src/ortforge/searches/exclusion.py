@@ -9,17 +9,17 @@ prefix is bisected down to the shortest one that still meets it.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import onnx
 
-from ortforge.accuracy.metrics import Outputs, Tolerance
+from ortforge.accuracy.judge import Judge
 from ortforge.analysis.quant_errors import QuantDebugReport, debug_quantization
 from ortforge.core.model import Model, from_proto
-from ortforge.core.progress import Progress
+from ortforge.core.progress import Progress, silent
 from ortforge.data import FeedSet
-from ortforge.searches.recipes import RecipeOutcome, build_recipe
+from ortforge.searches.recipes import build_recipe
+from ortforge.searches.trial import Trial
 from ortforge.transforms.quantize import QuantizeOptions, prepare
 
 WIDE_RANGE_FACTOR = 20.0  # an activation this many times wider than the median one counts as wide-range
@@ -101,37 +101,36 @@ def candidates(float_proto: onnx.ModelProto, quantized_proto: onnx.ModelProto, r
 
 def search_exclusions(
     model: Model,
-    outcome: RecipeOutcome,
+    outcome: Trial,
     calibration: FeedSet,
     evaluation: FeedSet,
-    reference: Outputs,
-    tolerances: Sequence[Tolerance],
-    hook: Callable | None = None,
+    judge: Judge,
     progress: Progress | None = None,
     max_attempts: int = 12,
     ranking_feeds: FeedSet | None = None,
-) -> tuple[RecipeOutcome, ExclusionReport]:
-    """Keep the fewest nodes in float that make `outcome`'s recipe meet the tolerances (layers ranked on
-    `ranking_feeds`, default `evaluation`: a few samples rank as well as many, at a fraction of the time)."""
-    assert isinstance(outcome.options, QuantizeOptions) and outcome.model is not None
-    report_progress = progress or (lambda what, fraction: None)
+) -> tuple[Trial, ExclusionReport]:
+    """Keep the fewest nodes in float that make `outcome`'s recipe meet the judge's tolerances on `evaluation`
+    (layers ranked on `ranking_feeds`, default `evaluation`: a few samples rank as well as many, at a fraction of the time)."""
+    recipe = outcome.candidate.recipe
+    assert isinstance(recipe, QuantizeOptions) and outcome.model is not None
+    report_progress = progress or silent
     report_progress("ranking layers (quant-debug)", 0.0)
     # Rank and exclude in the graph ORT quantized (pre-processing renames and fuses nodes).
-    prepared = from_proto(prepare(model, outcome.options, []))
+    prepared = from_proto(prepare(model, recipe, []))
     ranking = debug_quantization(prepared, outcome.model, ranking_feeds or evaluation)
     ordered = candidates(prepared.proto, outcome.model.proto, ranking)
-    base_exclude = tuple(outcome.options.exclude)
+    base_exclude = tuple(recipe.exclude)
     attempts = 0
-    tried: dict[int, RecipeOutcome] = {}
+    tried: dict[int, Trial] = {}
 
-    def attempt(count: int) -> RecipeOutcome:
+    def attempt(count: int) -> Trial:
         nonlocal attempts
         if count not in tried:
             attempts += 1
             report_progress(f"keeping {count} node(s) in float", min(0.95, attempts / max_attempts))
             # Names are those of the prepared graph; pre-processing is deterministic, so they match again.
-            options = replace(outcome.options, exclude=base_exclude + tuple(c.node for c in ordered[:count]))
-            tried[count] = build_recipe(model, options, calibration, evaluation, reference, tolerances, hook)
+            options = replace(recipe, exclude=base_exclude + tuple(c.node for c in ordered[:count]))
+            tried[count] = build_recipe(model, options, calibration, evaluation, judge)
         return tried[count]
 
     low, high = 0, None

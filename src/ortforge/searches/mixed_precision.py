@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ortforge.accuracy.judge import ShapeMismatch, compare_outputs
-from ortforge.accuracy.metrics import Outputs, compare
+from ortforge.accuracy.judge import Judge, Verdict
+from ortforge.accuracy.metrics import Outputs
+from ortforge.accuracy.tolerance import Tolerance
 from ortforge.analysis.macs import count_macs
-from ortforge.core.errors import UserError
+from ortforge.core.errors import OptionError, UserError
 from ortforge.core.model import Model, from_proto
 from ortforge.core.runtime import GPU_PROVIDERS, available_providers
 from ortforge.core.session import SessionConfig, run_outputs
@@ -58,16 +59,6 @@ class SearchReport:
     def to_dict(self) -> dict:
         return {"evaluations": self.evaluations, "wall_s": self.wall_s, "kept_fp32": self.kept_fp32, "notes": self.notes,
                 "choices": [{"fp16_nodes": n, "predicted": p, "met": m} for n, p, m in self.choices]}  # fmt: skip
-
-
-def within(reference: Outputs, candidate: Outputs, rtol: float, atol: float) -> bool:
-    """Every output element within atol + rtol * |fp32| (NaNs where fp32 has them), as `ortforge.verify` judges."""
-    names = list(reference[0]) if reference else []
-    try:
-        diffs = compare_outputs([[s[n] for n in names] for s in reference], [[s[n] for n in names] for s in candidate], names, rtol, atol)
-    except ShapeMismatch:
-        return False
-    return not any(diff.mismatched for diff in diffs)
 
 
 def simulated_outputs(model: Model, plan: Fp16Plan, feeds: FeedSet) -> Outputs:
@@ -172,10 +163,10 @@ def _value(groups: list[_Group], plan: Fp16Plan) -> tuple[int, int]:
 
 
 class _GroupSearch:
-    def __init__(self, model: Model, plan: Fp16Plan, feeds: FeedSet, reference: Outputs, rtol: float, atol: float,
-                 hook: Callable | None, max_evaluations: int, judge_on: str | None = None) -> None:  # fmt: skip
-        self.model, self.plan, self.feeds, self.reference, self.judge_on = model, plan, feeds, reference, judge_on
-        self.rtol, self.atol, self.hook, self.max_evaluations = rtol, atol, hook, max_evaluations
+    def __init__(self, model: Model, plan: Fp16Plan, feeds: FeedSet, judge: Judge, max_evaluations: int, judge_on: str | None = None) -> None:
+        self.model, self.plan, self.feeds, self.judge, self.judge_on = model, plan, feeds, judge, judge_on
+        self.reference, self.max_evaluations = judge.reference, max_evaluations
+        self.rtol, self.atol = _closeness(judge)
         self.evaluations = 0
         self.choices: list[tuple[int, float, bool]] = []
         self.with_islands = replace(plan, options=replace(plan.options, drop_islands=False))
@@ -183,9 +174,7 @@ class _GroupSearch:
     def evaluate(self, candidate: Fp16Plan) -> tuple[Outputs, bool]:
         self.evaluations += 1
         outputs = fp16_outputs(self.model, candidate, self.feeds, self.judge_on)
-        ok = within(self.reference, outputs, self.rtol, self.atol)
-        if ok and self.hook is not None:
-            ok = bool(self.hook(outputs, self.reference))  # the user's validate function has the last word
+        ok = self.judge(outputs, detail=False).passed
         return outputs, ok
 
     def only(self, nodes: Iterable[str], plan: Fp16Plan | None = None) -> Fp16Plan:
@@ -238,21 +227,28 @@ class _GroupSearch:
         return True
 
 
+def _closeness(judge: Judge) -> tuple[float, float]:
+    """The rtol/atol the search measures errors in: the judge must hold a `close` bound."""
+    if judge.close is None:
+        raise OptionError("tolerance", ", ".join(t.describe() for t in judge.tolerances), "the mixed-precision search needs an rtol/atol bound")
+    return judge.close
+
+
 def search_mixed_precision(
-    model: Model, plan: Fp16Plan, feeds: FeedSet, rtol: float, atol: float, hook: Callable | None = None, max_evaluations: int = 30,
-    reference: Outputs | None = None, judge_on: str | None = None,
+    model: Model, plan: Fp16Plan, feeds: FeedSet, judge: Judge, max_evaluations: int = 30, judge_on: str | None = None,
 ) -> tuple[Fp16Plan, SearchReport]:
-    """A plan with many fp16 nodes whose outputs (simulated, or run on `judge_on`) meet the tolerance (every node fp32 at worst)."""
+    """A plan with many fp16 nodes whose outputs on `feeds` (simulated, or run on `judge_on`) the judge accepts
+    (every node fp32 at worst). The judge holds the fp32 outputs on the same feeds and an rtol/atol bound."""
     start = time.perf_counter()
-    reference = reference if reference is not None else run_outputs(model, feeds)
-    search = _GroupSearch(model, plan, feeds, reference, rtol, atol, hook, max_evaluations, judge_on)
+    search = _GroupSearch(model, plan, feeds, judge, max_evaluations, judge_on)
     found = search.run()
     if found is None:
         return plan, SearchReport(search.evaluations, time.perf_counter() - start, [])
     kept, rejected = found
     why = [(node, f"{plan.decisions[node].op_type}: its group of {len(group.nodes)} node(s) alone put outputs at {group.ratio:.3g}x the tolerance")
            for group in rejected for node in group.nodes]  # fmt: skip
-    notes = [] if kept else [f"no group of fp16 nodes met rtol={rtol:g} atol={atol:g} in {search.evaluations} evaluations: every node stays fp32"]
+    bounds = ", ".join(tolerance.describe() for tolerance in judge.tolerances)
+    notes = [] if kept else [f"no group of fp16 nodes met {bounds} in {search.evaluations} evaluations: every node stays fp32"]
     result = search.only(n for group in kept for n in group.nodes)
     return result, SearchReport(search.evaluations, time.perf_counter() - start, why, notes, search.choices)
 
@@ -263,36 +259,30 @@ class Fp16Outcome:
     result: TransformResult  # the converted model
     reference: Outputs  # fp32 outputs on the feeds
     judged: Outputs  # the plan's fp16 outputs, simulated or real
-    within: bool
+    verdict: Verdict
     search: SearchReport | None = None
     judged_by: str = "simulation"
 
 
-def convert_within(model: Model, feeds: FeedSet, options: Fp16Options, rtol: float, atol: float, *, auto: bool = False,
+def convert_within(model: Model, feeds: FeedSet, options: Fp16Options, tolerances: Sequence[Tolerance], *, auto: bool = False,
                    hook: Callable | None = None, force: bool = False, subject: str = "fp16 model") -> Fp16Outcome:  # fmt: skip
     """The gate `ortforge fp16` applies: plan with measured ranges, search if `auto`, judge (for real on a local
-    GPU EP, else by simulation), and convert only when the outputs are within rtol/atol (or `force`)."""
+    GPU EP, else by simulation), and convert only when the judge accepts the outputs (or `force`)."""
     plan = plan_fp16(model, replace(options, activation_ranges=measure_activation_ranges(model, feeds)))
     judge_on = judge_for(options.provider)
-    reference = run_outputs(model, feeds)
+    judge = Judge(run_outputs(model, feeds), tolerances, hook, feeds=feeds, reference_label="fp32")
     search = None
     if auto:
-        plan, search = search_mixed_precision(model, plan, feeds, rtol, atol, hook, reference=reference, judge_on=judge_on)
+        plan, search = search_mixed_precision(model, plan, feeds, judge, judge_on=judge_on)
     result = None
     if judge_on is None:
         judged = simulated_outputs(model, plan, feeds)
     else:  # convert once: the model judged on the EP is the one written
         result = convert_fp16(model, plan, feeds=feeds)
         judged = run_outputs(from_proto(result.proto, base_dir=model.base_dir), feeds, SessionConfig.on(judge_on))
-    ok = within(reference, judged, rtol, atol)
-    if not ok and not force:
+    verdict = judge(judged)
+    if not verdict.passed and not force:
         how = f"on {judge_on}" if judge_on else "simulated"
-        raise UserError(f"{subject}: not written, fp16 outputs ({how}) are outside rtol={rtol:g} atol={atol:g}",
-                        hint="--auto keeps the sensitive nodes in fp32; --force writes it anyway")  # fmt: skip
-    return Fp16Outcome(plan, result or convert_fp16(model, plan, feeds=feeds), reference, judged, ok, search, judge_on or "simulation")
-
-
-def accuracy_of(reference: Outputs, simulated: Outputs) -> dict:
-    """Simulated fp16 against fp32: metrics for the report."""
-    report = compare(reference, simulated)
-    return {name: report.metric(name) for name in ("cosine", "max_abs", "rel")}
+        raise UserError(f"{subject}: not written, fp16 outputs ({how}): {verdict.reason}",
+                        hint="auto (--auto) keeps the sensitive nodes in fp32; force (--force) writes it anyway")  # fmt: skip
+    return Fp16Outcome(plan, result or convert_fp16(model, plan, feeds=feeds), judge.reference, judged, verdict, search, judge_on or "simulation")

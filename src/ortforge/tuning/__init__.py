@@ -1,7 +1,7 @@
 """`ortforge tune`: search every knob under an accuracy budget and write one deployable artifact.
 
-candidates.py says what is tried, runner.py builds (cached) and measures, search.py runs the stages,
-artifact.py writes the folder, and ../report/html.py draws the report.
+candidates.py and sessions.py say what is tried, runner.py builds (cached) and measures, search.py runs
+the stages, record.py gathers the figures, artifact.py writes the folder, and ../report/html.py draws the report.
 """
 
 from __future__ import annotations
@@ -12,24 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ortforge.accuracy.metrics import Tolerance
+from ortforge.accuracy.judge import Judge
+from ortforge.accuracy.tolerance import Tolerance, default_tolerances
 from ortforge.core.cache import cache_root
-from ortforge.core.model import Model, model_size
+from ortforge.core.model import Model
 from ortforge.core.progress import Progress
 from ortforge.core.session import run_outputs
-from ortforge.data import GENERATED_WARNING, FeedSet
+from ortforge.data import FeedSet
 from ortforge.report.html import render_report
-from ortforge.searches.recipes import default_tolerances
-from ortforge.tuning.artifact import write_artifact
+from ortforge.tuning.artifact import environment, write_artifact
 from ortforge.tuning.candidates import precision_candidates
+from ortforge.tuning.record import artifact_record
 from ortforge.tuning.runner import LocalRunner
-from ortforge.tuning.search import (
-    JOURNAL,
-    TuneOptions,
-    TuneResult,
-    pareto_front,
-    tune_search,
-)
+from ortforge.tuning.search import JOURNAL, TuneOptions, TuneResult, tune_search
 
 
 @dataclass
@@ -42,87 +37,6 @@ class TuneReport:
 
     def to_dict(self) -> dict:
         return {"artifact": str(self.artifact), **self.record}
-
-
-def _error_metric(tolerances: list[Tolerance]) -> tuple[str, Any]:
-    """The axis for the latency-vs-accuracy plot: 1 - cosine unless the user's tolerance names another metric."""
-    named = next((t for t in tolerances if t.metric != "cosine"), None)
-    if named is None or named.metric in ("top1",):
-        return "1 - cosine", lambda m: max(0.0, 1.0 - m.get("cosine", 1.0))
-    if named.higher_is_better:
-        return f"1 - {named.metric}", lambda m: max(0.0, 1.0 - m.get(named.metric, 1.0))
-    return named.metric, lambda m: m.get(named.metric, 0.0)
-
-
-def _record(model: Model, reference_name: str, result: TuneResult, tolerances: list[Tolerance], feeds: FeedSet, command: str,
-            objective: str = "latency") -> dict[str, Any]:  # fmt: skip
-    chosen, baseline = result.chosen, result.baseline
-    runs = {v.label: v for v in result.final.variants}
-    if result.confirmation is not None:
-        runs.update({v.label: v for v in result.confirmation.variants})  # head-to-head figures win
-    chosen_run, baseline_run = runs[chosen.label], runs[baseline.label]
-    error_label, error_of = _error_metric(tolerances)
-    points = [(f.label, f.score.ratio if f.score else 1.0, error_of(f.trial.metrics)) for f in result.finalists]
-    front = pareto_front(points)
-    ratio = chosen.score or baseline.score
-    startup = (chosen_run.startup.p50 if chosen_run.startup else chosen_run.create_s * 1e3, baseline_run.startup.p50 if baseline_run.startup else baseline_run.create_s * 1e3)
-    streams = chosen.session.streams
-    serving = [] if streams == 1 else [f"serve with {streams} requests in flight (threads calling run on this one session): "
-                                       "the figures were measured that way and are time per request, not one request's latency"]  # fmt: skip
-    return {
-        "model_name": reference_name,
-        "objective": objective,
-        "requests_in_flight": streams,
-        "chosen": {"label": chosen.label, "precision": chosen.trial.candidate.label, "session": chosen.session.label},
-        "why": result.why,
-        "tolerances": [t.describe() for t in tolerances],
-        "figures": {
-            "latency_ms": {"chosen": _stats(chosen_run.latency), "baseline": _stats(baseline_run.latency)},
-            "latency_ratio": {"median": ratio.ratio, "min": ratio.low, "max": ratio.high, "rounds_won": ratio.wins} if ratio else None,
-            "accuracy": chosen.trial.metrics,
-            "size_bytes": {"chosen": chosen.trial.size_bytes, "original": model_size(model)},
-            "startup_ms": {"chosen": startup[0], "baseline": startup[1]},
-            "peak_rss_bytes": {"chosen": chosen_run.peak_rss, "baseline": baseline_run.peak_rss},
-            "throughput_per_s": {"chosen": chosen_run.throughput, "baseline": baseline_run.throughput, "batch": chosen_run.batch},
-        },
-        "summary": {
-            "speedup": f"{ratio.ratio:.2f}x ({ratio.low:.2f}-{ratio.high:.2f})" if ratio else "1.00x",
-            "accuracy": ", ".join(f"{k} {v:.4g}" for k, v in chosen.trial.metrics.items() if k in ("cosine", "top1", "max_abs")),
-            "size": f"{chosen.trial.size_bytes / 2**20:.1f} MiB (was {model_size(model) / 2**20:.1f})",
-            "startup": f"{startup[0]:.1f} ms (was {startup[1]:.1f})",
-            "throughput": f"{chosen_run.throughput:.1f}/s (was {baseline_run.throughput:.1f})",
-        },
-        "points": [(label, x, y, "chosen" if label == chosen.label else "baseline" if label == baseline.label else "other") for label, x, y in points],
-        "front": front,
-        "error_label": error_label,
-        "finalist_rows": [[f.label, f"{f.score.ratio:.3f} ({f.score.low:.3f}-{f.score.high:.3f})" if f.score else "-",
-                           f"{f.score.wins:.0%}" if f.score else "-", f"{error_of(f.trial.metrics):.3g}", "yes" if f.label in front else ""]
-                          for f in result.finalists],  # fmt: skip
-        "ops": _op_rows(baseline_run, chosen_run),
-        "placement_rows": [[v.label, ", ".join(f"{p.replace('ExecutionProvider', '')} {n}" for p, n in v.placement.counts.items()) if v.placement else "-",
-                            str(len(v.placement.cpu_fallback)) if v.placement else "-"] for v in result.final.variants],  # fmt: skip
-        "rejected": [[label, why] for label, why in result.rejected],
-        "candidates": [{"label": t.candidate.label, "metrics": t.metrics, "error": t.error, "cached": t.cached, "size_bytes": t.size_bytes} for t in result.trials],
-        "stages_s": result.stages,
-        "elapsed_s": result.elapsed_s,
-        "built": result.built,
-        "inputs": feeds.to_dict(),
-        "notes": ([GENERATED_WARNING] if feeds.generated else []) + serving + result.notes,
-        "commands": [command],
-    }
-
-
-def _stats(latency) -> dict:  # noqa: ANN001 - LatencyStats
-    return {"p50": latency.p50, "p90": latency.p90, "p99": latency.p99, "min": latency.min, "max": latency.max, "round_p50_spread": list(latency.spread)}
-
-
-def _op_rows(before, after) -> dict:  # noqa: ANN001 - VariantResult
-    if not (before.profile and after.profile):
-        return {"labels": [], "before": [], "after": []}
-    old = {item.op_type: item.total_us / 1e3 for item in before.profile.by_op_type}
-    new = {item.op_type: item.total_us / 1e3 for item in after.profile.by_op_type}
-    labels = sorted(set(old) | set(new), key=lambda op: -max(old.get(op, 0), new.get(op, 0)))[:12]
-    return {"labels": labels, "before": [old.get(op, 0.0) for op in labels], "after": [new.get(op, 0.0) for op in labels]}
 
 
 def tune_model(
@@ -141,12 +55,13 @@ def tune_model(
 ) -> TuneReport:
     """Search, then write the artifact folder (model, ortforge.json, report.html)."""
     reference = run_outputs(model, evaluation)
-    tolerances = tolerances or default_tolerances(reference)
-    runner = LocalRunner(model, calibration, evaluation, reference, cache_root() / "tune", hook)
+    judge = Judge(reference, tolerances or default_tolerances(reference), hook, feeds=evaluation, reference_label="fp32")
+    tolerances = judge.tolerances
+    runner = LocalRunner(model, calibration, evaluation, judge, cache_root() / "tune")
     candidates = precision_candidates(family, list(options.providers), transformer)
-    result = tune_search(runner, candidates, tolerances, options, progress, journal=runner.folder / JOURNAL)
+    result = tune_search(runner, candidates, options, progress, journal=runner.folder / JOURNAL)
     command = "ortforge " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and sys.argv[0].endswith("ortforge") else f"ortforge tune {reference_name} -o {output}"
-    record = _record(model, reference_name, result, tolerances, evaluation, command, options.objective)
+    record = artifact_record(model, reference_name, result, tolerances, evaluation, command, options.objective)
     chosen_model = result.chosen.trial.model
     assert chosen_model is not None
     write_artifact(output, chosen_model, model, result.chosen.session.config, record, render_report({**record, "environment": _environment_rows()}))
@@ -154,6 +69,4 @@ def tune_model(
 
 
 def _environment_rows() -> dict[str, str]:
-    from ortforge.tuning.artifact import environment
-
     return {key: str(value) for key, value in environment().items()}

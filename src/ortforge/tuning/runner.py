@@ -9,14 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from ortforge.accuracy.metrics import AccuracyReport, Outputs, Tolerance, compare
+from ortforge.accuracy.judge import Judge
+from ortforge.accuracy.metrics import Outputs
+from ortforge.accuracy.tolerance import close
 from ortforge.core.errors import UserError
 from ortforge.core.files import atomic_write_text
 from ortforge.core.model import Model, from_proto, load_model, model_size, save_model
@@ -25,36 +27,13 @@ from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.data import FeedSet
 from ortforge.measure.bench import BenchOptions, BenchReport, Variant, bench
 from ortforge.searches.recipes import apply_recipe
-from ortforge.tuning.candidates import PrecisionCandidate, frozen_options, recipe_of
+from ortforge.searches.trial import Candidate, Trial, frozen_options
+from ortforge.transforms import TransformResult
 
 RESULT_FILE = "result.json"
 EXCLUSION_ATTEMPTS = 6  # quantize-and-judge rounds the exclusion search may spend
 RANKING_SAMPLES = 4  # samples quant-debug ranks layers on for the exclusion search
 MODEL_FILE = "model.onnx"
-
-
-@dataclass
-class Trial:
-    """A built candidate and how accurate it is against the fp32 reference."""
-
-    candidate: PrecisionCandidate
-    model: Model | None
-    metrics: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    error: str = ""  # why it could not be built
-    cached: bool = False
-    size_bytes: int = 0
-
-    def passes(self, tolerances: Sequence[Tolerance]) -> tuple[bool, str]:
-        if self.error:
-            return False, self.error
-        failed = [t for t in tolerances if t.metric in self.metrics and not t.met_by(self.metrics[t.metric])]
-        missing = [t for t in tolerances if t.metric not in self.metrics]
-        if missing:
-            return False, f"metric {missing[0].metric} not available for this model"
-        if failed:
-            return False, "; ".join(f"{t.metric} {self.metrics[t.metric]:.4g} misses {t.describe()}" for t in failed)
-        return True, ""
 
 
 @dataclass
@@ -66,9 +45,9 @@ class MeasureTarget:
 
 
 class TrialRunner(Protocol):
-    def build(self, candidate: PrecisionCandidate) -> Trial: ...
+    def build(self, candidate: Candidate) -> Trial: ...
     def measure(self, targets: Sequence[MeasureTarget], options: BenchOptions, progress: Progress | None = None) -> BenchReport: ...
-    def exclusion(self, trial: Trial, tolerances: Sequence[Tolerance], progress: Progress | None = None) -> PrecisionCandidate | None:
+    def exclusion(self, trial: Trial, progress: Progress | None = None) -> Candidate | None:
         """The int8 candidate with the fewest nodes kept float that meets the tolerances (None if none found)."""
         ...
 
@@ -82,31 +61,21 @@ def feeds_hash(feeds: FeedSet) -> str:
     return digest.hexdigest()[:16]
 
 
-def metrics_of(report: AccuracyReport) -> dict[str, float]:
-    metrics = {}
-    for name in ("cosine", "max_abs", "mean_abs", "rel", "top1", "eval"):
-        try:
-            metrics[name] = report.metric(name)
-        except UserError:
-            continue
-    return metrics
-
-
 class LocalRunner:
     """Builds candidates here, caching each under <cache>/<model hash>/<candidate key>/."""
 
-    def __init__(self, model: Model, calibration: FeedSet, evaluation: FeedSet, reference: Outputs, cache: Path,
-                 hook: Callable | None = None) -> None:  # fmt: skip
-        self.model, self.calibration, self.evaluation, self.reference, self.hook = model, calibration, evaluation, reference, hook
+    def __init__(self, model: Model, calibration: FeedSet, evaluation: FeedSet, judge: Judge, cache: Path) -> None:
+        self.model, self.calibration, self.evaluation, self.judge = model, calibration, evaluation, judge
         self.model_hash = model.content_hash()
         self.data_hash = feeds_hash(calibration)
+        self.judge_key = judge.key()
         self.folder = cache / self.model_hash[:16]
         self.built = 0  # candidates built (not taken from the cache) in this run
         self._plans: dict = {}
         self._ranges: dict[str, float] | None = None  # activation ranges, measured once for the fp16 candidates
 
-    def build(self, candidate: PrecisionCandidate) -> Trial:
-        folder = self.folder / candidate.key(self.model_hash, self.data_hash)
+    def build(self, candidate: Candidate) -> Trial:
+        folder = self.folder / candidate.key(self.model_hash, self.data_hash, self.judge_key)
         cached = self._from_cache(candidate, folder)
         if cached is not None:
             return cached
@@ -118,20 +87,20 @@ class LocalRunner:
             trial.model = load_model(folder / MODEL_FILE, check=False)
         return trial
 
-    def _build(self, candidate: PrecisionCandidate) -> Trial:
+    def _build(self, candidate: Candidate) -> Trial:
         if candidate.kind == "fp32":
-            return Trial(candidate, self.model, metrics_of(compare(self.reference, self.reference)), size_bytes=model_size(self.model))
+            return Trial(candidate, self.model, self.judge(self.judge.reference), size_bytes=model_size(self.model))
         try:
             result = self._transform(candidate)
             model = from_proto(result.proto, base_dir=self.model.base_dir)
-            accuracy = compare(self.reference, self._outputs(candidate, model), self.hook)
+            verdict = self.judge(self._outputs(candidate, model))
         except UserError as exc:
             return Trial(candidate, None, error=str(exc))
         if not result.changed:
             return Trial(candidate, None, error="the transform changed nothing", notes=result.notes)
-        return Trial(candidate, model, metrics_of(accuracy), notes=result.notes, size_bytes=model_size(model))
+        return Trial(candidate, model, verdict, notes=result.notes, size_bytes=model_size(model))
 
-    def _transform(self, candidate: PrecisionCandidate):  # -> TransformResult
+    def _transform(self, candidate: Candidate) -> TransformResult:
         if candidate.kind == "fusion":
             from ortforge.transforms.fusion import FusionOptions, fuse_transformer
 
@@ -140,9 +109,9 @@ class LocalRunner:
             from ortforge.transforms.fp16 import convert_fp16
 
             return convert_fp16(self.model, self._fp16_plan(candidate), feeds=self.evaluation)
-        return apply_recipe(self.model, recipe_of(candidate), self.calibration)
+        return apply_recipe(self.model, candidate.recipe, self.calibration)
 
-    def _fp16_plan(self, candidate: PrecisionCandidate):  # -> Fp16Plan
+    def _fp16_plan(self, candidate: Candidate):  # -> Fp16Plan
         """Planned once per candidate (activation ranges measured on the calibration data)."""
         from ortforge.transforms.fp16 import (
             Fp16Options,
@@ -164,12 +133,13 @@ class LocalRunner:
         from ortforge.searches.mixed_precision import judge_for, search_mixed_precision
         from ortforge.tuning.candidates import MIXED_ATOL, MIXED_RTOL
 
-        found, search = search_mixed_precision(self.model, plan, self.calibration, MIXED_RTOL, MIXED_ATOL, judge_on=judge_for(plan.options.provider))
+        judge = Judge(run_outputs(self.model, self.calibration), [close(MIXED_RTOL, MIXED_ATOL)])
+        found, search = search_mixed_precision(self.model, plan, self.calibration, judge, judge_on=judge_for(plan.options.provider))
         found.notes.append(f"mixed precision: {len(search.kept_fp32)} more node(s) kept fp32 after {search.evaluations} evaluations")
         found.notes.extend(search.notes)
         return found
 
-    def _outputs(self, candidate: PrecisionCandidate, model: Model) -> Outputs:
+    def _outputs(self, candidate: Candidate, model: Model) -> Outputs:
         """The candidate's outputs for the accuracy check; fp16 runs on its GPU EP where this ORT has it, and is
         simulated otherwise (the CPU EP would compute most of it in fp32 behind Casts)."""
         if candidate.kind == "fp16":
@@ -187,43 +157,39 @@ class LocalRunner:
         folder.mkdir(parents=True)
         if trial.model is not None and trial.candidate.kind != "fp32":
             save_model(trial.model.proto, folder / MODEL_FILE, source=self.model)
-        record = {"label": trial.candidate.label, "metrics": trial.metrics, "notes": trial.notes, "error": trial.error, "size_bytes": trial.size_bytes}
+        record = {"label": trial.label, "metrics": trial.metrics, "notes": trial.notes, "error": trial.error, "size_bytes": trial.size_bytes}
         atomic_write_text(folder / RESULT_FILE, json.dumps(record, indent=2))  # written last: its presence means complete
 
-    def _from_cache(self, candidate: PrecisionCandidate, folder: Path) -> Trial | None:
+    def _from_cache(self, candidate: Candidate, folder: Path) -> Trial | None:
         record_path = folder / RESULT_FILE
         if not record_path.is_file():
             return None
         record = json.loads(record_path.read_text())
         model = self.model if candidate.kind == "fp32" else (load_model(folder / MODEL_FILE, check=False) if (folder / MODEL_FILE).exists() else None)
-        return Trial(candidate, model, record["metrics"], record["notes"], record["error"], cached=True, size_bytes=record["size_bytes"])
+        verdict = None if record["error"] else self.judge.decide_measured(record["metrics"])
+        return Trial(candidate, model, verdict, record["notes"], record["error"], cached=True, size_bytes=record["size_bytes"])
 
-    def exclusion(self, trial: Trial, tolerances: Sequence[Tolerance], progress: Progress | None = None) -> PrecisionCandidate | None:
+    def exclusion(self, trial: Trial, progress: Progress | None = None) -> Candidate | None:
         """Search on the calibration half (the evaluation half then judges the result like any candidate);
         the nodes found are cached, so a resumed run does not search again."""
-        from dataclasses import replace
-
         from ortforge.searches.exclusion import search_exclusions
-        from ortforge.searches.recipes import RecipeOutcome
 
-        record = self.folder / f"exclusion-{trial.candidate.key(self.model_hash, self.data_hash)}.json"
+        recipe = trial.candidate.recipe
+        record = self.folder / f"exclusion-{trial.candidate.key(self.model_hash, self.data_hash, self.judge_key)}.json"
         if record.is_file():
             nodes = json.loads(record.read_text())["nodes"]
         else:
-            recipe = recipe_of(trial.candidate)
-            outcome = RecipeOutcome(trial.candidate.label, recipe, model=trial.model, passed=False)
-            reference = run_outputs(self.model, self.calibration)
+            judge = Judge(run_outputs(self.model, self.calibration), self.judge.tolerances, self.judge.hook, feeds=self.calibration)
             ranking = replace(self.calibration, samples=self.calibration.samples[:RANKING_SAMPLES])
-            _, report = search_exclusions(self.model, outcome, self.calibration, self.calibration, reference, tolerances, self.hook, progress,
+            _, report = search_exclusions(self.model, trial, self.calibration, self.calibration, judge, progress,
                                           max_attempts=EXCLUSION_ATTEMPTS, ranking_feeds=ranking)  # fmt: skip
             nodes = [c.node for c in report.excluded] if report.met else []
             record.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(record, json.dumps({"candidate": trial.candidate.label, "nodes": nodes}))
+            atomic_write_text(record, json.dumps({"candidate": trial.label, "nodes": nodes}))
         if not nodes:
             return None
-        recipe = recipe_of(trial.candidate)
-        options = replace(recipe, exclude=tuple(recipe.exclude) + tuple(nodes))
-        return PrecisionCandidate(f"{trial.candidate.label}, {len(nodes)} node(s) kept float", "int8", frozen_options(options))
+        kept_float = replace(recipe, exclude=tuple(recipe.exclude) + tuple(nodes))
+        return Candidate(f"{trial.label}, {len(nodes)} node(s) kept float", "int8", frozen_options(kept_float))
 
     def measure(self, targets: Sequence[MeasureTarget], options: BenchOptions, progress: Progress | None = None) -> BenchReport:
         variants = [Variant(t.label, t.trial.model, t.config, self.evaluation, t.streams) for t in targets]  # type: ignore[arg-type]

@@ -14,20 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ortforge.accuracy.metrics import Tolerance
 from ortforge.core.files import atomic_write_text
-from ortforge.core.progress import Progress
-from ortforge.core.session import SessionConfig
+from ortforge.core.progress import Progress, section
+from ortforge.core.session import CPU, SessionConfig
 from ortforge.measure.bench import BenchOptions, BenchReport
 from ortforge.measure.compare import CandidateScore, consistent_winner, score
 from ortforge.measure.memory import release_freed_memory
-from ortforge.measure.placement import CPU, placement_for
-from ortforge.tuning.candidates import (
-    PrecisionCandidate,
-    SessionCandidate,
-    session_candidates,
-)
-from ortforge.tuning.runner import MeasureTarget, Trial, TrialRunner
+from ortforge.measure.placement import placement_for
+from ortforge.searches.trial import Candidate, Trial
+from ortforge.tuning.runner import MeasureTarget, TrialRunner
+from ortforge.tuning.sessions import SessionCandidate, session_space
 
 OBJECTIVES = ("latency", "throughput", "startup", "size")
 JOURNAL = "journal.json"
@@ -91,8 +87,7 @@ class Clock:
         return max(low, min(high, self.left * share / max(variants, 1)))
 
 
-def _build_all(runner: TrialRunner, candidates: Sequence[PrecisionCandidate], tolerances: Sequence[Tolerance], clock: Clock,
-               progress: Progress) -> tuple[list[Trial], list[Trial], list[tuple[str, str]]]:  # fmt: skip
+def _build_all(runner: TrialRunner, candidates: Sequence[Candidate], clock: Clock, progress: Progress) -> tuple[list[Trial], list[Trial], list[tuple[str, str]]]:
     trials, accurate, rejected = [], [], []
     for index, candidate in enumerate(candidates):
         if candidate.kind != "fp32" and clock.left < clock.budget * 0.4:
@@ -101,13 +96,12 @@ def _build_all(runner: TrialRunner, candidates: Sequence[PrecisionCandidate], to
         progress(f"building {candidate.label} ({index + 1}/{len(candidates)})", 0.05 + 0.35 * index / len(candidates))
         trial = runner.build(candidate)
         trials.append(trial)
-        passed, why = trial.passes(tolerances)
-        (accurate.append(trial) if passed else rejected.append((candidate.label, why)))
+        (accurate.append(trial) if trial.passed else rejected.append((candidate.label, trial.why_not)))
     return trials, accurate, rejected
 
 
-def _exclude(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], rejected: list[tuple[str, str]], tolerances: Sequence[Tolerance],
-             clock: Clock, progress: Progress) -> None:  # fmt: skip
+def _exclude(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], rejected: list[tuple[str, str]], clock: Clock,
+             progress: Progress) -> None:  # fmt: skip
     """When no int8 recipe met the tolerance, the most accurate one gets its worst nodes kept in float (once, time allowing).
 
     With an accurate int8 candidate at hand the search (quant-debug plus up to 6 quantizations) rarely pays:
@@ -119,14 +113,13 @@ def _exclude(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], re
     if clock.left < clock.budget * EXCLUSION_BUDGET_SHARE:
         rejected.append((f"{trial.candidate.label}, nodes kept float", "skipped: time budget"))
         return
-    candidate = runner.exclusion(trial, tolerances, _sub(progress, f"keeping nodes of {trial.candidate.label} in float", 0.35, 0.4))
+    candidate = runner.exclusion(trial, section(progress, f"keeping nodes of {trial.label} in float", 0.35, 0.4))
     if candidate is None:
         rejected.append((f"{trial.candidate.label}, nodes kept float", "no set of nodes kept in float met the tolerance"))
         return
     built = runner.build(candidate)
     trials.append(built)
-    passed, why = built.passes(tolerances)
-    (accurate.append(built) if passed else rejected.append((candidate.label, why)))
+    (accurate.append(built) if built.passed else rejected.append((candidate.label, built.why_not)))
 
 
 def _screen(runner: TrialRunner, accurate: list[Trial], options: TuneOptions, clock: Clock, progress: Progress) -> tuple[list[Trial], BenchReport | None, list[tuple[str, str]]]:
@@ -140,7 +133,7 @@ def _screen(runner: TrialRunner, accurate: list[Trial], options: TuneOptions, cl
     seconds = clock.seconds_per_variant(0.25, len(accurate))
     targets = [MeasureTarget(t.candidate.label, t, SessionConfig()) for t in accurate]
     report = runner.measure(targets, BenchOptions(max_seconds=seconds, profile=False, block_seconds=0.1, min_rounds=4),
-                            _sub(progress, "screening precision candidates", 0.4, 0.6))  # fmt: skip
+                            section(progress, "screening precision candidates", 0.4, 0.6))  # fmt: skip
     scores = [score(result, report.variants[0]) for result in report.variants[1:]]
     ranked = sorted(zip(others, scores), key=lambda pair: pair[1].ratio)
     survivors = [trial for trial, s in ranked if s.ratio < 1.0][: options.finalists]
@@ -152,14 +145,10 @@ def _screen(runner: TrialRunner, accurate: list[Trial], options: TuneOptions, cl
     return [fp32] + survivors, report, dropped
 
 
-def _sub(progress: Progress, stage: str, low: float, high: float) -> Progress:
-    return lambda what, fraction: progress(f"{stage}: {what}", low + (high - low) * fraction)
-
-
 def _allowed_sessions(trial: Trial, options: TuneOptions, notes: list[str]) -> list[SessionCandidate]:
     """Session candidates, dropping EPs that would leave more than the budget of nodes to the CPU."""
     allowed = []
-    for candidate in session_candidates(list(options.providers), objective=options.objective):
+    for candidate in session_space(providers=options.providers, objective=options.objective):
         provider = candidate.config.provider_names[0]
         if provider != CPU and trial.model is not None:
             placement = placement_for(trial.model, provider)
@@ -180,7 +169,7 @@ def _finalists(runner: TrialRunner, survivors: list[Trial], options: TuneOptions
     process (and copy of the model) in the final run."""
     fp32, others = survivors[0], survivors[1:]
     tuned = others[0] if others else fp32
-    defaults = session_candidates([CPU])[0]
+    defaults = SessionCandidate("ORT defaults")
     baseline = Finalist(f"{fp32.candidate.label} | ORT defaults", fp32, defaults)
     sessions = _screen_sessions(runner, tuned, _allowed_sessions(tuned, options, notes)[1:], options, clock, progress, rejected)
     found = [baseline] + ([] if tuned is fp32 else [Finalist(f"{tuned.candidate.label} | ORT defaults", tuned, defaults)])
@@ -198,7 +187,7 @@ def _screen_sessions(runner: TrialRunner, trial: Trial, sessions: list[SessionCa
     seconds = clock.seconds_per_variant(0.08, len(targets), high=2.0)  # a screen: the final run measures what it keeps
     startup_rounds = 3 if options.objective == "startup" else 0
     report = runner.measure(targets, BenchOptions(max_seconds=seconds, profile=False, block_seconds=0.1, min_rounds=4, startup_rounds=startup_rounds),
-                            _sub(progress, "screening session options", 0.6, 0.65))  # fmt: skip
+                            section(progress, "screening session options", 0.6, 0.65))  # fmt: skip
     ratios = [_objective_score(result, report.variants[0], options.objective).ratio for result in report.variants[1:]]
     scored = sorted(zip(sessions, ratios), key=lambda pair: pair[1])
     kept = [session for session, ratio in scored if ratio < 1.0][:SESSION_FINALISTS]
@@ -217,7 +206,6 @@ def _offline_variants(trial: Trial, notes: list[str]) -> list[Finalist]:
     from ortforge.core.model import from_proto
     from ortforge.core.stamp import config_for, read_stamp
     from ortforge.transforms.graph_opt import GraphOptOptions, optimize_offline
-    from ortforge.tuning.candidates import SessionCandidate
 
     if trial.model is None:
         return []
@@ -239,8 +227,8 @@ def _objective_score(result, baseline, objective: str) -> CandidateScore:  # noq
     return score(result, baseline)
 
 
-def tune_search(runner: TrialRunner, candidates: Sequence[PrecisionCandidate], tolerances: Sequence[Tolerance], options: TuneOptions,
-                progress: Progress | None = None, journal: Path | None = None) -> TuneResult:  # fmt: skip
+def tune_search(runner: TrialRunner, candidates: Sequence[Candidate], options: TuneOptions, progress: Progress | None = None,
+                journal: Path | None = None) -> TuneResult:  # fmt: skip
     """Run the stages within the time budget and pick the consistent winner against fp32 + ORT defaults."""
     shown = progress or (lambda what, fraction: None)
     best = ["fp32 with ORT defaults"]
@@ -249,8 +237,8 @@ def tune_search(runner: TrialRunner, candidates: Sequence[PrecisionCandidate], t
         shown(f"{what} | best so far: {best[0]}", fraction)
 
     clock, stages, notes = Clock(options.time_budget_s), {}, []
-    trials, accurate, rejected = _build_all(runner, candidates, tolerances, clock, report)
-    _exclude(runner, trials, accurate, rejected, tolerances, clock, report)
+    trials, accurate, rejected = _build_all(runner, candidates, clock, report)
+    _exclude(runner, trials, accurate, rejected, clock, report)
     stages["build + accuracy"] = clock.elapsed
     if not accurate or accurate[0].candidate.kind != "fp32":
         raise RuntimeError("the fp32 candidate must come first and pass")
@@ -268,7 +256,7 @@ def tune_search(runner: TrialRunner, candidates: Sequence[PrecisionCandidate], t
     startup_rounds = 8 if options.objective == "startup" else 3
     final = runner.measure([f.target for f in finalists],
                            BenchOptions(max_seconds=seconds, profile=True, profile_seconds=0.5, startup_rounds=startup_rounds, block_seconds=0.1, min_rounds=6),
-                           _sub(report, "final interleaved run", 0.6, 0.98))  # fmt: skip
+                           section(report, "final interleaved run", 0.6, 0.98))  # fmt: skip
     stages["final"] = clock.elapsed - sum(stages.values())
     for finalist, result in zip(finalists, final.variants):
         finalist.score = _objective_score(result, final.variants[0], options.objective)
@@ -276,7 +264,7 @@ def tune_search(runner: TrialRunner, candidates: Sequence[PrecisionCandidate], t
     best[0] = f"{chosen.label} ({chosen.score.ratio:.2f}x)" if chosen.score else chosen.label
     confirmation = None
     if chosen is not finalists[0] and options.objective != "size":
-        chosen, why, confirmation = _confirm(runner, chosen, finalists, options, clock, _sub(report, "head-to-head confirmation", 0.98, 1.0))
+        chosen, why, confirmation = _confirm(runner, chosen, finalists, options, clock, section(report, "head-to-head confirmation", 0.98, 1.0))
         stages["confirmation"] = clock.elapsed - sum(stages.values())
     if journal is not None:
         atomic_write_text(journal, json.dumps({"chosen": chosen.label, "finalists": [f.label for f in finalists], "time": time.time()}))

@@ -1,0 +1,126 @@
+"""The one tolerance vocabulary: a bound on one metric of a candidate's outputs against the reference.
+
+Agreements (cosine, top1, the user's `eval` score) must stay at or above their bound; errors (max_abs,
+mean_abs, rel) at or below it. `close` is numpy's allclose as a metric: every element within
+atol + rtol * |reference|, measured as the worst |error| / (atol + rtol * |reference|), which must stay
+at or below 1. On the command line `--tolerance rtol=1e-2 --tolerance atol=1e-3` (or `--rtol/--atol`)
+spell one `close` bound.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ortforge.core.errors import OptionError
+
+HIGHER_IS_BETTER = {"cosine", "top1", "eval"}
+LOWER_IS_BETTER = {"max_abs", "mean_abs", "rel", "close"}
+METRICS = HIGHER_IS_BETTER | LOWER_IS_BETTER
+CLOSE_PARTS = ("rtol", "atol")  # spelled as metrics on the command line; together they make one `close` bound
+BOUNDED = {"cosine": (-1.0, 1.0), "top1": (0.0, 1.0)}  # agreements that cannot leave this range
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """One bound on one metric, e.g. cosine >= 0.99, max_abs <= 1e-3, or close at rtol 1e-2, atol 1e-3."""
+
+    metric: str
+    value: float = 1.0  # for `close`: the bound on |error| / (atol + rtol * |reference|), 1 = allclose
+    rtol: float = 0.0  # `close` only
+    atol: float = 0.0  # `close` only
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise OptionError("tolerance", self.metric, f"the metric must be one of {', '.join(sorted(METRICS | set(CLOSE_PARTS)))}")
+        for name, number in (("value", self.value), ("rtol", self.rtol), ("atol", self.atol)):
+            if not math.isfinite(number):
+                raise OptionError("tolerance", f"{self.metric}={number}", f"{name} must be a finite number")
+        low, high = BOUNDED.get(self.metric, (0.0, math.inf))
+        if not low <= self.value <= high:
+            raise OptionError("tolerance", f"{self.metric}={self.value:g}", f"must lie in [{low:g}, {high:g}]")
+        if self.rtol < 0 or self.atol < 0:
+            raise OptionError("tolerance", f"rtol={self.rtol:g} atol={self.atol:g}", "rtol and atol must not be negative")
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric in HIGHER_IS_BETTER
+
+    def met_by(self, measured: float) -> bool:
+        if math.isnan(measured):
+            return False
+        return measured >= self.value if self.higher_is_better else measured <= self.value
+
+    def describe(self) -> str:
+        if self.metric == "close":
+            return f"within rtol={self.rtol:g} atol={self.atol:g}"
+        return f"{self.metric} {'>=' if self.higher_is_better else '<='} {self.value:g}"
+
+    def miss(self, measured: float) -> str:
+        """One line saying how a measured value misses this bound."""
+        if self.metric == "close":
+            return f"outputs {measured:.3g}x outside rtol={self.rtol:g} atol={self.atol:g}"
+        return f"{self.metric} {measured:.4g} misses {self.describe()}"
+
+
+def close(rtol: float, atol: float) -> Tolerance:
+    """numpy's allclose as a tolerance."""
+    return Tolerance("close", 1.0, rtol=rtol, atol=atol)
+
+
+def parse_tolerances(texts: Iterable[str], defaults: Sequence[Tolerance] = ()) -> list[Tolerance]:
+    """'cosine=0.99', 'rtol=1e-2', 'atol=1e-3' ... -> tolerances; nothing given -> `defaults`.
+
+    rtol and atol update the defaults' `close` bound (or start one at 0/0), so `--rtol 1e-3` alone keeps
+    the command's default atol.
+    """
+    given: dict[str, Tolerance] = {}
+    closeness: dict[str, float] = {}
+    for text in texts:
+        metric, sep, number = text.partition("=")
+        metric = metric.strip()
+        if not sep or metric not in METRICS | set(CLOSE_PARTS):
+            raise OptionError("tolerance", text, f"expected METRIC=VALUE with METRIC one of {', '.join(sorted(METRICS | set(CLOSE_PARTS)))}")
+        try:
+            value = float(number)
+        except ValueError:
+            raise OptionError("tolerance", text, f"'{number}' is not a number") from None
+        if metric in CLOSE_PARTS:
+            closeness[metric] = value
+        elif metric == "close":
+            raise OptionError("tolerance", text, "spell a close bound as rtol=R and atol=A")
+        else:
+            given[metric] = Tolerance(metric, value)
+    if not given and not closeness:
+        return list(defaults)
+    if closeness:
+        base = next((t for t in defaults if t.metric == "close"), close(0.0, 0.0))
+        given["close"] = replace(base, **closeness)
+    return list(given.values())
+
+
+def classifier_output(array: object) -> bool:
+    """[batch, classes] scores, or [batch, steps, classes] probabilities: where top-1 agreement means something.
+
+    A 3-D output counts only when its rows are probabilities (a recurrent state or hidden states are not).
+    """
+    if not isinstance(array, np.ndarray) or array.dtype.kind != "f" or array.shape[-1:] < (2,) or array.size == 0:
+        return False
+    if array.ndim == 2:
+        return True
+    if array.ndim == 3:
+        sums = np.asarray(array, np.float64).sum(axis=-1)
+        return bool(array.min() >= 0 and np.allclose(sums, 1.0, atol=1e-3))
+    return False
+
+
+def default_tolerances(reference: list[dict[str, object]]) -> list[Tolerance]:
+    """What quantize and tune hold a candidate to by default: cosine >= 0.99 on every output, and top-1
+    unchanged where an output looks like class scores."""
+    tolerances = [Tolerance("cosine", 0.99)]
+    if reference and any(classifier_output(value) for value in reference[0].values()):
+        tolerances.append(Tolerance("top1", 1.0))
+    return tolerances

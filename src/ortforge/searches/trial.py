@@ -1,0 +1,103 @@
+"""The one candidate/outcome pair every search uses: what to build (`Candidate`) and what came of it (`Trial`).
+
+`quantize --mode auto`, the exclusion search and `tune` all build candidates, judge them with the same
+judge and, when timed, score them against fp32; a `Trial` carries all of that, whoever made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from ortforge.accuracy.judge import Verdict
+from ortforge.core.model import Model
+from ortforge.measure.compare import CandidateScore
+from ortforge.transforms.quantize import QuantizeOptions
+from ortforge.transforms.weight_only import WeightOnlyOptions
+
+Recipe = QuantizeOptions | WeightOnlyOptions
+KINDS = ("fp32", "fusion", "int8", "weight-only", "fp16")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to rewrite the model: fp32 as is, transformer fusion, int8, weight-only int4/int8, fp16."""
+
+    label: str
+    kind: str  # one of KINDS
+    options: tuple[tuple[str, object], ...] = ()  # the transform's options, frozen (hashable, cacheable)
+
+    @classmethod
+    def of_recipe(cls, recipe: Recipe) -> Candidate:
+        """The candidate an int8 or weight-only recipe builds."""
+        return cls(recipe.describe(), "weight-only" if isinstance(recipe, WeightOnlyOptions) else "int8", frozen_options(recipe))
+
+    @property
+    def settings(self) -> dict:
+        return dict(self.options)
+
+    @property
+    def recipe(self) -> Recipe | None:
+        """The quantization options this candidate builds with (None for fp32, fusion and fp16)."""
+        if self.kind == "int8":
+            return QuantizeOptions(**self.settings)
+        if self.kind == "weight-only":
+            return WeightOnlyOptions(**self.settings)
+        return None
+
+    def key(self, model_hash: str, data_hash: str, judge_key: str = "") -> str:
+        """Cache key: the same model, transform, options, calibration data and judge build the same trial."""
+        uses_data = self.kind == "int8" or self.settings.get("auto")  # calibration, or the mixed-precision search
+        text = json.dumps([model_hash, self.kind, self.options, data_hash if uses_data else "", judge_key], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def frozen_options(options: object) -> tuple[tuple[str, object], ...]:
+    """A dataclass of options as sorted (name, value) pairs, lists made tuples."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in asdict(options).items()))
+
+
+@dataclass
+class Trial:
+    """A built candidate, the judge's verdict on it and, once timed, its score against fp32."""
+
+    candidate: Candidate
+    model: Model | None = field(default=None, repr=False)
+    verdict: Verdict | None = None
+    notes: list[str] = field(default_factory=list)
+    error: str = ""  # why it could not be built or judged
+    cached: bool = False
+    size_bytes: int = 0
+    speed: CandidateScore | None = None
+
+    @property
+    def label(self) -> str:
+        return self.candidate.label
+
+    @property
+    def passed(self) -> bool:
+        return not self.error and self.verdict is not None and self.verdict.passed
+
+    @property
+    def why_not(self) -> str:
+        """Why it was rejected ('' when it passed)."""
+        return self.error or (self.verdict.reason if self.verdict else "not judged")
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.verdict.measured if self.verdict else {}
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "kind": self.candidate.kind,
+            "size_bytes": self.size_bytes,
+            "verdict": self.verdict.to_dict() if self.verdict else None,
+            "passed": self.passed,
+            "rejected": "" if self.passed else self.why_not,
+            "error": self.error,
+            "cached": self.cached,
+            "speed": self.speed.__dict__ if self.speed else None,
+            "notes": self.notes,
+        }

@@ -1,0 +1,91 @@
+"""What a tune artifact records: the choice, the figures with their spreads, the plot and table inputs for the report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ortforge.accuracy.tolerance import Tolerance
+from ortforge.core.model import Model, model_size
+from ortforge.data import GENERATED_WARNING, FeedSet
+from ortforge.tuning.search import TuneResult, pareto_front
+
+
+def _error_metric(tolerances: list[Tolerance]) -> tuple[str, Any]:
+    """The axis for the latency-vs-accuracy plot: 1 - cosine unless the user's tolerance names another metric."""
+    named = next((t for t in tolerances if t.metric != "cosine"), None)
+    if named is None or named.metric in ("top1",):
+        return "1 - cosine", lambda m: max(0.0, 1.0 - m.get("cosine", 1.0))
+    if named.higher_is_better:
+        return f"1 - {named.metric}", lambda m: max(0.0, 1.0 - m.get(named.metric, 1.0))
+    return named.metric, lambda m: m.get(named.metric, 0.0)
+
+
+def artifact_record(model: Model, reference_name: str, result: TuneResult, tolerances: list[Tolerance], feeds: FeedSet, command: str,
+            objective: str = "latency") -> dict[str, Any]:  # fmt: skip
+    chosen, baseline = result.chosen, result.baseline
+    runs = {v.label: v for v in result.final.variants}
+    if result.confirmation is not None:
+        runs.update({v.label: v for v in result.confirmation.variants})  # head-to-head figures win
+    chosen_run, baseline_run = runs[chosen.label], runs[baseline.label]
+    error_label, error_of = _error_metric(tolerances)
+    points = [(f.label, f.score.ratio if f.score else 1.0, error_of(f.trial.metrics)) for f in result.finalists]
+    front = pareto_front(points)
+    ratio = chosen.score or baseline.score
+    startup = (chosen_run.startup.p50 if chosen_run.startup else chosen_run.create_s * 1e3, baseline_run.startup.p50 if baseline_run.startup else baseline_run.create_s * 1e3)
+    streams = chosen.session.streams
+    serving = [] if streams == 1 else [f"serve with {streams} requests in flight (threads calling run on this one session): "
+                                       "the figures were measured that way and are time per request, not one request's latency"]  # fmt: skip
+    return {
+        "model_name": reference_name,
+        "objective": objective,
+        "requests_in_flight": streams,
+        "chosen": {"label": chosen.label, "precision": chosen.trial.candidate.label, "session": chosen.session.label},
+        "why": result.why,
+        "tolerances": [t.describe() for t in tolerances],
+        "figures": {
+            "latency_ms": {"chosen": _stats(chosen_run.latency), "baseline": _stats(baseline_run.latency)},
+            "latency_ratio": {"median": ratio.ratio, "min": ratio.low, "max": ratio.high, "rounds_won": ratio.wins} if ratio else None,
+            "accuracy": chosen.trial.metrics,
+            "size_bytes": {"chosen": chosen.trial.size_bytes, "original": model_size(model)},
+            "startup_ms": {"chosen": startup[0], "baseline": startup[1]},
+            "peak_rss_bytes": {"chosen": chosen_run.peak_rss, "baseline": baseline_run.peak_rss},
+            "throughput_per_s": {"chosen": chosen_run.throughput, "baseline": baseline_run.throughput, "batch": chosen_run.batch},
+        },
+        "summary": {
+            "speedup": f"{ratio.ratio:.2f}x ({ratio.low:.2f}-{ratio.high:.2f})" if ratio else "1.00x",
+            "accuracy": ", ".join(f"{k} {v:.4g}" for k, v in chosen.trial.metrics.items() if k in ("cosine", "top1", "max_abs")),
+            "size": f"{chosen.trial.size_bytes / 2**20:.1f} MiB (was {model_size(model) / 2**20:.1f})",
+            "startup": f"{startup[0]:.1f} ms (was {startup[1]:.1f})",
+            "throughput": f"{chosen_run.throughput:.1f}/s (was {baseline_run.throughput:.1f})",
+        },
+        "points": [(label, x, y, "chosen" if label == chosen.label else "baseline" if label == baseline.label else "other") for label, x, y in points],
+        "front": front,
+        "error_label": error_label,
+        "finalist_rows": [[f.label, f"{f.score.ratio:.3f} ({f.score.low:.3f}-{f.score.high:.3f})" if f.score else "-",
+                           f"{f.score.wins:.0%}" if f.score else "-", f"{error_of(f.trial.metrics):.3g}", "yes" if f.label in front else ""]
+                          for f in result.finalists],  # fmt: skip
+        "ops": _op_rows(baseline_run, chosen_run),
+        "placement_rows": [[v.label, ", ".join(f"{p.replace('ExecutionProvider', '')} {n}" for p, n in v.placement.counts.items()) if v.placement else "-",
+                            str(len(v.placement.cpu_fallback)) if v.placement else "-"] for v in result.final.variants],  # fmt: skip
+        "rejected": [[label, why] for label, why in result.rejected],
+        "candidates": [{"label": t.candidate.label, "metrics": t.metrics, "error": t.error, "cached": t.cached, "size_bytes": t.size_bytes} for t in result.trials],
+        "stages_s": result.stages,
+        "elapsed_s": result.elapsed_s,
+        "built": result.built,
+        "inputs": feeds.to_dict(),
+        "notes": ([GENERATED_WARNING] if feeds.generated else []) + serving + result.notes,
+        "commands": [command],
+    }
+
+
+def _stats(latency) -> dict:  # noqa: ANN001 - LatencyStats
+    return {"p50": latency.p50, "p90": latency.p90, "p99": latency.p99, "min": latency.min, "max": latency.max, "round_p50_spread": list(latency.spread)}
+
+
+def _op_rows(before, after) -> dict:  # noqa: ANN001 - VariantResult
+    if not (before.profile and after.profile):
+        return {"labels": [], "before": [], "after": []}
+    old = {item.op_type: item.total_us / 1e3 for item in before.profile.by_op_type}
+    new = {item.op_type: item.total_us / 1e3 for item in after.profile.by_op_type}
+    labels = sorted(set(old) | set(new), key=lambda op: -max(old.get(op, 0), new.get(op, 0)))[:12]
+    return {"labels": labels, "before": [old.get(op, 0.0) for op in labels], "after": [new.get(op, 0.0) for op in labels]}
