@@ -134,9 +134,14 @@ def limits() -> OrtLimits:
 
 @dataclass(frozen=True)
 class KernelRange:
+    """One kernel this ORT build registered: its EP, the opset versions it serves, the types it accepts."""
+
     provider: str
     first: int
     last: int
+    # (type parameter, type strings the kernel accepts for it), e.g. ("T", {"tensor(float)", ...}); a
+    # tuple of pairs so the range stays hashable.
+    type_constraints: tuple[tuple[str, frozenset[str]], ...] = ()
 
 
 def dump_kernels() -> None:
@@ -192,14 +197,31 @@ def kernel_rows() -> list[list] | None:
 
 @functools.lru_cache(maxsize=1)
 def kernel_registry() -> dict[tuple[str, str], tuple[KernelRange, ...]] | None:
-    """(domain, op_type) -> the opset ranges each EP of this build registered a kernel for (None: unknown)."""
+    """(domain, op_type) -> every kernel this build registered for the op, in ORT's order (None: unknown).
+
+    The one index of `kernel_rows`: `kernel_providers` and `provider_kernels` are views of it.
+    """
     rows = kernel_rows()
     if rows is None:
         return None
     registry: dict[tuple[str, str], list[KernelRange]] = {}
-    for domain, op_type, provider, first, last, _ in rows:
-        registry.setdefault((domain, op_type), []).append(KernelRange(provider, first, last))
+    for domain, op_type, provider, first, last, constraints in rows:
+        allowed = tuple((param, frozenset(types)) for param, types in constraints.items())
+        registry.setdefault((domain or DEFAULT_DOMAIN, op_type), []).append(KernelRange(provider, first, last, allowed))
     return {key: tuple(ranges) for key, ranges in registry.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def provider_kernels(provider: str) -> dict[tuple[str, str], tuple[KernelRange, ...]] | None:
+    """(domain, op_type) -> the kernels one EP registered ({} when it registered none; None: ORT cannot say).
+
+    Cached per EP: the fp16 planner asks it for every node it decides.
+    """
+    registry = kernel_registry()
+    if registry is None:
+        return None
+    by_op = {key: tuple(k for k in kernels if k.provider == provider) for key, kernels in registry.items()}
+    return {key: kernels for key, kernels in by_op.items() if kernels}
 
 
 def kernel_providers(domain: str, op_type: str, since_version: int) -> set[str] | None:
