@@ -58,11 +58,8 @@ def child(tool: str, count: int, method: str, max_run_mib: int | None, cache: st
 
 def run_ortforge(model_path: Path, count: int, method: str, max_run_mib: int | None) -> tuple[dict[str, list[float]], dict[str, float]]:
     from ortforge.core.model import load_model
-    from ortforge.transforms.calibrate import (
-        CalibrationOptions,
-        calibrate,
-        quantize_with_ranges,
-    )
+    from ortforge.transforms.calibrate import CalibrationOptions, calibrate
+    from ortforge.transforms.ort_quantizer import quantize_with_ranges
 
     model = load_model(model_path)
     budget = max_run_mib << 20 if max_run_mib else None

@@ -11,13 +11,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    CalibrationMethod,
-    QuantType,
-    quantize_static,
-)
-from onnxruntime.quantization.calibrate import TensorsData, create_calibrator
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
+from onnxruntime.quantization.calibrate import HistogramCollector, TensorsData, create_calibrator
 
 from helpers import make_model, tensor, weight
 from ortforge.core.errors import UserError
@@ -28,9 +23,10 @@ from ortforge.transforms.calibrate import (
     RunningRange,
     StreamingHistogram,
     calibrate,
+    histogram_ranges,
     quantizable_op_types,
-    quantize_with_ranges,
 )
+from ortforge.transforms.calibrate.collectors import make_collector
 
 SAMPLES = 12
 
@@ -180,6 +176,98 @@ def test_explicit_tensors_and_their_errors(model):
         calibrate(model, sample_feeds(2), tensors=["nope"])
 
 
+# --- ORT's range maths and ORT's collector, fed the way ortforge streams ------------------------------
+
+
+def ort_collector(options: CalibrationOptions) -> HistogramCollector:
+    """ORT's histogram collector with the settings its calibrator would give it for `options`."""
+    return HistogramCollector(
+        method=options.method,
+        symmetric=options.is_symmetric,
+        num_bins=options.bins,
+        num_quantized_bins=options.num_quantized_bins,
+        percentile=options.percentile,
+        scenario=options.scenario,
+    )
+
+
+def ort_maths(histograms: dict, options: CalibrationOptions) -> tuple[dict, dict]:
+    """ORT's own entropy/percentile/distribution computations run on ortforge's merged histograms."""
+    collector = ort_collector(options)
+    collector.histogram_dict = {name: (h.counts, h.edges, np.float32(h.low), np.float32(h.high)) for name, h in histograms.items()}
+    with contextlib.redirect_stdout(io.StringIO()):
+        computed = collector.compute_collection_result()
+    ranges, moments = {}, {}
+    for name, item in computed.items():
+        pair = item.range_value if options.method == "distribution" else item[:2]
+        ranges[name] = tuple(float(value) for value in pair)
+        if options.method == "distribution":
+            moments[name] = tuple(float(value) for value in item.avg_std)
+    return ranges, moments
+
+
+def widening_stream(count: int = 20, size: int = 20_000) -> list[np.ndarray]:
+    """Samples whose spread keeps growing: every one widens the histogram's range."""
+    rng = np.random.default_rng(3)
+    return [(rng.standard_normal(size) * (1 + index / 2)).astype(np.float32) for index in range(count)]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        CalibrationOptions("entropy"),
+        CalibrationOptions("entropy", num_bins=512),
+        CalibrationOptions("entropy", num_bins=2048),
+        CalibrationOptions("percentile", percentile=99.9),
+        CalibrationOptions("percentile", percentile=99.9, symmetric=False),
+        CalibrationOptions("distribution"),
+        CalibrationOptions("distribution", scenario="p3"),
+    ],
+    ids=["entropy", "entropy-512", "entropy-2048", "percentile-abs", "percentile-signed", "distribution", "distribution-p3"],
+)
+def test_ort_maths_on_our_histograms(model, options):
+    """ORT's computations, fed ortforge's merged histograms, against ortforge's copies of them."""
+    result = calibrate(model, sample_feeds(), options)
+    for name, samples in {"widening": widening_stream(), "relu": [np.maximum(s, 0) for s in widening_stream()]}.items():
+        collector = make_collector(options)
+        for sample in samples:
+            collector.update(sample)
+        result.histograms[name] = collector.final(options.bins)
+    ours = histogram_ranges(result.histograms, options)
+    theirs = ort_maths(result.histograms, options)
+    assert ours[0] == theirs[0]
+    if options.scenario == "p3":  # np.cbrt against ORT's |x|**(1/3) * sign(x): float32 rounding apart
+        for name, pair in theirs[1].items():
+            np.testing.assert_allclose(ours[1][name], pair, rtol=1e-6, err_msg=name)
+    else:
+        assert ours[1] == theirs[1]
+
+
+def test_ort_collector_cannot_stream():
+    """Why ortforge keeps its own histogram: ORT's collector fed one sample at a time is not ORT's answer.
+
+    ORT's calibrator hands its collector every sample's values at once. Fed one sample at a time (the
+    only way to bound memory), the collector adds bins whenever the range widens (10x here) and its
+    entropy threshold moves by several bins; ortforge's streaming histogram stays at 128 bins, within one.
+    """
+    options = CalibrationOptions("entropy")
+    samples = widening_stream()
+    one_shot, per_sample = ort_collector(options), ort_collector(options)
+    with contextlib.redirect_stdout(io.StringIO()):
+        one_shot.collect({"t": samples})
+        for sample in samples:
+            per_sample.collect({"t": [sample]})
+        expected, drifted = (c.compute_collection_result()["t"][:2] for c in (one_shot, per_sample))
+    collector = make_collector(options)
+    for sample in samples:
+        collector.update(sample)
+    ours = histogram_ranges({"t": collector.final(options.bins)}, options)[0]["t"]
+    width = float(one_shot.histogram_dict["t"][1][1] - one_shot.histogram_dict["t"][1][0])
+    assert per_sample.histogram_dict["t"][0].size > 5 * options.bins
+    assert max(abs(float(a) - float(b)) for a, b in zip(drifted, expected)) > 2 * width
+    assert max(abs(a - float(b)) for a, b in zip(ours, expected)) <= width * (1 + 1e-6)
+
+
 # --- bounded memory ------------------------------------------------------------------------------
 
 
@@ -249,24 +337,7 @@ def test_writes_no_files(model, tmp_path, monkeypatch):
     assert sorted(path.name for path in tmp_path.rglob("*")) == ["tmp"]
 
 
-# --- handing the ranges to ORT's quantizer -------------------------------------------------------
-
-
-def test_ranges_quantize_like_quantize_static(model, tmp_path):
-    """quantize_with_ranges(our MinMax ranges) writes the same scales and zero points as quantize_static."""
-    feeds = sample_feeds()
-    source, target = tmp_path / "model.onnx", tmp_path / "static.onnx"
-    onnx.save_model(model.proto, str(source))
-    with contextlib.redirect_stdout(io.StringIO()):
-        quantize_static(str(source), str(target), Reader(feeds), activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    ours = quantize_with_ranges(model, calibrate(model, feeds), activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    theirs = onnx.load(str(target))
-    assert [node.op_type for node in ours.graph.node] == [node.op_type for node in theirs.graph.node]
-    expected = {init.name: numpy_helper.to_array(init).reshape(-1) for init in theirs.graph.initializer}
-    actual = {init.name: numpy_helper.to_array(init).reshape(-1) for init in ours.graph.initializer}
-    assert actual.keys() == expected.keys()
-    for name, values in expected.items():
-        np.testing.assert_array_equal(actual[name], values, err_msg=name)
+# --- handing the ranges to ORT -----------------------------------------------------------------
 
 
 def test_tensors_data_carries_histograms(model):

@@ -270,11 +270,8 @@ def _quantize_static(
     """
     from onnxruntime.quantization import QuantFormat, QuantType
 
-    from ortforge.transforms.calibrate import (
-        CalibrationOptions,
-        calibrate,
-        quantize_with_ranges,
-    )
+    from ortforge.transforms.calibrate import CalibrationOptions, calibrate
+    from ortforge.transforms.ort_quantizer import quantize_with_ranges
 
     model = from_proto(prepared)
     calibration_options = CalibrationOptions(
