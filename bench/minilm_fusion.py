@@ -29,16 +29,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship in a pip packag
 import numpy as np
 
 from ortforge.accuracy.judge import verify
+from ortforge.analysis.transformer import detect_transformer
 from ortforge.core.model import Model, from_proto, load_model
 from ortforge.core.session import SessionConfig
 from ortforge.data import FeedSet
 from ortforge.measure.bench import BenchOptions, Variant, bench
 from ortforge.measure.compare import consistent_winner, score
-from ortforge.transforms.fusion import (
-    FusionOptions,
-    detect_transformer,
-    fuse_transformer,
-)
+from ortforge.transforms.fusion import FusionOptions, fuse_transformer
 
 INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 SENTENCES = [

@@ -8,7 +8,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from helpers import attention_block, make_model, tensor, weight
-from ortforge.analysis.macs import STRIP_ELEMENTS, _inference_copy, count_macs
+from ortforge.analysis.macs import count_macs
+from ortforge.analysis.shapes import STRIP_ELEMENTS, _inference_copy
 from ortforge.core.model import from_proto, load_model
 
 MS = "com.microsoft"

@@ -13,12 +13,13 @@ from onnx import TensorProto, helper
 
 from helpers import tensor, weight
 from ortforge.accuracy.judge import verify
+from ortforge.accuracy.tolerance import close
+from ortforge.analysis.transformer import detect_transformer
 from ortforge.core.errors import UserError
 from ortforge.core.model import from_proto, load_model
 from ortforge.data import FeedSet
 from ortforge.transforms.fusion import (
     FusionOptions,
-    detect_transformer,
     fuse_transformer,
     fused_op_counts,
 )
@@ -197,8 +198,8 @@ def token_feeds(batch: int = 2, seq: int = 7, samples: int = 2) -> FeedSet:
 
 def fused_matches(original, result, feeds: FeedSet | None = None) -> None:
     verification = verify(from_proto(original.proto, base_dir=original.base_dir), from_proto(result.proto, base_dir=original.base_dir),
-                          feeds or token_feeds(), rtol=1e-4, atol=1e-4)
-    assert verification.passed, verification.summary() + " " + verification.problem
+                          feeds or token_feeds(), [close(1e-4, 1e-4)])
+    assert verification.passed, verification.summary()
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Static facts about a model for `ortforge inspect`: I/O, opsets, ops, parameters, MACs and family.
+"""Static facts about a model for `ortforge inspect`: I/O, opsets, ops, parameters, MACs and family (`family`).
 
 Nothing here loads external weights: parameter sizes come from tensor dims, MACs from shapes.
 """
@@ -7,46 +7,20 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import onnx
 from onnx import helper
 
-from ortforge.analysis.macs import MacReport, count_macs, op_key, subgraphs
+from ortforge.analysis.family import classify_family
+from ortforge.analysis.graph import is_default_domain
+from ortforge.analysis.macs import MacReport, count_macs, op_key
 from ortforge.core.errors import UserError
 from ortforge.core.model import Model, iter_graphs, iter_nodes, opset_versions
 from ortforge.data import ShapeOptions, input_specs, resolve_shapes
 
-# A family claimed from MACs needs its op group to hold at least this share of the counted MACs.
-DOMINANT_SHARE = 0.5
-
-CONV_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "FusedConv", "NhwcConv"}
-DENSE_OPS = {
-    "MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "FusedMatMul", "FusedGemm", "QGemm", "MatMulNBits",
-    "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
-}
-RECURRENT_OPS = {"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"}
-ATTENTION_OPS = {
-    "Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention", "PackedMultiHeadAttention",
-    "DecoderMaskedMultiHeadAttention", "DecoderMaskedSelfAttention", "SparseAttention", "QAttention",
-    "LongformerAttention", "PagedAttention", "DecoderAttention",
-}
-NORM_OPS = {
-    "LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
-    "RMSNormalization", "EmbedLayerNormalization",
-}
-QUANT_OPS = {
-    "QuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInteger", "MatMulNBits", "QGemm", "QAttention",
-    "MatMulIntegerToFloat", "DynamicQuantizeLSTM", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
-}
-CNN_COMPANIONS = ("BatchNormalization", "Resize", "Upsample", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
-# Between the scores MatMul and the Softmax (scaling, masks, casts), and after it (casts, dropout).
-SCORE_PATH_OPS = {"Div", "Mul", "Add", "Sub", "Where", "Cast", "Reshape", "Clip", "Identity"}
-PROBS_PATH_OPS = {"Cast", "Dropout", "Identity", "Reshape", "Where"}
-MATMUL_LIKE = {"MatMul", "FusedMatMul", "Einsum"}
-PATTERN_DEPTH = 4
 FOUR_BIT_TYPES = {
     getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, name)
 }
@@ -275,7 +249,7 @@ def _dense_weights(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 
 
 def _is_constant(node: onnx.NodeProto) -> bool:
-    return node.op_type == "Constant" and node.domain in ("", "ai.onnx")
+    return node.op_type == "Constant" and is_default_domain(node)
 
 
 def _tensor_bytes(tensor: onnx.TensorProto, elements: int) -> int:
@@ -287,212 +261,3 @@ def _tensor_bytes(tensor: onnx.TensorProto, elements: int) -> int:
         return elements * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     except (KeyError, ValueError, TypeError):
         return 0
-
-
-# ---------------------------------------------------------------------------------------------------
-# Model family
-
-
-@dataclass
-class _Graphs:
-    """Producer/consumer maps over all graphs (names are unique across scopes in valid models)."""
-
-    producer: dict[str, onnx.NodeProto]
-    consumers: dict[str, list[onnx.NodeProto]]
-    constants: set[str]
-    container: dict[int, str]  # id(node) -> op type of the outermost control-flow node holding it ("" if main)
-
-    @classmethod
-    def build(cls, proto: onnx.ModelProto) -> _Graphs:
-        producer: dict[str, onnx.NodeProto] = {}
-        consumers: dict[str, list[onnx.NodeProto]] = {}
-        constants: set[str] = set()
-        for graph in iter_graphs(proto.graph):
-            constants.update(t.name for t in graph.initializer)
-            for node in graph.node:
-                if node.op_type == "Constant":
-                    constants.update(node.output)
-                for name in node.output:
-                    producer[name] = node
-                for name in node.input:
-                    consumers.setdefault(name, []).append(node)
-        container: dict[int, str] = {}
-        _mark_containers(proto.graph, "", container)
-        return cls(producer, consumers, constants, container)
-
-
-def _mark_containers(graph: onnx.GraphProto, holder: str, container: dict[int, str]) -> None:
-    for node in graph.node:
-        container[id(node)] = holder
-        for subgraph in subgraphs(node):
-            _mark_containers(subgraph, holder or node.op_type, container)
-
-
-def attention_patterns(proto: onnx.ModelProto, graphs: _Graphs | None = None) -> int:
-    """Softmax nodes fed (through scaling/masking) by a MatMul of two activations and feeding a MatMul."""
-    graphs = graphs or _Graphs.build(proto)
-    return sum(
-        1
-        for node in iter_nodes(proto)
-        if node.op_type == "Softmax"
-        and _scores_matmul(node.input[0], graphs, PATTERN_DEPTH)
-        and _probs_matmul(node.output[0], graphs, PATTERN_DEPTH)
-    )
-
-
-def _scores_matmul(name: str, graphs: _Graphs, depth: int) -> bool:
-    node = graphs.producer.get(name)
-    if node is None or depth == 0:
-        return False
-    if node.op_type in MATMUL_LIKE:
-        # Q x K^T multiplies two activations; a classifier head multiplies by a weight.
-        operands = [n for n in node.input if n]
-        return len(operands) >= 2 and not any(n in graphs.constants for n in operands)
-    if node.op_type in SCORE_PATH_OPS:
-        return any(_scores_matmul(n, graphs, depth - 1) for n in node.input if n and n not in graphs.constants)
-    return False
-
-
-def _probs_matmul(name: str, graphs: _Graphs, depth: int) -> bool:
-    if depth == 0:
-        return False
-    for node in graphs.consumers.get(name, []):
-        if node.op_type in MATMUL_LIKE:
-            return True
-        if node.op_type in PROBS_PATH_OPS and node.output and _probs_matmul(node.output[0], graphs, depth - 1):
-            return True
-    return False
-
-
-def _decomposed_layernorms(proto: onnx.ModelProto, graphs: _Graphs) -> int:
-    """x - ReduceMean(x): the centring step of a LayerNorm written out in primitive ops."""
-    count = 0
-    for node in iter_nodes(proto):
-        if node.op_type == "Sub" and len(node.input) == 2:
-            mean = graphs.producer.get(node.input[1])
-            if mean is not None and mean.op_type == "ReduceMean" and mean.input and mean.input[0] == node.input[0]:
-                count += 1
-    return count
-
-
-def classify_family(proto: onnx.ModelProto, macs: MacReport) -> tuple[str, list[str]]:
-    """cnn, rnn, transformer, mlp, quantized or other, with short human-readable evidence for the choice."""
-    ops = Counter(node.op_type for node in iter_nodes(proto))
-    family, evidence = _architecture(proto, macs, ops)
-    quantized = Counter({op: n for op, n in ops.items() if op in QUANT_OPS or op.startswith(("QLinear", "DynamicQuantize"))})
-    if quantized:
-        listed = ", ".join(f"{n} {op}" for op, n in quantized.most_common(4))
-        return "quantized", [f"already quantized: {listed}", f"underlying architecture looks {family}", *evidence]
-    return family, evidence
-
-
-def _architecture(proto: onnx.ModelProto, macs: MacReport, ops: Counter) -> tuple[str, list[str]]:
-    """Recurrent ops decide first, then attention unless convolutions dominate, then Conv, then MatMul/Gemm."""
-    graphs = _Graphs.build(proto)
-    shares = _mac_shares(macs)
-    incomplete = [f"MAC shares cover counted nodes only ({len(macs.unknown)} heavy node(s) uncounted)"] if macs.unknown and shares else []
-    recurrent = [node for node in iter_nodes(proto) if node.op_type in RECURRENT_OPS]
-    if recurrent:
-        return "rnn", _rnn_evidence(recurrent, graphs, ops, shares) + incomplete
-    attention = _attention_evidence(ops, attention_patterns(proto, graphs))
-    conv_nodes = _node_count(ops, CONV_OPS)
-    dense_nodes = _node_count(ops, DENSE_OPS)
-    # Without counted MACs, node counts stand in for the shares.
-    conv_dominant = _share(shares, CONV_OPS) >= DOMINANT_SHARE if shares else conv_nodes > dense_nodes
-    if attention and not conv_dominant:
-        return "transformer", _transformer_evidence(proto, graphs, ops, shares, attention) + incomplete
-    if conv_nodes and conv_dominant:
-        return "cnn", _cnn_evidence(ops, shares, attention) + incomplete
-    if dense_nodes and (_share(shares, DENSE_OPS) >= DOMINANT_SHARE or not shares):
-        return "mlp", [
-            f"{dense_nodes} MatMul/Gemm node(s) ({_share_text(shares, DENSE_OPS)})",
-            "no attention or recurrent ops" + (f"; {conv_nodes} minor Conv node(s)" if conv_nodes else ", no Conv"),
-            *incomplete,
-        ]
-    return "other", _other_evidence(proto, ops)
-
-
-def _rnn_evidence(recurrent: list[onnx.NodeProto], graphs: _Graphs, ops: Counter, shares: dict[str, float]) -> list[str]:
-    text = ", ".join(f"{n} {op}" for op, n in Counter(node.op_type for node in recurrent).most_common())
-    holders = [graphs.container[id(node)] for node in recurrent if graphs.container[id(node)]]
-    if len(holders) == len(recurrent) and len(set(holders)) == 1:
-        text += f", inside {holders[0]} subgraphs"
-    elif holders:
-        text += f" ({len(holders)} inside If/Loop/Scan subgraphs)"
-    evidence = [text]
-    if shares:
-        evidence.append(f"recurrent ops hold {_share(shares, RECURRENT_OPS):.0%} of counted MACs")
-    if conv_nodes := _node_count(ops, CONV_OPS):
-        evidence.append(f"also {conv_nodes} Conv node(s) ({_share_text(shares, CONV_OPS)})")
-    return evidence
-
-
-def _attention_evidence(ops: Counter, patterns: int) -> list[str]:
-    evidence = []
-    if fused := _listed(ops, sorted(ATTENTION_OPS)):
-        evidence.append(f"fused attention ops: {fused}")
-    if patterns:
-        evidence.append(f"{patterns} Softmax between two activation MatMuls (attention pattern)")
-    return evidence
-
-
-def _transformer_evidence(
-    proto: onnx.ModelProto, graphs: _Graphs, ops: Counter, shares: dict[str, float], attention: list[str]
-) -> list[str]:
-    evidence = list(attention)
-    if norms := _node_count(ops, NORM_OPS):
-        evidence.append(f"{norms} LayerNormalization-type node(s)")
-    elif decomposed := _decomposed_layernorms(proto, graphs):
-        evidence.append(f"{decomposed} LayerNorm(s) written out as ReduceMean/Sub/...")
-    if shares:
-        share = _share(shares, DENSE_OPS) + _share(shares, ATTENTION_OPS)
-        evidence.append(f"MatMul/Gemm/attention hold {share:.0%} of counted MACs")
-    return evidence
-
-
-def _cnn_evidence(ops: Counter, shares: dict[str, float], attention: list[str]) -> list[str]:
-    evidence = [f"{_listed(ops, sorted(CONV_OPS))} ({_share_text(shares, CONV_OPS)})"]
-    if companions := _listed(ops, CNN_COMPANIONS):
-        evidence.append(f"with {companions}")
-    if dense_nodes := _node_count(ops, DENSE_OPS):
-        evidence.append(f"{dense_nodes} MatMul/Gemm node(s) ({_share_text(shares, DENSE_OPS)})")
-    if attention:
-        evidence.append("also " + "; ".join(attention) + ": a hybrid CNN-transformer, convolutions dominate")
-    return evidence
-
-
-def _other_evidence(proto: onnx.ModelProto, ops: Counter) -> list[str]:
-    heavy = _listed(ops, sorted(CONV_OPS | DENSE_OPS))
-    evidence = [f"heavy ops without a dominant kind: {heavy}" if heavy else "no Conv, MatMul/Gemm, attention or recurrent ops"]
-    ml_ops = Counter(node.op_type for node in iter_nodes(proto) if node.domain == "ai.onnx.ml")
-    if ml_ops:
-        evidence.append("ai.onnx.ml ops: " + ", ".join(f"{n} {op}" for op, n in ml_ops.most_common(3)))
-    return evidence
-
-
-def _mac_shares(macs: MacReport) -> dict[str, float]:
-    """Bare op type -> share of counted MACs (empty when nothing was counted)."""
-    if macs.total_macs <= 0:
-        return {}
-    shares: dict[str, float] = {}
-    for key, value in macs.by_op_type.items():
-        op = key.rsplit(":", 1)[-1]
-        shares[op] = shares.get(op, 0.0) + value / macs.total_macs
-    return shares
-
-
-def _share(shares: dict[str, float], group: Iterable[str]) -> float:
-    return sum(shares.get(op, 0.0) for op in group)
-
-
-def _share_text(shares: dict[str, float], group: Iterable[str]) -> str:
-    return f"{_share(shares, group):.0%} of counted MACs" if shares else "MACs unknown"
-
-
-def _node_count(ops: Counter, group: Iterable[str]) -> int:
-    return sum(ops[op] for op in group)
-
-
-def _listed(ops: Counter, names: Iterable[str]) -> str:
-    """'2 Conv, 1 ConvTranspose': those of `names` that occur, with their node counts."""
-    return ", ".join(f"{ops[op]} {op}" for op in names if ops[op])

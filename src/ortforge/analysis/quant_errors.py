@@ -16,7 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from ortforge.accuracy.metrics import AccuracyReport, compare
-from ortforge.analysis.macs import inferred_shapes
+from ortforge.analysis.shapes import inferred_shapes
 from ortforge.core.model import Model, from_proto, loaded_copy
 from ortforge.core.session import SessionConfig, run_checked
 from ortforge.data import FeedSet

@@ -8,13 +8,13 @@ from pathlib import Path
 from ortforge.accuracy.hooks import load_eval_hook
 from ortforge.accuracy.tolerance import parse_tolerances
 from ortforge.analysis.model_report import inspect_model
+from ortforge.analysis.transformer import detect_transformer
 from ortforge.commands.common import calibration_and_evaluation, open_model
 from ortforge.core.errors import UserError
 from ortforge.core.progress import Progress
 from ortforge.core.runtime import local_providers
 from ortforge.core.session import provider_name
 from ortforge.data import ShapeOptions
-from ortforge.analysis.transformer import detect_transformer
 from ortforge.tuning import TuneReport, tune_model
 from ortforge.tuning.search import OBJECTIVES, TuneOptions
 
