@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 import ortforge
-from ortforge.measure.bench import BenchOptions
 
 
 def main() -> None:
@@ -23,7 +22,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         for reference in args.models:
-            tuning, _ = ortforge.tune_session(reference, Path(folder) / "config.json", options=BenchOptions(max_seconds=args.time))
+            tuning, _ = ortforge.tune_session(reference, Path(folder) / "config.json", seconds=args.time)
             chosen = next(s for s in tuning.scores if s.label == tuning.chosen.label)
             others = "; ".join(f"{s.label} {s.ratio:.2f}x won {s.wins:.0%}" for s in tuning.scores[1:])
             print(

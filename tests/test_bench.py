@@ -114,7 +114,7 @@ def test_bench_with_streams_reports_time_per_request(tmp_path):
     result = report.variants[0]
     assert result.streams == 2 and result.latency.p50 > 0 and result.throughput > 0
     assert any("requests in flight" in note for note in report.notes)
-    with pytest.raises(UserError, match="--streams 0"):
+    with pytest.raises(UserError, match="^streams=0: give 1 or more"):
         bench([str(model)], options=QUICK, streams=0)
 
 

@@ -132,7 +132,7 @@ def test_fp16_auto_prints_the_search_and_json_parses(tmp_path):
     model = save(linear_model(), tmp_path / "m.onnx")
     shown = ortforge("fp16", str(model), "-o", str(tmp_path / "half.onnx"), "--ep", "cuda", "--auto", "--rtol", "1e-2", "--atol", "1e-3")
     assert shown.returncode == 0, shown.stderr
-    assert "wrote" in shown.stdout and "fp16 vs fp32" in shown.stdout and "of the MACs in fp16" in shown.stdout
+    assert "wrote" in shown.stdout and "within rtol=0.01 atol=0.001 of fp32" in shown.stdout and "of the MACs in fp16" in shown.stdout
     as_json = ortforge("fp16", str(model), "-o", str(tmp_path / "half2.onnx"), "--ep", "cuda", "--auto", "--json")
     report = json.loads(as_json.stdout)
     assert report["within_tolerance"] and report["search"]["evaluations"] >= 1 and 0 <= report["fp16_mac_share"] <= 1

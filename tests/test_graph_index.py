@@ -6,7 +6,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from helpers import make_model, tensor, weight
-from ortforge.analysis.graph import SMALL_CONSTANT, GraphIndex, subgraphs
+from ortforge.core.graph import SMALL_CONSTANT, GraphIndex, subgraphs
 from ortforge.core.model import iter_graphs
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import linear_model
 
+from helpers import linear_model
 from ortforge.accuracy.judge import Judge, require, verify
 from ortforge.accuracy.tolerance import Tolerance, close
 from ortforge.core.errors import UserError

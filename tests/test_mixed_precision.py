@@ -7,16 +7,15 @@ import pytest
 from onnx import helper
 
 from helpers import linear_model, make_model, save, tensor, weight
+from ortforge.accuracy.judge import Judge
+from ortforge.accuracy.tolerance import close
 from ortforge.commands.fp16 import fp16
 from ortforge.core.errors import UserError
 from ortforge.core.model import load_model
-from ortforge.accuracy.judge import Judge
-from ortforge.accuracy.tolerance import close
 from ortforge.core.session import run_outputs
 from ortforge.data import FeedSet
 from ortforge.searches.mixed_precision import search_mixed_precision, simulated_outputs
 from ortforge.transforms.fp16 import Fp16Options, plan_fp16
-
 
 
 def within(reference, candidate, rtol, atol):

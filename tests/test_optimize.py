@@ -1,9 +1,8 @@
-"""Offline optimization, its stamp, and the guarded loader that honours it."""
+"""Offline optimization: what it saves, how it is verified and stamped, and the optimize command."""
 
 from __future__ import annotations
 
 import importlib
-import json
 
 import numpy as np
 import onnx
@@ -13,12 +12,10 @@ from onnx import helper
 import ortforge
 from helpers import make_model, save, tensor, weight
 from ortforge.commands.optimize import optimize
-from ortforge.commands.run import load_checked, run
-from ortforge.core import stamp as stamp_module
+from ortforge.commands.run import load_checked
 from ortforge.core.errors import UserError
-from ortforge.core.machine import cpu_info
 from ortforge.core.model import load_model
-from ortforge.core.stamp import LAYOUT_FEATURES, STAMP_KEY, load_level, read_stamp
+from ortforge.core.stamp import load_level, read_stamp
 from ortforge.measure.bench import BenchOptions
 from ortforge.transforms.graph_opt import GraphOptOptions, optimize_offline
 
@@ -73,7 +70,7 @@ def test_load_level_follows_saved_level():
 
 
 def test_portable_refuses_layout_levels():
-    with pytest.raises(UserError, match="--portable"):
+    with pytest.raises(UserError, match="^level=all: portable saves only basic or extended"):
         GraphOptOptions(level="all", portable=True)
 
 
@@ -115,11 +112,11 @@ def test_failed_verification_writes_nothing_unless_forced(cnn_path, tmp_path, mo
 
     monkeypatch.setattr(importlib.import_module("ortforge.commands.optimize"), "optimize_offline", broken)  # the module, not the verb
     out = tmp_path / "bad.onnx"
-    with pytest.raises(UserError, match="not written.*outside tolerance"):
+    with pytest.raises(UserError, match="not written, outputs .*x outside rtol=1e-05 atol=1e-05"):
         optimize(str(cnn_path), str(out))
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cnn.onnx"]
     report = optimize(str(cnn_path), str(out), force=True)
-    assert out.exists() and report.forced and any("--force" in note for note in report.notes)
+    assert out.exists() and report.forced and any("forced" in note for note in report.notes)
 
 
 def test_optimize_never_overwrites_its_input(cnn_path):
@@ -127,71 +124,6 @@ def test_optimize_never_overwrites_its_input(cnn_path):
     with pytest.raises(UserError, match="overwrite the input"):
         optimize(str(cnn_path), str(cnn_path))
     assert cnn_path.read_bytes() == before
-
-
-# A layout-relevant ISA feature this CPU lacks (the test machine may have any of them, AMX included).
-MISSING_FEATURE = sorted(LAYOUT_FEATURES - set(cpu_info().features))[0]
-
-
-def _restamp(path, out, **changes):
-    proto = onnx.load(str(path))
-    for entry in proto.metadata_props:
-        if entry.key == STAMP_KEY:
-            data = json.loads(entry.value)
-            data.update(changes)
-            entry.value = json.dumps(data)
-    onnx.save(proto, str(out))
-    return out
-
-
-@pytest.mark.parametrize(
-    "changes, message",
-    [
-        ({"isa_features": ["avx2", MISSING_FEATURE]}, f"made for {MISSING_FEATURE}, this CPU has .* only"),
-        ({"ort_version": "1.2.0"}, "made with onnxruntime 1.2.0"),
-        ({"architecture": "riscv64"}, "made for a riscv64 CPU"),
-        ({"providers": [{"name": "NoSuchExecutionProvider", "options": {}}]}, "made for NoSuchExecutionProvider"),
-    ],
-)
-def test_mismatched_stamp_is_refused_then_reoptimized(cnn_path, tmp_path, changes, message):
-    optimized = tmp_path / "opt.onnx"
-    optimize(str(cnn_path), str(optimized))
-    foreign = _restamp(optimized, tmp_path / "foreign.onnx", **changes)
-    before = foreign.read_bytes()
-    with pytest.raises(UserError, match=message):
-        load_checked(foreign)
-    loaded = load_checked(foreign, original=cnn_path, reoptimize=True)
-    assert loaded.reoptimized and read_stamp(loaded.model.proto).ort_version == onnxruntime_version()
-    x = np.ones((1, 3, 16, 16), np.float32)
-    assert loaded.session.run(None, {"x": x})[0].shape == (1, 16, 16, 16)
-    assert foreign.read_bytes() == before  # re-optimization happens in memory only
-
-
-def test_reoptimize_needs_the_right_original(cnn_path, tmp_path):
-    optimized = tmp_path / "opt.onnx"
-    optimize(str(cnn_path), str(optimized))
-    foreign = _restamp(optimized, tmp_path / "foreign.onnx", isa_features=[MISSING_FEATURE])
-    other = small_cnn()
-    other.graph.initializer[0].raw_data = bytes(len(other.graph.initializer[0].raw_data))
-    other_path = save(other, tmp_path / "other.onnx")
-    with pytest.raises(UserError, match="is not the model foreign.onnx was made from"):
-        load_checked(foreign, original=other_path, reoptimize=True)
-
-
-def test_extra_cpu_features_also_mismatch(cnn_path, tmp_path):
-    from ortforge.core.machine import cpu_info
-
-    if not set(cpu_info().features) & stamp_module.LAYOUT_FEATURES:
-        pytest.skip("this CPU has none of the ISA features a layout depends on")
-    optimized = tmp_path / "opt.onnx"
-    optimize(str(cnn_path), str(optimized))
-    fewer = _restamp(optimized, tmp_path / "fewer.onnx", isa_features=[])
-    assert any("without" in problem for problem in stamp_module.mismatches(read_stamp(load_model(fewer).proto)))
-
-
-def test_unstamped_models_load_with_defaults(cnn_path):
-    loaded, feeds, outputs = run(str(cnn_path))
-    assert loaded.stamp is None and outputs[0]["y"].shape == (1, 16, 16, 16)
 
 
 def test_transformer_fusion_is_verified_timed_and_stamped(tmp_path):

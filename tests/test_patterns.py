@@ -10,10 +10,10 @@ import pytest
 from onnx import TensorProto, helper
 
 from helpers import make_model, tensor, weight
-from ortforge.analysis.graph import GraphIndex
 from ortforge.analysis.model_report import inspect_model
 from ortforge.analysis.patterns import count_attention, count_norms
 from ortforge.analysis.transformer import detect_transformer
+from ortforge.core.graph import GraphIndex
 from ortforge.core.model import from_proto
 from ortforge.data import ShapeOptions
 

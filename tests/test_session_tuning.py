@@ -5,7 +5,6 @@ from __future__ import annotations
 from helpers import linear_model, save
 from ortforge.commands.tune_session import candidates, tune_session
 from ortforge.core.session import SPINNING, ProviderSpec, SessionConfig
-from ortforge.measure.bench import BenchOptions
 from ortforge.measure.compare import CandidateScore, consistent_winner
 from ortforge.tuning.sessions import AFFINITY
 
@@ -40,7 +39,7 @@ def test_choose_prefers_consistent_winners():
 
 def test_tune_session_writes_a_loadable_config(tmp_path):
     model = save(linear_model(64), tmp_path / "m.onnx")
-    tuning, path = tune_session(str(model), tmp_path / "best.json", options=BenchOptions(max_seconds=0.4, warmup_seconds=0.05))
+    tuning, path = tune_session(str(model), tmp_path / "best.json", seconds=0.4)
     config = SessionConfig.load(path)  # the "measurements" section is ignored on load
     assert config == tuning.chosen.config
     assert tuning.scores[0].label == "ORT defaults" and len(tuning.scores) >= 2

@@ -106,13 +106,16 @@ def test_pareto_front():
 
 def test_bad_objective_and_budget(tuned):
     folder, model, _ = tuned
-    with pytest.raises(UserError, match="--objective"):
+    with pytest.raises(UserError, match="^objective=beauty: choose one of latency"):
         tune(str(model), folder / "x", objective="beauty")
-    from ortforge.cli import parse_duration
+    with pytest.raises(UserError, match="^time_budget_s=nan: must be a positive"):
+        tune(str(model), folder / "x", time_budget_s=float("nan"))
+    from ortforge.cli.arguments import parse_duration
 
     assert parse_duration("90s") == 90 and parse_duration("5m") == 300 and parse_duration("1h") == 3600
-    with pytest.raises(UserError, match="--time-budget"):
-        parse_duration("soon")
+    for bad in ("soon", "-1m", "nan", "0s"):
+        with pytest.raises(UserError, match=f"^time_budget_s={bad}:"):
+            parse_duration(bad)
 
 
 @pytest.mark.skipif(BROWSER is None, reason="needs Debian's chromium (apt-get install chromium) for a headless render")
@@ -131,6 +134,8 @@ def test_fp16_candidate_on_gpu_eps_is_built_and_judged_by_simulation(cache, tmp_
     from ortforge.core.model import load_model
     from ortforge.core.session import run_outputs
     from ortforge.tuning.candidates import precision_candidates
+    from ortforge.accuracy.judge import Judge
+    from ortforge.accuracy.tolerance import default_tolerances
     from ortforge.tuning.runner import LocalRunner
     from test_quant_debug import feeds
 
@@ -141,7 +146,7 @@ def test_fp16_candidate_on_gpu_eps_is_built_and_judged_by_simulation(cache, tmp_
     fp16 = next(c for c in candidates if c.kind == "fp16")
     assert fp16.settings["provider"] == "CUDAExecutionProvider"
     assert not any(c.kind == "fp16" for c in precision_candidates("cnn", ["CPUExecutionProvider"], transformer=False))
-    runner = LocalRunner(model, data, data, run_outputs(model, data), cache)
+    runner = LocalRunner(model, data, data, Judge(run_outputs(model, data), default_tolerances(run_outputs(model, data))), cache)
     trial = runner.build(fp16)
     assert not trial.error and 0.99 < trial.metrics["cosine"] < 1.0 + 1e-9  # simulated fp16 rounding, not exact
     mixed = next(c for c in candidates if c.settings.get("auto"))

@@ -154,7 +154,7 @@ def test_accuracy_level_and_block_size_land_in_the_node() -> None:
     result = quantize_weight_only(from_proto(chain_model()), WeightOnlyOptions(accuracy_level=4, block_size=16))
     assert {attribute(n, "accuracy_level") for n in quantized_nodes(result.proto)} == {4}
     assert {attribute(n, "block_size") for n in quantized_nodes(result.proto)} == {16}
-    unset = quantize_weight_only(from_proto(chain_model()), WeightOnlyOptions())
+    unset = quantize_weight_only(from_proto(chain_model()), WeightOnlyOptions(accuracy_level=0))
     assert {attribute(n, "accuracy_level") for n in quantized_nodes(unset.proto)} == {None}
     run(result.proto, CHAIN_FEEDS)
 
@@ -225,10 +225,10 @@ def test_input_model_is_not_modified_and_no_files_are_written(tmp_path, monkeypa
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        ({"bits": 3}, "bits 3"),
-        ({"block_size": 10}, "block size 10"),
-        ({"block_size": 512}, "block size 512"),
-        ({"accuracy_level": 5}, "accuracy level 5"),
+        ({"bits": 3}, "bits=3"),
+        ({"block_size": 10}, "block_size=10"),
+        ({"block_size": 512}, "block_size=512"),
+        ({"accuracy_level": 5}, "accuracy_level=5"),
         ({"op_types": ("Conv",)}, "Conv"),
         ({"op_types": ("Gather",), "bits": 8}, "4 bits only"),
     ],

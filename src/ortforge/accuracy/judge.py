@@ -147,4 +147,4 @@ def verify(
 def require(verdict: Verdict, what: str, force: bool = False) -> None:
     """Refuse to go on with a result outside tolerance unless the user forces it."""
     if not verdict.passed and not force:
-        raise UserError(f"{what}: not written, {verdict.reason}", hint="force writes it anyway; the report says so")
+        raise UserError(f"{what}: not written, {verdict.reason}", hint="force (--force) writes it anyway; the report says so")

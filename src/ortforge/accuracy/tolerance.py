@@ -56,7 +56,7 @@ class Tolerance:
 
     def describe(self) -> str:
         if self.metric == "close":
-            return f"within rtol={self.rtol:g} atol={self.atol:g}"
+            return f"rtol={self.rtol:g} atol={self.atol:g}"
         return f"{self.metric} {'>=' if self.higher_is_better else '<='} {self.value:g}"
 
     def miss(self, measured: float) -> str:

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 
 import onnx
 
-from ortforge.analysis.graph import GraphIndex
 from ortforge.analysis.macs import MacReport
 from ortforge.analysis.patterns import ATTENTION_OPS, AttentionCount, count_attention, count_norms
+from ortforge.core.graph import GraphIndex
 
 # A family claimed from MACs needs its op group to hold at least this share of the counted MACs.
 DOMINANT_SHARE = 0.5

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from ortforge.analysis.graph import GraphIndex
+from ortforge.core.graph import GraphIndex
 
 
 @dataclass

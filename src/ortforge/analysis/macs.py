@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from ortforge.analysis.graph import GraphIndex, attributes, is_default_domain, subgraphs
 from ortforge.analysis.ort_shapes import ShapeResolver
 from ortforge.analysis.shapes import PartialDims, inferred_shapes, is_integer
+from ortforge.core.graph import GraphIndex, attributes, is_default_domain, subgraphs
 from ortforge.core.model import Model, opset_versions
 
 TOP_NODES = 10

@@ -15,9 +15,9 @@ import onnx
 from onnx import helper
 
 from ortforge.analysis.family import classify_family
-from ortforge.analysis.graph import is_default_domain
 from ortforge.analysis.macs import MacReport, count_macs, op_key
 from ortforge.core.errors import UserError
+from ortforge.core.graph import is_default_domain
 from ortforge.core.model import Model, iter_graphs, iter_nodes, opset_versions
 from ortforge.data import ShapeOptions, input_specs, resolve_shapes
 

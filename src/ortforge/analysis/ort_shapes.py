@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ortforge.analysis.graph import SMALL_CONSTANT, GraphIndex, attributes, is_default_domain, subgraphs
 from ortforge.analysis.shapes import error_line
 from ortforge.core import runtime
+from ortforge.core.graph import SMALL_CONSTANT, GraphIndex, attributes, is_default_domain, subgraphs
 from ortforge.core.model import Model, iter_graphs
 from ortforge.data import ShapeOptions, generate_feeds, input_specs
 

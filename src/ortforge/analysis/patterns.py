@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from ortforge.analysis.graph import GraphIndex
+from ortforge.core.graph import GraphIndex
 
 ATTENTION_OPS = frozenset({
     "Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention", "PackedMultiHeadAttention",

@@ -13,7 +13,7 @@ import math
 import onnx
 from onnx import external_data_helper
 
-from ortforge.analysis.graph import constant_node_tensor
+from ortforge.core.graph import constant_node_tensor
 from ortforge.core.model import Model, iter_graphs, iter_tensors
 
 # Tensors above this many elements lose their data in the copy given to shape inference: only dims

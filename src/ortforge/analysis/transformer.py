@@ -18,8 +18,8 @@ import onnx
 from onnx import numpy_helper
 
 from ortforge.analysis.geometry import find_geometry
-from ortforge.analysis.graph import GraphIndex
 from ortforge.analysis.patterns import count_attention, count_norms
+from ortforge.core.graph import GraphIndex
 from ortforge.core.model import Model
 
 MODEL_TYPES = ("bert", "gpt2", "bart", "t5", "vit", "clip")

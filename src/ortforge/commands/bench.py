@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ortforge.commands.common import feeds_for, open_model
-from ortforge.core.errors import UserError
+from ortforge.core.errors import OptionError, UserError
 from ortforge.core.model import Model
 from ortforge.core.progress import Progress
 from ortforge.core.session import SessionConfig
@@ -65,7 +65,7 @@ def bench(
 
     `streams` > 1 keeps that many requests in flight on each session (throughput under concurrency)."""
     if streams < 1:
-        raise UserError(f"--streams {streams}: give 1 or more requests in flight")
+        raise OptionError("streams", streams, "give 1 or more requests in flight")
     parsed = [t for t in targets if isinstance(t, BenchTarget)]
     if len(parsed) != len(targets):
         parsed = parse_bench_targets([str(t) for t in targets])

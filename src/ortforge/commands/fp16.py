@@ -12,6 +12,7 @@ from ortforge.accuracy.judge import Verdict
 from ortforge.accuracy.tolerance import close, parse_tolerances
 from ortforge.commands.common import feeds_for, open_model
 from ortforge.core.model import save_model
+from ortforge.core.options import default_of
 from ortforge.core.runtime import GPU_PROVIDERS, available_providers
 from ortforge.core.session import provider_name
 from ortforge.data import GENERATED_WARNING, ShapeOptions
@@ -49,14 +50,14 @@ def fp16(
     reference: str | Path,
     output: str | Path,
     *,
-    keep_io_types: bool = True,
-    block_ops: Sequence[str] = (),
-    block_nodes: Sequence[str] = (),
+    keep_io_types: bool = default_of(Fp16Options, "keep_io_types"),
+    block_ops: Sequence[str] = default_of(Fp16Options, "block_ops"),
+    block_nodes: Sequence[str] = default_of(Fp16Options, "block_nodes"),
     ep: str | None = None,
     auto: bool = False,
     tolerances: Sequence[str] = (),
     data: str | None = None,
-    samples: int | None = None,
+    samples: int = 4,
     shape_options: ShapeOptions | None = None,
     eval_hook: str | None = None,
     force: bool = False,
@@ -66,7 +67,7 @@ def fp16(
     `tolerances` as for every command ('rtol=1e-2', 'atol=1e-3', 'cosine=0.999', ...; default rtol 1e-2, atol 1e-3)."""
     started = time.perf_counter()
     model = open_model(reference)
-    feeds = feeds_for(model, reference, data, samples=samples or 4, shape_options=shape_options)
+    feeds = feeds_for(model, reference, data, samples=samples, shape_options=shape_options)
     gpu = [p for p in GPU_PROVIDERS if p in available_providers()]
     provider = provider_name(ep) if ep else (gpu[0] if gpu else "CPUExecutionProvider")
     options = Fp16Options(keep_io_types=keep_io_types, block_ops=tuple(block_ops), block_nodes=tuple(block_nodes), provider=provider)

@@ -11,6 +11,7 @@ from ortforge.accuracy.judge import Verdict, require, verify
 from ortforge.accuracy.tolerance import Tolerance, close, parse_tolerances
 from ortforge.commands.common import feeds_for, open_model
 from ortforge.core.model import Model, from_proto, load_model, save_model
+from ortforge.core.options import default_of
 from ortforge.core.progress import Progress
 from ortforge.core.session import ProviderSpec, SessionConfig, provider_name
 from ortforge.core.stamp import Stamp, config_for, read_stamp
@@ -169,9 +170,9 @@ def optimize(
     reference: str | Path,
     output: str | Path,
     *,
-    level: str = "all",
+    level: str = default_of(GraphOptOptions, "level"),
     providers: Sequence[str] = (),
-    portable: bool = False,
+    portable: bool = default_of(GraphOptOptions, "portable"),
     data: str | None = None,
     samples: int | None = None,
     shape_options: ShapeOptions | None = None,

@@ -17,13 +17,13 @@ def quant_debug(
     quantized_reference: str | Path,
     *,
     data: str | None = None,
-    samples: int | None = None,
+    samples: int = 4,
     shape_options: ShapeOptions | None = None,
 ) -> QuantDebugReport:
     """Per-layer SQNR / relative error of a quantized model against its float original, worst first."""
     float_model = open_model(float_reference)
     quant_model = open_model(quantized_reference, check=False)
-    feeds = feeds_for(float_model, float_reference, data, samples=samples or 4, shape_options=shape_options)
+    feeds = feeds_for(float_model, float_reference, data, samples=samples, shape_options=shape_options)
     as_given = debug_quantization(float_model, quant_model, feeds)
     if not as_given.unmatched:
         return as_given

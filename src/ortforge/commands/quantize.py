@@ -19,9 +19,10 @@ from ortforge.accuracy.judge import Judge
 from ortforge.accuracy.tolerance import Tolerance, default_tolerances, parse_tolerances
 from ortforge.analysis.model_report import inspect_model
 from ortforge.commands.common import calibration_and_evaluation, feeds_for, open_model
-from ortforge.core.errors import UserError
+from ortforge.core.errors import OptionError, UserError
 from ortforge.core.files import atomic_write_bytes, atomic_write_text
 from ortforge.core.model import Model, model_size, save_model
+from ortforge.core.options import default_of
 from ortforge.core.progress import Progress, section, silent
 from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.data import GENERATED_WARNING, FeedSet, ShapeOptions
@@ -41,6 +42,8 @@ from ortforge.transforms.tensorrt import (
 from ortforge.transforms.weight_only import WeightOnlyOptions
 
 FP32 = Candidate("fp32 (original)", "fp32")
+MODES = ("dynamic", "static", "int4", "weight-only", "auto")
+TARGETS = ("cpu", "tensorrt")
 
 
 @dataclass
@@ -152,13 +155,13 @@ def quantize(
     reference: str | Path,
     output: str | Path,
     *,
-    mode: str = "static",
+    mode: str = default_of(QuantizeOptions, "mode"),
     recipe: dict | None = None,
     weight_only: dict | None = None,
     calib: str | None = None,
-    calib_samples: int | None = None,
+    calib_samples: int = 16,
     data: str | None = None,
-    samples: int | None = None,
+    samples: int = 8,
     shape_options: ShapeOptions | None = None,
     tolerances: Sequence[str] = (),
     eval_hook: str | None = None,
@@ -174,16 +177,21 @@ def quantize(
     """
     model = open_model(reference)
     if calib is not None and data is not None:  # both given: the user split them already
-        calibration = feeds_for(model, reference, calib, samples=calib_samples or 16, shape_options=shape_options)
+        calibration = feeds_for(model, reference, calib, samples=calib_samples, shape_options=shape_options)
         evaluation = feeds_for(model, reference, data, samples=samples, shape_options=shape_options)
     else:
-        calibration, evaluation = calibration_and_evaluation(model, reference, calib or data, calib_samples=calib_samples or 16,
-                                                             samples=samples or 8, shape_options=shape_options)  # fmt: skip
+        calibration, evaluation = calibration_and_evaluation(model, reference, calib or data, calib_samples=calib_samples,
+                                                             samples=samples, shape_options=shape_options)  # fmt: skip
+    if mode not in MODES:
+        raise OptionError("mode", mode, f"choose one of {', '.join(MODES)}")
     recipes: list[Recipe]
     if mode == "auto":
         recipes = auto_recipes(inspect_model(model, shape_options).family)
     elif mode in ("int4", "weight-only"):
-        recipes = [WeightOnlyOptions(**({"bits": 4} if mode == "int4" else {}), **(weight_only or {}))]
+        settings = dict(weight_only or {})
+        if mode == "int4" and settings.setdefault("bits", 4) != 4:
+            raise OptionError("bits", settings["bits"], "mode int4 quantizes weights to 4 bits; use mode weight-only for 8")
+        recipes = [WeightOnlyOptions(**settings)]
     else:
         recipes = [QuantizeOptions(mode=mode, **(recipe or {}))]
     return quantize_model(
@@ -205,14 +213,14 @@ def quantize_for_tensorrt(
     reference: str | Path,
     output: str | Path,
     *,
-    method: str = "minmax",
+    method: str = default_of(QuantizeOptions, "calibration_method"),
     calib: str | None = None,
-    calib_samples: int | None = None,
+    calib_samples: int = 16,
     shape_options: ShapeOptions | None = None,
 ) -> TensorRTInt8:
     """TensorRT int8: the float model, ORT's TensorRT calibration table from ortforge's calibration, a session config."""
     model = open_model(reference)
-    feeds = feeds_for(model, reference, calib, samples=calib_samples or 16, shape_options=shape_options)
+    feeds = feeds_for(model, reference, calib, samples=calib_samples, shape_options=shape_options)
     return write_tensorrt_int8(model, feeds, output, method)
 
 

@@ -16,10 +16,10 @@ from ortforge.core.machine import cpu_info
 from ortforge.core.model import Model
 from ortforge.core.progress import Progress
 from ortforge.core.session import SessionConfig
-from ortforge.tuning.sessions import TUNE_SESSION_KINDS, SessionCandidate, session_space
 from ortforge.data import FeedSet, ShapeOptions
 from ortforge.measure.bench import BenchOptions, BenchReport, Variant, bench
 from ortforge.measure.compare import CandidateScore, consistent_winner, score
+from ortforge.tuning.sessions import TUNE_SESSION_KINDS, SessionCandidate, session_space
 
 FINALISTS = 3
 
@@ -105,10 +105,12 @@ def tune_session(
     data: str | None = None,
     samples: int | None = None,
     shape_options: ShapeOptions | None = None,
-    options: BenchOptions | None = None,
+    seconds: float = 4.0,
     progress: Progress | None = None,
 ) -> tuple[SessionTuning, Path]:
-    """Measure session options against ORT's defaults and write the consistent winner as a config JSON."""
+    """Measure session options against ORT's defaults (`seconds` of timed runs per finalist) and write the
+    consistent winner as a config JSON."""
+    options = BenchOptions(max_seconds=seconds)  # checked before any work
     model = open_model(reference)
     feeds = feeds_for(model, reference, data, samples=samples, shape_options=shape_options)
     tuning = tune_session_options(model, feeds, base or SessionConfig(), options, progress)

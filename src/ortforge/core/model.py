@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 
 from ortforge.core import runtime
 from ortforge.core.errors import UserError, first_line
+from ortforge.core.graph import subgraphs
 
 # Leave headroom for the graph itself when deciding whether weights must go to external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -224,11 +225,8 @@ def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """The graph and every subgraph nested in If/Loop/Scan attributes, depth first."""
     yield graph
     for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("g"):
-                yield from iter_graphs(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from iter_graphs(subgraph)
+        for _, subgraph in subgraphs(node):
+            yield from iter_graphs(subgraph)
 
 
 def iter_nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:

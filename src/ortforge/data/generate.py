@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import onnx
 
 from ortforge.core.errors import UserError
+from ortforge.core.graph import GraphIndex
 from ortforge.core.model import Model
 from ortforge.data.specs import InputSpec
 
@@ -21,33 +21,25 @@ POSITION_NAME = re.compile(r"position", re.IGNORECASE)
 
 def vocabulary_sizes(model: Model) -> dict[str, int]:
     """Input name -> rows of the embedding table it indexes (Gather data held as a weight)."""
-    graph = model.proto.graph
-    weights = {t.name: tuple(t.dims) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
-            weights[node.output[0]] = tuple(node.attribute[0].t.dims)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    index = GraphIndex(model.proto)
     sizes = {}
-    for value in graph.input:
-        rows = _find_table_rows(value.name, consumers, weights, depth=0)
+    for value in model.proto.graph.input:
+        rows = _find_table_rows(index, value.name, depth=0)
         if rows:
             sizes[value.name] = rows
     return sizes
 
 
-def _find_table_rows(name: str, consumers: dict, weights: dict, depth: int) -> int | None:
+def _find_table_rows(index: GraphIndex, name: str, depth: int) -> int | None:
     if depth > 4:
         return None
-    for node in consumers.get(name, []):
+    for node in index.consumers.get(name, []):
         if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name:
-            table = weights.get(node.input[0])
+            table = index.dims(node.input[0])
             if table:
                 return int(table[0])
         if node.op_type in INDEX_PASSTHROUGH and node.input[0] == name:
-            rows = _find_table_rows(node.output[0], consumers, weights, depth + 1)
+            rows = _find_table_rows(index, node.output[0], depth + 1)
             if rows:
                 return rows
     return None

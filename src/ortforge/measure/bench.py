@@ -7,11 +7,14 @@ round medians is reported along with the figures.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ortforge.core.errors import OptionError
 from ortforge.core.model import Model
+from ortforge.core.options import option
 from ortforge.core.progress import Progress
 from ortforge.core.session import SessionConfig
 from ortforge.data import FeedSet
@@ -32,15 +35,24 @@ MAX_BLOCK_RUNS = 100_000
 class BenchOptions:
     """How long and how carefully to measure."""
 
-    max_seconds: float = 8.0  # per variant, for the timed rounds
+    max_seconds: float = option(8.0, flag="--time", help="max seconds of timed runs per variant")
     warmup_seconds: float = 0.5
     block_seconds: float = 0.25  # one variant's share of a round
     min_rounds: int = 5
     min_samples: int = 20
     stability: float = 0.01  # stop when a round moves the median by less than this
-    profile: bool = True
+    profile: bool = option(True, flag="--no-profile", help="skip the per-op profile (ORT profiler)")
     profile_seconds: float = 1.0
-    startup_rounds: int = 0  # > 0: also time repeated session creation, interleaved, this many rounds
+    startup_rounds: int = option(0, flag="--startup", metavar="N", help="also time session creation N times per variant, interleaved")
+
+    def __post_init__(self) -> None:
+        for name in ("max_seconds", "warmup_seconds", "block_seconds", "profile_seconds", "stability"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise OptionError(name, value, "must be a positive number of seconds" if name.endswith("seconds") else "must be positive")
+        for name in ("min_rounds", "min_samples", "startup_rounds"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise OptionError(name, getattr(self, name), "must be a whole number, 0 or more")
 
 
 @dataclass

@@ -400,3 +400,16 @@ def render_fp16(report, console: Console) -> None:  # noqa: ANN001 - commands.fp
             console.print(f"    ... {len(search.kept_fp32) - 10} more (--json lists them all)")
     for note in report.notes + (report.search.notes if report.search else []):
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+
+
+def render_tensorrt(result, console: Console) -> None:  # noqa: ANN001 - transforms.tensorrt.TensorRTInt8
+    console.print(f"wrote {escape(result.folder)}: model.onnx, calibration.flatbuffers ({result.tensors} tensors, {result.samples} samples), "
+                  "session.json", highlight=False)  # fmt: skip
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+
+
+def render_zoo(entries: list[dict], console: Console) -> None:
+    for entry in entries:
+        console.print(f"zoo:{entry['name']:<12} {entry['family']:<4} {entry['package']}=={entry['version']} ({entry['license']}) "
+                      f"{escape(entry['description'])}", highlight=False)  # fmt: skip

@@ -15,6 +15,7 @@ import onnx
 
 from ortforge.accuracy.judge import Judge
 from ortforge.analysis.quant_errors import QuantDebugReport, debug_quantization
+from ortforge.core.graph import GraphIndex
 from ortforge.core.model import Model, from_proto
 from ortforge.core.progress import Progress, silent
 from ortforge.data import FeedSet
@@ -57,15 +58,14 @@ def _quantizable_nodes(float_proto: onnx.ModelProto, quantized_proto: onnx.Model
     return {n.name for n in float_proto.graph.node if touched & (set(n.input) | set(n.output))}
 
 
-def _tail_nodes(proto: onnx.ModelProto, quantizable: set[str]) -> list[str]:
+def _tail_nodes(proto: onnx.ModelProto, index: GraphIndex, quantizable: set[str]) -> list[str]:
     """The quantizable nodes closest to each graph output (walking producers back from the outputs)."""
-    producer = {name: node for node in proto.graph.node for name in node.output}
     found: list[str] = []
     frontier = [o.name for o in proto.graph.output]
     seen: set[str] = set()
     while frontier and len(found) < 2 * len(proto.graph.output):
         name = frontier.pop(0)
-        node = producer.get(name)
+        node = index.producer.get(name)
         if node is None or node.name in seen:
             continue
         seen.add(node.name)
@@ -79,18 +79,15 @@ def _tail_nodes(proto: onnx.ModelProto, quantizable: set[str]) -> list[str]:
 def candidates(float_proto: onnx.ModelProto, quantized_proto: onnx.ModelProto, ranking: QuantDebugReport) -> list[ExclusionCandidate]:
     """Nodes to try keeping in float, most promising first, each with the reason it is on the list."""
     quantizable = _quantizable_nodes(float_proto, quantized_proto)
-    consumers: dict[str, list[str]] = {}
-    for node in float_proto.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node.name)
+    index = GraphIndex(float_proto)
     ordered: dict[str, str] = {}
-    for name in _tail_nodes(float_proto, quantizable):
+    for name in _tail_nodes(float_proto, index, quantizable):
         ordered.setdefault(name, "nearest quantized node to a model output")
     ranges = [e.float_absmax for e in ranking.activations if e.float_absmax > 0]
     typical = statistics.median(ranges) if ranges else 0.0
     for error in sorted(ranking.activations, key=lambda e: -e.float_absmax):
         if typical and error.float_absmax >= WIDE_RANGE_FACTOR * typical:
-            for consumer in consumers.get(error.tensor, []):
+            for consumer in [node.name for node in index.consumers.get(error.tensor, [])]:
                 if consumer in quantizable:
                     ordered.setdefault(consumer, f"input '{error.tensor}' spans |x| up to {error.float_absmax:.3g} ({error.float_absmax / typical:.0f}x the median)")
     for rank, error in enumerate(ranking.activations, 1):

@@ -25,7 +25,7 @@ import onnx
 from ortforge.analysis.patterns import ATTENTION_OPS
 from ortforge.analysis.transformer import MODEL_TYPES, TransformerInfo, detect_transformer
 from ortforge.core import runtime
-from ortforge.core.errors import UserError
+from ortforge.core.errors import OptionError, UserError
 from ortforge.core.model import (
     EXTERNAL_DATA_THRESHOLD,
     Model,
@@ -33,6 +33,7 @@ from ortforge.core.model import (
     save_model,
     weight_bytes,
 )
+from ortforge.core.options import option
 from ortforge.transforms import TransformResult, op_count_changes, op_counts
 
 # Model types ORT's optimizer knows beyond the ones detection finds; a user may force any of them.
@@ -94,48 +95,50 @@ LIBRARY_PATHS = ("onnxruntime/transformers", "onnxruntime\\transformers", "onnxs
 class FusionOptions:
     """How to fuse. Defaults match ORT's optimizer; 0 for heads/hidden means 'detect from the graph'."""
 
-    model_type: str = "auto"  # auto, or one of MODEL_TYPES / ORT_EXTRA_MODEL_TYPES
-    num_heads: int = 0
-    hidden_size: int = 0
-    fuser: str = "auto"  # auto: by export style, falling back to the other fuser; ort; onnxscript
-    opt_level: int | None = None  # ORT graph optimization before ORT's fusion; None: ORT's default per type
-    only_onnxruntime: bool = False  # ORT's graph optimizer only, none of its Python fusions
-    use_gpu: bool = False  # optimize for a GPU EP (opt_level > 1 may insert GPU-only ops)
-    disabled: tuple[str, ...] = ()  # names from ORT_SWITCHES
-    enabled: tuple[str, ...] = ()  # opt-in fusions: names from ORT_OPT_IN
-    attention_mask_format: str = "auto"  # auto (ORT's per type), index, index_start_end, raw, none
+    model_type: str = option("auto", flag="--transformer", metavar="TYPE",
+                             help="auto, or bert, gpt2, bart, t5, vit, clip, ... (with auto the type is found from the graph)")  # fmt: skip
+    num_heads: int = option(0, help="attention heads (0: found from the graph)")
+    hidden_size: int = option(0, help="hidden size (0: found from the graph)")
+    fuser: str = option("auto", choices=FUSERS, help="ORT's transformer optimizer or onnxscript's fuser (dynamo exports); auto: by export style")
+    opt_level: int | None = option(None, choices=OPT_LEVELS[1:], flag="--fusion-opt-level", help="ORT graph optimization before ORT's fusion "
+                                   "(default: ORT's per model type)")  # fmt: skip
+    only_onnxruntime: bool = option(False, help="ORT's graph optimizer only, none of its Python fusions")
+    use_gpu: bool = option(False, help="fuse for a GPU EP (opt levels above 1 may insert GPU-only ops)")
+    disabled: tuple[str, ...] = option((), flag="--disable-fusion", metavar="NAME", help=f"fusions to skip: {', '.join(ORT_SWITCHES)}")
+    enabled: tuple[str, ...] = option((), flag="--enable-fusion", metavar="NAME", help=f"opt-in fusions: {', '.join(ORT_OPT_IN)}")
+    attention_mask_format: str = option("auto", choices=tuple(MASK_FORMATS), help="how the fused attention reads the mask (auto: ORT's per type)")
     external_data: bool | None = None  # for whoever saves the result; None: only when the weights near 2 GB
 
     def __post_init__(self) -> None:
         known_types = ("auto",) + MODEL_TYPES + ORT_EXTRA_MODEL_TYPES
         if self.model_type not in known_types:
-            raise UserError(f"--transformer {self.model_type}: not a known model type (one of {', '.join(known_types)})")
+            raise OptionError("model_type", self.model_type, f"not a known model type (one of {', '.join(known_types)})")
         if self.fuser not in FUSERS:
-            raise UserError(f"fuser '{self.fuser}' is not one of {', '.join(FUSERS)}")
+            raise OptionError("fuser", self.fuser, f"choose one of {', '.join(FUSERS)}")
         if self.opt_level not in OPT_LEVELS:
-            raise UserError(f"opt_level {self.opt_level} is not one of 0, 1, 2, 99")
+            raise OptionError("opt_level", self.opt_level, "choose one of 0, 1, 2, 99")
         for name, value in (("num_heads", self.num_heads), ("hidden_size", self.hidden_size)):
             if not isinstance(value, int) or value < 0:
-                raise UserError(f"{name} must be a non-negative integer (0 = detect), got {value!r}")
-        _check_names("disabled fusion", self.disabled, ORT_SWITCHES)
-        _check_names("opt-in fusion", self.enabled, ORT_OPT_IN)
+                raise OptionError(name, value, "must be a non-negative integer (0 = found from the graph)")
+        _check_names("disabled", self.disabled, ORT_SWITCHES)
+        _check_names("enabled", self.enabled, ORT_OPT_IN)
         if self.attention_mask_format not in MASK_FORMATS:
-            raise UserError(f"attention mask format '{self.attention_mask_format}' is not one of {', '.join(MASK_FORMATS)}")
+            raise OptionError("attention_mask_format", self.attention_mask_format, f"choose one of {', '.join(MASK_FORMATS)}")
         if self.only_onnxruntime and self.opt_level == 0:
-            raise UserError("only_onnxruntime needs opt_level 1, 2 or 99 (0 leaves ORT nothing to do)")
+            raise OptionError("opt_level", 0, "only_onnxruntime needs 1, 2 or 99 (0 leaves ORT nothing to do)")
         if self.only_onnxruntime and self.fuser == "onnxscript":
-            raise UserError("only_onnxruntime uses ORT's graph optimizer; it cannot go with the onnxscript fuser")
+            raise OptionError("fuser", self.fuser, "only_onnxruntime uses ORT's graph optimizer; it cannot go with the onnxscript fuser")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _check_names(what: str, names: tuple[str, ...], known: dict) -> None:
+def _check_names(option: str, names: tuple[str, ...], known: dict) -> None:
     if isinstance(names, str):
-        raise UserError(f"{what}s must be a tuple of names, got the string '{names}'")
+        raise OptionError(option, names, "give a tuple of names, not one string")
     for name in names:
         if name not in known:
-            raise UserError(f"{what} '{name}' is not one of {', '.join(known)}")
+            raise OptionError(option, name, f"not one of {', '.join(known)}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ortforge.core.errors import UserError
+from ortforge.core.errors import OptionError
 from ortforge.core.model import EXTERNAL_DATA_THRESHOLD, Model, load_model, weight_bytes
+from ortforge.core.options import option
 from ortforge.core.session import ProviderSpec, SessionConfig
 from ortforge.core.stamp import load_level, make_stamp, write_stamp
 from ortforge.transforms import TransformResult, op_count_changes
@@ -27,15 +28,17 @@ EXTERNAL_MIN_KEY = "session.optimized_model_external_initializers_min_size_in_by
 
 @dataclass(frozen=True)
 class GraphOptOptions:
-    level: str = "all"
+    """Which of ORT's graph optimizations to save, for which EPs."""
+
+    level: str = option("all", choices=LEVELS, help="ORT graph optimization level to save")
     providers: tuple[ProviderSpec, ...] = (ProviderSpec("CPUExecutionProvider"),)
-    portable: bool = False
+    portable: bool = option(False, help="only rewrites valid on any CPU of the EP (basic/extended, no layout)")
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
-            raise UserError(f"--level {self.level}: choose one of {', '.join(LEVELS)}")
+            raise OptionError("level", self.level, f"choose one of {', '.join(LEVELS)}")
         if self.portable and self.level not in PORTABLE_LEVELS:
-            raise UserError(f"--portable saves only {' or '.join(PORTABLE_LEVELS)} optimizations; --level {self.level} is hardware-specific")
+            raise OptionError("level", self.level, f"portable saves only {' or '.join(PORTABLE_LEVELS)} optimizations; this level is hardware-specific")
 
 
 def optimize_offline(model: Model, options: GraphOptOptions, *, source_sha256: str | None = None, fusion: dict | None = None) -> TransformResult:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import onnx
 
-from ortforge.core.errors import UserError, first_line
+from ortforge.core.errors import OptionError, UserError, first_line
 from ortforge.core.model import (
     Model,
     from_proto,
@@ -28,12 +28,14 @@ from ortforge.core.model import (
     loaded_copy,
     opset_versions,
 )
+from ortforge.core.options import option
 from ortforge.data import Feed
 from ortforge.transforms import TransformResult, op_count_changes
 
 MODES = ("dynamic", "static")
 FORMATS = ("qdq", "qoperator")
 TYPES = ("u8", "s8")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "distribution")
 PER_CHANNEL_QDQ_OPSET = 13  # DequantizeLinear's `axis` arrived in opset 13
 MIN_QUANT_OPSET = 11
 QUANTIZED_OPS = {
@@ -47,29 +49,29 @@ QUANTIZED_OPS = {
 class QuantizeOptions:
     """One int8 recipe; defaults follow what measured well on AVX-512 VNNI (u8 activations, s8 weights)."""
 
-    mode: str = "static"
-    format: str = "qdq"
-    activation_type: str = "u8"
-    weight_type: str = "s8"
-    per_channel: bool = False
-    reduce_range: bool = False
-    op_types: tuple[str, ...] = ()  # empty: every op type ORT can quantize
-    exclude: tuple[str, ...] = ()  # node names or op types kept in float
-    symmetric_activations: bool = False
-    calibration_method: str = "minmax"
-    percentile: float = 99.999  # for --method percentile
-    moving_average: bool = False  # for --method minmax
-    extra_options: tuple[tuple[str, object], ...] = ()  # passed through to ORT's quantizer
+    mode: str = option("static", choices=MODES, help="dynamic: activations quantized at run time; static: calibrated ranges")
+    format: str = option("qdq", choices=FORMATS, help="qdq: QuantizeLinear/DequantizeLinear pairs ORT fuses; qoperator: QLinear* ops")
+    activation_type: str = option("u8", choices=TYPES, help="activation integer type (u8 suits VNNI CPUs)")
+    weight_type: str = option("s8", choices=TYPES, help="weight integer type")
+    per_channel: bool = option(False, help="one scale per output channel for weights")
+    reduce_range: bool = option(False, help="7-bit weights (for CPUs without VNNI)")
+    op_types: tuple[str, ...] = option((), metavar="OP", help="quantize only these op types, e.g. Conv MatMul Gemm (default: every type ORT can)")
+    exclude: tuple[str, ...] = option((), metavar="NODE|OP", help="node names or op types to keep in float")
+    symmetric_activations: bool = option(False, help="symmetric activation ranges (zero point 0)")
+    calibration_method: str = option("minmax", choices=CALIBRATION_METHODS, flag="--method", help="calibration method (static)")
+    percentile: float = option(99.999, help="for --method percentile")
+    moving_average: bool = option(False, help="for --method minmax: moving average of per-sample ranges")
+    extra_options: tuple[tuple[str, object], ...] = ()  # passed through to ORT's quantizer (Python only)
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (
-            ("--mode", self.mode, MODES),
-            ("--format", self.format, FORMATS),
-            ("--activation-type", self.activation_type, TYPES),
-            ("--weight-type", self.weight_type, TYPES),
-        ):
-            if value not in allowed:
-                raise UserError(f"{name} {value}: choose one of {', '.join(allowed)}")
+        object.__setattr__(self, "op_types", tuple(self.op_types))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        for name, allowed in (("mode", MODES), ("format", FORMATS), ("activation_type", TYPES), ("weight_type", TYPES),
+                              ("calibration_method", CALIBRATION_METHODS)):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                raise OptionError(name, getattr(self, name), f"choose one of {', '.join(allowed)}")
+        if not 0 < self.percentile <= 100:
+            raise OptionError("percentile", self.percentile, "must lie in (0, 100]")
 
     def describe(self) -> str:
         """A short label, e.g. 'static qdq u8s8 per-channel Conv+MatMul minmax'."""
@@ -191,10 +193,10 @@ def _nodes_to_exclude(proto: onnx.ModelProto, original: onnx.ModelProto, options
     known = {node.name for node in iter_nodes(original)} | {node.op_type for node in iter_nodes(original)}
     unknown = requested - present - known
     if unknown:
-        raise UserError(f"--exclude {sorted(unknown)[0]}: no node or op type of that name in the model")
+        raise OptionError("exclude", sorted(unknown)[0], "no node or op type of that name in the model")
     gone = sorted(requested - present)
     if gone:
-        notes.append(f"--exclude {', '.join(gone)}: fused away by pre-processing, nothing left to exclude")
+        notes.append(f"excluded {', '.join(gone)}: fused away by pre-processing, nothing left to exclude")
     excluded = [node.name for node in iter_nodes(proto) if node.name in requested or node.op_type in requested]
     standard_attention = [n.name for n in iter_nodes(proto) if n.op_type == "Attention" and n.domain in ("", "ai.onnx")]
     if standard_attention:
@@ -305,7 +307,7 @@ def quantize(
 ) -> TransformResult:
     """int8-quantize with ORT (dynamic, or static on `calibration` feeds); returns the quantized model."""
     if options.mode == "static" and calibration is None:
-        raise UserError("static quantization needs calibration data (--calib); or use --mode dynamic")
+        raise OptionError("mode", "static", "static quantization needs calibration data (calib); or use mode dynamic")
     notes: list[str] = []
     prepared = prepare(model, options, notes)
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, **dict(options.extra_options)}

@@ -9,12 +9,15 @@ moment on a shared machine are not comparable.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ortforge.core.errors import OptionError
 from ortforge.core.files import atomic_write_text
+from ortforge.core.options import option
 from ortforge.core.progress import Progress, section
 from ortforge.core.session import CPU, SessionConfig
 from ortforge.measure.bench import BenchOptions, BenchReport
@@ -33,11 +36,20 @@ EXCLUSION_BUDGET_SHARE = 0.6  # the exclusion search starts only while this shar
 
 @dataclass(frozen=True)
 class TuneOptions:
-    objective: str = "latency"
-    time_budget_s: float = 300.0
+    """What tune optimizes for, how long it may take, and where it may run the model."""
+
+    objective: str = option("latency", choices=OBJECTIVES, help="latency: one request's time; throughput: requests per second with "
+                            "several in flight; startup: session creation; size: the smallest model not slower than fp32")  # fmt: skip
+    time_budget_s: float = option(300.0, flag="--time-budget", metavar="DURATION", help="e.g. 90s, 5m, 1h")
     providers: tuple[str, ...] = (CPU,)
     cpu_fallback_budget: float = 0.1  # an EP may leave at most this share of nodes to the CPU
     finalists: int = 3
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise OptionError("objective", self.objective, f"choose one of {', '.join(OBJECTIVES)}")
+        if not (math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
+            raise OptionError("time_budget_s", self.time_budget_s, "must be a positive, finite number of seconds")
 
 
 @dataclass

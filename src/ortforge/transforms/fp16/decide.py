@@ -8,8 +8,8 @@ import onnx
 from onnx import numpy_helper
 
 from ortforge.core.errors import first_line
+from ortforge.core.graph import subgraphs
 from ortforge.transforms.fp16.constants import _Constants, _finite_peak
-from ortforge.transforms.fp16.graph import _subgraphs
 from ortforge.transforms.fp16.kernels import _kernel_problem
 from ortforge.transforms.fp16.options import (
     ACTIVATION_RANGE,
@@ -96,7 +96,7 @@ def _has_float(node: onnx.NodeProto, signature: _Signature | None, ins: list, ou
 
 def _early_reason(node: onnx.NodeProto, name: str, signature: _Signature | None, context: _Context, options: Fp16Options) -> tuple[str, str] | None:
     """Reasons that need no type analysis: control flow, functions, the user's blocks, no schema."""
-    if any(True for _ in _subgraphs(node)):
+    if any(True for _ in subgraphs(node)):
         return CONTROL_FLOW, "holds subgraphs: its inputs and outputs keep their types, its bodies are converted inside"
     if (node.domain, node.op_type) in context.functions:
         return FUNCTION, "calls a model-local function: the function body is not converted"

@@ -7,20 +7,14 @@ from collections.abc import Iterator
 
 import onnx
 
-
-def _subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
-    for attribute in node.attribute:
-        if attribute.HasField("g"):
-            yield attribute.name, attribute.g
-        for index, graph in enumerate(attribute.graphs):
-            yield f"{attribute.name}[{index}]", graph
+from ortforge.core.graph import subgraphs
 
 
 def _walk(graph: onnx.GraphProto, path: str = "main") -> Iterator[tuple[str, onnx.GraphProto]]:
     """(path, graph) for the graph and its subgraphs, in `model.iter_graphs` order."""
     yield path, graph
     for node in graph.node:
-        for attribute, subgraph in _subgraphs(node):
+        for attribute, subgraph in subgraphs(node):
             yield from _walk(subgraph, f"{path}/{node.name or node.op_type}:{attribute}")
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, replace
 
 from onnx import TensorProto
 
-from ortforge.core.errors import UserError
+from ortforge.core.errors import OptionError
+from ortforge.core.options import option
 from ortforge.core.session import provider_name
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -53,9 +54,9 @@ MAX_RUNTIME_REPAIRS = 8
 class Fp16Options:
     """What to convert and for which EP; `activation_ranges` comes from `measure_activation_ranges`."""
 
-    keep_io_types: bool = True  # graph inputs/outputs keep their dtypes (and names, always)
-    block_ops: tuple[str, ...] = ()  # op types kept float32
-    block_nodes: tuple[str, ...] = ()  # node names kept float32
+    keep_io_types: bool = option(True, flag="--no-keep-io-types", help="make float32 inputs/outputs fp16 too (names are kept either way)")
+    block_ops: tuple[str, ...] = option((), flag="--block-op", metavar="OPTYPE", help="op types to keep in fp32")
+    block_nodes: tuple[str, ...] = option((), flag="--block-node", metavar="NAME", help="nodes to keep in fp32")
     keep_fp32_nodes: tuple[str, ...] = ()  # node names a mixed-precision search keeps float32
     # Whose float16 kernels count; None: no EP asked, the ONNX schemas alone decide.
     provider: str | None = "CPUExecutionProvider"
@@ -69,7 +70,7 @@ class Fp16Options:
         if self.provider is not None:
             object.__setattr__(self, "provider", provider_name(self.provider))
         if not 0 < self.max_finite <= FLOAT16_MAX:
-            raise UserError(f"max_finite {self.max_finite:g}: choose a value in (0, {FLOAT16_MAX:g}] (float16's largest finite value)")
+            raise OptionError("max_finite", f"{self.max_finite:g}", f"choose a value in (0, {FLOAT16_MAX:g}] (float16's largest finite value)")
 
 
 @dataclass(frozen=True)

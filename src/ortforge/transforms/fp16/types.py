@@ -13,7 +13,7 @@ from typing import Any
 import onnx
 from onnx import TensorProto
 
-from ortforge.transforms.fp16.graph import _subgraphs
+from ortforge.core.graph import subgraphs
 from ortforge.transforms.fp16.options import CONTROL_FLOW_OPS, ONNX_DOMAINS
 
 _TYPE_STRINGS = {value: f"tensor({name.lower()})" for name, value in TensorProto.DataType.items() if name != "UNDEFINED"}
@@ -183,7 +183,7 @@ def _inferred_main_graph(proto: onnx.ModelProto) -> onnx.GraphProto:
 def _propagate(graph: onnx.GraphProto, types: dict[str, int], context: _Context) -> None:
     _declared(graph, types)
     for node in graph.node:
-        for _, subgraph in _subgraphs(node):
+        for _, subgraph in subgraphs(node):
             _propagate(subgraph, types, context)
         if all(not name or name in types for name in node.output):
             continue
@@ -195,7 +195,7 @@ def _propagate(graph: onnx.GraphProto, types: dict[str, int], context: _Context)
 def _original_outputs(node: onnx.NodeProto, types: dict[str, int], context: _Context) -> list[int | None]:
     """Output types of a node as the model stands (control flow from its bodies' outputs)."""
     if node.op_type in CONTROL_FLOW_OPS and node.domain in ("", "ai.onnx"):
-        body = next((g for _, g in _subgraphs(node)), None)
+        body = next((g for _, g in subgraphs(node)), None)
         if body is None:
             return []
         skip = 1 if node.op_type == "Loop" else 0  # a Loop body's first output is its condition
