@@ -16,6 +16,7 @@ import onnx
 from onnx import helper
 
 from ortforge.analysis.shapes import error_line
+from ortforge.analysis.tap import tap_session
 from ortforge.core import runtime
 from ortforge.core.graph import SMALL_CONSTANT, GraphIndex, attributes, is_default_domain, subgraphs
 from ortforge.core.model import Model, iter_graphs
@@ -202,20 +203,9 @@ class ShapeResolver:
         """One CPU run, unoptimised, with `names` exposed as outputs."""
         self.runs += 1
         try:
-            ort = runtime.ort()
-            exposed_proto = onnx.ModelProto()
-            exposed_proto.CopyFrom(proto)
-            present = {value.name for value in exposed_proto.graph.output}
-            exposed_proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in present)
-            exposed = Model(proto=exposed_proto, data_dir=self.model.base_dir, changes=["exposed intermediate tensors"])
-            source, entries = exposed.ort_source()
-            options = runtime.quiet_session_options()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            for key, value in entries.items():
-                options.add_session_config_entry(key, value)
-            session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            session = tap_session(Model(proto=proto, data_dir=self.model.base_dir), names, purpose="shape")
             accepted = {i.name for i in session.get_inputs()}
-            run_options = ort.RunOptions()
+            run_options = runtime.ort().RunOptions()
             run_options.log_severity_level = 4  # a failing run is reported in the result, not on stderr
             results = session.run(names, {k: v for k, v in feeds.items() if k in accepted}, run_options)
         except Exception as exc:  # ORT and protobuf raise their own types

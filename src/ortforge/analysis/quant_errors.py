@@ -16,9 +16,9 @@ import onnx
 from onnx import numpy_helper
 
 from ortforge.accuracy.metrics import AccuracyReport, compare
-from ortforge.analysis.shapes import inferred_shapes
+from ortforge.analysis.tap import element_counts, passes, tap_session
 from ortforge.core.model import Model, from_proto, loaded_copy
-from ortforge.core.session import SessionConfig, run_checked
+from ortforge.core.session import run_checked
 from ortforge.data import FeedSet
 from ortforge.measure.memory import release_freed_memory
 
@@ -100,30 +100,11 @@ def _float_activations(proto: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
 
 
 def _passes(model: Model, names: list[str], feeds: FeedSet) -> list[list[str]]:
-    """`names` in graph order, cut into passes whose fetched float tensors stay under PASS_BYTES (by inferred shapes)."""
-    sample = feeds.samples[0] if feeds.samples else {}
-    shapes = inferred_shapes(model, {name: np.shape(value) for name, value in sample.items()})
-    passes: list[list[str]] = [[]]
-    held = 0
-    for name in names:
-        dims = shapes.get(name)
-        size = 4 * math.prod(dims) if dims is not None and None not in dims else PASS_BYTES // 4  # unknown: a big one
-        if passes[-1] and held + size > PASS_BYTES:
-            passes.append([])
-            held = 0
-        passes[-1].append(name)
-        held += size
-    return passes
-
-
-def _with_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(proto)
-    existing = {o.name for o in augmented.graph.output}
-    for name in names:
-        if name not in existing:
-            augmented.graph.output.append(onnx.ValueInfoProto(name=name))
-    return augmented
+    """`names` in graph order, cut into passes whose fetched float tensors stay under PASS_BYTES (sizes measured on the first sample)."""
+    if not names or not feeds.samples:
+        return [names] if names else []
+    counts = element_counts(model, names, feeds.samples[0])
+    return passes(names, {name: 4 * count for name, count in counts.items()}, PASS_BYTES)
 
 
 class _Counterparts:
@@ -205,6 +186,7 @@ def debug_quantization(float_model: Model, quant_model: Model, feeds: FeedSet) -
     """Match and compare every float activation and weight with the quantized model's, worst first."""
     float_proto = loaded_copy(float_model)
     quant_proto = loaded_copy(quant_model)
+    float_view, quant_view = from_proto(float_proto), from_proto(quant_proto)
     producers = _float_activations(float_proto)
     counterparts = _Counterparts(quant_proto)
     fetch = {name: counterparts.output_for(name) for name in producers}
@@ -214,11 +196,11 @@ def debug_quantization(float_model: Model, quant_model: Model, feeds: FeedSet) -
     reference_outputs: list[dict] = [{} for _ in feeds.samples]
     candidate_outputs: list[dict] = [{} for _ in feeds.samples]
     # Fetching every activation at once holds them all: a bounded share per pass (`bench/memory_peaks.py quant-debug`).
-    for number, names in enumerate(_passes(float_model, list(matched), feeds)):
+    for number, names in enumerate(_passes(float_view, list(matched), feeds)):
         chunk = {name: matched[name] for name in names}
         wanted = real_outputs if number == 0 else []
-        float_session = SessionConfig(graph_optimization_level="disable").build(from_proto(_with_outputs(float_proto, list(chunk) + wanted)))
-        quant_session = SessionConfig(graph_optimization_level="disable").build(from_proto(_with_outputs(quant_proto, list(set(chunk.values())) + wanted)))
+        float_session = tap_session(float_view, list(chunk) + wanted, purpose="quant-debug")
+        quant_session = tap_session(quant_view, list(dict.fromkeys(chunk.values())) + wanted, purpose="quant-debug")
         float_names = [o.name for o in float_session.get_outputs()]
         quant_names = [o.name for o in quant_session.get_outputs()]
         for index, feed in enumerate(feeds.samples):
