@@ -62,7 +62,7 @@ def test_npz_with_wrong_shape_gives_one_line(tmp_path):
 
 def test_bad_option_values_give_one_line(tmp_path):
     model = save(linear_model(), tmp_path / "m.onnx")
-    assert_one_line_error(ortforge("bench", str(model), "--shape", "x=1xz"), "--shape")
+    assert_one_line_error(ortforge("bench", str(model), "--shape", "x=1xz"), "--shape x=1xz: dimensions must be integers")
     assert_one_line_error(ortforge("bench", str(model), "--ep", "nosuch"), "not available")
 
 

@@ -87,9 +87,9 @@ def test_option_parsing():
     assert parse_shape_option("a=b=2x3") == ("a=b", (2, 3))
     assert parse_dim_option("batch=8") == ("batch", 8)
     for bad in ("x", "x=1xa"):
-        with pytest.raises(UserError, match="--shape"):
+        with pytest.raises(UserError, match=f"^shapes={bad}: "):
             parse_shape_option(bad)
-    with pytest.raises(UserError, match="--dim"):
+    with pytest.raises(UserError, match="^dims=batch=eight: "):
         parse_dim_option("batch=eight")
 
 
@@ -162,6 +162,9 @@ def test_python_hook(linear, tmp_path, monkeypatch):
         "        yield {'x': np.full((1, 8), i, np.float32)}\n"
         "def broken():\n"
         "    raise RuntimeError('no camera')\n"
+        "def flaky():\n"
+        "    yield {'x': np.zeros((1, 8), np.float32)}\n"
+        "    raise OSError('disk gone')\n"
     )
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -173,6 +176,8 @@ def test_python_hook(linear, tmp_path, monkeypatch):
         load_feeds(linear, "myfeeds:missing")
     with pytest.raises(UserError, match="cannot be imported"):
         load_feeds(linear, "no_such_module_xyz:samples")
+    with pytest.raises(UserError, match="^calib=myfeeds:flaky: the hook raised OSError at sample 1: disk gone$"):
+        load_feeds(linear, "myfeeds:flaky", option="calib")  # part-way through: one line, the sample named
 
 
 def test_missing_data_path(linear, tmp_path):

@@ -35,7 +35,7 @@ def find_geometry(index: GraphIndex) -> Geometry:
     if found.num_heads and found.hidden_size and found.hidden_size % found.num_heads == 0:
         found.head_size = found.hidden_size // found.num_heads
     if not found.num_heads:
-        found.evidence.append("heads not found: no head-split Reshape constants or QK^T scale; give --num-heads")
+        found.evidence.append("heads not found: no head-split Reshape constants or QK^T scale; give num_heads (--num-heads)")
     return found
 
 

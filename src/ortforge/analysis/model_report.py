@@ -127,7 +127,7 @@ def inspect_model(
     if defaults and any("fallback failed" in entry.reason for entry in macs.unknown):
         notes.append(
             f"some nodes could not be sized on these input shapes ({len(defaults)} dim(s) are defaults, which may not "
-            "suit this model); give real ones with --shape or --dim"
+            "suit this model); give real ones with shapes / dims (--shape, --dim)"
         )
     family, evidence = classify_family(proto, macs)
     return ModelReport(

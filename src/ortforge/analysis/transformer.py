@@ -292,7 +292,7 @@ def _classify(facts: _Structure) -> tuple[str, list[str]]:
     if vision:
         return "vit", why + ["vit: patch embedding, no token inputs"]
     if not text:
-        return "unknown", why + ["no token-id or image input found: family unknown (force it with --transformer)"]
+        return "unknown", why + ["no token-id or image input found: family unknown (force it with model_type, --transformer)"]
     t5_like = (facts.rms_norms > 0 and facts.layer_norms == 0) or facts.relative_bias
     t5_why = f"RMS norms ({facts.rms_norms}), no LayerNorm" + (", relative position bias" if facts.relative_bias else "")
     if facts.encoder_decoder:

@@ -108,16 +108,16 @@ def add_data(parser: argparse.ArgumentParser, verb: Callable) -> None:
 def add_shapes(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("input shapes")
     defaults = ShapeOptions()
-    group.add_argument("--shape", action="append", default=[], metavar="NAME=DxD..", help="fix an input's shape, e.g. x=1x3x224x224")
-    group.add_argument("--dim", action="append", default=[], metavar="DIM=N", help="set a symbolic dimension by name, e.g. batch=8")
+    group.add_argument("--shape", dest="shapes", action="append", default=[], metavar="NAME=DxD..", help="fix an input's shape, e.g. x=1x3x224x224")
+    group.add_argument("--dim", dest="dims", action="append", default=[], metavar="DIM=N", help="set a symbolic dimension by name, e.g. batch=8")
     group.add_argument("--batch", type=int, default=None, help=f"value for batch-like dims (default {defaults.batch})")
     group.add_argument("--sequence", type=int, default=None, help=f"value for sequence-like dims (default {defaults.sequence})")
 
 
 def shape_options(args: argparse.Namespace) -> ShapeOptions | None:
-    if not (args.shape or args.dim or args.batch or args.sequence):
+    if not (args.shapes or args.dims or args.batch or args.sequence):
         return None
-    options = ShapeOptions(shapes=dict(map(parse_shape_option, args.shape)), dims=dict(map(parse_dim_option, args.dim)))
+    options = ShapeOptions(shapes=dict(map(parse_shape_option, args.shapes)), dims=dict(map(parse_dim_option, args.dims)))
     if args.batch:
         options.batch = args.batch
     if args.sequence:

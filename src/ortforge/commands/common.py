@@ -22,15 +22,19 @@ def feeds_for(
     samples: int | None = None,
     seed: int = 0,
     shape_options: ShapeOptions | None = None,
+    option: str = "data",
 ) -> FeedSet:
-    """User data if given; a zoo model's realistic inputs; else generated feeds (flagged as such)."""
+    """User data if given; a zoo model's realistic inputs; else generated feeds (flagged as such).
+
+    `option` is the argument `data` came from (data, calib): errors name it."""
     if data is None and zoo.is_zoo_reference(str(reference)) and shape_options is None:
         return zoo.realistic_feeds(str(reference).split(":", 1)[1], count=samples or 8, seed=seed)
-    return load_feeds(model, data, count=samples, seed=seed, shape_options=shape_options)
+    return load_feeds(model, data, count=samples, seed=seed, shape_options=shape_options, option=option)
 
 
 def calibration_and_evaluation(
-    model: Model, reference: str | Path, data: str | None, *, calib_samples: int, samples: int, shape_options: ShapeOptions | None
+    model: Model, reference: str | Path, data: str | None, *, calib_samples: int, samples: int, shape_options: ShapeOptions | None,
+    option: str = "data",
 ) -> tuple[FeedSet, FeedSet]:
     """Separate samples for calibrating and for judging accuracy: judging on the calibration data flatters int8.
 
@@ -40,7 +44,7 @@ def calibration_and_evaluation(
     if data is None:
         calibration = feeds_for(model, reference, None, samples=calib_samples, shape_options=shape_options)
         return calibration, feeds_for(model, reference, None, samples=samples, shape_options=shape_options, seed=1)
-    everything = load_feeds(model, data, count=calib_samples + samples, shape_options=shape_options)
+    everything = load_feeds(model, data, count=calib_samples + samples, shape_options=shape_options, option=option)
     if len(everything) < 4:
         everything.notes.append("calibration and accuracy use the same samples (fewer than 4 given)")
         return everything, everything

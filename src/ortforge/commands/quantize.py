@@ -177,11 +177,11 @@ def quantize(
     """
     model = open_model(reference)
     if calib is not None and data is not None:  # both given: the user split them already
-        calibration = feeds_for(model, reference, calib, samples=calib_samples, shape_options=shape_options)
+        calibration = feeds_for(model, reference, calib, samples=calib_samples, shape_options=shape_options, option="calib")
         evaluation = feeds_for(model, reference, data, samples=samples, shape_options=shape_options)
     else:
-        calibration, evaluation = calibration_and_evaluation(model, reference, calib or data, calib_samples=calib_samples,
-                                                             samples=samples, shape_options=shape_options)  # fmt: skip
+        calibration, evaluation = calibration_and_evaluation(model, reference, calib or data, calib_samples=calib_samples, samples=samples,
+                                                             shape_options=shape_options, option="calib" if calib else "data")  # fmt: skip
     if mode not in MODES:
         raise OptionError("mode", mode, f"choose one of {', '.join(MODES)}")
     recipes: list[Recipe]
@@ -220,7 +220,7 @@ def quantize_for_tensorrt(
 ) -> TensorRTInt8:
     """TensorRT int8: the float model, ORT's TensorRT calibration table from ortforge's calibration, a session config."""
     model = open_model(reference)
-    feeds = feeds_for(model, reference, calib, samples=calib_samples, shape_options=shape_options)
+    feeds = feeds_for(model, reference, calib, samples=calib_samples, shape_options=shape_options, option="calib")
     return write_tensorrt_int8(model, feeds, output, method)
 
 
@@ -228,7 +228,7 @@ def write_tensorrt_int8(model: Model, feeds: FeedSet, folder: str | os.PathLike[
     """Calibrate symmetrically, write model + TensorRT table + session config into `folder`."""
     out = Path(folder)
     if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: --target tensorrt writes a folder (model, calibration table, session config); this is a file")
+        raise UserError(f"{out}: the TensorRT target writes a folder (model, calibration table, session config); this is a file")
     table, result = calibration_table(model, feeds, method)
     out.mkdir(parents=True, exist_ok=True)
     for name, content in table.items():

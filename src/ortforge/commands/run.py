@@ -57,7 +57,7 @@ def load_checked(
     if not (reoptimize and original is not None):
         raise UserError(
             f"{Path(path).name}: not valid on this machine: {'; '.join(problems)}",
-            hint="give the original model with --original and allow --reoptimize to optimize it for this machine",
+            hint="give the original model (original, --original) and allow reoptimize (--reoptimize) to optimize it for this machine",
         )
     loaded = _reoptimized(Path(path), stamp, Path(original), problems, base)
     loaded.notes = notes + loaded.notes

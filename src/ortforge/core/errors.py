@@ -23,11 +23,11 @@ class OptionError(UserError):
 
     def __init__(self, option: str, value: object, problem: str, hint: str | None = None) -> None:
         self.option, self.value, self.problem = option, value, problem
-        super().__init__(f"{option}={value!s}: {problem}", hint)
+        super().__init__(f"{option}: {problem}" if value is None else f"{option}={value!s}: {problem}", hint)
 
     def with_flag(self, flag: str) -> str:
         """The message as the command line says it, naming `flag` instead of the option."""
-        text = f"{flag} {self.value!s}: {self.problem}"
+        text = f"{flag}: {self.problem}" if self.value is None else f"{flag} {self.value!s}: {self.problem}"
         return f"{text} ({self.hint})" if self.hint else text
 
 

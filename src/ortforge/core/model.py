@@ -218,7 +218,7 @@ def _run_checker(model: Model) -> None:
         else:
             onnx.checker.check_model(model.proto)
     except onnx.checker.ValidationError as exc:
-        raise UserError(f"{model.name}: onnx.checker rejects the model: {first_line(exc)}", hint="--no-check loads it anyway") from None
+        raise UserError(f"{model.name}: onnx.checker rejects the model: {first_line(exc)}", hint="check=False (--no-check) loads it anyway") from None
 
 
 def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:

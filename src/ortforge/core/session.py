@@ -189,7 +189,7 @@ def run_checked(session: Any, feed: dict, name: str, index: int = 0) -> list:
         shapes = ", ".join(f"{k} {list(getattr(v, 'shape', []))}" for k, v in feed.items())
         raise UserError(
             f"{name}: onnxruntime failed on sample {index} ({shapes}): {first_line(exc, 300)}",
-            hint="check the input shapes; symbolic dims can be set with --dim NAME=N or --shape INPUT=DxD",
+            hint="check the input shapes; set symbolic dims with dims / shapes (--dim NAME=N, --shape INPUT=DxD)",
         ) from None
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ortforge.core.errors import UserError
+from ortforge.core.errors import OptionError
 from ortforge.core.model import Model
 from ortforge.data.generate import generate_sample, vocabulary_sizes
 from ortforge.data.sources import Feed, read_source, validate_feed
@@ -21,7 +21,7 @@ from ortforge.data.specs import (
 )
 
 GENERATED_WARNING = (
-    "accuracy judged on generated random inputs: they can hide accuracy collapse; give real data with --data"
+    "accuracy judged on generated random inputs: they can hide accuracy collapse; give real data (data, --data)"
 )
 
 __all__ = [
@@ -88,18 +88,20 @@ def load_feeds(
     count: int | None = None,
     seed: int = 0,
     shape_options: ShapeOptions | None = None,
+    option: str = "data",
 ) -> FeedSet:
     """Feeds from `source` (file, folder, module:function) validated against the model, else generated.
 
-    `count` caps the samples read (all by default) or sets how many to generate (1 by default).
+    `count` caps the samples read (all by default) or sets how many to generate (1 by default);
+    errors name `option`, the argument the source came from (data, calib).
     """
     if source is None:
         return generate_feeds(model, count or 1, seed, shape_options)
     specs = input_specs(model)
     samples = [
-        validate_feed(feed, specs, f"--data {source} (sample {index})")
-        for index, feed in enumerate(read_source(source, specs, limit=count))
+        validate_feed(feed, specs, option, f"{source} (sample {index})")
+        for index, feed in enumerate(read_source(source, specs, limit=count, option=option))
     ]
     if not samples:
-        raise UserError(f"--data {source}: contains no samples")
+        raise OptionError(option, source, "contains no samples")
     return FeedSet(samples, origin=source, generated=False)

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from ortforge.core.errors import UserError
+from ortforge.core.errors import OptionError
 from ortforge.core.graph import GraphIndex
 from ortforge.core.model import Model
 from ortforge.data.specs import InputSpec
@@ -49,7 +49,7 @@ def generate_sample(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Gene
     """One array for one input, and a few words on how its values were chosen."""
     dtype = spec.dtype
     if dtype == "str":
-        raise UserError(f"input '{spec.name}' takes strings; ortforge cannot invent them, give --data")
+        raise OptionError("data", None, f"input '{spec.name}' takes strings; ortforge cannot invent them, give data")
     if dtype == "bool":
         return np.ones(shape, dtype=bool), "all True"
     if dtype.startswith(("float", "bfloat")):

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ortforge.core.errors import OptionError, UserError
+from ortforge.core.errors import OptionError
 from ortforge.data.specs import InputSpec
 
 Feed = dict[str, np.ndarray]
@@ -25,102 +25,109 @@ def is_hook(source: str) -> bool:
     return bool(sep and left and right.isidentifier() and len(left) > 1 and not Path(source).exists())
 
 
-def read_source(source: str, specs: list[InputSpec], limit: int | None) -> Iterator[Feed]:
-    """Feeds from a user source, unvalidated, at most `limit` of them."""
+def read_source(source: str, specs: list[InputSpec], limit: int | None, option: str = "data") -> Iterator[Feed]:
+    """Feeds from a user source, unvalidated, at most `limit` of them; errors name `option` (data, calib)."""
     if is_hook(source):
-        return itertools.islice(_read_hook(source), limit)
+        return itertools.islice(_read_hook(source, option), limit)
     path = Path(source)
     if not path.exists():
-        raise UserError(f"--data {source}: no such file or folder")
+        raise OptionError(option, source, "no such file or folder")
     if path.is_file():
-        return iter([_read_file_feed(path, specs)])
-    return itertools.islice(_read_folder(path, specs), limit)
+        return iter([_read_file_feed(path, specs, option)])
+    return itertools.islice(_read_folder(path, specs, option), limit)
 
 
-def _read_file_feed(path: Path, specs: list[InputSpec]) -> Feed:
+def _read_file_feed(path: Path, specs: list[InputSpec], option: str) -> Feed:
     if path.suffix == ".npz":
-        return _read_npz(path)
+        return _read_npz(path, option)
     if path.suffix == ".npy" and len(specs) == 1:
-        return {specs[0].name: _load_npy(path)}
+        return {specs[0].name: _load_npy(path, option)}
     if path.suffix == ".pb" and len(specs) == 1:
-        return {specs[0].name: _read_pb(path)}
-    raise UserError(f"--data {path}: expected an .npz file (one array per input), a folder, or module:function")
+        return {specs[0].name: _read_pb(path, option)}
+    raise OptionError(option, path, "expected an .npz file (one array per input), a folder, or module:function")
 
 
-def _read_npz(path: Path) -> Feed:
+def _read_npz(path: Path, option: str) -> Feed:
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
     except (OSError, ValueError) as exc:
-        raise UserError(f"--data {path}: not a readable .npz file ({exc})") from None
+        raise OptionError(option, path, f"not a readable .npz file ({exc})") from None
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(path: Path, option: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise UserError(f"--data {path}: not a readable .npy file ({exc})") from None
+        raise OptionError(option, path, f"not a readable .npy file ({exc})") from None
 
 
-def _read_pb(path: Path) -> np.ndarray:
+def _read_pb(path: Path, option: str) -> np.ndarray:
+    return _read_tensor(path, option)[1]
+
+
+def _read_tensor(path: Path, option: str) -> tuple[str, np.ndarray]:
+    """A TensorProto file's name and values."""
     tensor = onnx.TensorProto()
     try:
         tensor.ParseFromString(path.read_bytes())
-        return numpy_helper.to_array(tensor)
-    except Exception as exc:
-        raise UserError(f"--data {path}: not a TensorProto .pb file ({exc})") from None
+        return tensor.name, numpy_helper.to_array(tensor)
+    except Exception as exc:  # protobuf and onnx raise several types for a bad file
+        raise OptionError(option, path, f"not a TensorProto .pb file ({exc})") from None
 
 
-def _read_pb_set(folder: Path, specs: list[InputSpec]) -> Feed:
+def _read_pb_set(folder: Path, specs: list[InputSpec], option: str) -> Feed:
     """An ONNX test_data_set_N folder: input_K.pb, named in the tensor or else by position."""
     files = sorted(folder.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[-1]) if p.stem.split("_")[-1].isdigit() else 0)
     feed: Feed = {}
     for position, file in enumerate(files):
-        tensor = onnx.TensorProto()
-        tensor.ParseFromString(file.read_bytes())
-        name = tensor.name or (specs[position].name if position < len(specs) else file.stem)
-        feed[name] = numpy_helper.to_array(tensor)
+        stored, values = _read_tensor(file, option)
+        feed[stored or (specs[position].name if position < len(specs) else file.stem)] = values
     return feed
 
 
-def _read_folder(folder: Path, specs: list[InputSpec]) -> Iterator[Feed]:
+def _read_folder(folder: Path, specs: list[InputSpec], option: str) -> Iterator[Feed]:
     sets = sorted(p for p in folder.glob("test_data_set_*") if p.is_dir())
     if sets:
-        return (_read_pb_set(s, specs) for s in sets)
+        return (_read_pb_set(s, specs, option) for s in sets)
     if list(folder.glob("input_*.pb")):
-        return iter([_read_pb_set(folder, specs)])
+        return iter([_read_pb_set(folder, specs, option)])
     npz = sorted(folder.glob("*.npz"))
     if npz:
-        return (_read_npz(p) for p in npz)
+        return (_read_npz(p, option) for p in npz)
     npy = sorted(folder.glob("*.npy"))
     names = {spec.name for spec in specs}
     if npy and {p.stem for p in npy} >= names:
-        return iter([{p.stem: _load_npy(p) for p in npy if p.stem in names}])
+        return iter([{p.stem: _load_npy(p, option) for p in npy if p.stem in names}])
     if npy and len(specs) == 1:
-        return ({specs[0].name: _load_npy(p)} for p in npy)
-    raise UserError(
-        f"--data {folder}: found no test_data_set_*/input_*.pb, *.npz, or *.npy named after the inputs "
-        f"({', '.join(sorted(names))})"
-    )
+        return ({specs[0].name: _load_npy(p, option)} for p in npy)
+    raise OptionError(option, folder, f"found no test_data_set_*/input_*.pb, *.npz, or *.npy named after the inputs " f"({', '.join(sorted(names))})")
 
 
-def _read_hook(source: str) -> Iterator[Feed]:
+def _read_hook(source: str, option: str) -> Iterator[Feed]:
     module_name, _, function_name = source.rpartition(":")
-    module = import_hook_module(module_name, spec=source)
+    module = import_hook_module(module_name, option, spec=source)
     function = getattr(module, function_name, None)
     if not callable(function):
-        raise UserError(f"--data {source}: '{module_name}' has no function '{function_name}'")
+        raise OptionError(option, source, f"'{module_name}' has no function '{function_name}'")
     try:
         produced = function()
     except Exception as exc:
-        raise UserError(f"--data {source}: the hook raised {type(exc).__name__}: {exc}") from None
+        raise OptionError(option, source, f"the hook raised {type(exc).__name__}: {exc}") from None
     if isinstance(produced, dict):
         produced = [produced]
     if not isinstance(produced, Iterable):
-        raise UserError(f"--data {source}: the hook must return or yield dicts of input name -> array")
-    for index, feed in enumerate(produced):
+        raise OptionError(option, source, "the hook must return or yield dicts of input name -> array")
+    items = iter(produced)
+    for index in itertools.count():
+        try:
+            feed = next(items)
+        except StopIteration:
+            return
+        except Exception as exc:  # the user's generator failed part-way: one line naming the sample
+            raise OptionError(option, source, f"the hook raised {type(exc).__name__} at sample {index}: {exc}") from None
         if not isinstance(feed, dict):
-            raise UserError(f"--data {source}: item {index} is a {type(feed).__name__}, expected a dict of input name -> array")
+            raise OptionError(option, source, f"item {index} is a {type(feed).__name__}, expected a dict of input name -> array")
         yield {name: np.asarray(value) for name, value in feed.items()}
 
 
@@ -144,34 +151,34 @@ def import_hook_module(module_name: str, option: str = "data", spec: str | None 
         raise OptionError(option, given, f"hook module cannot be imported: {exc}") from None
 
 
-def validate_feed(feed: Feed, specs: list[InputSpec], where: str) -> Feed:
-    """Check names, dtypes and shapes against the model; the error names the input at fault."""
+def validate_feed(feed: Feed, specs: list[InputSpec], option: str, where: str) -> Feed:
+    """Check names, dtypes and shapes against the model; the error names the option, the sample and the input at fault."""
     expected = {spec.name: spec for spec in specs}
     unknown = sorted(set(feed) - set(expected))
     if unknown:
-        raise UserError(f"{where}: '{unknown[0]}' is not an input of the model (inputs: {', '.join(expected)})")
+        raise OptionError(option, where, f"'{unknown[0]}' is not an input of the model (inputs: {', '.join(expected)})")
     missing = [name for name in expected if name not in feed]
     if missing:
-        raise UserError(f"{where}: input '{missing[0]}' is missing (expected {expected[missing[0]].dtype} {expected[missing[0]].describe_shape()})")
+        raise OptionError(option, where, f"input '{missing[0]}' is missing (expected {expected[missing[0]].dtype} {expected[missing[0]].describe_shape()})")
     for name, spec in expected.items():
-        _check_array(feed[name], spec, where)
+        _check_array(feed[name], spec, option, where)
     return {name: feed[name] for name in expected}
 
 
-def _check_array(array: np.ndarray, spec: InputSpec, where: str) -> None:
+def _check_array(array: np.ndarray, spec: InputSpec, option: str, where: str) -> None:
     given_dtype = "str" if array.dtype.kind in "US" or array.dtype == object else array.dtype.name
     if given_dtype != spec.dtype:
-        raise UserError(f"{where}: input '{spec.name}' expects dtype {spec.dtype}, got {given_dtype}")
+        raise OptionError(option, where, f"input '{spec.name}' expects dtype {spec.dtype}, got {given_dtype}")
     if spec.shape is None:
         return
     if array.ndim != len(spec.shape):
-        raise UserError(
-            f"{where}: input '{spec.name}' expects shape {spec.describe_shape()} (rank {len(spec.shape)}), "
+        raise OptionError(
+            option, where, f"input '{spec.name}' expects shape {spec.describe_shape()} (rank {len(spec.shape)}), "
             f"got {list(array.shape)}"
         )
     for axis, (given, wanted) in enumerate(zip(array.shape, spec.shape)):
         if isinstance(wanted, int) and wanted > 0 and given != wanted:
-            raise UserError(
-                f"{where}: input '{spec.name}' expects shape {spec.describe_shape()}, got {list(array.shape)} "
+            raise OptionError(
+                option, where, f"input '{spec.name}' expects shape {spec.describe_shape()}, got {list(array.shape)} "
                 f"(axis {axis} must be {wanted})"
             )

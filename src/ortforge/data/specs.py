@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ortforge.core.errors import UserError
+from ortforge.core.errors import OptionError, UserError
 from ortforge.core.model import Model
 
 DEFAULT_BATCH = 1
@@ -85,18 +85,18 @@ def parse_shape_option(text: str) -> tuple[str, tuple[int, ...]]:
     """'name=1x3x224x224' -> ('name', (1, 3, 224, 224)); a scalar is 'name=' ."""
     name, sep, dims = text.rpartition("=")
     if not sep or not name:
-        raise UserError(f"--shape '{text}': expected NAME=DxDxD, e.g. input=1x3x224x224")
+        raise OptionError("shapes", text, "expected NAME=DxDxD, e.g. input=1x3x224x224")
     try:
         return name, tuple(int(d) for d in dims.lower().split("x")) if dims else ()
     except ValueError:
-        raise UserError(f"--shape '{text}': dimensions must be integers separated by 'x'") from None
+        raise OptionError("shapes", text, "dimensions must be integers separated by 'x'") from None
 
 
 def parse_dim_option(text: str) -> tuple[str, int]:
     """'batch=8' -> ('batch', 8)."""
     name, sep, value = text.rpartition("=")
     if not sep or not name or not value.isdigit():
-        raise UserError(f"--dim '{text}': expected DIM_NAME=INTEGER, e.g. batch_size=8")
+        raise OptionError("dims", text, "expected DIM_NAME=INTEGER, e.g. batch_size=8")
     return name, int(value)
 
 
@@ -106,7 +106,7 @@ def resolve_shapes(specs: list[InputSpec], options: ShapeOptions | None = None) 
     known = {spec.name for spec in specs}
     for name in options.shapes:
         if name not in known:
-            raise UserError(f"--shape names '{name}', which is not an input (inputs: {', '.join(sorted(known))})")
+            raise OptionError("shapes", name, f"not an input of the model (inputs: {', '.join(sorted(known))})")
     named: dict[str, int] = dict(options.dims)
     defaults: list[str] = []
     shapes: dict[str, tuple[int, ...]] = {}
@@ -115,7 +115,7 @@ def resolve_shapes(specs: list[InputSpec], options: ShapeOptions | None = None) 
             shapes[spec.name] = _checked_override(spec, options.shapes[spec.name])
             continue
         if spec.shape is None:
-            raise UserError(f"input '{spec.name}' has no shape in the graph; give it with --shape {spec.name}=DxD")
+            raise OptionError("shapes", spec.name, f"input '{spec.name}' has no shape in the graph; give one, e.g. {spec.name}=1x8")
         shapes[spec.name] = tuple(
             _resolve_dim(spec, axis, dim, named, defaults, options) for axis, dim in enumerate(spec.shape)
         )
@@ -126,10 +126,10 @@ def _checked_override(spec: InputSpec, shape: tuple[int, ...]) -> tuple[int, ...
     if spec.shape is None:
         return shape
     if len(shape) != len(spec.shape):
-        raise UserError(f"--shape {spec.name}: rank {len(shape)} given, the model expects {spec.describe_shape()}")
+        raise OptionError("shapes", spec.name, f"rank {len(shape)} given, the model expects {spec.describe_shape()}")
     for axis, (given, expected) in enumerate(zip(shape, spec.shape)):
         if isinstance(expected, int) and expected and given != expected:
-            raise UserError(f"--shape {spec.name}: axis {axis} is fixed to {expected} in the model, {given} given")
+            raise OptionError("shapes", spec.name, f"axis {axis} is fixed to {expected} in the model, {given} given")
     return shape
 
 

@@ -221,7 +221,7 @@ def _resolve(info: TransformerInfo, options: FusionOptions) -> tuple[str, int, i
     model_type = options.model_type if options.model_type != "auto" else info.model_type
     if model_type == "unknown":
         model_type = "bert"
-        notes.append("model type not recognised from the graph: fused with ORT's generic 'bert' rules (force with --transformer)")
+        notes.append("model type not recognised from the graph: fused with ORT's generic 'bert' rules (force it with model_type, --transformer)")
     heads = options.num_heads or info.num_heads
     hidden = options.hidden_size or info.hidden_size
     for name, given, found in (("num_heads", options.num_heads, info.num_heads), ("hidden_size", options.hidden_size, info.hidden_size)):

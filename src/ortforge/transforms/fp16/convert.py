@@ -47,7 +47,7 @@ def convert_fp16(model: Model, options: Fp16Options | Fp16Plan | None = None, *,
         node, message = failure
         plan = plan.with_fp32([node], f"ORT failed to run it in float16: {message}", kind=RUNTIME)
     raise UserError(f"{model.name}: float16 conversion still fails to run after keeping {MAX_RUNTIME_REPAIRS} nodes float32",
-                    hint="--block-op the op types that fail")
+                    hint="keep the op types that fail in fp32 (block_ops, --block-op)")
 
 
 def simulate_fp16(model: Model, options: Fp16Options | Fp16Plan | None = None) -> TransformResult:
@@ -108,7 +108,7 @@ def _check_converted(model: Model, proto: onnx.ModelProto, options: Fp16Options)
     problem = _checker_problem(proto)
     # A complaint the original model earns too (a missing output shape, say) is not the conversion's doing.
     if problem and _checker_problem(model.proto) != problem:
-        raise UserError(f"{what} produced a model onnx.checker rejects: {problem}", hint="--block-op/--block-node the op it names")
+        raise UserError(f"{what} produced a model onnx.checker rejects: {problem}", hint="keep the op it names in fp32 (block_ops / block_nodes, --block-op / --block-node)")
     for kind in ("input", "output"):
         before = _signature_of(getattr(model.proto.graph, kind))
         after = _signature_of(getattr(proto.graph, kind))
@@ -117,7 +117,7 @@ def _check_converted(model: Model, proto: onnx.ModelProto, options: Fp16Options)
     try:
         _session(from_proto(proto, base_dir=model.base_dir), ["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types per failure kind
-        raise UserError(f"{what} produced a model ORT cannot load: {first_line(exc, 300)}", hint="--block-op/--block-node the op it names") from None
+        raise UserError(f"{what} produced a model ORT cannot load: {first_line(exc, 300)}", hint="keep the op it names in fp32 (block_ops / block_nodes, --block-op / --block-node)") from None
 
 
 def _runtime_failure(model: Model, proto: onnx.ModelProto, plan: Fp16Plan, feeds: FeedSet) -> tuple[str, str] | None:
