@@ -16,13 +16,13 @@ import sys
 import numpy as np
 
 import ortforge
+from ortforge.accuracy.judge import Judge
 from ortforge.accuracy.metrics import Outputs
 from ortforge.commands.common import feeds_for
 from ortforge.core.machine import machine_info
 from ortforge.core.runtime import available_providers
 from ortforge.core.session import provider_name, run_outputs
 from ortforge.searches.mixed_precision import (
-    accuracy_of,
     fp16_outputs,
     simulated_outputs,
 )
@@ -61,7 +61,7 @@ def main() -> None:
         simulated, real = simulated_outputs(model, plan, feeds), fp16_outputs(model, plan, feeds, provider)
         print(f"{reference}: {len(plan.fp16_nodes())} fp16 nodes")
         for label, outputs in (("simulated on the CPU", simulated), (f"real on {provider}", real)):
-            accuracy = accuracy_of(fp32, outputs)
+            accuracy = Judge(fp32, [])(outputs).measured
             print(f"  {label:28s} worst error {worst_ratio(fp32, outputs):8.3f}x tolerance, cosine {accuracy['cosine']:.6f}")
         print(f"  simulated vs real            worst difference {worst_ratio(real, simulated):8.3f}x tolerance")
 

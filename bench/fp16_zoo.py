@@ -52,7 +52,7 @@ def main() -> None:
     for reference in args.models:
         with tempfile.TemporaryDirectory() as folder:
             try:
-                report = ortforge.fp16(reference, Path(folder) / "fp16.onnx", ep=args.ep, auto=True, rtol=args.rtol, atol=args.atol, data=args.data)
+                report = ortforge.fp16(reference, Path(folder) / "fp16.onnx", ep=args.ep, auto=True, tolerances=[f"rtol={args.rtol}", f"atol={args.atol}"], data=args.data)
                 search = report.search
                 share = "" if report.fp16_mac_share is None else f" ({report.fp16_mac_share:.0%} of the MACs)"
                 ours = (f"{search.evaluations} evaluations, {report.wall_s:.1f} s in all, fp16/fp32 nodes "

@@ -28,13 +28,13 @@ import numpy as np
 import psutil
 
 import ortforge
-from ortforge.accuracy.metrics import compare, parse_tolerance
+from ortforge.accuracy.judge import Judge
+from ortforge.accuracy.tolerance import default_tolerances, parse_tolerances
 from ortforge.commands.common import feeds_for
 from ortforge.core.model import load_model
 from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.measure.bench import BenchOptions, Variant, bench
 from ortforge.measure.compare import score
-from ortforge.searches.recipes import default_tolerances
 
 
 @dataclass
@@ -139,7 +139,8 @@ def run_tools(reference: str, model_path: Path, data: Path, work: Path, budget: 
 def compare_runs(reference: str, runs: list[ToolRun], evaluation, seconds: float, given: list[str]) -> None:
     original = ortforge.open_model(reference)
     expected = run_outputs(original, evaluation)
-    tolerances = [parse_tolerance(t) for t in given] or default_tolerances(expected)
+    judge = Judge(expected, parse_tolerances(given) or default_tolerances(expected))
+    tolerances = judge.tolerances
     usable, rows = [], []
     for run in runs:
         if run.model is None:
@@ -147,21 +148,20 @@ def compare_runs(reference: str, runs: list[ToolRun], evaluation, seconds: float
             continue
         try:
             model = load_model(run.model, check=False)
-            accuracy = compare(expected, run_outputs(model, evaluation, run.config))
+            verdict = judge(run_outputs(model, evaluation, run.config))
         except Exception as exc:  # a peer's output that ORT cannot run is a finding, not a crash of this script
             rows.append((run, None, f"unusable: {str(exc).splitlines()[0][:80]}"))
             continue
-        within = all(t.met_by(accuracy.metric(t.metric)) for t in tolerances)
         usable.append((run, model))
-        rows.append((run, accuracy, "within tolerance" if within else "OUTSIDE tolerance"))
+        rows.append((run, verdict, "within tolerance" if verdict.passed else "OUTSIDE tolerance"))
     report = bench([Variant(run.tool, model, run.config, evaluation) for run, model in usable],
                    BenchOptions(max_seconds=seconds, profile=False, min_rounds=6))  # fmt: skip
     speed = {result.label: score(result, report.variants[0]) for result in report.variants}
     print(f"{reference} ({', '.join(t.describe() for t in tolerances)}; {len(evaluation)} evaluation samples)")
-    for run, accuracy, verdict in rows:
+    for run, judged, verdict in rows:
         s = speed.get(run.tool)
         ratio = f"{s.ratio:.2f}x ({s.low:.2f}-{s.high:.2f})" if s else "-"
-        cosine = f"cos {accuracy.metric('cosine'):.4f}" if accuracy else ""
+        cosine = f"cos {judged.measured['cosine']:.4f}" if judged and "cosine" in judged.measured else ""
         honest = "yes" if run.model is not None or run.exit_code != 0 else "NO (exit 0, nothing usable)"
         print(f"  {run.tool:<36} latency {ratio:<20} {cosine:<12} {verdict:<20} tuning {run.wall_s:6.1f} s  peak RSS {run.peak_rss / 2**20:7.0f} MiB  "
               f"exit {run.exit_code}  honest: {honest}")

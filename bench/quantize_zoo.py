@@ -21,14 +21,13 @@ import ortforge
 from ortforge.measure.bench import BenchOptions
 
 
-def describe(outcome) -> str:  # noqa: ANN001
-    accuracy = outcome.accuracy
-    cosine = f"cos {accuracy.metric('cosine'):.4f}" if accuracy else "cos -"
-    top1 = [o.top1 for o in accuracy.outputs if o.top1 is not None] if accuracy else []
-    speed = f"{outcome.speed.ratio:.2f}x ({outcome.speed.low:.2f}-{outcome.speed.high:.2f})" if outcome.speed else "not timed"
-    verdict = "ok" if outcome.passed else f"rejected: {outcome.rejected[:70]}"
-    return f"  {outcome.label:<58} {outcome.size_bytes / 2**20:6.2f} MiB  {cosine}  top1 {min(top1):.0%}  {speed}  {verdict}" if top1 else \
-        f"  {outcome.label:<58} {outcome.size_bytes / 2**20:6.2f} MiB  {cosine}  {speed}  {verdict}"
+def describe(trial) -> str:  # noqa: ANN001 - searches.trial.Trial
+    measured = trial.metrics
+    cosine = f"cos {measured['cosine']:.4f}" if "cosine" in measured else "cos -"
+    top1 = f"  top1 {measured['top1']:.0%}" if "top1" in measured else ""
+    speed = f"{trial.speed.ratio:.2f}x ({trial.speed.low:.2f}-{trial.speed.high:.2f})" if trial.speed else "not timed"
+    verdict = "ok" if trial.passed else f"rejected: {trial.why_not[:70]}"
+    return f"  {trial.label:<58} {trial.size_bytes / 2**20:6.2f} MiB  {cosine}{top1}  {speed}  {verdict}"
 
 
 def main() -> None:
@@ -44,10 +43,10 @@ def main() -> None:
             report = ortforge.quantize(reference, out, mode="auto", calib=args.data, data=args.data, tolerances=args.tolerance,
                                   measure=BenchOptions(max_seconds=args.time))  # fmt: skip
             print(f"{reference} ({', '.join(t.describe() for t in report.tolerances)}):")
-            for outcome in report.outcomes:
-                print(describe(outcome))
+            for trial in report.trials:
+                print(describe(trial))
             chosen = report.chosen
-            safe = chosen.passed and (chosen.options is None or (chosen.speed and chosen.speed.ratio < 1))
+            safe = chosen.passed and (chosen.candidate.kind == "fp32" or (chosen.speed and chosen.speed.ratio < 1))
             print(f"  -> {report.why} [{'never slower, within tolerance' if safe else 'CHECK FAILED'}]")
 
 

@@ -42,6 +42,7 @@ def _ortforge_fp16(provider: str = "CPUExecutionProvider") -> Transform:
 
     For a GPU EP this machine lacks, the written model cannot show fp16 numerics (the CPU EP computes in fp32 behind
     Casts), so what is judged is its simulation: the same plan with every fp16 tensor rounded through float16."""
+    from ortforge.accuracy.tolerance import close
     from ortforge.data import FeedSet
     from ortforge.searches.mixed_precision import convert_within, judge_for
     from ortforge.transforms.fp16 import Fp16Options, simulate_fp16
@@ -50,7 +51,7 @@ def _ortforge_fp16(provider: str = "CPUExecutionProvider") -> Transform:
 
     def apply(model: Model, feeds: list[dict]) -> Written:
         data = FeedSet(feeds, "case inputs", generated=False)
-        outcome = convert_within(model, data, Fp16Options(provider=provider), FP16_TOLERANCE.rtol, FP16_TOLERANCE.atol, subject=model.name)
+        outcome = convert_within(model, data, Fp16Options(provider=provider), [close(FP16_TOLERANCE.rtol, FP16_TOLERANCE.atol)], subject=model.name)
         judged = simulate_fp16(model, outcome.plan).proto if simulated else outcome.result.proto
         return Written(judged, outcome.result.changed)
 
