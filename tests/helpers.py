@@ -1,12 +1,18 @@
-"""Tiny models built in code for the tests (IR 10: this onnx defaults to an IR newer than ORT loads)."""
+"""Tiny models built in code for the tests (IR 10: this onnx defaults to an IR newer than ORT loads).
+
+Every builder that more than one test file uses lives here; a builder one file uses stays in that file.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from ortforge.data import FeedSet
 
 IR_VERSION = 10
 OPSET = 17
@@ -86,3 +92,233 @@ def attention_block(width: int = 16, hidden: int = 32) -> onnx.ModelProto:
         w("W1", width, hidden), w("W2", hidden, width),
     ]
     return make_model(nodes, [tensor("x", ["batch", "seq", width])], [tensor("y", None)], initializers)
+
+
+def conv_net(opset: int = 17, ir_version: int = 10):
+    """Conv, Relu, Conv, pooling and a Gemm on x [1, 3, 16, 16]: the small CNN most commands are tried on."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("GlobalAveragePool", ["c2"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1, name="fc"),
+    ]
+    weights = [
+        weight("w1", rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3),
+        weight("b1", rng.standard_normal(8).astype(np.float32) * 0.1),
+        weight("w2", rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2),
+        weight("b2", rng.standard_normal(8).astype(np.float32) * 0.1),
+        weight("wf", rng.standard_normal((10, 8)).astype(np.float32)),
+        weight("bf", np.zeros(10, np.float32)),
+    ]
+    return make_model(nodes, [tensor("x", [1, 3, 16, 16])], [tensor("y", [1, 10])], weights, opset=opset, ir_version=ir_version)
+
+
+def small_cnn():
+    """Conv + BatchNorm + Relu: the layout (NCHWc) and fusion passes all have something to do."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("BatchNormalization", ["c1", "s", "b", "m", "v"], ["n1"], name="bn1"),
+        helper.make_node("Relu", ["n1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
+    ]
+    weights = [
+        weight("w1", rng.standard_normal((16, 3, 3, 3)).astype(np.float32)),
+        weight("w2", rng.standard_normal((16, 16, 3, 3)).astype(np.float32) / 10),
+        weight("s", np.ones(16, np.float32)),
+        weight("b", np.zeros(16, np.float32)),
+        weight("m", np.full(16, 0.1, np.float32)),
+        weight("v", np.ones(16, np.float32)),
+    ]
+    return make_model(nodes, [tensor("x", ["N", 3, 16, 16])], [tensor("y", ["N", 16, 16, 16])], weights)
+
+
+def wide_range_model():
+    """h has one channel ~1e4 wide that the next MatMul barely uses: per-tensor int8 on h wipes out the rest."""
+    rng = np.random.default_rng(0)
+    scale = np.ones(16, np.float32)
+    scale[0] = 1e4
+    w2 = rng.standard_normal((16, 4)).astype(np.float32)
+    w2[0, :] = 1e-5
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["a"], name="first"),
+        helper.make_node("Mul", ["a", "s"], ["h"], name="widen"),
+        helper.make_node("MatMul", ["h", "w2"], ["z"], name="narrow"),
+        helper.make_node("Add", ["z", "b"], ["y"], name="bias"),
+    ]
+    weights = [weight("w1", rng.standard_normal((8, 16)).astype(np.float32)), weight("s", scale), weight("w2", w2), weight("b", np.zeros(4, np.float32))]
+    return make_model(nodes, [tensor("x", [1, 8])], [tensor("y", [1, 4])], weights)
+
+
+def wide_range_feeds(count=16, seed=0):
+    """Samples for wide_range_model's input x [1, 8]."""
+    rng = np.random.default_rng(seed)
+    return FeedSet([{"x": rng.standard_normal((1, 8)).astype(np.float32)} for _ in range(count)], "test", generated=False)
+
+
+def onnxruntime_version():
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+# The tiny BERT encoder: fusion tests and the optimize command's fusion step.
+
+HIDDEN, HEADS, VOCAB, FFN, LAYERS = 32, 4, 100, 64, 2
+HEAD_SIZE = HIDDEN // HEADS
+
+
+class _Builder:
+    """Collects nodes and weights; names nodes the way the chosen exporter does."""
+
+    def __init__(self, style: str, seed: int = 0) -> None:
+        self.style = style
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.value_info: list[onnx.ValueInfoProto] = []
+        self.weights: list[onnx.TensorProto] = []
+        self.count = 0
+
+    def node(self, op: str, inputs: list[str], scope: str = "", **attributes) -> str:
+        self.count += 1
+        output = f"{scope}/{op}_{self.count}_output_0" if self.style == "torchscript" else f"val_{self.count}"
+        name = f"{scope}/{op}_{self.count}" if self.style == "torchscript" else f"node_{op}_{self.count}"
+        node = helper.make_node(op, inputs, [output], name=name, **attributes)
+        if self.style == "dynamo":  # torch.export leaves these on every node
+            node.metadata_props.add(key="namespace", value=f"model{scope}")
+            node.metadata_props.add(key="pkg.torch.onnx.class_hierarchy", value="['Model']")
+        self.nodes.append(node)
+        return output
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        if all(w.name != name for w in self.weights):  # shared constants are declared once
+            self.weights.append(weight(name, array))
+        return name
+
+    def random(self, name: str, *shape: int) -> str:
+        return self.const(name, (0.2 * self.rng.standard_normal(shape)).astype(np.float32))
+
+
+def bert_encoder(style: str = "torchscript", reshape: str = "concat") -> onnx.ModelProto:
+    """A 2-layer BERT encoder shaped like an exporter's output, so the fusers recognise it.
+
+    reshape 'concat' splits heads with [B, S, -1, head_size] computed at run time, as transformers 5
+    exports do (ORT cannot read the heads from it); 'constant' uses a [0, 0, heads, head_size] weight.
+    """
+    b = _Builder(style)
+    hidden = _embeddings(b)
+    mask = _additive_mask(b)
+    for layer in range(LAYERS):
+        hidden = _encoder_layer(b, hidden, mask, layer, reshape)
+    b.nodes.append(helper.make_node("Identity", [hidden], ["last_hidden_state"], name="output"))
+    ids = ["input_ids", "attention_mask", "token_type_ids"]
+    model = helper.make_model(
+        helper.make_graph(b.nodes, "tiny_bert", [tensor(n, ["batch", "seq"], TensorProto.INT64) for n in ids],
+                          [tensor("last_hidden_state", ["batch", "seq", HIDDEN])], b.weights),
+        opset_imports=[helper.make_opsetid("", 17 if style == "torchscript" else 18)],
+        producer_name="pytorch",
+    )
+    model.graph.value_info.extend(b.value_info)
+    model.ir_version = 8 if style == "torchscript" else 10
+    return model
+
+
+def _embeddings(b: _Builder) -> str:
+    scope = "/embeddings"
+    words = b.node("Gather", [b.random("embeddings.word_embeddings.weight", VOCAB, HIDDEN), "input_ids"], scope)
+    types = b.node("Gather", [b.random("embeddings.token_type_embeddings.weight", 2, HIDDEN), "token_type_ids"], scope)
+    seq = b.node("Gather", [b.node("Shape", ["input_ids"], scope), b.const("one", np.array(1, np.int64))], scope, axis=0)
+    seq_1d = b.node("Unsqueeze", [seq, b.const("axes0", np.array([0], np.int64))], scope)
+    positions = b.node("Slice", [b.const("embeddings.position_ids", np.arange(64, dtype=np.int64)[None]),
+                                 b.const("zero_1d", np.array([0], np.int64)), seq_1d,
+                                 b.const("one_1d", np.array([1], np.int64)), "one_1d"], scope)
+    pos = b.node("Gather", [b.random("embeddings.position_embeddings.weight", 64, HIDDEN), positions], scope)
+    if b.style == "dynamo":
+        b.value_info.append(tensor(positions, [1, "seq"], TensorProto.INT64))
+    summed = b.node("Add", [b.node("Add", [words, types], scope), pos], scope)
+    return _layer_norm(b, summed, "embeddings.LayerNorm", scope)
+
+
+def _layer_norm(b: _Builder, x: str, prefix: str, scope: str) -> str:
+    gamma = b.const(f"{prefix}.weight", (1 + 0.1 * b.rng.standard_normal(HIDDEN)).astype(np.float32))
+    beta = b.random(f"{prefix}.bias", HIDDEN)
+    return b.node("LayerNormalization", [x, gamma, beta], scope, axis=-1, epsilon=1e-12)
+
+
+def _additive_mask(b: _Builder) -> str:
+    """(1 - mask) * -10000 in TorchScript style; Where(mask, 0, lowest) in dynamo style."""
+    if b.style == "torchscript":
+        expanded = b.node("Unsqueeze", [b.node("Unsqueeze", ["attention_mask", b.const("axes1", np.array([1], np.int64))]),
+                                        b.const("axes2", np.array([2], np.int64))])
+        inverted = b.node("Sub", [b.const("one_f", np.array(1.0, np.float32)), b.node("Cast", [expanded], to=TensorProto.FLOAT)])
+        return b.node("Mul", [inverted, b.const("mask_value", np.array(-10000.0, np.float32))])
+    keep = b.node("Unsqueeze", [b.node("Cast", ["attention_mask"], to=TensorProto.BOOL), b.const("axes12", np.array([1, 2], np.int64))])
+    lowest = b.const("lowest", np.array(np.finfo(np.float32).min, np.float32))
+    return b.node("Where", [keep, b.const("zero_f", np.array(0.0, np.float32)), lowest])
+
+
+def _encoder_layer(b: _Builder, x: str, mask: str, layer: int, reshape: str) -> str:
+    scope = f"/encoder/layer.{layer}"
+    prefix = f"encoder.layer.{layer}"
+    split = _head_shape(b, x, scope, reshape, [HEADS, HEAD_SIZE] if reshape == "constant" else [-1, HEAD_SIZE])
+    # dynamo's Reshape keeps zeros literally (allowzero); its shapes never contain 0.
+    allowzero = {"allowzero": 1} if b.style == "dynamo" and reshape == "concat" else {}
+    q = _heads(b, _linear(b, x, f"{prefix}.attention.self.query", HIDDEN, HIDDEN, scope), split, [0, 2, 1, 3], scope, allowzero)
+    k = _heads(b, _linear(b, x, f"{prefix}.attention.self.key", HIDDEN, HIDDEN, scope), split, [0, 2, 3, 1], scope, allowzero)
+    v = _heads(b, _linear(b, x, f"{prefix}.attention.self.value", HIDDEN, HIDDEN, scope), split, [0, 2, 1, 3], scope, allowzero)
+    scores = b.node("MatMul", [q, k], scope)
+    if b.style == "torchscript":
+        scaled = b.node("Div", [scores, b.const(f"{prefix}.sqrt_d", np.array(math.sqrt(HEAD_SIZE), np.float32))], scope)
+    else:
+        scaled = b.node("Mul", [scores, b.const(f"{prefix}.inv_sqrt_d", np.array(1 / math.sqrt(HEAD_SIZE), np.float32))], scope)
+    probs = b.node("Softmax", [b.node("Add", [scaled, mask], scope)], scope, axis=-1)
+    context = b.node("Transpose", [b.node("MatMul", [probs, v], scope)], scope, perm=[0, 2, 1, 3])
+    merged = b.node("Reshape", [context, _head_shape(b, x, scope, reshape, [HIDDEN] if reshape == "constant" else [-1])], scope)
+    if b.style == "dynamo":
+        b.value_info.append(tensor(merged, ["batch", "seq", HIDDEN]))
+    attention = _linear(b, merged, f"{prefix}.attention.output.dense", HIDDEN, HIDDEN, scope)
+    x = _layer_norm(b, b.node("Add", [attention, x], scope), f"{prefix}.attention.output.LayerNorm", scope)
+    hidden = _linear(b, x, f"{prefix}.intermediate.dense", HIDDEN, FFN, scope)
+    out = _linear(b, _gelu(b, hidden, scope), f"{prefix}.output.dense", FFN, HIDDEN, scope)
+    return _layer_norm(b, b.node("Add", [out, x], scope), f"{prefix}.output.LayerNorm", scope)
+
+
+def _head_shape(b: _Builder, x: str, scope: str, reshape: str, tail: list[int]) -> str:
+    """[0, 0, *tail] as a weight, or [batch, seq, *tail] computed from the input's shape."""
+    if reshape == "constant":
+        return b.const(f"{scope}/shape_{len(tail)}_{b.count}", np.array([0, 0, *tail], np.int64))
+    if b.style == "torchscript":
+        dims = []
+        for axis in (0, 1):
+            dim = b.node("Gather", [b.node("Shape", [x], scope), b.const(f"axis{axis}", np.array(axis, np.int64))], scope, axis=0)
+            dims.append(b.node("Unsqueeze", [dim, "axes0"], scope))
+    else:
+        dims = [b.node("Shape", ["input_ids"], scope, start=axis, end=axis + 1) for axis in (0, 1)]
+    parts = [b.const(f"{scope}/tail_{i}_{b.count}", np.array([value], np.int64)) for i, value in enumerate(tail)]
+    return b.node("Concat", dims + parts, scope, axis=0)
+
+
+def _heads(b: _Builder, x: str, shape: str, perm: list[int], scope: str, attributes: dict) -> str:
+    reshaped = b.node("Reshape", [x, shape], scope, **attributes)
+    if b.style == "dynamo":  # torch.export annotates every value's shape; the heads are known there
+        b.value_info.append(tensor(reshaped, ["batch", "seq", HEADS, HEAD_SIZE]))
+    return b.node("Transpose", [reshaped], scope, perm=perm)
+
+
+def _linear(b: _Builder, x: str, prefix: str, width_in: int, width_out: int, scope: str) -> str:
+    product = b.node("MatMul", [x, b.random(f"{prefix}.weight", width_in, width_out)], scope)
+    bias = b.random(f"{prefix}.bias", width_out)
+    # TorchScript puts the bias first, dynamo second; both fusers must cope.
+    return b.node("Add", [bias, product] if b.style == "torchscript" else [product, bias], scope)
+
+
+def _gelu(b: _Builder, x: str, scope: str) -> str:
+    """Exact GELU spelled out as the exporters write it: x * 0.5 * (1 + erf(x / sqrt(2)))."""
+    erf = b.node("Erf", [b.node("Div", [x, b.const("sqrt2", np.array(math.sqrt(2), np.float32))], scope)], scope)
+    shifted = b.node("Add", [erf, b.const("one_gelu", np.array(1.0, np.float32))], scope)
+    if b.style == "torchscript":
+        return b.node("Mul", [b.node("Mul", [x, shifted], scope), b.const("half", np.array(0.5, np.float32))], scope)
+    return b.node("Mul", [x, b.node("Mul", [b.const("half", np.array(0.5, np.float32)), shifted], scope)], scope)

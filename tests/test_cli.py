@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import linear_model, save
+from helpers import conv_net, linear_model, save
 
 
 def ortforge(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -114,8 +114,6 @@ def test_optimize_then_run(tmp_path):
 
 
 def test_tune_json_names_the_artifact(tmp_path):
-    from test_quantize import conv_net
-
     model = save(conv_net(), tmp_path / "cnn.onnx")
     env_cache = {"ORTFORGE_CACHE": str(tmp_path / "cache")}
     import os

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import save
+from helpers import onnxruntime_version, save, small_cnn
 from ortforge.commands.optimize import optimize
 from ortforge.commands.run import load_checked, run
 from ortforge.core import stamp as stamp_module
@@ -16,7 +16,6 @@ from ortforge.core.errors import UserError
 from ortforge.core.machine import cpu_info
 from ortforge.core.model import load_model
 from ortforge.core.stamp import LAYOUT_FEATURES, STAMP_KEY, read_stamp
-from test_optimize import onnxruntime_version, small_cnn
 
 
 @pytest.fixture

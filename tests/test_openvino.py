@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import save
+from helpers import conv_net, save
 from ortforge import bench, tune
 from ortforge.commands.doctor import doctor
 from ortforge.core.model import load_model
@@ -17,7 +17,6 @@ from ortforge.core.runtime import available_providers
 from ortforge.core.session import ProviderSpec, SessionConfig
 from ortforge.measure.bench import BenchOptions
 from ortforge.measure.placement import placement_for
-from test_quantize import conv_net
 
 OPENVINO = "OpenVINOExecutionProvider"
 pytestmark = pytest.mark.skipif(OPENVINO not in available_providers(), reason="needs the onnxruntime-openvino flavour")

@@ -7,10 +7,9 @@ import importlib
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
 
 import ortforge
-from helpers import make_model, save, tensor, weight
+from helpers import bert_encoder, onnxruntime_version, save, small_cnn
 from ortforge.commands.optimize import optimize
 from ortforge.commands.run import load_checked
 from ortforge.core.errors import UserError
@@ -18,26 +17,6 @@ from ortforge.core.model import load_model
 from ortforge.core.stamp import load_level, read_stamp
 from ortforge.measure.bench import BenchOptions
 from ortforge.transforms.graph_opt import GraphOptOptions, optimize_offline
-
-
-def small_cnn():
-    """Conv + BatchNorm + Relu: the layout (NCHWc) and fusion passes all have something to do."""
-    rng = np.random.default_rng(0)
-    nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
-        helper.make_node("BatchNormalization", ["c1", "s", "b", "m", "v"], ["n1"], name="bn1"),
-        helper.make_node("Relu", ["n1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
-    ]
-    weights = [
-        weight("w1", rng.standard_normal((16, 3, 3, 3)).astype(np.float32)),
-        weight("w2", rng.standard_normal((16, 16, 3, 3)).astype(np.float32) / 10),
-        weight("s", np.ones(16, np.float32)),
-        weight("b", np.zeros(16, np.float32)),
-        weight("m", np.full(16, 0.1, np.float32)),
-        weight("v", np.ones(16, np.float32)),
-    ]
-    return make_model(nodes, [tensor("x", ["N", 3, 16, 16])], [tensor("y", ["N", 16, 16, 16])], weights)
 
 
 @pytest.fixture
@@ -54,12 +33,6 @@ def test_offline_result_is_stamped_and_fused(cnn_path):
     assert stamp.source_sha256 == model.content_hash()
     assert stamp.ort_version == onnxruntime_version()
     assert result.details["load_level"] == "disable"
-
-
-def onnxruntime_version():
-    import onnxruntime
-
-    return onnxruntime.__version__
 
 
 def test_load_level_follows_saved_level():
@@ -127,8 +100,6 @@ def test_optimize_never_overwrites_its_input(cnn_path):
 
 
 def test_transformer_fusion_is_verified_timed_and_stamped(tmp_path):
-    from test_fusion import bert_encoder  # the tiny TorchScript-style BERT encoder
-
     model_path = save(bert_encoder(), tmp_path / "bert.onnx")
     out = tmp_path / "bert.opt.onnx"
     quick = BenchOptions(max_seconds=0.5, warmup_seconds=0.05, block_seconds=0.05, min_rounds=4, profile=False)

@@ -4,34 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
 
-from helpers import make_model, save, tensor, weight
+from helpers import save, wide_range_feeds, wide_range_model
 from ortforge.accuracy.tolerance import Tolerance
 from ortforge.analysis.quant_errors import debug_quantization
 from ortforge.commands.quant_debug import plot, quant_debug
 from ortforge.commands.quantize import quantize_model
 from ortforge.core.model import from_proto, load_model
-from ortforge.data import FeedSet
 from ortforge.measure.bench import BenchOptions
 from ortforge.transforms.quantize import QuantizeOptions, quantize
-
-
-def wide_range_model():
-    """h has one channel ~1e4 wide that the next MatMul barely uses: per-tensor int8 on h wipes out the rest."""
-    rng = np.random.default_rng(0)
-    scale = np.ones(16, np.float32)
-    scale[0] = 1e4
-    w2 = rng.standard_normal((16, 4)).astype(np.float32)
-    w2[0, :] = 1e-5
-    nodes = [
-        helper.make_node("MatMul", ["x", "w1"], ["a"], name="first"),
-        helper.make_node("Mul", ["a", "s"], ["h"], name="widen"),
-        helper.make_node("MatMul", ["h", "w2"], ["z"], name="narrow"),
-        helper.make_node("Add", ["z", "b"], ["y"], name="bias"),
-    ]
-    weights = [weight("w1", rng.standard_normal((8, 16)).astype(np.float32)), weight("s", scale), weight("w2", w2), weight("b", np.zeros(4, np.float32))]
-    return make_model(nodes, [tensor("x", [1, 8])], [tensor("y", [1, 4])], weights)
 
 
 @pytest.fixture
@@ -39,13 +20,8 @@ def wide(tmp_path):
     return load_model(save(wide_range_model(), tmp_path / "wide.onnx"))
 
 
-def feeds(count=16, seed=0):
-    rng = np.random.default_rng(seed)
-    return FeedSet([{"x": rng.standard_normal((1, 8)).astype(np.float32)} for _ in range(count)], "test", generated=False)
-
-
 def test_names_the_consumer_of_the_wide_range_tensor_first(wide, tmp_path):
-    data = feeds()
+    data = wide_range_feeds()
     quantized = from_proto(quantize(wide, QuantizeOptions(mode="static", op_types=("MatMul",)), data.samples).proto)
     np.savez(tmp_path / "x.npz", **data.samples[0])
     # Pre-processing fused narrow + bias into one Gemm; quant-debug compares against that graph then.
@@ -63,20 +39,20 @@ def test_names_the_consumer_of_the_wide_range_tensor_first(wide, tmp_path):
 
 
 def test_qoperator_models_are_matched_too(wide):
-    data = feeds()
+    data = wide_range_feeds()
     quantized = from_proto(quantize(wide, QuantizeOptions(mode="static", format="qoperator", op_types=("MatMul",)), data.samples).proto)
     report = debug_quantization(wide, quantized, data)
     assert report.activations[0].node in ("narrow", "bias")
 
 
 def test_identical_models_are_exact(wide):
-    report = debug_quantization(wide, wide, feeds(4))
+    report = debug_quantization(wide, wide, wide_range_feeds(4))
     assert all(e.sqnr_db == float("inf") for e in report.activations)
     assert report.end_to_end.metric("max_abs") == 0
 
 
 def test_automatic_exclusion_meets_a_tolerance_plain_quantization_misses(wide, tmp_path):
-    calibration, evaluation = feeds(16, 0), feeds(16, 1)
+    calibration, evaluation = wide_range_feeds(16, 0), wide_range_feeds(16, 1)
     recipe = QuantizeOptions(mode="static", op_types=("MatMul",))
     tolerance = [Tolerance("cosine", 0.99)]
     quick = BenchOptions(max_seconds=0.3, warmup_seconds=0.05, block_seconds=0.05, min_rounds=2)
@@ -93,7 +69,7 @@ def test_fetching_activations_in_passes_gives_the_same_report(wide, monkeypatch)
 
     quant_debug = importlib.import_module("ortforge.analysis.quant_errors")
 
-    data = feeds(4)
+    data = wide_range_feeds(4)
     quantized = from_proto(quantize(wide, QuantizeOptions(mode="static", op_types=("MatMul",)), data.samples).proto)
     whole = debug_quantization(wide, quantized, data)
     monkeypatch.setattr(quant_debug, "PASS_BYTES", 1)  # one activation per pass

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from helpers import make_model, save, tensor, weight
+from helpers import conv_net, make_model, save, tensor, weight
 from ortforge.accuracy.tolerance import Tolerance
 from ortforge.commands.quantize import quantize_model
 from ortforge.core.errors import UserError
@@ -18,27 +18,6 @@ from ortforge.data import generate_feeds
 from ortforge.measure.bench import BenchOptions
 from ortforge.searches.recipes import auto_recipes
 from ortforge.transforms.quantize import QuantizeOptions, quantize
-
-
-def conv_net(opset: int = 17, ir_version: int = 10):
-    rng = np.random.default_rng(0)
-    nodes = [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
-        helper.make_node("GlobalAveragePool", ["c2"], ["p"], name="pool"),
-        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
-        helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1, name="fc"),
-    ]
-    weights = [
-        weight("w1", rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3),
-        weight("b1", rng.standard_normal(8).astype(np.float32) * 0.1),
-        weight("w2", rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2),
-        weight("b2", rng.standard_normal(8).astype(np.float32) * 0.1),
-        weight("wf", rng.standard_normal((10, 8)).astype(np.float32)),
-        weight("bf", np.zeros(10, np.float32)),
-    ]
-    return make_model(nodes, [tensor("x", [1, 3, 16, 16])], [tensor("y", [1, 10])], weights, opset=opset, ir_version=ir_version)
 
 
 @pytest.fixture

@@ -6,16 +6,16 @@ import json
 
 import pytest
 
+from helpers import wide_range_feeds, wide_range_model
 from ortforge.commands.quantize import write_tensorrt_int8
 from ortforge.core.model import from_proto
 from ortforge.core.runtime import available_providers
 from ortforge.core.session import SessionConfig
 from ortforge.transforms.tensorrt import CONFIG_FILE, MODEL_FILE, TABLE_FILE, read_table
-from test_quant_debug import feeds, wide_range_model
 
 
 def test_table_holds_symmetric_ranges_of_the_activations(tmp_path):
-    data = feeds(8)
+    data = wide_range_feeds(8)
     result = write_tensorrt_int8(from_proto(wide_range_model()), data, tmp_path / "trt")
     table = read_table(tmp_path / "trt" / TABLE_FILE)
     assert {"h", "a"} <= set(table)
@@ -33,7 +33,7 @@ def test_table_holds_symmetric_ranges_of_the_activations(tmp_path):
 def test_tensorrt_runs_with_the_table(tmp_path):  # pragma: no cover - GPU machines only
     from ortforge.core.model import load_model
 
-    write_tensorrt_int8(from_proto(wide_range_model()), feeds(8), tmp_path / "trt")
+    write_tensorrt_int8(from_proto(wide_range_model()), wide_range_feeds(8), tmp_path / "trt")
     session = SessionConfig.load(tmp_path / "trt" / CONFIG_FILE).build(load_model(tmp_path / "trt" / MODEL_FILE))
     assert session.get_providers()[0] == "TensorrtExecutionProvider"
-    assert session.run(None, feeds(1).samples[0])[0].shape == (1, 4)
+    assert session.run(None, wide_range_feeds(1).samples[0])[0].shape == (1, 4)

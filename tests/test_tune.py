@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 
 import ortforge
-from helpers import save
+from helpers import conv_net, save, wide_range_feeds, wide_range_model
 from ortforge.commands.tune import tune
 from ortforge.core.errors import UserError
 from ortforge.tuning.artifact import CONFIG_FILE, MODEL_FILE, REPORT_FILE, read_artifact
 from ortforge.tuning.search import pareto_front
-from test_quantize import conv_net
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -131,16 +130,15 @@ def test_report_draws_in_a_headless_browser(tuned, tmp_path):
 
 
 def test_fp16_candidate_on_gpu_eps_is_built_and_judged_by_simulation(cache, tmp_path):
+    from ortforge.accuracy.judge import Judge
+    from ortforge.accuracy.tolerance import default_tolerances
     from ortforge.core.model import load_model
     from ortforge.core.session import run_outputs
     from ortforge.tuning.candidates import precision_candidates
-    from ortforge.accuracy.judge import Judge
-    from ortforge.accuracy.tolerance import default_tolerances
     from ortforge.tuning.runner import LocalRunner
-    from test_quant_debug import feeds
 
     model = load_model(save(conv_net(), tmp_path / "cnn.onnx"))
-    data = feeds(2)
+    data = wide_range_feeds(2)
     data.samples = [{"x": np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32)} for i in range(2)]
     candidates = precision_candidates("cnn", ["CUDAExecutionProvider", "CPUExecutionProvider"], transformer=False)
     fp16 = next(c for c in candidates if c.kind == "fp16")
@@ -196,10 +194,9 @@ def test_a_missed_int8_candidate_gets_nodes_kept_float_and_the_search_is_cached(
     from ortforge.searches.trial import Candidate
     from ortforge.transforms.quantize import QuantizeOptions
     from ortforge.tuning.runner import LocalRunner
-    from test_quant_debug import feeds, wide_range_model
 
     model = load_model(save(wide_range_model(), tmp_path / "wide.onnx"))
-    calibration, evaluation = feeds(16, 0), feeds(16, 1)
+    calibration, evaluation = wide_range_feeds(16, 0), wide_range_feeds(16, 1)
     tolerances = [Tolerance("cosine", 0.99)]
     recipe = QuantizeOptions(mode="static", op_types=("MatMul",))
     runner = LocalRunner(model, calibration, evaluation, Judge(run_outputs(model, evaluation), tolerances), cache)
