@@ -1,7 +1,7 @@
 """A second real EP: OpenVINO (the onnxruntime-openvino flavour). Runs where that flavour is installed:
 
     python3 -m venv ov && ov/bin/pip install onnxruntime-openvino && ov/bin/pip install -e ".[zoo,test]"
-    ov/bin/python -m pytest tests/test_openvino.py
+    ov/bin/python -m pytest tests/commands/test_openvino.py
 """
 
 from __future__ import annotations
