@@ -9,7 +9,7 @@ copy with external data that gives the same outputs. Prints timings and peak mem
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -55,7 +55,10 @@ def timed(label: str, function):  # noqa: ANN001, ANN201
 
 
 def main() -> None:
-    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="ortforge-large-"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", nargs="?", help="where to write the ~4.5 GB of models (default: a temporary folder)")
+    args = parser.parse_args()
+    folder = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="ortforge-large-"))
     folder.mkdir(parents=True, exist_ok=True)
     path = timed("build", lambda: build(folder))
     model = timed("load_model (checker by path)", lambda: load_model(path))

@@ -7,7 +7,7 @@ this module repeats quantize_static's steps after calibration with the same help
 then `QDQQuantizer` (or `ONNXQuantizer` for QOperator) given the ranges as `tensors_range`.
 
 None of these are public API, so the signatures ortforge relies on are written down here, per ORT
-release range, and `tests/test_ort_quantizer.py` checks them against the installed ORT. Read from
+release range, and `tests/transforms/test_ort_quantizer.py` checks them against the installed ORT. Read from
 each release's `onnxruntime/quantization/` sources (1.24.1, 1.25.0, 1.26.0, 1.27.0, 1.28.0, 1.31.1,
 1.32.0): the constructors and the other helpers are the same throughout; `update_opset_version`
 changed in 1.27.
