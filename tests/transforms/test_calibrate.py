@@ -28,6 +28,7 @@ from ortforge.transforms.calibrate import (
     quantizable_op_types,
 )
 from ortforge.transforms.calibrate.collectors import make_collector
+from ortforge.transforms.calibrate.ranges import ort_collector
 
 SAMPLES = 12
 
@@ -178,18 +179,6 @@ def test_explicit_tensors_and_their_errors(model):
 
 
 # --- ORT's HistogramCollector: its maths run on our histograms, its collection cannot stream --------
-
-
-def ort_collector(options: CalibrationOptions) -> HistogramCollector:
-    """ORT's histogram collector with the settings its calibrator would give it for `options`."""
-    return HistogramCollector(
-        method=options.method,
-        symmetric=options.is_symmetric,
-        num_bins=options.bins,
-        num_quantized_bins=options.num_quantized_bins,
-        percentile=options.percentile,
-        scenario=options.scenario,
-    )
 
 
 def widening_stream(count: int = 20, size: int = 20_000) -> list[np.ndarray]:

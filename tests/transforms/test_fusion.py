@@ -161,6 +161,19 @@ def test_onnxscript_with_attention_disabled(dynamo_bert):
     fused_matches(dynamo_bert, result)
 
 
+def test_our_onnxscript_step_order_is_onnxscripts(dynamo_bert):
+    """With fusions disabled we call onnxscript's steps one by one (its one-call API has no switches); the order
+    must stay the order its `fuse_xformers` applies them in, or an onnxscript upgrade silently changes our fusions."""
+    pytest.importorskip("onnxscript")
+    import onnx_ir as ir
+    from onnxscript.rewriter.ort_fusions._core import fuse_xformers
+
+    from ortforge.transforms.fusion import ONNXSCRIPT_STEPS
+
+    _, counts = fuse_xformers(ir.serde.deserialize_model(dynamo_bert.proto))
+    assert [name for name, *_ in ONNXSCRIPT_STEPS] == list(counts)
+
+
 def test_auto_falls_back_when_the_first_fuser_finds_no_attention():
     pytest.importorskip("onnxscript")
     model = from_proto(bert_encoder("dynamo"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from typing import Any
 
 import numpy as np
 
@@ -18,15 +19,11 @@ from ortforge.transforms.calibrate.options import CalibrationOptions
 from ortforge.transforms.calibrate.result import Histogram
 
 
-def histogram_ranges(
-    histograms: dict[str, Histogram], options: CalibrationOptions
-) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
-    """(low, high) per tensor by `options.method`, and (avg, std) per tensor for the distribution method."""
-    from onnxruntime.quantization.calibrate import HistogramCollector, TensorData
+def ort_collector(options: CalibrationOptions) -> Any:  # -> onnxruntime.quantization.calibrate.HistogramCollector
+    """ORT's histogram collector with the settings its calibrator would give it for `options`."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
 
-    if not histograms:
-        return {}, {}
-    collector = HistogramCollector(
+    return HistogramCollector(
         method=options.method,
         symmetric=options.is_symmetric,
         num_bins=options.bins,
@@ -34,6 +31,17 @@ def histogram_ranges(
         percentile=options.percentile,
         scenario=options.scenario,
     )
+
+
+def histogram_ranges(
+    histograms: dict[str, Histogram], options: CalibrationOptions
+) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
+    """(low, high) per tensor by `options.method`, and (avg, std) per tensor for the distribution method."""
+    from onnxruntime.quantization.calibrate import TensorData
+
+    if not histograms:
+        return {}, {}
+    collector = ort_collector(options)
     # Per tensor, ORT's computations read (counts, edges, min, max) with float32 extremes: what its
     # own collection would have left there, here from our merged histograms.
     held = {name: (h.counts, h.edges, np.float32(h.low), np.float32(h.high)) for name, h in histograms.items()}
