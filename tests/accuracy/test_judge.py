@@ -39,6 +39,7 @@ def test_close_bound_and_a_candidate_that_cannot_be_compared():
 def test_a_boolean_hook_is_a_check_and_a_numeric_hook_is_bounded_by_eval():
     says_no = Judge(REFERENCE, [Tolerance("cosine", 0.9)], hook=lambda outputs, reference: False)
     assert says_no(REFERENCE).failures == ["the eval hook said no"]
+    assert says_no.decide_measured(says_no(REFERENCE).measured).failures == ["the eval hook said no"]  # cached: still a no
     scored = Judge(REFERENCE, [Tolerance("eval", 0.5)], hook=lambda outputs, reference: 0.25)
     assert not scored(REFERENCE).passed and scored(REFERENCE).measured["eval"] == 0.25
     raising = Judge(REFERENCE, [], hook=lambda outputs, reference: 1 / 0)
@@ -48,7 +49,7 @@ def test_a_boolean_hook_is_a_check_and_a_numeric_hook_is_bounded_by_eval():
 def test_cached_metrics_are_judged_by_the_same_rules_and_the_key_tracks_the_judge():
     judge = Judge(REFERENCE, [Tolerance("cosine", 0.99), Tolerance("top1", 1.0)])
     assert judge.decide_measured({"cosine": 0.995, "top1": 1.0}).passed
-    assert judge.decide_measured({"cosine": 0.995}).failures == ["top1 was not measured"]
+    assert judge.decide_measured({"cosine": 0.995}).failures == ["top1 does not apply to these outputs"]
     assert judge.key() != Judge(REFERENCE, [Tolerance("cosine", 0.999)]).key()
     assert judge.key() != Judge(REFERENCE, judge.tolerances, hook=lambda o, r: 1.0).key()
 

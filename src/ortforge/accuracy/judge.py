@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from ortforge.accuracy.hooks import hook_identity
-from ortforge.accuracy.metrics import ALL_METRICS, AccuracyReport, Outputs, compare
+from ortforge.accuracy.metrics import ALL_METRICS, EVAL_CHECK, AccuracyReport, Outputs, compare
 from ortforge.accuracy.tolerance import Tolerance
 from ortforge.core.errors import UserError
 from ortforge.core.model import Model
@@ -96,28 +96,24 @@ class Judge:
 
     def decide(self, report: AccuracyReport) -> Verdict:
         """Apply the tolerances (and a True/False hook) to measured metrics."""
-        failures = []
-        measured = report.measured()
-        for tolerance in self.tolerances:
-            if tolerance.metric not in measured:
-                failures.append(f"{tolerance.metric} does not apply to these outputs" if tolerance.metric != "eval" else "the eval tolerance needs an eval hook")
-            elif not tolerance.met_by(measured[tolerance.metric]):
-                failures.append(tolerance.miss(measured[tolerance.metric]))
-        if report.eval_check and not report.eval_score:
-            failures.append("the eval hook said no")
-        return self._verdict(report, failures)
+        return self._verdict(report, self._failures(report.measured()))
 
     def decide_measured(self, measured: dict[str, float]) -> Verdict:
         """A verdict from metrics measured earlier (a cached build): same tolerances, same rules."""
-        report = AccuracyReport()
-        failures = [
-            (f"{t.metric} was not measured" if t.metric not in measured else t.miss(measured[t.metric]))
-            for t in self.tolerances
-            if t.metric not in measured or not t.met_by(measured[t.metric])
-        ]
-        verdict = self._verdict(report, failures)
+        verdict = self._verdict(None, self._failures(measured))
         verdict.measured = dict(measured)
         return verdict
+
+    def _failures(self, measured: dict[str, float]) -> list[str]:
+        failures = []
+        for tolerance in self.tolerances:
+            if tolerance.metric not in measured:
+                failures.append("the eval tolerance needs an eval hook" if tolerance.metric == "eval" else f"{tolerance.metric} does not apply to these outputs")
+            elif not tolerance.met_by(measured[tolerance.metric]):
+                failures.append(tolerance.miss(measured[tolerance.metric]))
+        if measured.get(EVAL_CHECK) and not measured.get("eval"):
+            failures.append("the eval hook said no")
+        return failures
 
     def _verdict(self, report: AccuracyReport | None, failures: list[str]) -> Verdict:
         return Verdict(not failures, self.tolerances, report.measured() if report else {}, failures, self.samples, self.generated, report,

@@ -17,6 +17,7 @@ from ortforge.core.errors import UserError
 
 Outputs = list[dict[str, object]]  # one dict of output name -> value per sample
 ALL_METRICS = ("cosine", "max_abs", "mean_abs", "rel", "top1")
+EVAL_CHECK = "eval_check"  # in measured metrics: 1 when the hook answered True/False (a check), so cached verdicts keep it
 # A cosine over a handful of numbers (a VAD's one probability) says little per sample: pool them.
 MIN_COSINE_ELEMENTS = 16
 
@@ -62,6 +63,8 @@ class AccuracyReport:
                 found[name] = self.metric(name)
             except UserError:
                 continue
+        if self.eval_check:
+            found[EVAL_CHECK] = 1.0
         return found
 
     def to_dict(self) -> dict:
