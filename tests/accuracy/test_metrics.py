@@ -51,7 +51,7 @@ def test_tolerances_parse_and_judge():
     assert Tolerance("max_abs", 1e-3).met_by(1e-4) and not Tolerance("max_abs", 1e-3).met_by(1e-2)
     assert not Tolerance("max_abs", 1e-3).met_by(float("nan"))
     for bad in ("cosine", "speed=1", "cosine=high", "cosine=2", "max_abs=-1", "cosine=nan", "rtol=-1"):
-        with pytest.raises(OptionError, match="^tolerance="):
+        with pytest.raises(OptionError, match="^tolerances="):
             parse_tolerances([bad])
 
 

@@ -35,15 +35,15 @@ class Tolerance:
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
-            raise OptionError("tolerance", self.metric, f"the metric must be one of {', '.join(sorted(METRICS | set(CLOSE_PARTS)))}")
+            raise OptionError("tolerances", self.metric, f"the metric must be one of {', '.join(sorted(METRICS | set(CLOSE_PARTS)))}")
         for name, number in (("value", self.value), ("rtol", self.rtol), ("atol", self.atol)):
             if not math.isfinite(number):
-                raise OptionError("tolerance", f"{self.metric}={number}", f"{name} must be a finite number")
+                raise OptionError("tolerances", f"{self.metric}={number}", f"{name} must be a finite number")
         low, high = BOUNDED.get(self.metric, (0.0, math.inf))
         if not low <= self.value <= high:
-            raise OptionError("tolerance", f"{self.metric}={self.value:g}", f"must lie in [{low:g}, {high:g}]")
+            raise OptionError("tolerances", f"{self.metric}={self.value:g}", f"must lie in [{low:g}, {high:g}]")
         if self.rtol < 0 or self.atol < 0:
-            raise OptionError("tolerance", f"rtol={self.rtol:g} atol={self.atol:g}", "rtol and atol must not be negative")
+            raise OptionError("tolerances", f"rtol={self.rtol:g} atol={self.atol:g}", "rtol and atol must not be negative")
 
     @property
     def higher_is_better(self) -> bool:
@@ -83,15 +83,15 @@ def parse_tolerances(texts: Iterable[str], defaults: Sequence[Tolerance] = ()) -
         metric, sep, number = text.partition("=")
         metric = metric.strip()
         if not sep or metric not in METRICS | set(CLOSE_PARTS):
-            raise OptionError("tolerance", text, f"expected METRIC=VALUE with METRIC one of {', '.join(sorted(METRICS | set(CLOSE_PARTS)))}")
+            raise OptionError("tolerances", text, f"expected METRIC=VALUE with METRIC one of {', '.join(sorted(METRICS | set(CLOSE_PARTS)))}")
         try:
             value = float(number)
         except ValueError:
-            raise OptionError("tolerance", text, f"'{number}' is not a number") from None
+            raise OptionError("tolerances", text, f"'{number}' is not a number") from None
         if metric in CLOSE_PARTS:
             closeness[metric] = value
         elif metric == "close":
-            raise OptionError("tolerance", text, "spell a close bound as rtol=R and atol=A")
+            raise OptionError("tolerances", text, "spell a close bound as rtol=R and atol=A")
         else:
             given[metric] = Tolerance(metric, value)
     if not given and not closeness:

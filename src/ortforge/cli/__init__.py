@@ -19,7 +19,9 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit code 2), as every other ortforge error."""
 
     def error(self, message: str) -> NoReturn:
-        stderr_console().print(f"[red]ortforge: error:[/] {self.prog}: {message} (see {self.prog} --help)", highlight=False, soft_wrap=True)
+        command = self.prog.removeprefix("ortforge").strip()
+        stderr_console().print(f"[red]ortforge: error:[/] {command + ': ' if command else ''}{message} (see {self.prog} --help)", highlight=False,
+                               soft_wrap=True)  # fmt: skip
         sys.exit(2)
 
 

@@ -31,7 +31,7 @@ from ortforge.measure.compare import consistent_winner, score
 from ortforge.searches.exclusion import ExclusionReport, search_exclusions
 from ortforge.searches.recipes import auto_recipes, build_recipe
 from ortforge.searches.trial import Candidate, Recipe, Trial
-from ortforge.transforms.quantize import QuantizeOptions
+from ortforge.transforms.quantize import QuantizeOptions, check_names
 from ortforge.transforms.tensorrt import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -194,6 +194,7 @@ def quantize(
         recipes = [WeightOnlyOptions(**settings)]
     else:
         recipes = [QuantizeOptions(mode=mode, **(recipe or {}))]
+        check_names(model.proto, recipes[0])  # before calibration and quantization, not after
     return quantize_model(
         model,
         output,

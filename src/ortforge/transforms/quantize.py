@@ -187,13 +187,21 @@ def _flatten_gemm_bias(proto: onnx.ModelProto, notes: list[str]) -> None:
         notes.append(f"reshaped {flattened} Gemm bias(es) from [1, N] to [N] (ORT's per-channel bias check needs 1-D biases)")
 
 
+def check_names(proto: onnx.ModelProto, options: QuantizeOptions, also: onnx.ModelProto | None = None) -> None:
+    """Every name in `exclude` must be a node or op type of the model (or of `also`, its pre-processed form):
+    checked before any work, so a typo is one line rather than a silently ignored option."""
+    known = {node.name for node in iter_nodes(proto)} | {node.op_type for node in iter_nodes(proto)}
+    if also is not None:
+        known |= {node.name for node in iter_nodes(also)} | {node.op_type for node in iter_nodes(also)}
+    unknown = sorted(set(options.exclude) - known)
+    if unknown:
+        raise OptionError("exclude", unknown[0], "no node or op type of that name in the model")
+
+
 def _nodes_to_exclude(proto: onnx.ModelProto, original: onnx.ModelProto, options: QuantizeOptions, notes: list[str]) -> list[str]:
     requested = set(options.exclude)
     present = {node.name for node in iter_nodes(proto)} | {node.op_type for node in iter_nodes(proto)}
-    known = {node.name for node in iter_nodes(original)} | {node.op_type for node in iter_nodes(original)}
-    unknown = requested - present - known
-    if unknown:
-        raise OptionError("exclude", sorted(unknown)[0], "no node or op type of that name in the model")
+    check_names(original, options, also=proto)
     gone = sorted(requested - present)
     if gone:
         notes.append(f"excluded {', '.join(gone)}: fused away by pre-processing, nothing left to exclude")
