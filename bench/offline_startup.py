@@ -30,8 +30,8 @@ def main() -> None:
             out = Path(folder) / (reference.replace(":", "_") + ".onnx")
             report = ortforge.optimize(reference, out, level=args.level, measure=options)
             online, offline = report.measurement.variants
-            start, low, high = report.startup_ratio
-            lat, lat_low, lat_high = report.latency_ratio
+            start, low, high = report.startup_ratio.median, report.startup_ratio.low, report.startup_ratio.high
+            lat, lat_low, lat_high = report.latency_ratio.median, report.latency_ratio.low, report.latency_ratio.high
             worst = max(report.verification.outputs, key=lambda o: o.max_rel)
             print(
                 f"{reference}: start-up {offline.startup.p50:.1f} ms offline vs {online.startup.p50:.1f} ms online = "

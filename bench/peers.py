@@ -160,7 +160,7 @@ def compare_runs(reference: str, runs: list[ToolRun], evaluation, seconds: float
     print(f"{reference} ({', '.join(t.describe() for t in tolerances)}; {len(evaluation)} evaluation samples)")
     for run, judged, verdict in rows:
         s = speed.get(run.tool)
-        ratio = f"{s.ratio:.2f}x ({s.low:.2f}-{s.high:.2f})" if s else "-"
+        ratio = s.text() if s else "-"
         cosine = f"cos {judged.measured['cosine']:.4f}" if judged and "cosine" in judged.measured else ""
         honest = "yes" if run.model is not None or run.exit_code != 0 else "NO (exit 0, nothing usable)"
         print(f"  {run.tool:<36} latency {ratio:<20} {cosine:<12} {verdict:<20} tuning {run.wall_s:6.1f} s  peak RSS {run.peak_rss / 2**20:7.0f} MiB  "

@@ -25,7 +25,7 @@ def describe(trial) -> str:  # noqa: ANN001 - searches.trial.Trial
     measured = trial.metrics
     cosine = f"cos {measured['cosine']:.4f}" if "cosine" in measured else "cos -"
     top1 = f"  top1 {measured['top1']:.0%}" if "top1" in measured else ""
-    speed = f"{trial.speed.ratio:.2f}x ({trial.speed.low:.2f}-{trial.speed.high:.2f})" if trial.speed else "not timed"
+    speed = trial.speed.text() if trial.speed else "not timed"
     verdict = "ok" if trial.passed else f"rejected: {trial.why_not[:70]}"
     return f"  {trial.label:<58} {trial.size_bytes / 2**20:6.2f} MiB  {cosine}{top1}  {speed}  {verdict}"
 

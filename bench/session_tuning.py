@@ -26,7 +26,7 @@ def main() -> None:
             chosen = next(s for s in tuning.scores if s.label == tuning.chosen.label)
             others = "; ".join(f"{s.label} {s.ratio:.2f}x won {s.wins:.0%}" for s in tuning.scores[1:])
             print(
-                f"{reference}: chose '{chosen.label}' at {chosen.ratio:.2f}x the defaults ({chosen.low:.2f}-{chosen.high:.2f}, "
+                f"{reference}: chose '{chosen.label}' at {chosen.text()} of the defaults ("
                 f"{len(tuning.final.variants[0].latency.round_medians)} rounds); finalists: {others}"
             )
 

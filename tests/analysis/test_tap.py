@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from helpers import linear_model
 from onnx import helper
 
+from helpers import linear_model
 from ortforge.analysis.tap import element_counts, passes, tap_session
 from ortforge.core.model import from_proto
 

@@ -81,8 +81,11 @@ def test_bench_json_parses_and_compares(tmp_path):
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert [v["label"] for v in data["variants"]] == ["a.onnx", "b.onnx"]
-    assert data["variants"][0]["ratio"][0] == 1.0
+    assert data["variants"][0]["ratio"]["median"] == 1.0
+    ratio = data["variants"][1]["ratio"]
+    assert ratio["low"] <= ratio["median"] <= ratio["high"] and ratio["rounds"] == len(data["variants"][1]["latency"]["round_medians"])
     assert data["variants"][1]["latency"]["p50"] > 0
+    assert data["noise"]["rounds"] > 0 and 0 <= data["load"]["others_share"] <= 1  # the A/A pair and what else ran
 
 
 def test_bench_table_shows_variants_side_by_side(tmp_path):

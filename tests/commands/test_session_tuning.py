@@ -1,11 +1,10 @@
-"""tune-session: candidate configs, the consistent-winner rule, and a real end-to-end run."""
+"""tune-session: candidate configs and a real end-to-end run (the winner rule is tested in tests/measure)."""
 
 from __future__ import annotations
 
 from helpers import linear_model, save
 from ortforge.commands.tune_session import candidates, tune_session
 from ortforge.core.session import SPINNING, ProviderSpec, SessionConfig
-from ortforge.measure.compare import CandidateScore, consistent_winner
 from ortforge.tuning.sessions import AFFINITY
 
 
@@ -23,18 +22,6 @@ def test_ep_options_are_tried_only_for_configured_eps():
     labels = [c.label for c in candidates(SessionConfig(providers=[ProviderSpec("CUDAExecutionProvider"), ProviderSpec("CPUExecutionProvider")]), cores=1)]
     assert any("cudnn_conv_algo_search=EXHAUSTIVE" in label for label in labels)
     assert not any("cudnn" in c.label for c in candidates(SessionConfig(), cores=1))
-
-
-def _score(label, ratio, wins):
-    return CandidateScore(label, ratio, ratio * 0.9, ratio * 1.1, wins, 1.0)
-
-
-def test_choose_prefers_consistent_winners():
-    defaults = _score("ORT defaults", 1.0, 0.0)
-    lucky = _score("lucky", 0.80, 0.5)  # faster median, but wins only half the rounds
-    steady = _score("steady", 0.90, 1.0)
-    assert consistent_winner([defaults, lucky, steady]).label == "steady"
-    assert consistent_winner([defaults, lucky]) is None
 
 
 def test_tune_session_writes_a_loadable_config(tmp_path):

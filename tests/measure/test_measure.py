@@ -14,9 +14,9 @@ from ortforge.core.model import from_proto
 from ortforge.core.session import SessionConfig
 from ortforge.measure import protocol
 from ortforge.measure.bench import BenchOptions, VariantResult
-from ortforge.measure.compare import CandidateScore, consistent_winner, score
+from ortforge.measure.compare import CandidateScore, beats, noise_floor, score, verdict_text, winner
 from ortforge.measure.profile import summarize_profile
-from ortforge.measure.stats import latency_stats, median_is_stable, ratio_spread
+from ortforge.measure.stats import MIN_NOISE, Ratio, latency_stats, ratio_of
 
 
 def _result(label: str, round_ms: list[float]) -> VariantResult:
@@ -30,25 +30,52 @@ def test_latency_stats_are_milliseconds_with_round_medians():
     assert stats.round_medians == [1.5, 3.5] and stats.spread == (1.5, 3.5)
 
 
-def test_stopping_rule_and_ratio_spread():
-    assert not median_is_stable([[10, 10]], 0.01)  # one round says nothing yet
-    assert median_is_stable([[10, 10, 10], [10, 10, 10]], 0.01)
-    assert not median_is_stable([[10, 10], [20, 20, 20, 20]], 0.01)
-    assert ratio_spread([[5], [6], [4]], [[10], [10], [10]]) == pytest.approx((0.5, 0.4, 0.6))
+def test_ratio_of_rounds_has_a_bootstrap_interval_that_narrows_with_rounds():
+    rng = np.random.default_rng(1)
+    baseline = list(10 + rng.normal(0, 0.5, 60))
+    half = [b * 0.5 * (1 + rng.normal(0, 0.03)) for b in baseline]
+    estimate = ratio_of(half, baseline)
+    assert estimate.low < estimate.median < estimate.high and estimate.low > 0.47 and estimate.high < 0.53
+    assert estimate.wins == 1.0 and estimate.rounds == 60 and estimate.spread_low <= estimate.low
+    few = ratio_of(half[:8], baseline[:8])
+    assert few.high - few.low > estimate.high - estimate.low  # fewer rounds, wider interval
+    assert ratio_of(half, baseline) == estimate  # seeded: the same rounds give the same interval
 
 
-def test_a_winner_must_win_most_rounds_not_just_the_median():
+def _scored(label: str, median: float, low: float, high: float) -> CandidateScore:
+    return CandidateScore(label, Ratio(median, low, high, low, high, 1.0 if high < 1 else 0.0, 20), 1.0)
+
+
+def test_the_noise_floor_comes_from_the_aa_pair():
+    assert noise_floor(None) == MIN_NOISE
+    assert noise_floor(Ratio(1.01, 0.93, 1.06, 0.9, 1.1, 0.4, 30)) == pytest.approx(0.07)
+    assert noise_floor(Ratio(1.0, 0.998, 1.003, 0.99, 1.01, 0.5, 30)) == MIN_NOISE  # a tight pair: never below the minimum
+
+
+def test_a_winner_must_clear_the_noise_and_within_noise_the_simpler_wins():
+    baseline = _scored("fp32", 1.0, 1.0, 1.0)
+    clear = _scored("int8 static", 0.50, 0.47, 0.53)
+    tied = _scored("int8 dynamic", 0.52, 0.49, 0.56)  # overlaps the fastest: not told apart by this run
+    marginal = _scored("1 thread", 0.96, 0.93, 0.99)  # faster, but not beyond a 5% noise floor
+    ranks = {"int8 static": 5, "int8 dynamic": 4, "1 thread": 1}
+    assert winner([baseline, clear, tied, marginal], 0.05, complexity=lambda s: ranks[s.label]) is tied
+    assert winner([baseline, clear, tied], 0.05, complexity=lambda s: 0) is clear  # equal ranks: the faster
+    assert winner([baseline, marginal], 0.05) is None and winner([baseline, marginal], 0.005) is marginal
+    assert beats(clear, 0.05) and not beats(marginal, 0.05)
+    assert "within noise" in verdict_text(marginal, 0.05) and "faster beyond noise" in verdict_text(clear, 0.05)
+
+
+def test_a_steady_candidate_scores_by_its_rounds():
     baseline = _result("fp32", [10.0] * 8)
     steady = score(_result("steady", [9.0] * 8), baseline)
     lucky = score(_result("lucky", [5.0, 5.0, 5.0, 11.0, 11.0, 11.0, 11.0, 5.0]), baseline)
-    assert steady.wins == 1.0 and lucky.wins == 0.5
-    assert consistent_winner([score(baseline, baseline), lucky, steady]) is steady
-    assert consistent_winner([score(baseline, baseline), lucky]) is None
-    assert isinstance(steady, CandidateScore) and steady.ratio == pytest.approx(0.9)
+    assert steady.ratio == pytest.approx(0.9) and steady.high < 0.91 and steady.wins == 1.0
+    assert lucky.wins == 0.5 and lucky.high > 1.0  # half the rounds slower: its interval reaches past 1
+    assert winner([score(baseline, baseline), lucky, steady], MIN_NOISE) is steady
 
 
 def test_bench_options_are_checked():
-    for bad in ({"max_seconds": -1}, {"max_seconds": float("nan")}, {"startup_rounds": -2}, {"min_rounds": 1.5}):
+    for bad in ({"max_seconds": -1}, {"max_seconds": float("nan")}, {"startup_rounds": -2}, {"min_rounds": 1.5}, {"precision": 0}):
         with pytest.raises(OptionError):
             BenchOptions(**bad)
 

@@ -98,9 +98,11 @@ def test_interrupted_build_is_not_taken_as_done(cache, tmp_path, monkeypatch):
     assert cached[:2] == [True, True] and not all(cached)
 
 
-def test_pareto_front():
-    points = [("a", 1.0, 0.0), ("b", 0.5, 0.01), ("c", 0.6, 0.02), ("d", 0.4, 0.5)]
-    assert pareto_front(points) == ["a", "b", "d"]
+def test_pareto_front_ranks_speed_only_beyond_the_intervals():
+    points = [("a", 1.0, 0.98, 1.02, 0.0), ("b", 0.5, 0.48, 0.52, 0.01), ("c", 0.6, 0.58, 0.62, 0.02), ("d", 0.4, 0.38, 0.42, 0.5)]
+    assert pareto_front(points) == ["a", "b", "d"]  # c: slower than b beyond both intervals, and less accurate
+    tied = [("simple", 0.51, 0.47, 0.55, 0.01), ("complex", 0.50, 0.46, 0.54, 0.01)]
+    assert pareto_front(tied) == ["simple", "complex"]  # within each other's intervals and as accurate: both on the front
 
 
 def test_bad_objective_and_budget(tuned):
@@ -246,11 +248,44 @@ def test_confirmation_picks_the_runner_up_when_it_is_faster_head_to_head():
         return found
 
     baseline, a, b = finalist("fp32", 1.0), finalist("int8 a", 0.6), finalist("int8 b", 0.65)  # a led the crowded final run
-    chosen, why, _ = _confirm(Scripted(), a, [baseline, a, b], TuneOptions(), Clock(60), lambda *_: None)
-    assert chosen is b and "runner-up int8 a" in why and abs(chosen.score.ratio - 0.5) < 0.02
+    chosen, why, _, measured = _confirm(Scripted(), a, [baseline, a, b], TuneOptions(), Clock(60), lambda *_: None)
+    assert chosen.label == "int8 b" and "leader int8 a" in why and abs(chosen.score.ratio - 0.5) < 0.02
+    assert [f.label for f in measured] == ["fp32", "int8 a", "int8 b"] and a.score.ratio == 0.6  # the finalists keep their own run's figures
     timings["int8 a"] = timings["int8 b"] = [11.0] * 8  # neither holds up: fp32 ships
-    chosen, why, _ = _confirm(Scripted(), a, [baseline, a, b], TuneOptions(), Clock(60), lambda *_: None)
-    assert chosen is baseline and "shipping fp32" in why
+    chosen, why, _, _ = _confirm(Scripted(), a, [baseline, a, b], TuneOptions(), Clock(60), lambda *_: None)
+    assert chosen.label == "fp32" and "shipping fp32" in why
+
+
+def test_every_component_of_the_winner_must_pay_for_itself():
+    """The chosen int8 + 2 threads is measured beside int8 with ORT's defaults and fp32 with 2 threads: when the
+    thread setting adds nothing beyond noise, the simpler int8 + ORT defaults ships (scripted per-round medians)."""
+    from ortforge.measure.bench import BenchReport, VariantResult
+    from ortforge.measure.stats import latency_stats
+    from ortforge.searches.trial import Candidate, Trial
+    from ortforge.tuning.search import Clock, Finalist, TuneOptions, _confirm
+    from ortforge.tuning.sessions import SessionCandidate
+
+    def result(label, round_ms):
+        rounds = [[int(ms * 1e6)] for ms in round_ms]
+        return VariantResult(label, "m", {}, [], 0.0, 0.0, latency_stats([r[0] for r in rounds], rounds), 1, 1.0, 0, 0)
+
+    timings = {"fp32 | ORT defaults": [10.0, 10.1, 9.9] * 4, "int8 | 2 intra-op thread(s)": [6.0, 6.05, 5.95] * 4,
+               "int8 | ORT defaults": [6.05, 6.0, 6.1] * 4, "fp32 | 2 intra-op thread(s)": [9.9, 10.0, 10.1] * 4}  # fmt: skip
+    asked = []
+
+    class Scripted:
+        def measure(self, targets, options, progress=None):
+            asked.append([t.label for t in targets])
+            return BenchReport([result(t.label, timings[t.label]) for t in targets], 12, 1.0, {})
+
+    fp32, int8 = Trial(Candidate("fp32", "fp32")), Trial(Candidate("int8", "int8", (("mode", "static"),)))
+    baseline = Finalist("fp32 | ORT defaults", fp32, SessionCandidate("ORT defaults"))
+    threads = SessionCandidate("2 intra-op thread(s)", kind="threads")
+    chosen = Finalist("int8 | 2 intra-op thread(s)", int8, threads)
+    picked, why, _, measured = _confirm(Scripted(), chosen, [baseline, chosen], TuneOptions(), Clock(60), lambda *_: None)
+    assert asked == [["fp32 | ORT defaults", "int8 | 2 intra-op thread(s)", "int8 | ORT defaults", "fp32 | 2 intra-op thread(s)"]]
+    assert picked.label == "int8 | ORT defaults" and picked.session.kind == "defaults"
+    assert {f.label for f in measured} == set(asked[0])
 
 
 def test_exclusion_runs_only_when_no_int8_recipe_met_the_tolerance():

@@ -17,7 +17,8 @@ from ortforge.core.session import ProviderSpec, SessionConfig, provider_name
 from ortforge.core.stamp import Stamp, config_for, read_stamp
 from ortforge.data import GENERATED_WARNING, FeedSet, ShapeOptions
 from ortforge.measure.bench import BenchOptions, BenchReport, Variant, bench
-from ortforge.measure.compare import CandidateScore, consistent_winner, score
+from ortforge.measure.compare import CandidateScore, beats, score, verdict_text
+from ortforge.measure.stats import Ratio
 from ortforge.transforms import TransformResult
 from ortforge.transforms.fusion import FusionOptions, fuse_transformer
 from ortforge.transforms.graph_opt import GraphOptOptions, optimize_offline
@@ -40,7 +41,7 @@ class FusionDecision:
         return {
             "transform": self.result.to_dict(),
             "verification": self.verification.to_dict() if self.verification else None,
-            "speed": self.speed.__dict__ if self.speed else None,
+            "speed": self.speed.to_dict() if self.speed else None,
             "kept": self.kept,
             "why": self.why,
         }
@@ -63,12 +64,9 @@ def decide_fusion(
     timing = bench([Variant("unfused", model, SessionConfig(), feeds), Variant("fused", fused, SessionConfig(), feeds)],
                    replace(bench_options, profile=False, startup_rounds=0), progress)  # fmt: skip
     decision.speed = score(timing.variants[1], timing.variants[0])
-    if consistent_winner([score(timing.variants[0], timing.variants[0]), decision.speed]) is None:
-        decision.why = f"fusion not kept: {decision.speed.ratio:.2f}x unfused ({decision.speed.low:.2f}-{decision.speed.high:.2f}), not consistently faster"
-        return model, decision
-    decision.kept = True
-    decision.why = f"fusion kept: {decision.speed.ratio:.2f}x unfused ({decision.speed.low:.2f}-{decision.speed.high:.2f}), faster in {decision.speed.wins:.0%} of rounds"
-    return fused, decision
+    decision.kept = beats(decision.speed, timing.noise_floor)
+    decision.why = f"fusion {'kept' if decision.kept else 'not kept'}: {verdict_text(decision.speed, timing.noise_floor, 'unfused')}"
+    return (fused if decision.kept else model), decision
 
 
 @dataclass
@@ -83,11 +81,11 @@ class OptimizeReport:
     fusion: FusionDecision | None = None
 
     @property
-    def startup_ratio(self) -> tuple[float, float, float] | None:
+    def startup_ratio(self) -> Ratio | None:
         return self.measurement.variants[1].startup_ratio if self.measurement else None
 
     @property
-    def latency_ratio(self) -> tuple[float, float, float] | None:
+    def latency_ratio(self) -> Ratio | None:
         return self.measurement.variants[1].ratio if self.measurement else None
 
     def to_dict(self) -> dict:
@@ -97,8 +95,8 @@ class OptimizeReport:
             "transform": self.transform.to_dict(),
             "verification": self.verification.to_dict(),
             "forced": self.forced,
-            "startup_ratio": self.startup_ratio,
-            "latency_ratio": self.latency_ratio,
+            "startup_ratio": asdict(self.startup_ratio) if self.startup_ratio else None,
+            "latency_ratio": asdict(self.latency_ratio) if self.latency_ratio else None,
             "measurement": self.measurement.to_dict() if self.measurement else None,
             "fusion": self.fusion.to_dict() if self.fusion else None,
             "notes": self.notes,

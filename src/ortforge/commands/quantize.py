@@ -27,7 +27,7 @@ from ortforge.core.progress import Progress, section, silent
 from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.data import GENERATED_WARNING, FeedSet, ShapeOptions
 from ortforge.measure.bench import BenchOptions, BenchReport, Variant, bench
-from ortforge.measure.compare import consistent_winner, score
+from ortforge.measure.compare import score, verdict_text, winner
 from ortforge.searches.exclusion import ExclusionReport, search_exclusions
 from ortforge.searches.recipes import auto_recipes, build_recipe
 from ortforge.searches.trial import Candidate, Recipe, Trial
@@ -84,15 +84,16 @@ def _measure(model: Model, trials: list[Trial], feeds: FeedSet, options: BenchOp
     return report
 
 
-def choose(fp32: Trial, trials: list[Trial]) -> tuple[Trial, str]:
-    """The fastest recipe within tolerance that beats fp32 in most rounds; fp32 when none does."""
+def choose(fp32: Trial, trials: list[Trial], noise: float) -> tuple[Trial, str]:
+    """The simplest recipe within tolerance and within noise of the fastest that beats fp32 beyond noise; fp32 when none does."""
     timed = [trial for trial in trials if trial.passed and trial.speed is not None]
-    winner = consistent_winner([fp32.speed] + [trial.speed for trial in timed]) if fp32.speed else None
-    if winner is None:
-        reason = "no recipe within tolerance was consistently faster than fp32" if timed else "no recipe stayed within tolerance"
+    by_label = {trial.label: trial for trial in timed}
+    found = winner([fp32.speed] + [trial.speed for trial in timed], noise, complexity=lambda s: by_label[s.label].candidate.complexity) if fp32.speed else None
+    if found is None:
+        reason = f"no recipe within tolerance was faster than fp32 beyond the noise of ±{noise:.1%}" if timed else "no recipe stayed within tolerance"
         return fp32, f"kept fp32: {reason}"
-    chosen = next(trial for trial in timed if trial.speed is winner)
-    return chosen, f"{chosen.label}: {winner.ratio:.2f}x fp32 latency ({winner.low:.2f}-{winner.high:.2f}), faster in {winner.wins:.0%} of rounds, within tolerance"
+    chosen = by_label[found.label]
+    return chosen, f"{chosen.label}: {verdict_text(found, noise, 'fp32')}, within tolerance"
 
 
 def quantize_model(
@@ -134,7 +135,7 @@ def quantize_model(
         measurement = _measure(model, trials, evaluation, measure or BenchOptions(max_seconds=3.0), progress)
         fp32.speed = score(measurement.variants[0], measurement.variants[0])
     if auto:
-        chosen, why = choose(fp32, trials)
+        chosen, why = choose(fp32, trials, measurement.noise_floor)
     else:
         chosen = trials[-1]
         if not chosen.passed and not force:

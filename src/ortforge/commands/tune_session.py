@@ -18,7 +18,7 @@ from ortforge.core.progress import Progress
 from ortforge.core.session import SessionConfig
 from ortforge.data import FeedSet, ShapeOptions
 from ortforge.measure.bench import BenchOptions, BenchReport, Variant, bench
-from ortforge.measure.compare import CandidateScore, consistent_winner, score
+from ortforge.measure.compare import CandidateScore, score, verdict_text, winner
 from ortforge.tuning.sessions import TUNE_SESSION_KINDS, SessionCandidate, session_space
 
 FINALISTS = 3
@@ -37,7 +37,7 @@ class SessionTuning:
         return {
             "chosen": {"label": self.chosen.label, "config": self.chosen.config.to_dict()},
             "why": self.why,
-            "scores": [score.__dict__ for score in self.scores],
+            "scores": [score.to_dict() for score in self.scores],
             "screening": self.screening.to_dict(),
             "final": self.final.to_dict(),
             "notes": self.notes,
@@ -64,17 +64,17 @@ def tune_session_options(
     finalists = [found[0]] + [by_label[s.label] for s in screened[:FINALISTS]]
     final = bench([Variant(c.label, model, c.config, feeds) for c in finalists], replace(options, profile=False), progress)
     scores = [score(result, final.variants[0]) for result in final.variants]
-    winner = consistent_winner(scores)
-    label = winner.label if winner else scores[0].label
-    why = _why(winner, scores)
+    found = winner(scores, final.noise_floor, complexity=lambda s: by_label[s.label].complexity)
+    label = found.label if found else scores[0].label
+    why = _why(found, final.noise_floor)
     notes = ["inputs were generated: fine for speed"] if feeds.generated else []
     return SessionTuning(by_label[label], scores, why, screening, final, notes)
 
 
-def _why(winner: CandidateScore | None, scores: list[CandidateScore]) -> str:
-    if winner is None:
-        return "no candidate beat ORT's defaults consistently: keeping them"
-    return f"{winner.ratio:.2f}x the defaults' p50 ({winner.low:.2f}-{winner.high:.2f}), faster in {winner.wins:.0%} of rounds"
+def _why(found: CandidateScore | None, noise: float) -> str:
+    if found is None:
+        return f"no candidate beat ORT's defaults beyond the noise of ±{noise:.1%}: keeping them"
+    return verdict_text(found, noise, "ORT's defaults")
 
 
 def write_config(tuning: SessionTuning, path: str | os.PathLike[str], model: Model) -> Path:
@@ -92,7 +92,7 @@ def write_config(tuning: SessionTuning, path: str | os.PathLike[str], model: Mod
         "cpu": cpu_info().model,
         "chosen": tuning.chosen.label,
         "why": tuning.why,
-        "scores": [score.__dict__ for score in tuning.scores],
+        "scores": [score.to_dict() for score in tuning.scores],
     }
     return atomic_write_text(Path(path), json.dumps(data, indent=2))
 

@@ -12,21 +12,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ortforge.core.errors import OptionError
 from ortforge.core.model import Model
 from ortforge.core.options import option
 from ortforge.core.progress import Progress
 from ortforge.core.session import SessionConfig
 from ortforge.data import FeedSet
+from ortforge.measure.load import LoadMeter, MachineLoad
 from ortforge.measure.placement import Placement
 from ortforge.measure.process import MeasureProcess
 from ortforge.measure.profile import ProfileSummary
-from ortforge.measure.stats import (
-    LatencyStats,
-    latency_stats,
-    median_is_stable,
-    ratio_spread,
-)
+from ortforge.measure.stats import LatencyStats, Ratio, latency_stats, noise_floor, ratio_of
 
 MAX_BLOCK_RUNS = 100_000
 
@@ -37,16 +35,18 @@ class BenchOptions:
 
     max_seconds: float = option(8.0, flag="--time", help="max seconds of timed runs per variant")
     warmup_seconds: float = 0.5
-    block_seconds: float = 0.25  # one variant's share of a round
-    min_rounds: int = 5
+    # Many short blocks, spread over the whole run, so every variant sees the machine's fast and slow spells alike.
+    block_seconds: float = 0.05  # one variant's share of a round
+    min_rounds: int = 12
     min_samples: int = 20
-    stability: float = 0.01  # stop when a round moves the median by less than this
+    precision: float = 0.02  # stop once every ratio's 95% interval is within this of its median (or at max_seconds)
+    noise_pair: bool = option(True, flag="--no-noise-pair", help="skip measuring the first variant twice (the A/A pair that gives the noise floor)")
     profile: bool = option(True, flag="--no-profile", help="skip the per-op profile (ORT profiler)")
     profile_seconds: float = 1.0
     startup_rounds: int = option(0, flag="--startup", metavar="N", help="also time session creation N times per variant, interleaved")
 
     def __post_init__(self) -> None:
-        for name in ("max_seconds", "warmup_seconds", "block_seconds", "profile_seconds", "stability"):
+        for name in ("max_seconds", "warmup_seconds", "block_seconds", "profile_seconds", "precision"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise OptionError(name, value, "must be a positive number of seconds" if name.endswith("seconds") else "must be positive")
@@ -77,11 +77,11 @@ class VariantResult:
     throughput: float  # items per second at `batch`
     peak_rss: int
     session_rss: int  # peak minus the process's footprint before the session existed
-    ratio: tuple[float, float, float] = (1.0, 1.0, 1.0)  # p50 vs the first variant: median, min, max over rounds
+    ratio: Ratio | None = None  # time vs the first variant, per interleaved round: median, interval, spread
     placement: Placement | None = None
     profile: ProfileSummary | None = None
     startup: LatencyStats | None = None  # repeated session creation (ms), when asked for
-    startup_ratio: tuple[float, float, float] | None = None
+    startup_ratio: Ratio | None = None
     streams: int = 1  # with more than one, latency figures are wall time per request at that concurrency
 
 
@@ -92,6 +92,13 @@ class BenchReport:
     wall_s: float
     feeds: dict
     notes: list[str] = field(default_factory=list)
+    noise: Ratio | None = None  # the first variant against its own second process (the A/A pair)
+    load: MachineLoad | None = None
+
+    @property
+    def noise_floor(self) -> float:
+        """How far from 1 a ratio must be to mean anything in this run."""
+        return noise_floor(self.noise)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -130,11 +137,16 @@ def _batch_size(feeds: FeedSet) -> int:
 
 
 def bench(variants: list[Variant], options: BenchOptions | None = None, progress: Progress | None = None) -> BenchReport:
-    """Measure every variant in its own process, interleaved; ratios are to the first variant."""
+    """Measure every variant in its own process, interleaved; ratios are to the first variant.
+
+    With `noise_pair`, the first variant also runs in a second process: its ratio to the first (ideally 1)
+    is this run's noise floor."""
     options = options or BenchOptions()
     report_progress = progress or (lambda what, fraction: None)
     started = time.perf_counter()
-    running = [_Running(variant) for variant in variants]
+    paired = options.noise_pair and len(variants) > 1
+    pair = [Variant(f"{variants[0].label} (A/A)", variants[0].model, variants[0].config, variants[0].feeds, variants[0].streams)] if paired else []
+    running = [_Running(variant) for variant in [*variants, *pair]]
     try:
         for item in running:
             item.process.call("ping")
@@ -144,23 +156,40 @@ def bench(variants: list[Variant], options: BenchOptions | None = None, progress
         for item in running:
             report_progress(f"warming up: {item.variant.label}", 0.05)
             _warm_up(item, options)
+        meter = LoadMeter()
+        meter.track(item.process.pid for item in running)
         _timed_rounds(running, options, report_progress)
         _startup_rounds(running, options, report_progress)
-        results = [_collect(item, options, report_progress) for item in running]
+        load = meter.finish()
+        results = [_collect(item, options, report_progress) for item in running[: len(variants)]]
     finally:
         for item in running:
             item.process.close()
+    baseline = running[0]
     for result, item in zip(results, running):
-        result.ratio = ratio_spread(item.rounds, running[0].rounds)
+        result.ratio = ratio_of(result.latency.round_medians, results[0].latency.round_medians)
         if item.startup_rounds:
             result.startup = latency_stats([t for r in item.startup_rounds for t in r], item.startup_rounds)
-            result.startup_ratio = ratio_spread(item.startup_rounds, running[0].startup_rounds)
+    for result in results:
+        if result.startup is not None:
+            result.startup_ratio = ratio_of(result.startup.round_medians, results[0].startup.round_medians)  # type: ignore[union-attr]
+    noise = _pair_ratio(running[-1], baseline) if paired else None
     notes = []
     if len(variants) > 1:
-        notes.append("ratios are per-round p50 ratios to the first variant: median (min–max) over interleaved rounds")
+        notes.append("ratios are medians of per-round ratios to the first variant, with 95% bootstrap intervals [low-high]"
+                     + (f"; the first variant measured twice (A/A) came out {noise.text()}: noise ±{noise_floor(noise):.1%}" if noise else ""))  # fmt: skip
+    if load.busy:
+        notes.append(load.describe() + ": figures are noisier than on a quiet machine")
     if any(variant.streams > 1 for variant in variants):
         notes.append("with several requests in flight, latency figures are wall time per request (1 / throughput), not one request's latency")
-    return BenchReport(results, len(running[0].rounds), time.perf_counter() - started, variants[0].feeds.to_dict(), notes)
+    return BenchReport(results, len(baseline.rounds), time.perf_counter() - started, variants[0].feeds.to_dict(), notes, noise, load)
+
+
+def _pair_ratio(pair: _Running, baseline: _Running) -> Ratio:
+    def medians(item: _Running) -> list[float]:
+        return [float(np.median(block)) for block in item.rounds if block]
+
+    return ratio_of(medians(pair), medians(baseline))
 
 
 def _load(item: _Running) -> None:
@@ -183,6 +212,7 @@ def _warm_up(item: _Running, options: BenchOptions) -> None:
 
 
 def _timed_rounds(running: list[_Running], options: BenchOptions, progress: Progress) -> None:
+    """Short interleaved blocks until every ratio (A/A included) is known to `precision`, or the time is up."""
     budget = options.max_seconds * len(running)
     start = time.perf_counter()
     round_index = 0
@@ -198,11 +228,19 @@ def _timed_rounds(running: list[_Running], options: BenchOptions, progress: Prog
         progress(f"timing round {round_index}", min(0.9, 0.1 + 0.8 * elapsed / budget))
         if elapsed >= budget:
             return
-        enough = round_index >= options.min_rounds and all(
-            sum(map(len, item.rounds)) >= options.min_samples for item in running
-        )
-        if enough and all(median_is_stable(item.rounds, options.stability) for item in running):
+        enough = round_index >= options.min_rounds and all(sum(map(len, item.rounds)) >= options.min_samples for item in running)
+        if enough and _precise(running, options.precision):
             return
+
+
+def _precise(running: list[_Running], precision: float) -> bool:
+    """Whether every variant's ratio to the first is known within `precision` (95% interval half-width)."""
+    baseline = [float(np.median(block)) for block in running[0].rounds]
+    for item in running[1:]:
+        ratio = ratio_of([float(np.median(block)) for block in item.rounds], baseline)
+        if not ratio.half_width <= precision:
+            return False
+    return True
 
 
 def _startup_rounds(running: list[_Running], options: BenchOptions, progress: Progress) -> None:

@@ -27,6 +27,10 @@ class MeasureProcess:
             env=env,
         )
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def call(self, command: str, **arguments: Any) -> Any:
         assert self._process.stdin and self._process.stdout
         try:

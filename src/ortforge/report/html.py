@@ -46,9 +46,15 @@ def render_report(data: dict[str, Any]) -> str:
         + "</div>",
         "".join(f'<p class="note">{escape(note)}</p>' for note in data.get("notes", [])),
         "<h2>Latency vs accuracy</h2>",
-        scatter(data["points"], title="Finalists: latency ratio to fp32 + ORT defaults vs error", x_label="latency ratio (lower is faster)",
+        f"<p>Points from the {escape(data.get('points_run', 'final interleaved run'))}; ratios are medians of per-round ratios with 95% intervals. "
+        f"Noise floor of that run (fp32 measured twice, A/A): {escape(summary.get('noise', '-'))}.</p>",
+        scatter(data["points"], title="Latency ratio to fp32 + ORT defaults vs error", x_label="latency ratio (lower is faster)",
                 y_label=data["error_label"], front=data["front"]),  # fmt: skip
-        _table(["candidate", "latency ratio (min-max)", "rounds won", data["error_label"], "on the Pareto front"], data["finalist_rows"]),
+        ("<h2>Head to head: the choice and each of its components</h2>"
+         + _table(["variant", "ratio [95% interval]", "vs fp32 + ORT defaults", data["error_label"], "on the front", ""], data["ablation_rows"])
+         if data.get("ablation_rows") else ""),
+        "<h2>Finalists (final interleaved run)</h2>",
+        _table(["candidate", "latency ratio [95% interval]", "rounds won", data["error_label"]], data["finalist_rows"]),
         "<h2>Time per op type, before and after</h2>",
         paired_bars(data["ops"]["labels"], data["ops"]["before"], data["ops"]["after"], title="kernel time per run (ms), ORT profiler",
                     unit=" ms", names=("fp32, ORT defaults", "chosen")) if data["ops"]["labels"] else "<p>no profile</p>",  # fmt: skip

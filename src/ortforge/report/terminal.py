@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ortforge.measure.bench import BenchReport, VariantResult
+from ortforge.measure.stats import Ratio
 
 MIB = 1024 * 1024
 
@@ -55,13 +56,12 @@ def render_doctor(report, console: Console) -> None:  # noqa: ANN001 - commands.
         console.print(f"[yellow]note:[/] {note}")
 
 
-def _ratio_text(ratio: tuple[float, float, float]) -> str:
-    median, low, high = ratio
-    return f"{median:.3g}x ({low:.3g}-{high:.3g})"
+def _ratio_text(ratio: Ratio | None) -> str:
+    return ratio.text() if ratio is not None else "-"
 
 
 def _ratio(result: VariantResult) -> str:
-    return "baseline" if result.ratio == (1.0, 1.0, 1.0) else _ratio_text(result.ratio)
+    return _ratio_text(result.ratio)
 
 
 def render_bench(report: BenchReport, console: Console, top: int = 8) -> None:
@@ -73,7 +73,7 @@ def render_bench(report: BenchReport, console: Console, top: int = 8) -> None:
         ("session create (ms)", lambda r: _ms(r.create_s * 1e3)),
         ("first run (ms)", lambda r: _ms(r.first_run_s * 1e3)),
         ("start-up p50 (ms), repeated", lambda r: f"{_ms(r.startup.p50)} ({r.startup.count}x)" if r.startup else "-"),
-        ("start-up ratio to first", lambda r: "baseline" if r.startup_ratio == (1.0, 1.0, 1.0) else _ratio_text(r.startup_ratio) if r.startup_ratio else "-"),
+        ("start-up ratio to first", lambda r: _ratio_text(r.startup_ratio)),
         ("p50 (ms)", lambda r: _ms(r.latency.p50)),
         ("p90 (ms)", lambda r: _ms(r.latency.p90)),
         ("p99 (ms)", lambda r: _ms(r.latency.p99)),
@@ -294,10 +294,10 @@ def render_run(loaded, feeds, outputs, console: Console) -> None:  # noqa: ANN00
 def render_session_tuning(tuning, path, console: Console) -> None:  # noqa: ANN001 - commands.tune_session.SessionTuning
     render_bench(tuning.final, console, top=0)
     table = Table(title="Against ORT's defaults, per interleaved round")
-    for column in ("candidate", "p50 (ms)", "ratio median (min-max)", "rounds won"):
+    for column in ("candidate", "p50 (ms)", "ratio [95% interval]", "rounds won"):
         table.add_column(column, overflow="fold")
     for score in tuning.scores:
-        table.add_row(score.label, _ms(score.p50_ms), f"{score.ratio:.3g}x ({score.low:.3g}-{score.high:.3g})", f"{score.wins:.0%}")
+        table.add_row(score.label, _ms(score.p50_ms), score.text(), f"{score.wins:.0%}")
     console.print(table)
     console.print(f"[bold]chosen:[/] {escape(tuning.chosen.label)} ({escape(tuning.why)})", highlight=False)
     console.print(f"[bold]wrote[/] {escape(str(path))}", highlight=False)
@@ -319,7 +319,7 @@ def render_quantize(report, console: Console) -> None:  # noqa: ANN001 - command
             f"{measured['cosine']:.4f}" if "cosine" in measured else "-",
             f"{measured['top1']:.0%}" if "top1" in measured else "-",
             f"{measured['max_abs']:.3g}" if "max_abs" in measured else "-",
-            f"{speed.ratio:.3g}x ({speed.low:.3g}-{speed.high:.3g})" if speed else "-",
+            speed.text() if speed else "-",
             f"{speed.wins:.0%}" if speed and trial.candidate.kind != "fp32" else "-",
             verdict,
         )
@@ -359,11 +359,18 @@ def render_quant_debug(report, console: Console, top: int = 15) -> None:  # noqa
 def render_tune(report, console: Console) -> None:  # noqa: ANN001 - tune.TuneReport
     record = report.record
     table = Table(title="Finalists, measured interleaved (latency ratio to fp32 + ORT defaults)")
-    for column in ("candidate", "latency ratio (min-max)", "rounds won", record["error_label"], "Pareto"):
+    for column in ("candidate", "latency ratio [95% interval]", "rounds won", record["error_label"]):
         table.add_column(column, overflow="fold")
     for row in record["finalist_rows"]:
         table.add_row(*(escape(str(cell)) for cell in row))
     console.print(table)
+    if record.get("ablation_rows"):
+        table = Table(title=f"Head to head: the choice and each of its components (noise {record['summary'].get('noise', '-')})")
+        for column in ("variant", "ratio [95% interval]", "vs fp32 + ORT defaults", record["error_label"], "front", ""):
+            table.add_column(column, overflow="fold")
+        for row in record["ablation_rows"]:
+            table.add_row(*(escape(str(cell)) for cell in row))
+        console.print(table)
     if record["rejected"]:
         console.print("[bold]rejected:[/]")
         for label, why in record["rejected"]:

@@ -18,6 +18,9 @@ from ortforge.transforms.weight_only import WeightOnlyOptions
 
 Recipe = QuantizeOptions | WeightOnlyOptions
 KINDS = ("fp32", "fusion", "int8", "weight-only", "fp16")
+# The simplicity order: between candidates that are within noise of each other, the simpler ships. A
+# lower rank changes the model less, or in ways that travel to other machines and ORT versions better.
+PRECISION_RANKS = {"fp32": 0, "fusion": 1, "fp16": 2, "weight-only": 3, "int8 dynamic": 4, "int8 static": 5, "int8 with exclusions": 6}
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,16 @@ class Candidate:
         if self.kind == "weight-only":
             return WeightOnlyOptions(**self.settings)
         return None
+
+    @property
+    def complexity(self) -> int:
+        """Rank in the simplicity order (`PRECISION_RANKS`): fp32 < fusion < fp16 < weight-only < dynamic int8 < static int8 < exclusions."""
+        if self.kind != "int8":
+            return PRECISION_RANKS[self.kind]
+        settings = self.settings
+        if settings.get("exclude"):
+            return PRECISION_RANKS["int8 with exclusions"]
+        return PRECISION_RANKS["int8 static" if settings.get("mode") == "static" else "int8 dynamic"]
 
     def key(self, model_hash: str, data_hash: str, judge_key: str = "") -> str:
         """Cache key: the same model, transform, options, calibration data and judge build the same trial."""
@@ -98,6 +111,6 @@ class Trial:
             "rejected": "" if self.passed else self.why_not,
             "error": self.error,
             "cached": self.cached,
-            "speed": self.speed.__dict__ if self.speed else None,
+            "speed": self.speed.to_dict() if self.speed else None,
             "notes": self.notes,
         }

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from ortforge.accuracy.tolerance import Tolerance
 from ortforge.core.model import Model, model_size
 from ortforge.data import GENERATED_WARNING, FeedSet
-from ortforge.tuning.search import TuneResult, pareto_front
+from ortforge.measure.compare import beats
+from ortforge.tuning.search import Finalist, TuneResult, pareto_front
 
 
 def _error_metric(tolerances: list[Tolerance]) -> tuple[str, Any]:
@@ -27,8 +29,10 @@ def artifact_record(model: Model, reference_name: str, result: TuneResult, toler
     if result.confirmation is not None:
         runs.update({v.label: v for v in result.confirmation.variants})  # head-to-head figures win
     chosen_run, baseline_run = runs[chosen.label], runs[baseline.label]
+    decisive = result.confirmation or result.final  # the run the choice was made in: its figures are shown together
+    compared = result.ablation or result.finalists
     error_label, error_of = _error_metric(tolerances)
-    points = [(f.label, f.score.ratio if f.score else 1.0, error_of(f.trial.metrics)) for f in result.finalists]
+    points = [(f.label, *_interval(f), error_of(f.trial.metrics)) for f in compared]
     front = pareto_front(points)
     ratio = chosen.score or baseline.score
     startup = (chosen_run.startup.p50 if chosen_run.startup else chosen_run.create_s * 1e3, baseline_run.startup.p50 if baseline_run.startup else baseline_run.create_s * 1e3)
@@ -44,7 +48,11 @@ def artifact_record(model: Model, reference_name: str, result: TuneResult, toler
         "tolerances": [t.describe() for t in tolerances],
         "figures": {
             "latency_ms": {"chosen": _stats(chosen_run.latency), "baseline": _stats(baseline_run.latency)},
-            "latency_ratio": {"median": ratio.ratio, "min": ratio.low, "max": ratio.high, "rounds_won": ratio.wins} if ratio else None,
+            "latency_ratio": ({"median": ratio.ratio, "low": ratio.low, "high": ratio.high, "confidence": 0.95, "spread": [ratio.estimate.spread_low,
+                              ratio.estimate.spread_high], "rounds": ratio.estimate.rounds, "rounds_won": ratio.wins} if ratio else None),
+            "noise": {"floor": decisive.noise_floor, "aa_pair": asdict(decisive.noise) if decisive.noise else None,
+                      "run": "head to head" if result.confirmation else "final"},
+            "machine_load": asdict(decisive.load) if decisive.load else None,
             "accuracy": chosen.trial.metrics,
             "size_bytes": {"chosen": chosen.trial.size_bytes, "original": model_size(model)},
             "startup_ms": {"chosen": startup[0], "baseline": startup[1]},
@@ -52,18 +60,21 @@ def artifact_record(model: Model, reference_name: str, result: TuneResult, toler
             "throughput_per_s": {"chosen": chosen_run.throughput, "baseline": baseline_run.throughput, "batch": chosen_run.batch},
         },
         "summary": {
-            "speedup": f"{ratio.ratio:.2f}x ({ratio.low:.2f}-{ratio.high:.2f})" if ratio else "1.00x",
+            "speedup": f"{ratio.ratio:.2f}x [{ratio.low:.2f}-{ratio.high:.2f}]" if ratio else "1.00x",
+            "noise": f"±{decisive.noise_floor:.1%}" + (" (busy machine)" if decisive.load and decisive.load.busy else ""),
             "accuracy": ", ".join(f"{k} {v:.4g}" for k, v in chosen.trial.metrics.items() if k in ("cosine", "top1", "max_abs")),
             "size": f"{chosen.trial.size_bytes / 2**20:.1f} MiB (was {model_size(model) / 2**20:.1f})",
             "startup": f"{startup[0]:.1f} ms (was {startup[1]:.1f})",
             "throughput": f"{chosen_run.throughput:.1f}/s (was {baseline_run.throughput:.1f})",
         },
-        "points": [(label, x, y, "chosen" if label == chosen.label else "baseline" if label == baseline.label else "other") for label, x, y in points],
+        "points": [(label, x, y, "chosen" if label == chosen.label else "baseline" if label == baseline.label else "other") for label, x, _, _, y in points],
+        "points_run": "head-to-head confirmation" if result.confirmation else "final interleaved run",
         "front": front,
         "error_label": error_label,
-        "finalist_rows": [[f.label, f"{f.score.ratio:.3f} ({f.score.low:.3f}-{f.score.high:.3f})" if f.score else "-",
-                           f"{f.score.wins:.0%}" if f.score else "-", f"{error_of(f.trial.metrics):.3g}", "yes" if f.label in front else ""]
+        "finalist_rows": [[f.label, f.score.text() if f.score else "-", f"{f.score.wins:.0%}" if f.score else "-", f"{error_of(f.trial.metrics):.3g}"]
                           for f in result.finalists],  # fmt: skip
+        "ablation_rows": [[f.label, f.score.text() if f.score else "-", _verdict(f, baseline, decisive.noise_floor), f"{error_of(f.trial.metrics):.3g}",
+                           "yes" if f.label in front else "", "chosen" if f.label == chosen.label else ""] for f in result.ablation],  # fmt: skip
         "ops": _op_rows(baseline_run, chosen_run),
         "placement_rows": [[v.label, ", ".join(f"{p.replace('ExecutionProvider', '')} {n}" for p, n in v.placement.counts.items()) if v.placement else "-",
                             str(len(v.placement.cpu_fallback)) if v.placement else "-"] for v in result.final.variants],  # fmt: skip
@@ -76,6 +87,17 @@ def artifact_record(model: Model, reference_name: str, result: TuneResult, toler
         "notes": ([GENERATED_WARNING] if feeds.generated else []) + serving + result.notes,
         "commands": [command],
     }
+
+
+def _interval(finalist: Finalist) -> tuple[float, float, float]:
+    score = finalist.score
+    return (score.ratio, score.low, score.high) if score else (1.0, 1.0, 1.0)
+
+
+def _verdict(finalist: Finalist, baseline: Finalist, noise: float) -> str:
+    if finalist.score is None or finalist.label == baseline.label:
+        return "baseline"
+    return "faster beyond noise" if beats(finalist.score, noise) else "within noise" if finalist.score.low <= 1 + noise else "slower"
 
 
 def _stats(latency) -> dict:  # noqa: ANN001 - LatencyStats

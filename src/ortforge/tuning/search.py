@@ -12,7 +12,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ortforge.core.errors import OptionError
@@ -21,7 +21,7 @@ from ortforge.core.options import option
 from ortforge.core.progress import Progress, section
 from ortforge.core.session import CPU, SessionConfig
 from ortforge.measure.bench import BenchOptions, BenchReport
-from ortforge.measure.compare import CandidateScore, consistent_winner, score
+from ortforge.measure.compare import CandidateScore, score, startup_score, verdict_text, winner
 from ortforge.measure.memory import release_freed_memory
 from ortforge.measure.placement import placement_for
 from ortforge.searches.trial import Candidate, Trial
@@ -63,6 +63,11 @@ class Finalist:
     def target(self) -> MeasureTarget:
         return MeasureTarget(self.label, self.trial, self.session.config, self.session.streams)
 
+    @property
+    def complexity(self) -> tuple[int, int]:
+        """Its place in the simplicity order: the precision's rank first, then the session setting's."""
+        return self.trial.candidate.complexity, self.session.complexity
+
 
 @dataclass
 class TuneResult:
@@ -78,7 +83,8 @@ class TuneResult:
     built: int
     notes: list[str] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)
-    confirmation: BenchReport | None = None  # the winner alone against the baseline; the artifact's figures
+    confirmation: BenchReport | None = None  # the winner, its runner-up and its ablations against the baseline; the artifact's figures
+    ablation: list[Finalist] = field(default_factory=list)  # the variants of that run, each with its score
 
 
 class Clock:
@@ -150,7 +156,7 @@ def _screen(runner: TrialRunner, accurate: list[Trial], options: TuneOptions, cl
     ranked = sorted(zip(others, scores), key=lambda pair: pair[1].ratio)
     survivors = [trial for trial, s in ranked if s.ratio < 1.0][: options.finalists]
     dropped = [
-        (trial.candidate.label, f"screening: {s.ratio:.2f}x fp32, " + ("not faster" if s.ratio >= 1.0 else f"not among the {options.finalists} fastest"))
+        (trial.candidate.label, f"screening: {s.text()} of fp32, " + ("not faster" if s.ratio >= 1.0 else f"not among the {options.finalists} fastest"))
         for trial, s in ranked
         if trial not in survivors
     ]
@@ -212,8 +218,6 @@ def _offline_variants(trial: Trial, notes: list[str]) -> list[Finalist]:
     """The fastest survivor saved after ORT's ALL-level optimizations (start-up without the optimization cost).
 
     Tied to this machine's ISA by its stamp, so it wins only where it measures better."""
-    from dataclasses import replace as with_changes
-
     from ortforge.core.errors import UserError
     from ortforge.core.model import from_proto
     from ortforge.core.stamp import config_for, read_stamp
@@ -226,16 +230,17 @@ def _offline_variants(trial: Trial, notes: list[str]) -> list[Finalist]:
     except UserError as exc:
         notes.append(f"offline optimization of {trial.candidate.label} failed: {exc}")
         return []
-    offline = with_changes(trial, model=from_proto(result.proto, base_dir=trial.model.base_dir))
-    session = SessionCandidate("offline, optimized at level all (this CPU)", config_for(read_stamp(result.proto)))
+    offline = replace(trial, model=from_proto(result.proto, base_dir=trial.model.base_dir))
+    session = SessionCandidate("offline, optimized at level all (this CPU)", config_for(read_stamp(result.proto)), kind="offline")
     return [Finalist(f"{trial.candidate.label} | {session.label}", offline, session)]
 
 
 def _objective_score(result, baseline, objective: str) -> CandidateScore:  # noqa: ANN001 - VariantResult
-    if objective == "startup" and result.startup_ratio is not None:
-        median, low, high = result.startup_ratio
-        rounds_won = sum(a < b for a, b in zip(result.startup.round_medians, baseline.startup.round_medians)) / max(len(result.startup.round_medians), 1)
-        return CandidateScore(result.label, median, low, high, rounds_won, result.startup.p50)
+    """Start-up against start-up for the startup objective, time per run otherwise."""
+    if objective == "startup":
+        found = startup_score(result, baseline)
+        if found is not None:
+            return found
     return score(result, baseline)
 
 
@@ -266,52 +271,71 @@ def tune_search(runner: TrialRunner, candidates: Sequence[Candidate], options: T
     stages["session screening"] = clock.elapsed - sum(stages.values())
     seconds = clock.seconds_per_variant(0.8, len(finalists), low=0.5, high=6.0)
     startup_rounds = 8 if options.objective == "startup" else 3
-    final = runner.measure([f.target for f in finalists],
-                           BenchOptions(max_seconds=seconds, profile=True, profile_seconds=0.5, startup_rounds=startup_rounds, block_seconds=0.1, min_rounds=6),
+    final = runner.measure([f.target for f in finalists], BenchOptions(max_seconds=seconds, profile=True, profile_seconds=0.5, startup_rounds=startup_rounds),
                            section(report, "final interleaved run", 0.6, 0.98))  # fmt: skip
     stages["final"] = clock.elapsed - sum(stages.values())
     for finalist, result in zip(finalists, final.variants):
         finalist.score = _objective_score(result, final.variants[0], options.objective)
-    chosen, why = _choose(finalists, options)
+    chosen, why = _choose(finalists, options, final.noise_floor)
     best[0] = f"{chosen.label} ({chosen.score.ratio:.2f}x)" if chosen.score else chosen.label
-    confirmation = None
+    confirmation, ablation = None, []
     if chosen is not finalists[0] and options.objective != "size":
-        chosen, why, confirmation = _confirm(runner, chosen, finalists, options, clock, section(report, "head-to-head confirmation", 0.98, 1.0))
+        chosen, why, confirmation, ablation = _confirm(runner, chosen, finalists, options, clock, section(report, "head-to-head confirmation", 0.98, 1.0))
         stages["confirmation"] = clock.elapsed - sum(stages.values())
     if journal is not None:
         atomic_write_text(journal, json.dumps({"chosen": chosen.label, "finalists": [f.label for f in finalists], "time": time.time()}))
     result = TuneResult(chosen, finalists[0], finalists, trials, rejected, final, screening, why, clock.elapsed, getattr(runner, "built", 0), notes, stages)
-    result.confirmation = confirmation
+    result.confirmation, result.ablation = confirmation, ablation
     return result
 
 
 def _confirm(runner: TrialRunner, chosen: Finalist, finalists: list[Finalist], options: TuneOptions, clock: Clock,
-             progress: Progress) -> tuple[Finalist, str, BenchReport]:  # fmt: skip
-    """Measure the winner and the runner-up against the baseline, as they will run in deployment.
+             progress: Progress) -> tuple[Finalist, str, BenchReport, list[Finalist]]:  # fmt: skip
+    """Measure the winner, the runner-up and the winner without each of its components against the baseline,
+    as they will run in deployment, in one interleaved run with its own noise floor.
 
-    With a dozen processes interleaved, caches and memory bandwidth are shared in a way deployment
-    does not share them, and a winner picked among many is the one noise favoured most. The figures
-    written come from this run; the faster of the two that beats the baseline consistently wins, and
-    if neither does, the baseline ships.
+    With a dozen processes interleaved, caches and memory bandwidth are shared in a way deployment does
+    not share them, and a winner picked among many is the one noise favoured most. Every component must
+    pay for itself: the winner's precision with ORT's defaults, and fp32 with the winner's session
+    settings, run beside it, and the simplest variant within noise of the fastest ships. The figures
+    written come from this run; if nothing beats the baseline beyond noise, the baseline ships.
     """
-    baseline = finalists[0]
     others = [f for f in finalists[1:] if f is not chosen and f.score is not None and f.score.ratio < 1.0]
-    contenders = [chosen] + ([min(others, key=lambda f: f.score.ratio)] if others else [])  # type: ignore[union-attr]
-    seconds = max(2.0, min(8.0, clock.left * 0.5))
+    picked = [chosen] + ([min(others, key=lambda f: f.score.ratio)] if others else [])  # type: ignore[union-attr]
+    picked += [f for f in _ablations(chosen, finalists[0]) if f.label not in {c.label for c in picked}]
+    # Copies: the finalists keep the figures of the final run, these get the figures of this one.
+    baseline, contenders = replace(finalists[0], score=None), [replace(f, score=None) for f in picked]
+    chosen = contenders[0]
+    seconds = max(1.5, min(8.0, clock.left * 0.5 / (len(contenders) + 2)))  # per variant; the baseline and its A/A pair run too
     report = runner.measure([baseline.target] + [c.target for c in contenders], BenchOptions(max_seconds=seconds, profile=True,
-                            profile_seconds=0.5, startup_rounds=5, block_seconds=0.1, min_rounds=8), progress)  # fmt: skip
-    scores = [_objective_score(result, report.variants[0], options.objective) for result in report.variants[1:]]
-    winner = consistent_winner([score(report.variants[0], report.variants[0]), *scores])
-    if winner is None:
-        head_to_head = scores[0]
-        return baseline, (f"{chosen.label} led the finalists but did not beat fp32 with ORT defaults head to head "
-                          f"({head_to_head.ratio:.2f}x, better in {head_to_head.wins:.0%} of rounds): shipping fp32"), report  # fmt: skip
-    for contender, contender_score in zip(contenders, scores):
-        contender.score = contender_score
-    chosen = contenders[scores.index(winner)]
-    runner_up = "" if len(contenders) == 1 else f"; runner-up {next(c for c in contenders if c is not chosen).label}"
-    return chosen, (f"{chosen.label}: {_ratio_phrase(winner.ratio, options.objective)} of fp32 with ORT defaults head to head "
-                    f"({winner.low:.2f}-{winner.high:.2f}), better in {winner.wins:.0%} of rounds, within tolerance{runner_up}"), report  # fmt: skip
+                            profile_seconds=0.5, startup_rounds=5, min_rounds=20), progress)  # fmt: skip
+    noise = report.noise_floor
+    for contender, result in zip(contenders, report.variants[1:]):
+        contender.score = _objective_score(result, report.variants[0], options.objective)
+    baseline.score = _objective_score(report.variants[0], report.variants[0], options.objective)
+    found = winner([baseline.score, *[c.score for c in contenders]], noise, complexity=lambda s: _by_label(contenders, s.label).complexity)
+    if found is None:
+        return baseline, (f"{chosen.label} led the finalists but did not beat fp32 with ORT defaults beyond noise head to head: "
+                          f"{verdict_text(chosen.score, noise, 'fp32 with ORT defaults')}; shipping fp32"), report, [baseline, *contenders]  # fmt: skip
+    picked = _by_label(contenders, found.label)
+    dropped = "" if picked is chosen else f"; the final run's leader {chosen.label} measured {chosen.score.text()} here"
+    return picked, (f"{picked.label}: {_ratio_phrase(found.ratio, options.objective)} of fp32 with ORT defaults head to head "
+                    f"[{found.low:.2f}-{found.high:.2f}], beyond the noise of ±{noise:.1%}, within tolerance{dropped}"), report, [baseline, *contenders]  # fmt: skip
+
+
+def _ablations(chosen: Finalist, baseline: Finalist) -> list[Finalist]:
+    """The chosen finalist without each of its components: its precision with ORT's defaults, fp32 with its session."""
+    defaults = baseline.session
+    found = []
+    if chosen.session.kind != "defaults" and chosen.trial.candidate.kind != "fp32":
+        found.append(Finalist(f"{chosen.trial.label} | {defaults.label}", chosen.trial, defaults))
+    if chosen.trial.candidate.kind != "fp32" and chosen.session.kind not in ("defaults", "offline"):
+        found.append(Finalist(f"{baseline.trial.label} | {chosen.session.label}", baseline.trial, chosen.session))
+    return found
+
+
+def _by_label(finalists: list[Finalist], label: str) -> Finalist:
+    return next(f for f in finalists if f.label == label)
 
 
 def _ratio_phrase(ratio: float, objective: str) -> str:
@@ -321,27 +345,28 @@ def _ratio_phrase(ratio: float, objective: str) -> str:
     return f"{ratio:.2f}x the {'start-up time' if objective == 'startup' else 'latency'}"
 
 
-def _choose(finalists: list[Finalist], options: TuneOptions) -> tuple[Finalist, str]:
+def _choose(finalists: list[Finalist], options: TuneOptions, noise: float) -> tuple[Finalist, str]:
+    """The simplest finalist within noise of the fastest that beats fp32 + ORT defaults beyond noise (for size, the smallest not slower)."""
     baseline = finalists[0]
     if options.objective == "size":
-        within = [f for f in finalists if f.score and f.score.ratio <= 1.0 + 0.05]
-        smallest = min(within or [baseline], key=lambda f: f.trial.size_bytes)
-        return smallest, f"smallest within tolerance and not slower than fp32 ({smallest.trial.size_bytes / 2**20:.1f} MiB)"
-    winner = consistent_winner([f.score for f in finalists])  # type: ignore[misc]
-    if winner is None:
-        fp32_sessions = [f for f in finalists[1:] if f.trial is baseline.trial and f.score and f.score.ratio < 1 and f.score.wins >= 0.75]
-        best = min(fp32_sessions, key=lambda f: f.score.ratio) if fp32_sessions else baseline  # type: ignore[union-attr]
-        return best, f"nothing beat fp32 with ORT defaults consistently on {options.objective}: shipping fp32 ({best.session.label})"
-    chosen = next(f for f in finalists if f.score is winner)
-    return chosen, (f"{chosen.label}: {_ratio_phrase(winner.ratio, options.objective)} of fp32 with ORT defaults "
-                    f"({winner.low:.2f}-{winner.high:.2f}), better in {winner.wins:.0%} of interleaved rounds, within tolerance")  # fmt: skip
+        not_slower = [f for f in finalists if f.score and f.score.low <= 1.0 + noise]
+        smallest = min(not_slower or [baseline], key=lambda f: f.trial.size_bytes)
+        return smallest, f"smallest within tolerance and not slower than fp32 beyond noise ({smallest.trial.size_bytes / 2**20:.1f} MiB)"
+    found = winner([f.score for f in finalists], noise, complexity=lambda s: _by_label(finalists, s.label).complexity)  # type: ignore[misc]
+    if found is None:
+        return baseline, f"nothing beat fp32 with ORT defaults beyond the noise of ±{noise:.1%} on {options.objective}: shipping fp32"
+    chosen = _by_label(finalists, found.label)
+    return chosen, (f"{chosen.label}: {_ratio_phrase(found.ratio, options.objective)} of fp32 with ORT defaults "
+                    f"[{found.low:.2f}-{found.high:.2f}], beyond the noise of ±{noise:.1%}, within tolerance")  # fmt: skip
 
 
-def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
-    """Labels on the latency-vs-error Pareto front (lower is better on both axes)."""
+def pareto_front(points: Sequence[tuple[str, float, float, float, float]]) -> list[str]:
+    """Labels on the latency-vs-error front of (label, ratio, interval low, interval high, error) points: a point is off
+    the front only when another is faster beyond both intervals (its high below this one's low) and no less accurate,
+    or as fast within the intervals and more accurate. Within noise, speed does not rank points."""
     front = []
-    for label, latency, error in points:
-        dominated = any(l2 <= latency and e2 <= error and (l2 < latency or e2 < error) for _, l2, e2 in points)
+    for label, _, low, high, error in points:
+        dominated = any((h2 < low and e2 <= error) or (l2 <= high and low <= h2 and e2 < error) for other, _, l2, h2, e2 in points if other != label)
         if not dominated:
             front.append(label)
     return front

@@ -23,7 +23,10 @@ EP_OPTION_CANDIDATES: dict[str, list[dict[str, str]]] = {
     "OpenVINOExecutionProvider": [{"num_of_threads": "1"}, {"precision": "ACCURACY"}],
     "DnnlExecutionProvider": [{"use_arena": "0"}],
 }
-KINDS = ("defaults", "threads", "spinning", "affinity", "execution", "level", "memory", "ep-option", "ep", "streams")
+KINDS = ("defaults", "threads", "spinning", "affinity", "execution", "level", "memory", "ep-option", "ep", "streams", "offline")
+# The simplicity order of session settings: ORT's defaults < session options < graph level / offline < another EP.
+SESSION_RANKS = {"defaults": 0, "threads": 1, "spinning": 1, "affinity": 1, "execution": 1, "memory": 1, "ep-option": 1, "streams": 1,
+                 "level": 2, "offline": 2, "ep": 3}  # fmt: skip
 # tune screens few session options per precision (each is a process in its final run); tune-session has time for more.
 TUNE_KINDS = frozenset({"defaults", "threads", "spinning", "execution", "level", "ep", "streams"})
 TUNE_SESSION_KINDS = frozenset({"defaults", "threads", "spinning", "affinity", "execution", "memory", "ep-option"})
@@ -37,6 +40,11 @@ class SessionCandidate:
     config: SessionConfig = field(default_factory=SessionConfig)
     streams: int = 1  # requests in flight at once: a serving choice, measured for the throughput objective
     kind: str = "defaults"
+
+    @property
+    def complexity(self) -> int:
+        """Rank in the simplicity order of session settings (`SESSION_RANKS`)."""
+        return SESSION_RANKS[self.kind]
 
 
 def _with_entries(config: SessionConfig, **entries: str) -> SessionConfig:
