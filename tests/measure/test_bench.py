@@ -15,12 +15,14 @@ from ortforge.measure.bench import BenchOptions
 QUICK = BenchOptions(max_seconds=0.6, warmup_seconds=0.05, block_seconds=0.05, min_rounds=3, profile_seconds=0.1)
 
 
-def deep_model(width: int, layers: int):
+def deep_model(width: int, layers: int, inner: int | None = None):
+    """x [4, width] -> `layers` MatMuls through `inner` features (default `width`) -> y [4, width]."""
     rng = np.random.default_rng(0)
     nodes, weights, previous = [], [], "x"
+    sizes = [width] + [inner or width] * (layers - 1) + [width]
     for index in range(layers):
         nodes.append(helper.make_node("MatMul", [previous, f"w{index}"], [f"h{index}"], name=f"mm{index}"))
-        weights.append(weight(f"w{index}", rng.standard_normal((width, width)).astype(np.float32) / width))
+        weights.append(weight(f"w{index}", rng.standard_normal((sizes[index], sizes[index + 1])).astype(np.float32) / sizes[index]))
         previous = f"h{index}"
     nodes.append(helper.make_node("Relu", [previous], ["y"], name="relu"))
     return make_model(nodes, [tensor("x", [4, width])], [tensor("y", [4, width])], weights)
@@ -28,12 +30,12 @@ def deep_model(width: int, layers: int):
 
 def test_two_models_side_by_side_with_ratios(tmp_path):
     small = save(deep_model(32, 1), tmp_path / "small.onnx")
-    big = save(deep_model(512, 6), tmp_path / "big.onnx")
+    big = save(deep_model(32, 6, inner=512), tmp_path / "big.onnx")  # same inputs, ~400x the arithmetic
     report = bench([str(small), str(big)], options=QUICK)
     first, second = report.variants
     assert (first.label, second.label) == ("small.onnx", "big.onnx")
     assert first.ratio.median == pytest.approx(1.0)
-    assert second.ratio.median > 3  # ~500x the arithmetic: must show up as slower whatever the noise
+    assert second.ratio.median > 3  # ~400x the arithmetic: must show up as slower whatever the noise
     assert second.ratio.low <= second.ratio.median <= second.ratio.high
     for result in report.variants:
         stats = result.latency
@@ -45,6 +47,12 @@ def test_two_models_side_by_side_with_ratios(tmp_path):
     assert report.rounds == len(first.latency.round_medians) == len(second.latency.round_medians) == report.noise.rounds >= 1
     assert "MatMul" in {item.op_type for item in second.profile.by_op_type}
     assert any("generated" in note for note in report.notes)
+
+
+def test_every_variant_runs_on_the_same_inputs(tmp_path):
+    narrow, wide = save(deep_model(32, 1), tmp_path / "narrow.onnx"), save(deep_model(64, 1), tmp_path / "wide.onnx")
+    with pytest.raises(UserError, match="wide.onnx: cannot be measured on the inputs of .*narrow.onnx.*axis 1 must be 64"):
+        bench([str(narrow), str(wide)], options=QUICK)
 
 
 def test_session_memory_reflects_weights(tmp_path):

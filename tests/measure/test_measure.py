@@ -111,3 +111,14 @@ def test_the_worker_times_the_requested_runs():
     times = worker.run(5)
     assert len(times) == 5 and all(t > 0 for t in times)
     assert len(worker.run(4, streams=2)) == 4  # requests in flight: wall time per request
+
+
+def test_peak_memory_is_the_measuring_process_own(tmp_path):
+    """A child started from a parent holding 300 MiB reports its own peak, not the parent's (ru_maxrss survives exec)."""
+    import subprocess
+    import sys
+
+    held = np.ones(300 * 2**20 // 8)  # 300 MiB in this process
+    child = subprocess.run([sys.executable, "-c", "from ortforge.measure.memory import peak_rss; print(peak_rss())"],
+                           capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    assert int(child.stdout) < 250 * 2**20 and held.sum() > 0

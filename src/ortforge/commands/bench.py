@@ -11,7 +11,8 @@ from ortforge.core.errors import OptionError, UserError
 from ortforge.core.model import Model
 from ortforge.core.progress import Progress
 from ortforge.core.session import SessionConfig
-from ortforge.data import FeedSet, ShapeOptions
+from ortforge.data import FeedSet, ShapeOptions, input_specs
+from ortforge.data.sources import validate_feed
 from ortforge.measure.bench import BenchOptions, BenchReport, Variant
 from ortforge.measure.bench import bench as measure_interleaved
 
@@ -70,18 +71,33 @@ def bench(
     if len(parsed) != len(targets):
         parsed = parse_bench_targets([str(t) for t in targets])
     models: dict[str, Model] = {}
-    feeds: dict[str, FeedSet] = {}
+    feeds: FeedSet | None = None
     variants: list[Variant] = []
     for target in parsed:
         if target.model not in models:
             models[target.model] = open_model(target.model, check=check)
-            feeds[target.model] = feeds_for(models[target.model], target.model, data, samples=samples, seed=seed, shape_options=shape_options)
+            if feeds is None:  # one input set for every variant: ratios between different inputs mean nothing
+                feeds = feeds_for(models[target.model], target.model, data, samples=samples, seed=seed, shape_options=shape_options)
+            else:
+                _require_same_inputs(models[target.model], feeds, parsed[0].model)
         config = SessionConfig.load(target.config) if target.config else (default_config or SessionConfig())
-        variants.append(Variant(_unique_label(target.label, variants), models[target.model], config, feeds[target.model], streams))
+        variants.append(Variant(_unique_label(target.label, variants), models[target.model], config, feeds, streams))
+    assert feeds is not None
     report = measure_interleaved(variants, options, progress)
-    if any(f.generated for f in feeds.values()):
+    if feeds.generated:
         report.notes.append("inputs were generated (random): fine for speed, but say nothing about accuracy")
     return report
+
+
+def _require_same_inputs(model: Model, feeds: FeedSet, first: str) -> None:
+    """Refuse, in one line, a model that cannot take the inputs the first model is measured on."""
+    specs = input_specs(model)
+    for index, sample in enumerate(feeds.samples):
+        try:
+            validate_feed(sample, specs, "inputs", f"{feeds.origin} (sample {index})")
+        except UserError as exc:
+            raise UserError(f"{model.name}: cannot be measured on the inputs of {first}, every variant of one bench runs on the same inputs: "
+                            f"{exc}", hint="bench models that take the same inputs together, or give shapes/data that fit both") from None
 
 
 def _unique_label(label: str, variants: list[Variant]) -> str:
