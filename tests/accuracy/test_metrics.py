@@ -7,7 +7,7 @@ import pytest
 
 from ortforge.accuracy.hooks import load_eval_hook
 from ortforge.accuracy.metrics import compare
-from ortforge.accuracy.tolerance import Tolerance, close, parse_tolerances
+from ortforge.accuracy.tolerance import Tolerance, close, default_tolerances, parse_tolerances
 from ortforge.core.errors import OptionError, UserError
 
 
@@ -86,3 +86,61 @@ def test_eval_hook(tmp_path, monkeypatch):
         load_eval_hook("metric:nope")
     with pytest.raises(OptionError, match="^eval_hook=nosuchmodule:f: hook module cannot be imported"):
         load_eval_hook("nosuchmodule:f")
+
+
+def test_change_rates_come_with_a_bound():
+    from ortforge.accuracy.metrics import change_rate_bound
+
+    assert change_rate_bound(0, 64) == pytest.approx(0.0457, abs=5e-4)  # the rule of three: ~3/64
+    assert change_rate_bound(2, 20) == pytest.approx(0.2826, abs=2e-3)  # Clopper-Pearson, one-sided 95%
+    assert change_rate_bound(20, 20) == 1.0 and change_rate_bound(0, 0) == 1.0
+
+
+def test_per_step_class_scores_are_judged_as_whole_sequences():
+    steps = np.full((1, 6, 3), 0.1)
+    steps[0, :, 0] = 0.8
+    changed = steps.copy()
+    changed[0, 4] = [0.1, 0.8, 0.1]  # one step of six decodes differently
+    report = compare([{"p": steps}], [{"p": changed}])
+    (output,) = report.outputs
+    assert output.top1 == pytest.approx(5 / 6) and output.sequence == 0.0
+    assert output.counts["sequence"] == (1, 1) and any("sequence: 1 of 1 sequences changed" in line for line in report.evidence())
+    assert [t.metric for t in default_tolerances([{"p": steps}])] == ["cosine", "top1", "sequence"]
+
+
+def test_per_token_outputs_are_compared_over_real_tokens_and_as_pooled_embeddings():
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((1, 8, 4))
+    padding_differs = hidden.copy()
+    padding_differs[0, 3:] = -hidden[0, 3:]  # only the padding positions change
+    mask = np.array([[1, 1, 1, 0, 0, 0, 0, 0]])
+    masked = compare([{"h": hidden}], [{"h": padding_differs}], masks=[mask]).outputs[0]
+    assert masked.real_tokens_only and masked.cosine == pytest.approx(1.0) and masked.pooled_cosine == pytest.approx(1.0)
+    assert compare([{"h": hidden}], [{"h": padding_differs}]).outputs[0].cosine < 0.5  # whole tensor: padding counted
+    real_differs = hidden.copy()
+    real_differs[0, :3] *= np.array([1.0, 1.0, 0.2, 1.0])
+    changed = compare([{"h": hidden}], [{"h": real_differs}], masks=[mask]).outputs[0]
+    assert changed.cosine == min(changed.pooled_cosine, changed.cosine) < 0.99  # the worse of per-token and pooled
+
+
+def test_probability_maps_are_judged_by_their_side_of_one_half():
+    prob = np.linspace(0.0, 1.0, 100).reshape(1, 1, 10, 10)
+    nudged = prob.copy()
+    nudged[0, 0, 4, 9] = 0.51  # 0.4949 -> 0.51 crosses 0.5
+    output = compare([{"map": prob}], [{"map": nudged}]).outputs[0]
+    assert output.agreement == pytest.approx(0.99) and output.counts["agreement"] == (1, 100)
+    assert Tolerance("agreement", 0.99) in default_tolerances([{"map": prob}])
+
+
+def test_nan_or_infinite_inputs_are_refused_naming_input_and_sample(tmp_path):
+    from helpers import linear_model, save
+
+    from ortforge.core.model import load_model
+    from ortforge.data import load_feeds
+
+    model = load_model(save(linear_model(8, batch=1), tmp_path / "m.onnx"))
+    bad = np.ones((1, 8), np.float32)
+    bad[0, 3] = np.nan
+    np.savez(tmp_path / "x.npz", x=bad)
+    with pytest.raises(UserError, match=r"x.npz \(sample 0\): input 'x' holds 1 NaN/infinite value"):
+        load_feeds(model, str(tmp_path / "x.npz"))

@@ -11,8 +11,21 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from ortforge.accuracy.hooks import hook_identity
-from ortforge.accuracy.metrics import ALL_METRICS, EVAL_CHECK, AccuracyReport, Outputs, compare
+from ortforge.accuracy.metrics import (
+    ALL_METRICS,
+    CONFIDENCE,
+    EVAL_CHECK,
+    RATES,
+    AccuracyReport,
+    Outputs,
+    compare,
+    rate_evidence,
+    tensors_of,
+    token_masks,
+)
 from ortforge.accuracy.tolerance import Tolerance
 from ortforge.core.errors import UserError
 from ortforge.core.model import Model
@@ -20,7 +33,8 @@ from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.data import FeedSet
 
 # What the verdict's summary shows besides the bounded metrics, when measured.
-SHOWN = ("cosine", "top1", "max_abs", "rel")
+SHOWN = ("cosine", "top1", "sequence", "agreement", "max_abs", "rel")
+ENOUGH_SAMPLES = 32  # fewer, and the verdict says what a change rate could hide
 
 
 @dataclass
@@ -35,16 +49,27 @@ class Verdict:
     generated_inputs: bool = False
     accuracy: AccuracyReport | None = None  # per-output detail
     reference: str = "the original"
+    notes: list[str] = field(default_factory=list)  # what limits the evidence (few samples, NaN in the original)
 
     @property
     def reason(self) -> str:
         return "; ".join(self.failures)
+
+    @property
+    def evidence(self) -> list[str]:
+        """Per output: each rate with its counts and bound, and the worst sample's cosine."""
+        if self.accuracy is not None:
+            return self.accuracy.evidence()
+        return [rate_evidence(metric, int(self.measured[f"{metric}_changed"]), int(self.measured[f"{metric}_total"]))
+                for metric in RATES if f"{metric}_total" in self.measured]  # fmt: skip
 
     def summary(self) -> str:
         bounds = ", ".join(t.describe() for t in self.tolerances) or "no tolerance"
         figures = ", ".join(f"{name} {self.measured[name]:.4g}" for name in SHOWN if name in self.measured)
         verdict = "within" if self.passed else "OUTSIDE"
         text = f"outputs {verdict} {bounds} of {self.reference} on {self.samples} sample(s)" + (f": {figures}" if figures else "")
+        rates = [line for line in self.evidence if "changed" in line]
+        text += f" [{'; '.join(rates)}]" if rates else ""
         return text if self.passed else f"{text} ({self.reason})"
 
     def to_dict(self) -> dict:
@@ -56,6 +81,8 @@ class Verdict:
             "samples": self.samples,
             "generated_inputs": self.generated_inputs,
             "reference": self.reference,
+            "evidence": self.evidence,
+            "notes": self.notes,
             "outputs": [asdict(o) for o in self.accuracy.outputs] if self.accuracy else [],
         }
 
@@ -75,6 +102,8 @@ class Judge:
         self.samples = len(reference)
         self.generated = bool(feeds is not None and feeds.generated)
         self.reference_label = reference_label
+        self.masks = token_masks(feeds.samples) if feeds is not None and len(feeds) == len(reference) else None
+        self.notes = _evidence_notes(reference)
 
     def key(self) -> str:
         """What decides this judge's verdicts besides the outputs: its tolerances and the hook's identity (for cache keys)."""
@@ -85,7 +114,7 @@ class Judge:
 
         `detail=False` measures only the bounded metrics (searches that judge many times)."""
         try:
-            report = compare(self.reference, candidate, self.hook, metrics=self.metrics if detail else self.bounded, close=self.close)
+            report = compare(self.reference, candidate, self.hook, metrics=self.metrics if detail else self.bounded, close=self.close, masks=self.masks)
         except UserError as exc:
             return self.reject(str(exc))
         return self.decide(report)
@@ -110,14 +139,45 @@ class Judge:
             if tolerance.metric not in measured:
                 failures.append("the eval tolerance needs an eval hook" if tolerance.metric == "eval" else f"{tolerance.metric} does not apply to these outputs")
             elif not tolerance.met_by(measured[tolerance.metric]):
-                failures.append(tolerance.miss(measured[tolerance.metric]))
+                counted = f"{tolerance.metric}_total" in measured
+                failures.append(f"{rate_evidence(tolerance.metric, int(measured[f'{tolerance.metric}_changed']), int(measured[f'{tolerance.metric}_total']))}"
+                                f", misses {tolerance.describe()}" if counted else tolerance.miss(measured[tolerance.metric]))
         if measured.get(EVAL_CHECK) and not measured.get("eval"):
             failures.append("the eval hook said no")
         return failures
 
     def _verdict(self, report: AccuracyReport | None, failures: list[str]) -> Verdict:
         return Verdict(not failures, self.tolerances, report.measured() if report else {}, failures, self.samples, self.generated, report,
-                       self.reference_label)  # fmt: skip
+                       self.reference_label, list(self.notes))  # fmt: skip
+
+
+def _evidence_notes(reference: Outputs) -> list[str]:
+    """What limits the evidence: few samples (rare changes go unseen), NaN or infinities in the original's outputs."""
+    notes = []
+    if 0 < len(reference) < ENOUGH_SAMPLES:
+        unseen = 1 - (1 - CONFIDENCE) ** (1 / len(reference))
+        notes.append(f"judged on {len(reference)} samples (fewer than {ENOUGH_SAMPLES}): a change affecting under {unseen:.0%} of samples "
+                     "can go unseen; give more data for a tighter bound")  # fmt: skip
+    odd = sum(int(np.count_nonzero(~np.isfinite(tensor))) for sample in reference for value in sample.values()
+              for tensor in tensors_of(value) if tensor.dtype.kind == "f")  # fmt: skip
+    if odd:
+        notes.append(f"the original's outputs hold {odd} NaN/infinite value(s): compared NaN-aware (equal where the original has them too)")
+    return notes
+
+
+def reference_judge(original: Model, feeds: FeedSet, tolerances: Sequence[Tolerance], config: SessionConfig | None = None) -> Judge:
+    """A judge whose reference is `original` run on `feeds` with `config` (ORT with optimizations off by default)."""
+    config = config or SessionConfig(graph_optimization_level="disable")
+    return Judge(run_outputs(original, feeds, config), tolerances, feeds=feeds, reference_label=f"the original at ORT level {config.graph_optimization_level}")
+
+
+def judge_model(judge: Judge, candidate: Model, feeds: FeedSet, config: SessionConfig | None = None) -> Verdict:
+    """Run `candidate` on the judge's feeds (same samples, same order) and judge it; renamed outputs fail."""
+    names = list(judge.reference[0]) if judge.reference else []
+    candidate_names = [output.name for output in candidate.proto.graph.output]
+    if candidate_names != names:
+        return judge.reject(f"outputs changed: {candidate_names} instead of {names}")
+    return judge(run_outputs(candidate, feeds, config or SessionConfig()))
 
 
 def verify(
@@ -130,14 +190,7 @@ def verify(
     candidate_config: SessionConfig | None = None,
 ) -> Verdict:
     """Run both models on the same feeds (each with its session config) and judge the candidate; never raises for a mismatch."""
-    original_config = original_config or SessionConfig(graph_optimization_level="disable")
-    reference_label = f"the original at ORT level {original_config.graph_optimization_level}"
-    judge = Judge(run_outputs(original, feeds, original_config), tolerances, feeds=feeds, reference_label=reference_label)
-    names = [output.name for output in original.proto.graph.output]
-    candidate_names = [output.name for output in candidate.proto.graph.output]
-    if candidate_names != names:
-        return judge.reject(f"outputs changed: {candidate_names} instead of {names}")
-    return judge(run_outputs(candidate, feeds, candidate_config or SessionConfig()))
+    return judge_model(reference_judge(original, feeds, tolerances, original_config), candidate, feeds, candidate_config)
 
 
 def require(verdict: Verdict, what: str, force: bool = False) -> None:

@@ -1,5 +1,12 @@
 """Accuracy metrics of a candidate's outputs against a reference, output by output, worst sample first.
 
+The checks follow the output's form. Class scores [N, C]: top-1 per row. Per-step class scores [N, T, C]
+(CTC, token probabilities): top-1 per step and the whole sequence of argmaxes per row. Per-token outputs
+of a model with an attention mask: compared over real tokens only, and as mean-pooled embeddings.
+Probability maps: agreement on which side of 0.5 each element falls. Everything: cosine (worst sample),
+max/mean absolute and relative error, allclose. Rates come with their counts, so a verdict can say
+"0 of 32 rows changed: change rate < 9.0% at 95%".
+
 Outputs are compared tensor by tensor (a sequence output's items, a map's values), so every output
 type ORT returns can be judged. Which metrics are computed is up to the caller: the judge asks only for
 the ones its tolerances bound, since a mixed-precision search compares many times.
@@ -7,19 +14,24 @@ the ones its tolerances bound, since a mixed-precision search compares many time
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ortforge.accuracy.tolerance import HIGHER_IS_BETTER, classifier_output
+from ortforge.accuracy.tolerance import HIGHER_IS_BETTER, classifier_output, probability_map, sequence_output
 from ortforge.core.errors import UserError
 
 Outputs = list[dict[str, object]]  # one dict of output name -> value per sample
-ALL_METRICS = ("cosine", "max_abs", "mean_abs", "rel", "top1")
+ALL_METRICS = ("cosine", "pooled_cosine", "max_abs", "mean_abs", "rel", "top1", "sequence", "agreement")
+RATES = {"top1": "rows", "sequence": "sequences", "agreement": "elements"}  # agreement metrics judged with counts
 EVAL_CHECK = "eval_check"  # in measured metrics: 1 when the hook answered True/False (a check), so cached verdicts keep it
 # A cosine over a handful of numbers (a VAD's one probability) says little per sample: pool them.
 MIN_COSINE_ELEMENTS = 16
+MASK_NAME = re.compile(r"mask", re.IGNORECASE)
+CONFIDENCE = 0.95
 
 
 @dataclass
@@ -30,11 +42,17 @@ class OutputAccuracy:
     max_abs: float | None = None
     mean_abs: float | None = None
     rel: float | None = None  # max |a-b| / max |reference|: scale-free, robust to near-zero elements
-    cosine: float | None = None  # worst sample's cosine similarity (over all samples at once for tiny outputs)
-    top1: float | None = None  # agreement of argmax over the last axis, for classifier-like outputs
+    cosine: float | None = None  # worst sample's cosine (all samples pooled for tiny outputs; with a mask, the worse of real tokens and pooled)
+    pooled_cosine: float | None = None  # worst row's cosine of the mean over real tokens (per-token outputs with a mask)
+    top1: float | None = None  # share of rows (class-score vectors) whose argmax is unchanged
+    sequence: float | None = None  # share of rows whose argmax at every step is unchanged (per-step class scores)
+    agreement: float | None = None  # share of probability elements on the same side of 0.5
     close: float | None = None  # worst |a-b| / (atol + rtol |reference|): 1 or less is allclose
     mismatched: int = 0  # elements outside atol + rtol |reference| (when `close` was asked for)
     elements: int = 0
+    counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # rate metric -> (changed, total)
+    worst_sample: int | None = None  # the sample with the lowest cosine
+    real_tokens_only: bool = False  # compared over the tokens the attention mask marks real
 
 
 @dataclass
@@ -44,6 +62,7 @@ class AccuracyReport:
     outputs: list[OutputAccuracy] = field(default_factory=list)
     eval_score: float | None = None
     eval_check: bool = False  # the hook answered True/False: a check that must pass, not a score to bound
+    samples: int = 0
 
     def metric(self, name: str) -> float:
         if name == "eval":
@@ -63,12 +82,58 @@ class AccuracyReport:
                 found[name] = self.metric(name)
             except UserError:
                 continue
+        for metric in RATES:  # the counts behind the worst rate, so a cached verdict can still show its evidence
+            worst = min((o for o in self.outputs if metric in o.counts), key=lambda o: getattr(o, metric), default=None)
+            if worst is not None:
+                found[f"{metric}_changed"], found[f"{metric}_total"] = map(float, worst.counts[metric])
         if self.eval_check:
             found[EVAL_CHECK] = 1.0
         return found
 
+    def evidence(self) -> list[str]:
+        """One line per output and rate: what changed, out of how many, and the bound on the change rate."""
+        lines = []
+        for output in self.outputs:
+            for metric, (changed, total) in output.counts.items():
+                lines.append(f"{output.name}: {rate_evidence(metric, changed, total)}")
+            if output.cosine is not None and output.worst_sample is not None:
+                where = ", real tokens only" if output.real_tokens_only else ""
+                lines.append(f"{output.name}: worst cosine {output.cosine:.5g} (sample {output.worst_sample}{where})")
+        return lines
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "evidence": self.evidence()}
+
+
+def change_rate_bound(changed: int, total: int, confidence: float = CONFIDENCE) -> float:
+    """Clopper-Pearson upper bound on the true change rate after seeing `changed` of `total` change
+    (one-sided; for none changed it is 1 - (1 - confidence)^(1/total), about 3/total: the rule of three)."""
+    if total <= 0:
+        return 1.0
+    if changed >= total:
+        return 1.0
+    alpha = 1 - confidence
+    low, high = changed / total, 1.0
+    for _ in range(60):  # bisection: P(X <= changed | total, p) falls as p grows
+        middle = (low + high) / 2
+        low, high = (middle, high) if _binomial_cdf(changed, total, middle) > alpha else (low, middle)
+    return high
+
+
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+    if p <= 0:
+        return 1.0
+    if p >= 1:
+        return 0.0 if k < n else 1.0
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p) + (n - i) * math.log1p(-p) for i in range(k + 1)]
+    top = max(logs)
+    return min(1.0, math.exp(top) * sum(math.exp(value - top) for value in logs))
+
+
+def rate_evidence(metric: str, changed: int, total: int) -> str:
+    """'top1: 0 of 32 rows changed (change rate < 8.9% at 95%)'."""
+    unit = RATES.get(metric, "items")
+    return f"{metric}: {changed} of {total} {unit} changed (change rate < {change_rate_bound(changed, total):.2%} at {CONFIDENCE:.0%})"
 
 
 def _cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -99,18 +164,71 @@ def _close_ratio(reference: np.ndarray, candidate: np.ndarray, error: np.ndarray
     return (float(ratio.max()) if ratio.size else 0.0), int(np.count_nonzero(ratio > 1.0))
 
 
+class _Tally:
+    """Running sums for one output over its samples."""
+
+    def __init__(self) -> None:
+        self.max_abs = self.mean_sum = self.peak = 0.0
+        self.count = 0
+        self.cosines: list[float] = []
+        self.pooled: list[float] = []
+        self.counts: dict[str, list[int]] = {}
+
+    def add_rate(self, metric: str, changed: int, total: int) -> None:
+        entry = self.counts.setdefault(metric, [0, 0])
+        entry[0] += changed
+        entry[1] += total
+
+
+def _real_tokens(reference: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
+    """The [N, T] boolean mask of real tokens when this output is per token ([N, T, ...] matching the mask)."""
+    if mask is None or reference.ndim < 3 or tuple(reference.shape[:2]) != tuple(mask.shape):
+        return None
+    return np.asarray(mask).astype(bool)
+
+
+def _add_sample(tally: _Tally, ref: np.ndarray, cand: np.ndarray, error: np.ndarray, wanted: set[str], real: np.ndarray | None, tiny: bool) -> None:
+    ref64, cand64 = ref.astype(np.float64), cand.astype(np.float64)
+    if real is not None:  # padding positions say nothing about the model: leave them out
+        ref64, cand64, error = ref64[real], cand64[real], error[real]
+    if error.size:
+        tally.max_abs = max(tally.max_abs, float(error.max()))
+        tally.mean_sum += float(error.sum())
+        tally.count += error.size
+        tally.peak = max(tally.peak, float(np.nanmax(np.abs(ref64), initial=0.0)))
+    if "cosine" in wanted and not tiny:
+        tally.cosines.append(_cosine(ref64, cand64))
+    if "pooled_cosine" in wanted and real is not None:
+        weights = real[..., None].astype(np.float64)
+        shape = (ref.shape[0], ref.shape[1], -1)
+        counts = np.maximum(weights.sum(axis=1), 1.0)
+        pooled_ref = (ref.astype(np.float64).reshape(shape) * weights).sum(axis=1) / counts
+        pooled_cand = (cand.astype(np.float64).reshape(shape) * weights).sum(axis=1) / counts
+        tally.pooled.append(min(_cosine(a, b) for a, b in zip(pooled_ref, pooled_cand)))
+    if wanted & {"top1", "sequence"} and classifier_output(ref):
+        same = ref64.argmax(axis=-1) == cand64.argmax(axis=-1) if real is None else ref.argmax(axis=-1)[real] == cand.argmax(axis=-1)[real]
+        tally.add_rate("top1", int(same.size - np.count_nonzero(same)), int(same.size))
+        if "sequence" in wanted and sequence_output(ref):
+            steps = ref.argmax(axis=-1) == cand.argmax(axis=-1)
+            rows = np.all(steps | ~real, axis=-1) if real is not None else np.all(steps, axis=-1)
+            tally.add_rate("sequence", int(rows.size - np.count_nonzero(rows)), int(rows.size))
+    if "agreement" in wanted and probability_map(ref):
+        flipped = np.count_nonzero((ref64 >= 0.5) != (cand64 >= 0.5))
+        tally.add_rate("agreement", int(flipped), int(ref64.size))
+
+
 def output_accuracy(
     name: str, reference: list[np.ndarray], candidate: list[np.ndarray], metrics: Iterable[str] = ALL_METRICS,
-    close: tuple[float, float] | None = None,
+    close: tuple[float, float] | None = None, masks: Sequence[np.ndarray | None] | None = None,
 ) -> OutputAccuracy:  # fmt: skip
-    """The asked-for metrics of one output over all samples (`close` = (rtol, atol) adds the allclose ratio)."""
+    """The asked-for metrics of one output over all samples (`close` = (rtol, atol) adds the allclose ratio;
+    `masks`, one attention mask per sample, restricts per-token outputs to real tokens)."""
     wanted = set(metrics)
     result = OutputAccuracy(name)
-    max_abs = mean_sum = peak = 0.0
-    count = 0
-    cosines, agreements, ratios = [], [], []
+    tally = _Tally()
     tiny = all(np.size(r) < MIN_COSINE_ELEMENTS for r in reference)
-    for ref, cand in zip(reference, candidate):
+    ratios = []
+    for index, (ref, cand) in enumerate(zip(reference, candidate)):
         ref_array, cand_array = np.asarray(ref), np.asarray(cand)
         if ref_array.shape != cand_array.shape:
             raise UserError(f"output '{name}': shape {list(cand_array.shape)} differs from the reference's {list(ref_array.shape)}")
@@ -121,30 +239,39 @@ def output_accuracy(
             ratio, wrong = _close_ratio(ref_array, cand_array, error, *close)
             ratios.append(ratio)
             result.mismatched += wrong
-        if error is None or not wanted & {"max_abs", "mean_abs", "rel", "cosine", "top1"}:
+        if error is None or not wanted - {"close"}:
             continue
-        ref64, cand64 = ref_array.astype(np.float64), cand_array.astype(np.float64)
-        if error.size:
-            max_abs = max(max_abs, float(error.max()))
-            mean_sum += float(error.sum())
-            count += error.size
-            peak = max(peak, float(np.nanmax(np.abs(ref64), initial=0.0)))
-        if "cosine" in wanted and not tiny:
-            cosines.append(_cosine(ref64, cand64))
-        if "top1" in wanted and classifier_output(ref_array):
-            agreements.append(np.mean(ref64.argmax(axis=-1) == cand64.argmax(axis=-1)))
-    if "cosine" in wanted and tiny and reference:
-        cosines.append(_cosine(np.concatenate([np.ravel(r) for r in reference]), np.concatenate([np.ravel(c) for c in candidate])))
-    if wanted & {"max_abs", "mean_abs", "rel"} and count:
-        result.max_abs, result.mean_abs = max_abs, mean_sum / count
-        result.rel = max_abs / peak if peak > 0 else max_abs
-    if "cosine" in wanted and cosines:
-        result.cosine = min(cosines)
-    if agreements:
-        result.top1 = float(np.mean(agreements))
+        real = _real_tokens(ref_array, masks[index] if masks is not None and index < len(masks) else None)
+        result.real_tokens_only = result.real_tokens_only or real is not None
+        _add_sample(tally, ref_array, cand_array, error, wanted, real, tiny)
+    if "cosine" in wanted and tiny and reference and all(np.asarray(r).dtype.kind in "fiub" for r in reference):
+        tally.cosines.append(_cosine(np.concatenate([np.ravel(r) for r in reference]), np.concatenate([np.ravel(c) for c in candidate])))
+    if wanted & {"max_abs", "mean_abs", "rel"} and tally.count:
+        result.max_abs, result.mean_abs = tally.max_abs, tally.mean_sum / tally.count
+        result.rel = tally.max_abs / tally.peak if tally.peak > 0 else tally.max_abs
+    if "cosine" in wanted and tally.cosines:
+        result.cosine = min(tally.cosines)
+        result.worst_sample = int(np.argmin(tally.cosines)) if not tiny else None
+    if tally.pooled:  # the embedding a user pools from per-token outputs is judged too: cosine is the worse of the two
+        result.pooled_cosine = min(tally.pooled)
+        result.cosine = min(result.cosine, result.pooled_cosine) if result.cosine is not None else result.pooled_cosine
+    for metric, (changed, total) in tally.counts.items():
+        if metric in wanted and total:
+            setattr(result, metric, 1.0 - changed / total)
+            result.counts[metric] = (changed, total)
     if ratios:
         result.close = max(ratios)
     return result
+
+
+def token_masks(feeds: Sequence[dict[str, object]]) -> list[np.ndarray | None]:
+    """Per sample, the [batch, tokens] attention mask among the inputs (an integer or boolean input named like a mask), if any."""
+    found = []
+    for feed in feeds:
+        masks = [np.asarray(value) for name, value in feed.items()
+                 if MASK_NAME.search(name) and np.ndim(value) == 2 and np.asarray(value).dtype.kind in "iub"]  # fmt: skip
+        found.append(masks[0] if len(masks) == 1 else None)
+    return found
 
 
 def tensors_of(value: object) -> list[np.ndarray]:
@@ -172,12 +299,18 @@ def paired_tensors(expected: Sequence[object], actual: Sequence[object]) -> tupl
 
 def compare(
     reference: Outputs, candidate: Outputs, hook: Callable | None = None, *, metrics: Iterable[str] = ALL_METRICS,
-    close: tuple[float, float] | None = None,
+    close: tuple[float, float] | None = None, masks: Sequence[np.ndarray | None] | None = None,
 ) -> AccuracyReport:  # fmt: skip
-    """The asked-for metrics for every output; the hook (if any) scores the whole candidate against the reference."""
+    """The asked-for metrics for every output; the hook (if any) scores the whole candidate against the reference.
+
+    `masks` (one per sample, `token_masks(feeds)`) applies only to outputs holding one tensor per sample."""
     names = list(reference[0]) if reference else []
     wanted = tuple(metrics)
-    report = AccuracyReport([output_accuracy(name, *_paired(name, reference, candidate), wanted, close) for name in names])
+    report = AccuracyReport(samples=len(reference))
+    for name in names:
+        expected, actual = _paired(name, reference, candidate)
+        per_sample = masks if masks is not None and len(expected) == len(reference) else None
+        report.outputs.append(output_accuracy(name, expected, actual, wanted, close, per_sample))
     if hook is not None:
         report.eval_score, report.eval_check = run_hook(hook, candidate, reference)
     return report

@@ -17,11 +17,11 @@ import numpy as np
 
 from ortforge.core.errors import OptionError
 
-HIGHER_IS_BETTER = {"cosine", "top1", "eval"}
+HIGHER_IS_BETTER = {"cosine", "pooled_cosine", "top1", "sequence", "agreement", "eval"}
 LOWER_IS_BETTER = {"max_abs", "mean_abs", "rel", "close"}
 METRICS = HIGHER_IS_BETTER | LOWER_IS_BETTER
 CLOSE_PARTS = ("rtol", "atol")  # spelled as metrics on the command line; together they make one `close` bound
-BOUNDED = {"cosine": (-1.0, 1.0), "top1": (0.0, 1.0)}  # agreements that cannot leave this range
+BOUNDED = {"cosine": (-1.0, 1.0), "pooled_cosine": (-1.0, 1.0), "top1": (0.0, 1.0), "sequence": (0.0, 1.0), "agreement": (0.0, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -117,10 +117,31 @@ def classifier_output(array: object) -> bool:
     return False
 
 
+def sequence_output(array: object) -> bool:
+    """Per-step class scores [batch, steps, classes] over several steps (CTC, token probabilities): the decoded
+    sequence is what a user reads, so every step's argmax must hold."""
+    return classifier_output(array) and np.ndim(array) == 3 and np.shape(array)[1] > 1
+
+
+def probability_map(array: object) -> bool:
+    """Values in [0, 1] that are not class scores (a segmentation map, a speech probability): what matters is
+    which side of 0.5 each one falls."""
+    if not isinstance(array, np.ndarray) or array.dtype.kind != "f" or array.size == 0 or classifier_output(array):
+        return False
+    finite = array[np.isfinite(array)]
+    return bool(finite.size and finite.min() >= 0 and finite.max() <= 1)
+
+
 def default_tolerances(reference: list[dict[str, object]]) -> list[Tolerance]:
-    """What quantize and tune hold a candidate to by default: cosine >= 0.99 on every output, and top-1
-    unchanged where an output looks like class scores."""
+    """What quantize and tune hold a candidate to by default, by the form of the outputs: cosine >= 0.99 on
+    every output; top-1 unchanged for class scores; every decoded sequence unchanged for per-step class
+    scores; 99% of a probability map on the same side of 0.5."""
+    first = list(reference[0].values()) if reference else []
     tolerances = [Tolerance("cosine", 0.99)]
-    if reference and any(classifier_output(value) for value in reference[0].values()):
+    if any(classifier_output(value) for value in first):
         tolerances.append(Tolerance("top1", 1.0))
+    if any(sequence_output(value) for value in first):
+        tolerances.append(Tolerance("sequence", 1.0))
+    if any(probability_map(value) for value in first):
+        tolerances.append(Tolerance("agreement", 0.99))
     return tolerances

@@ -24,7 +24,7 @@ def feeds_for(
     shape_options: ShapeOptions | None = None,
     option: str = "data",
 ) -> FeedSet:
-    """User data if given; a zoo model's realistic inputs; else generated feeds (flagged as such).
+    """User data if given; a zoo model's realistic inputs (`samples` of them, default 8); else generated feeds (flagged as such).
 
     `option` is the argument `data` came from (data, calib): errors name it."""
     if data is None and zoo.is_zoo_reference(str(reference)) and shape_options is None:

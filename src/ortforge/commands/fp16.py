@@ -9,12 +9,12 @@ from pathlib import Path
 
 from ortforge.accuracy.hooks import load_eval_hook
 from ortforge.accuracy.judge import Verdict
+from ortforge.accuracy.reopen import save_verified
 from ortforge.accuracy.tolerance import close, parse_tolerances
 from ortforge.commands.common import feeds_for, open_model
-from ortforge.core.model import save_model
 from ortforge.core.options import default_of
 from ortforge.core.runtime import GPU_PROVIDERS, available_providers
-from ortforge.core.session import provider_name
+from ortforge.core.session import SessionConfig, provider_name
 from ortforge.data import GENERATED_WARNING, ShapeOptions
 from ortforge.searches.mixed_precision import SearchReport, convert_within, fp16_mac_share
 from ortforge.transforms.fp16 import Fp16Options
@@ -75,8 +75,11 @@ def fp16(
     outcome = convert_within(model, feeds, options, bounds, auto=auto, hook=load_eval_hook(eval_hook) if eval_hook else None, force=force,
                              subject=Path(output).name)  # fmt: skip
     share = fp16_mac_share(model, outcome.plan, feeds)
-    saved = save_model(outcome.result.proto, output, source=model)
-    notes = list(outcome.result.notes)
+    # Judged again from disk only where it was judged for real: on the CPU, fp16 runs mostly in fp32 behind Casts.
+    real = outcome.judged_by != "simulation"
+    saved, written = save_verified(outcome.result.proto, output, model, feeds, outcome.judge if real and outcome.verdict.passed else None,
+                                   SessionConfig.on(outcome.judged_by) if real else None)  # fmt: skip
+    notes = list(outcome.result.notes) + outcome.verdict.notes + written
     if outcome.judged_by == "simulation":
         notes.append(f"judged by simulation: {provider} is not here to run fp16 for real (ORT's CPU EP has few fp16 kernels and computes "
                      "the rest in fp32 behind Casts, so CPU latency says nothing about fp16 speed)")  # fmt: skip

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ortforge.accuracy.judge import Verdict, require, verify
+from ortforge.accuracy.judge import Verdict, judge_model, reference_judge, require, verify
+from ortforge.accuracy.reopen import ReopenError, save_verified
 from ortforge.accuracy.tolerance import Tolerance, close, parse_tolerances
 from ortforge.commands.common import feeds_for, open_model
-from ortforge.core.model import Model, from_proto, load_model, save_model
+from ortforge.core.model import Model, from_proto, load_model
 from ortforge.core.options import default_of
 from ortforge.core.progress import Progress
 from ortforge.core.session import ProviderSpec, SessionConfig, provider_name
@@ -123,26 +124,39 @@ def optimize_model(
     if fusion is not None:
         report_progress("fusing transformer ops", 0.0)
         model, decision = decide_fusion(model, feeds, fusion, measure or BenchOptions(max_seconds=3.0), progress)
-    report_progress(f"optimizing at level {options.level}", 0.0)
     fusion_record = asdict(fusion) if decision is not None and decision.kept and fusion is not None else None
-    result = optimize_offline(model, options, source_sha256=original.content_hash(), fusion=fusion_record)
-    stamp = read_stamp(result.proto)
-    assert stamp is not None
-    candidate = from_proto(result.proto)
-    report_progress("verifying outputs against the original", 0.1)
     # Offline must equal what ORT gives online at the same level; vs no optimization at all, fused
     # and re-laid-out kernels differ by float reassociation (~1e-4 on PP-OCR det) in both cases.
     online = SessionConfig(providers=list(options.providers), graph_optimization_level=options.level)
-    verification = verify(model, candidate, feeds, tolerances, original_config=online, candidate_config=config_for(stamp))
-    require(verification, str(output), force)
-    saved = save_model(result.proto, output, source=original)
+    judge = reference_judge(model, feeds, tolerances, online)
     notes = [GENERATED_WARNING] if feeds.generated else []
+    for level in _levels_to_try(options):
+        report_progress(f"optimizing at level {level}", 0.0)
+        result = optimize_offline(model, replace(options, level=level), source_sha256=original.content_hash(), fusion=fusion_record)
+        stamp = read_stamp(result.proto)
+        assert stamp is not None
+        report_progress("verifying outputs against the original", 0.1)
+        verification = judge_model(judge, from_proto(result.proto), feeds, config_for(stamp))
+        require(verification, str(output), force)
+        try:
+            saved, written = save_verified(result.proto, output, original, feeds, judge if verification.passed else None)
+            break
+        except ReopenError as exc:  # ORT cannot reload some graphs it wrote at the layout levels: keep the highest level that reloads
+            if level == _levels_to_try(options)[-1]:
+                raise
+            notes.append(f"level {level} was not written, the saved graph did not reopen ({exc}); trying a lower level")
+    notes += written
     if not verification.passed:
         notes.append(f"written despite failed verification (forced): {verification.reason}")
     report = OptimizeReport(str(saved), stamp, result, verification, forced=not verification.passed, notes=notes, fusion=decision)
     if measure is not None:
         report.measurement = measure_against_online(original, Path(saved), feeds, options, measure, progress)
     return report
+
+
+def _levels_to_try(options: GraphOptOptions) -> list[str]:
+    """The asked level, then, for the hardware-specific layout levels, extended: the highest level whose saved graph reloads."""
+    return [options.level] + (["extended"] if options.level in ("layout", "all") else [])
 
 
 def measure_against_online(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ortforge.accuracy.hooks import load_eval_hook
 from ortforge.accuracy.judge import Judge
+from ortforge.accuracy.reopen import save_verified
 from ortforge.accuracy.tolerance import Tolerance, default_tolerances, parse_tolerances
 from ortforge.analysis.model_report import inspect_model
 from ortforge.commands.common import calibration_and_evaluation, feeds_for, open_model
@@ -144,8 +145,9 @@ def quantize_model(
         why = "the requested recipe" + ("" if chosen.passed else f", written despite: {chosen.why_not} (forced)")
         if exclusion and exclusion.met:
             why = f"the requested recipe missed the tolerance; keeping {len(exclusion.excluded)} node(s) in float met it ({exclusion.attempts} attempts)"
-    saved = save_model(chosen.model.proto, output, source=model)
-    notes = [GENERATED_WARNING] if evaluation.generated else []
+    # Forced past the judge, the written model is checked to load and run only.
+    saved, written = save_verified(chosen.model.proto, output, model, evaluation, judge if chosen.passed else None)
+    notes = ([GENERATED_WARNING] if evaluation.generated else []) + judge.notes + written
     if chosen is fp32:
         notes.append("the output is the fp32 model unchanged")
     return QuantizeReport(str(saved), chosen, [fp32] + trials, judge.tolerances, why, evaluation.generated, measurement,
@@ -162,7 +164,7 @@ def quantize(
     calib: str | None = None,
     calib_samples: int = 16,
     data: str | None = None,
-    samples: int = 8,
+    samples: int = 32,
     shape_options: ShapeOptions | None = None,
     tolerances: Sequence[str] = (),
     eval_hook: str | None = None,

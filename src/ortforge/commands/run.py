@@ -16,8 +16,9 @@ from ortforge import zoo
 from ortforge.commands.common import feeds_for
 from ortforge.core.errors import UserError
 from ortforge.core.model import Model, from_proto, load_model
+from ortforge.core.saved import open_saved
 from ortforge.core.session import ProviderSpec, SessionConfig, run_on_feeds
-from ortforge.core.stamp import Stamp, config_for, mismatches, read_stamp
+from ortforge.core.stamp import Stamp, config_for, read_stamp
 from ortforge.data import FeedSet, ShapeOptions
 
 
@@ -44,21 +45,13 @@ def load_checked(
     if is_artifact(path):
         path, base, _ = read_artifact(path)
         notes.append(f"session config from {Path(path).parent / 'ortforge.json'}")
-    model = load_model(path)
-    stamp = read_stamp(model.proto)
-    if stamp is None:
-        config = base or SessionConfig()
+    opened = open_saved(path, base)
+    if opened.stamp is None:
         notes.append("not stamped by ortforge: its own or ORT's default session settings")
-        return Loaded(config.build(model), Path(path), model, config, None, notes=notes)
-    problems = mismatches(stamp)
-    if not problems:
-        config = config_for(stamp, base)
-        return Loaded(config.build(model), Path(path), model, config, stamp, notes=notes)
-    if not (reoptimize and original is not None):
-        raise UserError(
-            f"{Path(path).name}: not valid on this machine: {'; '.join(problems)}",
-            hint="give the original model (original, --original) and allow reoptimize (--reoptimize) to optimize it for this machine",
-        )
+    if not opened.problems or not (reoptimize and original is not None):
+        return Loaded(opened.session(), Path(path), opened.model, opened.config, opened.stamp, notes=notes)
+    stamp, problems = opened.stamp, opened.problems
+    assert stamp is not None
     loaded = _reoptimized(Path(path), stamp, Path(original), problems, base)
     loaded.notes = notes + loaded.notes
     return loaded

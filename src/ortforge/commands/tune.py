@@ -26,7 +26,7 @@ def tune(
     output: str | Path,
     *,
     data: str | None = None,
-    samples: int = 8,
+    samples: int = 32,
     calib_samples: int = 16,
     shape_options: ShapeOptions | None = None,
     tolerances: Sequence[str] = (),

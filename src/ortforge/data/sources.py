@@ -169,6 +169,9 @@ def _check_array(array: np.ndarray, spec: InputSpec, option: str, where: str) ->
     given_dtype = "str" if array.dtype.kind in "US" or array.dtype == object else array.dtype.name
     if given_dtype != spec.dtype:
         raise OptionError(option, where, f"input '{spec.name}' expects dtype {spec.dtype}, got {given_dtype}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():  # a reference computed on them judges nothing
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise OptionError(option, where, f"input '{spec.name}' holds {bad} NaN/infinite value(s); accuracy cannot be judged on them")
     if spec.shape is None:
         return
     if array.ndim != len(spec.shape):

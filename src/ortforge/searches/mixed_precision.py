@@ -262,6 +262,7 @@ class Fp16Outcome:
     verdict: Verdict
     search: SearchReport | None = None
     judged_by: str = "simulation"
+    judge: Judge | None = None  # the judge that gave the verdict (the written model is judged again with it)
 
 
 def convert_within(model: Model, feeds: FeedSet, options: Fp16Options, tolerances: Sequence[Tolerance], *, auto: bool = False,
@@ -285,4 +286,5 @@ def convert_within(model: Model, feeds: FeedSet, options: Fp16Options, tolerance
         how = f"on {judge_on}" if judge_on else "simulated"
         raise UserError(f"{subject}: not written, fp16 outputs ({how}): {verdict.reason}",
                         hint="auto (--auto) keeps the sensitive nodes in fp32; force (--force) writes it anyway")  # fmt: skip
-    return Fp16Outcome(plan, result or convert_fp16(model, plan, feeds=feeds), judge.reference, judged, verdict, search, judge_on or "simulation")
+    return Fp16Outcome(plan, result or convert_fp16(model, plan, feeds=feeds), judge.reference, judged, verdict, search, judge_on or "simulation",
+                       judge)  # fmt: skip

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ortforge.accuracy.judge import Judge
+from ortforge.accuracy.reopen import ReopenError
 from ortforge.accuracy.tolerance import Tolerance, default_tolerances
 from ortforge.core.cache import cache_root
 from ortforge.core.model import Model
@@ -61,11 +62,22 @@ def tune_model(
     candidates = precision_candidates(family, list(options.providers), transformer)
     result = tune_search(runner, candidates, options, progress, journal=runner.folder / JOURNAL)
     command = "ortforge " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and sys.argv[0].endswith("ortforge") else f"ortforge tune {reference_name} -o {output}"
-    record = artifact_record(model, reference_name, result, tolerances, evaluation, command, options.objective)
+    try:
+        record = _write(model, reference_name, output, result, judge, evaluation, command, options)
+    except ReopenError as exc:  # never ship what does not reopen: fp32 with ORT's defaults instead
+        result.notes.append(f"{result.chosen.label} was not written, it did not pass the reopen check: {exc}")
+        result.chosen, result.why = result.baseline, f"{result.chosen.label} did not reopen as written; shipping fp32 with ORT defaults"
+        record = _write(model, reference_name, output, result, judge, evaluation, command, options)
+    return TuneReport(output, result, tolerances, record)
+
+
+def _write(model: Model, reference_name: str, output: Path, result: TuneResult, judge: Judge, evaluation: FeedSet, command: str,
+           options: TuneOptions) -> dict[str, Any]:  # fmt: skip
+    record = artifact_record(model, reference_name, result, judge.tolerances, evaluation, command, options.objective)
     chosen_model = result.chosen.trial.model
     assert chosen_model is not None
-    write_artifact(output, chosen_model, model, result.chosen.session.config, record, render_report({**record, "environment": _environment_rows()}))
-    return TuneReport(output, result, tolerances, record)
+    render = lambda final: render_report({**final, "environment": _environment_rows()})  # noqa: E731
+    return write_artifact(output, chosen_model, model, result.chosen.session.config, record, render, evaluation, judge)
 
 
 def _environment_rows() -> dict[str, str]:

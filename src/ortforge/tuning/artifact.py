@@ -12,15 +12,19 @@ import os
 import platform
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ortforge.accuracy.judge import Judge
+from ortforge.accuracy.reopen import save_verified
 from ortforge.core import runtime
 from ortforge.core.errors import UserError
 from ortforge.core.files import atomic_write_text
 from ortforge.core.machine import machine_info
-from ortforge.core.model import Model, save_model
+from ortforge.core.model import Model
 from ortforge.core.session import SessionConfig
+from ortforge.data import FeedSet
 from ortforge.version import __version__
 
 FORMAT = "ortforge-artifact/1"
@@ -61,21 +65,24 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_artifact(folder: Path, model: Model, source: Model, config: SessionConfig, record: dict[str, Any], report_html: str) -> Path:
-    """Write the artifact atomically: build it in a sibling temporary folder, then move it into place."""
+def write_artifact(folder: Path, model: Model, source: Model, config: SessionConfig, record: dict[str, Any], render: Callable[[dict], str],
+                   feeds: FeedSet, judge: Judge | None) -> dict[str, Any]:  # fmt: skip
+    """Write the artifact atomically: build it in a sibling temporary folder, reopen its model as a user would
+    and judge it again (`ReopenError` if it fails), then move the folder into place. Returns the record written."""
     if folder.exists() and not is_artifact(folder) and any(folder.iterdir()):
         raise UserError(f"{folder}: exists and is not an ortforge artifact; choose an empty or new folder")
     staging = folder.parent / f".{folder.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        save_model(model.proto, staging / MODEL_FILE, source=source)
+        _, checked = save_verified(model.proto, staging / MODEL_FILE, source, feeds, judge, config)
+        record = {**record, "notes": record.get("notes", []) + checked}
         full = {"format": FORMAT, "model": MODEL_FILE, "session": config.to_dict(), **record, "environment": environment()}
         atomic_write_text(staging / CONFIG_FILE, json.dumps(full, indent=2, default=str))
-        atomic_write_text(staging / REPORT_FILE, report_html)
+        atomic_write_text(staging / REPORT_FILE, render(record))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return record

@@ -68,7 +68,7 @@ class LocalRunner:
         self.model, self.calibration, self.evaluation, self.judge = model, calibration, evaluation, judge
         self.model_hash = model.content_hash()
         self.data_hash = feeds_hash(calibration)
-        self.judge_key = judge.key()
+        self.judge_key = judge.key() + feeds_hash(evaluation)  # the whole judge: tolerances, hook, evaluation samples
         self.folder = cache / self.model_hash[:16]
         self.built = 0  # candidates built (not taken from the cache) in this run
         self._plans: dict = {}
