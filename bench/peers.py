@@ -7,8 +7,9 @@ quant_pre_process + quantize_static QDQ MinMax); Olive's `auto-opt` for the CPU 
 executable from its own venv is given: --olive /work/olive-venv/bin/olive); and `ortforge tune`.
 Each tool runs as its own process (wall time and peak RSS of its process tree are recorded); then
 every model produced is checked for accuracy against fp32 on the same evaluation inputs and all are
-timed interleaved in one bench run. "honest" says whether a tool that produced nothing usable said so
-(non-zero exit) rather than exiting 0.
+timed interleaved in one bench run (with its A/A noise floor). "delivers" is yes only for a model that
+is within tolerance, changed, and faster than fp32 beyond the noise; otherwise it says why not, and a
+tool that failed prints its reason.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ortforge.commands.common import feeds_for
 from ortforge.core.model import load_model
 from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.measure.bench import BenchOptions, Variant, bench
-from ortforge.measure.compare import score
+from ortforge.measure.compare import beats, score
 
 
 @dataclass
@@ -157,16 +158,35 @@ def compare_runs(reference: str, runs: list[ToolRun], evaluation, seconds: float
     report = bench([Variant(run.tool, model, run.config, evaluation) for run, model in usable],
                    BenchOptions(max_seconds=seconds, profile=False, min_rounds=6))  # fmt: skip
     speed = {result.label: score(result, report.variants[0]) for result in report.variants}
-    print(f"{reference} ({', '.join(t.describe() for t in tolerances)}; {len(evaluation)} evaluation samples)")
+    noise = report.noise_floor
+    print(f"{reference} ({', '.join(t.describe() for t in tolerances)}; {len(evaluation)} evaluation samples; noise ±{noise:.1%}"
+          + (f"; {report.load.describe()}" if report.load and report.load.busy else "") + ")")
+    fingerprint = original.content_hash()
     for run, judged, verdict in rows:
         s = speed.get(run.tool)
         ratio = s.text() if s else "-"
         cosine = f"cos {judged.measured['cosine']:.4f}" if judged and "cosine" in judged.measured else ""
-        honest = "yes" if run.model is not None or run.exit_code != 0 else "NO (exit 0, nothing usable)"
-        print(f"  {run.tool:<36} latency {ratio:<20} {cosine:<12} {verdict:<20} tuning {run.wall_s:6.1f} s  peak RSS {run.peak_rss / 2**20:7.0f} MiB  "
-              f"exit {run.exit_code}  honest: {honest}")
+        print(f"  {run.tool:<36} latency {ratio:<24} {cosine:<12} {verdict:<20} tuning {run.wall_s:6.1f} s  peak RSS {run.peak_rss / 2**20:7.0f} MiB  "
+              f"exit {run.exit_code}  delivers: {_delivers(run, judged, s, noise, fingerprint)}")
         if run.detail:
             print(f"    {run.detail}")
+        if run.exit_code != 0 and run.message:
+            print(f"    failed: {run.message}")
+
+
+def _delivers(run: ToolRun, judged, speed, noise: float, original_hash: str) -> str:  # noqa: ANN001
+    """yes only for a changed model within tolerance that is faster than fp32 beyond the noise; otherwise why not."""
+    if run.tool == "ORT defaults":
+        return "baseline"
+    if run.model is None:
+        return "NO: no model" + (", yet exit 0" if run.exit_code == 0 else "")
+    if judged is None or not judged.passed:
+        return "NO: outside tolerance" if judged is not None else "NO: unusable model"
+    if load_model(run.model, check=False).content_hash() == original_hash:
+        return "NO: the model is unchanged"
+    if speed is None or not beats(speed, noise):
+        return f"NO: not faster beyond noise ({speed.text() if speed else 'not timed'})"
+    return "yes"
 
 
 def main() -> None:

@@ -172,7 +172,7 @@ def test_auto_never_returns_a_slower_or_inaccurate_model(cnn, tmp_path):
     chosen = report.chosen
     assert chosen.passed
     if chosen.candidate.kind != "fp32":
-        assert chosen.speed.ratio < 1.0 and chosen.speed.wins >= 0.75
+        assert chosen.speed.high < 1 - report.measurement.noise_floor  # faster beyond the run's own noise
     assert (tmp_path / "auto.onnx").exists()
     assert len(report.trials) == len(auto_recipes("cnn")) + 1
 

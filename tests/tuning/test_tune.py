@@ -47,7 +47,8 @@ def test_artifact_holds_model_config_and_report(tuned):
     chosen = report.result.chosen
     assert chosen.trial.passed
     if chosen is not report.result.baseline:  # never slower than the baseline, consistently
-        assert chosen.score.ratio < 1.0 and chosen.score.wins >= 0.75
+        decisive = report.result.confirmation or report.result.final
+        assert chosen.score.high < 1 - decisive.noise_floor  # faster beyond the noise of the run that chose it
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
     session = ortforge.load(artifact)  # a ready session from the folder
     assert session.run(None, {"x": x})[0].shape == (1, 10)
@@ -184,7 +185,7 @@ def test_throughput_objective_tries_requests_in_flight(cache, tmp_path):
     record = json.loads((tmp_path / "throughput" / CONFIG_FILE).read_text())
     assert record["objective"] == "throughput" and record["requests_in_flight"] == report.result.chosen.session.streams
     assert record["figures"]["throughput_per_s"]["chosen"] > 0
-    assert "time per request" in record["why"] or "nothing beat fp32" in record["why"]
+    assert record["figures"]["noise"]["floor"] >= 0.02 and record["figures"]["latency_ratio"]["rounds"] >= 1
 
 
 def test_a_missed_int8_candidate_gets_nodes_kept_float_and_the_search_is_cached(cache, tmp_path, monkeypatch):

@@ -35,6 +35,7 @@ class FusionDecision:
     result: TransformResult
     verification: Verdict | None = None
     speed: CandidateScore | None = None
+    noise: float | None = None  # the noise floor of the run that timed it
     kept: bool = False
     why: str = ""
 
@@ -43,6 +44,7 @@ class FusionDecision:
             "transform": self.result.to_dict(),
             "verification": self.verification.to_dict() if self.verification else None,
             "speed": self.speed.to_dict() if self.speed else None,
+            "noise_floor": self.noise,
             "kept": self.kept,
             "why": self.why,
         }
@@ -65,7 +67,8 @@ def decide_fusion(
     timing = bench([Variant("unfused", model, SessionConfig(), feeds), Variant("fused", fused, SessionConfig(), feeds)],
                    replace(bench_options, profile=False, startup_rounds=0), progress)  # fmt: skip
     decision.speed = score(timing.variants[1], timing.variants[0])
-    decision.kept = beats(decision.speed, timing.noise_floor)
+    decision.noise = timing.noise_floor
+    decision.kept = beats(decision.speed, decision.noise)
     decision.why = f"fusion {'kept' if decision.kept else 'not kept'}: {verdict_text(decision.speed, timing.noise_floor, 'unfused')}"
     return (fused if decision.kept else model), decision
 

@@ -8,6 +8,7 @@ from typing import Any
 from ortforge.accuracy.tolerance import Tolerance
 from ortforge.core.model import Model, model_size
 from ortforge.data import GENERATED_WARNING, FeedSet
+from ortforge.measure.bench import BenchReport
 from ortforge.measure.compare import beats
 from ortforge.tuning.search import Finalist, TuneResult, pareto_front
 
@@ -84,9 +85,17 @@ def artifact_record(model: Model, reference_name: str, result: TuneResult, toler
         "elapsed_s": result.elapsed_s,
         "built": result.built,
         "inputs": feeds.to_dict(),
-        "notes": ([GENERATED_WARNING] if feeds.generated else []) + serving + result.notes,
+        "notes": ([GENERATED_WARNING] if feeds.generated else []) + serving + _load_notes(decisive) + result.notes,
         "commands": [command],
     }
+
+
+def _load_notes(run: BenchReport) -> list[str]:
+    """A figure taken on a busy machine says so beside it, with the width of that run's noise."""
+    if run.load is None or not run.load.busy:
+        return []
+    return [f"{run.load.describe()}; the choice was made against a noise floor of ±{run.noise_floor:.1%}: on a quiet machine the figures "
+            "are tighter and may differ"]  # fmt: skip
 
 
 def _interval(finalist: Finalist) -> tuple[float, float, float]:
