@@ -215,7 +215,7 @@ def main() -> None:
         results = {style: run_export(style, path, tokenizer, batches, args) for style, path in paths.items()}
     threads = args.threads or "ORT default"
     print(f"\n== summary (intra-op threads: {threads}; ratio = fused/unfused p50, median (min–max) of interleaved rounds;"
-          " kept only if verified and faster in most rounds, as `ortforge optimize --transformer` decides)")
+          " kept only if verified and faster beyond the run's noise, as `ortforge optimize --transformer` decides)")
     for style, result in results.items():
         for batch, (base, fused, ratio, low, high, kept) in result["timings"].items():
             print(f"  {style:11s} batch {batch}: {result['details']['fuser']:10s} {ratio:.3f} ({low:.3f}–{high:.3f}) "

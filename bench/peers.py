@@ -156,7 +156,7 @@ def compare_runs(reference: str, runs: list[ToolRun], evaluation, seconds: float
         usable.append((run, model))
         rows.append((run, verdict, "within tolerance" if verdict.passed else "OUTSIDE tolerance"))
     report = bench([Variant(run.tool, model, run.config, evaluation) for run, model in usable],
-                   BenchOptions(max_seconds=seconds, profile=False, min_rounds=6))  # fmt: skip
+                   BenchOptions(max_seconds=seconds, profile=False))  # fmt: skip
     speed = {result.label: score(result, report.variants[0]) for result in report.variants}
     noise = report.noise_floor
     print(f"{reference} ({', '.join(t.describe() for t in tolerances)}; {len(evaluation)} evaluation samples; noise ±{noise:.1%}"
@@ -203,7 +203,7 @@ def main() -> None:
             work = Path(temporary)
             model = ortforge.open_model(reference)
             calibration = feeds_for(model, reference, args.data, samples=16)
-            evaluation = feeds_for(model, reference, args.data, samples=8, seed=1)
+            evaluation = feeds_for(model, reference, args.data, samples=32, seed=1)
             data = Path(args.data) if args.data else save_feeds(calibration, work / "calibration")
             runs = run_tools(reference, model.path, data, work, args.budget, args.olive, args.tolerance)
             compare_runs(reference, runs, evaluation, args.seconds, args.tolerance)

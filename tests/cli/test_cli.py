@@ -54,6 +54,30 @@ def test_bad_models_give_one_line(bad_models, name, fragments):
     assert_one_line_error(ortforge("inspect", str(bad_models / name), "--no-placement"), *fragments)
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["bench"], ["run"], ["optimize", "-o", "{out}"], ["quantize", "-o", "{out}", "--calib", "{bad}"], ["quantize", "-o", "{out}"],
+     ["fp16", "-o", "{out}"], ["quant-debug", "{model}"], ["tune", "-o", "{out}"], ["tune-session", "-o", "{out}.json"]],  # fmt: skip
+    ids=lambda c: " ".join(w for w in c if not w.startswith("{")),
+)
+def test_nan_in_data_is_refused_by_every_command_that_reads_data(tmp_path, capsys, command):
+    from ortforge.cli import main
+
+    model = save(linear_model(), tmp_path / "m.onnx")
+    bad = np.ones((6, 1, 8), np.float32)
+    bad[2, 0, 5] = np.inf
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for index, row in enumerate(bad):
+        np.savez(folder / f"s{index}.npz", x=row)
+    words = [w.format(out=tmp_path / "out", bad=folder, model=model) for w in command]
+    argv = [words[0], str(model), *words[1:]] + ([] if "--calib" in words else ["--data", str(folder)])
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "s2.npz" in error and "input 'x'" in error and "NaN/infinite" in error, error
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.json").exists()
+
+
 def test_npz_with_wrong_shape_gives_one_line(tmp_path):
     model = save(linear_model(), tmp_path / "m.onnx")
     np.savez(tmp_path / "wrong.npz", x=np.ones((1, 5), np.float32))

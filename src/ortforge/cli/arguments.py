@@ -100,7 +100,8 @@ def add_data(parser: argparse.ArgumentParser, verb: Callable) -> None:
     group = parser.add_argument_group("input data")
     add_parameter(group, verb, "data", "an .npz, a folder of .npz/.npy or test_data_set_*/input_*.pb, or a hook module:function "
                   "yielding feed dicts (default: a zoo model's realistic inputs, else generated ones)", metavar="SOURCE")  # fmt: skip
-    add_parameter(group, verb, "samples", "how many samples to read or generate (default: all of --data, else one)")
+    unset = inspect.signature(verb).parameters["samples"].default is None
+    add_parameter(group, verb, "samples", "how many samples to read or generate" + (" (default: all of --data, else one)" if unset else ""))
     if "seed" in inspect.signature(verb).parameters:
         add_parameter(group, verb, "seed", "seed for generated inputs")
 
@@ -125,10 +126,15 @@ def shape_options(args: argparse.Namespace) -> ShapeOptions | None:
     return options
 
 
+DEFAULT_GATE = ("cosine=0.99 on every output, plus by the output's form: top1=1 for class scores, sequence=1 (every decoded "
+                "sequence unchanged) for per-step class scores, agreement=0.99 for probability maps")
+
+
 def add_tolerance(parser: argparse.ArgumentParser, default: str, *, hook: bool = True) -> None:
     group = parser.add_argument_group("accuracy gate")
     group.add_argument("--tolerance", dest="tolerances", action="append", default=[], metavar="METRIC=VALUE",
-                       help="bound on the outputs vs the original's: cosine=0.99, top1=1, max_abs=1e-2, rel=1e-2, mean_abs=..., eval=..., "
+                       help="bound on the outputs vs the original's: cosine=0.99, pooled_cosine=0.99, top1=1, sequence=1, agreement=0.99, max_abs=1e-2, "
+                            "rel=1e-2, mean_abs=..., eval=..., "
                             f"or rtol=R and atol=A for an allclose bound (default: {default})")  # fmt: skip
     group.add_argument("--rtol", type=float, default=None, help="same as --tolerance rtol=R")
     group.add_argument("--atol", type=float, default=None, help="same as --tolerance atol=A")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ortforge.cli.arguments import (
+    DEFAULT_GATE,
     add_data,
     add_eps,
     add_json,
@@ -61,7 +62,7 @@ def add_tune(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget", dest="time_budget_s", default=f"{budget:g}s", metavar="DURATION", help=f"e.g. 90s, 5m, 1h (default {budget:g}s)")
     add_eps(parser, "EPs to consider (default: every local EP of this onnxruntime)")
     add_parameter(parser, tune, "calib_samples", "calibration samples")
-    add_tolerance(parser, "cosine=0.99, plus top1=1 for classifier outputs")
+    add_tolerance(parser, DEFAULT_GATE)
     add_data(parser, tune)
     add_shapes(parser)
     add_json(parser)
@@ -209,7 +210,7 @@ def add_quantize(parser: argparse.ArgumentParser) -> None:
     calibration = parser.add_argument_group("calibration data")
     add_parameter(calibration, quantize, "calib", "calibration data (any --data source; default: zoo realistic or generated)", metavar="SOURCE")
     add_parameter(calibration, quantize, "calib_samples", "calibration samples")
-    add_tolerance(parser, "cosine=0.99, plus top1=1 for classifier outputs")
+    add_tolerance(parser, DEFAULT_GATE)
     add_parameter(parser, quantize, "auto_exclude", "do not keep nodes in float when a recipe misses the tolerance", flag="--no-auto-exclude")
     measure = parser.add_argument_group("timing against fp32")
     add_options(measure, BenchOptions, only=("max_seconds",))

@@ -57,7 +57,7 @@ def fp16(
     auto: bool = False,
     tolerances: Sequence[str] = (),
     data: str | None = None,
-    samples: int = 4,
+    samples: int = 32,
     shape_options: ShapeOptions | None = None,
     eval_hook: str | None = None,
     force: bool = False,
@@ -81,8 +81,9 @@ def fp16(
                                    SessionConfig.on(outcome.judged_by) if real else None)  # fmt: skip
     notes = list(outcome.result.notes) + outcome.verdict.notes + written
     if outcome.judged_by == "simulation":
-        notes.append(f"judged by simulation: {provider} is not here to run fp16 for real (ORT's CPU EP has few fp16 kernels and computes "
-                     "the rest in fp32 behind Casts, so CPU latency says nothing about fp16 speed)")  # fmt: skip
+        why = ("ORT's CPU EP has few fp16 kernels and computes the rest in fp32 behind Casts, so its outputs and latency say little about "
+               "a GPU's" if provider == "CPUExecutionProvider" else f"{provider} is not available here")  # fmt: skip
+        notes.append(f"judged by simulation, not by running the fp16 model: {why}")
     if feeds.generated:
         notes.append(GENERATED_WARNING)
     if not outcome.verdict.passed:

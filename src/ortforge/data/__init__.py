@@ -98,10 +98,7 @@ def load_feeds(
     if source is None:
         return generate_feeds(model, count or 1, seed, shape_options)
     specs = input_specs(model)
-    samples = [
-        validate_feed(feed, specs, option, f"{source} (sample {index})")
-        for index, feed in enumerate(read_source(source, specs, limit=count, option=option))
-    ]
+    samples = [validate_feed(feed, specs, option, where) for where, feed in read_source(source, specs, limit=count, option=option)]
     if not samples:
         raise OptionError(option, source, "contains no samples")
     return FeedSet(samples, origin=source, generated=False)

@@ -25,15 +25,16 @@ def is_hook(source: str) -> bool:
     return bool(sep and left and right.isidentifier() and len(left) > 1 and not Path(source).exists())
 
 
-def read_source(source: str, specs: list[InputSpec], limit: int | None, option: str = "data") -> Iterator[Feed]:
-    """Feeds from a user source, unvalidated, at most `limit` of them; errors name `option` (data, calib)."""
+def read_source(source: str, specs: list[InputSpec], limit: int | None, option: str = "data") -> Iterator[tuple[str, Feed]]:
+    """Feeds from a user source, unvalidated, at most `limit` of them, each with where it came from (the file, or the
+    hook and sample number) for error messages; errors name `option` (data, calib)."""
     if is_hook(source):
         return itertools.islice(_read_hook(source, option), limit)
     path = Path(source)
     if not path.exists():
         raise OptionError(option, source, "no such file or folder")
     if path.is_file():
-        return iter([_read_file_feed(path, specs, option)])
+        return iter([(str(path), _read_file_feed(path, specs, option))])
     return itertools.islice(_read_folder(path, specs, option), limit)
 
 
@@ -86,25 +87,25 @@ def _read_pb_set(folder: Path, specs: list[InputSpec], option: str) -> Feed:
     return feed
 
 
-def _read_folder(folder: Path, specs: list[InputSpec], option: str) -> Iterator[Feed]:
+def _read_folder(folder: Path, specs: list[InputSpec], option: str) -> Iterator[tuple[str, Feed]]:
     sets = sorted(p for p in folder.glob("test_data_set_*") if p.is_dir())
     if sets:
-        return (_read_pb_set(s, specs, option) for s in sets)
+        return ((str(s), _read_pb_set(s, specs, option)) for s in sets)
     if list(folder.glob("input_*.pb")):
-        return iter([_read_pb_set(folder, specs, option)])
+        return iter([(str(folder), _read_pb_set(folder, specs, option))])
     npz = sorted(folder.glob("*.npz"))
     if npz:
-        return (_read_npz(p, option) for p in npz)
+        return ((str(p), _read_npz(p, option)) for p in npz)
     npy = sorted(folder.glob("*.npy"))
     names = {spec.name for spec in specs}
     if npy and {p.stem for p in npy} >= names:
-        return iter([{p.stem: _load_npy(p, option) for p in npy if p.stem in names}])
+        return iter([(str(folder), {p.stem: _load_npy(p, option) for p in npy if p.stem in names})])
     if npy and len(specs) == 1:
-        return ({specs[0].name: _load_npy(p, option)} for p in npy)
+        return ((str(p), {specs[0].name: _load_npy(p, option)}) for p in npy)
     raise OptionError(option, folder, f"found no test_data_set_*/input_*.pb, *.npz, or *.npy named after the inputs " f"({', '.join(sorted(names))})")
 
 
-def _read_hook(source: str, option: str) -> Iterator[Feed]:
+def _read_hook(source: str, option: str) -> Iterator[tuple[str, Feed]]:
     module_name, _, function_name = source.rpartition(":")
     module = import_hook_module(module_name, option, spec=source)
     function = getattr(module, function_name, None)
@@ -128,7 +129,7 @@ def _read_hook(source: str, option: str) -> Iterator[Feed]:
             raise OptionError(option, source, f"the hook raised {type(exc).__name__} at sample {index}: {exc}") from None
         if not isinstance(feed, dict):
             raise OptionError(option, source, f"item {index} is a {type(feed).__name__}, expected a dict of input name -> array")
-        yield {name: np.asarray(value) for name, value in feed.items()}
+        yield f"{source} (sample {index})", {name: np.asarray(value) for name, value in feed.items()}
 
 
 def import_hook_module(module_name: str, option: str = "data", spec: str | None = None):  # noqa: ANN202 - a module
