@@ -43,7 +43,8 @@ def test_a_boolean_hook_is_a_check_and_a_numeric_hook_is_bounded_by_eval():
     scored = Judge(REFERENCE, [Tolerance("eval", 0.5)], hook=lambda outputs, reference: 0.25)
     assert not scored(REFERENCE).passed and scored(REFERENCE).measured["eval"] == 0.25
     raising = Judge(REFERENCE, [], hook=lambda outputs, reference: 1 / 0)
-    assert "the eval hook raised ZeroDivisionError" in raising(REFERENCE).reason
+    with pytest.raises(UserError, match="^the eval hook raised ZeroDivisionError"):  # the user's bug stops the command: not a verdict
+        raising(REFERENCE)
 
 
 def test_cached_metrics_are_judged_by_the_same_rules_and_the_key_tracks_the_judge():

@@ -174,3 +174,18 @@ def test_quant_debug_writes_its_plot_and_bench_times_startup(tmp_path):
     assert timed.returncode == 0, timed.stderr
     startup = json.loads(timed.stdout)["variants"][0]["startup"]
     assert startup["count"] == 3 and startup["p50"] > 0
+
+
+def test_inputs_ort_cannot_run_give_one_line_naming_the_model(tmp_path, capsys):
+    from helpers import make_model, tensor, weight
+    from onnx import TensorProto, helper
+
+    from ortforge.cli import main
+
+    lookup = helper.make_node("Gather", ["table", "i"], ["y"], name="lookup")
+    model = save(make_model([lookup], [tensor("i", [1], TensorProto.INT64)], [tensor("y", [1, 4])], [weight("table", np.ones((3, 4), np.float32))]),
+                 tmp_path / "lookup.onnx")  # fmt: skip
+    np.savez(tmp_path / "far.npz", i=np.array([7], np.int64))  # row 7 of a 3-row table
+    assert main(["bench", str(model), "--data", str(tmp_path / "far.npz"), "--time", "0.2"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("ortforge: error: lookup.onnx: onnxruntime failed to open and run it on the inputs") and "\n" not in error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -14,7 +15,7 @@ from ortforge.commands.optimize import optimize
 from ortforge.commands.run import load_checked
 from ortforge.core.errors import UserError
 from ortforge.core.model import load_model
-from ortforge.core.stamp import load_level, read_stamp
+from ortforge.core.stamp import config_for, load_level, read_stamp
 from ortforge.measure.bench import BenchOptions
 from ortforge.measure.compare import beats
 from ortforge.transforms.graph_opt import GraphOptOptions, optimize_offline
@@ -115,3 +116,9 @@ def test_transformer_fusion_is_verified_timed_and_stamped(tmp_path):
     stamp = read_stamp(load_model(out).proto)
     assert (stamp.fusion is not None) == decision.kept
     assert stamp.source_sha256 == load_model(model_path).content_hash()
+    # The written model opens as a user opens it: ortforge.load / `ortforge run`, and `ortforge bench` with the config it was made for.
+    session = ortforge.load(out)
+    feeds = {i.name: np.ones([1, 7], np.int64) for i in session.get_inputs()}  # token ids, mask, types
+    assert session.run(None, feeds)[0].shape[:2] == (1, 7)
+    timed = ortforge.bench([str(out)], shape_options=shapes, options=replace(quick, noise_pair=False))
+    assert timed.variants[0].config["graph_optimization_level"] == config_for(stamp).graph_optimization_level

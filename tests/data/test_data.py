@@ -203,3 +203,18 @@ def test_user_data_is_split_between_calibration_and_evaluation(linear, tmp_path)
     assert len(seen[1]) == 4
     generated = calibration_and_evaluation(linear, "m.onnx", None, calib_samples=2, samples=2, shape_options=None)
     assert not np.array_equal(generated[0].samples[0]["x"], generated[1].samples[0]["x"])
+
+
+def test_token_ids_stay_within_a_fused_embedding_table(tmp_path):
+    """After transformer fusion the table sits in EmbedLayerNormalization: ids beyond it fail ORT ('input index out of range')."""
+    from helpers import VOCAB, bert_encoder
+
+    from ortforge.core.model import from_proto
+    from ortforge.transforms.fusion import FusionOptions, fuse_transformer
+
+    model = load_model(save(bert_encoder(), tmp_path / "bert.onnx"))
+    fused = from_proto(fuse_transformer(model, FusionOptions()).proto)
+    assert any(node.op_type == "EmbedLayerNormalization" for node in fused.proto.graph.node)
+    feeds = generate_feeds(fused, 4, shape_options=ShapeOptions(dims={"batch": 1, "seq": 7}))  # within its 16 positions
+    assert max(int(sample["input_ids"].max()) for sample in feeds.samples) < VOCAB
+    SessionConfig().build(fused).run(None, feeds.samples[0])

@@ -69,12 +69,31 @@ def test_plain_ort_can_apply_the_config_by_hand(tuned):
     assert session.run(None, {"x": np.zeros((1, 3, 16, 16), np.float32)})[0].shape == (1, 10)
 
 
+def test_bench_measures_an_artifact_with_its_own_session_config(tuned):
+    from ortforge.measure.bench import BenchOptions
+
+    folder, model, _ = tuned
+    _, config, _ = read_artifact(folder / "artifact")
+    quick = BenchOptions(max_seconds=0.2, profile=False, min_rounds=2, noise_pair=False)
+    report = ortforge.bench([str(model), str(folder / "artifact")], options=quick)
+    assert [v.label for v in report.variants] == ["cnn.onnx", "artifact"]
+    assert report.variants[1].config == config.to_dict()
+
+
 def test_rerun_resumes_from_the_cache(tuned):
     folder, model, first = tuned
     assert first.result.built >= 1
     again = tune(str(model), folder / "again", time_budget_s=20)
     assert again.result.built == 0  # every candidate came from the cache
     assert all(trial.cached for trial in again.result.trials)
+
+
+def test_a_hook_that_raises_stops_tune_though_every_build_is_cached(tuned):
+    folder, model, _ = tuned  # its cache holds every candidate's verdict without a hook: none may be reused
+    (folder / "raising.py").write_text("def check(outputs, reference):\n    return 1 / 0\n")
+    with pytest.raises(UserError, match="^the eval hook raised ZeroDivisionError: division by zero$"):
+        tune(str(model), folder / "hooked", time_budget_s=20, eval_hook=f"{folder / 'raising.py'}:check")
+    assert not (folder / "hooked").exists()
 
 
 def test_interrupted_build_is_not_taken_as_done(cache, tmp_path, monkeypatch):

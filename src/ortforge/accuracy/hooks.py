@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
-from ortforge.core.errors import OptionError
+import numpy as np
+
+from ortforge.core.errors import OptionError, UserError
 from ortforge.data.sources import import_hook_module
+
+
+class HookError(UserError):
+    """The user's hook failed (raised, or returned something that is not a score): a bug in their code that stops
+    the command, never a verdict on a candidate (judging the next candidate would fail the same way)."""
 
 
 def load_eval_hook(spec: str) -> Callable:
@@ -27,7 +35,22 @@ def hook_identity(hook: Callable) -> str:
     name = f"{getattr(hook, '__module__', '?')}:{getattr(hook, '__qualname__', repr(hook))}"
     try:
         source = inspect.getsourcefile(hook)
-        digest = hashlib.sha256(open(source, "rb").read()).hexdigest()[:16] if source else ""
+        digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16] if source else ""
     except (OSError, TypeError):
         digest = ""
     return f"{name}@{digest}"
+
+
+def run_hook(hook: Callable, candidate: list[dict[str, object]], reference: list[dict[str, object]]) -> tuple[float, bool]:
+    """The user's eval hook on the candidate's outputs: a score (higher is better), or True/False, a check
+    that must pass (returned as 1.0/0.0 and True)."""
+    try:
+        answer = hook(candidate, reference)
+    except Exception as exc:  # the user's code: any failure is theirs to read in one line
+        raise HookError(f"the eval hook raised {type(exc).__name__}: {exc}") from None
+    if isinstance(answer, (bool, np.bool_)):
+        return float(answer), True
+    try:
+        return float(answer), False
+    except (TypeError, ValueError):
+        raise HookError(f"the eval hook returned {type(answer).__name__}, expected a number or a bool") from None

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ortforge.accuracy.hooks import hook_identity
+from ortforge.accuracy.hooks import HookError, hook_identity
 from ortforge.accuracy.metrics import (
     ALL_METRICS,
     CONFIDENCE,
@@ -87,6 +87,11 @@ class Verdict:
         }
 
 
+# Raised when a recorded metric changes meaning (or a verdict is recorded differently), so that verdicts cached by
+# older code are not taken for this code's: 2 = per-sample counts, task-shaped checks, hook errors never recorded.
+METRICS_VERSION = 2
+
+
 class Judge:
     """Holds the reference outputs, the tolerances and the hook; judges candidates' outputs against them."""
 
@@ -107,7 +112,7 @@ class Judge:
 
     def key(self) -> str:
         """What decides this judge's verdicts besides the outputs: its tolerances and the hook's identity (for cache keys)."""
-        return json.dumps([[t.metric, t.value, t.rtol, t.atol] for t in self.tolerances] + [hook_identity(self.hook) if self.hook else ""])
+        return json.dumps([METRICS_VERSION, *[[t.metric, t.value, t.rtol, t.atol] for t in self.tolerances], hook_identity(self.hook) if self.hook else ""])
 
     def __call__(self, candidate: Outputs, *, detail: bool = True) -> Verdict:
         """The verdict on a candidate's outputs; a candidate that cannot be compared fails with the reason.
@@ -115,6 +120,8 @@ class Judge:
         `detail=False` measures only the bounded metrics (searches that judge many times)."""
         try:
             report = compare(self.reference, candidate, self.hook, metrics=self.metrics if detail else self.bounded, close=self.close, masks=self.masks)
+        except HookError:
+            raise
         except UserError as exc:
             return self.reject(str(exc))
         return self.decide(report)

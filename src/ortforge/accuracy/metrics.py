@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ortforge.accuracy.hooks import run_hook
 from ortforge.accuracy.tolerance import HIGHER_IS_BETTER, classifier_output, probability_map, sequence_output
 from ortforge.core.errors import UserError
 
@@ -314,21 +315,6 @@ def compare(
     if hook is not None:
         report.eval_score, report.eval_check = run_hook(hook, candidate, reference)
     return report
-
-
-def run_hook(hook: Callable, candidate: Outputs, reference: Outputs) -> tuple[float, bool]:
-    """The user's eval hook on the candidate's outputs: a score (higher is better), or True/False, a check
-    that must pass (returned as 1.0/0.0 and True)."""
-    try:
-        answer = hook(candidate, reference)
-    except Exception as exc:  # the user's code: any failure is theirs to read in one line
-        raise UserError(f"the eval hook raised {type(exc).__name__}: {exc}") from None
-    if isinstance(answer, (bool, np.bool_)):
-        return float(answer), True
-    try:
-        return float(answer), False
-    except (TypeError, ValueError):
-        raise UserError(f"the eval hook returned {type(answer).__name__}, expected a number or a bool") from None
 
 
 def _paired(name: str, reference: Outputs, candidate: Outputs) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -121,7 +121,7 @@ def run_inspect(args: argparse.Namespace, console: Any) -> None:
 def add_bench(parser: argparse.ArgumentParser) -> None:
     from ortforge.commands.bench import bench
 
-    parser.add_argument("targets", nargs="+", metavar="MODEL|CONFIG", help=".onnx files, zoo:NAME, or session-config .json files")
+    parser.add_argument("targets", nargs="+", metavar="MODEL|CONFIG", help=".onnx files, zoo:NAME, tune artifact folders (run with their own session config), or session-config .json files (for the model before)")
     add_options(parser, BenchOptions)
     parser.add_argument("--top", type=int, default=8, help="op types / nodes to show (default 8)")
     add_parameter(parser, bench, "streams", "keep N requests in flight on each session (threads calling run): time per request = 1 / throughput",

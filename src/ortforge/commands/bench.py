@@ -1,4 +1,7 @@
-"""`ortforge bench`: models (or model + session config pairs) side by side, each in a fresh process, interleaved."""
+"""`ortforge bench`: models (or model + session config pairs) side by side, each in a fresh process, interleaved.
+
+A tune artifact folder, or a model ortforge stamped, runs with the session settings it was made for (as
+`ortforge.load` opens it) unless a config file follows it."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from ortforge.commands.common import feeds_for, open_model
 from ortforge.core.errors import OptionError, UserError
 from ortforge.core.model import Model
 from ortforge.core.progress import Progress
+from ortforge.core.saved import open_saved
 from ortforge.core.session import SessionConfig
 from ortforge.data import FeedSet, ShapeOptions, input_specs
 from ortforge.data.sources import validate_feed
@@ -70,23 +74,41 @@ def bench(
     parsed = [t for t in targets if isinstance(t, BenchTarget)]
     if len(parsed) != len(targets):
         parsed = parse_bench_targets([str(t) for t in targets])
-    models: dict[str, Model] = {}
+    models: dict[str, tuple[Model, SessionConfig | None]] = {}
     feeds: FeedSet | None = None
     variants: list[Variant] = []
     for target in parsed:
         if target.model not in models:
-            models[target.model] = open_model(target.model, check=check)
+            models[target.model] = _open_target(target.model, check)
+            model = models[target.model][0]
             if feeds is None:  # one input set for every variant: ratios between different inputs mean nothing
-                feeds = feeds_for(models[target.model], target.model, data, samples=samples, seed=seed, shape_options=shape_options)
+                feeds = feeds_for(model, target.model, data, samples=samples, seed=seed, shape_options=shape_options)
             else:
-                _require_same_inputs(models[target.model], feeds, parsed[0].model)
-        config = SessionConfig.load(target.config) if target.config else (default_config or SessionConfig())
-        variants.append(Variant(_unique_label(target.label, variants), models[target.model], config, feeds, streams))
+                _require_same_inputs(model, feeds, parsed[0].model)
+        model, own = models[target.model]
+        config = SessionConfig.load(target.config) if target.config else (own or default_config or SessionConfig())
+        variants.append(Variant(_unique_label(target.label, variants), model, config, feeds, streams))
     assert feeds is not None
     report = measure_interleaved(variants, options, progress)
     if feeds.generated:
         report.notes.append("inputs were generated (random): fine for speed, but say nothing about accuracy")
     return report
+
+
+def _open_target(reference: str, check: bool) -> tuple[Model, SessionConfig | None]:
+    """The model, and the session config it is meant to run with when it is an artifact folder or stamped (else None)."""
+    from ortforge.tuning.artifact import is_artifact, read_artifact
+
+    if reference.startswith("zoo:"):
+        return open_model(reference, check=check), None
+    path, base = Path(reference), None
+    if is_artifact(path):
+        path, base, _ = read_artifact(path)
+    if not check:
+        return open_model(path, check=False), base
+    opened = open_saved(path, base)
+    opened.require_fit()
+    return opened.model, (opened.config if opened.stamp is not None or base is not None else None)
 
 
 def _require_same_inputs(model: Model, feeds: FeedSet, first: str) -> None:

@@ -21,11 +21,15 @@ class Opened:
     stamp: Stamp | None
     problems: list[str]  # why its stamp does not fit this machine (empty when it does, or it has none)
 
-    def session(self) -> Any:
-        """A session on the file, refusing a model whose stamp does not fit this machine."""
+    def require_fit(self) -> None:
+        """Refuse a model whose stamp does not fit this machine."""
         if self.problems:
             raise UserError(f"{self.model.name}: not valid on this machine: {'; '.join(self.problems)}",
                             hint="give the original model (original, --original) and allow reoptimize (--reoptimize) to optimize it for this machine")  # fmt: skip
+
+    def session(self) -> Any:
+        """A session on the file, refusing a model whose stamp does not fit this machine."""
+        self.require_fit()
         return self.config.build(self.model)
 
 

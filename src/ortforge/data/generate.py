@@ -14,13 +14,17 @@ from ortforge.data.specs import InputSpec
 GENERIC_INT_HIGH = 128
 # Ops that pass indices through unchanged in meaning, on the way to an embedding Gather.
 INDEX_PASSTHROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Expand"}
+# (op, position of the indices input) -> position of the table they index. ORT's fused embedding (transformer
+# fusion) and weight-only quantized embeddings hold the table as well as a plain Gather.
+EMBEDDING_TABLES = {("Gather", 1): 0, ("GatherBlockQuantized", 1): 0, ("EmbedLayerNormalization", 0): 2, ("EmbedLayerNormalization", 1): 4,
+                    ("EmbedLayerNormalization", 8): 3}  # fmt: skip
 MASK_NAME = re.compile(r"mask", re.IGNORECASE)
 ZERO_NAME = re.compile(r"token_type|segment", re.IGNORECASE)
 POSITION_NAME = re.compile(r"position", re.IGNORECASE)
 
 
 def vocabulary_sizes(model: Model) -> dict[str, int]:
-    """Input name -> rows of the embedding table it indexes (Gather data held as a weight)."""
+    """Input name -> rows of the embedding table it indexes (a weight gathered from, plain or fused)."""
     index = GraphIndex(model.proto)
     sizes = {}
     for value in model.proto.graph.input:
@@ -34,10 +38,12 @@ def _find_table_rows(index: GraphIndex, name: str, depth: int) -> int | None:
     if depth > 4:
         return None
     for node in index.consumers.get(name, []):
-        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name:
-            table = index.dims(node.input[0])
-            if table:
-                return int(table[0])
+        for position, consumed in enumerate(node.input):
+            table = EMBEDDING_TABLES.get((node.op_type, position))
+            if consumed == name and table is not None and len(node.input) > table and node.input[table]:
+                dims = index.dims(node.input[table])
+                if dims:
+                    return int(dims[0])
         if node.op_type in INDEX_PASSTHROUGH and node.input[0] == name:
             rows = _find_table_rows(index, node.output[0], depth + 1)
             if rows:

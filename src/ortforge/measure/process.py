@@ -40,6 +40,8 @@ class MeasureProcess:
             raise UserError(f"{self.label}: the measurement process died: {self._stderr_tail()}") from None
         if status == "user_error":
             raise UserError(payload)
+        if status == "ort_error":  # ORT refused the model or its inputs: the user's to fix, in one line naming the variant
+            raise UserError(f"{self.label}: {payload}")
         if status == "error":
             raise RuntimeError(f"{self.label}: {payload}")
         return payload

@@ -135,6 +135,9 @@ def serve(inbox: Any, outbox: Any) -> None:
         except UserError as exc:
             protocol.send(outbox, ("user_error", str(exc)))
         except Exception as exc:  # reported to the parent, which decides how to show it
+            if type(exc).__module__.startswith("onnxruntime"):  # the model on these inputs, not ortforge: one line for the user
+                protocol.send(outbox, ("ort_error", f"onnxruntime failed to {'open and run' if command == 'load' else command} it on the inputs: {str(exc).strip().splitlines()[0]}"))
+                continue
             protocol.send(outbox, ("error", f"{type(exc).__name__}: {exc}"))
 
 

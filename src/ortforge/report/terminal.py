@@ -14,6 +14,11 @@ from ortforge.measure.stats import Ratio
 MIB = 1024 * 1024
 
 
+def print_note(console: Console, note: str) -> None:
+    """A note, printed as written: notes quote shapes and intervals in brackets that rich would take for markup."""
+    console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+
+
 def _mib(value: int) -> str:
     return f"{value / MIB:,.1f} MiB"
 
@@ -53,7 +58,7 @@ def render_doctor(report, console: Console) -> None:  # noqa: ANN001 - commands.
         console.print(f"    pip: {ep.pip or 'no pip package'}", highlight=False)
         console.print(f"    build: {ep.build}", highlight=False)
     for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        print_note(console, note)
 
 
 def _ratio_text(ratio: Ratio | None) -> str:
@@ -100,12 +105,12 @@ def render_bench(report: BenchReport, console: Console, top: int = 8) -> None:
     console.print(f"inputs: {report.feeds['origin']}, {report.feeds['samples']} sample(s), shapes {report.feeds['shapes']}")
     _render_notes(report.feeds.get("notes", []), console)
     for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        print_note(console, note)
 
 
 def _render_notes(notes: list[str], console: Console, limit: int = 4) -> None:
     for note in notes[:limit]:
-        console.print(f"  {note}", style="dim", highlight=False)
+        console.print(f"  {escape(note)}", style="dim", highlight=False)
     if len(notes) > limit:
         console.print(f"  ... {len(notes) - limit} more (see --json)", style="dim")
 
@@ -173,7 +178,7 @@ def render_inspect(report, console: Console, top: int = 8) -> None:  # noqa: ANN
     _render_notes(report.shape_defaults, console)
     console.print(f"[bold]family:[/] {report.family}", highlight=False)
     for evidence in report.family_evidence:
-        console.print(f"  - {evidence}", highlight=False)
+        console.print(f"  - {escape(evidence)}", highlight=False)
     params = report.parameters
     by_dtype = ", ".join(f"{dtype} {_count(info['count'])} ({_mib(info['bytes'])})" for dtype, info in params.by_dtype.items())
     console.print(f"[bold]parameters:[/] {_count(params.count)} in {params.tensors} tensors, {_mib(params.bytes)}" + (f": {by_dtype}" if by_dtype else ""))
@@ -195,7 +200,7 @@ def render_inspect(report, console: Console, top: int = 8) -> None:  # noqa: ANN
     console.print(ops)
     _render_placements(report.placements, console, top)
     for note in report.notes + macs.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        print_note(console, note)
 
 
 def _render_placements(placements: list, console: Console, top: int) -> None:
@@ -248,7 +253,7 @@ def render_optimize(report, console: Console) -> None:  # noqa: ANN001 - optimiz
         if report.startup_ratio:
             console.print(f"[bold]offline vs online:[/] start-up {_ratio_text(report.startup_ratio)}, latency {_ratio_text(report.latency_ratio)}")
     for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        print_note(console, note)
 
 
 def run_to_dict(loaded, feeds, outputs) -> dict:  # noqa: ANN001
@@ -302,7 +307,7 @@ def render_session_tuning(tuning, path, console: Console) -> None:  # noqa: ANN0
     console.print(f"[bold]chosen:[/] {escape(tuning.chosen.label)} ({escape(tuning.why)})", highlight=False)
     console.print(f"[bold]wrote[/] {escape(str(path))}", highlight=False)
     for note in tuning.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        print_note(console, note)
 
 
 def render_quantize(report, console: Console) -> None:  # noqa: ANN001 - commands.quantize.QuantizeReport
@@ -333,7 +338,7 @@ def render_quantize(report, console: Console) -> None:  # noqa: ANN001 - command
         for note in trial.notes:
             console.print(f"  {escape(trial.label)}: {escape(note)}", style="dim", highlight=False)
     for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        print_note(console, note)
 
 
 def render_quant_debug(report, console: Console, top: int = 15) -> None:  # noqa: ANN001 - analysis.quant_errors.QuantDebugReport
@@ -353,7 +358,7 @@ def render_quant_debug(report, console: Console, top: int = 15) -> None:  # noqa
     if report.unmatched:
         console.print(f"  {report.unmatched} float tensor(s) had no counterpart in the quantized model", style="dim")
     for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        print_note(console, note)
 
 
 def render_tune(report, console: Console) -> None:  # noqa: ANN001 - tune.TuneReport
@@ -383,7 +388,7 @@ def render_tune(report, console: Console) -> None:  # noqa: ANN001 - tune.TuneRe
     console.print(f"  {record['built']} candidate(s) built, the rest from the cache; {record['elapsed_s']:.0f} s", style="dim")
     console.print(f"[bold]wrote[/] {escape(str(report.artifact))}/ (model.onnx, ortforge.json, report.html)", highlight=False)
     for note in record["notes"]:
-        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+        print_note(console, note)
 
 
 def render_fp16(report, console: Console) -> None:  # noqa: ANN001 - commands.fp16.Fp16Report
@@ -406,14 +411,14 @@ def render_fp16(report, console: Console) -> None:  # noqa: ANN001 - commands.fp
         if len(search.kept_fp32) > 10:
             console.print(f"    ... {len(search.kept_fp32) - 10} more (--json lists them all)")
     for note in report.notes + (report.search.notes if report.search else []):
-        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+        print_note(console, note)
 
 
 def render_tensorrt(result, console: Console) -> None:  # noqa: ANN001 - transforms.tensorrt.TensorRTInt8
     console.print(f"wrote {escape(result.folder)}: model.onnx, calibration.flatbuffers ({result.tensors} tensors, {result.samples} samples), "
                   "session.json", highlight=False)  # fmt: skip
     for note in result.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+        print_note(console, note)
 
 
 def render_zoo(entries: list[dict], console: Console) -> None:

@@ -139,7 +139,8 @@ def search_exclusions(
         low = count
         count = min(count * 2, len(ordered)) if count < len(ordered) else count + 1
     if high is None:
-        notes = [f"no prefix of {len(ordered)} candidate node(s) met the tolerance within {attempts} attempt(s)"]
+        notes = ([f"no prefix of {len(ordered)} candidate node(s) met the tolerance within {attempts} attempt(s)"] if ordered else
+                 ["quant-debug ranked no quantized node of this recipe, so none could be kept in float"])  # fmt: skip
         return outcome, ExclusionReport(False, [], attempts, ranking, notes)
     while high - low > 1 and attempts < max_attempts:
         middle = (low + high) // 2

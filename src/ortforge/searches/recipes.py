@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from ortforge.accuracy.hooks import HookError
 from ortforge.accuracy.judge import Judge
 from ortforge.core.errors import UserError
 from ortforge.core.machine import cpu_info
@@ -44,6 +45,8 @@ def build_recipe(model: Model, recipe: Recipe, calibration: FeedSet, evaluation:
             trial.error = "nothing was quantized"
             return trial
         trial.verdict = judge(run_outputs(candidate, evaluation))
+    except HookError:
+        raise
     except UserError as exc:
         trial.error = str(exc)
     return trial

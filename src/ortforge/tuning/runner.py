@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ortforge.accuracy.hooks import HookError
 from ortforge.accuracy.judge import Judge
 from ortforge.accuracy.metrics import Outputs
 from ortforge.accuracy.tolerance import close
@@ -94,6 +95,8 @@ class LocalRunner:
             result = self._transform(candidate)
             model = from_proto(result.proto, base_dir=self.model.base_dir)
             verdict = self.judge(self._outputs(candidate, model))
+        except HookError:
+            raise
         except UserError as exc:
             return Trial(candidate, None, error=str(exc))
         if not result.changed:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ortforge.core.errors import OptionError
+from ortforge.core.errors import OptionError, UserError
 from ortforge.core.files import atomic_write_text
 from ortforge.core.options import option
 from ortforge.core.progress import Progress, section
@@ -257,8 +257,10 @@ def tune_search(runner: TrialRunner, candidates: Sequence[Candidate], options: T
     trials, accurate, rejected = _build_all(runner, candidates, clock, report)
     _exclude(runner, trials, accurate, rejected, clock, report)
     stages["build + accuracy"] = clock.elapsed
-    if not accurate or accurate[0].candidate.kind != "fp32":
-        raise RuntimeError("the fp32 candidate must come first and pass")
+    if not trials or trials[0].candidate.kind != "fp32":
+        raise RuntimeError("the fp32 candidate must come first")
+    if not trials[0].passed:  # every candidate is judged against the original, so the original must pass its own judge
+        raise UserError(f"the original model fails its own accuracy gate, so no candidate can be judged: {trials[0].why_not}")
     release_freed_memory()  # the builds' freed memory would otherwise stay with this process through the timed runs
     survivors, screening, dropped = _screen(runner, accurate, options, clock, report)
     rejected += dropped
@@ -284,6 +286,9 @@ def tune_search(runner: TrialRunner, candidates: Sequence[Candidate], options: T
         stages["confirmation"] = clock.elapsed - sum(stages.values())
     if journal is not None:
         atomic_write_text(journal, json.dumps({"chosen": chosen.label, "finalists": [f.label for f in finalists], "time": time.time()}))
+    if clock.elapsed > clock.budget * 1.1:
+        notes.append(f"took {clock.elapsed:.0f} s of a {clock.budget:.0f} s budget: each timed stage needs a minimum (process start-up, "
+                     "warm-up, at least 12 interleaved rounds with the A/A pair) whatever the budget; give more time for figures within it")  # fmt: skip
     result = TuneResult(chosen, finalists[0], finalists, trials, rejected, final, screening, why, clock.elapsed, getattr(runner, "built", 0), notes, stages)
     result.confirmation, result.ablation = confirmation, ablation
     return result
