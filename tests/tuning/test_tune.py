@@ -44,6 +44,11 @@ def test_artifact_holds_model_config_and_report(tuned):
     assert record["format"] == "ortforge-artifact/1" and record["commands"]
     assert record["figures"]["latency_ratio"]["median"] > 0
     assert record["environment"]["onnxruntime"]
+    # The verdict's evidence travels with it: the accuracy bound, the noise floor, the machine's load, in the record and the report.
+    summary, html = record["summary"], (artifact / REPORT_FILE).read_text()
+    assert summary["evidence"].startswith("judged on 32 evaluation sample(s): top1: ") and "change rate <" in summary["evidence"]
+    assert summary["machine"].startswith("machine ") and record["figures"]["machine_load"]["cores"] >= 1
+    assert all(text in html for text in ("change rate &lt;", summary["noise"], "machine "))
     chosen = report.result.chosen
     assert chosen.trial.passed
     if chosen is not report.result.baseline:  # never slower than the baseline, consistently

@@ -44,6 +44,8 @@ def render_report(data: dict[str, Any]) -> str:
         + _figure("start-up", summary["startup"])
         + (_figure("throughput", summary["throughput"]) if "throughput" in summary else "")
         + "</div>",
+        f"<p>Still right: {escape(summary.get('evidence', '-'))}. Faster: {escape(summary['speedup'])} (95% interval), against a noise floor of "
+        f"{escape(summary.get('noise', '-'))}; {escape(summary.get('machine', ''))}.</p>",
         "".join(f'<p class="note">{escape(note)}</p>' for note in data.get("notes", [])),
         "<h2>Latency vs accuracy</h2>",
         f"<p>Points from the {escape(data.get('points_run', 'final interleaved run'))}; ratios are medians of per-round ratios with 95% intervals. "

@@ -385,6 +385,7 @@ def render_tune(report, console: Console) -> None:  # noqa: ANN001 - tune.TuneRe
     ratio = "time per request" if record.get("objective") == "throughput" else "latency"
     console.print(f"  {ratio} {summary['speedup']}, {summary['accuracy']}, size {summary['size']}, start-up {summary['startup']}"
                   + (f", throughput {summary['throughput']}" if "throughput" in summary else ""), highlight=False)  # fmt: skip
+    console.print(f"  {escape(summary.get('evidence', ''))}", highlight=False)
     console.print(f"  {record['built']} candidate(s) built, the rest from the cache; {record['elapsed_s']:.0f} s", style="dim")
     console.print(f"[bold]wrote[/] {escape(str(report.artifact))}/ (model.onnx, ortforge.json, report.html)", highlight=False)
     for note in record["notes"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from ortforge.accuracy.metrics import RATES, rate_evidence
 from ortforge.accuracy.tolerance import Tolerance
 from ortforge.core.model import Model, model_size
 from ortforge.data import GENERATED_WARNING, FeedSet
@@ -64,6 +65,8 @@ def artifact_record(model: Model, reference_name: str, result: TuneResult, toler
             "speedup": f"{ratio.ratio:.2f}x [{ratio.low:.2f}-{ratio.high:.2f}]" if ratio else "1.00x",
             "noise": f"±{decisive.noise_floor:.1%}" + (" (busy machine)" if decisive.load and decisive.load.busy else ""),
             "accuracy": ", ".join(f"{k} {v:.4g}" for k, v in chosen.trial.metrics.items() if k in ("cosine", "top1", "max_abs")),
+            "evidence": accuracy_evidence(chosen.trial.metrics, len(feeds)),
+            "machine": decisive.load.describe() if decisive.load else "machine load not sampled",
             "size": f"{chosen.trial.size_bytes / 2**20:.1f} MiB (was {model_size(model) / 2**20:.1f})",
             "startup": f"{startup[0]:.1f} ms (was {startup[1]:.1f})",
             "throughput": f"{chosen_run.throughput:.1f}/s (was {baseline_run.throughput:.1f})",
@@ -88,6 +91,14 @@ def artifact_record(model: Model, reference_name: str, result: TuneResult, toler
         "notes": ([GENERATED_WARNING] if feeds.generated else []) + serving + _load_notes(decisive) + result.notes,
         "commands": [command],
     }
+
+
+def accuracy_evidence(metrics: dict[str, float], samples: int) -> str:
+    """What "still right" rests on: the sample count, each rate with its count and bound, the worst sample's cosine."""
+    parts = [rate_evidence(metric, int(metrics[f"{metric}_changed"]), int(metrics[f"{metric}_total"])) for metric in RATES
+             if f"{metric}_total" in metrics]  # fmt: skip
+    parts += [f"{name} {metrics[name]:.6g} (worst sample)" for name in ("cosine", "pooled_cosine") if name in metrics]
+    return f"judged on {samples} evaluation sample(s): " + "; ".join(parts) if parts else f"judged on {samples} evaluation sample(s)"
 
 
 def _load_notes(run: BenchReport) -> list[str]:
