@@ -8,7 +8,7 @@ import pytest
 from helpers import save, wide_range_feeds, wide_range_model
 from ortforge.accuracy.tolerance import Tolerance
 from ortforge.analysis.quant_errors import debug_quantization
-from ortforge.commands.quant_debug import plot, quant_debug
+from ortforge.commands.quant_debug import plot_svg, quant_debug
 from ortforge.commands.quantize import quantize_model
 from ortforge.core.model import from_proto, load_model
 from ortforge.measure.bench import BenchOptions
@@ -35,7 +35,7 @@ def test_names_the_consumer_of_the_wide_range_tensor_first(wide, tmp_path):
     wide_input = next(e for e in report.activations if e.tensor == "h")
     assert wide_input.float_absmax > 1000
     assert {"w1", "w2"} <= {e.tensor for e in report.weights}
-    assert "<svg" in plot(via_api) and "narrow" in plot(via_api)
+    assert "<svg" in plot_svg(via_api) and "narrow" in plot_svg(via_api)
 
 
 def test_qoperator_models_are_matched_too(wide):

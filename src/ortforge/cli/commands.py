@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ortforge.cli.arguments import (
@@ -62,6 +61,7 @@ def add_tune(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget", dest="time_budget_s", default=f"{budget:g}s", metavar="DURATION", help=f"e.g. 90s, 5m, 1h (default {budget:g}s)")
     add_eps(parser, "EPs to consider (default: every local EP of this onnxruntime)")
     add_parameter(parser, tune, "calib_samples", "calibration samples")
+    add_parameter(parser, tune, "overwrite", "replace an earlier ortforge artifact in OUTPUT (any other non-empty folder is refused)")
     add_tolerance(parser, DEFAULT_GATE)
     add_data(parser, tune)
     add_shapes(parser)
@@ -76,7 +76,7 @@ def run_tune(args: argparse.Namespace, console: Any) -> None:
     with progress_bar() as progress:
         report = tune(args.model, args.output, data=args.data, samples=args.samples, calib_samples=args.calib_samples, shape_options=shape_options(args),
                       tolerances=tolerances(args), eval_hook=args.eval_hook, objective=args.objective, time_budget_s=budget,
-                      providers=args.providers, progress=progress)  # fmt: skip
+                      providers=args.providers, overwrite=args.overwrite, progress=progress)  # fmt: skip
     emit_json(report) if args.json else render_tune(report, console)
 
 
@@ -195,7 +195,7 @@ def run_optimize(args: argparse.Namespace, console: Any) -> None:
 
 
 def add_quantize(parser: argparse.ArgumentParser) -> None:
-    from ortforge.commands.quantize import MODES, TARGETS, quantize
+    from ortforge.commands.quantize import MODES, TARGETS, quantize, quantize_for_tensorrt
     from ortforge.transforms.quantize import QuantizeOptions
     from ortforge.transforms.weight_only import WeightOnlyOptions
 
@@ -207,6 +207,7 @@ def add_quantize(parser: argparse.ArgumentParser) -> None:
     add_options(weights, WeightOnlyOptions, skip=("op_types", "exclude"))
     parser.add_argument("--target", choices=TARGETS, default=TARGETS[0], help="tensorrt: write OUTPUT as a folder with the float model, ORT's "
                         "TensorRT int8 calibration table and a session config (default cpu)")  # fmt: skip
+    add_parameter(parser, quantize_for_tensorrt, "overwrite", "with --target tensorrt: replace an earlier ortforge output folder")
     calibration = parser.add_argument_group("calibration data")
     add_parameter(calibration, quantize, "calib", "calibration data (any --data source; default: zoo realistic or generated)", metavar="SOURCE")
     add_parameter(calibration, quantize, "calib_samples", "calibration samples")
@@ -228,7 +229,7 @@ def run_quantize(args: argparse.Namespace, console: Any) -> None:
 
     if args.target == "tensorrt":
         result = quantize_for_tensorrt(args.model, args.output, method=args.calibration_method, calib=args.calib,
-                                       calib_samples=args.calib_samples, shape_options=shape_options(args))  # fmt: skip
+                                       calib_samples=args.calib_samples, shape_options=shape_options(args), overwrite=args.overwrite)  # fmt: skip
         emit_json(result) if args.json else render_tensorrt(result, console)
         return
     recipe = {name: value for name, value in option_values(QuantizeOptions, args).items() if name != "mode"}
@@ -289,15 +290,13 @@ def add_quant_debug(parser: argparse.ArgumentParser) -> None:
 
 
 def run_quant_debug(args: argparse.Namespace, console: Any) -> None:
-    from ortforge.commands.quant_debug import plot, quant_debug
-    from ortforge.core.files import atomic_write_text
+    from ortforge.commands.quant_debug import quant_debug
     from ortforge.report.terminal import render_quant_debug
 
     with progress_bar() as progress:
         progress("comparing float and quantized tensors", 0.1)
-        report = quant_debug(args.float_model, args.quantized_model, data=args.data, samples=args.samples, shape_options=shape_options(args))
-    if args.plot:
-        atomic_write_text(Path(args.plot), plot(report))
+        report = quant_debug(args.float_model, args.quantized_model, data=args.data, samples=args.samples, shape_options=shape_options(args),
+                             plot=args.plot)  # fmt: skip
     emit_json(report) if args.json else render_quant_debug(report, console, top=args.top)
 
 

@@ -13,6 +13,7 @@ from ortforge.accuracy.reopen import save_verified
 from ortforge.accuracy.tolerance import close, parse_tolerances
 from ortforge.commands.common import feeds_for, open_model
 from ortforge.core.options import default_of
+from ortforge.core.outputs import guard_file, user_files
 from ortforge.core.runtime import GPU_PROVIDERS, available_providers
 from ortforge.core.session import SessionConfig, provider_name
 from ortforge.data import GENERATED_WARNING, ShapeOptions
@@ -67,6 +68,7 @@ def fp16(
     `tolerances` as for every command ('rtol=1e-2', 'atol=1e-3', 'cosine=0.999', ...; default rtol 1e-2, atol 1e-3)."""
     started = time.perf_counter()
     model = open_model(reference)
+    guard_file(output, user_files(model, data, eval_hook))
     feeds = feeds_for(model, reference, data, samples=samples, shape_options=shape_options)
     gpu = [p for p in GPU_PROVIDERS if p in available_providers()]
     provider = provider_name(ep) if ep else (gpu[0] if gpu else "CPUExecutionProvider")

@@ -13,6 +13,7 @@ from ortforge.accuracy.tolerance import Tolerance, close, parse_tolerances
 from ortforge.commands.common import feeds_for, open_model
 from ortforge.core.model import Model, from_proto, load_model
 from ortforge.core.options import default_of
+from ortforge.core.outputs import guard_file, user_files
 from ortforge.core.progress import Progress
 from ortforge.core.session import ProviderSpec, SessionConfig, provider_name
 from ortforge.core.stamp import Stamp, config_for, read_stamp
@@ -205,6 +206,7 @@ def optimize(
     """
     options = GraphOptOptions(level=level, providers=default_providers([provider_name(p) for p in providers]), portable=portable)
     model = open_model(reference)
+    guard_file(output, user_files(model, data))
     feeds = feeds_for(model, reference, data, samples=samples, shape_options=shape_options)
     return optimize_model(
         model,

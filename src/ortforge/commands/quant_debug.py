@@ -6,8 +6,10 @@ from pathlib import Path
 
 from ortforge.analysis.quant_errors import QuantDebugReport, debug_quantization
 from ortforge.commands.common import feeds_for, open_model
-from ortforge.core.model import from_proto
-from ortforge.data import ShapeOptions
+from ortforge.core.files import atomic_write_text
+from ortforge.core.model import Model, from_proto
+from ortforge.core.outputs import guard_file, user_files
+from ortforge.data import FeedSet, ShapeOptions
 from ortforge.report.svg import bar_chart
 from ortforge.transforms.quantize import QuantizeOptions, prepare
 
@@ -19,11 +21,22 @@ def quant_debug(
     data: str | None = None,
     samples: int = 4,
     shape_options: ShapeOptions | None = None,
+    plot: str | Path | None = None,
 ) -> QuantDebugReport:
-    """Per-layer SQNR / relative error of a quantized model against its float original, worst first."""
+    """Per-layer SQNR / relative error of a quantized model against its float original, worst first; `plot` also
+    writes an SVG bar chart of the worst layers there."""
     float_model = open_model(float_reference)
     quant_model = open_model(quantized_reference, check=False)
+    if plot is not None:
+        guard_file(plot, user_files(float_model, data) + user_files(quant_model), option="plot")
     feeds = feeds_for(float_model, float_reference, data, samples=samples, shape_options=shape_options)
+    report = _compared(float_model, quant_model, feeds)
+    if plot is not None:
+        atomic_write_text(Path(plot), plot_svg(report))
+    return report
+
+
+def _compared(float_model: Model, quant_model: Model, feeds: FeedSet) -> QuantDebugReport:
     as_given = debug_quantization(float_model, quant_model, feeds)
     if not as_given.unmatched:
         return as_given
@@ -35,7 +48,7 @@ def quant_debug(
     return as_given
 
 
-def plot(report: QuantDebugReport, count: int = 20) -> str:
+def plot_svg(report: QuantDebugReport, count: int = 20) -> str:
     """SVG bar chart of the worst layers' SQNR."""
     worst = report.worst_layers(count)
     return bar_chart([f"{e.node} ({e.op_type})" for e in worst], [e.sqnr_db for e in worst],

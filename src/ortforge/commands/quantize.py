@@ -24,6 +24,7 @@ from ortforge.core.errors import OptionError, UserError
 from ortforge.core.files import atomic_write_bytes, atomic_write_text
 from ortforge.core.model import Model, model_size, save_model
 from ortforge.core.options import default_of
+from ortforge.core.outputs import guard_file, guard_folder, user_files
 from ortforge.core.progress import Progress, section, silent
 from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.data import GENERATED_WARNING, FeedSet, ShapeOptions
@@ -178,15 +179,16 @@ def quantize(
     `recipe` holds QuantizeOptions fields (dynamic/static int8); `weight_only` WeightOnlyOptions fields
     (`mode='int4'` or `'weight-only'`).
     """
+    if mode not in MODES:
+        raise OptionError("mode", mode, f"choose one of {', '.join(MODES)}")
     model = open_model(reference)
+    guard_file(output, user_files(model, calib, data, eval_hook))
     if calib is not None and data is not None:  # both given: the user split them already
         calibration = feeds_for(model, reference, calib, samples=calib_samples, shape_options=shape_options, option="calib")
         evaluation = feeds_for(model, reference, data, samples=samples, shape_options=shape_options)
     else:
         calibration, evaluation = calibration_and_evaluation(model, reference, calib or data, calib_samples=calib_samples, samples=samples,
                                                              shape_options=shape_options, option="calib" if calib else "data")  # fmt: skip
-    if mode not in MODES:
-        raise OptionError("mode", mode, f"choose one of {', '.join(MODES)}")
     recipes: list[Recipe]
     if mode == "auto":
         recipes = auto_recipes(inspect_model(model, shape_options).family)
@@ -221,9 +223,12 @@ def quantize_for_tensorrt(
     calib: str | None = None,
     calib_samples: int = 16,
     shape_options: ShapeOptions | None = None,
+    overwrite: bool = False,
 ) -> TensorRTInt8:
-    """TensorRT int8: the float model, ORT's TensorRT calibration table from ortforge's calibration, a session config."""
+    """TensorRT int8: the float model, ORT's TensorRT calibration table from ortforge's calibration, a session config.
+    `overwrite` replaces an earlier ortforge output folder."""
     model = open_model(reference)
+    guard_folder(output, user_files(model, calib), marker=CONFIG_FILE, overwrite=overwrite)
     feeds = feeds_for(model, reference, calib, samples=calib_samples, shape_options=shape_options, option="calib")
     return write_tensorrt_int8(model, feeds, output, method)
 
@@ -231,8 +236,6 @@ def quantize_for_tensorrt(
 def write_tensorrt_int8(model: Model, feeds: FeedSet, folder: str | os.PathLike[str], method: str = "minmax") -> TensorRTInt8:
     """Calibrate symmetrically, write model + TensorRT table + session config into `folder`."""
     out = Path(folder)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: the TensorRT target writes a folder (model, calibration table, session config); this is a file")
     table, result = calibration_table(model, feeds, method)
     out.mkdir(parents=True, exist_ok=True)
     for name, content in table.items():

@@ -13,11 +13,13 @@ from ortforge.analysis.transformer import detect_transformer
 from ortforge.commands.common import calibration_and_evaluation, open_model
 from ortforge.core.errors import OptionError
 from ortforge.core.options import default_of
+from ortforge.core.outputs import guard_folder, user_files
 from ortforge.core.progress import Progress
 from ortforge.core.runtime import local_providers
 from ortforge.core.session import provider_name
 from ortforge.data import ShapeOptions
 from ortforge.tuning import TuneReport, tune_model
+from ortforge.tuning.artifact import CONFIG_FILE
 from ortforge.tuning.search import TuneOptions
 
 
@@ -34,11 +36,14 @@ def tune(
     objective: str = default_of(TuneOptions, "objective"),
     time_budget_s: float = default_of(TuneOptions, "time_budget_s"),
     providers: Sequence[str] = (),
+    overwrite: bool = False,
     progress: Progress | None = None,
 ) -> TuneReport:
-    """Search precision, fusion, EPs and session options under an accuracy budget; write the artifact folder."""
+    """Search precision, fusion, EPs and session options under an accuracy budget; write the artifact folder
+    (`overwrite` replaces an earlier artifact there)."""
     options = TuneOptions(objective=objective, time_budget_s=time_budget_s)  # checked before any work
     model = open_model(reference)
+    guard_folder(output, user_files(model, data, eval_hook), marker=CONFIG_FILE, overwrite=overwrite)
     calibration, evaluation = calibration_and_evaluation(model, reference, data, calib_samples=calib_samples,
                                                          samples=samples, shape_options=shape_options)  # fmt: skip
     local = local_providers()

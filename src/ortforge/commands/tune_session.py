@@ -14,6 +14,7 @@ from pathlib import Path
 from ortforge.commands.common import feeds_for, open_model
 from ortforge.core.machine import cpu_info
 from ortforge.core.model import Model
+from ortforge.core.outputs import guard_file, user_files
 from ortforge.core.progress import Progress
 from ortforge.core.session import SessionConfig
 from ortforge.data import FeedSet, ShapeOptions
@@ -112,6 +113,7 @@ def tune_session(
     consistent winner as a config JSON."""
     options = BenchOptions(max_seconds=seconds)  # checked before any work
     model = open_model(reference)
+    guard_file(output, user_files(model, data))
     feeds = feeds_for(model, reference, data, samples=samples, shape_options=shape_options)
     tuning = tune_session_options(model, feeds, base or SessionConfig(), options, progress)
     return tuning, write_config(tuning, output, model)

@@ -1,0 +1,78 @@
+"""The gauntlet: bad inputs and bad output paths, command by command, as a user types them.
+
+Each case must end with exit code 2, one line naming the culprit, no traceback, the user's files unchanged
+(hashed before and after) and nothing left behind in the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import linear_model, save
+from ortforge.cli import main
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    argv: Callable[[Path], list[str]]  # from the work folder (holding m.onnx, data/, hook.py) to the command line
+    culprit: str  # what the one line must name
+
+
+def _folder_state(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir" for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def work(tmp_path):
+    save(linear_model(), tmp_path / "m.onnx")
+    (tmp_path / "data").mkdir()
+    for index in range(4):
+        np.savez(tmp_path / "data" / f"s{index}.npz", x=np.full((1, 8), index, np.float32))
+    (tmp_path / "hook.py").write_text("def check(outputs, reference):\n    return True\n")
+    (tmp_path / "art").mkdir()
+    save(linear_model(), tmp_path / "art" / "model.onnx")
+    (tmp_path / "art" / "ortforge.json").write_text("{}")
+    (tmp_path / "a_file").write_text("not a folder")
+    return tmp_path
+
+
+CASES = [
+    # Outputs that are, or hold, what the command reads.
+    Case("tune-session over its input", lambda w: ["tune-session", str(w / "m.onnx"), "-o", str(w / "m.onnx")], "m.onnx"),
+    Case("optimize over its input", lambda w: ["optimize", str(w / "m.onnx"), "-o", str(w / "m.onnx")], "m.onnx"),
+    Case("quantize over its input", lambda w: ["quantize", str(w / "m.onnx"), "-o", str(w / "m.onnx")], "m.onnx"),
+    Case("fp16 over its input", lambda w: ["fp16", str(w / "m.onnx"), "-o", str(w / "m.onnx")], "m.onnx"),
+    Case("quantize over its eval hook", lambda w: ["quantize", str(w / "m.onnx"), "-o", str(w / "hook.py"), "--eval", f"{w / 'hook.py'}:check"],
+         "hook.py"),
+    Case("quant-debug plot over the float model", lambda w: ["quant-debug", str(w / "m.onnx"), str(w / "m.onnx"), "--plot", str(w / "m.onnx")],
+         "--plot"),
+    Case("tune an artifact into its own folder", lambda w: ["tune", str(w / "art" / "model.onnx"), "-o", str(w / "art")], "model.onnx"),
+    Case("tune into the data folder", lambda w: ["tune", str(w / "m.onnx"), "-o", str(w / "data"), "--data", str(w / "data")], "data"),
+    Case("tensorrt target over the data folder", lambda w: ["quantize", str(w / "m.onnx"), "-o", str(w / "data"), "--target", "tensorrt",
+                                                            "--calib", str(w / "data")], "data"),
+    # Output places that cannot take the output.
+    Case("tune into a non-empty folder", lambda w: ["tune", str(w / "m.onnx"), "-o", str(w / "data")], "not empty"),
+    Case("tune over an earlier artifact", lambda w: ["tune", str(w / "m.onnx"), "-o", str(w / "art")], "--overwrite"),
+    Case("tune into a file", lambda w: ["tune", str(w / "m.onnx"), "-o", str(w / "a_file")], "is a file"),
+    Case("optimize into a folder", lambda w: ["optimize", str(w / "m.onnx"), "-o", str(w / "data")], "is a folder"),
+    Case("optimize below a file", lambda w: ["optimize", str(w / "m.onnx"), "-o", str(w / "a_file" / "x.onnx")], "not a folder"),
+]
+if Path("/proc/self").is_dir():  # a place nobody can write, root included (a chmod-ed folder does not stop root)
+    CASES.append(Case("fp16 where nothing can be written", lambda w: ["fp16", str(w / "m.onnx"), "-o", "/proc/ortforge-out.onnx"], "cannot write"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_bad_outputs_are_refused_before_any_work_and_harm_nothing(work, capsys, case):
+    before = _folder_state(work)
+    assert main(case.argv(work)) == 2
+    error = capsys.readouterr().err.strip()
+    assert "Traceback" not in error and len(error.splitlines()) == 1, error
+    assert case.culprit in error, error
+    assert _folder_state(work) == before  # inputs unchanged, nothing written, nothing left behind
