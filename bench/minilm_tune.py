@@ -111,7 +111,7 @@ def main() -> None:
                 np.savez(data / f"sample_{index:02d}.npz", **sample)
         artifact = folder / "tuned"
         command = [str(Path(sys.executable).with_name("ortforge")), "tune", str(model_path), "--data", str(data), "--calib-samples", "32", "--samples", "32",
-                   "--tolerance", args.tolerance, "--time-budget", args.budget, "-o", str(artifact)]  # fmt: skip
+                   "--tolerance", args.tolerance, "--time-budget", args.budget, "-o", str(artifact), "--overwrite"]  # fmt: skip
         print("$ " + " ".join(command))
         subprocess.run(command, check=True)
         tuned_path, config, record = read_artifact(artifact)

@@ -4,6 +4,7 @@ signatures (`arguments.py`); each command's flags and run function are in `comma
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -12,6 +13,7 @@ from ortforge.cli.arguments import flags_of
 from ortforge.cli.commands import COMMANDS
 from ortforge.cli.display import stderr_console
 from ortforge.core.errors import OptionError, UserError
+from ortforge.core.runtime import VERBOSE_ENV
 from ortforge.version import __version__
 
 
@@ -30,7 +32,9 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"ortforge {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for command in COMMANDS:
-        command.add(commands.add_parser(command.name, help=command.help, description=command.description or command.help))
+        subparser = commands.add_parser(command.name, help=command.help, description=command.description or command.help)
+        command.add(subparser)
+        subparser.add_argument("--verbose", action="store_true", help="also show onnxruntime's own warnings and errors (kept off the terminal by default)")
     return parser
 
 
@@ -43,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     command = next(c for c in COMMANDS if c.name == args.command)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # read where sessions are made, here and in the measurement processes
     try:
         command.run(args, Console())
     except OptionError as exc:  # named by option below the CLI; the user typed a flag

@@ -7,6 +7,7 @@ right for any ORT version or flavour (the OpenVINO flavour ships an older ORT th
 from __future__ import annotations
 
 import functools
+import os
 import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +49,14 @@ def ort() -> Any:
     return onnxruntime
 
 
+VERBOSE_ENV = "ORTFORGE_VERBOSE"  # set (by --verbose) to let ORT's own log through; inherited by measurement processes
+
+
 def quiet_session_options() -> Any:
-    """SessionOptions that keep ORT's own warnings off the user's terminal."""
+    """SessionOptions that keep ORT's own log off the user's terminal: its failures reach the user as ortforge's one-line
+    errors, and its warnings are not theirs to act on. `--verbose` (ORTFORGE_VERBOSE=1) lets warnings and errors through."""
     options = ort().SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 2 if os.environ.get(VERBOSE_ENV) else 4
     return options
 
 
