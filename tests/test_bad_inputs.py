@@ -69,6 +69,29 @@ CASES = [
     Case("optimize into a folder", lambda w: ["optimize", str(w / "m.onnx"), "-o", str(w / "data")], "is a folder"),
     Case("optimize below a file", lambda w: ["optimize", str(w / "m.onnx"), "-o", str(w / "a_file" / "x.onnx")], "not a folder"),
 ]
+# Options checked before any work, each error naming the flag typed.
+M = "m.onnx"
+CASES += [
+    Case("tolerance out of its metric's range", lambda w: ["quantize", str(w / M), "-o", str(w / "q.onnx"), "--tolerance", "cosine=2"], "--tolerance"),
+    Case("negative max_abs", lambda w: ["tune", str(w / M), "-o", str(w / "t"), "--tolerance", "max_abs=-1"], "--tolerance"),
+    Case("nan tolerance", lambda w: ["fp16", str(w / M), "-o", str(w / "h.onnx"), "--tolerance", "cosine=nan"], "--tolerance"),
+    Case("nan time budget", lambda w: ["tune", str(w / M), "-o", str(w / "t"), "--time-budget", "nan"], "--time-budget"),
+    Case("negative bench time", lambda w: ["bench", str(w / M), "--time", "-1"], "--time"),
+    Case("zero calibration samples", lambda w: ["quantize", str(w / M), "-o", str(w / "q.onnx"), "--calib-samples", "0"], "--calib-samples"),
+    Case("negative samples", lambda w: ["bench", str(w / M), "--samples", "-3"], "--samples"),
+    Case("zero samples", lambda w: ["tune", str(w / M), "-o", str(w / "t"), "--samples", "0"], "--samples"),
+    Case("unknown EP", lambda w: ["fp16", str(w / M), "-o", str(w / "h.onnx"), "--ep", "bogus"], "bogus"),
+    Case("unknown EP for bench", lambda w: ["bench", str(w / M), "--ep", "bogus"], "bogus"),
+    Case("unknown node to block", lambda w: ["fp16", str(w / M), "-o", str(w / "h.onnx"), "--block-node", "nosuchnode"], "nosuchnode"),
+    Case("unknown op to block", lambda w: ["fp16", str(w / M), "-o", str(w / "h.onnx"), "--block-op", "NoSuchOp"], "NoSuchOp"),
+    Case("unknown node to exclude", lambda w: ["quantize", str(w / M), "-o", str(w / "q.onnx"), "--exclude", "nosuchnode"], "nosuchnode"),
+    Case("shape for an input that does not exist", lambda w: ["inspect", str(w / M), "--shape", "nosuchinput=1x3"], "nosuchinput"),
+    Case("shape for an input that does not exist (bench)", lambda w: ["bench", str(w / M), "--shape", "nosuchinput=1x3"], "nosuchinput"),
+    Case("missing calib folder", lambda w: ["quantize", str(w / M), "-o", str(w / "q.onnx"), "--calib", str(w / "nope")], "--calib"),
+    Case("missing eval module", lambda w: ["quantize", str(w / M), "-o", str(w / "q.onnx"), "--eval", "nosuchmodule:check"], "--eval"),
+    Case("zero budget", lambda w: ["tune", str(w / M), "-o", str(w / "t"), "--time-budget", "0s"], "--time-budget"),
+]
+
 # ORT failing at run time: one line naming the model and ORT's message, and none of ORT's own log lines.
 CASES += [Case(f"{command} where ORT fails at run time", lambda w, c=command: [c, str(w / "lookup.onnx"), "--data", str(w / "far.npz")], "lookup.onnx")
           for command in ("run", "bench")]

@@ -134,7 +134,6 @@ def test_probability_maps_are_judged_by_their_side_of_one_half():
 
 def test_nan_or_infinite_inputs_are_refused_naming_input_and_sample(tmp_path):
     from helpers import linear_model, save
-
     from ortforge.core.model import load_model
     from ortforge.data import load_feeds
 

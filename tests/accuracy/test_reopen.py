@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from helpers import linear_model, make_model, save, tensor, weight
 from onnx import helper
 
+from helpers import linear_model, make_model, save, tensor, weight
 from ortforge.accuracy.judge import Judge
 from ortforge.accuracy.reopen import ReopenError, save_verified
 from ortforge.accuracy.tolerance import close

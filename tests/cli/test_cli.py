@@ -177,9 +177,9 @@ def test_quant_debug_writes_its_plot_and_bench_times_startup(tmp_path):
 
 
 def test_inputs_ort_cannot_run_give_one_line_naming_the_model(tmp_path, capsys):
-    from helpers import make_model, tensor, weight
     from onnx import TensorProto, helper
 
+    from helpers import make_model, tensor, weight
     from ortforge.cli import main
 
     lookup = helper.make_node("Gather", ["table", "i"], ["y"], name="lookup")

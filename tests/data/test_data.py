@@ -208,7 +208,6 @@ def test_user_data_is_split_between_calibration_and_evaluation(linear, tmp_path)
 def test_token_ids_stay_within_a_fused_embedding_table(tmp_path):
     """After transformer fusion the table sits in EmbedLayerNormalization: ids beyond it fail ORT ('input index out of range')."""
     from helpers import VOCAB, bert_encoder
-
     from ortforge.core.model import from_proto
     from ortforge.transforms.fusion import FusionOptions, fuse_transformer
 

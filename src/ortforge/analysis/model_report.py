@@ -20,6 +20,7 @@ from ortforge.core.errors import UserError
 from ortforge.core.graph import is_default_domain
 from ortforge.core.model import Model, iter_graphs, iter_nodes, opset_versions
 from ortforge.data import ShapeOptions, input_specs, resolve_shapes
+from ortforge.data.specs import check_shape_names
 
 FOUR_BIT_TYPES = {
     getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, name)
@@ -118,6 +119,7 @@ def inspect_model(
     notes: list[str] = []
     shapes: dict[str, tuple[int, ...]] = {}
     defaults: list[str] = []
+    check_shape_names(input_specs(model), shape_options)  # a typo is the user's to fix, not a note
     try:
         resolved = resolve_shapes(input_specs(model), shape_options)
         shapes, defaults = resolved.shapes, resolved.defaults

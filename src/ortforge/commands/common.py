@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ortforge import zoo
 from ortforge.core.model import Model, load_model
-from ortforge.data import FeedSet, ShapeOptions, load_feeds
+from ortforge.data import FeedSet, ShapeOptions, check_count, load_feeds
 
 
 def open_model(reference: str | Path, *, check: bool = True) -> Model:
@@ -27,6 +27,7 @@ def feeds_for(
     """User data if given; a zoo model's realistic inputs (`samples` of them, default 8); else generated feeds (flagged as such).
 
     `option` is the argument `data` came from (data, calib): errors name it."""
+    check_count(samples, "calib_samples" if option == "calib" else "samples")
     if data is None and zoo.is_zoo_reference(str(reference)) and shape_options is None:
         return zoo.realistic_feeds(str(reference).split(":", 1)[1], count=samples or 8, seed=seed)
     return load_feeds(model, data, count=samples, seed=seed, shape_options=shape_options, option=option)
@@ -41,6 +42,8 @@ def calibration_and_evaluation(
     Generated and zoo inputs come from two seeds; a user's data is split in two halves when it has at
     least four samples (otherwise both use all of it, and the evaluation set says so).
     """
+    check_count(calib_samples, "calib_samples")
+    check_count(samples, "samples")
     if data is None:
         calibration = feeds_for(model, reference, None, samples=calib_samples, shape_options=shape_options)
         return calibration, feeds_for(model, reference, None, samples=samples, shape_options=shape_options, seed=1)

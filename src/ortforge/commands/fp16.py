@@ -12,10 +12,11 @@ from ortforge.accuracy.judge import Verdict
 from ortforge.accuracy.reopen import save_verified
 from ortforge.accuracy.tolerance import close, parse_tolerances
 from ortforge.commands.common import feeds_for, open_model
+from ortforge.core.model import require_in_model
 from ortforge.core.options import default_of
 from ortforge.core.outputs import guard_file, user_files
 from ortforge.core.runtime import GPU_PROVIDERS, available_providers
-from ortforge.core.session import SessionConfig, provider_name
+from ortforge.core.session import SessionConfig, known_provider
 from ortforge.data import GENERATED_WARNING, ShapeOptions
 from ortforge.searches.mixed_precision import SearchReport, convert_within, fp16_mac_share
 from ortforge.transforms.fp16 import Fp16Options
@@ -67,11 +68,14 @@ def fp16(
 
     `tolerances` as for every command ('rtol=1e-2', 'atol=1e-3', 'cosine=0.999', ...; default rtol 1e-2, atol 1e-3)."""
     started = time.perf_counter()
+    target = known_provider(ep) if ep else None
     model = open_model(reference)
+    require_in_model("block_nodes", block_nodes, model.proto, op_types=False)
+    require_in_model("block_ops", block_ops, model.proto, nodes=False)
     guard_file(output, user_files(model, data, eval_hook))
     feeds = feeds_for(model, reference, data, samples=samples, shape_options=shape_options)
     gpu = [p for p in GPU_PROVIDERS if p in available_providers()]
-    provider = provider_name(ep) if ep else (gpu[0] if gpu else "CPUExecutionProvider")
+    provider = target or (gpu[0] if gpu else "CPUExecutionProvider")
     options = Fp16Options(keep_io_types=keep_io_types, block_ops=tuple(block_ops), block_nodes=tuple(block_nodes), provider=provider)
     bounds = parse_tolerances(tolerances, DEFAULT_TOLERANCES)
     outcome = convert_within(model, feeds, options, bounds, auto=auto, hook=load_eval_hook(eval_hook) if eval_hook else None, force=force,

@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from ortforge.core import runtime
-from ortforge.core.errors import UserError, first_line
+from ortforge.core.errors import OptionError, UserError, first_line
 from ortforge.core.graph import subgraphs
 
 # Leave headroom for the graph itself when deciding whether weights must go to external data.
@@ -249,6 +249,19 @@ def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
 def iter_nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
     for graph in iter_graphs(proto.graph):
         yield from graph.node
+
+
+def require_in_model(option: str, names: Iterable[str], *protos: onnx.ModelProto, nodes: bool = True, op_types: bool = True) -> None:
+    """Every name an option lists is a node (or op type) of one of `protos`, subgraphs included: a typo is one line
+    before any work, not a silently ignored option."""
+    known: set[str] = set()
+    for proto in protos:
+        for node in iter_nodes(proto):
+            known |= ({node.name} if nodes else set()) | ({node.op_type} if op_types else set())
+    unknown = sorted(set(names) - known)
+    if unknown:
+        what = "node or op type" if nodes and op_types else "node" if nodes else "op type"
+        raise OptionError(option, unknown[0], f"no {what} of that name in the model")
 
 
 def opset_versions(proto: onnx.ModelProto) -> dict[str, int]:

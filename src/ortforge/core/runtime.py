@@ -7,8 +7,8 @@ right for any ORT version or flavour (the OpenVINO flavour ships an older ORT th
 from __future__ import annotations
 
 import functools
-import os
 import importlib.metadata
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ortforge.core import runtime
-from ortforge.core.errors import UserError, first_line
+from ortforge.core.errors import OptionError, UserError, first_line
 from ortforge.core.model import Model
 from ortforge.data import FeedSet
 
@@ -47,6 +47,16 @@ MEASUREMENTS_KEY = "measurements"  # figures a tool stored beside the config; in
 def provider_name(text: str) -> str:
     """'cuda' or 'CUDAExecutionProvider' -> 'CUDAExecutionProvider'."""
     return PROVIDER_ALIASES.get(text.lower(), text)
+
+
+def known_provider(text: str, option: str = "ep") -> str:
+    """The EP's full name, if onnxruntime knows it at all (this build or another): a target may be named on a machine
+    without it, a typo may not."""
+    name = provider_name(text)
+    known = runtime.ort().get_all_providers()
+    if name not in known:
+        raise OptionError(option, text, f"not an onnxruntime execution provider (it knows {', '.join(p.replace('ExecutionProvider', '') for p in known)})")
+    return name
 
 
 @dataclass

@@ -32,6 +32,7 @@ __all__ = [
     "ShapeOptions",
     "ResolvedShapes",
     "input_specs",
+    "check_count",
     "load_feeds",
     "generate_feeds",
     "parse_dim_option",
@@ -81,6 +82,12 @@ def generate_feeds(model: Model, count: int = 1, seed: int = 0, shape_options: S
     return FeedSet(samples, origin=f"generated (seed {seed})", generated=True, notes=resolved.defaults + value_notes)
 
 
+def check_count(count: int | None, option: str) -> None:
+    """A sample count the user gave: a whole number, 1 or more (None: the command's default)."""
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise OptionError(option, count, "give a whole number of samples, 1 or more")
+
+
 def load_feeds(
     model: Model,
     source: str | None = None,
@@ -95,6 +102,7 @@ def load_feeds(
     `count` caps the samples read (all by default) or sets how many to generate (1 by default);
     errors name `option`, the argument the source came from (data, calib).
     """
+    check_count(count, "calib_samples" if option == "calib" else "samples")
     if source is None:
         return generate_feeds(model, count or 1, seed, shape_options)
     specs = input_specs(model)

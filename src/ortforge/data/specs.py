@@ -100,13 +100,18 @@ def parse_dim_option(text: str) -> tuple[str, int]:
     return name, int(value)
 
 
+def check_shape_names(specs: list[InputSpec], options: ShapeOptions | None) -> None:
+    """Every input named by a shape option exists (a typo would otherwise leave that input at its default)."""
+    known = {spec.name for spec in specs}
+    for name in options.shapes if options else {}:
+        if name not in known:
+            raise OptionError("shapes", name, f"not an input of the model (inputs: {', '.join(sorted(known))})")
+
+
 def resolve_shapes(specs: list[InputSpec], options: ShapeOptions | None = None) -> ResolvedShapes:
     """Give every input a concrete shape; a named dim gets one value across all inputs."""
     options = options or ShapeOptions()
-    known = {spec.name for spec in specs}
-    for name in options.shapes:
-        if name not in known:
-            raise OptionError("shapes", name, f"not an input of the model (inputs: {', '.join(sorted(known))})")
+    check_shape_names(specs, options)
     named: dict[str, int] = dict(options.dims)
     defaults: list[str] = []
     shapes: dict[str, tuple[int, ...]] = {}

@@ -27,6 +27,7 @@ from ortforge.core.model import (
     iter_nodes,
     loaded_copy,
     opset_versions,
+    require_in_model,
 )
 from ortforge.core.options import option
 from ortforge.data import Feed
@@ -190,12 +191,7 @@ def _flatten_gemm_bias(proto: onnx.ModelProto, notes: list[str]) -> None:
 def check_names(proto: onnx.ModelProto, options: QuantizeOptions, also: onnx.ModelProto | None = None) -> None:
     """Every name in `exclude` must be a node or op type of the model (or of `also`, its pre-processed form):
     checked before any work, so a typo is one line rather than a silently ignored option."""
-    known = {node.name for node in iter_nodes(proto)} | {node.op_type for node in iter_nodes(proto)}
-    if also is not None:
-        known |= {node.name for node in iter_nodes(also)} | {node.op_type for node in iter_nodes(also)}
-    unknown = sorted(set(options.exclude) - known)
-    if unknown:
-        raise OptionError("exclude", unknown[0], "no node or op type of that name in the model")
+    require_in_model("exclude", options.exclude, proto, *([also] if also is not None else []))
 
 
 def _nodes_to_exclude(proto: onnx.ModelProto, original: onnx.ModelProto, options: QuantizeOptions, notes: list[str]) -> list[str]:
