@@ -86,13 +86,23 @@ def bench(
             else:
                 _require_same_inputs(model, feeds, parsed[0].model)
         model, own = models[target.model]
-        config = SessionConfig.load(target.config) if target.config else (own or default_config or SessionConfig())
+        config = _config_file(target.config) if target.config else (own or default_config or SessionConfig())
         variants.append(Variant(_unique_label(target.label, variants), model, config, feeds, streams))
     assert feeds is not None
     report = measure_interleaved(variants, options, progress)
     if feeds.generated:
         report.notes.append("inputs were generated (random): fine for speed, but say nothing about accuracy")
     return report
+
+
+def _config_file(path: str) -> SessionConfig:
+    """A session config file, checked before any measuring: a missing EP is named with the file that asks for it."""
+    config = SessionConfig.load(path)
+    try:
+        config.check_providers()
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}", exc.hint) from None
+    return config
 
 
 def _open_target(reference: str, check: bool) -> tuple[Model, SessionConfig | None]:

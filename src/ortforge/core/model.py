@@ -293,7 +293,12 @@ def _gate_kernels(model: Model, opsets: dict[str, int], ort_name: str) -> None:
     local_functions = {(f.domain, f.name) for f in model.proto.functions}
     for node in iter_nodes(model.proto):
         domain = node.domain or "ai.onnx"
-        if domain not in GATED_DOMAINS or node.op_type in KERNEL_FREE_OPS or (node.domain, node.op_type) in local_functions:
+        if node.op_type in KERNEL_FREE_OPS or (node.domain, node.op_type) in local_functions:
+            continue
+        if domain not in GATED_DOMAINS:
+            if runtime.has_kernel(domain, node.op_type) is False:  # a custom op: its library would have to be registered
+                raise UserError(f"{model.name}: node '{node.name or node.op_type}' ({domain}:{node.op_type}): no execution provider in {ort_name} "
+                                "has this operator", hint="a custom op needs its library registered with the session, which ortforge does not do")  # fmt: skip
             continue
         try:
             schema = onnx.defs.get_schema(node.op_type, opsets.get(domain, 1), "" if domain == "ai.onnx" else domain)

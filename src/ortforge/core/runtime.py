@@ -238,6 +238,12 @@ def kernel_providers(domain: str, op_type: str, since_version: int) -> set[str] 
     return {r.provider for r in ranges if r.first <= since_version <= r.last}
 
 
+def has_kernel(domain: str, op_type: str) -> bool | None:
+    """Whether any EP of this build has a kernel for the op at any version (None when ORT cannot say)."""
+    registry = kernel_registry()
+    return None if registry is None else (domain or DEFAULT_DOMAIN, op_type) in registry
+
+
 def version() -> str:
     return ort().__version__
 

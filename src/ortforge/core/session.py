@@ -115,8 +115,10 @@ class SessionConfig:
             raise UserError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
         try:
             return cls(**data)
-        except TypeError as exc:
+        except (TypeError, AttributeError) as exc:  # a field of the wrong kind (a list where an object belongs)
             raise UserError(f"{where}: {exc}") from None
+        except UserError as exc:  # a value its own check refused: name the file it came from
+            raise UserError(f"{where}: {exc}", exc.hint) from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
