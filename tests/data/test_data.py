@@ -217,3 +217,24 @@ def test_token_ids_stay_within_a_fused_embedding_table(tmp_path):
     feeds = generate_feeds(fused, 4, shape_options=ShapeOptions(dims={"batch": 1, "seq": 7}))  # within its 16 positions
     assert max(int(sample["input_ids"].max()) for sample in feeds.samples) < VOCAB
     SessionConfig().build(fused).run(None, feeds.samples[0])
+
+
+@pytest.mark.parametrize(
+    "node, weight_shape, input_shape, expected",
+    [
+        (helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"), (16, 4), ["batch", None], (1, 16)),
+        (helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", transB=1), (4, 24), ["batch", "features"], (1, 24)),
+        (helper.make_node("Conv", ["x", "w"], ["y"], name="conv", group=2), (4, 3, 1, 1), ["batch", "c", 5, 5], (1, 6, 5, 5)),
+        (helper.make_node("Add", ["x", "w"], ["y"], name="bias"), (1, 12), ["batch", None], (1, 12)),
+    ],
+    ids=["matmul", "gemm-transB", "conv-grouped", "broadcast-add"],
+)
+def test_free_dims_take_the_size_a_weight_fixes(tmp_path, node, weight_shape, input_shape, expected):
+    model = load_model(save(make_model([node], [tensor("x", input_shape)], [tensor("y", [f"o{i}" for i in range(len(expected))])], [weight("w", np.ones(weight_shape, np.float32))]),
+                            tmp_path / "m.onnx"))  # fmt: skip
+    feeds = generate_feeds(model, 1)
+    assert feeds.samples[0]["x"].shape == expected
+    assert any(f"fixed by the weights of {node.op_type}" in note for note in feeds.notes)
+    SessionConfig().build(model).run(None, feeds.samples[0])  # the generated input fits
+    given = generate_feeds(model, 1, shape_options=ShapeOptions(shapes={"x": (2, *expected[1:])}))
+    assert given.samples[0]["x"].shape == (2, *expected[1:])  # what the user sets still wins

@@ -20,6 +20,7 @@ from ortforge.core.errors import UserError
 from ortforge.core.graph import is_default_domain
 from ortforge.core.model import Model, iter_graphs, iter_nodes, opset_versions
 from ortforge.data import ShapeOptions, input_specs, resolve_shapes
+from ortforge.data.pinned import pinned_dims
 from ortforge.data.specs import check_shape_names
 
 FOUR_BIT_TYPES = {
@@ -121,7 +122,7 @@ def inspect_model(
     defaults: list[str] = []
     check_shape_names(input_specs(model), shape_options)  # a typo is the user's to fix, not a note
     try:
-        resolved = resolve_shapes(input_specs(model), shape_options)
+        resolved = resolve_shapes(input_specs(model), shape_options, pinned_dims(model))
         shapes, defaults = resolved.shapes, resolved.defaults
         macs = count_macs(model, shapes, feeds=feeds)
     except UserError as exc:

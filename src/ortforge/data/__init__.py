@@ -9,6 +9,7 @@ import numpy as np
 from ortforge.core.errors import OptionError
 from ortforge.core.model import Model
 from ortforge.data.generate import generate_sample, vocabulary_sizes
+from ortforge.data.pinned import pinned_dims
 from ortforge.data.sources import Feed, read_source, validate_feed
 from ortforge.data.specs import (
     InputSpec,
@@ -67,7 +68,7 @@ class FeedSet:
 def generate_feeds(model: Model, count: int = 1, seed: int = 0, shape_options: ShapeOptions | None = None) -> FeedSet:
     """`count` seeded samples with concrete shapes; notes say which defaults and value ranges were used."""
     specs = input_specs(model)
-    resolved = resolve_shapes(specs, shape_options)
+    resolved = resolve_shapes(specs, shape_options, pinned_dims(model))
     vocab = vocabulary_sizes(model)
     rng = np.random.default_rng(seed)
     samples: list[Feed] = []

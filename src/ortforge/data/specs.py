@@ -108,8 +108,10 @@ def check_shape_names(specs: list[InputSpec], options: ShapeOptions | None) -> N
             raise OptionError("shapes", name, f"not an input of the model (inputs: {', '.join(sorted(known))})")
 
 
-def resolve_shapes(specs: list[InputSpec], options: ShapeOptions | None = None) -> ResolvedShapes:
-    """Give every input a concrete shape; a named dim gets one value across all inputs."""
+def resolve_shapes(specs: list[InputSpec], options: ShapeOptions | None = None,
+                   pinned: dict[tuple[str, int], tuple[int, str]] | None = None) -> ResolvedShapes:  # fmt: skip
+    """Give every input a concrete shape; a named dim gets one value across all inputs. What the user set wins,
+    then what a weight fixes (`pinned`, from `data.pinned.pinned_dims`), then the defaults."""
     options = options or ShapeOptions()
     check_shape_names(specs, options)
     named: dict[str, int] = dict(options.dims)
@@ -122,7 +124,7 @@ def resolve_shapes(specs: list[InputSpec], options: ShapeOptions | None = None) 
         if spec.shape is None:
             raise OptionError("shapes", spec.name, f"input '{spec.name}' has no shape in the graph; give one, e.g. {spec.name}=1x8")
         shapes[spec.name] = tuple(
-            _resolve_dim(spec, axis, dim, named, defaults, options) for axis, dim in enumerate(spec.shape)
+            _resolve_dim(spec, axis, dim, named, defaults, options, (pinned or {}).get((spec.name, axis))) for axis, dim in enumerate(spec.shape)
         )
     return ResolvedShapes(shapes, defaults)
 
@@ -138,12 +140,15 @@ def _checked_override(spec: InputSpec, shape: tuple[int, ...]) -> tuple[int, ...
     return shape
 
 
-def _resolve_dim(spec: InputSpec, axis: int, dim: Dim, named: dict[str, int], defaults: list[str], options: ShapeOptions) -> int:
+def _resolve_dim(spec: InputSpec, axis: int, dim: Dim, named: dict[str, int], defaults: list[str], options: ShapeOptions,
+                 pin: tuple[int, str] | None = None) -> int:  # fmt: skip
     if isinstance(dim, int) and dim > 0:
         return dim
-    if isinstance(dim, str) and dim in named:
+    if isinstance(dim, str) and dim in options.dims:
+        return options.dims[dim]
+    if isinstance(dim, str) and dim in named and pin is None:
         return named[dim]
-    value, why = _default_dim(spec, axis, dim, options)
+    value, why = pin or _default_dim(spec, axis, dim, options)
     label = f"'{dim}'" if isinstance(dim, str) else "unnamed"
     defaults.append(f"{spec.name}[{axis}] ({label}) = {value} ({why}; set with --dim or --shape)")
     if isinstance(dim, str):

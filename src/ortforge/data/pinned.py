@@ -1,0 +1,73 @@
+"""Symbolic input dims that a weight fixes: x[batch, ?] feeding MatMul(x, W[16, 4]) can only be 16.
+
+ONNX shape inference runs forward (inputs to outputs), so it cannot tell a free input dim's value; these
+rules read it back from the first consumer that pins it, so generated inputs fit the model instead of
+taking a default that ORT then refuses.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from ortforge.core.graph import GraphIndex
+from ortforge.core.model import Model
+
+# Ops that hand the input on with the same shape; a pin found after them holds for the input.
+SAME_SHAPE = {"Cast", "Identity", "Relu", "Sigmoid", "Tanh", "Abs", "Neg", "Sqrt", "Exp", "Log", "Dropout", "Clip"}
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "PRelu", "Where"}
+HOPS = 4
+
+
+def pinned_dims(model: Model) -> dict[tuple[str, int], tuple[int, str]]:
+    """(input name, axis) -> (value, the node whose weight fixes it), for the inputs' dims that are not fixed numbers."""
+    index = GraphIndex(model.proto)
+    found: dict[tuple[str, int], tuple[int, str]] = {}
+    for name, value in index.inputs.items():
+        if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+            continue
+        shape = value.type.tensor_type.shape
+        rank = len(shape.dim)
+        free = [axis for axis, dim in enumerate(shape.dim) if not (dim.HasField("dim_value") and dim.dim_value > 0)]
+        for axis, size, node in _pins(index, name, rank, 0):
+            if axis in free and (name, axis) not in found and size > 0:
+                found[(name, axis)] = (size, f"fixed by the weights of {node.op_type} '{node.name or node.op_type}'")
+    return found
+
+
+def _pins(index: GraphIndex, name: str, rank: int, depth: int) -> list[tuple[int, int, onnx.NodeProto]]:
+    """(axis, size, node) pins on a value of `rank` dims from its consumers (and through same-shape ops)."""
+    if depth > HOPS:
+        return []
+    pins = []
+    for node in index.consumers.get(name, []):
+        position = list(node.input).index(name)
+        pins += [(axis % rank, size, node) for axis, size in _node_pins(index, node, position, rank)]
+        if node.op_type in SAME_SHAPE and position == 0 and node.output:
+            pins += _pins(index, node.output[0], rank, depth + 1)
+    return pins
+
+
+def _node_pins(index: GraphIndex, node: onnx.NodeProto, position: int, rank: int) -> list[tuple[int, int]]:
+    """(axis, size) of the input at `position` that the node's constant operands fix."""
+    op, inputs = node.op_type, list(node.input)
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    other = index.dims(inputs[1 - position]) if op in ("MatMul", "Gemm") and len(inputs) > 1 else None
+    if op == "MatMul" and other and rank >= 1:
+        if position == 0:
+            return [(rank - 1, other[-2] if len(other) >= 2 else other[0])]
+        return [(rank - 2, other[-1])] if rank >= 2 else []
+    if op == "Gemm" and position == 0 and other and len(other) == 2:
+        return [(0 if attributes.get("transA", 0) else 1, other[1] if attributes.get("transB", 0) else other[0])]
+    weight = index.dims(inputs[1]) if len(inputs) > 1 and position == 0 else None
+    if op == "Conv" and weight and len(weight) >= 2:
+        return [(1, weight[1] * int(attributes.get("group", 1)))]
+    if op in ("BatchNormalization", "InstanceNormalization") and weight:
+        return [(1, weight[0])]
+    if op == "LayerNormalization" and weight:
+        return [(rank - len(weight) + axis, size) for axis, size in enumerate(weight)]
+    if op in ELEMENTWISE and len(inputs) >= 2:
+        constant = next((index.dims(i) for p, i in enumerate(inputs) if p != position and index.dims(i) is not None), None)
+        if constant is not None and len(constant) <= rank:
+            offset = rank - len(constant)  # numpy broadcasting aligns the trailing dims
+            return [(offset + axis, size) for axis, size in enumerate(constant) if size > 1]
+    return []
