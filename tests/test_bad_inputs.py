@@ -94,6 +94,11 @@ CASES += [
     Case("missing calib folder", lambda w: ["quantize", str(w / M), "-o", str(w / "q.onnx"), "--calib", str(w / "nope")], "--calib"),
     Case("missing eval module", lambda w: ["quantize", str(w / M), "-o", str(w / "q.onnx"), "--eval", "nosuchmodule:check"], "--eval"),
     Case("zero budget", lambda w: ["tune", str(w / M), "-o", str(w / "t"), "--time-budget", "0s"], "--time-budget"),
+    # Budgets too short for even one timed comparison: said at the start, not found out after the budget.
+    Case("tune budget too short to compare", lambda w: ["tune", str(w / M), "-o", str(w / "t"), "--time-budget", "1s"], "--time-budget"),
+    Case("quantize auto budget too short", lambda w: ["quantize", str(w / M), "-o", str(w / "q.onnx"), "--mode", "auto", "--time-budget", "1s"],
+         "--time-budget"),
+    Case("fp16 budget not a duration", lambda w: ["fp16", str(w / M), "-o", str(w / "h.onnx"), "--auto", "--time-budget", "soon"], "--time-budget"),
 ]
 
 # ORT failing at run time: one line naming the model and ORT's message, and none of ORT's own log lines.

@@ -148,3 +148,18 @@ def test_on_a_gpu_fp16_is_judged_for_real_and_agrees_with_simulation(tmp_path, m
 
     real, simulated = fp16_outputs(model, plan, data, "CUDAExecutionProvider"), simulated_outputs(model, plan, data)
     assert within(simulated, real, 1e-2, 1e-3)  # simulation and real fp16 kernels agree to fp16's own precision
+
+
+def test_the_search_stops_at_its_deadline_with_a_verified_plan(model):
+    """Out of time after the first evaluation: every node stays fp32 (the one choice verified), and the report says why."""
+    import time
+
+    from ortforge.core.deadline import Deadline
+
+    data = feeds()
+    plan = plan_fp16(model, Fp16Options(provider=None))
+    spent = Deadline(30, started=time.monotonic() - 30)
+    found, report = search_mixed_precision(model, plan, data, judge_of(model, data, 1e-2, 1e-3), deadline=spent)
+    assert report.evaluations == 1 and found.fp16_nodes() == []
+    assert any("time budget" in note for note in report.notes)
+    assert within(run_outputs(model, data), simulated_outputs(model, found, data), 1e-2, 1e-3)

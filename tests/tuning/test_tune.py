@@ -249,12 +249,22 @@ def test_session_options_are_screened_before_the_final_run(tuned):
     assert "session screening" in result.stages
 
 
+def _confirmation_schedule():
+    """A minute for the confirmation stage alone (the scripted runners below ignore the time granted)."""
+    from ortforge.core.deadline import Deadline
+    from ortforge.measure.cost import MeasureCost
+    from ortforge.tuning.schedule import Schedule, Stage
+    from ortforge.tuning.search import CONFIRM
+
+    return Schedule(Deadline(60), MeasureCost(), [Stage("confirmation", 5, CONFIRM, 0.5, 2)])
+
+
 def test_confirmation_picks_the_runner_up_when_it_is_faster_head_to_head():
     """A scripted runner (per-round medians given): the selection rule, apart from any timing noise."""
     from ortforge.measure.bench import BenchReport, VariantResult
     from ortforge.measure.stats import latency_stats
     from ortforge.searches.trial import Candidate, Trial
-    from ortforge.tuning.search import Clock, Finalist, TuneOptions, _confirm, score
+    from ortforge.tuning.search import Finalist, TuneOptions, _confirm, score
     from ortforge.tuning.sessions import SessionCandidate
 
     def result(label, round_ms):
@@ -273,11 +283,11 @@ def test_confirmation_picks_the_runner_up_when_it_is_faster_head_to_head():
         return found
 
     baseline, a, b = finalist("fp32", 1.0), finalist("int8 a", 0.6), finalist("int8 b", 0.65)  # a led the crowded final run
-    chosen, why, _, measured = _confirm(Scripted(), a, [baseline, a, b], TuneOptions(), Clock(60), lambda *_: None)
+    chosen, why, _, measured = _confirm(Scripted(), a, [baseline, a, b], TuneOptions(), _confirmation_schedule(), lambda *_: None)
     assert chosen.label == "int8 b" and "leader int8 a" in why and abs(chosen.score.ratio - 0.5) < 0.02
     assert [f.label for f in measured] == ["fp32", "int8 a", "int8 b"] and a.score.ratio == 0.6  # the finalists keep their own run's figures
     timings["int8 a"] = timings["int8 b"] = [11.0] * 8  # neither holds up: fp32 ships
-    chosen, why, _, _ = _confirm(Scripted(), a, [baseline, a, b], TuneOptions(), Clock(60), lambda *_: None)
+    chosen, why, _, _ = _confirm(Scripted(), a, [baseline, a, b], TuneOptions(), _confirmation_schedule(), lambda *_: None)
     assert chosen.label == "fp32" and "shipping fp32" in why
 
 
@@ -287,7 +297,7 @@ def test_every_component_of_the_winner_must_pay_for_itself():
     from ortforge.measure.bench import BenchReport, VariantResult
     from ortforge.measure.stats import latency_stats
     from ortforge.searches.trial import Candidate, Trial
-    from ortforge.tuning.search import Clock, Finalist, TuneOptions, _confirm
+    from ortforge.tuning.search import Finalist, TuneOptions, _confirm
     from ortforge.tuning.sessions import SessionCandidate
 
     def result(label, round_ms):
@@ -307,7 +317,7 @@ def test_every_component_of_the_winner_must_pay_for_itself():
     baseline = Finalist("fp32 | ORT defaults", fp32, SessionCandidate("ORT defaults"))
     threads = SessionCandidate("2 intra-op thread(s)", kind="threads")
     chosen = Finalist("int8 | 2 intra-op thread(s)", int8, threads)
-    picked, why, _, measured = _confirm(Scripted(), chosen, [baseline, chosen], TuneOptions(), Clock(60), lambda *_: None)
+    picked, why, _, measured = _confirm(Scripted(), chosen, [baseline, chosen], TuneOptions(), _confirmation_schedule(), lambda *_: None)
     assert asked == [["fp32 | ORT defaults", "int8 | 2 intra-op thread(s)", "int8 | ORT defaults", "fp32 | 2 intra-op thread(s)"]]
     assert picked.label == "int8 | ORT defaults" and picked.session.kind == "defaults"
     assert {f.label for f in measured} == set(asked[0])
@@ -316,13 +326,14 @@ def test_every_component_of_the_winner_must_pay_for_itself():
 def test_exclusion_runs_only_when_no_int8_recipe_met_the_tolerance():
     from ortforge.accuracy.judge import Judge
     from ortforge.accuracy.tolerance import Tolerance
+    from ortforge.core.deadline import Deadline
     from ortforge.searches.trial import Candidate, Trial
-    from ortforge.tuning.search import Clock, _exclude
+    from ortforge.tuning.search import _exclude
 
     asked = []
 
     class Recording:
-        def exclusion(self, trial, progress=None):
+        def exclusion(self, trial, progress=None, **deadline):
             asked.append(trial.candidate.label)
 
     def trial(label, cosine):
@@ -331,7 +342,7 @@ def test_exclusion_runs_only_when_no_int8_recipe_met_the_tolerance():
 
     missed_a, missed_b, accurate = trial("a", 0.95), trial("b", 0.97), trial("c", 0.999)
     rejected: list = []
-    _exclude(Recording(), [missed_a, missed_b, accurate], [accurate], rejected, Clock(60), lambda *_: None)
+    _exclude(Recording(), [missed_a, missed_b, accurate], [accurate], rejected, Deadline(60), 0.0, lambda *_: None)
     assert asked == []
-    _exclude(Recording(), [missed_a, missed_b], [], rejected, Clock(60), lambda *_: None)
+    _exclude(Recording(), [missed_a, missed_b], [], rejected, Deadline(60), 0.0, lambda *_: None)
     assert asked == ["b"] and rejected[-1][1] == "no set of nodes kept in float met the tolerance"

@@ -154,6 +154,12 @@ def add_eps(group: Group, help: str) -> None:  # noqa: A002
     group.add_argument("--ep", dest="providers", action="append", default=[], metavar="EP", help=help + " (e.g. cpu, cuda, openvino)")
 
 
+def add_time_budget(group: Group, default_s: float, what: str) -> None:
+    """`--time-budget DURATION`: the deadline of a search (parsed by `parse_duration`)."""
+    group.add_argument("--time-budget", dest="time_budget_s", default=f"{default_s:g}s", metavar="DURATION",
+                       help=f"wall time for {what}, from start to answer: e.g. 90s, 5m, 1h (default {default_s:g}s)")  # fmt: skip
+
+
 def parse_duration(text: str, option: str = "time_budget_s") -> float:
     """'90s', '5m', '1h', '300' -> seconds."""
     units = {"s": 1, "m": 60, "h": 3600}

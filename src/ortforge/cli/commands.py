@@ -17,6 +17,7 @@ from ortforge.cli.arguments import (
     add_options,
     add_parameter,
     add_shapes,
+    add_time_budget,
     add_tolerance,
     flag_help,
     option_values,
@@ -57,8 +58,7 @@ def add_tune(parser: argparse.ArgumentParser) -> None:
 
     _with_model(parser, "artifact folder to write")
     add_options(parser, TuneOptions, skip=("time_budget_s",))
-    budget = default_of(TuneOptions, "time_budget_s")
-    parser.add_argument("--time-budget", dest="time_budget_s", default=f"{budget:g}s", metavar="DURATION", help=f"e.g. 90s, 5m, 1h (default {budget:g}s)")
+    add_time_budget(parser, default_of(TuneOptions, "time_budget_s"), "the whole search")
     add_eps(parser, "EPs to consider (default: every local EP of this onnxruntime)")
     add_parameter(parser, tune, "calib_samples", "calibration samples")
     add_parameter(parser, tune, "overwrite", "replace an earlier ortforge artifact in OUTPUT (any other non-empty folder is refused)")
@@ -195,7 +195,7 @@ def run_optimize(args: argparse.Namespace, console: Any) -> None:
 
 
 def add_quantize(parser: argparse.ArgumentParser) -> None:
-    from ortforge.commands.quantize import MODES, TARGETS, quantize, quantize_for_tensorrt
+    from ortforge.commands.quantize import MODES, TARGETS, TIME_BUDGET_S, quantize, quantize_for_tensorrt
     from ortforge.transforms.quantize import QuantizeOptions
     from ortforge.transforms.weight_only import WeightOnlyOptions
 
@@ -213,6 +213,7 @@ def add_quantize(parser: argparse.ArgumentParser) -> None:
     add_parameter(calibration, quantize, "calib_samples", "calibration samples")
     add_tolerance(parser, DEFAULT_GATE)
     add_parameter(parser, quantize, "auto_exclude", "do not keep nodes in float when a recipe misses the tolerance", flag="--no-auto-exclude")
+    add_time_budget(parser, TIME_BUDGET_S, "--mode auto and the search for nodes to keep in float")
     measure = parser.add_argument_group("timing against fp32")
     add_options(measure, BenchOptions, only=("max_seconds",))
     measure.add_argument("--no-measure", dest="measure", action="store_false", help="skip timing a single recipe against fp32")
@@ -240,7 +241,7 @@ def run_quantize(args: argparse.Namespace, console: Any) -> None:
         report = quantize(args.model, args.output, mode=args.mode, recipe=recipe, weight_only=weight_only, calib=args.calib,
                           calib_samples=args.calib_samples, data=args.data, samples=args.samples, shape_options=shape_options(args),
                           tolerances=tolerances(args), eval_hook=args.eval_hook, force=args.force, auto_exclude=args.auto_exclude,
-                          measure=measure, progress=progress)  # fmt: skip
+                          measure=measure, time_budget_s=parse_duration(args.time_budget_s), progress=progress)  # fmt: skip
     emit_json(report) if args.json else render_quantize(report, console)
 
 
@@ -248,13 +249,14 @@ def run_quantize(args: argparse.Namespace, console: Any) -> None:
 
 
 def add_fp16(parser: argparse.ArgumentParser) -> None:
-    from ortforge.commands.fp16 import fp16
+    from ortforge.commands.fp16 import TIME_BUDGET_S, fp16
     from ortforge.transforms.fp16 import Fp16Options
 
     _with_model(parser, "where to write the fp16 model")
     add_options(parser, Fp16Options)
     add_parameter(parser, fp16, "ep", "the EP whose fp16 kernels count (default: a GPU EP if present, else the CPU)")
     add_parameter(parser, fp16, "auto", "mixed precision: keep the fewest nodes fp32 that bring the outputs within the tolerance")
+    add_time_budget(parser, TIME_BUDGET_S, "--auto's search")
     add_tolerance(parser, "rtol=1e-2 atol=1e-3")
     add_data(parser, fp16)
     add_shapes(parser)
@@ -270,7 +272,8 @@ def run_fp16(args: argparse.Namespace, console: Any) -> None:
     with progress_bar() as progress:
         progress("planning fp16" + (" and searching" if args.auto else ""), 0.2)
         report = fp16(args.model, args.output, **options, ep=args.ep, auto=args.auto, tolerances=tolerances(args), data=args.data,
-                      samples=args.samples, shape_options=shape_options(args), eval_hook=args.eval_hook, force=args.force)  # fmt: skip
+                      samples=args.samples, shape_options=shape_options(args), eval_hook=args.eval_hook, force=args.force,
+                      time_budget_s=parse_duration(args.time_budget_s))  # fmt: skip
     emit_json(report) if args.json else render_fp16(report, console)
 
 

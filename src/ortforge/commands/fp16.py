@@ -12,6 +12,7 @@ from ortforge.accuracy.judge import Verdict
 from ortforge.accuracy.reopen import save_verified
 from ortforge.accuracy.tolerance import close, parse_tolerances
 from ortforge.commands.common import feeds_for, open_model
+from ortforge.core.deadline import Deadline
 from ortforge.core.model import require_in_model
 from ortforge.core.options import default_of
 from ortforge.core.outputs import guard_file, user_files
@@ -22,6 +23,7 @@ from ortforge.searches.mixed_precision import SearchReport, convert_within, fp16
 from ortforge.transforms.fp16 import Fp16Options
 
 DEFAULT_TOLERANCES = (close(1e-2, 1e-3),)  # fp16's usual elementwise bound
+TIME_BUDGET_S = 300.0  # for --auto's search
 
 
 @dataclass
@@ -63,11 +65,14 @@ def fp16(
     shape_options: ShapeOptions | None = None,
     eval_hook: str | None = None,
     force: bool = False,
+    time_budget_s: float = TIME_BUDGET_S,
 ) -> Fp16Report:
     """fp16 (or, with `auto`, as many fp16 nodes as the tolerance allows), judged on a local GPU EP, else by simulation on the CPU.
 
-    `tolerances` as for every command ('rtol=1e-2', 'atol=1e-3', 'cosine=0.999', ...; default rtol 1e-2, atol 1e-3)."""
+    `tolerances` as for every command ('rtol=1e-2', 'atol=1e-3', 'cosine=0.999', ...; default rtol 1e-2, atol 1e-3).
+    `time_budget_s` bounds `auto`'s search, counted from the call."""
     started = time.perf_counter()
+    deadline = Deadline(time_budget_s)
     target = known_provider(ep) if ep else None
     model = open_model(reference)
     require_in_model("block_nodes", block_nodes, model.proto, op_types=False)
@@ -79,7 +84,7 @@ def fp16(
     options = Fp16Options(keep_io_types=keep_io_types, block_ops=tuple(block_ops), block_nodes=tuple(block_nodes), provider=provider)
     bounds = parse_tolerances(tolerances, DEFAULT_TOLERANCES)
     outcome = convert_within(model, feeds, options, bounds, auto=auto, hook=load_eval_hook(eval_hook) if eval_hook else None, force=force,
-                             subject=Path(output).name)  # fmt: skip
+                             subject=Path(output).name, deadline=deadline)  # fmt: skip
     share = fp16_mac_share(model, outcome.plan, feeds)
     # Judged again from disk only where it was judged for real: on the CPU, fp16 runs mostly in fp32 behind Casts.
     real = outcome.judged_by != "simulation"

@@ -9,6 +9,7 @@ than fp32 on CNNs (QInt8 ConvInteger) or wrong (all-op static QDQ on magika), so
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,6 +21,7 @@ from ortforge.accuracy.reopen import save_verified
 from ortforge.accuracy.tolerance import Tolerance, default_tolerances, parse_tolerances
 from ortforge.analysis.model_report import inspect_model
 from ortforge.commands.common import calibration_and_evaluation, feeds_for, open_model
+from ortforge.core.deadline import WRITE_S, Deadline, timed
 from ortforge.core.errors import OptionError, UserError
 from ortforge.core.files import atomic_write_bytes, atomic_write_text
 from ortforge.core.model import Model, model_size, save_model
@@ -30,6 +32,7 @@ from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.data import GENERATED_WARNING, FeedSet, ShapeOptions
 from ortforge.measure.bench import BenchOptions, BenchReport, Variant, bench
 from ortforge.measure.compare import score, verdict_text, winner
+from ortforge.measure.cost import MeasureCost
 from ortforge.searches.exclusion import ExclusionReport, search_exclusions
 from ortforge.searches.recipes import auto_recipes, build_recipe
 from ortforge.searches.trial import Candidate, Recipe, Trial
@@ -45,6 +48,7 @@ from ortforge.transforms.weight_only import WeightOnlyOptions
 
 FP32 = Candidate("fp32 (original)", "fp32")
 MODES = ("dynamic", "static", "int4", "weight-only", "auto")
+TIME_BUDGET_S = 300.0  # for the recipe search (--mode auto) and the exclusion search
 TARGETS = ("cpu", "tensorrt")
 
 
@@ -111,30 +115,47 @@ def quantize_model(
     auto_exclude: bool = True,
     measure: BenchOptions | None = None,
     progress: Progress | None = None,
+    deadline: Deadline | None = None,
 ) -> QuantizeReport:
     """Build each recipe, judge accuracy, time the survivors vs fp32 (when asked or when several), write the winner.
 
-    A single recipe that misses the tolerance first gets nodes kept in float (`auto_exclude`).
+    A single recipe that misses the tolerance first gets nodes kept in float (`auto_exclude`). With a `deadline`,
+    no recipe build or exclusion attempt starts that would leave too little time to time the survivors and write.
     """
     shown = progress or silent
+    auto = len(recipes) > 1
+    measure = measure or (BenchOptions(max_seconds=3.0, profile=False) if auto else None)
+    cost = MeasureCost.for_model(model) if measure is not None and deadline is not None else MeasureCost()
+    keep_s = (cost.minimum(2, measure) if measure is not None else 0.0) + WRITE_S + 2 * cost.create_s
+    if auto and deadline is not None and deadline.left < keep_s:
+        needed = deadline.elapsed + keep_s
+        raise OptionError("time_budget_s", f"{deadline.budget_s:g}s", f"too short to time even one recipe against fp32 here (about {needed:.0f} s "
+                          "before any recipe is built)", hint=f"give at least {math.ceil(2 * needed)}s")  # fmt: skip
     reference = run_outputs(model, evaluation)
     judge = Judge(reference, list(tolerances) if tolerances else default_tolerances(reference), hook, feeds=evaluation)
     trials = []
     for index, recipe in enumerate(recipes):
+        if index and deadline is not None and not deadline.fits("build", keep_s):
+            trials.append(Trial(Candidate.of_recipe(recipe), error="skipped: time budget"))
+            continue
         shown(f"building {recipe.describe()}", index / max(len(recipes), 1) * 0.5)
-        trials.append(build_recipe(model, recipe, calibration, evaluation, judge, section(progress, recipe.describe(), 0.0, 0.5)))
+        with timed(deadline, "build"):
+            trials.append(build_recipe(model, recipe, calibration, evaluation, judge, section(progress, recipe.describe(), 0.0, 0.5)))
     exclusion = None
     first = trials[0] if len(trials) == 1 else None
     if first and not first.passed and first.model is not None and isinstance(first.candidate.recipe, QuantizeOptions) and auto_exclude and not force:
-        fixed, exclusion = search_exclusions(model, first, calibration, evaluation, judge, progress)
+        fixed, exclusion = search_exclusions(model, first, calibration, evaluation, judge, progress, deadline=deadline, keep_s=keep_s)
         if exclusion.met:
             fixed.candidate = replace(fixed.candidate, label=f"{first.label}, {len(exclusion.excluded)} node(s) kept float")
             trials = [first, fixed]
     fp32 = Trial(FP32, model, judge(reference), size_bytes=model_size(model))
     measurement = None
-    auto = len(recipes) > 1
-    if auto or measure is not None:
-        measurement = _measure(model, trials, evaluation, measure or BenchOptions(max_seconds=3.0), progress)
+    if measure is not None:
+        if deadline is not None:  # the time left, less the writing, shared by fp32, its A/A pair and the survivors
+            timed_count = 1 + sum(t.passed and t.model is not None for t in trials)
+            seconds = cost.seconds_per_variant(deadline.left - WRITE_S - 2 * cost.create_s, timed_count, measure)
+            measure = replace(measure, max_seconds=min(measure.max_seconds, seconds), deadline=deadline.at - WRITE_S - 2 * cost.create_s)
+        measurement = _measure(model, trials, evaluation, measure, progress)
         fp32.speed = score(measurement.variants[0], measurement.variants[0])
     if auto:
         chosen, why = choose(fp32, trials, measurement.noise_floor)
@@ -172,13 +193,15 @@ def quantize(
     force: bool = False,
     auto_exclude: bool = True,
     measure: BenchOptions | None = None,
+    time_budget_s: float = TIME_BUDGET_S,
     progress: Progress | None = None,
 ) -> QuantizeReport:
-    """Quantize with one recipe or search recipes (`mode='auto'`).
+    """Quantize with one recipe or search recipes (`mode='auto'`), all within `time_budget_s` of the call.
 
     `recipe` holds QuantizeOptions fields (dynamic/static int8); `weight_only` WeightOnlyOptions fields
     (`mode='int4'` or `'weight-only'`).
     """
+    deadline = Deadline(time_budget_s)  # checked before any work; the whole command counts
     if mode not in MODES:
         raise OptionError("mode", mode, f"choose one of {', '.join(MODES)}")
     model = open_model(reference)
@@ -212,6 +235,7 @@ def quantize(
         auto_exclude=auto_exclude,
         measure=measure,
         progress=progress,
+        deadline=deadline,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -41,6 +42,7 @@ def tune(
 ) -> TuneReport:
     """Search precision, fusion, EPs and session options under an accuracy budget; write the artifact folder
     (`overwrite` replaces an earlier artifact there)."""
+    started = time.monotonic()  # the budget is the whole command's
     options = TuneOptions(objective=objective, time_budget_s=time_budget_s)  # checked before any work
     model = open_model(reference)
     guard_folder(output, user_files(model, data, eval_hook), marker=CONFIG_FILE, overwrite=overwrite)
@@ -57,4 +59,5 @@ def tune(
     return tune_model(
         model, str(reference), Path(output), calibration, evaluation, family=family, transformer=transformer, options=options,
         tolerances=parse_tolerances(tolerances) or None, hook=load_eval_hook(eval_hook) if eval_hook else None, progress=progress,
+        started=started,
     )  # fmt: skip

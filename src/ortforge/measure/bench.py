@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,6 +29,7 @@ from ortforge.measure.profile import ProfileSummary
 from ortforge.measure.stats import LatencyStats, Ratio, latency_stats, noise_floor, ratio_of
 
 MAX_BLOCK_RUNS = 100_000
+MIN_ROUNDS = 4  # a deadline may cut the timed rounds short, never below this many
 
 
 @dataclass
@@ -44,6 +47,7 @@ class BenchOptions:
     profile: bool = option(True, flag="--no-profile", help="skip the per-op profile (ORT profiler)")
     profile_seconds: float = 1.0
     startup_rounds: int = option(0, flag="--startup", metavar="N", help="also time session creation N times per variant, interleaved")
+    deadline: float | None = None  # a time.monotonic() reading: timed rounds end early to finish by it (a search's budget)
 
     def __post_init__(self) -> None:
         for name in ("max_seconds", "warmup_seconds", "block_seconds", "profile_seconds", "precision"):
@@ -94,6 +98,7 @@ class BenchReport:
     notes: list[str] = field(default_factory=list)
     noise: Ratio | None = None  # the first variant against its own second process (the A/A pair)
     load: MachineLoad | None = None
+    phases: dict[str, float] = field(default_factory=dict)  # wall seconds of each phase: what a deadline learns costs from
 
     @property
     def noise_floor(self) -> float:
@@ -147,21 +152,26 @@ def bench(variants: list[Variant], options: BenchOptions | None = None, progress
     paired = options.noise_pair and len(variants) > 1
     pair = [Variant(f"{variants[0].label} (A/A)", variants[0].model, variants[0].config, variants[0].feeds, variants[0].streams)] if paired else []
     running = [_Running(variant) for variant in [*variants, *pair]]
+    phases: dict[str, float] = {}
     try:
-        for item in running:
-            item.process.call("ping")
-        for item in running:
-            report_progress(f"creating session: {item.variant.label}", 0.0)
-            _load(item)
-        for item in running:
-            report_progress(f"warming up: {item.variant.label}", 0.05)
-            _warm_up(item, options)
+        with _phase(phases, "start"):
+            for item in running:
+                item.process.call("ping")
+        with _phase(phases, "load"):
+            for item in running:
+                report_progress(f"creating session: {item.variant.label}", 0.0)
+                _load(item)
+                report_progress(f"warming up: {item.variant.label}", 0.05)
+                _warm_up(item, options)
         meter = LoadMeter()
         meter.track(item.process.pid for item in running)
-        _timed_rounds(running, options, report_progress)
-        _startup_rounds(running, options, report_progress)
+        with _phase(phases, "timed"):
+            _timed_rounds(running, options, report_progress)
+        with _phase(phases, "startup"):
+            _startup_rounds(running, options, report_progress)
         load = meter.finish()
-        results = [_collect(item, options, report_progress) for item in running[: len(variants)]]
+        with _phase(phases, "collect"):
+            results = [_collect(item, options, report_progress) for item in running[: len(variants)]]
     finally:
         for item in running:
             item.process.close()
@@ -182,7 +192,16 @@ def bench(variants: list[Variant], options: BenchOptions | None = None, progress
         notes.append(load.describe() + ": figures are noisier than on a quiet machine")
     if any(variant.streams > 1 for variant in variants):
         notes.append("with several requests in flight, latency figures are wall time per request (1 / throughput), not one request's latency")
-    return BenchReport(results, len(baseline.rounds), time.perf_counter() - started, variants[0].feeds.to_dict(), notes, noise, load)
+    if options.deadline is not None and time.monotonic() > options.deadline:
+        notes.append("the time budget ran out during this measurement: its figures rest on fewer rounds than asked for")
+    return BenchReport(results, len(baseline.rounds), time.perf_counter() - started, variants[0].feeds.to_dict(), notes, noise, load, phases)
+
+
+@contextmanager
+def _phase(phases: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    phases[name] = time.perf_counter() - start
 
 
 def _pair_ratio(pair: _Running, baseline: _Running) -> Ratio:
@@ -226,11 +245,22 @@ def _timed_rounds(running: list[_Running], options: BenchOptions, progress: Prog
         round_index += 1
         elapsed = time.perf_counter() - start
         progress(f"timing round {round_index}", min(0.9, 0.1 + 0.8 * elapsed / budget))
-        if elapsed >= budget:
+        if elapsed >= budget or (round_index >= MIN_ROUNDS and _tail_s(running, options) > _until(options.deadline)):
             return
         enough = round_index >= options.min_rounds and all(sum(map(len, item.rounds)) >= options.min_samples for item in running)
         if enough and _precise(running, options.precision):
             return
+
+
+def _tail_s(running: list[_Running], options: BenchOptions) -> float:
+    """What the measurement still has to do after its timed rounds: start-up rounds, profiles, one more round."""
+    create = max(item.loaded.get("create_s", 0.0) for item in running)
+    profile = (2 * options.profile_seconds + create) * (len(running) - 1) if options.profile else 0.0
+    return options.startup_rounds * len(running) * create + profile + options.block_seconds * len(running)
+
+
+def _until(deadline: float | None) -> float:
+    return math.inf if deadline is None else deadline - time.monotonic()
 
 
 def _precise(running: list[_Running], precision: float) -> bool:
@@ -246,6 +276,8 @@ def _precise(running: list[_Running], precision: float) -> bool:
 def _startup_rounds(running: list[_Running], options: BenchOptions, progress: Progress) -> None:
     """Session creation timed again and again, one variant after another, so noise hits all alike."""
     for round_index in range(options.startup_rounds):
+        if round_index >= 1 and _until(options.deadline) <= 0:
+            return
         progress(f"timing session start-up, round {round_index + 1}", 0.9)
         for item in running:
             item.startup_rounds.append(item.process.call("startup", count=1))
@@ -256,10 +288,9 @@ def _collect(item: _Running, options: BenchOptions, progress: Progress) -> Varia
     stats = latency_stats(samples, item.rounds)
     memory = item.process.call("memory")
     profile = None
-    if options.profile:
+    if options.profile and _until(options.deadline) > 0:
         progress(f"profiling: {item.variant.label}", 0.95)
-        runs = max(1, min(200, int(options.profile_seconds * 1e9 / item.estimate_ns)))
-        profile = item.process.call("profile", runs=runs)
+        profile = item.process.call("profile", seconds=options.profile_seconds)
     batch = _batch_size(item.variant.feeds)
     return VariantResult(
         label=item.variant.label,

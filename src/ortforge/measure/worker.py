@@ -20,6 +20,8 @@ from ortforge.measure.memory import current_rss, peak_rss, release_freed_memory
 from ortforge.measure.placement import RECORD_ASSIGNMENT, placement_from_session
 from ortforge.measure.profile import summarize_profile
 
+PROFILE_MAX_RUNS = 50
+
 
 class Worker:
     def __init__(self) -> None:
@@ -103,13 +105,18 @@ class Worker:
     def memory(self) -> dict:
         return {"peak_rss": peak_rss(), "rss": current_rss()}
 
-    def profile(self, runs: int) -> Any:
-        """Per-op times from a second, profiling session (the profiler slows runs, so never while timing)."""
+    def profile(self, seconds: float, max_runs: int = PROFILE_MAX_RUNS) -> Any:
+        """Per-op times from a second, profiling session (the profiler slows runs, so never while timing).
+
+        Time-boxed: the profiler slows a run several times over and its trace takes as long again to read,
+        so 200 runs of a 1 ms model cost 3 s; a few dozen give the same per-op shares."""
         with tempfile.TemporaryDirectory(prefix="ortforge-profile-") as folder:
             source, entries, name = self.source
             session = self.config.create(source, entries, name=name, profile_dir=folder)
-            for index in range(runs):
-                session.run(None, self.feeds[index % len(self.feeds)])
+            runs, start = 0, time.perf_counter()
+            while runs == 0 or (runs < max_runs and time.perf_counter() - start < seconds):
+                session.run(None, self.feeds[runs % len(self.feeds)])
+                runs += 1
             profile_path = Path(session.end_profiling())
             summary = summarize_profile(profile_path, runs)
         del session

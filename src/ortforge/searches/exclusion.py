@@ -15,6 +15,7 @@ import onnx
 
 from ortforge.accuracy.judge import Judge
 from ortforge.analysis.quant_errors import QuantDebugReport, debug_quantization
+from ortforge.core.deadline import Deadline, timed
 from ortforge.core.graph import GraphIndex
 from ortforge.core.model import Model, from_proto
 from ortforge.core.progress import Progress, silent
@@ -39,6 +40,7 @@ class ExclusionReport:
     attempts: int
     ranking: QuantDebugReport
     notes: list[str] = field(default_factory=list)
+    out_of_time: bool = False  # stopped by the deadline before the attempts ran out
 
     def to_dict(self) -> dict:
         return {
@@ -47,6 +49,7 @@ class ExclusionReport:
             "attempts": self.attempts,
             "worst_layers": [e.__dict__ for e in self.ranking.worst_layers(10)],
             "notes": self.notes,
+            "out_of_time": self.out_of_time,
         }
 
 
@@ -105,9 +108,12 @@ def search_exclusions(
     progress: Progress | None = None,
     max_attempts: int = 12,
     ranking_feeds: FeedSet | None = None,
+    deadline: Deadline | None = None,
+    keep_s: float = 0.0,
 ) -> tuple[Trial, ExclusionReport]:
     """Keep the fewest nodes in float that make `outcome`'s recipe meet the judge's tolerances on `evaluation`
-    (layers ranked on `ranking_feeds`, default `evaluation`: a few samples rank as well as many, at a fraction of the time)."""
+    (layers ranked on `ranking_feeds`, default `evaluation`: a few samples rank as well as many, at a fraction of the time).
+    With a `deadline`, no attempt starts that would leave less than `keep_s` seconds (the slowest attempt so far as the guide)."""
     recipe = outcome.candidate.recipe
     assert isinstance(recipe, QuantizeOptions) and outcome.model is not None
     report_progress = progress or silent
@@ -127,12 +133,16 @@ def search_exclusions(
             report_progress(f"keeping {count} node(s) in float", min(0.95, attempts / max_attempts))
             # Names are those of the prepared graph; pre-processing is deterministic, so they match again.
             options = replace(recipe, exclude=base_exclude + tuple(c.node for c in ordered[:count]))
-            tried[count] = build_recipe(model, options, calibration, evaluation, judge)
+            with timed(deadline, "exclusion attempt"):
+                tried[count] = build_recipe(model, options, calibration, evaluation, judge)
         return tried[count]
+
+    def may_attempt() -> bool:
+        return attempts < max_attempts and (deadline is None or deadline.fits("exclusion attempt", keep_s, deadline.typical("build")))
 
     low, high = 0, None
     count = 1
-    while count <= len(ordered) and attempts < max_attempts:
+    while count <= len(ordered) and may_attempt():
         if attempt(count).passed:
             high = count
             break
@@ -141,8 +151,11 @@ def search_exclusions(
     if high is None:
         notes = ([f"no prefix of {len(ordered)} candidate node(s) met the tolerance within {attempts} attempt(s)"] if ordered else
                  ["quant-debug ranked no quantized node of this recipe, so none could be kept in float"])  # fmt: skip
-        return outcome, ExclusionReport(False, [], attempts, ranking, notes)
-    while high - low > 1 and attempts < max_attempts:
+        out_of_time = attempts < max_attempts and count <= len(ordered)
+        if out_of_time:
+            notes.append(f"stopped after {attempts} attempt(s): the time budget")
+        return outcome, ExclusionReport(False, [], attempts, ranking, notes, out_of_time)
+    while high - low > 1 and may_attempt():
         middle = (low + high) // 2
         if attempt(middle).passed:
             high = middle

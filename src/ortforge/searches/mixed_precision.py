@@ -23,6 +23,7 @@ from ortforge.accuracy.judge import Judge, Verdict
 from ortforge.accuracy.metrics import Outputs
 from ortforge.accuracy.tolerance import Tolerance
 from ortforge.analysis.macs import count_macs
+from ortforge.core.deadline import WRITE_S, Deadline, timed
 from ortforge.core.errors import OptionError, UserError
 from ortforge.core.model import Model, from_proto
 from ortforge.core.runtime import GPU_PROVIDERS, available_providers
@@ -162,9 +163,15 @@ def _value(groups: list[_Group], plan: Fp16Plan) -> tuple[int, int]:
     return sum(plan.decisions[n].op_type in HEAVY_OPS for n in nodes), len(nodes)
 
 
+class _OutOfTime(Exception):
+    """The next evaluation would not finish before the deadline (less the time kept for converting and writing)."""
+
+
 class _GroupSearch:
-    def __init__(self, model: Model, plan: Fp16Plan, feeds: FeedSet, judge: Judge, max_evaluations: int, judge_on: str | None = None) -> None:
+    def __init__(self, model: Model, plan: Fp16Plan, feeds: FeedSet, judge: Judge, max_evaluations: int, judge_on: str | None = None,
+                 deadline: Deadline | None = None, keep_s: float = 0.0) -> None:  # fmt: skip
         self.model, self.plan, self.feeds, self.judge, self.judge_on = model, plan, feeds, judge, judge_on
+        self.deadline, self.keep_s, self.out_of_time = deadline, keep_s, False
         self.reference, self.max_evaluations = judge.reference, max_evaluations
         self.rtol, self.atol = _closeness(judge)
         self.evaluations = 0
@@ -172,9 +179,14 @@ class _GroupSearch:
         self.with_islands = replace(plan, options=replace(plan.options, drop_islands=False))
 
     def evaluate(self, candidate: Fp16Plan) -> tuple[Outputs, bool]:
+        # Kept for the end beyond `keep_s`: the conversion, the final judging run and the reopen, each about one evaluation.
+        if self.evaluations and self.deadline is not None and not self.deadline.fits("fp16 evaluation", self.keep_s + 3 * self.deadline.typical("fp16 evaluation")):
+            self.out_of_time = True
+            raise _OutOfTime
         self.evaluations += 1
-        outputs = fp16_outputs(self.model, candidate, self.feeds, self.judge_on)
-        ok = self.judge(outputs, detail=False).passed
+        with timed(self.deadline, "fp16 evaluation"):
+            outputs = fp16_outputs(self.model, candidate, self.feeds, self.judge_on)
+            ok = self.judge(outputs, detail=False).passed
         return outputs, ok
 
     def only(self, nodes: Iterable[str], plan: Fp16Plan | None = None) -> Fp16Plan:
@@ -189,13 +201,24 @@ class _GroupSearch:
         return _Group(nodes, error, probe.ratio(error))
 
     def run(self) -> tuple[list[_Group], list[_Group]] | None:
-        """The groups of the best verified choice and the rest; None when full fp16 already meets the tolerance."""
+        """The groups of the best verified choice and the rest; None when full fp16 already meets the tolerance.
+        Out of time, the best choice verified so far (none: every node fp32)."""
         outputs, ok = self.evaluate(self.plan)
         if ok:
             return None
-        probe = _ErrorProbe(self.reference, outputs, self.rtol, self.atol)
-        groups = [self.alone(nodes, probe) for nodes in _first_groups(self.plan)]
         best: list[_Group] = []
+        groups: list[_Group] = []
+        try:
+            self._search(outputs, groups, best)
+        except _OutOfTime:
+            pass
+        return best, [group for group in groups if group not in best]
+
+    def _search(self, outputs: Outputs, groups: list[_Group], best: list[_Group]) -> None:
+        """Fill `groups` with the measured groups and `best` with the best verified choice of them."""
+        probe = _ErrorProbe(self.reference, outputs, self.rtol, self.atol)
+        for nodes in _first_groups(self.plan):
+            groups.append(self.alone(nodes, probe))
         tried: set[frozenset[str]] = set()
         margin, idle_splits = MARGIN, 0
         while self.evaluations < self.max_evaluations and idle_splits < IDLE_SPLITS:
@@ -209,11 +232,10 @@ class _GroupSearch:
                     margin *= 0.6  # the sum underestimated the error: ask for more headroom
                     continue
                 if _value(chosen, self.plan) > _value(best, self.plan):
-                    best, idle_splits = chosen, 0
+                    best[:], idle_splits = chosen, 0
             if not self._split_one(groups, best, probe):
                 break
             idle_splits += 1
-        return best, [group for group in groups if group not in best]
 
     def _split_one(self, groups: list[_Group], best: list[_Group], probe: _ErrorProbe) -> bool:
         """Split the rejected group with the least error alone in halves (two evaluations); False if none is left."""
@@ -236,11 +258,13 @@ def _closeness(judge: Judge) -> tuple[float, float]:
 
 def search_mixed_precision(
     model: Model, plan: Fp16Plan, feeds: FeedSet, judge: Judge, max_evaluations: int = 30, judge_on: str | None = None,
+    deadline: Deadline | None = None, keep_s: float = 0.0,
 ) -> tuple[Fp16Plan, SearchReport]:
     """A plan with many fp16 nodes whose outputs on `feeds` (simulated, or run on `judge_on`) the judge accepts
-    (every node fp32 at worst). The judge holds the fp32 outputs on the same feeds and an rtol/atol bound."""
+    (every node fp32 at worst). The judge holds the fp32 outputs on the same feeds and an rtol/atol bound.
+    With a `deadline`, no evaluation starts that would leave less than `keep_s` seconds."""
     start = time.perf_counter()
-    search = _GroupSearch(model, plan, feeds, judge, max_evaluations, judge_on)
+    search = _GroupSearch(model, plan, feeds, judge, max_evaluations, judge_on, deadline, keep_s)
     found = search.run()
     if found is None:
         return plan, SearchReport(search.evaluations, time.perf_counter() - start, [])
@@ -249,6 +273,8 @@ def search_mixed_precision(
            for group in rejected for node in group.nodes]  # fmt: skip
     bounds = ", ".join(tolerance.describe() for tolerance in judge.tolerances)
     notes = [] if kept else [f"no group of fp16 nodes met {bounds} in {search.evaluations} evaluations: every node stays fp32"]
+    if search.out_of_time:
+        notes.append(f"the search stopped after {search.evaluations} evaluations: the time budget (the best choice verified by then is kept)")
     result = search.only(n for group in kept for n in group.nodes)
     return result, SearchReport(search.evaluations, time.perf_counter() - start, why, notes, search.choices)
 
@@ -266,7 +292,7 @@ class Fp16Outcome:
 
 
 def convert_within(model: Model, feeds: FeedSet, options: Fp16Options, tolerances: Sequence[Tolerance], *, auto: bool = False,
-                   hook: Callable | None = None, force: bool = False, subject: str = "fp16 model") -> Fp16Outcome:  # fmt: skip
+                   hook: Callable | None = None, force: bool = False, subject: str = "fp16 model", deadline: Deadline | None = None) -> Fp16Outcome:  # fmt: skip
     """The gate `ortforge fp16` applies: plan with measured ranges, search if `auto`, judge (for real on a local
     GPU EP, else by simulation), and convert only when the judge accepts the outputs (or `force`)."""
     plan = plan_fp16(model, replace(options, activation_ranges=measure_activation_ranges(model, feeds)))
@@ -274,7 +300,7 @@ def convert_within(model: Model, feeds: FeedSet, options: Fp16Options, tolerance
     judge = Judge(run_outputs(model, feeds), tolerances, hook, feeds=feeds, reference_label="fp32")
     search = None
     if auto:
-        plan, search = search_mixed_precision(model, plan, feeds, judge, judge_on=judge_on)
+        plan, search = search_mixed_precision(model, plan, feeds, judge, judge_on=judge_on, deadline=deadline, keep_s=WRITE_S)
     result = None
     if judge_on is None:
         judged = simulated_outputs(model, plan, feeds)

@@ -20,6 +20,7 @@ from ortforge.accuracy.hooks import HookError
 from ortforge.accuracy.judge import Judge
 from ortforge.accuracy.metrics import Outputs
 from ortforge.accuracy.tolerance import close
+from ortforge.core.deadline import Deadline
 from ortforge.core.errors import UserError
 from ortforge.core.files import atomic_write_text
 from ortforge.core.model import Model, from_proto, load_model, model_size, save_model
@@ -48,8 +49,9 @@ class MeasureTarget:
 class TrialRunner(Protocol):
     def build(self, candidate: Candidate) -> Trial: ...
     def measure(self, targets: Sequence[MeasureTarget], options: BenchOptions, progress: Progress | None = None) -> BenchReport: ...
-    def exclusion(self, trial: Trial, progress: Progress | None = None) -> Candidate | None:
-        """The int8 candidate with the fewest nodes kept float that meets the tolerances (None if none found)."""
+    def exclusion(self, trial: Trial, progress: Progress | None = None, *, deadline: Deadline | None = None, keep_s: float = 0.0) -> Candidate | None:
+        """The int8 candidate with the fewest nodes kept float that meets the tolerances (None if none found);
+        no attempt starts that would leave less than `keep_s` before the deadline."""
         ...
 
 
@@ -172,7 +174,7 @@ class LocalRunner:
         verdict = None if record["error"] else self.judge.decide_measured(record["metrics"])
         return Trial(candidate, model, verdict, record["notes"], record["error"], cached=True, size_bytes=record["size_bytes"])
 
-    def exclusion(self, trial: Trial, progress: Progress | None = None) -> Candidate | None:
+    def exclusion(self, trial: Trial, progress: Progress | None = None, *, deadline: Deadline | None = None, keep_s: float = 0.0) -> Candidate | None:
         """Search on the calibration half (the evaluation half then judges the result like any candidate);
         the nodes found are cached, so a resumed run does not search again."""
         from ortforge.searches.exclusion import search_exclusions
@@ -185,8 +187,10 @@ class LocalRunner:
             judge = Judge(run_outputs(self.model, self.calibration), self.judge.tolerances, self.judge.hook, feeds=self.calibration)
             ranking = replace(self.calibration, samples=self.calibration.samples[:RANKING_SAMPLES])
             _, report = search_exclusions(self.model, trial, self.calibration, self.calibration, judge, progress,
-                                          max_attempts=EXCLUSION_ATTEMPTS, ranking_feeds=ranking)  # fmt: skip
+                                          max_attempts=EXCLUSION_ATTEMPTS, ranking_feeds=ranking, deadline=deadline, keep_s=keep_s)  # fmt: skip
             nodes = [c.node for c in report.excluded] if report.met else []
+            if not report.met and report.out_of_time:
+                return None  # not recorded: with more time a later run may find them
             record.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(record, json.dumps({"candidate": trial.label, "nodes": nodes}))
         if not nodes:

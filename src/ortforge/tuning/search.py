@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ortforge.core.deadline import Deadline, timed
 from ortforge.core.errors import OptionError, UserError
 from ortforge.core.files import atomic_write_text
 from ortforge.core.options import option
@@ -22,16 +23,23 @@ from ortforge.core.progress import Progress, section
 from ortforge.core.session import CPU, SessionConfig
 from ortforge.measure.bench import BenchOptions, BenchReport
 from ortforge.measure.compare import CandidateScore, score, startup_score, verdict_text, winner
+from ortforge.measure.cost import MeasureCost
 from ortforge.measure.memory import release_freed_memory
 from ortforge.measure.placement import placement_for
 from ortforge.searches.trial import Candidate, Trial
 from ortforge.tuning.runner import MeasureTarget, TrialRunner
+from ortforge.tuning.schedule import Schedule, Stage
 from ortforge.tuning.sessions import SessionCandidate, session_space
 
 OBJECTIVES = ("latency", "throughput", "startup", "size")
 JOURNAL = "journal.json"
 SESSION_FINALISTS = 2  # session options carried into the final run after their own screen
 EXCLUSION_BUDGET_SHARE = 0.6  # the exclusion search starts only while this share of the budget is left
+BUILD_BUDGET_SHARE = 0.6  # builds start only while this share of the budget has not been spent
+# The timed stages; max_seconds and the deadline are set when the schedule grants a stage its time.
+SCREEN = BenchOptions(profile=False, block_seconds=0.1, min_rounds=4, warmup_seconds=0.25)
+FINAL = BenchOptions(profile=True, profile_seconds=0.5, startup_rounds=3)
+CONFIRM = BenchOptions(profile=True, profile_seconds=0.5, startup_rounds=5, min_rounds=20)
 
 
 @dataclass(frozen=True)
@@ -87,39 +95,25 @@ class TuneResult:
     ablation: list[Finalist] = field(default_factory=list)  # the variants of that run, each with its score
 
 
-class Clock:
-    """The time budget: what is left, and a fair share of it for a stage."""
-
-    def __init__(self, budget_s: float) -> None:
-        self.start, self.budget = time.monotonic(), budget_s
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.start
-
-    @property
-    def left(self) -> float:
-        return max(0.0, self.budget - self.elapsed)
-
-    def seconds_per_variant(self, share: float, variants: int, low: float = 0.6, high: float = 4.0) -> float:
-        return max(low, min(high, self.left * share / max(variants, 1)))
-
-
-def _build_all(runner: TrialRunner, candidates: Sequence[Candidate], clock: Clock, progress: Progress) -> tuple[list[Trial], list[Trial], list[tuple[str, str]]]:
+def _build_all(runner: TrialRunner, candidates: Sequence[Candidate], deadline: Deadline, keep_s: float,
+               progress: Progress) -> tuple[list[Trial], list[Trial], list[tuple[str, str]]]:  # fmt: skip
+    """Build and judge each candidate while the slowest build so far still fits before the share kept for measuring."""
     trials, accurate, rejected = [], [], []
+    keep_s = max(keep_s, deadline.budget_s * (1 - BUILD_BUDGET_SHARE))
     for index, candidate in enumerate(candidates):
-        if candidate.kind != "fp32" and clock.left < clock.budget * 0.4:
+        if candidate.kind != "fp32" and not deadline.fits("build", keep_s):
             rejected.append((candidate.label, "skipped: time budget"))
             continue
         progress(f"building {candidate.label} ({index + 1}/{len(candidates)})", 0.05 + 0.35 * index / len(candidates))
-        trial = runner.build(candidate)
+        with timed(deadline if candidate.kind != "fp32" else None, "build"):
+            trial = runner.build(candidate)
         trials.append(trial)
         (accurate.append(trial) if trial.passed else rejected.append((candidate.label, trial.why_not)))
     return trials, accurate, rejected
 
 
-def _exclude(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], rejected: list[tuple[str, str]], clock: Clock,
-             progress: Progress) -> None:  # fmt: skip
+def _exclude(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], rejected: list[tuple[str, str]], deadline: Deadline,
+             keep_s: float, progress: Progress) -> None:  # fmt: skip
     """When no int8 recipe met the tolerance, the most accurate one gets its worst nodes kept in float (once, time allowing).
 
     With an accurate int8 candidate at hand the search (quant-debug plus up to 6 quantizations) rarely pays:
@@ -128,10 +122,12 @@ def _exclude(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], re
     if not missed or any(t.candidate.kind == "int8" for t in accurate):
         return
     trial = max(missed, key=lambda t: t.metrics.get("cosine", 0.0))
-    if clock.left < clock.budget * EXCLUSION_BUDGET_SHARE:
+    # The ranking and a first attempt, each about one build; later attempts stop at the deadline themselves.
+    search_s = 3 * deadline.typical("build")
+    if deadline.left < deadline.budget_s * EXCLUSION_BUDGET_SHARE or deadline.left - search_s < keep_s:
         rejected.append((f"{trial.candidate.label}, nodes kept float", "skipped: time budget"))
         return
-    candidate = runner.exclusion(trial, section(progress, f"keeping nodes of {trial.label} in float", 0.35, 0.4))
+    candidate = runner.exclusion(trial, section(progress, f"keeping nodes of {trial.label} in float", 0.35, 0.4), deadline=deadline, keep_s=keep_s)
     if candidate is None:
         rejected.append((f"{trial.candidate.label}, nodes kept float", "no set of nodes kept in float met the tolerance"))
         return
@@ -140,7 +136,7 @@ def _exclude(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], re
     (accurate.append(built) if built.passed else rejected.append((candidate.label, built.why_not)))
 
 
-def _screen(runner: TrialRunner, accurate: list[Trial], options: TuneOptions, clock: Clock, progress: Progress) -> tuple[list[Trial], BenchReport | None, list[tuple[str, str]]]:
+def _screen(runner: TrialRunner, accurate: list[Trial], options: TuneOptions, schedule: Schedule, progress: Progress) -> tuple[list[Trial], BenchReport | None, list[tuple[str, str]]]:
     """Time every accurate candidate against fp32 briefly; keep fp32 and the ones that beat it."""
     fp32, others = accurate[0], accurate[1:]
     if options.objective == "size":
@@ -148,10 +144,12 @@ def _screen(runner: TrialRunner, accurate: list[Trial], options: TuneOptions, cl
         return [fp32] + smallest, None, []
     if not others:
         return [fp32], None, []
-    seconds = clock.seconds_per_variant(0.25, len(accurate))
+    granted = schedule.grant("screening", len(accurate))
+    if granted is None:  # no time to screen: the simplest candidates go to the final run unscreened
+        kept = others[: options.finalists]
+        return [fp32] + kept, None, [(t.candidate.label, "not screened: time budget") for t in others if t not in kept]
     targets = [MeasureTarget(t.candidate.label, t, SessionConfig()) for t in accurate]
-    report = runner.measure(targets, BenchOptions(max_seconds=seconds, profile=False, block_seconds=0.1, min_rounds=4),
-                            section(progress, "screening precision candidates", 0.4, 0.6))  # fmt: skip
+    report = _measure(runner, schedule, targets, granted, section(progress, "screening precision candidates", 0.4, 0.6))
     scores = [score(result, report.variants[0]) for result in report.variants[1:]]
     ranked = sorted(zip(others, scores), key=lambda pair: pair[1].ratio)
     survivors = [trial for trial, s in ranked if s.ratio < 1.0][: options.finalists]
@@ -179,7 +177,7 @@ def _allowed_sessions(trial: Trial, options: TuneOptions, notes: list[str]) -> l
     return allowed
 
 
-def _finalists(runner: TrialRunner, survivors: list[Trial], options: TuneOptions, clock: Clock, progress: Progress,
+def _finalists(runner: TrialRunner, survivors: list[Trial], options: TuneOptions, schedule: Schedule, progress: Progress,
                notes: list[str], rejected: list[tuple[str, str]]) -> list[Finalist]:  # fmt: skip
     """fp32 + ORT defaults first (the baseline); the fastest survivor (fp32 when nothing beat it in screening)
     with ORT defaults and the session options that beat its defaults in a short screen; the other survivors
@@ -189,23 +187,25 @@ def _finalists(runner: TrialRunner, survivors: list[Trial], options: TuneOptions
     tuned = others[0] if others else fp32
     defaults = SessionCandidate("ORT defaults")
     baseline = Finalist(f"{fp32.candidate.label} | ORT defaults", fp32, defaults)
-    sessions = _screen_sessions(runner, tuned, _allowed_sessions(tuned, options, notes)[1:], options, clock, progress, rejected)
+    sessions = _screen_sessions(runner, tuned, _allowed_sessions(tuned, options, notes)[1:], options, schedule, progress, rejected)
     found = [baseline] + ([] if tuned is fp32 else [Finalist(f"{tuned.candidate.label} | ORT defaults", tuned, defaults)])
     found += [Finalist(f"{tuned.candidate.label} | {session.label}", tuned, session) for session in sessions]
     return found + [Finalist(f"{trial.candidate.label} | ORT defaults", trial, defaults) for trial in others[1:]]
 
 
-def _screen_sessions(runner: TrialRunner, trial: Trial, sessions: list[SessionCandidate], options: TuneOptions, clock: Clock,
+def _screen_sessions(runner: TrialRunner, trial: Trial, sessions: list[SessionCandidate], options: TuneOptions, schedule: Schedule,
                      progress: Progress, rejected: list[tuple[str, str]]) -> list[SessionCandidate]:  # fmt: skip
     """The session candidates that beat ORT's defaults for this trial in a short interleaved screen, best first."""
     if len(sessions) <= SESSION_FINALISTS:
         return sessions
     targets = [MeasureTarget(f"{trial.candidate.label} | ORT defaults", trial, SessionConfig())]
     targets += [MeasureTarget(f"{trial.candidate.label} | {s.label}", trial, s.config, s.streams) for s in sessions]
-    seconds = clock.seconds_per_variant(0.08, len(targets), high=2.0)  # a screen: the final run measures what it keeps
-    startup_rounds = 3 if options.objective == "startup" else 0
-    report = runner.measure(targets, BenchOptions(max_seconds=seconds, profile=False, block_seconds=0.1, min_rounds=4, startup_rounds=startup_rounds),
-                            section(progress, "screening session options", 0.6, 0.65))  # fmt: skip
+    granted = schedule.grant("session screening", len(targets))
+    if granted is None:  # no time to screen them: the objective's own lever and thread counts (the usual win) go unscreened
+        picked = sorted(sessions, key=lambda s: s.kind != ("streams" if options.objective == "throughput" else "threads"))[:SESSION_FINALISTS]
+        rejected += [(f"{trial.candidate.label} | {s.label}", "not screened: time budget") for s in sessions if s not in picked]
+        return picked
+    report = _measure(runner, schedule, targets, granted, section(progress, "screening session options", 0.6, 0.65))
     ratios = [_objective_score(result, report.variants[0], options.objective).ratio for result in report.variants[1:]]
     scored = sorted(zip(sessions, ratios), key=lambda pair: pair[1])
     kept = [session for session, ratio in scored if ratio < 1.0][:SESSION_FINALISTS]
@@ -245,57 +245,95 @@ def _objective_score(result, baseline, objective: str) -> CandidateScore:  # noq
 
 
 def tune_search(runner: TrialRunner, candidates: Sequence[Candidate], options: TuneOptions, progress: Progress | None = None,
-                journal: Path | None = None) -> TuneResult:  # fmt: skip
-    """Run the stages within the time budget and pick the consistent winner against fp32 + ORT defaults."""
+                journal: Path | None = None, deadline: Deadline | None = None, cost: MeasureCost | None = None) -> TuneResult:  # fmt: skip
+    """Run the stages by the deadline (the time budget from `deadline.started`, now by default) and pick the
+    consistent winner against fp32 + ORT defaults; `cost` is the first guess of what a measurement costs here."""
     shown = progress or (lambda what, fraction: None)
     best = ["fp32 with ORT defaults"]
 
     def report(what: str, fraction: float) -> None:
         shown(f"{what} | best so far: {best[0]}", fraction)
 
-    clock, stages, notes = Clock(options.time_budget_s), {}, []
-    trials, accurate, rejected = _build_all(runner, candidates, clock, report)
-    _exclude(runner, trials, accurate, rejected, clock, report)
-    stages["build + accuracy"] = clock.elapsed
+    deadline = deadline or Deadline(options.time_budget_s)
+    cost = cost or MeasureCost()
+    stages, notes = {}, []
+    least = Schedule(deadline, cost, [Stage("final", 2, FINAL, 1.0, 0)])
+    if least.minimum() > deadline.left:
+        raise OptionError("time_budget_s", f"{options.time_budget_s:g}s", f"too short for even one timed comparison of this model here "
+                          f"(fp32 against one candidate with its A/A pair needs about {least.minimum() + deadline.elapsed:.0f} s)",
+                          hint=f"give at least {math.ceil(1.5 * (least.minimum() + deadline.elapsed))}s")  # fmt: skip
+    keep_s = least.minimum()
+    trials, accurate, rejected = _build_all(runner, candidates, deadline, keep_s, report)
+    _exclude(runner, trials, accurate, rejected, deadline, keep_s, report)
+    stages["build + accuracy"] = deadline.elapsed
     if not trials or trials[0].candidate.kind != "fp32":
         raise RuntimeError("the fp32 candidate must come first")
     if not trials[0].passed:  # every candidate is judged against the original, so the original must pass its own judge
         raise UserError(f"the original model fails its own accuracy gate, so no candidate can be judged: {trials[0].why_not}")
     release_freed_memory()  # the builds' freed memory would otherwise stay with this process through the timed runs
-    survivors, screening, dropped = _screen(runner, accurate, options, clock, report)
+    schedule = _schedule(deadline, cost, len(accurate), options)
+    schedule.fit()
+    survivors, screening, dropped = _screen(runner, accurate, options, schedule, report)
     rejected += dropped
     if screening is not None and len(survivors) > 1:
         lead = next(v for v in screening.variants if v.label == survivors[1].candidate.label)
         best[0] = f"{survivors[1].candidate.label} ({score(lead, screening.variants[0]).ratio:.2f}x in screening)"
-    stages["screening"] = clock.elapsed - sum(stages.values())
-    finalists = _finalists(runner, survivors, options, clock, report, notes, rejected)
+    stages["screening"] = deadline.elapsed - sum(stages.values())
+    finalists = _finalists(runner, survivors, options, schedule, report, notes, rejected)
     finalists += _offline_variants(survivors[1] if len(survivors) > 1 else survivors[0], notes)
-    stages["session screening"] = clock.elapsed - sum(stages.values())
-    seconds = clock.seconds_per_variant(0.8, len(finalists), low=0.5, high=6.0)
-    startup_rounds = 8 if options.objective == "startup" else 3
-    final = runner.measure([f.target for f in finalists], BenchOptions(max_seconds=seconds, profile=True, profile_seconds=0.5, startup_rounds=startup_rounds),
-                           section(report, "final interleaved run", 0.6, 0.98))  # fmt: skip
-    stages["final"] = clock.elapsed - sum(stages.values())
+    stages["session screening"] = deadline.elapsed - sum(stages.values())
+    granted = schedule.grant("final", len(finalists))
+    assert granted is not None  # the final run is never dropped
+    final = _measure(runner, schedule, [f.target for f in finalists], granted, section(report, "final interleaved run", 0.6, 0.98))
+    stages["final"] = deadline.elapsed - sum(stages.values())
     for finalist, result in zip(finalists, final.variants):
         finalist.score = _objective_score(result, final.variants[0], options.objective)
     chosen, why = _choose(finalists, options, final.noise_floor)
     best[0] = f"{chosen.label} ({chosen.score.ratio:.2f}x)" if chosen.score else chosen.label
     confirmation, ablation = None, []
     if chosen is not finalists[0] and options.objective != "size":
-        chosen, why, confirmation, ablation = _confirm(runner, chosen, finalists, options, clock, section(report, "head-to-head confirmation", 0.98, 1.0))
-        stages["confirmation"] = clock.elapsed - sum(stages.values())
+        confirmed = _confirm(runner, chosen, finalists, options, schedule, section(report, "head-to-head confirmation", 0.98, 1.0))
+        if confirmed is not None:
+            chosen, why, confirmation, ablation = confirmed
+        stages["confirmation"] = deadline.elapsed - sum(stages.values())
+    notes += [f"{name}: skipped, the time budget left no room for it beside the final run"
+              + ("; the figures are the final run's" if name == "confirmation" else "") for name in schedule.dropped
+              if name != "confirmation" or chosen is not finalists[0]]  # fp32 chosen: nothing to confirm
     if journal is not None:
         atomic_write_text(journal, json.dumps({"chosen": chosen.label, "finalists": [f.label for f in finalists], "time": time.time()}))
-    if clock.elapsed > clock.budget * 1.1:
-        notes.append(f"took {clock.elapsed:.0f} s of a {clock.budget:.0f} s budget: each timed stage needs a minimum (process start-up, "
-                     "warm-up, at least 12 interleaved rounds with the A/A pair) whatever the budget; give more time for figures within it")  # fmt: skip
-    result = TuneResult(chosen, finalists[0], finalists, trials, rejected, final, screening, why, clock.elapsed, getattr(runner, "built", 0), notes, stages)
+    if deadline.elapsed > deadline.budget_s * 1.1:
+        notes.append(f"took {deadline.elapsed:.0f} s of a {deadline.budget_s:.0f} s budget: a stage ran over its plan (a busy machine, "
+                     "or a build slower than the ones before it)")  # fmt: skip
+    result = TuneResult(chosen, finalists[0], finalists, trials, rejected, final, screening, why, deadline.elapsed, getattr(runner, "built", 0), notes, stages)
     result.confirmation, result.ablation = confirmation, ablation
     return result
 
 
-def _confirm(runner: TrialRunner, chosen: Finalist, finalists: list[Finalist], options: TuneOptions, clock: Clock,
-             progress: Progress) -> tuple[Finalist, str, BenchReport, list[Finalist]]:  # fmt: skip
+def _schedule(deadline: Deadline, cost: MeasureCost, accurate: int, options: TuneOptions) -> Schedule:
+    """The timed stages with their largest likely sizes, in the order they run."""
+    startup = options.objective == "startup"
+    sessions = len(session_space(providers=options.providers, objective=options.objective))  # ORT defaults among them
+    others = min(options.finalists, accurate - 1)
+    stages = []
+    if accurate > 1 and options.objective != "size":
+        stages.append(Stage("screening", accurate, SCREEN, 0.25, 3, high_s=4.0))
+    if sessions - 1 > SESSION_FINALISTS:
+        stages.append(Stage("session screening", sessions, replace(SCREEN, startup_rounds=3 if startup else 0), 0.1, 1, high_s=2.0))
+    stages.append(Stage("final", 1 + others + SESSION_FINALISTS + 1, replace(FINAL, startup_rounds=8 if startup else 3), 0.8, 0))
+    if options.objective != "size":
+        stages.append(Stage("confirmation", 1 + 4, CONFIRM, 0.5, 2, high_s=8.0))
+    return Schedule(deadline, cost, stages)
+
+
+def _measure(runner: TrialRunner, schedule: Schedule, targets: list[MeasureTarget], options: BenchOptions, progress: Progress) -> BenchReport:
+    """One granted measurement; what its phases cost refines the plan of the stages after it."""
+    report = runner.measure(targets, options, progress)
+    schedule.cost.learn(report, options)
+    return report
+
+
+def _confirm(runner: TrialRunner, chosen: Finalist, finalists: list[Finalist], options: TuneOptions, schedule: Schedule,
+             progress: Progress) -> tuple[Finalist, str, BenchReport, list[Finalist]] | None:  # fmt: skip
     """Measure the winner, the runner-up and the winner without each of its components against the baseline,
     as they will run in deployment, in one interleaved run with its own noise floor.
 
@@ -311,9 +349,10 @@ def _confirm(runner: TrialRunner, chosen: Finalist, finalists: list[Finalist], o
     # Copies: the finalists keep the figures of the final run, these get the figures of this one.
     baseline, contenders = replace(finalists[0], score=None), [replace(f, score=None) for f in picked]
     chosen = contenders[0]
-    seconds = max(1.5, min(8.0, clock.left * 0.5 / (len(contenders) + 2)))  # per variant; the baseline and its A/A pair run too
-    report = runner.measure([baseline.target] + [c.target for c in contenders], BenchOptions(max_seconds=seconds, profile=True,
-                            profile_seconds=0.5, startup_rounds=5, min_rounds=20), progress)  # fmt: skip
+    granted = schedule.grant("confirmation", 1 + len(contenders))
+    if granted is None:
+        return None
+    report = _measure(runner, schedule, [baseline.target] + [c.target for c in contenders], granted, progress)
     noise = report.noise_floor
     for contender, result in zip(contenders, report.variants[1:]):
         contender.score = _objective_score(result, report.variants[0], options.objective)
