@@ -20,6 +20,7 @@ from ortforge.analysis.tap import tap_session
 from ortforge.core import runtime
 from ortforge.core.graph import SMALL_CONSTANT, GraphIndex, attributes, is_default_domain, subgraphs
 from ortforge.core.model import Model, iter_graphs
+from ortforge.core.values import ort_feed
 from ortforge.data import ShapeOptions, generate_feeds, input_specs
 
 # Each fallback run builds a session; a model with many subgraphs must not make inspect slow.
@@ -207,7 +208,7 @@ class ShapeResolver:
             accepted = {i.name for i in session.get_inputs()}
             run_options = runtime.ort().RunOptions()
             run_options.log_severity_level = 4  # a failing run is reported in the result, not on stderr
-            results = session.run(names, {k: v for k, v in feeds.items() if k in accepted}, run_options)
+            results = session.run(names, ort_feed({k: v for k, v in feeds.items() if k in accepted}), run_options)
         except Exception as exc:  # ORT and protobuf raise their own types
             return {}, error_line(_compact_ort_error(str(exc)))
         return {name: value for name, value in zip(names, results) if isinstance(value, np.ndarray)}, None

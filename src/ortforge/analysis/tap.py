@@ -21,6 +21,7 @@ from ortforge.core import runtime
 from ortforge.core.errors import UserError, first_line
 from ortforge.core.model import Model, fresh_name
 from ortforge.core.session import SessionConfig
+from ortforge.core.values import ort_feed
 from ortforge.data import Feed
 
 UNOPTIMIZED = SessionConfig(graph_optimization_level="disable")  # tensors keep the names the graph gives them
@@ -97,7 +98,7 @@ def element_counts(model: Model, tensors: Sequence[str], feed: Feed, config: Ses
     counters = {name: fresh_name(f"{name}__ortforge_size", taken) for name in tensors}
     probes = [helper.make_node("Size", [name], [counter], name=counter) for name, counter in counters.items()]
     session = tap_session(model, list(counters.values()), config, probes=probes, purpose="size")
-    return {name: int(count) for name, count in zip(counters, session.run(list(counters.values()), feed))}
+    return {name: int(count) for name, count in zip(counters, session.run(list(counters.values()), ort_feed(feed)))}
 
 
 def passes(tensors: Sequence[str], sizes: Mapping[str, int], budget: int) -> list[list[str]]:

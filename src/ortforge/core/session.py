@@ -11,6 +11,7 @@ from typing import Any
 from ortforge.core import runtime
 from ortforge.core.errors import OptionError, UserError, first_line
 from ortforge.core.model import Model
+from ortforge.core.values import describe_value, from_ort, ort_feed, output_dtypes
 from ortforge.data import FeedSet
 
 Outputs = list[dict[str, Any]]  # one dict of output name -> value per sample
@@ -196,9 +197,9 @@ class SessionConfig:
 def run_checked(session: Any, feed: dict, name: str, index: int = 0) -> list:
     """`session.run` whose failures (bad shapes for this model, kernel errors) become one-line UserErrors."""
     try:
-        return session.run(None, feed)
+        return session.run(None, ort_feed(feed))
     except Exception as exc:  # ORT raises its own exception types per failure kind
-        shapes = ", ".join(f"{k} {list(getattr(v, 'shape', []))}" for k, v in feed.items())
+        shapes = ", ".join(f"{k} {describe_value(v)}" for k, v in feed.items())
         raise UserError(
             f"{name}: onnxruntime failed on sample {index} ({shapes}): {first_line(exc, 300)}",
             hint="check the input shapes; set symbolic dims with dims / shapes (--dim NAME=N, --shape INPUT=DxD)",
@@ -208,7 +209,9 @@ def run_checked(session: Any, feed: dict, name: str, index: int = 0) -> list:
 def run_on_feeds(session: Any, feeds: FeedSet, name: str) -> Outputs:
     """A session's outputs on every sample (output name -> value, per sample); failures become one-line UserErrors."""
     names = [output.name for output in session.get_outputs()]
-    return [dict(zip(names, run_checked(session, feed, name, index))) for index, feed in enumerate(feeds.samples)]
+    dtypes = output_dtypes(session)
+    return [{output: from_ort(value, dtypes.get(output)) for output, value in zip(names, run_checked(session, feed, name, index))}
+            for index, feed in enumerate(feeds.samples)]  # fmt: skip
 
 
 def run_outputs(model: Model, feeds: FeedSet, config: SessionConfig | None = None) -> Outputs:

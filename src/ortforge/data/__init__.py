@@ -8,6 +8,7 @@ import numpy as np
 
 from ortforge.core.errors import OptionError
 from ortforge.core.model import Model
+from ortforge.core.values import describe_value
 from ortforge.data.generate import generate_sample, vocabulary_sizes
 from ortforge.data.pinned import pinned_dims
 from ortforge.data.sources import Feed, read_source, validate_feed
@@ -60,7 +61,7 @@ class FeedSet:
             "origin": self.origin,
             "generated": self.generated,
             "samples": len(self.samples),
-            "shapes": {name: list(array.shape) for name, array in first.items()},
+            "shapes": {name: list(value.shape) if isinstance(value, np.ndarray) else describe_value(value) for name, value in first.items()},
             "notes": self.notes,
         }
 

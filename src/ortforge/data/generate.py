@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 
 from ortforge.core.errors import OptionError
 from ortforge.core.graph import GraphIndex
 from ortforge.core.model import Model
-from ortforge.data.specs import InputSpec
+from ortforge.data.specs import InputSpec, is_ml_dtype, numpy_dtype
 
 GENERIC_INT_HIGH = 128
+SEQUENCE_ITEMS = 2  # tensors in a generated sequence input
 # Ops that pass indices through unchanged in meaning, on the way to an embedding Gather.
 INDEX_PASSTHROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Expand"}
 # (op, position of the indices input) -> position of the table they index. ORT's fused embedding (transformer
@@ -51,8 +53,16 @@ def _find_table_rows(index: GraphIndex, name: str, depth: int) -> int | None:
     return None
 
 
-def generate_sample(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, vocab: int | None) -> tuple[np.ndarray, str]:
-    """One array for one input, and a few words on how its values were chosen."""
+def generate_sample(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, vocab: int | None) -> tuple[Any, str]:
+    """One value for one input (a list of arrays for a sequence, present for an optional), and a few words on how it was chosen."""
+    if spec.sequence:
+        items = [_generate_array(spec, shape, rng, vocab) for _ in range(SEQUENCE_ITEMS)]
+        return [array for array, _ in items], f"a sequence of {SEQUENCE_ITEMS}: {items[0][1]}"
+    array, why = _generate_array(spec, shape, rng, vocab)
+    return array, (f"present: {why}" if spec.optional else why)
+
+
+def _generate_array(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, vocab: int | None) -> tuple[np.ndarray, str]:
     dtype = spec.dtype
     if dtype == "str":
         raise OptionError("data", None, f"input '{spec.name}' takes strings; ortforge cannot invent them, give data")
@@ -60,24 +70,28 @@ def generate_sample(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Gene
         return np.ones(shape, dtype=bool), "all True"
     if dtype.startswith(("float", "bfloat")):
         values = rng.standard_normal(shape).astype(np.float32)
-        return values.astype(_numpy_dtype(dtype)), "standard normal"
+        return values.astype(numpy_dtype(dtype)), "standard normal"
     if MASK_NAME.search(spec.name):
-        return np.ones(shape, dtype=dtype), "mask: all ones"
+        return np.ones(shape, dtype=numpy_dtype(dtype)), "mask: all ones"
     if ZERO_NAME.search(spec.name):
-        return np.zeros(shape, dtype=dtype), "segment ids: zeros"
+        return np.zeros(shape, dtype=numpy_dtype(dtype)), "segment ids: zeros"
     if POSITION_NAME.search(spec.name) and shape:
-        return np.broadcast_to(np.arange(shape[-1], dtype=dtype), shape).copy(), "positions: 0..n-1"
+        return np.broadcast_to(np.arange(shape[-1]).astype(numpy_dtype(dtype)), shape).copy(), "positions: 0..n-1"
     high = vocab or GENERIC_INT_HIGH
-    low = 0
-    info = np.iinfo(np.dtype(dtype))
+    info = _integer_info(dtype)
     high = min(high, int(info.max) + 1)
     why = f"token ids in [0, {high}) (vocabulary from the embedding table)" if vocab else f"integers in [0, {high})"
-    return rng.integers(low, high, size=shape, dtype=dtype), why
+    target = numpy_dtype(dtype)
+    if is_ml_dtype(target):  # ml_dtypes' narrow integers: drawn wider, then cast
+        return rng.integers(0, high, size=shape).astype(target), why
+    return rng.integers(0, high, size=shape, dtype=target), why
 
 
-def _numpy_dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
+def _integer_info(name: str) -> Any:
+    """numpy's iinfo, or ml_dtypes' for its narrow integers (int4, uint4, int2, ...)."""
+    dtype = numpy_dtype(name)
+    if is_ml_dtype(dtype):
         import ml_dtypes
 
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
+        return ml_dtypes.iinfo(dtype)
+    return np.iinfo(dtype)

@@ -8,15 +8,16 @@ import itertools
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from ortforge.core.errors import OptionError
-from ortforge.data.specs import InputSpec
+from ortforge.data.specs import InputSpec, is_ml_dtype, numpy_dtype
 
-Feed = dict[str, np.ndarray]
+Feed = dict[str, Any]  # input name -> an array; a list of arrays for a sequence input; None for an absent optional
 
 
 def is_hook(source: str) -> bool:
@@ -44,7 +45,7 @@ def _read_file_feed(path: Path, specs: list[InputSpec], option: str) -> Feed:
     if path.suffix == ".npy" and len(specs) == 1:
         return {specs[0].name: _load_npy(path, option)}
     if path.suffix == ".pb" and len(specs) == 1:
-        return {specs[0].name: _read_pb(path, option)}
+        return {specs[0].name: _read_value(path, specs[0], option)[1]}
     raise OptionError(option, path, "expected an .npz file (one array per input), a folder, or module:function")
 
 
@@ -63,18 +64,16 @@ def _load_npy(path: Path, option: str) -> np.ndarray:
         raise OptionError(option, path, f"not a readable .npy file ({exc})") from None
 
 
-def _read_pb(path: Path, option: str) -> np.ndarray:
-    return _read_tensor(path, option)[1]
-
-
-def _read_tensor(path: Path, option: str) -> tuple[str, np.ndarray]:
-    """A TensorProto file's name and values."""
-    tensor = onnx.TensorProto()
+def _read_value(path: Path, spec: InputSpec | None, option: str) -> tuple[str, Any]:
+    """A .pb file's stored name and value: a TensorProto, or the SequenceProto / OptionalProto the input's kind asks for."""
+    kind = spec.kind if spec is not None else "tensor"
+    message, read = ((onnx.OptionalProto(), numpy_helper.to_optional) if kind.startswith("optional") else
+                     (onnx.SequenceProto(), numpy_helper.to_list) if kind == "sequence" else (onnx.TensorProto(), numpy_helper.to_array))  # fmt: skip
     try:
-        tensor.ParseFromString(path.read_bytes())
-        return tensor.name, numpy_helper.to_array(tensor)
+        message.ParseFromString(path.read_bytes())
+        return message.name, read(message)
     except Exception as exc:  # protobuf and onnx raise several types for a bad file
-        raise OptionError(option, path, f"not a TensorProto .pb file ({exc})") from None
+        raise OptionError(option, path, f"not a {type(message).__name__} .pb file ({exc})") from None
 
 
 def _read_pb_set(folder: Path, specs: list[InputSpec], option: str) -> Feed:
@@ -82,7 +81,7 @@ def _read_pb_set(folder: Path, specs: list[InputSpec], option: str) -> Feed:
     files = sorted(folder.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[-1]) if p.stem.split("_")[-1].isdigit() else 0)
     feed: Feed = {}
     for position, file in enumerate(files):
-        stored, values = _read_tensor(file, option)
+        stored, values = _read_value(file, specs[position] if position < len(specs) else None, option)
         feed[stored or (specs[position].name if position < len(specs) else file.stem)] = values
     return feed
 
@@ -129,7 +128,7 @@ def _read_hook(source: str, option: str) -> Iterator[tuple[str, Feed]]:
             raise OptionError(option, source, f"the hook raised {type(exc).__name__} at sample {index}: {exc}") from None
         if not isinstance(feed, dict):
             raise OptionError(option, source, f"item {index} is a {type(feed).__name__}, expected a dict of input name -> array")
-        yield f"{source} (sample {index})", {name: np.asarray(value) for name, value in feed.items()}
+        yield f"{source} (sample {index})", feed  # arrays, lists (sequences) or None (absent optionals): validate_feed converts
 
 
 def import_hook_module(module_name: str, option: str = "data", spec: str | None = None):  # noqa: ANN202 - a module
@@ -158,19 +157,52 @@ def validate_feed(feed: Feed, specs: list[InputSpec], option: str, where: str) -
     unknown = sorted(set(feed) - set(expected))
     if unknown:
         raise OptionError(option, where, f"'{unknown[0]}' is not an input of the model (inputs: {', '.join(expected)})")
-    missing = [name for name in expected if name not in feed]
+    missing = [name for name in expected if name not in feed and not expected[name].optional]
     if missing:
         raise OptionError(option, where, f"input '{missing[0]}' is missing (expected {expected[missing[0]].dtype} {expected[missing[0]].describe_shape()})")
-    for name, spec in expected.items():
-        _check_array(feed[name], spec, option, where)
-    return {name: feed[name] for name in expected}
+    return {name: _checked_value(feed.get(name), spec, option, where) for name, spec in expected.items()}
+
+
+def _checked_value(value: Any, spec: InputSpec, option: str, where: str) -> Any:
+    """The value as ORT will take it for this input's kind, checked element by element."""
+    if value is None:
+        if spec.optional:
+            return None
+        raise OptionError(option, where, f"input '{spec.name}' is None; only optional inputs may be absent")
+    if spec.sequence:
+        if isinstance(value, np.ndarray) or not isinstance(value, (list, tuple)):
+            raise OptionError(option, where, f"input '{spec.name}' is a sequence: give a list of arrays, got {type(value).__name__}")
+        return [_checked_array(item, spec, option, f"{where}, item {index}") for index, item in enumerate(value)]
+    return _checked_array(value, spec, option, where)
+
+
+def _checked_array(value: Any, spec: InputSpec, option: str, where: str) -> np.ndarray:
+    array = _as_spec_dtype(np.asarray(value), spec)
+    _check_array(array, spec, option, where)
+    return array
+
+
+def _as_spec_dtype(array: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Arrays numpy files cannot label: float8 stored as raw bytes (.npz keeps them as uint8 or void), int4 as int8/uint8."""
+    target = numpy_dtype(spec.dtype) if spec.dtype != "str" else None
+    if target is None or not is_ml_dtype(target) or array.dtype == target:
+        return array
+    if spec.dtype.startswith("float") and array.dtype.itemsize == 1 and array.dtype.kind in "uV":
+        return array.view(target)
+    if spec.dtype.startswith(("int", "uint")) and array.dtype.kind in "iu":
+        import ml_dtypes
+
+        info = ml_dtypes.iinfo(target)
+        if array.size == 0 or (array.min() >= info.min and array.max() <= info.max):
+            return array.astype(target)
+    return array
 
 
 def _check_array(array: np.ndarray, spec: InputSpec, option: str, where: str) -> None:
     given_dtype = "str" if array.dtype.kind in "US" or array.dtype == object else array.dtype.name
     if given_dtype != spec.dtype:
         raise OptionError(option, where, f"input '{spec.name}' expects dtype {spec.dtype}, got {given_dtype}")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():  # a reference computed on them judges nothing
+    if spec.dtype.startswith(("float", "bfloat")) and not np.isfinite(array).all():  # a reference computed on them judges nothing
         bad = int(np.count_nonzero(~np.isfinite(array)))
         raise OptionError(option, where, f"input '{spec.name}' holds {bad} NaN/infinite value(s); accuracy cannot be judged on them")
     if spec.shape is None:

@@ -26,37 +26,71 @@ class InputSpec:
     """One graph input as ORT will ask for it."""
 
     name: str
-    dtype: str  # numpy dtype name, e.g. "float32"
-    shape: tuple[Dim, ...] | None  # None: rank unknown
+    dtype: str  # numpy dtype name, e.g. "float32" (ml_dtypes' for bfloat16, float8_*, int4, ...); of the elements for a sequence
+    shape: tuple[Dim, ...] | None  # None: rank unknown; of each element for a sequence
+    kind: str = "tensor"  # one of KINDS: a sequence is fed as a list of arrays, an optional as its value or None
 
     def describe_shape(self) -> str:
-        if self.shape is None:
-            return "?"
-        return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+        shape = "?" if self.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+        return shape if self.kind == "tensor" else f"{self.kind} of {shape}"
+
+    @property
+    def sequence(self) -> bool:
+        return self.kind.endswith("sequence")
+
+    @property
+    def optional(self) -> bool:
+        return self.kind.startswith("optional")
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape) if self.shape is not None else None}
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape) if self.shape is not None else None, "kind": self.kind}
+
+
+KINDS = ("tensor", "sequence", "optional", "optional sequence")
 
 
 def _numpy_dtype_name(elem_type: int) -> str:
-    if elem_type == onnx.TensorProto.BFLOAT16:
-        return "bfloat16"
     if elem_type == onnx.TensorProto.STRING:
         return "str"
-    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name  # ml_dtypes' names for bfloat16, float8, int4
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """A spec's dtype name as a numpy dtype; ml_dtypes' types first (numpy reads 'int4' as int32)."""
+    import ml_dtypes
+
+    found = getattr(ml_dtypes, name, None)
+    return np.dtype(found) if isinstance(found, type) and issubclass(found, np.generic) else np.dtype(name)
+
+
+def is_ml_dtype(dtype: np.dtype) -> bool:
+    """A type numpy has only through ml_dtypes (bfloat16, float8_*, int4, ...): numpy files and ORT's binding do not know it."""
+    return dtype.type.__module__ == "ml_dtypes"
+
+
+def _unwrap(value: onnx.ValueInfoProto) -> tuple[str, onnx.TypeProto]:
+    """The input's kind and the tensor type inside it; one line naming the input for kinds ortforge cannot feed."""
+    outer = value.type
+    kinds = []
+    while outer.WhichOneof("value") in ("sequence_type", "optional_type"):
+        kinds.append(outer.WhichOneof("value").removesuffix("_type"))
+        outer = outer.sequence_type.elem_type if kinds[-1] == "sequence" else outer.optional_type.elem_type
+    kind = " ".join(kinds) or "tensor"
+    if outer.WhichOneof("value") != "tensor_type" or kind not in KINDS:
+        what = " of ".join(kinds + [str(outer.WhichOneof("value")).removesuffix("_type")])
+        raise UserError(f"input '{value.name}' is a {what}; ortforge feeds tensors, sequences of tensors and optionals of either")
+    return kind, outer
 
 
 def _spec_from_value_info(value: onnx.ValueInfoProto) -> InputSpec:
-    kind = value.type.WhichOneof("value")
-    if kind != "tensor_type":
-        raise UserError(f"input '{value.name}' is a {kind}, not a tensor; ortforge feeds tensors only")
-    tensor_type = value.type.tensor_type
+    kind, inner = _unwrap(value)
+    tensor_type = inner.tensor_type
     shape: tuple[Dim, ...] | None = None
     if tensor_type.HasField("shape"):
         shape = tuple(
             d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None) for d in tensor_type.shape.dim
         )
-    return InputSpec(value.name, _numpy_dtype_name(tensor_type.elem_type), shape)
+    return InputSpec(value.name, _numpy_dtype_name(tensor_type.elem_type), shape, kind)
 
 
 def input_specs(model: Model) -> list[InputSpec]:

@@ -137,7 +137,7 @@ class _Running:
 
 
 def _batch_size(feeds: FeedSet) -> int:
-    first = next(iter(feeds.samples[0].values()), None)
+    first = next((v for v in feeds.samples[0].values() if isinstance(v, np.ndarray)), None)  # sequences and optionals aside
     return int(first.shape[0]) if first is not None and first.ndim > 0 else 1
 
 

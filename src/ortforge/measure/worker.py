@@ -37,7 +37,10 @@ class Worker:
 
     def load(self, source: bytes | str, entries: dict[str, str], name: str, config: Any, feeds: list[dict]) -> dict:
         """Create the session from `Model.ort_source()`; time it and note the memory it took."""
-        self.source, self.config, self.feeds = (source, entries, name), config, feeds
+        from ortforge.core.values import ort_feed
+
+        self.source, self.config, self.feeds = (source, entries, name), config, [ort_feed(feed) for feed in feeds]
+        feeds = self.feeds
         baseline = current_rss()
         start = time.perf_counter()
         self.session = config.create(source, {**entries, RECORD_ASSIGNMENT: "1"}, name=name)

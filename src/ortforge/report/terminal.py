@@ -271,6 +271,10 @@ def run_to_dict(loaded, feeds, outputs) -> dict:  # noqa: ANN001
 def _array_dict(value) -> dict:  # noqa: ANN001 - numpy array
     import numpy as np
 
+    if value is None:
+        return {"absent": True}
+    if isinstance(value, list):  # a sequence output
+        return {"sequence": [_array_dict(item) for item in value]}
     array = np.asarray(value)
     data = {"dtype": str(array.dtype), "shape": list(array.shape)}
     if array.size <= 10_000:

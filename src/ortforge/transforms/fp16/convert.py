@@ -12,6 +12,7 @@ import onnx
 from ortforge.core import runtime
 from ortforge.core.errors import UserError, first_line
 from ortforge.core.model import Model, from_proto, opset_versions
+from ortforge.core.values import ort_feed
 from ortforge.data import FeedSet
 from ortforge.transforms import TransformResult
 from ortforge.transforms.fp16.options import FLOAT, MAX_RUNTIME_REPAIRS, RUNTIME, Fp16Options
@@ -126,7 +127,7 @@ def _runtime_failure(model: Model, proto: onnx.ModelProto, plan: Fp16Plan, feeds
     providers = [provider] if provider and provider in runtime.available_providers() else []
     providers += [] if "CPUExecutionProvider" in providers else ["CPUExecutionProvider"]
     try:
-        _session(from_proto(proto, base_dir=model.base_dir), providers).run(None, feeds.samples[0])
+        _session(from_proto(proto, base_dir=model.base_dir), providers).run(None, ort_feed(feeds.samples[0]))
     except Exception as exc:  # ORT raises its own exception types per failure kind
         message = str(exc)
         match = re.search(r"running (\S+) node\. Name:'([^']*)'", message)
@@ -149,7 +150,7 @@ def _session(model: Model, providers: list[str]) -> Any:
 def _runs(model: Model, providers: list[str], feed: dict) -> bool:
     """Whether the original model runs on the feed (a feed that breaks it too says nothing about float16)."""
     try:
-        _session(model, providers).run(None, feed)
+        _session(model, providers).run(None, ort_feed(feed))
     except Exception:  # ORT raises its own exception types per failure kind
         return False
     return True

@@ -1,0 +1,83 @@
+"""Values crossing into and out of ORT where numpy and ORT's Python binding disagree: float8, float4 and int4.
+
+numpy holds these types through `ml_dtypes`, but ORT's binding rejects such arrays ("Numpy_type 260 can't
+be converted to MLDataType") and hands such outputs back as raw uint8 bits. Feeds go in as OrtValues of the
+ONNX type (4-bit types packed two to a byte, as ONNX stores them); outputs come back viewed as their type.
+Sequences (lists) and optionals (None when absent) pass through as ORT's binding takes them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from ortforge.core import runtime
+
+FOUR_BIT = {TensorProto.INT4, TensorProto.UINT4} | ({TensorProto.FLOAT4E2M1} if hasattr(TensorProto, "FLOAT4E2M1") else set())
+# ONNX element types numpy has only through ml_dtypes, other than bfloat16 (which ORT's binding takes as it is).
+BYTE_TYPES = {TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ, TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2FNUZ} | FOUR_BIT
+
+
+def onnx_type_of(array: np.ndarray) -> int | None:
+    """The ONNX element type of an ml_dtypes array ORT's binding cannot take directly, else None."""
+    if array.dtype.itemsize != 1 or array.dtype.type.__module__ != "ml_dtypes":
+        return None
+    try:
+        element = helper.np_dtype_to_tensor_dtype(array.dtype)
+    except (KeyError, ValueError, TypeError):
+        return None
+    return element if element in BYTE_TYPES else None
+
+
+def to_ort(value: Any) -> Any:
+    """A feed value as ORT's `run` takes it: arrays of byte-sized ml_dtypes as OrtValues, the rest unchanged."""
+    if not isinstance(value, np.ndarray):
+        return value
+    element = onnx_type_of(value)
+    if element is None:
+        return value
+    bits = np.ascontiguousarray(value).view(np.uint8)
+    if element in FOUR_BIT:
+        # ORT reads ceil(n / 2) packed bytes from the buffer of an array of the tensor's shape.
+        nibbles = bits.ravel() & 0x0F
+        if nibbles.size % 2:
+            nibbles = np.append(nibbles, np.uint8(0))
+        packed = nibbles[0::2] | (nibbles[1::2] << 4)
+        bits = np.zeros(value.shape, np.uint8)
+        bits.ravel()[: packed.size] = packed
+    return runtime.ort().OrtValue.ortvalue_from_numpy_with_onnx_type(bits, element)
+
+
+def ort_feed(feed: dict[str, Any]) -> dict[str, Any]:
+    """A whole feed converted with `to_ort`."""
+    return {name: to_ort(value) for name, value in feed.items()}
+
+
+def output_dtypes(session: Any) -> dict[str, np.dtype]:
+    """Output name -> the ml_dtypes dtype of outputs ORT hands back as raw bytes (float8: 'tensor(float8e4m3fn)')."""
+    found = {}
+    for output in session.get_outputs():
+        kind = output.type.removeprefix("tensor(").removesuffix(")")
+        if kind.startswith("float8"):
+            import ml_dtypes
+
+            found[output.name] = np.dtype(getattr(ml_dtypes, kind.replace("float8e", "float8_e")))
+    return found
+
+
+def from_ort(value: Any, dtype: np.dtype | None) -> Any:
+    """An output as its ONNX type says: raw float8 bytes viewed as the ml_dtypes type."""
+    if dtype is not None and isinstance(value, np.ndarray) and value.dtype == np.uint8:
+        return value.view(dtype)
+    return value
+
+
+def describe_value(value: Any) -> str:
+    """A feed value's shape for messages: '[1, 3]', 'sequence of 2 [4]', 'absent'."""
+    if value is None:
+        return "absent"
+    if isinstance(value, (list, tuple)):
+        return f"sequence of {len(value)}" + (f" {describe_value(value[0])}" if value else "")
+    return str(list(getattr(value, "shape", [])))
