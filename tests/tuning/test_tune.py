@@ -346,3 +346,29 @@ def test_exclusion_runs_only_when_no_int8_recipe_met_the_tolerance():
     assert asked == []
     _exclude(Recording(), [missed_a, missed_b], [], rejected, Deadline(60), 0.0, lambda *_: None)
     assert asked == ["b"] and rejected[-1][1] == "no set of nodes kept in float met the tolerance"
+
+
+def test_two_runners_storing_one_entry_at_once_both_succeed(cache, tmp_path):
+    """Two tunes sharing a cache may build the same candidate at once: the first copy stays, neither fails,
+    and a folder an older version left half-written is replaced (two tunes raced to a FileExistsError before)."""
+    from ortforge.accuracy.judge import Judge
+    from ortforge.accuracy.tolerance import default_tolerances
+    from ortforge.core.model import load_model
+    from ortforge.core.session import run_outputs
+    from ortforge.tuning.candidates import precision_candidates
+    from ortforge.tuning.runner import RESULT_FILE, LocalRunner
+
+    model = load_model(save(conv_net(), tmp_path / "cnn.onnx"))
+    data = wide_range_feeds(2)
+    data.samples = [{"x": np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32)} for i in range(2)]
+    judge = Judge(run_outputs(model, data), default_tolerances(run_outputs(model, data)))
+    first, second = (LocalRunner(model, data, data, judge, cache) for _ in range(2))
+    candidate = next(c for c in precision_candidates("cnn", ["CPUExecutionProvider"], transformer=False) if c.kind == "int8")
+    folder = first.folder / candidate.key(first.model_hash, first.data_hash, first.judge_key)
+    folder.mkdir(parents=True)  # half-written: no result file
+    built = first._build(candidate)
+    first._store(built, folder)
+    stored = (folder / RESULT_FILE).read_text()
+    second._store(second._build(candidate), folder)  # the entry exists: kept as it is, no error
+    assert (folder / RESULT_FILE).read_text() == stored and second.build(candidate).cached
+    assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []  # no staging folder left

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,7 +25,7 @@ from ortforge.accuracy.tolerance import close
 from ortforge.core.deadline import Deadline
 from ortforge.core.errors import UserError
 from ortforge.core.files import atomic_write_text
-from ortforge.core.model import Model, from_proto, load_model, model_size, save_model
+from ortforge.core.model import Model, load_model, model_size, save_model
 from ortforge.core.progress import Progress
 from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.data import FeedSet
@@ -60,7 +62,9 @@ def feeds_hash(feeds: FeedSet) -> str:
     for sample in feeds.samples:
         for name in sorted(sample):
             digest.update(name.encode())
-            digest.update(np.ascontiguousarray(sample[name]).tobytes())
+            value = sample[name]
+            for item in value if isinstance(value, list) else [value]:  # a sequence's items; None for an absent optional
+                digest.update(b"<none>" if item is None else np.ascontiguousarray(item).tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -95,7 +99,7 @@ class LocalRunner:
             return Trial(candidate, self.model, self.judge(self.judge.reference), size_bytes=model_size(self.model))
         try:
             result = self._transform(candidate)
-            model = from_proto(result.proto, base_dir=self.model.base_dir)
+            model = result.as_model(self.model)
             verdict = self.judge(self._outputs(candidate, model))
         except HookError:
             raise
@@ -157,13 +161,23 @@ class LocalRunner:
         return run_outputs(model, self.evaluation)
 
     def _store(self, trial: Trial, folder: Path) -> None:
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        if trial.model is not None and trial.candidate.kind != "fp32":
-            save_model(trial.model.proto, folder / MODEL_FILE, source=self.model)
-        record = {"label": trial.label, "metrics": trial.metrics, "notes": trial.notes, "error": trial.error, "size_bytes": trial.size_bytes}
-        atomic_write_text(folder / RESULT_FILE, json.dumps(record, indent=2))  # written last: its presence means complete
+        """Written whole into a temporary sibling, then renamed into place: another tune sharing the cache
+        sees the entry complete or not at all, and the first of two that built it at once keeps it."""
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            if trial.model is not None and trial.candidate.kind != "fp32":
+                save_model(trial.model.proto, staging / MODEL_FILE, source=self.model, data_dir=trial.model.base_dir)
+            record = {"label": trial.label, "metrics": trial.metrics, "notes": trial.notes, "error": trial.error, "size_bytes": trial.size_bytes}
+            atomic_write_text(staging / RESULT_FILE, json.dumps(record, indent=2))
+            if folder.exists() and not (folder / RESULT_FILE).is_file():  # left half-written by an older ortforge
+                shutil.rmtree(folder, ignore_errors=True)
+            try:
+                os.rename(staging, folder)
+            except OSError:  # another process stored the same entry first: its copy is as good as ours
+                pass
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def _from_cache(self, candidate: Candidate, folder: Path) -> Trial | None:
         record_path = folder / RESULT_FILE
