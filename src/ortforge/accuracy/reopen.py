@@ -71,14 +71,15 @@ def _judged(path: Path, outputs: list[dict], judge: Judge | None, how: str) -> N
 
 
 def save_verified(proto: onnx.ModelProto, output: str | Path, source: Model, feeds: FeedSet, judge: Judge | None = None,
-                  config: SessionConfig | None = None) -> tuple[Path, list[str]]:  # fmt: skip
+                  config: SessionConfig | None = None, *, data_dir: Path | None = None) -> tuple[Path, list[str]]:  # fmt: skip
     """Save (nodes sorted first if a checker would refuse their order), reopen and judge again; on failure
-    remove what was written and raise. Returns the path and notes on what was checked or repaired."""
+    remove what was written and raise. Returns the path and notes on what was checked or repaired. The proto's
+    external data is read from `data_dir` (a transform's scratch folder), else from the source's folder."""
     notes = []
     if unsorted_problem(proto) is not None:
         proto = topologically_sorted(proto).proto
         notes.append("nodes re-sorted before writing: a subgraph read a value produced after it (ORT runs that, onnx.checker refuses it)")
-    saved = save_model(proto, output, source=source)
+    saved = save_model(proto, output, source=source, data_dir=data_dir)
     try:
         checks = reopen_check(saved, feeds, judge, config)
     except ReopenError:

@@ -89,7 +89,7 @@ def fp16(
     # Judged again from disk only where it was judged for real: on the CPU, fp16 runs mostly in fp32 behind Casts.
     real = outcome.judged_by != "simulation"
     saved, written = save_verified(outcome.result.proto, output, model, feeds, outcome.judge if real and outcome.verdict.passed else None,
-                                   SessionConfig.on(outcome.judged_by) if real else None)  # fmt: skip
+                                   SessionConfig.on(outcome.judged_by) if real else None, data_dir=outcome.result.data_dir)  # fmt: skip
     notes = list(outcome.result.notes) + outcome.verdict.notes + written
     if outcome.judged_by == "simulation":
         why = ("ORT's CPU EP has few fp16 kernels and computes the rest in fp32 behind Casts, so its outputs and latency say little about "

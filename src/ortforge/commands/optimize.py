@@ -11,7 +11,7 @@ from ortforge.accuracy.judge import Verdict, judge_model, reference_judge, requi
 from ortforge.accuracy.reopen import ReopenError, save_verified
 from ortforge.accuracy.tolerance import Tolerance, close, parse_tolerances
 from ortforge.commands.common import feeds_for, open_model
-from ortforge.core.model import Model, from_proto, load_model
+from ortforge.core.model import Model, load_model
 from ortforge.core.options import default_of
 from ortforge.core.outputs import guard_file, user_files
 from ortforge.core.progress import Progress
@@ -60,7 +60,7 @@ def decide_fusion(
     if not result.changed:
         decision.why = "nothing was fused"
         return model, decision
-    fused = from_proto(result.proto, base_dir=model.base_dir)
+    fused = result.as_model(model)
     decision.verification = verify(model, fused, feeds, FUSION_TOLERANCES, original_config=SessionConfig(), candidate_config=SessionConfig())
     if not decision.verification.passed:
         decision.why = f"fused model rejected: {decision.verification.reason}"
@@ -140,10 +140,10 @@ def optimize_model(
         stamp = read_stamp(result.proto)
         assert stamp is not None
         report_progress("verifying outputs against the original", 0.1)
-        verification = judge_model(judge, from_proto(result.proto), feeds, config_for(stamp))
+        verification = judge_model(judge, result.as_model(model), feeds, config_for(stamp))
         require(verification, str(output), force)
         try:
-            saved, written = save_verified(result.proto, output, original, feeds, judge if verification.passed else None)
+            saved, written = save_verified(result.proto, output, original, feeds, judge if verification.passed else None, data_dir=result.data_dir)
             break
         except ReopenError as exc:  # ORT cannot reload some graphs it wrote at the layout levels: keep the highest level that reloads
             if level == _levels_to_try(options)[-1]:

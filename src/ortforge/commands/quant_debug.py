@@ -7,7 +7,7 @@ from pathlib import Path
 from ortforge.analysis.quant_errors import QuantDebugReport, debug_quantization
 from ortforge.commands.common import feeds_for, open_model
 from ortforge.core.files import atomic_write_text
-from ortforge.core.model import Model, from_proto
+from ortforge.core.model import Model
 from ortforge.core.outputs import guard_file, user_files
 from ortforge.data import FeedSet, ShapeOptions
 from ortforge.report.svg import bar_chart
@@ -41,7 +41,7 @@ def _compared(float_model: Model, quant_model: Model, feeds: FeedSet) -> QuantDe
     if not as_given.unmatched:
         return as_given
     # Quantizers work on a pre-processed graph (fused, renamed nodes); compare against that if it matches better.
-    prepared = debug_quantization(from_proto(prepare(float_model, QuantizeOptions(), [])), quant_model, feeds)
+    prepared = debug_quantization(prepare(float_model, QuantizeOptions(), []), quant_model, feeds)
     if prepared.unmatched < as_given.unmatched:
         prepared.notes.append("compared with the pre-processed float graph the quantizer saw (node names as in that graph)")
         return prepared

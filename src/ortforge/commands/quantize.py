@@ -168,7 +168,8 @@ def quantize_model(
         if exclusion and exclusion.met:
             why = f"the requested recipe missed the tolerance; keeping {len(exclusion.excluded)} node(s) in float met it ({exclusion.attempts} attempts)"
     # Forced past the judge, the written model is checked to load and run only.
-    saved, written = save_verified(chosen.model.proto, output, model, evaluation, judge if chosen.passed else None)
+    saved, written = save_verified(chosen.model.proto, output, model, evaluation, judge if chosen.passed else None,
+                                   data_dir=chosen.model.base_dir)
     notes = ([GENERATED_WARNING] if evaluation.generated else []) + judge.notes + written
     if chosen is fp32:
         notes.append("the output is the fp32 model unchanged")

@@ -74,7 +74,7 @@ def _reoptimized(path: Path, stamp: Stamp, original_path: Path, problems: list[s
         fused = fuse_transformer(original, FusionOptions(**stamp.fusion))
         source = from_proto(fused.proto, base_dir=original.base_dir)
     result = optimize_offline(source, options, source_sha256=stamp.source_sha256, fusion=stamp.fusion)
-    model = from_proto(result.proto, base_dir=original.base_dir)
+    model = result.as_model(original)
     fresh = read_stamp(result.proto)
     config = config_for(fresh, base)
     notes = [f"re-optimized {original_path.name} for this machine because {path.name} was {'; '.join(problems)}"]

@@ -361,39 +361,96 @@ def save_model(
     *,
     source: Model | None = None,
     external_data: bool | None = None,
+    data_dir: Path | None = None,
 ) -> Path:
     """Write atomically (temporary folder, then rename); never over the source model or its data.
 
-    External data is used when asked or when the weights approach protobuf's 2 GB limit. The given
-    proto is left referring to the saved file's external data when that is used.
+    External data (resolved from `data_dir`, else the source's folder) is used when asked or when the
+    weights approach protobuf's 2 GB limit; it is streamed tensor by tensor, so a model over 2 GB is
+    never held in memory whole. The given proto is left referring to the saved file's external data.
     """
     out = Path(path)
     if out.exists() and out.is_dir():
         raise UserError(f"{out}: is a folder; give a file name such as {out / 'model.onnx'}")
+    data_dir = data_dir if data_dir is not None else (source.base_dir if source is not None else None)
     if source is not None:
         _refuse_overwrite(out, source)
-        if source.base_dir is not None and _external_locations(proto):
-            onnx.load_external_data_for_model(proto, str(source.base_dir))
     if external_data is None:
-        external_data = weight_bytes(proto) > EXTERNAL_DATA_THRESHOLD
+        external_data = weight_bytes(proto) + external_bytes(proto) > EXTERNAL_DATA_THRESHOLD
+    if not external_data and data_dir is not None and _external_locations(proto):
+        onnx.load_external_data_for_model(proto, str(data_dir))  # small enough to hold: saved in one file
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".ortforge-", dir=out.parent))
     try:
         data_name = out.name + ".data"
-        onnx.save_model(
-            proto,
-            str(staging / out.name),
-            save_as_external_data=external_data,
-            all_tensors_to_one_file=True,
-            location=data_name,
-            size_threshold=1024,
-        )
         if external_data:
+            stream_external_data(proto, staging / data_name, data_dir)
+        onnx.save_model(proto, str(staging / out.name))
+        os.chmod(staging / out.name, _default_mode())
+        if external_data:
+            os.chmod(staging / data_name, _default_mode())
             os.replace(staging / data_name, out.parent / data_name)
         os.replace(staging / out.name, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _default_mode() -> int:
+    """The mode a new file gets from the user's umask (temporary files are created 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def external_bytes(proto: onnx.ModelProto) -> int:
+    """Bytes of tensor data the proto keeps in external files."""
+    return sum(int(_external_entries(t).get("length", 0)) for t in iter_tensors(proto) if t.data_location == onnx.TensorProto.EXTERNAL)
+
+
+def _external_entries(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {entry.key: entry.value for entry in tensor.external_data}
+
+
+def stream_external_data(proto: onnx.ModelProto, data_file: Path, data_dir: Path | None, threshold: int = 1024) -> None:
+    """Put every tensor's bytes into `data_file`, one tensor at a time: tensors already external are copied from their
+    file (under `data_dir`) in blocks, in-memory raw data of `threshold` bytes or more is written out. Afterwards the
+    proto refers to `data_file` (by name, beside the model) for all of them and holds no large weights."""
+    offset = 0
+    with open(data_file, "wb") as out:
+        for tensor in iter_tensors(proto):
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                entries = _external_entries(tensor)
+                if data_dir is None:
+                    raise UserError(f"'{tensor.name}': its external data '{entries.get('location')}' has no folder to be read from")
+                length = _copy_region(data_dir / entries["location"], int(entries.get("offset", 0)), entries.get("length"), out)
+            elif tensor.HasField("raw_data") and len(tensor.raw_data) >= threshold:
+                length = out.write(tensor.raw_data)
+                tensor.ClearField("raw_data")
+            else:
+                continue
+            del tensor.external_data[:]
+            for key, value in (("location", data_file.name), ("offset", str(offset)), ("length", str(length))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            offset += length
+
+
+def _copy_region(path: Path, start: int, length: str | None, out: object, block: int = 64 << 20) -> int:
+    """Copy `length` bytes (to the end when None) of `path` from `start` into the open file `out`; bytes copied."""
+    copied = 0
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        left = int(length) if length is not None else path.stat().st_size - start
+        while left > 0:
+            chunk = handle.read(min(block, left))
+            if not chunk:
+                raise UserError(f"{path}: external data ends before its tensors do")
+            out.write(chunk)  # type: ignore[attr-defined]
+            copied += len(chunk)
+            left -= len(chunk)
+    return copied
 
 
 def _refuse_overwrite(out: Path, source: Model) -> None:

@@ -17,7 +17,7 @@ from ortforge.accuracy.judge import Judge
 from ortforge.analysis.quant_errors import QuantDebugReport, debug_quantization
 from ortforge.core.deadline import Deadline, timed
 from ortforge.core.graph import GraphIndex
-from ortforge.core.model import Model, from_proto
+from ortforge.core.model import Model
 from ortforge.core.progress import Progress, silent
 from ortforge.data import FeedSet
 from ortforge.searches.recipes import build_recipe
@@ -119,7 +119,7 @@ def search_exclusions(
     report_progress = progress or silent
     report_progress("ranking layers (quant-debug)", 0.0)
     # Rank and exclude in the graph ORT quantized (pre-processing renames and fuses nodes).
-    prepared = from_proto(prepare(model, recipe, []))
+    prepared = prepare(model, recipe, [])
     ranking = debug_quantization(prepared, outcome.model, ranking_feeds or evaluation)
     ordered = candidates(prepared.proto, outcome.model.proto, ranking)
     base_exclude = tuple(recipe.exclude)

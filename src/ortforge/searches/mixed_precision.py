@@ -25,7 +25,7 @@ from ortforge.accuracy.tolerance import Tolerance
 from ortforge.analysis.macs import count_macs
 from ortforge.core.deadline import WRITE_S, Deadline, timed
 from ortforge.core.errors import OptionError, UserError
-from ortforge.core.model import Model, from_proto
+from ortforge.core.model import Model
 from ortforge.core.runtime import GPU_PROVIDERS, available_providers
 from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.data import FeedSet
@@ -64,7 +64,7 @@ class SearchReport:
 
 def simulated_outputs(model: Model, plan: Fp16Plan, feeds: FeedSet) -> Outputs:
     simulated = simulate_fp16(model, plan)
-    return run_outputs(from_proto(simulated.proto, base_dir=model.base_dir), feeds, SessionConfig(graph_optimization_level="disable"))
+    return run_outputs(simulated.as_model(model), feeds, SessionConfig(graph_optimization_level="disable"))
 
 
 def fp16_outputs(model: Model, plan: Fp16Plan, feeds: FeedSet, judge_on: str | None = None) -> Outputs:
@@ -72,7 +72,7 @@ def fp16_outputs(model: Model, plan: Fp16Plan, feeds: FeedSet, judge_on: str | N
     converted model run there, real fp16 kernels and all."""
     if judge_on is None:
         return simulated_outputs(model, plan, feeds)
-    return run_outputs(from_proto(convert_fp16(model, plan).proto, base_dir=model.base_dir), feeds, SessionConfig.on(judge_on))
+    return run_outputs(convert_fp16(model, plan).as_model(model), feeds, SessionConfig.on(judge_on))
 
 
 def judge_for(provider: str | None) -> str | None:
@@ -306,7 +306,7 @@ def convert_within(model: Model, feeds: FeedSet, options: Fp16Options, tolerance
         judged = simulated_outputs(model, plan, feeds)
     else:  # convert once: the model judged on the EP is the one written
         result = convert_fp16(model, plan, feeds=feeds)
-        judged = run_outputs(from_proto(result.proto, base_dir=model.base_dir), feeds, SessionConfig.on(judge_on))
+        judged = run_outputs(result.as_model(model), feeds, SessionConfig.on(judge_on))
     verdict = judge(judged)
     if not verdict.passed and not force:
         how = f"on {judge_on}" if judge_on else "simulated"

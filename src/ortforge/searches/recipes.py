@@ -13,7 +13,7 @@ from ortforge.accuracy.hooks import HookError
 from ortforge.accuracy.judge import Judge
 from ortforge.core.errors import UserError
 from ortforge.core.machine import cpu_info
-from ortforge.core.model import Model, from_proto, model_size
+from ortforge.core.model import Model, model_size
 from ortforge.core.progress import Progress
 from ortforge.core.session import run_outputs
 from ortforge.data import FeedSet
@@ -39,7 +39,7 @@ def build_recipe(model: Model, recipe: Recipe, calibration: FeedSet, evaluation:
     trial = Trial(Candidate.of_recipe(recipe))
     try:
         result = apply_recipe(model, recipe, calibration, progress)
-        candidate = from_proto(result.proto, base_dir=model.base_dir)
+        candidate = result.as_model(model)
         trial.model, trial.notes, trial.size_bytes = candidate, result.notes, model_size(candidate)
         if not result.changed:
             trial.error = "nothing was quantized"

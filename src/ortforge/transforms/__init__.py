@@ -1,4 +1,5 @@
-"""Transforms: plain functions `model, options -> TransformResult`; they never print or write files.
+"""Transforms: plain functions `model, options -> TransformResult`; they never print or write user files
+(a result over 2 GB keeps its weights in a scratch folder, `TransformResult.data_dir`).
 
 Each transform returns the new model and a record of what changed; `ortforge.verify` checks the
 result against the original before anything is saved.
@@ -8,10 +9,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import onnx
 
-from ortforge.core.model import iter_nodes
+from ortforge.core.model import Model, from_proto, iter_nodes
 
 
 @dataclass
@@ -23,9 +25,14 @@ class TransformResult:
     changes: list[str] = field(default_factory=list)  # one line per kind of change, for the user
     notes: list[str] = field(default_factory=list)  # warnings and decisions worth showing
     details: dict = field(default_factory=dict)  # machine-readable figures (fused-op counts, ...)
+    data_dir: Path | None = None  # where the proto's external data lies, when the transform left its weights on disk (over 2 GB)
 
     def to_dict(self) -> dict:
         return {"changed": self.changed, "changes": self.changes, "notes": self.notes, "details": self.details}
+
+    def as_model(self, original: Model) -> Model:
+        """The transformed model, its external data resolved from this result's folder or else the original's."""
+        return from_proto(self.proto, base_dir=self.data_dir or original.base_dir)
 
 
 def op_counts(proto: onnx.ModelProto) -> Counter:

@@ -9,13 +9,15 @@ BASIC or EXTENDED model loaded with optimizations off misses the layout rewrites
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ortforge.core.errors import OptionError
-from ortforge.core.model import EXTERNAL_DATA_THRESHOLD, Model, load_model, weight_bytes
+from ortforge.core.model import EXTERNAL_DATA_THRESHOLD, Model, external_bytes, load_model, weight_bytes
 from ortforge.core.options import option
+from ortforge.core.scratch import scratch_folder
 from ortforge.core.session import ProviderSpec, SessionConfig
 from ortforge.core.stamp import load_level, make_stamp, write_stamp
 from ortforge.transforms import TransformResult, op_count_changes
@@ -48,21 +50,26 @@ def optimize_offline(model: Model, options: GraphOptOptions, *, source_sha256: s
     is an intermediate (fused) model rather than the file the user gave.
     """
     config = SessionConfig(providers=list(options.providers), graph_optimization_level=options.level)
-    large = weight_bytes(model.proto) > EXTERNAL_DATA_THRESHOLD or bool(model.external_data_files())
-    with tempfile.TemporaryDirectory(prefix="ortforge-optimize-") as folder:
-        target = Path(folder) / "optimized.onnx"
+    large = weight_bytes(model.proto) + external_bytes(model.proto) > EXTERNAL_DATA_THRESHOLD
+    small_external = not large and bool(model.external_data_files())
+    # ORT writes the optimized model there; over 2 GB its weights stay there (the result's data_dir) until the process ends.
+    folder = scratch_folder("optimize") if large else Path(tempfile.mkdtemp(prefix="ortforge-optimize-"))
+    try:
+        target = folder / "optimized.onnx"
         session_options = config.session_options(model.ort_source()[1])
         session_options.optimized_model_filepath = str(target)
-        if large:
+        if large or small_external:
             session_options.add_session_config_entry(EXTERNAL_FILE_KEY, "optimized.onnx.data")
             session_options.add_session_config_entry(EXTERNAL_MIN_KEY, "1024")
         config.create_with_options(model, session_options)
-        optimized = load_model(target, check=False)
-        if large:  # pull the weights in before the temporary folder goes
+        proto = load_model(target, check=False).proto
+        if small_external:  # pull the weights in before the temporary folder goes
             import onnx
 
-            onnx.load_external_data_for_model(optimized.proto, folder)
-        proto = optimized.proto
+            onnx.load_external_data_for_model(proto, str(folder))
+    finally:
+        if not large:
+            shutil.rmtree(folder, ignore_errors=True)
     providers = [{"name": p.name, "options": dict(p.options)} for p in options.providers]
     write_stamp(proto, make_stamp(providers, options.level, options.portable, source_sha256 or model.content_hash(), fusion))
     counts = op_count_changes(model.proto, proto)
@@ -73,4 +80,5 @@ def optimize_offline(model: Model, options: GraphOptOptions, *, source_sha256: s
         changes=[f"{before} -> {after} nodes at level {options.level}"] + [f"{op}: {delta:+d}" for op, delta in counts.items()],
         notes=["portable: no layout or ISA-specific rewrites"] if options.portable else [],
         details={"nodes_before": before, "nodes_after": after, "op_changes": counts, "load_level": load_level(options.level)},
+        data_dir=folder if large else None,
     )

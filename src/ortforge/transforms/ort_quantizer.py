@@ -23,7 +23,7 @@ import onnx
 
 from ortforge.core import runtime
 from ortforge.core.errors import UserError
-from ortforge.core.model import Model, loaded_copy
+from ortforge.core.model import EXTERNAL_DATA_THRESHOLD, Model, external_bytes, loaded_copy
 from ortforge.transforms.calibrate import CalibrationResult, quantizable_op_types
 
 SUPPORTED_ORT = "1.24 to 1.32"
@@ -124,8 +124,10 @@ def quantize_with_ranges(
     check_constructor(quantizer_class, expected)
     opset_arguments = update_opset_arguments(update_opset_version, activation_type, extra)
     check_static_quant_arguments(quant_format, activation_type, weight_type)
-    # ORT's own shape inference goes through a temporary folder of its own, removed afterwards.
-    proto = save_and_reload_model_with_shape_infer(loaded_copy(model))
+    # ORT's own shape inference goes through a temporary folder of its own, removed afterwards. Over 2 GB it would
+    # hold the model twice; quantize's preparation already ran ONNX's shape inference on such a model, file to file.
+    large = external_bytes(model.proto) > EXTERNAL_DATA_THRESHOLD
+    proto = loaded_copy(model) if large else save_and_reload_model_with_shape_infer(loaded_copy(model))
     proto = update_opset_version(proto, weight_type, **opset_arguments)
     arguments = {
         "model": proto,

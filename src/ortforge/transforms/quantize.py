@@ -21,15 +21,20 @@ import onnx
 
 from ortforge.core.errors import OptionError, UserError, first_line
 from ortforge.core.model import (
+    EXTERNAL_DATA_THRESHOLD,
     Model,
+    external_bytes,
     from_proto,
     iter_graphs,
     iter_nodes,
     loaded_copy,
     opset_versions,
     require_in_model,
+    save_model,
+    weight_bytes,
 )
 from ortforge.core.options import option
+from ortforge.core.scratch import release, scratch_folder
 from ortforge.data import Feed
 from ortforge.transforms import TransformResult, op_count_changes
 
@@ -227,11 +232,15 @@ def _subgraph_nodes(proto: onnx.ModelProto) -> int:
     return sum(len(graph.node) for graph in list(iter_graphs(proto.graph))[1:])
 
 
-def prepare(model: Model, options: QuantizeOptions, notes: list[str]) -> onnx.ModelProto:
+def prepare(model: Model, options: QuantizeOptions, notes: list[str]) -> Model:
     """The float model as ORT's quantizer will see it: opset converted, pre-processed, biases flattened.
 
-    Node and tensor names of the quantized model follow this graph, not the original one.
+    Node and tensor names of the quantized model follow this graph, not the original one. A model over
+    2 GB stays on disk: its weights are copied to a scratch folder (the returned model's data folder) and
+    only ONNX's file-to-file shape inference runs, since ORT's pre-processing holds it in memory several times.
     """
+    if is_large(model):
+        return _prepare_large(model, options, notes)
     proto = loaded_copy(model)
     proto = _convert_opset(proto, MIN_QUANT_OPSET, "ORT's quantizer", notes)
     if options.per_channel and options.mode == "static" and options.format == "qdq":
@@ -239,17 +248,47 @@ def prepare(model: Model, options: QuantizeOptions, notes: list[str]) -> onnx.Mo
     with tempfile.TemporaryDirectory(prefix="ortforge-prepare-") as temporary:
         proto = preprocess(proto, Path(temporary), notes)
     _flatten_gemm_bias(proto, notes)
-    return proto
+    return from_proto(proto)
 
 
-def _quantize_dynamic(prepared: onnx.ModelProto, options: QuantizeOptions, op_types: list[str], excluded: list[str], extra: dict) -> onnx.ModelProto:
-    """ORT's quantize_dynamic, run in a private folder (it reads and writes files)."""
+def is_large(model: Model) -> bool:
+    """Weights near protobuf's 2 GB limit: the model must be handled on disk, never whole in memory."""
+    return weight_bytes(model.proto) + external_bytes(model.proto) > EXTERNAL_DATA_THRESHOLD
+
+
+def _prepare_large(model: Model, options: QuantizeOptions, notes: list[str]) -> Model:
+    folder = scratch_folder("prepare")
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)  # the graph only: its weights are external
+    save_model(proto, folder / "input.onnx", source=model, external_data=True)
+    proto = _convert_opset(onnx.load(str(folder / "input.onnx"), load_external_data=False), MIN_QUANT_OPSET, "ORT's quantizer", notes)
+    if options.per_channel and options.mode == "static" and options.format == "qdq":
+        proto = _convert_opset(proto, PER_CHANNEL_QDQ_OPSET, "per-channel QDQ (DequantizeLinear axis)", notes)
+    onnx.save_model(proto, str(folder / "converted.onnx"))  # beside input.onnx.data, which it still refers to
+    try:
+        onnx.shape_inference.infer_shapes_path(str(folder / "converted.onnx"), str(folder / "prepared.onnx"))
+        proto = onnx.load(str(folder / "prepared.onnx"), load_external_data=False)
+    except Exception as exc:  # onnx raises several types for graphs its inference cannot follow
+        notes.append(f"shape inference failed ({type(exc).__name__}: {first_line(exc, 120)}); quantizing without it")
+    notes.append("pre-processed with ONNX shape inference only: the model is over 2 GB, and ORT's pre-processing would hold it in memory several times")
+    _flatten_gemm_bias(proto, notes)
+    return from_proto(proto, base_dir=folder)
+
+
+def _quantize_dynamic(prepared: Model, options: QuantizeOptions, op_types: list[str], excluded: list[str], extra: dict) -> tuple[onnx.ModelProto, Path | None]:
+    """ORT's quantize_dynamic, run in a private folder (it reads and writes files). A model over 2 GB comes back
+    with its weights left in that folder, the second value (kept until the process ends)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory(prefix="ortforge-quantize-") as temporary:
-        folder = Path(temporary)
+    large = is_large(prepared)
+    with contextlib.ExitStack() as stack:
+        folder = scratch_folder("quantize") if large else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ortforge-quantize-")))
         source, target = folder / "input.onnx", folder / "quantized.onnx"
-        onnx.save_model(prepared, str(source), save_as_external_data=True, location="input.data", size_threshold=1 << 20)
+        if large:  # the graph beside the prepared weights it refers to, rather than a second copy of them
+            source = Path(prepared.base_dir or folder) / "quantize_input.onnx"
+            onnx.save_model(prepared.proto, str(source))
+        else:
+            save_model(prepared.proto, source, external_data=True)
         with _inside(folder):
             quantize_dynamic(
                 str(source),
@@ -262,11 +301,13 @@ def _quantize_dynamic(prepared: onnx.ModelProto, options: QuantizeOptions, op_ty
                 use_external_data_format=True,
                 extra_options=extra,
             )
-        return onnx.load(str(target))
+        if large:
+            return onnx.load(str(target), load_external_data=False), folder
+        return onnx.load(str(target)), None
 
 
 def _quantize_static(
-    prepared: onnx.ModelProto, options: QuantizeOptions, calibration: Iterable[Feed], op_types: list[str],
+    model: Model, options: QuantizeOptions, calibration: Iterable[Feed], op_types: list[str],
     excluded: list[str], extra: dict, progress: Callable[[str, float], None] | None,
 ) -> onnx.ModelProto:  # fmt: skip
     """ortforge's bounded-memory calibration, then ORT's own static quantizer classes on those ranges.
@@ -279,7 +320,6 @@ def _quantize_static(
     from ortforge.transforms.calibrate import CalibrationOptions, calibrate
     from ortforge.transforms.ort_quantizer import quantize_with_ranges
 
-    model = from_proto(prepared)
     calibration_options = CalibrationOptions(
         method=options.calibration_method,
         percentile=options.percentile,
@@ -313,7 +353,8 @@ def quantize(
     if options.mode == "static" and calibration is None:
         raise OptionError("mode", "static", "static quantization needs calibration data (calib); or use mode dynamic")
     notes: list[str] = []
-    prepared = prepare(model, options, notes)
+    prepared_model = prepare(model, options, notes)
+    prepared = prepared_model.proto
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, **dict(options.extra_options)}
     subgraph_nodes = _subgraph_nodes(prepared)
     if subgraph_nodes:
@@ -324,16 +365,22 @@ def quantize(
     excluded = _nodes_to_exclude(prepared, model.proto, options, notes)
     op_types = _follow_fusions(list(options.op_types), prepared, model.proto, excluded, notes)
     try:
+        data_dir = None
         if options.mode == "dynamic":
-            quantized = _quantize_dynamic(prepared, options, op_types, excluded, extra)
+            quantized, data_dir = _quantize_dynamic(prepared_model, options, op_types, excluded, extra)
         else:
             extra["ActivationSymmetric"] = options.symmetric_activations
-            quantized = _quantize_static(prepared, options, calibration, op_types, excluded, extra, progress)
+            quantized = _quantize_static(prepared_model, options, calibration, op_types, excluded, extra, progress)
     except UserError:
         raise
     except Exception as exc:  # ORT's quantizer raises bare exceptions for unsupported graphs
         raise UserError(f"{model.name}: onnxruntime's quantizer failed ({options.describe()}): {type(exc).__name__}: {first_line(exc)}") from None
-    return _result(model.proto, quantized, options, excluded, notes)
+    finally:
+        if prepared_model.base_dir is not None and prepared_model.base_dir != model.base_dir:
+            release(prepared_model.base_dir)  # a large model's prepared copy: quantized, it is not needed again
+    result = _result(model.proto, quantized, options, excluded, notes)
+    result.data_dir = data_dir if result.changed else None
+    return result
 
 
 def _result(original: onnx.ModelProto, quantized: onnx.ModelProto, options: QuantizeOptions, excluded: list[str], notes: list[str]) -> TransformResult:

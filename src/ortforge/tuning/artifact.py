@@ -75,7 +75,7 @@ def write_artifact(folder: Path, model: Model, source: Model, config: SessionCon
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        _, checked = save_verified(model.proto, staging / MODEL_FILE, source, feeds, judge, config)
+        _, checked = save_verified(model.proto, staging / MODEL_FILE, source, feeds, judge, config, data_dir=model.base_dir)
         record = {**record, "notes": record.get("notes", []) + checked}
         full = {"format": FORMAT, "model": MODEL_FILE, "session": config.to_dict(), **record, "environment": environment()}
         atomic_write_text(staging / CONFIG_FILE, json.dumps(full, indent=2, default=str))

@@ -219,7 +219,6 @@ def _offline_variants(trial: Trial, notes: list[str]) -> list[Finalist]:
 
     Tied to this machine's ISA by its stamp, so it wins only where it measures better."""
     from ortforge.core.errors import UserError
-    from ortforge.core.model import from_proto
     from ortforge.core.stamp import config_for, read_stamp
     from ortforge.transforms.graph_opt import GraphOptOptions, optimize_offline
 
@@ -230,7 +229,7 @@ def _offline_variants(trial: Trial, notes: list[str]) -> list[Finalist]:
     except UserError as exc:
         notes.append(f"offline optimization of {trial.candidate.label} failed: {exc}")
         return []
-    offline = replace(trial, model=from_proto(result.proto, base_dir=trial.model.base_dir))
+    offline = replace(trial, model=result.as_model(trial.model))
     session = SessionCandidate("offline, optimized at level all (this CPU)", config_for(read_stamp(result.proto)), kind="offline")
     return [Finalist(f"{trial.candidate.label} | {session.label}", offline, session)]
 
