@@ -49,6 +49,7 @@ def build(folder: Path) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 10
     path = folder / "large.onnx"
+    (folder / "large.onnx.data").unlink(missing_ok=True)  # onnx appends to an existing data file
     onnx.save_model(model, str(path), save_as_external_data=True, location="large.onnx.data")
     return path
 
@@ -88,7 +89,7 @@ def commands(path: Path, folder: Path, tune_budget: str) -> list[tuple[str, list
 
 
 def run_commands(path: Path, folder: Path, tune_budget: str) -> None:
-    size = sum(f.stat().st_size for f in path.parent.iterdir() if f.name.startswith(path.name))
+    size = path.stat().st_size + (path.parent / "large.onnx.data").stat().st_size
     print(f"\nmodel: {size / 1e9:.2f} GB ({path})")
     print(f"{'command':<26} {'exit':>4} {'wall s':>8} {'peak RSS GB':>12} {'x model':>8}  first error line")
     (folder / "out").mkdir(exist_ok=True)

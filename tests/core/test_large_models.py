@@ -10,13 +10,14 @@ import numpy as np
 import onnx
 import pytest
 
+import ortforge.transforms as transforms_module
 from helpers import linear_model
 from ortforge.cli import main
 from ortforge.core import model as model_module
 from ortforge.core.model import load_model, save_model
 from ortforge.core.session import run_outputs
 from ortforge.data import generate_feeds
-from ortforge.transforms import graph_opt, ort_quantizer
+from ortforge.transforms import TransformResult, graph_opt, ort_quantizer
 from ortforge.transforms import quantize as quantize_module
 from ortforge.transforms.graph_opt import GraphOptOptions, optimize_offline
 from ortforge.transforms.quantize import QuantizeOptions, quantize
@@ -26,7 +27,7 @@ THRESHOLD = 64 * 64 * 4  # "2 GB" for these tests: the 64x64 weight is over it
 
 @pytest.fixture
 def large(tmp_path, monkeypatch):
-    for module in (model_module, graph_opt, quantize_module, ort_quantizer):
+    for module in (model_module, graph_opt, quantize_module, ort_quantizer, transforms_module):
         monkeypatch.setattr(module, "EXTERNAL_DATA_THRESHOLD", THRESHOLD - 1)
     path = tmp_path / "big.onnx"
     onnx.save_model(linear_model(features=64), str(path), save_as_external_data=True, location="big.onnx.data", size_threshold=0)
@@ -80,3 +81,13 @@ def test_commands_write_external_data_for_a_large_model(large, tmp_path, argv, c
     assert main([argv[0], str(large.path), "-o", str(out), *argv[1:], "--samples", "2"]) == 0, capsys.readouterr().err
     assert (out.parent / "m.onnx.data").is_file() or argv[0] == "quantize"  # int8 weights fall under the lowered threshold
     load_model(out)  # reopens
+
+
+def test_a_result_too_big_for_memory_moves_its_weights_to_disk_before_ort_sees_it(large):
+    """fp16 simulation and static QDQ build their results in memory; over 2 GB they could not be handed to ORT."""
+    loaded = model_module.loaded_copy(large)
+    result = TransformResult(loaded, True)
+    model = result.as_model(large)
+    assert result.data_dir is not None and in_memory_bytes(result.proto) < THRESHOLD and model.base_dir == result.data_dir
+    feeds = generate_feeds(large, 1)
+    np.testing.assert_array_equal(run_outputs(model, feeds)[0]["y"], run_outputs(large, feeds)[0]["y"])

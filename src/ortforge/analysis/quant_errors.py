@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,7 +18,7 @@ from onnx import numpy_helper
 
 from ortforge.accuracy.metrics import AccuracyReport, compare
 from ortforge.analysis.tap import element_counts, passes, tap_session
-from ortforge.core.model import Model, from_proto, loaded_copy
+from ortforge.core.model import Model
 from ortforge.core.session import run_checked
 from ortforge.data import FeedSet
 from ortforge.measure.memory import release_freed_memory
@@ -110,8 +111,9 @@ def _passes(model: Model, names: list[str], feeds: FeedSet) -> list[list[str]]:
 class _Counterparts:
     """How to read the quantized model's version of each float tensor."""
 
-    def __init__(self, quantized: onnx.ModelProto) -> None:
+    def __init__(self, quantized: onnx.ModelProto, base_dir: Path | None = None) -> None:
         self.initializers = {t.name: t for t in quantized.graph.initializer}
+        self.base_dir = str(base_dir or "")  # where external weights are read from, one tensor at a time
         self.tensors = {name for node in quantized.graph.node for name in node.output} | set(self.initializers)
         self.dq_axis = {}
         for node in quantized.graph.node:
@@ -138,9 +140,10 @@ class _Counterparts:
         """Scale and zero point stored for a quantized tensor; None for int32 biases, whose scale is implicit."""
         for prefix in (name, name + QUANTIZED_SUFFIX):
             if prefix + "_scale" in self.initializers:
-                scale = numpy_helper.to_array(self.initializers[prefix + "_scale"]).astype(np.float64)
+                scale = numpy_helper.to_array(self.initializers[prefix + "_scale"], self.base_dir).astype(np.float64)
                 zero_name = prefix + "_zero_point"
-                zero = numpy_helper.to_array(self.initializers[zero_name]).astype(np.float64) if zero_name in self.initializers else np.zeros_like(scale)
+                zero = (numpy_helper.to_array(self.initializers[zero_name], self.base_dir).astype(np.float64) if zero_name in self.initializers
+                        else np.zeros_like(scale))  # fmt: skip
                 return scale, zero
         return None
 
@@ -152,7 +155,7 @@ class _Counterparts:
         params = self._qparams(name)
         if params is None:
             return None
-        values = numpy_helper.to_array(self.initializers[quantized_name]).astype(np.float64)
+        values = numpy_helper.to_array(self.initializers[quantized_name], self.base_dir).astype(np.float64)
         scale, zero = params
         if scale.size > 1:
             axis = self.dq_axis.get(quantized_name)
@@ -164,13 +167,13 @@ class _Counterparts:
         return ((values - zero) * scale).reshape(shape)
 
 
-def _weight_errors(float_proto: onnx.ModelProto, counterparts: _Counterparts) -> list[TensorError]:
+def _weight_errors(float_proto: onnx.ModelProto, counterparts: _Counterparts, base_dir: Path | None) -> list[TensorError]:
     consumers = {name: node for node in float_proto.graph.node for name in node.input}
     errors = []
     for tensor in float_proto.graph.initializer:
         if tensor.data_type != onnx.TensorProto.FLOAT or tensor.name not in consumers:
             continue
-        reference = numpy_helper.to_array(tensor)
+        reference = numpy_helper.to_array(tensor, str(base_dir or ""))
         quantized = counterparts.weight(tensor.name, reference.shape)
         if quantized is None:
             continue
@@ -183,12 +186,13 @@ def _weight_errors(float_proto: onnx.ModelProto, counterparts: _Counterparts) ->
 
 
 def debug_quantization(float_model: Model, quant_model: Model, feeds: FeedSet) -> QuantDebugReport:
-    """Match and compare every float activation and weight with the quantized model's, worst first."""
-    float_proto = loaded_copy(float_model)
-    quant_proto = loaded_copy(quant_model)
-    float_view, quant_view = from_proto(float_proto), from_proto(quant_proto)
+    """Match and compare every float activation and weight with the quantized model's, worst first.
+
+    External weights stay on disk (read one tensor at a time), so a model over 2 GB is compared too."""
+    float_proto, quant_proto = float_model.proto, quant_model.proto
+    float_view, quant_view = float_model, quant_model
     producers = _float_activations(float_proto)
-    counterparts = _Counterparts(quant_proto)
+    counterparts = _Counterparts(quant_proto, quant_model.base_dir)
     fetch = {name: counterparts.output_for(name) for name in producers}
     matched = {name: fetched for name, fetched in fetch.items() if fetched}
     real_outputs = [o.name for o in float_proto.graph.output]
@@ -216,7 +220,7 @@ def debug_quantization(float_model: Model, quant_model: Model, feeds: FeedSet) -
                                        a.rel_error(), a.max_abs, a.absmax) for name, a in accumulators.items()],
                           producers)  # fmt: skip
     notes = ["judged on generated inputs: real data can rank layers differently"] if feeds.generated else []
-    return QuantDebugReport(activations, _weight_errors(float_proto, counterparts), compare(reference_outputs, candidate_outputs),
+    return QuantDebugReport(activations, _weight_errors(float_proto, counterparts, float_model.base_dir), compare(reference_outputs, candidate_outputs),
                             len(feeds), len(producers) - len(matched), notes)  # fmt: skip
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import onnx
 
-from ortforge.core.model import Model, from_proto, iter_nodes
+from ortforge.core.model import EXTERNAL_DATA_THRESHOLD, Model, from_proto, iter_nodes, save_model, weight_bytes
+from ortforge.core.scratch import scratch_folder
 
 
 @dataclass
@@ -31,7 +32,14 @@ class TransformResult:
         return {"changed": self.changed, "changes": self.changes, "notes": self.notes, "details": self.details}
 
     def as_model(self, original: Model) -> Model:
-        """The transformed model, its external data resolved from this result's folder or else the original's."""
+        """The transformed model, its external data resolved from this result's folder or else the original's.
+
+        A result holding more than protobuf's 2 GB in memory (fp16 simulation, static QDQ of a large model) first
+        moves its weights to a scratch folder, which becomes `data_dir`: ORT could not be handed it otherwise."""
+        if self.data_dir is None and weight_bytes(self.proto) > EXTERNAL_DATA_THRESHOLD:
+            folder = scratch_folder("result")
+            save_model(self.proto, folder / "model.onnx", external_data=True, data_dir=original.base_dir)
+            self.data_dir = folder
         return from_proto(self.proto, base_dir=self.data_dir or original.base_dir)
 
 
