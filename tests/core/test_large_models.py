@@ -29,6 +29,7 @@ THRESHOLD = 64 * 64 * 4  # "2 GB" for these tests: the 64x64 weight is over it
 def large(tmp_path, monkeypatch):
     for module in (model_module, graph_opt, quantize_module, ort_quantizer, transforms_module):
         monkeypatch.setattr(module, "EXTERNAL_DATA_THRESHOLD", THRESHOLD - 1)
+    monkeypatch.setattr(transforms_module, "SPILL_BYTES", THRESHOLD - 1)
     path = tmp_path / "big.onnx"
     onnx.save_model(linear_model(features=64), str(path), save_as_external_data=True, location="big.onnx.data", size_threshold=0)
     return load_model(path)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import onnx
 
-from ortforge.core.model import EXTERNAL_DATA_THRESHOLD, Model, from_proto, iter_nodes, save_model, weight_bytes
+from ortforge.core.model import EXTERNAL_DATA_THRESHOLD, Model, external_bytes, from_proto, iter_nodes, save_model, weight_bytes
 from ortforge.core.scratch import scratch_folder
+
+SPILL_BYTES = 64 << 20  # a large model's transform results hold at most this much in memory
 
 
 @dataclass
@@ -35,11 +37,14 @@ class TransformResult:
         """The transformed model, its external data resolved from this result's folder or else the original's.
 
         A result holding more than protobuf's 2 GB in memory (fp16 simulation, static QDQ of a large model) first
-        moves its weights to a scratch folder, which becomes `data_dir`: ORT could not be handed it otherwise."""
-        if self.data_dir is None and weight_bytes(self.proto) > EXTERNAL_DATA_THRESHOLD:
+        moves its weights to a scratch folder, which becomes `data_dir`: ORT could not be handed it otherwise. So
+        does any result over SPILL_BYTES of a model over 2 GB, so that searches keeping many results stay small."""
+        large = weight_bytes(original.proto) + external_bytes(original.proto) > EXTERNAL_DATA_THRESHOLD
+        if self.data_dir is None and weight_bytes(self.proto) > (SPILL_BYTES if large else EXTERNAL_DATA_THRESHOLD):
             folder = scratch_folder("result")
             save_model(self.proto, folder / "model.onnx", external_data=True, data_dir=original.base_dir)
-            self.data_dir = folder
+            # A fresh message: protobuf keeps a cleared field's memory until the message it belongs to is freed.
+            self.proto, self.data_dir = onnx.load(str(folder / "model.onnx"), load_external_data=False), folder
         return from_proto(self.proto, base_dir=self.data_dir or original.base_dir)
 
 

@@ -1,4 +1,4 @@
-"""The one place ortforge calls ORT's static quantizer internals.
+"""The one place ortforge calls ORT's quantizer internals (the static quantizer's second half; the dynamic one's shape inference).
 
 `quantize_static` calibrates and quantizes in one call; ortforge calibrates itself (bounded memory,
 `transforms/calibrate/`) and needs only the second half. ORT has no public entry point for it, so
@@ -15,8 +15,9 @@ changed in 1.27.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import onnx
@@ -127,7 +128,13 @@ def quantize_with_ranges(
     # ORT's own shape inference goes through a temporary folder of its own, removed afterwards. Over 2 GB it would
     # hold the model twice; quantize's preparation already ran ONNX's shape inference on such a model, file to file.
     large = external_bytes(model.proto) > EXTERNAL_DATA_THRESHOLD
-    proto = loaded_copy(model) if large else save_and_reload_model_with_shape_infer(loaded_copy(model))
+    if large:  # marked as inferred, or the quantizer's constructor would reload it from a deep copy (three copies at once)
+        from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+        proto = loaded_copy(model)
+        add_infer_metadata(proto)
+    else:
+        proto = save_and_reload_model_with_shape_infer(loaded_copy(model))
     proto = update_opset_version(proto, weight_type, **opset_arguments)
     arguments = {
         "model": proto,
@@ -154,3 +161,54 @@ def _unknown_signature(name: str, found: tuple[str, ...], expected: tuple[str, .
         f"onnxruntime {runtime.version()}: its quantizer's {name} takes ({', '.join(found)}), not the ({', '.join(expected)}) ortforge knows",
         f"ortforge's static quantization supports onnxruntime {SUPPORTED_ORT}",
     )
+
+
+@contextlib.contextmanager
+def shapes_in_place() -> Iterator[None]:
+    """While ORT's dynamic quantizer runs on a model over 2 GB: its constructor re-runs shape inference on a deep
+    copy saved and reloaded, holding the model three times (7.4 GB for a 2.4 GB model, measured; protobuf does not
+    give back a cleared message's memory while the caller still holds it). Here shapes are inferred on the graph
+    with its large weights left out and written into the model itself, which ORT then goes on with, held once.
+
+    The helper is looked up in ORT's `onnx_quantizer` module (the same in 1.24-1.32); where it is missing nothing is swapped."""
+    from onnxruntime.quantization import onnx_quantizer
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    original = getattr(onnx_quantizer, "save_and_reload_model_with_shape_infer", None)
+
+    def in_place(model: onnx.ModelProto) -> onnx.ModelProto:
+        inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(inferred.graph.value_info)
+        add_infer_metadata(model)
+        return model
+
+    if original is None:
+        yield
+        return
+    onnx_quantizer.save_and_reload_model_with_shape_infer = in_place
+    try:
+        yield
+    finally:
+        onnx_quantizer.save_and_reload_model_with_shape_infer = original
+
+
+SKELETON_KEEPS = 1 << 20  # initializers this small keep their values (a Reshape's shape input is read by inference)
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without its large initializers' values (names, types and dims kept): what shape inference needs."""
+    skeleton = onnx.ModelProto()
+    skeleton.ir_version = model.ir_version
+    skeleton.opset_import.extend(model.opset_import)
+    graph = skeleton.graph
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    for tensor in model.graph.initializer:
+        if len(tensor.raw_data) <= SKELETON_KEEPS:
+            graph.initializer.append(tensor)
+        else:
+            graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+    return skeleton

@@ -37,6 +37,7 @@ from ortforge.core.options import option
 from ortforge.core.scratch import release, scratch_folder
 from ortforge.data import Feed
 from ortforge.transforms import TransformResult, op_count_changes
+from ortforge.transforms.ort_quantizer import shapes_in_place
 
 MODES = ("dynamic", "static")
 FORMATS = ("qdq", "qoperator")
@@ -289,7 +290,7 @@ def _quantize_dynamic(prepared: Model, options: QuantizeOptions, op_types: list[
             onnx.save_model(prepared.proto, str(source))
         else:
             save_model(prepared.proto, source, external_data=True)
-        with _inside(folder):
+        with _inside(folder), (shapes_in_place() if large else contextlib.nullcontext()):
             quantize_dynamic(
                 str(source),
                 str(target),
