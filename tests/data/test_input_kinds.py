@@ -132,3 +132,10 @@ def test_every_kind_goes_through_bench_and_run(tmp_path, build, capsys):
     report = bench([Variant("m", model, SessionConfig(), generate_feeds(model, 2))], quick)
     assert report.variants[0].latency.p50 > 0
     assert main(["run", str(path)]) == 0
+
+
+def test_a_hook_value_numpy_cannot_hold_is_one_line(tmp_path):
+    model = load_model(save(cast_model(TensorProto.FLOAT8E4M3FN), tmp_path / "m.onnx"))
+    (tmp_path / "hooks.py").write_text("def feeds():\n    yield {'x': [[1.0, 2.0], [3.0]]}\n")
+    with pytest.raises(UserError, match="input 'x' is not an array"):
+        load_feeds(model, f"{tmp_path / 'hooks.py'}:feeds")

@@ -177,7 +177,10 @@ def _checked_value(value: Any, spec: InputSpec, option: str, where: str) -> Any:
 
 
 def _checked_array(value: Any, spec: InputSpec, option: str, where: str) -> np.ndarray:
-    array = _as_spec_dtype(np.asarray(value), spec)
+    try:
+        array = _as_spec_dtype(np.asarray(value), spec)
+    except (TypeError, ValueError) as exc:  # ragged lists, objects numpy cannot hold
+        raise OptionError(option, where, f"input '{spec.name}' is not an array ({exc})") from None
     _check_array(array, spec, option, where)
     return array
 
