@@ -92,3 +92,16 @@ def test_a_result_too_big_for_memory_moves_its_weights_to_disk_before_ort_sees_i
     assert result.data_dir is not None and in_memory_bytes(result.proto) < THRESHOLD and model.base_dir == result.data_dir
     feeds = generate_feeds(large, 1)
     np.testing.assert_array_equal(run_outputs(model, feeds)[0]["y"], run_outputs(large, feeds)[0]["y"])
+
+
+def test_fp16_of_a_large_model_is_checked_and_written_from_disk(large, tmp_path, monkeypatch, capsys):
+    """The converted model is serialized for onnx.checker and ORT's load check; a large one goes to disk first."""
+    from ortforge.transforms.fp16 import Fp16Options, convert_fp16
+
+    monkeypatch.setattr(transforms_module, "SPILL_BYTES", 1024)  # the 8 KB of float16 weights count as large
+    result = convert_fp16(large, Fp16Options(provider="CUDAExecutionProvider"), feeds=generate_feeds(large, 1))
+    assert result.data_dir is not None and in_memory_bytes(result.proto) < 1024
+    out = tmp_path / "h" / "h.onnx"
+    argv = ["fp16", str(large.path), "-o", str(out), "--ep", "CUDAExecutionProvider", "--samples", "2", "--tolerance", "cosine=0.99"]
+    assert main(argv) == 0, capsys.readouterr().err
+    load_model(out)

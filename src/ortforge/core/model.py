@@ -24,6 +24,7 @@ from ortforge.core.graph import subgraphs
 
 # Leave headroom for the graph itself when deciding whether weights must go to external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+KEEP_EXTERNAL_BYTES = 256 << 20  # a proto with this much in external data is saved with external data too
 GATED_DOMAINS = ("ai.onnx", "ai.onnx.ml")
 # Ops ORT folds into initializers while loading, so they need no kernel.
 KERNEL_FREE_OPS = {"Constant"}
@@ -375,8 +376,9 @@ def save_model(
     data_dir = data_dir if data_dir is not None else (source.base_dir if source is not None else None)
     if source is not None:
         _refuse_overwrite(out, source)
-    if external_data is None:
-        external_data = weight_bytes(proto) + external_bytes(proto) > EXTERNAL_DATA_THRESHOLD
+    if external_data is None:  # near protobuf's limit, or mostly on disk already (a big model's result): not loaded whole
+        on_disk = external_bytes(proto)
+        external_data = weight_bytes(proto) + on_disk > EXTERNAL_DATA_THRESHOLD or on_disk > KEEP_EXTERNAL_BYTES
     if not external_data and data_dir is not None and _external_locations(proto):
         onnx.load_external_data_for_model(proto, str(data_dir))  # small enough to hold: saved in one file
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ from ortforge.core.model import Model
 from ortforge.core.runtime import GPU_PROVIDERS, available_providers
 from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.data import FeedSet
+from ortforge.measure.memory import release_freed_memory
 from ortforge.transforms import TransformResult
 from ortforge.transforms.fp16 import (
     Fp16Options,
@@ -304,6 +305,7 @@ def convert_within(model: Model, feeds: FeedSet, options: Fp16Options, tolerance
     result = None
     if judge_on is None:
         judged = simulated_outputs(model, plan, feeds)
+        release_freed_memory()  # the simulated copy (a whole fp32 model) is gone; glibc keeps its memory unless asked
     else:  # convert once: the model judged on the EP is the one written
         result = convert_fp16(model, plan, feeds=feeds)
         judged = run_outputs(result.as_model(model), feeds, SessionConfig.on(judge_on))

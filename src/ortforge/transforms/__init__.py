@@ -34,18 +34,20 @@ class TransformResult:
         return {"changed": self.changed, "changes": self.changes, "notes": self.notes, "details": self.details}
 
     def as_model(self, original: Model) -> Model:
-        """The transformed model, its external data resolved from this result's folder or else the original's.
+        """The transformed model, its external data resolved from this result's folder or else the original's."""
+        self.to_disk_if_large(original)
+        return from_proto(self.proto, base_dir=self.data_dir or original.base_dir)
 
-        A result holding more than protobuf's 2 GB in memory (fp16 simulation, static QDQ of a large model) first
-        moves its weights to a scratch folder, which becomes `data_dir`: ORT could not be handed it otherwise. So
-        does any result over SPILL_BYTES of a model over 2 GB, so that searches keeping many results stay small."""
+    def to_disk_if_large(self, original: Model) -> None:
+        """A result holding more than protobuf's 2 GB in memory (fp16 simulation, static QDQ of a large model) moves its
+        weights to a scratch folder, which becomes `data_dir`: ORT could not be handed it otherwise. So does any result
+        over SPILL_BYTES of a model over 2 GB, so that searches keeping many results, and checks that serialize one, stay small."""
         large = weight_bytes(original.proto) + external_bytes(original.proto) > EXTERNAL_DATA_THRESHOLD
         if self.data_dir is None and weight_bytes(self.proto) > (SPILL_BYTES if large else EXTERNAL_DATA_THRESHOLD):
             folder = scratch_folder("result")
             save_model(self.proto, folder / "model.onnx", external_data=True, data_dir=original.base_dir)
             # A fresh message: protobuf keeps a cleared field's memory until the message it belongs to is freed.
             self.proto, self.data_dir = onnx.load(str(folder / "model.onnx"), load_external_data=False), folder
-        return from_proto(self.proto, base_dir=self.data_dir or original.base_dir)
 
 
 def op_counts(proto: onnx.ModelProto) -> Counter:

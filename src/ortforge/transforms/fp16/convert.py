@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -41,10 +42,16 @@ def convert_fp16(model: Model, options: Fp16Options | Fp16Plan | None = None, *,
     plan = _as_plan(model, options)
     for _ in range(MAX_RUNTIME_REPAIRS + 1):
         applied = _Surgery(model, plan, simulate=False).run()
-        _check_converted(model, applied.proto, plan.options)
-        failure = _runtime_failure(model, applied.proto, plan, feeds) if feeds is not None and len(feeds) else None
+        # A large model's result goes to disk before it is checked: serialized for onnx.checker and ORT, it was held 3 times.
+        spilled = TransformResult(applied.proto, True)
+        spilled.to_disk_if_large(model)
+        applied.proto, data_dir = spilled.proto, spilled.data_dir
+        _check_converted(model, applied.proto, plan.options, data_dir)
+        failure = _runtime_failure(model, applied.proto, plan, feeds, data_dir) if feeds is not None and len(feeds) else None
         if failure is None:
-            return _result(model, plan, applied, simulate=False)
+            result = _result(model, plan, applied, simulate=False)
+            result.data_dir = data_dir
+            return result
         node, message = failure
         plan = plan.with_fp32([node], f"ORT failed to run it in float16: {message}", kind=RUNTIME)
     raise UserError(f"{model.name}: float16 conversion still fails to run after keeping {MAX_RUNTIME_REPAIRS} nodes float32",
@@ -103,10 +110,10 @@ def _signature_of(graph_values: Iterable[onnx.ValueInfoProto]) -> list[tuple[str
     return [(info.name, _elem(info.type), dims(info)) for info in graph_values]
 
 
-def _check_converted(model: Model, proto: onnx.ModelProto, options: Fp16Options) -> None:
+def _check_converted(model: Model, proto: onnx.ModelProto, options: Fp16Options, data_dir: Path | None = None) -> None:
     """onnx.checker, the I/O signature (names always; dtypes and shapes with keep_io_types), an ORT CPU session."""
     what = f"{model.name}: float16 conversion"
-    problem = _checker_problem(proto)
+    problem = _checker_problem(str(data_dir / "model.onnx") if data_dir else proto)  # by path: its weights are on disk
     # A complaint the original model earns too (a missing output shape, say) is not the conversion's doing.
     if problem and _checker_problem(model.proto) != problem:
         raise UserError(f"{what} produced a model onnx.checker rejects: {problem}", hint="keep the op it names in fp32 (block_ops / block_nodes, --block-op / --block-node)")
@@ -116,18 +123,18 @@ def _check_converted(model: Model, proto: onnx.ModelProto, options: Fp16Options)
         if [b[0] for b in before] != [a[0] for a in after] or (options.keep_io_types and before != after):
             raise UserError(f"{what} changed the graph {kind}s: {after} instead of {before}")
     try:
-        _session(from_proto(proto, base_dir=model.base_dir), ["CPUExecutionProvider"])
+        _session(from_proto(proto, base_dir=data_dir or model.base_dir), ["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types per failure kind
         raise UserError(f"{what} produced a model ORT cannot load: {first_line(exc, 300)}", hint="keep the op it names in fp32 (block_ops / block_nodes, --block-op / --block-node)") from None
 
 
-def _runtime_failure(model: Model, proto: onnx.ModelProto, plan: Fp16Plan, feeds: FeedSet) -> tuple[str, str] | None:
+def _runtime_failure(model: Model, proto: onnx.ModelProto, plan: Fp16Plan, feeds: FeedSet, data_dir: Path | None = None) -> tuple[str, str] | None:
     """(node, ORT's message) when a float16 node of the converted model fails on the first sample, else None."""
     provider = plan.options.provider
     providers = [provider] if provider and provider in runtime.available_providers() else []
     providers += [] if "CPUExecutionProvider" in providers else ["CPUExecutionProvider"]
     try:
-        _session(from_proto(proto, base_dir=model.base_dir), providers).run(None, ort_feed(feeds.samples[0]))
+        _session(from_proto(proto, base_dir=data_dir or model.base_dir), providers).run(None, ort_feed(feeds.samples[0]))
     except Exception as exc:  # ORT raises its own exception types per failure kind
         message = str(exc)
         match = re.search(r"running (\S+) node\. Name:'([^']*)'", message)
@@ -156,7 +163,7 @@ def _runs(model: Model, providers: list[str], feed: dict) -> bool:
     return True
 
 
-def _checker_problem(proto: onnx.ModelProto) -> str:
+def _checker_problem(proto: onnx.ModelProto | str) -> str:
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
