@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from helpers import save
 from ortforge.core.errors import UserError
 from ortforge.core.model import load_model
-from ortforge.core.session import run_outputs
+from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.data import generate_feeds, input_specs, load_feeds
 
 
@@ -27,9 +27,14 @@ def cast_model(element: int):
                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])  # fmt: skip
 
 
-@pytest.mark.parametrize("element", [TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2, TensorProto.INT4, TensorProto.UINT4])
+@pytest.mark.parametrize("element", [TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2, TensorProto.INT4, TensorProto.UINT4, TensorProto.FLOAT4E2M1])
 def test_narrow_tensor_types_are_generated_and_run(tmp_path, element):
     model = load_model(save(cast_model(element), tmp_path / "m.onnx"))
+    if element == TensorProto.FLOAT4E2M1:
+        try:
+            SessionConfig().build(model)
+        except UserError as exc:  # ORT 1.31's Cast does not take float4 yet: the packing is then untested here
+            pytest.skip(f"this onnxruntime cannot run a float4 Cast: {exc}")
     feeds = generate_feeds(model, 2)
     x = feeds.samples[0]["x"]
     assert x.dtype == np.dtype(helper.tensor_dtype_to_np_dtype(element)) and x.shape == (2, 3)

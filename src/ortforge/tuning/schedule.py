@@ -56,9 +56,6 @@ class Schedule:
         self.dropped += dropped
         return dropped
 
-    def planned(self, name: str) -> bool:
-        return any(s.name == name for s in self.stages)
-
     def grant(self, name: str, variants: int) -> BenchOptions | None:
         """Options for stage `name` measuring `variants` now (None when it was dropped or no longer fits).
 
@@ -78,4 +75,4 @@ class Schedule:
         share = stage.weight / (stage.weight + sum(s.weight for s in later))
         grant = least + max(0.0, spare) * share
         seconds = min(stage.high_s, self.cost.seconds_per_variant(grant, variants, stage.options))
-        return replace(stage.options, max_seconds=seconds, deadline=time.monotonic() + max(grant, least))
+        return replace(stage.options, max_seconds=seconds, deadline=time.monotonic() + grant)
