@@ -9,7 +9,7 @@ is held at a time, so memory does not grow with the number of samples.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from ortforge.accuracy.metrics import AccuracyReport, compare
-from ortforge.analysis.tap import element_counts, passes, tap_session
+from ortforge.analysis.tap import UNOPTIMIZED, element_counts, passes, tap_session
 from ortforge.core.model import Model
 from ortforge.core.session import run_checked
 from ortforge.data import FeedSet
@@ -25,7 +25,10 @@ from ortforge.measure.memory import release_freed_memory
 
 DQ_SUFFIX = "_DequantizeLinear_Output"
 QUANTIZED_SUFFIX = "_quantized"
+CHUNK_ELEMENTS = 1 << 20  # compared in float64 this many at a time
 PASS_BYTES = 128 << 20  # float activations fetched per pass over the samples (each side): bounds memory on big feature maps
+# Without ORT's arena: with 256 MiB weights dequantized at each run, it grew run after run (1.97, then 3.28 GiB).
+SESSION = replace(UNOPTIMIZED, enable_cpu_mem_arena=False)
 
 
 @dataclass
@@ -71,14 +74,18 @@ class _Accumulator:
         self.signal = self.noise = self.max_abs = self.absmax = 0.0
 
     def add(self, reference: np.ndarray, candidate: np.ndarray) -> None:
-        reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+        reference, candidate = np.asarray(reference), np.asarray(candidate)
         if reference.shape != candidate.shape:
             return
-        error = reference - candidate
-        self.absmax = max(self.absmax, float(np.max(np.abs(reference)))) if reference.size else self.absmax
-        self.signal += float(np.sum(reference * reference))
-        self.noise += float(np.sum(error * error))
-        self.max_abs = max(self.max_abs, float(np.max(np.abs(error)))) if error.size else self.max_abs
+        flat_reference, flat_candidate = reference.reshape(-1), candidate.reshape(-1)
+        # In float64 a slice at a time: a 256 MiB float32 weight would otherwise take four 512 MiB temporaries.
+        for start in range(0, flat_reference.size, CHUNK_ELEMENTS):
+            part = flat_reference[start:start + CHUNK_ELEMENTS].astype(np.float64)
+            error = part - flat_candidate[start:start + CHUNK_ELEMENTS].astype(np.float64)
+            self.absmax = max(self.absmax, float(np.max(np.abs(part))))
+            self.signal += float(np.dot(part, part))
+            self.noise += float(np.dot(error, error))
+            self.max_abs = max(self.max_abs, float(np.max(np.abs(error))))
 
     def sqnr_db(self) -> float:
         if self.noise == 0:
@@ -155,8 +162,9 @@ class _Counterparts:
         params = self._qparams(name)
         if params is None:
             return None
-        values = numpy_helper.to_array(self.initializers[quantized_name], self.base_dir).astype(np.float64)
-        scale, zero = params
+        # In float32, as ORT dequantizes: float64 would hold a big weight twice over.
+        values = numpy_helper.to_array(self.initializers[quantized_name], self.base_dir).astype(np.float32)
+        scale, zero = (part.astype(np.float32) for part in params)
         if scale.size > 1:
             axis = self.dq_axis.get(quantized_name)
             if axis is None or values.shape[axis] != scale.size:
@@ -164,7 +172,9 @@ class _Counterparts:
             view = [1] * values.ndim
             view[axis] = scale.size
             scale, zero = scale.reshape(view), zero.reshape(view)
-        return ((values - zero) * scale).reshape(shape)
+        values -= zero
+        values *= scale
+        return values.reshape(shape)
 
 
 def _weight_errors(float_proto: onnx.ModelProto, counterparts: _Counterparts, base_dir: Path | None) -> list[TensorError]:
@@ -203,8 +213,8 @@ def debug_quantization(float_model: Model, quant_model: Model, feeds: FeedSet) -
     for number, names in enumerate(_passes(float_view, list(matched), feeds)):
         chunk = {name: matched[name] for name in names}
         wanted = real_outputs if number == 0 else []
-        float_session = tap_session(float_view, list(chunk) + wanted, purpose="quant-debug")
-        quant_session = tap_session(quant_view, list(dict.fromkeys(chunk.values())) + wanted, purpose="quant-debug")
+        float_session = tap_session(float_view, list(chunk) + wanted, SESSION, purpose="quant-debug")
+        quant_session = tap_session(quant_view, list(dict.fromkeys(chunk.values())) + wanted, SESSION, purpose="quant-debug")
         float_names = [o.name for o in float_session.get_outputs()]
         quant_names = [o.name for o in quant_session.get_outputs()]
         for index, feed in enumerate(feeds.samples):

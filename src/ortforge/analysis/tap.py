@@ -44,10 +44,13 @@ def tap_session(model: Model, tensors: Sequence[str], config: SessionConfig = UN
     output_count = len(graph.output)
     added = _insert_after_producers(graph, list(probes))
     graph.output.extend(extra)
+    order = _constants_before_consumers(graph)
+    _permute(graph.node, order)
     try:
         tapped = Model(proto=model.proto, data_dir=model.base_dir, changes=[f"{purpose} outputs added"])
         source, entries = tapped.ort_source()
     finally:
+        _permute(graph.node, sorted(range(len(order)), key=order.__getitem__))
         del graph.output[output_count:]
         for index in reversed(range(len(graph.node))):
             if graph.node[index].name in added:
@@ -90,6 +93,50 @@ def _insert_after_producers(graph: onnx.GraphProto, nodes: list[onnx.NodeProto])
         for offset, probe in enumerate(probes):
             graph.node.insert(index + offset, probe)
     return {node.name for node in nodes}
+
+
+def _constants_before_consumers(graph: onnx.GraphProto) -> list[int]:
+    """Node indices in an order where each node computing from initializers alone comes right before its first consumer.
+
+    Quantizers put every weight's DequantizeLinear first; unoptimized, ORT then dequantizes all weights before the
+    first MatMul and holds them at once (5.1 GB for a 2.4 GB int8 model instead of one 256 MiB weight at a time)."""
+    constant = {t.name for t in graph.initializer} - {i.name for i in graph.input}
+    producer: dict[str, int] = {}
+    constant_nodes: set[int] = set()
+    for index, node in enumerate(graph.node):
+        if all(name in constant for name in node.input if name) and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            constant_nodes.add(index)
+            constant.update(node.output)
+        producer.update((name, index) for name in node.output)
+    order: list[int] = []
+    placed: set[int] = set()
+
+    def place(index: int) -> None:
+        if index in placed:
+            return
+        placed.add(index)
+        for name in graph.node[index].input:  # a constant node's own constant inputs first
+            if name in producer and producer[name] in constant_nodes:
+                place(producer[name])
+        order.append(index)
+
+    for index in range(len(graph.node)):
+        if index not in constant_nodes:
+            for name in graph.node[index].input:
+                if name in producer and producer[name] in constant_nodes:
+                    place(producer[name])
+            place(index)
+    order.extend(index for index in sorted(constant_nodes) if index not in placed)  # consumed by no node: graph outputs
+    return order
+
+
+def _permute(nodes: Any, order: list[int]) -> None:
+    """Reorder a repeated node field in place so that position k holds the node that was at `order[k]`."""
+    if order == sorted(order):
+        return
+    rank = {index: position for position, index in enumerate(order)}
+    positions = iter(range(len(order)))
+    nodes.sort(key=lambda _node: rank[next(positions)])  # the key is called once per node, in the current order
 
 
 def element_counts(model: Model, tensors: Sequence[str], feed: Feed, config: SessionConfig = UNOPTIMIZED) -> dict[str, int]:
