@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 from helpers import linear_model, save
 from ortforge.core.deadline import Deadline, timed
 from ortforge.core.errors import OptionError
 from ortforge.core.model import load_model
-from ortforge.core.session import SessionConfig
+from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.data import generate_feeds
 from ortforge.measure.bench import MIN_ROUNDS, BenchOptions, Variant, bench
-from ortforge.measure.cost import MeasureCost
+from ortforge.measure.cost import MeasureCost, reference_run
 from ortforge.tuning.schedule import Schedule, Stage
 from ortforge.tuning.search import CONFIRM, FINAL, SCREEN, TuneOptions, tune_search
 
@@ -74,6 +75,15 @@ def test_measure_cost_learns_from_a_measurement(tmp_path):
     cost.learn(report, options)
     assert set(report.phases) >= {"start", "load", "timed", "collect"}
     assert cost.process_s < 99.0 and cost.collect_s is not None and cost.create_s > 0
+
+
+def test_the_reference_run_gives_the_judge_its_outputs_and_the_first_cost_guess(tmp_path):
+    model = load_model(save(linear_model(), tmp_path / "m.onnx"))
+    feeds = generate_feeds(model, 2)
+    reference, cost = reference_run(model, feeds)
+    expected = run_outputs(model, feeds)
+    assert len(reference) == 2 and all(np.array_equal(a["y"], b["y"]) for a, b in zip(reference, expected))
+    assert cost.create_s > 0 and cost.process_s > cost.create_s
 
 
 def test_a_deadline_cuts_the_timed_rounds_short(tmp_path):

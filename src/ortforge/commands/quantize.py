@@ -28,11 +28,11 @@ from ortforge.core.model import Model, model_size, save_model
 from ortforge.core.options import default_of
 from ortforge.core.outputs import guard_file, guard_folder, user_files
 from ortforge.core.progress import Progress, section, silent
-from ortforge.core.session import SessionConfig, run_outputs
+from ortforge.core.session import SessionConfig
 from ortforge.data import GENERATED_WARNING, FeedSet, ShapeOptions
 from ortforge.measure.bench import BenchOptions, BenchReport, Variant, bench
 from ortforge.measure.compare import score, verdict_text, winner
-from ortforge.measure.cost import MeasureCost
+from ortforge.measure.cost import reference_run
 from ortforge.searches.exclusion import ExclusionReport, search_exclusions
 from ortforge.searches.recipes import auto_recipes, build_recipe
 from ortforge.searches.trial import Candidate, Recipe, Trial
@@ -125,13 +125,12 @@ def quantize_model(
     shown = progress or silent
     auto = len(recipes) > 1
     measure = measure or (BenchOptions(max_seconds=3.0, profile=False) if auto else None)
-    cost = MeasureCost.for_model(model) if measure is not None and deadline is not None else MeasureCost()
+    reference, cost = reference_run(model, evaluation)
     keep_s = (cost.minimum(2, measure) if measure is not None else 0.0) + WRITE_S + 2 * cost.create_s
     if auto and deadline is not None and deadline.left < keep_s:
         needed = deadline.elapsed + keep_s
         raise OptionError("time_budget_s", f"{deadline.budget_s:g}s", f"too short to time even one recipe against fp32 here (about {needed:.0f} s "
                           "before any recipe is built)", hint=f"give at least {math.ceil(2 * needed)}s")  # fmt: skip
-    reference = run_outputs(model, evaluation)
     judge = Judge(reference, list(tolerances) if tolerances else default_tolerances(reference), hook, feeds=evaluation)
     trials = []
     for index, recipe in enumerate(recipes):

@@ -10,7 +10,7 @@ import numpy as np
 from ortforge.core.errors import OptionError
 from ortforge.core.graph import GraphIndex
 from ortforge.core.model import Model
-from ortforge.data.specs import InputSpec, is_ml_dtype, numpy_dtype
+from ortforge.data.specs import InputSpec, integer_info, is_ml_dtype, numpy_dtype
 
 GENERIC_INT_HIGH = 128
 SEQUENCE_ITEMS = 2  # tensors in a generated sequence input
@@ -77,21 +77,9 @@ def _generate_array(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Gene
         return np.zeros(shape, dtype=numpy_dtype(dtype)), "segment ids: zeros"
     if POSITION_NAME.search(spec.name) and shape:
         return np.broadcast_to(np.arange(shape[-1]).astype(numpy_dtype(dtype)), shape).copy(), "positions: 0..n-1"
-    high = vocab or GENERIC_INT_HIGH
-    info = _integer_info(dtype)
-    high = min(high, int(info.max) + 1)
-    why = f"token ids in [0, {high}) (vocabulary from the embedding table)" if vocab else f"integers in [0, {high})"
     target = numpy_dtype(dtype)
+    high = min(vocab or GENERIC_INT_HIGH, int(integer_info(target).max) + 1)
+    why = f"token ids in [0, {high}) (vocabulary from the embedding table)" if vocab else f"integers in [0, {high})"
     if is_ml_dtype(target):  # ml_dtypes' narrow integers: drawn wider, then cast
         return rng.integers(0, high, size=shape).astype(target), why
     return rng.integers(0, high, size=shape, dtype=target), why
-
-
-def _integer_info(name: str) -> Any:
-    """numpy's iinfo, or ml_dtypes' for its narrow integers (int4, uint4, int2, ...)."""
-    dtype = numpy_dtype(name)
-    if is_ml_dtype(dtype):
-        import ml_dtypes
-
-        return ml_dtypes.iinfo(dtype)
-    return np.iinfo(dtype)

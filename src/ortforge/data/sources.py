@@ -15,7 +15,7 @@ import onnx
 from onnx import numpy_helper
 
 from ortforge.core.errors import OptionError
-from ortforge.data.specs import InputSpec, is_ml_dtype, numpy_dtype
+from ortforge.data.specs import InputSpec, integer_info, is_ml_dtype, numpy_dtype
 
 Feed = dict[str, Any]  # input name -> an array; a list of arrays for a sequence input; None for an absent optional
 
@@ -193,9 +193,7 @@ def _as_spec_dtype(array: np.ndarray, spec: InputSpec) -> np.ndarray:
     if spec.dtype.startswith("float") and array.dtype.itemsize == 1 and array.dtype.kind in "uV":
         return array.view(target)
     if spec.dtype.startswith(("int", "uint")) and array.dtype.kind in "iu":
-        import ml_dtypes
-
-        info = ml_dtypes.iinfo(target)
+        info = integer_info(target)
         if array.size == 0 or (array.min() >= info.min and array.max() <= info.max):
             return array.astype(target)
     return array

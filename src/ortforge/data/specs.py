@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -66,6 +67,15 @@ def numpy_dtype(name: str) -> np.dtype:
 def is_ml_dtype(dtype: np.dtype) -> bool:
     """A type numpy has only through ml_dtypes (bfloat16, float8_*, int4, ...): numpy files and ORT's binding do not know it."""
     return dtype.type.__module__ == "ml_dtypes"
+
+
+def integer_info(dtype: np.dtype) -> Any:
+    """numpy's iinfo, or ml_dtypes' for its narrow integers (int4, uint4, int2, ...), which numpy's does not know."""
+    if is_ml_dtype(dtype):
+        import ml_dtypes
+
+        return ml_dtypes.iinfo(dtype)
+    return np.iinfo(dtype)
 
 
 def _unwrap(value: onnx.ValueInfoProto) -> tuple[str, onnx.TypeProto]:

@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass
 
 from ortforge.core.model import Model
-from ortforge.core.session import SessionConfig
+from ortforge.core.session import Outputs, SessionConfig, run_on_feeds
+from ortforge.data import FeedSet
 from ortforge.measure.bench import BenchOptions, BenchReport
 
 PROCESS_S = 0.4  # one measurement process started (they start side by side), session created: a first guess, replaced once measured
@@ -27,13 +28,9 @@ class MeasureCost:
     collect_s: float | None = None  # one variant's profile and memory read-out, once measured
 
     @classmethod
-    def for_model(cls, model: Model) -> MeasureCost:
-        """A first guess from one session of `model` created here (a process then adds its start-up)."""
-        start = time.perf_counter()
-        source, entries = model.ort_source()
-        SessionConfig().create(source, entries, name=model.name)
-        create = time.perf_counter() - start
-        return cls(process_s=PROCESS_S + create, create_s=create)
+    def from_create(cls, create_s: float) -> MeasureCost:
+        """A first guess from one in-process session creation of the model (a process then adds its start-up)."""
+        return cls(process_s=PROCESS_S + create_s, create_s=create_s)
 
     @staticmethod
     def processes(variants: int, options: BenchOptions) -> int:
@@ -67,3 +64,11 @@ class MeasureCost:
         creates = [v.create_s for v in report.variants if v.create_s]
         if creates:
             self.create_s = max(creates)
+
+
+def reference_run(model: Model, feeds: FeedSet) -> tuple[Outputs, MeasureCost]:
+    """The model's outputs with ORT's defaults (what candidates are judged against), and the cost guess its session gives."""
+    start = time.perf_counter()
+    session = SessionConfig().build(model)
+    cost = MeasureCost.from_create(time.perf_counter() - start)
+    return run_on_feeds(session, feeds, model.name), cost

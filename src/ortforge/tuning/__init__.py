@@ -20,9 +20,8 @@ from ortforge.core.cache import cache_root
 from ortforge.core.deadline import Deadline
 from ortforge.core.model import Model
 from ortforge.core.progress import Progress
-from ortforge.core.session import run_outputs
 from ortforge.data import FeedSet
-from ortforge.measure.cost import MeasureCost
+from ortforge.measure.cost import reference_run
 from ortforge.report.html import render_report
 from ortforge.tuning.artifact import environment, write_artifact
 from ortforge.tuning.candidates import precision_candidates
@@ -61,12 +60,12 @@ def tune_model(
     """Search, then write the artifact folder (model, ortforge.json, report.html); the time budget counts from
     `started` (a `time.monotonic()` reading, now by default: the caller's loading and data count too)."""
     deadline = Deadline(options.time_budget_s, started if started is not None else time.monotonic())
-    reference = run_outputs(model, evaluation)
+    reference, cost = reference_run(model, evaluation)
     judge = Judge(reference, tolerances or default_tolerances(reference), hook, feeds=evaluation, reference_label="fp32")
     tolerances = judge.tolerances
     runner = LocalRunner(model, calibration, evaluation, judge, cache_root() / "tune")
     candidates = precision_candidates(family, list(options.providers), transformer)
-    result = tune_search(runner, candidates, options, progress, journal=runner.folder / JOURNAL, deadline=deadline, cost=MeasureCost.for_model(model))
+    result = tune_search(runner, candidates, options, progress, journal=runner.folder / JOURNAL, deadline=deadline, cost=cost)
     command = "ortforge " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and sys.argv[0].endswith("ortforge") else f"ortforge tune {reference_name} -o {output}"
     try:
         record = _write(model, reference_name, output, result, judge, evaluation, command, options)
