@@ -7,6 +7,7 @@ and bench/bad_inputs.py (which prints the whole table, with the slow cases: inte
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ def build_work(tmp_path: Path) -> Path:
     save(make_model([lookup], [tensor("i", [1], TensorProto.INT64)], [tensor("y", [1, 4])], [weight("table", np.ones((3, 4), np.float32))]),
          tmp_path / "lookup.onnx")  # fmt: skip
     np.savez(tmp_path / "far.npz", i=np.array([7], np.int64))  # row 7 of a 3-row table: ORT fails at run time
+    _recipes(tmp_path)
     _broken_models(tmp_path / "broken")
     _bad_data(tmp_path / "bad")
     _bad_configs(tmp_path / "configs")
@@ -116,6 +118,7 @@ MODEL_COMMANDS = {
     "quantize": lambda m, w: ["quantize", m, "-o", str(w / "out.onnx")],
     "fp16": lambda m, w: ["fp16", m, "-o", str(w / "out.onnx")],
     "tune": lambda m, w: ["tune", m, "-o", str(w / "out")],
+    "apply": lambda m, w: ["apply", str(w / "recipe_art"), m, "-o", str(w / "out")],
     "tune-session": lambda m, w: ["tune-session", m, "-o", str(w / "out.json")],
     "quant-debug": lambda m, w: ["quant-debug", m, m],
 }
@@ -165,6 +168,7 @@ DATA_COMMANDS = {
     "fp16": lambda d, w: ["fp16", str(w / M), "-o", str(w / "out.onnx"), "--data", d],
     "quant-debug": lambda d, w: ["quant-debug", str(w / M), str(w / M), "--data", d],
     "tune": lambda d, w: ["tune", str(w / M), "-o", str(w / "out"), "--data", d],
+    "apply": lambda d, w: ["apply", str(w / "recipe_art"), str(w / M), "-o", str(w / "out"), "--data", d],
     "tune-session": lambda d, w: ["tune-session", str(w / M), "-o", str(w / "out.json"), "--data", d],
 }
 BAD_DATA = {  # source (relative to the work folder, or a hook) -> what the line must name
@@ -198,6 +202,34 @@ def _bad_data(folder: Path) -> None:
     )
 
 
+# apply: recipes that are not, that do not fit, and outputs over them.
+CASES += [
+    Case("apply a folder that is not an artifact", lambda w: ["apply", str(w / "data"), str(w / M), "-o", str(w / "out")], ("data", "without ortforge.json")),
+    Case("apply an artifact record without a recipe", lambda w: ["apply", str(w / "art"), str(w / M), "-o", str(w / "out")], ("ortforge.json", "no ortforge recipe")),
+    Case("apply a recipe of an unknown transform", lambda w: ["apply", str(w / "configs" / "recipe_kind.json"), str(w / M), "-o", str(w / "out")],
+         ("recipe_kind.json", "magic")),
+    Case("apply to another architecture", lambda w: ["apply", str(w / "recipe_art"), str(w / "lookup.onnx"), "-o", str(w / "out")],
+         ("lookup.onnx", "not the architecture")),
+    Case("apply over its own recipe", lambda w: ["apply", str(w / "recipe_art"), str(w / M), "-o", str(w / "recipe_art"), "--overwrite"], "recipe_art"),
+    Case("tune with a config naming no flag", lambda w: ["tune", "--config", str(w / "configs" / "typo.toml"), "-o", str(w / "out")],
+         ("typo.toml", "objectiv")),
+]
+
+
+def _recipes(work: Path) -> None:
+    """An artifact folder whose ortforge.json holds a recipe for m.onnx (as tune writes it)."""
+    from ortforge.core.model import load_model
+    from ortforge.core.session import SessionConfig
+    from ortforge.searches.trial import Candidate
+    from ortforge.tuning.recipe import Recipe, model_shape
+
+    folder = work / "recipe_art"
+    folder.mkdir()
+    save(linear_model(), folder / "model.onnx")
+    recipe = Recipe(Candidate("fp32", "fp32"), SessionConfig(), tolerances=("cosine=0.99",), model=model_shape(load_model(work / M)))
+    (folder / "ortforge.json").write_text(json.dumps({"format": "ortforge-artifact/1", "session": {}, "recipe": recipe.to_dict()}))
+
+
 # Malformed session configs.
 BAD_CONFIGS = {
     "not_json.json": ("not_json.json", "JSON"),
@@ -219,6 +251,8 @@ def _bad_configs(folder: Path) -> None:
     (folder / "unknown_level.json").write_text('{"graph_optimization_level": "turbo"}')
     (folder / "unknown_ep.json").write_text('{"providers": [{"name": "NoSuchExecutionProvider", "options": {}}]}')
     (folder / "a_list.json").write_text("[1, 2]")
+    (folder / "recipe_kind.json").write_text(json.dumps({"format": "ortforge-recipe/1", "transform": {"kind": "magic", "label": "m"}, "session": {}}))
+    (folder / "typo.toml").write_text(f'model = "{folder.parent / M}"\nobjectiv = "latency"\n')
 
 
 if Path("/proc/self").is_dir():  # a place nobody can write, root included (a chmod-ed folder does not stop root)

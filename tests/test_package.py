@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-VERBS = ("tune", "quant_debug", "bench", "optimize", "doctor", "fp16", "quantize", "inspect", "tune_session", "load")
+VERBS = ("tune", "apply", "quant_debug", "bench", "optimize", "doctor", "fp16", "quantize", "inspect", "tune_session", "load")
 
 
 def test_verbs_stay_callable_after_every_module_loads():

@@ -1,6 +1,7 @@
 """ortforge: the fastest ONNX Runtime deployment of an ONNX model that still gives the right answers.
 
-The public API has the CLI's verbs: `tune(model, out)` (the main job), `doctor()`, `inspect(model)`,
+The public API has the CLI's verbs: `tune(model, out)` (the main job), `apply(artifact, model, out)` (its recipe
+redone on a retrained model), `doctor()`, `inspect(model)`,
 `bench(models)`, `optimize(model, out)`, `quantize(model, out)`, `fp16(model, out)`, `quant_debug(float, quant)`,
 `tune_session(model, out)`, `load(path)` (the guarded loader behind `ortforge run`, which also opens
 tune artifacts), plus the pieces they are made of (`load_model`, `load_feeds`, `SessionConfig`).
@@ -9,6 +10,7 @@ Each verb lives in `ortforge.commands.<verb>`; this face only binds them, and no
 imports it.
 """
 
+from ortforge.commands.apply import apply
 from ortforge.commands.bench import bench
 from ortforge.commands.common import open_model
 from ortforge.commands.doctor import doctor
@@ -34,6 +36,7 @@ __all__ = [
     "ShapeOptions",
     "UserError",
     "__version__",
+    "apply",
     "bench",
     "doctor",
     "fp16",

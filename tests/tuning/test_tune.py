@@ -13,7 +13,7 @@ import ortforge
 from helpers import conv_net, save, wide_range_feeds, wide_range_model
 from ortforge.commands.tune import tune
 from ortforge.core.errors import UserError
-from ortforge.tuning.artifact import CONFIG_FILE, MODEL_FILE, REPORT_FILE, read_artifact
+from ortforge.tuning.artifact import CONFIG_FILE, MODEL_FILE, REPORT_FILE, REPRODUCE_FILE, read_artifact
 from ortforge.tuning.search import pareto_front
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -83,6 +83,35 @@ def test_bench_measures_an_artifact_with_its_own_session_config(tuned):
     report = ortforge.bench([str(model), str(folder / "artifact")], options=quick)
     assert [v.label for v in report.variants] == ["cnn.onnx", "artifact"]
     assert report.variants[1].config == config.to_dict()
+    # The artifact's record given as the session config of another model: its session settings.
+    report = ortforge.bench([str(model), str(folder / "artifact" / CONFIG_FILE)], options=quick)
+    assert report.variants[1].label == f"cnn.onnx + {CONFIG_FILE}" and report.variants[1].config == config.to_dict()
+
+
+def test_apply_redoes_the_artifact_recipe_and_its_verdict(tuned, tmp_path):
+    folder, model, report = tuned
+    _, config, record = read_artifact(folder / "artifact")
+    recipe = record["recipe"]
+    chosen = report.result.chosen
+    assert recipe["transform"]["label"] == chosen.trial.candidate.label and recipe["session_label"] == chosen.session.label
+    assert recipe["tolerances"] == [text for t in report.tolerances for text in t.arguments()]
+    again = ortforge.apply(folder / "artifact", model, tmp_path / "again", time_budget_s=10)
+    assert again.result.chosen.trial.candidate == chosen.trial.candidate and again.result.chosen.trial.passed
+    assert again.result.built == 0  # the same model and data: every build came from tune's cache
+    _, again_config, again_record = read_artifact(tmp_path / "again")
+    assert again_config == config and again_record["recipe"]["transform"] == recipe["transform"]
+
+
+def test_the_artifact_holds_the_file_that_reproduces_its_run(tuned):
+    from ortforge.cli import _with_config, build_parser
+
+    folder, model, report = tuned
+    parser = build_parser()
+    argv, configured = _with_config(parser, ["tune", "--config", str(folder / "artifact" / REPRODUCE_FILE), "-o", str(folder / "again")])
+    args = parser.parse_args(argv)
+    assert configured == str(model) and args.model is None
+    assert (float(args.time_budget_s), args.objective, args.samples, args.calib_samples) == (25.0, "latency", 32, 16)
+    assert args.tolerances == [text for t in report.tolerances for text in t.arguments()]  # the gate as judged, defaults spelled out
 
 
 def test_rerun_resumes_from_the_cache(tuned):

@@ -59,6 +59,12 @@ class Tolerance:
             return f"rtol={self.rtol:g} atol={self.atol:g}"
         return f"{self.metric} {'>=' if self.higher_is_better else '<='} {self.value:g}"
 
+    def arguments(self) -> list[str]:
+        """The METRIC=VALUE texts `parse_tolerances` reads back into this bound (a recipe stores them)."""
+        if self.metric == "close":
+            return [f"rtol={self.rtol!r}", f"atol={self.atol!r}"]
+        return [f"{self.metric}={self.value!r}"]
+
     def miss(self, measured: float) -> str:
         """One line saying how a measured value misses this bound."""
         if self.metric == "close":

@@ -96,8 +96,12 @@ def bench(
 
 
 def _config_file(path: str) -> SessionConfig:
-    """A session config file, checked before any measuring: a missing EP is named with the file that asks for it."""
-    config = SessionConfig.load(path)
+    """A session config file (or a tune artifact's ortforge.json: its session config), checked before any measuring:
+    a missing EP is named with the file that asks for it."""
+    from ortforge.tuning.artifact import CONFIG_FILE, is_artifact, read_artifact
+
+    file = Path(path)
+    config = read_artifact(file.parent)[1] if file.name == CONFIG_FILE and is_artifact(file.parent) else SessionConfig.load(path)
     try:
         config.check_providers()
     except UserError as exc:

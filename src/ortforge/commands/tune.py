@@ -56,8 +56,23 @@ def tune(
     family = inspect_model(model, shape_options).family
     transformer = detect_transformer(model).model_type != "unknown"
     options = replace(options, providers=tuple(chosen))
+    settings = {"model": str(reference), "objective": objective, "time_budget_s": time_budget_s, "samples": samples, "calib_samples": calib_samples,
+                "data": data, "eval_hook": eval_hook, "providers": list(providers) or None, **_shape_settings(shape_options)}  # fmt: skip
     return tune_model(
         model, str(reference), Path(output), calibration, evaluation, family=family, transformer=transformer, options=options,
         tolerances=parse_tolerances(tolerances) or None, hook=load_eval_hook(eval_hook) if eval_hook else None, progress=progress,
-        started=started,
+        started=started, settings=settings,
     )  # fmt: skip
+
+
+def _shape_settings(options: ShapeOptions | None) -> dict[str, object]:
+    """Shape options as tune's flags spell them (for the file that reproduces the run)."""
+    if options is None:
+        return {}
+    defaults = ShapeOptions()
+    return {
+        "shapes": [f"{name}={'x'.join(map(str, shape))}" for name, shape in options.shapes.items()] or None,
+        "dims": [f"{name}={value}" for name, value in options.dims.items()] or None,
+        "batch": options.batch if options.batch != defaults.batch else None,
+        "sequence": options.sequence if options.sequence != defaults.sequence else None,
+    }

@@ -1,4 +1,4 @@
-"""The deployable artifact `tune` writes: model.onnx (+ data), ortforge.json, report.html.
+"""The deployable artifact `tune` writes: model.onnx (+ data), ortforge.json, report.html, tune.toml.
 
 `ortforge.json` holds the session config a plain ORT user applies by hand (providers and options,
 graph optimization level, threads, execution mode, session config entries), the hardware and
@@ -29,6 +29,7 @@ from ortforge.version import __version__
 
 FORMAT = "ortforge-artifact/1"
 CONFIG_FILE = "ortforge.json"
+REPRODUCE_FILE = "tune.toml"  # `ortforge tune --config` with it runs the same search
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "report.html"
 
@@ -66,9 +67,10 @@ def environment() -> dict[str, Any]:
 
 
 def write_artifact(folder: Path, model: Model, source: Model, config: SessionConfig, record: dict[str, Any], render: Callable[[dict], str],
-                   feeds: FeedSet, judge: Judge | None) -> dict[str, Any]:  # fmt: skip
+                   feeds: FeedSet, judge: Judge | None, extra_files: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Write the artifact atomically: build it in a sibling temporary folder, reopen its model as a user would
-    and judge it again (`ReopenError` if it fails), then move the folder into place. Returns the record written."""
+    and judge it again (`ReopenError` if it fails), then move the folder into place. Returns the record written.
+    `extra_files` (name -> text) go into the folder too (the file that reproduces the run)."""
     if folder.exists() and not is_artifact(folder) and any(folder.iterdir()):
         raise UserError(f"{folder}: exists and is not an ortforge artifact; choose an empty or new folder")
     staging = folder.parent / f".{folder.name}.partial"
@@ -80,9 +82,21 @@ def write_artifact(folder: Path, model: Model, source: Model, config: SessionCon
         full = {"format": FORMAT, "model": MODEL_FILE, "session": config.to_dict(), **record, "environment": environment()}
         atomic_write_text(staging / CONFIG_FILE, json.dumps(full, indent=2, default=str))
         atomic_write_text(staging / REPORT_FILE, render(record))
+        for name, text in (extra_files or {}).items():
+            atomic_write_text(staging / name, text)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return record
+
+
+def reproduce_file(settings: dict[str, Any]) -> str:
+    """tune.toml: the run's options, which `ortforge tune --config tune.toml -o NEW_FOLDER` takes back."""
+    import tomli_w
+
+    header = ("# Reproduces this artifact's search: ortforge tune --config tune.toml -o NEW_FOLDER\n"
+              "# Keys are tune's options (the flags, or their Python names as here); flags typed on the command line win.\n"
+              "# Paths are as they were given, relative to the folder tune ran in.\n")  # fmt: skip
+    return header + tomli_w.dumps({key: list(value) if isinstance(value, tuple) else value for key, value in settings.items() if value is not None})

@@ -206,7 +206,7 @@ def _screen_sessions(runner: TrialRunner, trial: Trial, sessions: list[SessionCa
         rejected += [(f"{trial.candidate.label} | {s.label}", "not screened: time budget") for s in sessions if s not in picked]
         return picked
     report = _measure(runner, schedule, targets, granted, section(progress, "screening session options", 0.6, 0.65))
-    ratios = [_objective_score(result, report.variants[0], options.objective).ratio for result in report.variants[1:]]
+    ratios = [objective_score(result, report.variants[0], options.objective).ratio for result in report.variants[1:]]
     scored = sorted(zip(sessions, ratios), key=lambda pair: pair[1])
     kept = [session for session, ratio in scored if ratio < 1.0][:SESSION_FINALISTS]
     rejected += [(f"{trial.candidate.label} | {session.label}", f"session screening: {ratio:.2f}x its ORT defaults"
@@ -214,7 +214,7 @@ def _screen_sessions(runner: TrialRunner, trial: Trial, sessions: list[SessionCa
     return kept
 
 
-def _offline_variants(trial: Trial, notes: list[str]) -> list[Finalist]:
+def offline_variants(trial: Trial, notes: list[str]) -> list[Finalist]:
     """The fastest survivor saved after ORT's ALL-level optimizations (start-up without the optimization cost).
 
     Tied to this machine's ISA by its stamp, so it wins only where it measures better."""
@@ -234,7 +234,7 @@ def _offline_variants(trial: Trial, notes: list[str]) -> list[Finalist]:
     return [Finalist(f"{trial.candidate.label} | {session.label}", offline, session)]
 
 
-def _objective_score(result, baseline, objective: str) -> CandidateScore:  # noqa: ANN001 - VariantResult
+def objective_score(result, baseline, objective: str) -> CandidateScore:  # noqa: ANN001 - VariantResult
     """Start-up against start-up for the startup objective, time per run otherwise."""
     if objective == "startup":
         found = startup_score(result, baseline)
@@ -279,14 +279,14 @@ def tune_search(runner: TrialRunner, candidates: Sequence[Candidate], options: T
         best[0] = f"{survivors[1].candidate.label} ({score(lead, screening.variants[0]).ratio:.2f}x in screening)"
     stages["screening"] = deadline.elapsed - sum(stages.values())
     finalists = _finalists(runner, survivors, options, schedule, report, notes, rejected)
-    finalists += _offline_variants(survivors[1] if len(survivors) > 1 else survivors[0], notes)
+    finalists += offline_variants(survivors[1] if len(survivors) > 1 else survivors[0], notes)
     stages["session screening"] = deadline.elapsed - sum(stages.values())
     granted = schedule.grant("final", len(finalists))
     assert granted is not None  # the final run is never dropped
     final = _measure(runner, schedule, [f.target for f in finalists], granted, section(report, "final interleaved run", 0.6, 0.98))
     stages["final"] = deadline.elapsed - sum(stages.values())
     for finalist, result in zip(finalists, final.variants):
-        finalist.score = _objective_score(result, final.variants[0], options.objective)
+        finalist.score = objective_score(result, final.variants[0], options.objective)
     chosen, why = _choose(finalists, options, final.noise_floor)
     best[0] = f"{chosen.label} ({chosen.score.ratio:.2f}x)" if chosen.score else chosen.label
     confirmation, ablation = None, []
@@ -354,8 +354,8 @@ def _confirm(runner: TrialRunner, chosen: Finalist, finalists: list[Finalist], o
     report = _measure(runner, schedule, [baseline.target] + [c.target for c in contenders], granted, progress)
     noise = report.noise_floor
     for contender, result in zip(contenders, report.variants[1:]):
-        contender.score = _objective_score(result, report.variants[0], options.objective)
-    baseline.score = _objective_score(report.variants[0], report.variants[0], options.objective)
+        contender.score = objective_score(result, report.variants[0], options.objective)
+    baseline.score = objective_score(report.variants[0], report.variants[0], options.objective)
     found = winner([baseline.score, *[c.score for c in contenders]], noise, complexity=lambda s: _by_label(contenders, s.label).complexity)
     if found is None:
         return baseline, (f"{chosen.label} led the finalists but did not beat fp32 with ORT defaults beyond noise head to head: "
