@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 
 from gauntlet import CASES, Case, build_work, folder_state  # noqa: E402
+from helpers import PROGRESS_LINE, SETTINGS_LINE  # noqa: E402
 
 ORTFORGE = [sys.executable, "-m", "ortforge"]
 
@@ -53,7 +54,9 @@ def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: 
 
 
 def stderr_problems(stderr: str, parts: tuple[str, ...], code: int, wanted: int = 2) -> list[str]:
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    # The settings line and progress lines (printed once work starts) are not errors; one error line must follow them.
+    lines = [line for line in stderr.strip().splitlines() if line.strip() and not PROGRESS_LINE.match(line)
+             and not (SETTINGS_LINE.match(line) and not line.startswith("ortforge:"))]  # fmt: skip
     found = []
     if code != wanted:
         found.append(f"exit {code}, expected {wanted}")

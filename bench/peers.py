@@ -37,7 +37,6 @@ from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.measure.bench import BenchOptions, Variant, bench
 from ortforge.measure.compare import beats, score
 
-
 BASELINE = "ORT defaults"
 
 

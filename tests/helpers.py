@@ -6,6 +6,7 @@ Every builder that more than one test file uses lives here; a builder one file u
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -322,3 +323,17 @@ def _gelu(b: _Builder, x: str, scope: str) -> str:
     if b.style == "torchscript":
         return b.node("Mul", [b.node("Mul", [x, shifted], scope), b.const("half", np.array(0.5, np.float32))], scope)
     return b.node("Mul", [x, b.node("Mul", [b.const("half", np.array(0.5, np.float32)), shifted], scope)], scope)
+
+
+PROGRESS_LINE = re.compile(r"^\[\d+:\d\d(:\d\d)?\] +\d+% ")  # away from a terminal, progress prints such lines
+SETTINGS_LINE = re.compile(r"^[a-z][a-z0-9-]*: ")  # "tune: model ..., objective latency, ...", once work starts
+
+
+def the_error_line(stderr: str) -> str:
+    """The one error line of a failed command: the last line, the only one besides progress and the settings line."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert lines and "Traceback" not in stderr, stderr
+    *before, last = lines
+    assert all(PROGRESS_LINE.match(line) or (SETTINGS_LINE.match(line) and "error" not in line) for line in before), stderr
+    assert last.startswith("ortforge: error:") or last.startswith("ortforge:"), stderr
+    return last

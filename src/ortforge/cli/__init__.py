@@ -7,11 +7,13 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
-from ortforge.cli.arguments import flags_of
+from ortforge.cli.arguments import effective_settings, flags_of
 from ortforge.cli.commands import COMMANDS
-from ortforge.cli.display import stderr_console
+from ortforge.cli.config import config_path, config_tokens
+from ortforge.cli.display import DISPLAY, announce, configure, log_line, result_console, stderr_console
 from ortforge.core.errors import OptionError, UserError
 from ortforge.core.runtime import VERBOSE_ENV
 from ortforge.version import __version__
@@ -34,37 +36,72 @@ def build_parser() -> Parser:
     for command in COMMANDS:
         subparser = commands.add_parser(command.name, help=command.help, description=command.description or command.help)
         command.add(subparser)
-        subparser.add_argument("--verbose", action="store_true", help="also show onnxruntime's own warnings and errors (kept off the terminal by default)")
+        shown = subparser.add_argument_group("output on the terminal")
+        shown.add_argument("--verbose", action="store_true", help="also show onnxruntime's own warnings and errors (kept off the terminal by default)")
+        shown.add_argument("--quiet", action="store_true", help="no progress and no settings line: the result (and errors) only")
+        shown.add_argument("--log-file", metavar="FILE", help="append timestamped progress, the settings in effect and the outcome to FILE")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from rich.console import Console
-
     parser = build_parser()
+    try:
+        argv, config_model = _with_config(parser, list(sys.argv[1:] if argv is None else argv))
+    except UserError as exc:
+        return _fail(str(exc), exc.exit_code)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 2
+    if getattr(args, "model", "") is None:  # a command whose model a --config file may give
+        if config_model is None:
+            _subparser(parser, args.command).error("give a MODEL (or `model = ...` in the --config file)")
+        args.model = config_model
     command = next(c for c in COMMANDS if c.name == args.command)
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"  # read where sessions are made, here and in the measurement processes
+    configure(quiet=args.quiet, command=command.name, settings=effective_settings(_subparser(parser, args.command), args))
+    if args.log_file:  # checked before any work, as outputs are
+        try:
+            with open(args.log_file, "a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            return _fail(f"--log-file {args.log_file}: cannot write ({exc.strerror})", 2)
+        DISPLAY.log_file = Path(args.log_file)
     try:
-        command.run(args, Console())
+        command.run(args, result_console())
     except OptionError as exc:  # named by option below the CLI; the user typed a flag
-        subparser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
-        flag = flags_of(subparser).get(exc.option)
+        flag = flags_of(_subparser(parser, args.command)).get(exc.option)
         return _fail(exc.with_flag(flag) if flag else str(exc), exc.exit_code)
     except UserError as exc:
         return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         stderr_console().print("ortforge: interrupted")
+        log_line("interrupted")
         return 130
+    announce()  # a command that showed no progress says its settings after its result
+    log_line(f"{command.name}: done")
     return 0
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    return parser._subparsers._group_actions[0].choices[name]  # type: ignore[union-attr]
+
+
+def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], str | None]:
+    """The arguments with a --config file's options put before the typed ones (which win), and the model it names."""
+    if not argv or argv[0].startswith("-") or argv[0] not in {c.name for c in COMMANDS}:
+        return argv, None
+    path = config_path(argv[1:])
+    if path is None:
+        return argv, None
+    tokens, model = config_tokens(_subparser(parser, argv[0]), path)
+    return [argv[0], *tokens, *argv[1:]], model
 
 
 def _fail(message: str, code: int) -> int:
     stderr_console().print(f"[red]ortforge: error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    log_line(f"error: {message}")
     return code
 
 

@@ -96,12 +96,12 @@ def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
-def add_data(parser: argparse.ArgumentParser, verb: Callable) -> None:
+def add_data(parser: argparse.ArgumentParser, verb: Callable, unset_samples: str = "all of --data, else one") -> None:
     group = parser.add_argument_group("input data")
     add_parameter(group, verb, "data", "an .npz, a folder of .npz/.npy or test_data_set_*/input_*.pb, or a hook module:function "
                   "yielding feed dicts (default: a zoo model's realistic inputs, else generated ones)", metavar="SOURCE")  # fmt: skip
     unset = inspect.signature(verb).parameters["samples"].default is None
-    add_parameter(group, verb, "samples", "how many samples to read or generate" + (" (default: all of --data, else one)" if unset else ""))
+    add_parameter(group, verb, "samples", "how many samples to read or generate" + (f" (default: {unset_samples})" if unset else ""))
     if "seed" in inspect.signature(verb).parameters:
         add_parameter(group, verb, "seed", "seed for generated inputs")
 
@@ -176,3 +176,30 @@ def parse_duration(text: str, option: str = "time_budget_s") -> float:
 def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
     """Option name (argparse dest) -> the flag that sets it, to name flags in errors raised below the CLI."""
     return {action.dest: action.option_strings[-1] for action in parser._actions if action.option_strings}
+
+
+QUIET_DESTS = {"help", "json", "verbose", "quiet", "log_file", "config"}  # how the run shows itself, not what it does
+# Options whose default is decided later (None / empty here), said in words.
+UNSET_MEANS = {"tolerances": "the default gate (by output form)", "providers": "every local EP",
+               "data": "generated inputs (a zoo model's realistic ones)"}  # fmt: skip
+
+
+def effective_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """Every option of the command with the value in effect, defaults included (the flag's name -> value):
+    printed at the start and put in --json, so a run says what it did without the user knowing the defaults."""
+    settings: dict[str, Any] = {}
+    for action in parser._actions:
+        if action.dest in QUIET_DESTS or action.dest == argparse.SUPPRESS:
+            continue
+        name = action.option_strings[-1].lstrip("-") if action.option_strings else action.dest
+        value = getattr(args, action.dest, None)
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if value != action.default:  # a switch is named only when it is thrown
+                settings[name] = True
+            continue
+        if value in (None, [], ()) and action.dest in UNSET_MEANS:
+            value = UNSET_MEANS[action.dest]
+        if value in (None, [], ()):
+            continue
+        settings[name] = list(value) if isinstance(value, tuple) else value
+    return settings

@@ -26,6 +26,7 @@ from ortforge.cli.arguments import (
     shape_options,
     tolerances,
 )
+from ortforge.cli.config import add_config
 from ortforge.cli.display import emit_json, progress_bar
 from ortforge.core.options import default_of
 from ortforge.core.session import OPTIMIZATION_LEVELS, ProviderSpec, SessionConfig, provider_name
@@ -43,8 +44,11 @@ class Command:
     description: str | None = None
 
 
-def _with_model(parser: argparse.ArgumentParser, output_help: str | None = None) -> None:
-    parser.add_argument("model", help=MODEL_HELP)
+def _with_model(parser: argparse.ArgumentParser, output_help: str | None = None, *, configurable: bool = False) -> None:
+    if configurable:  # a --config file may name it instead
+        parser.add_argument("model", nargs="?", help=MODEL_HELP + " (or `model` in --config)")
+    else:
+        parser.add_argument("model", help=MODEL_HELP)
     if output_help:
         parser.add_argument("-o", "--output", required=True, help=output_help)
 
@@ -56,7 +60,8 @@ def add_tune(parser: argparse.ArgumentParser) -> None:
     from ortforge.commands.tune import tune
     from ortforge.tuning.search import TuneOptions
 
-    _with_model(parser, "artifact folder to write")
+    _with_model(parser, "artifact folder to write", configurable=True)
+    add_config(parser, "tune's options")
     add_options(parser, TuneOptions, skip=("time_budget_s",))
     add_time_budget(parser, default_of(TuneOptions, "time_budget_s"), "the whole search")
     add_eps(parser, "EPs to consider (default: every local EP of this onnxruntime)")
@@ -73,10 +78,38 @@ def run_tune(args: argparse.Namespace, console: Any) -> None:
     from ortforge.report.terminal import render_tune
 
     budget = parse_duration(args.time_budget_s)
-    with progress_bar() as progress:
+    with progress_bar(budget_s=budget) as progress:
         report = tune(args.model, args.output, data=args.data, samples=args.samples, calib_samples=args.calib_samples, shape_options=shape_options(args),
                       tolerances=tolerances(args), eval_hook=args.eval_hook, objective=args.objective, time_budget_s=budget,
                       providers=args.providers, overwrite=args.overwrite, progress=progress)  # fmt: skip
+    emit_json(report) if args.json else render_tune(report, console)
+
+
+# --- apply --------------------------------------------------------------------------------------------
+
+
+def add_apply(parser: argparse.ArgumentParser) -> None:
+    from ortforge.commands.apply import TIME_BUDGET_S, apply
+
+    parser.add_argument("recipe", metavar="ARTIFACT", help="a tune artifact folder (or its ortforge.json) whose recipe to redo")
+    _with_model(parser, "artifact folder to write")
+    add_time_budget(parser, TIME_BUDGET_S, "building, judging and timing the recipe against fp32")
+    add_parameter(parser, apply, "calib_samples", "calibration samples (default: the recipe's)")
+    add_parameter(parser, apply, "overwrite", "replace an earlier ortforge artifact in OUTPUT (any other non-empty folder is refused)")
+    group = parser.add_argument_group("accuracy gate")
+    group.add_argument("--eval", dest="eval_hook", metavar="MODULE:FUNCTION", help="your check, when the recipe's gate includes it (eval=V)")
+    add_data(parser, apply, unset_samples="the recipe's")
+    add_json(parser)
+
+
+def run_apply(args: argparse.Namespace, console: Any) -> None:
+    from ortforge.commands.apply import apply
+    from ortforge.report.terminal import render_tune
+
+    budget = parse_duration(args.time_budget_s)
+    with progress_bar(budget_s=budget) as progress:
+        report = apply(args.recipe, args.model, args.output, data=args.data, samples=args.samples, calib_samples=args.calib_samples,
+                       eval_hook=args.eval_hook, time_budget_s=budget, overwrite=args.overwrite, progress=progress)  # fmt: skip
     emit_json(report) if args.json else render_tune(report, console)
 
 
@@ -109,8 +142,7 @@ def run_inspect(args: argparse.Namespace, console: Any) -> None:
     from ortforge.commands.inspect import inspect
     from ortforge.report.terminal import render_inspect
 
-    with progress_bar(not args.json) as progress:
-        progress(f"inspecting {args.model}", 0.1)
+    with progress_bar(not args.json):
         report = inspect(args.model, shape_options=shape_options(args), placement=args.placement, check=args.check)
     emit_json(report) if args.json else render_inspect(report, console)
 
@@ -237,11 +269,12 @@ def run_quantize(args: argparse.Namespace, console: Any) -> None:
     # --op-types and --exclude are shared with int8; weight-only keeps its own defaults unless they are given.
     weight_only = {name: value for name, value in option_values(WeightOnlyOptions, args).items() if value or name not in ("op_types", "exclude")}
     measure = BenchOptions(max_seconds=args.max_seconds, profile=False) if args.measure or args.mode == "auto" else None
-    with progress_bar() as progress:
+    budget = parse_duration(args.time_budget_s)
+    with progress_bar(budget_s=budget if args.mode == "auto" else None) as progress:
         report = quantize(args.model, args.output, mode=args.mode, recipe=recipe, weight_only=weight_only, calib=args.calib,
                           calib_samples=args.calib_samples, data=args.data, samples=args.samples, shape_options=shape_options(args),
                           tolerances=tolerances(args), eval_hook=args.eval_hook, force=args.force, auto_exclude=args.auto_exclude,
-                          measure=measure, time_budget_s=parse_duration(args.time_budget_s), progress=progress)  # fmt: skip
+                          measure=measure, time_budget_s=budget, progress=progress)  # fmt: skip
     emit_json(report) if args.json else render_quantize(report, console)
 
 
@@ -269,8 +302,7 @@ def run_fp16(args: argparse.Namespace, console: Any) -> None:
     from ortforge.transforms.fp16 import Fp16Options
 
     options = option_values(Fp16Options, args)
-    with progress_bar() as progress:
-        progress("planning fp16" + (" and searching" if args.auto else ""), 0.2)
+    with progress_bar():
         report = fp16(args.model, args.output, **options, ep=args.ep, auto=args.auto, tolerances=tolerances(args), data=args.data,
                       samples=args.samples, shape_options=shape_options(args), eval_hook=args.eval_hook, force=args.force,
                       time_budget_s=parse_duration(args.time_budget_s))  # fmt: skip
@@ -296,8 +328,7 @@ def run_quant_debug(args: argparse.Namespace, console: Any) -> None:
     from ortforge.commands.quant_debug import quant_debug
     from ortforge.report.terminal import render_quant_debug
 
-    with progress_bar() as progress:
-        progress("comparing float and quantized tensors", 0.1)
+    with progress_bar():
         report = quant_debug(args.float_model, args.quantized_model, data=args.data, samples=args.samples, shape_options=shape_options(args),
                              plot=args.plot)  # fmt: skip
     emit_json(report) if args.json else render_quant_debug(report, console, top=args.top)
@@ -373,6 +404,10 @@ COMMANDS = (
             "Builds precision candidates (fp32, fusion, int8 recipes, weight-only) and checks their accuracy first, screens the accurate ones "
             "against fp32, tunes session options for the survivors, then measures the finalists interleaved in one run. Writes "
             "OUTPUT/model.onnx, OUTPUT/ortforge.json and OUTPUT/report.html. Builds are cached, so an interrupted run resumes where it was."),
+    Command("apply", "redo a tune artifact's recipe on a retrained model of the same architecture, judged and timed; write an artifact",
+            add_apply, run_apply, "Re-applies the recorded transform (re-calibrating where it calibrates) to MODEL, judges it against MODEL's "
+            "own fp32 outputs with the recipe's accuracy gate, times it against fp32, and writes OUTPUT as tune does. Exits 2, writing "
+            "nothing, when MODEL is of another architecture or the recipe misses its gate on it."),
     Command("doctor", "the ORT build, its EPs, this CPU/GPU, and how to get missing EPs", add_doctor, run_doctor),
     Command("inspect", "inputs, ops, parameters, FLOPs, model family, node placement per EP", add_inspect, run_inspect),
     Command("bench", "latency, throughput, start-up, memory, per-op time; several models/configs side by side", add_bench, run_bench,

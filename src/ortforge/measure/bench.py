@@ -147,6 +147,8 @@ def bench(variants: list[Variant], options: BenchOptions | None = None, progress
     With `noise_pair`, the first variant also runs in a second process: its ratio to the first (ideally 1)
     is this run's noise floor."""
     options = options or BenchOptions()
+    for variant in variants:  # an EP this ORT lacks is named before any process starts
+        variant.config.check_providers()
     report_progress = progress or (lambda what, fraction: None)
     started = time.perf_counter()
     paired = options.noise_pair and len(variants) > 1

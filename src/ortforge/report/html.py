@@ -53,10 +53,10 @@ def render_report(data: dict[str, Any]) -> str:
         scatter(data["points"], title="Latency ratio to fp32 + ORT defaults vs error", x_label="latency ratio (lower is faster)",
                 y_label=data["error_label"], front=data["front"]),  # fmt: skip
         ("<h2>Head to head: the choice and each of its components</h2>"
-         + _table(["variant", "ratio [95% interval]", "vs fp32 + ORT defaults", data["error_label"], "on the front", ""], data["ablation_rows"])
+         + _table(["variant", "p50", "ratio [95% interval]", "vs fp32 + ORT defaults", data["error_label"], "on the front", ""], data["ablation_rows"])
          if data.get("ablation_rows") else ""),
         "<h2>Finalists (final interleaved run)</h2>",
-        _table(["candidate", "latency ratio [95% interval]", "rounds won", data["error_label"]], data["finalist_rows"]),
+        _table(["candidate", "p50", "latency ratio [95% interval]", "rounds won", data["error_label"]], data["finalist_rows"]),
         "<h2>Time per op type, before and after</h2>",
         paired_bars(data["ops"]["labels"], data["ops"]["before"], data["ops"]["after"], title="kernel time per run (ms), ORT profiler",
                     unit=" ms", names=("fp32, ORT defaults", "chosen")) if data["ops"]["labels"] else "<p>no profile</p>",  # fmt: skip

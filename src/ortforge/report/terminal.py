@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -365,33 +366,39 @@ def render_quant_debug(report, console: Console, top: int = 15) -> None:  # noqa
         print_note(console, note)
 
 
+def _figures_table(title: str, columns: list[str], rows: list[list]) -> Table:
+    """The first column (a label) wraps at its words; figures never wrap, so no number is split across lines."""
+    table = Table(title=title)
+    for index, column in enumerate(columns):
+        table.add_column(column, overflow="fold", ratio=1) if index == 0 else table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(*(escape(str(cell)) for cell in row))
+    return table
+
+
 def render_tune(report, console: Console) -> None:  # noqa: ANN001 - tune.TuneReport
     record = report.record
-    table = Table(title="Finalists, measured interleaved (latency ratio to fp32 + ORT defaults)")
-    for column in ("candidate", "latency ratio [95% interval]", "rounds won", record["error_label"]):
-        table.add_column(column, overflow="fold")
-    for row in record["finalist_rows"]:
-        table.add_row(*(escape(str(cell)) for cell in row))
-    console.print(table)
+    console.print(_figures_table("Finalists, measured interleaved (latency ratio to fp32 + ORT defaults)",
+                                 ["candidate", "p50", "ratio [95% interval]", "rounds won", record["error_label"]], record["finalist_rows"]))  # fmt: skip
     if record.get("ablation_rows"):
-        table = Table(title=f"Head to head: the choice and each of its components (noise {record['summary'].get('noise', '-')})")
-        for column in ("variant", "ratio [95% interval]", "vs fp32 + ORT defaults", record["error_label"], "front", ""):
-            table.add_column(column, overflow="fold")
-        for row in record["ablation_rows"]:
-            table.add_row(*(escape(str(cell)) for cell in row))
-        console.print(table)
+        console.print(_figures_table(f"Head to head: the choice and each of its components (noise {record['summary'].get('noise', '-')})",
+                                     ["variant", "p50", "ratio [95% interval]", "vs fp32 + ORT defaults", record["error_label"], "front", ""],
+                                     record["ablation_rows"]))  # fmt: skip
     if record["rejected"]:
         console.print("[bold]rejected:[/]")
         for label, why in record["rejected"]:
             console.print(f"  {escape(label)}: {escape(why)}", highlight=False)
     summary = record["summary"]
     console.print(f"[bold]chosen:[/] {escape(record['why'])}", highlight=False)
-    ratio = "time per request" if record.get("objective") == "throughput" else "latency"
+    ratio = {"throughput": "time per request", "startup": "start-up time"}.get(record.get("objective", ""), "latency")
     console.print(f"  {ratio} {summary['speedup']}, {summary['accuracy']}, size {summary['size']}, start-up {summary['startup']}"
                   + (f", throughput {summary['throughput']}" if "throughput" in summary else ""), highlight=False)  # fmt: skip
     console.print(f"  {escape(summary.get('evidence', ''))}", highlight=False)
-    console.print(f"  {record['built']} candidate(s) built, the rest from the cache; {record['elapsed_s']:.0f} s", style="dim")
-    console.print(f"[bold]wrote[/] {escape(str(report.artifact))}/ (model.onnx, ortforge.json, report.html)", highlight=False)
+    cached = sum(1 for c in record["candidates"] if c.get("cached"))
+    console.print(f"  {record['built']} candidate(s) built" + (f", {cached} taken from the cache" if cached else "") + f"; {record['elapsed_s']:.0f} s",
+                  style="dim")  # fmt: skip
+    written = ", ".join(sorted(path.name for path in Path(report.artifact).iterdir())) if Path(report.artifact).is_dir() else ""
+    console.print(f"[bold]wrote[/] {escape(str(report.artifact))}/ ({written})", highlight=False)
     for note in record["notes"]:
         print_note(console, note)
 

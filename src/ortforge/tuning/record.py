@@ -75,10 +75,11 @@ def artifact_record(model: Model, reference_name: str, result: TuneResult, toler
         "points_run": "head-to-head confirmation" if result.confirmation else "final interleaved run",
         "front": front,
         "error_label": error_label,
-        "finalist_rows": [[f.label, f.score.text() if f.score else "-", f"{f.score.wins:.0%}" if f.score else "-", f"{error_of(f.trial.metrics):.3g}"]
+        "finalist_rows": [[f.label, _p50(f), f.score.text() if f.score else "-", f"{f.score.wins:.0%}" if f.score else "-", f"{error_of(f.trial.metrics):.3g}"]
                           for f in result.finalists],  # fmt: skip
-        "ablation_rows": [[f.label, f.score.text() if f.score else "-", _verdict(f, baseline, decisive.noise_floor), f"{error_of(f.trial.metrics):.3g}",
-                           "yes" if f.label in front else "", "chosen" if f.label == chosen.label else ""] for f in result.ablation],  # fmt: skip
+        "ablation_rows": [[f.label, _p50(f), f.score.text() if f.score else "-", _verdict(f, baseline, decisive.noise_floor),
+                           f"{error_of(f.trial.metrics):.3g}", "yes" if f.label in front else "", "chosen" if f.label == chosen.label else ""]
+                          for f in result.ablation],  # fmt: skip
         "ops": _op_rows(baseline_run, chosen_run),
         "placement_rows": [[v.label, ", ".join(f"{p.replace('ExecutionProvider', '')} {n}" for p, n in v.placement.counts.items()) if v.placement else "-",
                             str(len(v.placement.cpu_fallback)) if v.placement else "-"] for v in result.final.variants],  # fmt: skip
@@ -107,6 +108,11 @@ def _load_notes(run: BenchReport) -> list[str]:
         return []
     return [f"{run.load.describe()}; the choice was made against a noise floor of ±{run.noise_floor:.1%}: on a quiet machine the figures "
             "are tighter and may differ"]  # fmt: skip
+
+
+def _p50(finalist: Finalist) -> str:
+    """The absolute figure beside the ratio: the median time per run in that run."""
+    return f"{finalist.score.p50_ms:.3g} ms" if finalist.score else "-"
 
 
 def _interval(finalist: Finalist) -> tuple[float, float, float]:
