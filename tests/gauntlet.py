@@ -211,6 +211,8 @@ CASES += [
     Case("apply to another architecture", lambda w: ["apply", str(w / "recipe_art"), str(w / "lookup.onnx"), "-o", str(w / "out")],
          ("lookup.onnx", "not the architecture")),
     Case("apply over its own recipe", lambda w: ["apply", str(w / "recipe_art"), str(w / M), "-o", str(w / "recipe_art"), "--overwrite"], "recipe_art"),
+    Case("quant-debug given a float model as the quantized one", lambda w: ["quant-debug", str(w / M), str(w / "art" / "model.onnx")],
+         ("model.onnx", "not a quantized model")),
     Case("tune with a config naming no flag", lambda w: ["tune", "--config", str(w / "configs" / "typo.toml"), "-o", str(w / "out")],
          ("typo.toml", "objectiv")),
 ]

@@ -187,3 +187,14 @@ def test_inputs_ort_cannot_run_give_one_line_naming_the_model(tmp_path, capsys):
     assert main(["bench", str(model), "--data", str(tmp_path / "far.npz"), "--time", "0.2"]) == 2
     error = the_error_line(capsys.readouterr().err)  # after the settings line: the failure came once measuring had started
     assert error.startswith("ortforge: error: lookup.onnx: onnxruntime failed to open and run it on the inputs")
+
+
+def test_fp16_without_a_target_on_a_machine_without_fp16_kernels_says_so(tmp_path):
+    from ortforge.core.runtime import GPU_PROVIDERS, available_providers
+
+    if any(p in available_providers() for p in GPU_PROVIDERS):
+        pytest.skip("this onnxruntime has a GPU EP: fp16 plans for it without --ep")
+    model = save(linear_model(), tmp_path / "m.onnx")
+    assert_one_line_error(ortforge("fp16", str(model), "-o", str(tmp_path / "h.onnx")), "--ep: no EP of this onnxruntime has fp16 kernels", "--ep cuda")
+    assert not (tmp_path / "h.onnx").exists()
+    assert ortforge("fp16", str(model), "-o", str(tmp_path / "h.onnx"), "--ep", "cpu").returncode == 0  # asked for: planned for the CPU EP

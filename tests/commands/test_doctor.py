@@ -31,6 +31,22 @@ def test_missing_eps_name_pip_package_and_build_flags():
     assert "CUDAExecutionProvider" not in {ep.name for ep in missing_providers(["CUDAExecutionProvider"])}
 
 
+def test_only_eps_that_exist_for_this_system_are_listed_unless_all_are_asked_for(monkeypatch):
+    import platform
+    import sys
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    here = {ep.name for ep in missing_providers(["CPUExecutionProvider"])}
+    assert {"CUDAExecutionProvider", "OpenVINOExecutionProvider"} <= here
+    assert not here & {"CoreMLExecutionProvider", "DmlExecutionProvider", "QNNExecutionProvider"}
+    assert {"CoreMLExecutionProvider", "DmlExecutionProvider"} <= {ep.name for ep in missing_providers(["CPUExecutionProvider"], everywhere=True)}
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    mac = {ep.name for ep in missing_providers(["CPUExecutionProvider"])}
+    assert "CoreMLExecutionProvider" in mac and not mac & {"CUDAExecutionProvider", "OpenVINOExecutionProvider", "DmlExecutionProvider"}
+
+
 def test_cpu_feature_names():
     assert cpu_features({"avx2", "avx512f", "avx512_vnni", "amx_int8"}, "x86_64") == ("avx2", "avx512f", "avx512_vnni", "amx_int8")
     assert cpu_features({"asimd", "asimddp", "i8mm"}, "aarch64") == ("neon", "dotprod", "i8mm")

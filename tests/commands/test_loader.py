@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import onnxruntime_version, save, small_cnn
+from helpers import linear_model, onnxruntime_version, save, small_cnn
 from ortforge.commands.optimize import optimize
 from ortforge.commands.run import load_checked, run
 from ortforge.core import stamp as stamp_module
@@ -86,3 +86,15 @@ def test_extra_cpu_features_also_mismatch(cnn_path, tmp_path):
 def test_unstamped_models_load_with_defaults(cnn_path):
     loaded, feeds, outputs = run(str(cnn_path))
     assert loaded.stamp is None and outputs[0]["y"].shape == (1, 16, 16, 16)
+
+
+def test_run_on_an_artifact_feeds_the_input_shapes_it_was_tuned_on(tmp_path):
+    folder = tmp_path / "artifact"
+    folder.mkdir()
+    save(linear_model(batch="batch"), folder / "model.onnx")
+    record = {"format": "ortforge-artifact/1", "model": "model.onnx", "session": {}, "inputs": {"shapes": {"x": [3, 8]}}}
+    (folder / "ortforge.json").write_text(json.dumps(record))
+    _, feeds, outputs = run(folder)
+    assert feeds.samples[0]["x"].shape == (3, 8) and outputs[0]["y"].shape == (3, 8)
+    _, plain, _ = run(folder / "model.onnx")  # a plain model: the default batch
+    assert plain.samples[0]["x"].shape == (1, 8)

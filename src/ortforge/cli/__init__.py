@@ -29,9 +29,26 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class _Version(argparse.Action):
+    """--version: asks for onnxruntime's version and flavour only when shown (importing ORT costs a few hundred ms)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, default: str = argparse.SUPPRESS, help: str | None = None) -> None:  # noqa: A002
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object, option_string: str | None = None) -> None:
+        from ortforge.core import runtime
+
+        try:
+            ort = f"{runtime.flavour()} {runtime.version()}"
+        except UserError as exc:  # no onnxruntime installed
+            ort = f"no onnxruntime ({exc})"
+        print(f"ortforge {__version__} on {ort}")
+        parser.exit()
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="ortforge", description="Make ONNX models fast on ONNX Runtime, on the machine they run on, without breaking their answers.")
-    parser.add_argument("--version", action="version", version=f"ortforge {__version__}")
+    parser.add_argument("--version", action=_Version, help="ortforge's version and the onnxruntime it runs on")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for command in COMMANDS:
         subparser = commands.add_parser(command.name, help=command.help, description=command.description or command.help)
@@ -79,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stderr_console().print("ortforge: interrupted")
         log_line("interrupted")
         return 130
-    announce()  # a command that showed no progress says its settings after its result
+    announce(log_only=True)  # a command that showed no progress: its settings go to the log (and --json) only
     log_line(f"{command.name}: done")
     return 0
 

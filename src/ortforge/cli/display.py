@@ -54,7 +54,7 @@ def result_console() -> Any:
     return console if console.is_terminal else Console(width=LOG_WIDTH)
 
 
-def announce(console: Any = None) -> None:
+def announce(console: Any = None, *, log_only: bool = False) -> None:
     """One line naming every setting in effect, defaults included (stderr and the log file), once: when work starts,
     after the checks that refuse bad options, so that a refusal stays one line."""
     if DISPLAY.announced or not DISPLAY.settings:
@@ -62,7 +62,7 @@ def announce(console: Any = None) -> None:
     DISPLAY.announced = True
     settings = DISPLAY.settings.items()
     line = f"{DISPLAY.command}: " + ", ".join(name if value is True else f"{name} {_shown(value)}" for name, value in settings)
-    if not DISPLAY.quiet:
+    if not (DISPLAY.quiet or log_only):
         (console or stderr_console()).print(line, highlight=False, markup=False, soft_wrap=True)
     _log(line)
 

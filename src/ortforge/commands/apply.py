@@ -12,6 +12,7 @@ from ortforge.core.errors import UserError
 from ortforge.core.outputs import guard_folder, user_files
 from ortforge.core.progress import Progress
 from ortforge.data import ShapeOptions
+from ortforge.data.specs import recorded_shape_options
 from ortforge.tuning import TuneReport, apply_model
 from ortforge.tuning.artifact import CONFIG_FILE
 from ortforge.tuning.recipe import Recipe, check_fits, read_recipe
@@ -51,8 +52,6 @@ def apply(
 
 def _recorded_shapes(recipe: Recipe, data: str | None, reference: str | Path) -> ShapeOptions | None:
     """Generated inputs of the shapes the recipe was judged on (a zoo model's realistic inputs and user data bring their own)."""
-    shapes = recipe.data.get("shapes", {})
     if data is not None or not recipe.data.get("generated") or str(reference).startswith("zoo:"):
         return None
-    fixed = {name: tuple(shape) for name, shape in shapes.items() if isinstance(shape, list) and all(isinstance(d, int) for d in shape)}
-    return ShapeOptions(shapes=fixed) if fixed else None
+    return recorded_shape_options(recipe.data.get("shapes", {}))

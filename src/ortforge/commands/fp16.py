@@ -13,6 +13,7 @@ from ortforge.accuracy.reopen import save_verified
 from ortforge.accuracy.tolerance import close, parse_tolerances
 from ortforge.commands.common import feeds_for, open_model
 from ortforge.core.deadline import Deadline
+from ortforge.core.errors import OptionError
 from ortforge.core.model import require_in_model
 from ortforge.core.options import default_of
 from ortforge.core.outputs import guard_file, user_files
@@ -74,15 +75,19 @@ def fp16(
     started = time.perf_counter()
     deadline = Deadline(time_budget_s)
     target = known_provider(ep) if ep else None
+    bounds = parse_tolerances(tolerances, DEFAULT_TOLERANCES)
     model = open_model(reference)
     require_in_model("block_nodes", block_nodes, model.proto, op_types=False)
     require_in_model("block_ops", block_ops, model.proto, nodes=False)
     guard_file(output, user_files(model, data, eval_hook))
     feeds = feeds_for(model, reference, data, samples=samples, shape_options=shape_options)
     gpu = [p for p in GPU_PROVIDERS if p in available_providers()]
-    provider = target or (gpu[0] if gpu else "CPUExecutionProvider")
+    if target is None and not gpu:  # planned for the CPU EP, next to nothing would be converted: say so rather than write it
+        raise OptionError("ep", None, "no EP of this onnxruntime has fp16 kernels worth converting for (the CPU EP computes most "
+                          "fp16 ops in fp32 behind Casts)", hint="name the EP to plan for, e.g. --ep cuda: it is then judged by simulating fp16 "
+                          "rounding here; --ep cpu plans for the CPU EP anyway")  # fmt: skip
+    provider = target or gpu[0]
     options = Fp16Options(keep_io_types=keep_io_types, block_ops=tuple(block_ops), block_nodes=tuple(block_nodes), provider=provider)
-    bounds = parse_tolerances(tolerances, DEFAULT_TOLERANCES)
     outcome = convert_within(model, feeds, options, bounds, auto=auto, hook=load_eval_hook(eval_hook) if eval_hook else None, force=force,
                              subject=Path(output).name, deadline=deadline)  # fmt: skip
     share = fp16_mac_share(model, outcome.plan, feeds)

@@ -6,12 +6,15 @@ from pathlib import Path
 
 from ortforge.analysis.quant_errors import QuantDebugReport, debug_quantization
 from ortforge.commands.common import feeds_for, open_model
+from ortforge.core.errors import UserError
 from ortforge.core.files import atomic_write_text
-from ortforge.core.model import Model
+from ortforge.core.model import Model, iter_nodes
 from ortforge.core.outputs import guard_file, user_files
 from ortforge.data import FeedSet, ShapeOptions
 from ortforge.report.svg import bar_chart
-from ortforge.transforms.quantize import QuantizeOptions, prepare
+from ortforge.transforms.quantize import QUANTIZED_OPS, QuantizeOptions, prepare
+
+WEIGHT_ONLY_OPS = {"MatMulNBits", "GatherBlockQuantized"}
 
 
 def quant_debug(
@@ -30,6 +33,9 @@ def quant_debug(
     if plot is not None:
         guard_file(plot, user_files(float_model, data) + user_files(quant_model), option="plot")
     feeds = feeds_for(float_model, float_reference, data, samples=samples, shape_options=shape_options)
+    if not any(node.op_type in QUANTIZED_OPS | WEIGHT_ONLY_OPS for node in iter_nodes(quant_model.proto)):  # every SQNR would read "inf"
+        raise UserError(f"{quant_model.name}: not a quantized model (no QuantizeLinear, DequantizeLinear, QLinear*, *Integer or MatMulNBits "
+                        "node): nothing to compare", hint="give the model that quantize wrote as the second model")  # fmt: skip
     report = _compared(float_model, quant_model, feeds)
     if plot is not None:
         atomic_write_text(Path(plot), plot_svg(report))

@@ -20,6 +20,7 @@ from ortforge.core.saved import open_saved
 from ortforge.core.session import ProviderSpec, SessionConfig, run_on_feeds
 from ortforge.core.stamp import Stamp, config_for, read_stamp
 from ortforge.data import FeedSet, ShapeOptions
+from ortforge.data.specs import recorded_shape_options
 
 
 @dataclass
@@ -99,5 +100,16 @@ def run(
     path = zoo.resolve_model_argument(str(reference))
     original_path = zoo.resolve_model_argument(original) if original else None
     loaded = load_checked(path, original=original_path, reoptimize=reoptimize)
+    if data is None and shape_options is None:
+        shape_options = recorded_shapes(path)
     feeds = feeds_for(loaded.model, reference, data, samples=samples, shape_options=shape_options)
     return loaded, feeds, run_on_feeds(loaded.session, feeds, loaded.path.name)
+
+
+def recorded_shapes(path: str | os.PathLike[str]) -> ShapeOptions | None:
+    """The input shapes a tune artifact was judged and timed on (None for a plain model, or shapes it did not record)."""
+    from ortforge.tuning.artifact import is_artifact, read_artifact
+
+    if not is_artifact(path):
+        return None
+    return recorded_shape_options(read_artifact(path)[2].get("inputs", {}).get("shapes", {}))

@@ -119,6 +119,12 @@ class ShapeOptions:
     sequence: int = DEFAULT_SEQUENCE
 
 
+def recorded_shape_options(shapes: dict[str, object]) -> ShapeOptions | None:
+    """Shape options from the input shapes a record keeps (`FeedSet.to_dict()["shapes"]`); None when none is a plain shape."""
+    fixed = {name: tuple(dims) for name, dims in shapes.items() if isinstance(dims, list) and all(isinstance(d, int) for d in dims)}
+    return ShapeOptions(shapes=fixed) if fixed else None
+
+
 @dataclass
 class ResolvedShapes:
     shapes: dict[str, tuple[int, ...]]

@@ -437,3 +437,14 @@ def render_zoo(entries: list[dict], console: Console) -> None:
     for entry in entries:
         console.print(f"zoo:{entry['name']:<12} {entry['family']:<4} {entry['package']}=={entry['version']} ({entry['license']}) "
                       f"{escape(entry['description'])}", highlight=False)  # fmt: skip
+
+
+def render_cache(report, console: Console) -> None:  # noqa: ANN001 - commands.cache.CacheReport
+    if report.cleared:
+        console.print(f"cleared {', '.join(report.cleared)}: {report.freed_bytes / 2**20:.1f} MiB freed", highlight=False)
+    table = Table(title=f"Cache: {escape(report.root)} (set $ORTFORGE_CACHE to move it)")
+    for column, justify in (("part", "left"), ("holds", "left"), ("files", "right"), ("size", "right")):
+        table.add_column(column, justify=justify, no_wrap=column != "holds")
+    for part in report.parts:
+        table.add_row(part.name, part.what, str(part.files), f"{part.bytes / 2**20:.1f} MiB")
+    console.print(table)

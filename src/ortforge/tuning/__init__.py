@@ -29,7 +29,7 @@ from ortforge.searches.trial import Candidate
 from ortforge.tuning.artifact import REPRODUCE_FILE, environment, reproduce_file, write_artifact
 from ortforge.tuning.candidates import precision_candidates
 from ortforge.tuning.recipe import Recipe, check_fits, model_shape
-from ortforge.tuning.record import artifact_record
+from ortforge.tuning.record import artifact_record, portable
 from ortforge.tuning.runner import LocalRunner
 from ortforge.tuning.search import CONFIRM, JOURNAL, Finalist, TuneOptions, TuneResult, objective_score, offline_variants, tune_search
 from ortforge.tuning.sessions import SessionCandidate
@@ -149,16 +149,28 @@ def _write(model: Model, reference_name: str, output: Path, result: TuneResult, 
            options: TuneOptions, calibration: FeedSet, settings: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     record = artifact_record(model, reference_name, result, judge.tolerances, evaluation, command, options.objective)
     record["recipe"] = recipe_of(result.chosen, judge, options.objective, model, calibration, evaluation).to_dict()
+    record["calibration_inputs"] = {**calibration.to_dict(), "origin": portable(calibration.origin)}  # its seed in the origin
+    gate = [a for t in judge.tolerances for a in t.arguments()]
+    if settings:  # the run's options, defaults included (paths cut to their names, as everywhere in the record)
+        record["settings"] = {k: portable(v) if isinstance(v, str) else v for k, v in {**settings, "tolerances": gate}.items() if v is not None}
     chosen_model = result.chosen.trial.model
     assert chosen_model is not None
     render = lambda final: render_report({**final, "environment": _environment_rows()})  # noqa: E731
     # The gate as judged (the defaults by output form spelled out), so the file reproduces the run even where they change.
-    extra = {REPRODUCE_FILE: reproduce_file({**settings, "tolerances": [a for t in judge.tolerances for a in t.arguments()]})} if settings else None
+    extra = {REPRODUCE_FILE: reproduce_file({**settings, "tolerances": gate})} if settings else None
     return write_artifact(output, chosen_model, model, result.chosen.session.config, record, render, evaluation, judge, extra)
 
 
 def _environment_rows() -> dict[str, str]:
-    return {key: str(value) for key, value in environment().items()}
+    """The environment as readable rows for the report (lists joined, mappings as 'name value', none as 'none')."""
+    def readable(value: Any) -> str:
+        if isinstance(value, dict):
+            return ", ".join(f"{k} {readable(v)}" for k, v in value.items()) or "none"
+        if isinstance(value, (list, tuple)):
+            return ", ".join(readable(v) for v in value) or "none"
+        return str(value)
+
+    return {key.replace("_", " "): readable(value) for key, value in environment().items()}
 
 
 def recipe_of(chosen: Finalist, judge: Judge, objective: str, model: Model, calibration: FeedSet, evaluation: FeedSet) -> Recipe:

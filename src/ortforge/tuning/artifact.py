@@ -50,12 +50,25 @@ def read_artifact(path: str | os.PathLike[str]) -> tuple[Path, SessionConfig, di
     return folder / record.get("model", MODEL_FILE), SessionConfig.from_dict(record["session"], where=str(folder / CONFIG_FILE)), record
 
 
+LIBRARIES = ("onnx", "numpy", "onnx-ir", "onnxscript", "ml_dtypes", "protobuf")  # besides onnxruntime: what can change a result
+
+
 def environment() -> dict[str, Any]:
+    """The software and hardware a result was measured on: every version that can change it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
     machine = machine_info()
     return {
         "ortforge": __version__,
         "onnxruntime": runtime.version(),
         "onnxruntime_flavour": runtime.flavour(),
+        "libraries": {name: installed(name) for name in LIBRARIES if installed(name)},
         "providers": runtime.available_providers(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),

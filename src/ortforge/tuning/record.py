@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
+from pathlib import PurePath
 from typing import Any
 
 from ortforge.accuracy.metrics import RATES, rate_evidence
@@ -42,7 +44,7 @@ def artifact_record(model: Model, reference_name: str, result: TuneResult, toler
     serving = [] if streams == 1 else [f"serve with {streams} requests in flight (threads calling run on this one session): "
                                        "the figures were measured that way and are time per request, not one request's latency"]  # fmt: skip
     return {
-        "model_name": reference_name,
+        "model_name": portable(reference_name),
         "objective": objective,
         "requests_in_flight": streams,
         "chosen": {"label": chosen.label, "precision": chosen.trial.candidate.label, "session": chosen.session.label},
@@ -58,7 +60,9 @@ def artifact_record(model: Model, reference_name: str, result: TuneResult, toler
             "accuracy": chosen.trial.metrics,
             "size_bytes": {"chosen": chosen.trial.size_bytes, "original": model_size(model)},
             "startup_ms": {"chosen": startup[0], "baseline": startup[1]},
+            # Each process's own peak (Python and ORT included, so similar for small models), and what its session added.
             "peak_rss_bytes": {"chosen": chosen_run.peak_rss, "baseline": baseline_run.peak_rss},
+            "session_rss_bytes": {"chosen": chosen_run.session_rss, "baseline": baseline_run.session_rss},
             "throughput_per_s": {"chosen": chosen_run.throughput, "baseline": baseline_run.throughput, "batch": chosen_run.batch},
         },
         "summary": {
@@ -88,10 +92,18 @@ def artifact_record(model: Model, reference_name: str, result: TuneResult, toler
         "stages_s": result.stages,
         "elapsed_s": result.elapsed_s,
         "built": result.built,
-        "inputs": feeds.to_dict(),
+        "inputs": {**feeds.to_dict(), "origin": portable(feeds.origin)},
         "notes": ([GENERATED_WARNING] if feeds.generated else []) + serving + _load_notes(decisive) + result.notes,
-        "commands": [command],
+        "commands": [portable(command)],
     }
+
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\][^\s,;()'\"]+")
+
+
+def portable(text: str) -> str:
+    """`text` with each absolute local path cut to its last part: a record travels to other machines and people."""
+    return ABSOLUTE_PATH.sub(lambda match: PurePath(match.group()).name or match.group(), text)
 
 
 def accuracy_evidence(metrics: dict[str, float], samples: int) -> str:
