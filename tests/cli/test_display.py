@@ -4,6 +4,7 @@ starts, a log file, --quiet, and the settings in --json."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -58,3 +59,36 @@ def test_a_log_file_that_cannot_be_written_is_one_line(tmp_path, capsys):
     model = save(linear_model(), tmp_path / "m.onnx")
     assert main(["inspect", str(model), "--no-placement", "--log-file", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"ortforge: error: --log-file {tmp_path}: cannot write")
+
+
+def test_cache_info_and_clear_touch_only_the_parts_asked_for(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ORTFORGE_CACHE", str(tmp_path / "cache"))
+    for part in ("tune", "zoo"):
+        (tmp_path / "cache" / part / "entry").mkdir(parents=True)
+        (tmp_path / "cache" / part / "entry" / "f.bin").write_bytes(b"x" * 1000)
+    assert main(["cache", "info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["root"] == str(tmp_path / "cache") and {p["name"]: p["bytes"] for p in info["parts"]} == {"tune": 1000, "zoo": 1000, "runtime": 0}
+    assert main(["cache", "clear", "--json"]) == 0  # tune's builds by default
+    cleared = json.loads(capsys.readouterr().out)
+    assert cleared["freed_bytes"] == 1000 and not (tmp_path / "cache" / "tune").exists() and (tmp_path / "cache" / "zoo").exists()
+    with pytest.raises(SystemExit) as exited:
+        main(["cache", "clear", "--part", "everything"])
+    assert exited.value.code == 2
+
+
+def test_in_an_80_column_terminal_the_elapsed_time_and_time_left_stay_visible(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=80, color_system=None)
+    monkeypatch.setattr(display, "stderr_console", lambda: console)
+    with display.progress_bar(budget_s=120) as progress:
+        progress("final interleaved run: timing round 12 | best so far: static qdq s8s8 per-channel Conv+MatMul+Gemm minmax", 0.7)
+        time.sleep(0.3)  # the live display refreshes
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())  # cursor and line controls take no columns
+    drawn = [line for line in text.replace("\r", "\n").splitlines() if "final interleaved" in line]
+    assert drawn and all(len(line.rstrip()) <= 80 for line in drawn)
+    assert "0:00:00" in drawn[-1] and "left" in drawn[-1] and "…" in drawn[-1]  # the description is cut, the clock is not

@@ -173,16 +173,45 @@ def test_bad_objective_and_budget(tuned):
             parse_duration(bad)
 
 
+# Measures the laid-out page: text boxes that overlap (in each plot, and the figure cards), text cut by its plot's
+# edge, a page wider than the window, and the plot elements that drew. Injected into a copy of the report.
+LAYOUT_SCRIPT = """<script>
+const boxes = (nodes) => [...nodes].map((n) => ({text: n.textContent.trim(), box: n.getBoundingClientRect()})).filter((b) => b.box.width > 0);
+const meet = (a, b) => Math.min(a.right, b.right) - Math.max(a.left, b.left) > 1 && Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top) > 1;
+const problems = [];
+for (const svg of document.querySelectorAll('svg')) {
+  const frame = svg.getBoundingClientRect(), texts = boxes(svg.querySelectorAll('text'));
+  texts.forEach((a, i) => texts.slice(i + 1).forEach((b) => { if (meet(a.box, b.box)) problems.push(`overlap: "${a.text}" / "${b.text}"`); }));
+  texts.forEach((a) => { if (a.box.left < frame.left - 1 || a.box.right > frame.right + 1 || a.box.top < frame.top - 1 || a.box.bottom > frame.bottom + 1) problems.push(`cut: "${a.text}"`); });
+}
+const cards = boxes(document.querySelectorAll('.figure'));
+cards.forEach((a, i) => cards.slice(i + 1).forEach((b) => { if (meet(a.box, b.box)) problems.push(`overlap: "${a.text}" / "${b.text}"`); }));
+if (document.documentElement.scrollWidth > window.innerWidth + 1) problems.push(`page ${document.documentElement.scrollWidth} px wide in a ${window.innerWidth} px window`);
+const counts = {points: document.querySelectorAll('svg .point').length, intervals: document.querySelectorAll('svg .interval').length,
+                numbers: document.querySelectorAll('svg .number').length, bars: document.querySelectorAll('svg .bar').length,
+                legend: document.querySelectorAll('svg .legend text').length, snippets: document.querySelectorAll('pre code').length};
+document.body.dataset.layout = JSON.stringify({problems, counts});
+</script></body>"""
+
+
 @pytest.mark.skipif(BROWSER is None, reason="needs Debian's chromium (apt-get install chromium) for a headless render")
-def test_report_draws_in_a_headless_browser(tuned, tmp_path):
-    folder, _, _ = tuned
-    report = folder / "artifact" / REPORT_FILE
+@pytest.mark.parametrize("width", [1400, 800])
+def test_report_lays_out_without_overlaps_in_a_headless_browser(tuned, tmp_path, width):
+    import html
+
+    folder, _, report = tuned
+    page = tmp_path / "report.html"
+    page.write_text((folder / "artifact" / REPORT_FILE).read_text().replace("</body>", LAYOUT_SCRIPT))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
-    dom = subprocess.run([BROWSER, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    count = int(dom.split('data-plot-elements="')[1].split('"')[0])
-    assert count >= 4  # scatter points and op-time bars drew
-    assert "Latency vs accuracy" in dom and "<svg" in dom and "http://" not in dom.replace("http://www.w3.org/2000/svg", "")
+             "--disable-sync", "--no-first-run", f"--window-size={width},3000", f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    dom = subprocess.run([BROWSER, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    layout = json.loads(html.unescape(dom.split('data-layout="')[1].split('"')[0]))
+    assert layout["problems"] == []
+    plotted = len(report.record["points"])
+    counts = layout["counts"]
+    assert counts["points"] == plotted and counts["intervals"] == plotted and 1 <= counts["numbers"] <= plotted
+    assert counts["bars"] >= 2 and counts["legend"] >= 5 and counts["snippets"] == 2
+    assert "http://" not in dom.replace("http://www.w3.org/2000/svg", "")  # self-contained: nothing fetched
 
 
 def test_fp16_candidate_on_gpu_eps_is_built_and_judged_by_simulation(cache, tmp_path):

@@ -181,7 +181,7 @@ def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
 QUIET_DESTS = {"help", "json", "verbose", "quiet", "log_file", "config"}  # how the run shows itself, not what it does
 # Options whose default is decided later (None / empty here), said in words.
 UNSET_MEANS = {"tolerances": "the default gate (by output form)", "providers": "every local EP",
-               "data": "generated inputs (a zoo model's realistic ones)"}  # fmt: skip
+               "data": "a zoo model's realistic inputs, else generated ones"}  # fmt: skip
 
 
 def effective_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def time_left(elapsed: float, fraction: float, budget_s: float | None) -> float 
 
 
 class _Lines:
-    """Plain progress lines for a log or a pipe: on each new step (at most one a second) and at least every HEARTBEAT_S."""
+    """Plain progress lines for a log or a pipe: at each new stage, and the current step at least every HEARTBEAT_S."""
 
     def __init__(self, stream: TextIO | None, budget_s: float | None) -> None:
         self.stream, self.budget_s = stream, budget_s
@@ -109,9 +109,10 @@ class _Lines:
         self.beat.start()
 
     def update(self, what: str, fraction: float) -> None:
+        """A new stage (the text before its first ':') is shown at once; steps within one wait for the heartbeat."""
         with self.lock:
             self.what, self.fraction = what, fraction
-            if what != self.shown and time.monotonic() - self.last_line >= min(1.0, HEARTBEAT_S):
+            if what.split(":")[0] != self.shown.split(":")[0]:
                 self._emit()
 
     def _heartbeat(self) -> None:

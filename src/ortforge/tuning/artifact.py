@@ -94,7 +94,7 @@ def write_artifact(folder: Path, model: Model, source: Model, config: SessionCon
         record = {**record, "notes": record.get("notes", []) + checked}
         full = {"format": FORMAT, "model": MODEL_FILE, "session": config.to_dict(), **record, "environment": environment()}
         atomic_write_text(staging / CONFIG_FILE, json.dumps(full, indent=2, default=str))
-        atomic_write_text(staging / REPORT_FILE, render(record))
+        atomic_write_text(staging / REPORT_FILE, render({**record, "session": config.to_dict()}))
         for name, text in (extra_files or {}).items():
             atomic_write_text(staging / name, text)
         if folder.exists():

@@ -16,14 +16,16 @@ from ortforge.measure.compare import beats
 from ortforge.tuning.search import Finalist, TuneResult, pareto_front
 
 
-def _error_metric(tolerances: list[Tolerance]) -> tuple[str, Any]:
-    """The axis for the latency-vs-accuracy plot: 1 - cosine unless the user's tolerance names another metric."""
+def _error_metric(tolerances: list[Tolerance]) -> tuple[str, Any, float | None]:
+    """The axis for the latency-vs-accuracy plot (1 - cosine unless the user's tolerance names another metric), and the
+    bound the gate puts on it (None when the gate does not bound it)."""
     named = next((t for t in tolerances if t.metric != "cosine"), None)
     if named is None or named.metric in ("top1",):
-        return "1 - cosine", lambda m: max(0.0, 1.0 - m.get("cosine", 1.0))
+        cosine = next((t for t in tolerances if t.metric == "cosine"), None)
+        return "1 - cosine", lambda m: max(0.0, 1.0 - m.get("cosine", 1.0)), (1.0 - cosine.value if cosine else None)
     if named.higher_is_better:
-        return f"1 - {named.metric}", lambda m: max(0.0, 1.0 - m.get(named.metric, 1.0))
-    return named.metric, lambda m: m.get(named.metric, 0.0)
+        return f"1 - {named.metric}", lambda m: max(0.0, 1.0 - m.get(named.metric, 1.0)), 1.0 - named.value
+    return named.metric, lambda m: m.get(named.metric, 0.0), named.value
 
 
 def artifact_record(model: Model, reference_name: str, result: TuneResult, tolerances: list[Tolerance], feeds: FeedSet, command: str,
@@ -35,7 +37,7 @@ def artifact_record(model: Model, reference_name: str, result: TuneResult, toler
     chosen_run, baseline_run = runs[chosen.label], runs[baseline.label]
     decisive = result.confirmation or result.final  # the run the choice was made in: its figures are shown together
     compared = result.ablation or result.finalists
-    error_label, error_of = _error_metric(tolerances)
+    error_label, error_of, error_bound = _error_metric(tolerances)
     points = [(f.label, *_interval(f), error_of(f.trial.metrics)) for f in compared]
     front = pareto_front(points)
     ratio = chosen.score or baseline.score
@@ -75,7 +77,11 @@ def artifact_record(model: Model, reference_name: str, result: TuneResult, toler
             "startup": f"{startup[0]:.1f} ms (was {startup[1]:.1f})",
             "throughput": f"{chosen_run.throughput:.1f}/s (was {baseline_run.throughput:.1f})",
         },
-        "points": [(label, x, y, "chosen" if label == chosen.label else "baseline" if label == baseline.label else "other") for label, x, _, _, y in points],
+        # (label, ratio, interval low, high, error, role), numbered in the report as the rows of the table they come from
+        "points": [(label, x, low, high, y, "chosen" if label == chosen.label else "baseline" if label == baseline.label else "other")
+                   for label, x, low, high, y in points],  # fmt: skip
+        "points_from": "ablation" if result.ablation else "finalists",
+        "error_bound": error_bound,
         "points_run": "head-to-head confirmation" if result.confirmation else "final interleaved run",
         "front": front,
         "error_label": error_label,
