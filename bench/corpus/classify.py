@@ -187,9 +187,12 @@ def run_model(path: Path, level: str, feeds: list[dict[str, Any]]) -> list[list[
     """A single-threaded CPU session (threads would only fight the other worker) run on every feed.
 
     ORT is called directly rather than through ortforge's session helpers, so that its messages
-    reach the report whole (they name the op, opset or type at fault at the end of long lines).
+    reach the report whole (they name the op, opset or type at fault at the end of long lines); only
+    the feeds go through ortforge's crossing (core/values.py), which ORT's binding lacks for float8/int4.
     """
     import onnxruntime
+
+    from ortforge.core.values import ort_feed  # float8, int4, sequences and optionals as ORT's binding takes them
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
@@ -202,7 +205,7 @@ def run_model(path: Path, level: str, feeds: list[dict[str, Any]]) -> list[list[
     outputs = []
     for feed in feeds:
         try:
-            outputs.append(session.run(None, feed))
+            outputs.append(session.run(None, ort_feed(feed)))
         except Exception as exc:  # noqa: BLE001 - likewise
             raise OrtFailure("run", _one_line(exc)) from None
     return outputs

@@ -27,7 +27,8 @@ def cast_model(element: int):
                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])  # fmt: skip
 
 
-@pytest.mark.parametrize("element", [TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2, TensorProto.INT4, TensorProto.UINT4, TensorProto.FLOAT4E2M1])
+@pytest.mark.parametrize("element", [TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2, TensorProto.INT4, TensorProto.UINT4, TensorProto.FLOAT4E2M1,
+                                     TensorProto.BFLOAT16])  # fmt: skip
 def test_narrow_tensor_types_are_generated_and_run(tmp_path, element):
     model = load_model(save(cast_model(element), tmp_path / "m.onnx"))
     if element == TensorProto.FLOAT4E2M1:
@@ -144,3 +145,11 @@ def test_a_hook_value_numpy_cannot_hold_is_one_line(tmp_path):
     (tmp_path / "hooks.py").write_text("def feeds():\n    yield {'x': [[1.0, 2.0], [3.0]]}\n")
     with pytest.raises(UserError, match="input 'x' is not an array"):
         load_feeds(model, f"{tmp_path / 'hooks.py'}:feeds")
+
+
+def test_calibration_feeds_float8_inputs_as_ort_takes_them(tmp_path):
+    from ortforge.transforms.calibrate import calibrate
+
+    model = load_model(save(cast_model(TensorProto.FLOAT8E4M3FN), tmp_path / "m.onnx"))
+    ranges = calibrate(model, generate_feeds(model, 2).samples, tensors=["y"])  # before: "Numpy_type 260 can't be converted"
+    assert "y" in ranges.to_tensors_data()

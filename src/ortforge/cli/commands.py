@@ -85,6 +85,76 @@ def run_tune(args: argparse.Namespace, console: Any) -> None:
     emit_json(report) if args.json else render_tune(report, console)
 
 
+# --- tune-many / cluster -----------------------------------------------------------------------------
+
+
+def add_tune_many(parser: argparse.ArgumentParser) -> None:
+    from ortforge.commands.tune_many import RUNNERS, tune_many
+    from ortforge.tuning.search import TuneOptions
+
+    parser.add_argument("models", nargs="+", metavar="MODEL", help=MODEL_HELP + " (several)")
+    parser.add_argument("-o", "--output", required=True, help="folder for OUTPUT/<model>/<target>/ artifacts and index.html")
+    add_parameter(parser, tune_many, "runner", "local: one model after another here; ray: on a Ray cluster, builds on any node, "
+                  "timings only on nodes of each target", choices=list(RUNNERS))  # fmt: skip
+    add_parameter(parser, tune_many, "address", "the Ray cluster (default: the one `ray start` on this machine joined)", metavar="HOST:PORT")
+    parser.add_argument("--target", dest="targets", action="append", default=[], metavar="NAME",
+                        help="a target to tune for, by name or id (repeat; default all: every target of the runner)")
+    add_options(parser, TuneOptions, skip=("time_budget_s",))
+    add_time_budget(parser, default_of(TuneOptions, "time_budget_s"), "each (model, target) pair")
+    add_parameter(parser, tune_many, "calib_samples", "calibration samples")
+    add_parameter(parser, tune_many, "samples", "evaluation samples")
+    add_parameter(parser, tune_many, "overwrite", "replace an earlier tune-many output in OUTPUT")
+    group = parser.add_argument_group("accuracy gate")
+    group.add_argument("--tolerance", dest="tolerances", action="append", default=[], metavar="METRIC=VALUE", help="as for tune")
+    add_json(parser)
+
+
+def run_tune_many(args: argparse.Namespace, console: Any) -> None:
+    from ortforge.commands.tune_many import tune_many
+    from ortforge.report.terminal import render_fleet
+
+    budget = parse_duration(args.time_budget_s)
+    with progress_bar() as progress:
+        report = tune_many(args.models, args.output, runner=args.runner, address=args.address, targets=args.targets, samples=args.samples,
+                           calib_samples=args.calib_samples, tolerances=args.tolerances, objective=args.objective, time_budget_s=budget,
+                           overwrite=args.overwrite, progress=progress)  # fmt: skip
+    emit_json(report) if args.json else render_fleet(report, console)
+
+
+def add_cluster(parser: argparse.ArgumentParser) -> None:
+    from ortforge.commands.cluster import cluster_node
+
+    parser.add_argument("action", choices=["node", "status", "stop"], help="node: start a Ray node announcing this machine's target and host "
+                        "(the head when --address is not given); status: the cluster's nodes by target; stop: stop Ray on this machine")  # fmt: skip
+    parser.add_argument("--address", metavar="HOST:PORT", help="the head to join (node), or to ask (status)")
+    add_parameter(parser, cluster_node, "target_name", "play a simulated target of this name (two node processes on one machine as two targets)",
+                  flag="--target-name", metavar="NAME")  # fmt: skip
+    add_parameter(parser, cluster_node, "host", "the host this node is on, where the machine id cannot tell (containers)", metavar="NAME")
+    add_parameter(parser, cluster_node, "port", "the head's port")
+    add_parameter(parser, cluster_node, "cpus", "CPUs this node offers (default: all)", metavar="N")
+    add_parameter(parser, cluster_node, "dry_run", "print the ray start command instead of running it")
+    add_json(parser)
+
+
+def run_cluster(args: argparse.Namespace, console: Any) -> None:
+    from ortforge.commands.cluster import cluster_node, cluster_status, cluster_stop
+
+    if args.action == "stop":
+        cluster_stop()
+        console.print("stopped the Ray processes of this machine")
+        return
+    if args.action == "status":
+        status = cluster_status(args.address)
+        if args.json:
+            emit_json(status)
+        for node in [] if args.json else status.nodes:
+            console.print(f"{node['node'][:8]}  target {node['target_name']} ({node['target']})  host {node['host']}  {node['cpus']} CPU(s)", highlight=False)
+        return
+    started = cluster_node(args.address, target_name=args.target_name, host=args.host, port=args.port, cpus=args.cpus, dry_run=args.dry_run)
+    shown = " ".join(f"{k}={v}" for k, v in started.environment.items()) + (" " if started.environment else "") + " ".join(started.command)
+    emit_json(started) if args.json else console.print(("started: " if started.started else "") + shown, highlight=False, markup=False, soft_wrap=True)
+
+
 # --- apply --------------------------------------------------------------------------------------------
 
 
@@ -429,6 +499,12 @@ COMMANDS = (
             "Builds precision candidates (fp32, fusion, int8 recipes, weight-only) and checks their accuracy first, screens the accurate ones "
             "against fp32, tunes session options for the survivors, then measures the finalists interleaved in one run. Writes "
             "OUTPUT/model.onnx, OUTPUT/ortforge.json and OUTPUT/report.html. Builds are cached, so an interrupted run resumes where it was."),
+    Command("tune-many", "tune several models for this machine or every target of a Ray cluster; one artifact per (model, target) and an index",
+            add_tune_many, run_tune_many, "Each (model, target) pair is a tune as `ortforge tune` runs it. With --runner ray, builds run on any "
+            "node of the cluster, measurements only on nodes of the pair's target, one measurement per host at a time; the build cache is shared, "
+            "so a candidate is built once for every target. Writes OUTPUT/<model>/<target>/ and OUTPUT/index.html."),
+    Command("cluster", "start a Ray node that announces its target and host (ortforge cluster node), list nodes by target, stop Ray here",
+            add_cluster, run_cluster),
     Command("apply", "redo a tune artifact's recipe on a retrained model of the same architecture, judged and timed; write an artifact",
             add_apply, run_apply, "Re-applies the recorded transform (re-calibrating where it calibrates) to MODEL, judges it against MODEL's "
             "own fp32 outputs with the recipe's accuracy gate, times it against fp32, and writes OUTPUT as tune does. Exits 2, writing "

@@ -3,25 +3,88 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from ortforge.accuracy.hooks import load_eval_hook
-from ortforge.accuracy.tolerance import parse_tolerances
+from ortforge.accuracy.tolerance import Tolerance, parse_tolerances
 from ortforge.analysis.model_report import inspect_model
 from ortforge.analysis.transformer import detect_transformer
 from ortforge.commands.common import calibration_and_evaluation, open_model
 from ortforge.core.errors import OptionError
+from ortforge.core.model import Model
 from ortforge.core.options import default_of
 from ortforge.core.outputs import guard_folder, user_files
 from ortforge.core.progress import Progress
 from ortforge.core.runtime import local_providers
 from ortforge.core.session import provider_name
-from ortforge.data import ShapeOptions
+from ortforge.data import FeedSet, ShapeOptions
 from ortforge.tuning import TuneReport, tune_model
 from ortforge.tuning.artifact import CONFIG_FILE
+from ortforge.tuning.runner import LocalRunner, TrialRunner
 from ortforge.tuning.search import TuneOptions
+
+
+@dataclass
+class TuneJob:
+    """One model made ready for tune: opened, its inputs found, its options checked (everything before the search)."""
+
+    reference: str
+    model: Model
+    calibration: FeedSet
+    evaluation: FeedSet
+    family: str
+    transformer: bool
+    options: TuneOptions
+    tolerances: list[Tolerance] | None
+    hook: Callable | None
+    settings: dict[str, Any]
+
+    def run(self, output: str | Path, *, progress: Progress | None = None, started: float | None = None,
+            runner: Callable[[LocalRunner], TrialRunner] | None = None, providers: Sequence[str] | None = None) -> TuneReport:  # fmt: skip
+        """The search and the artifact in `output`; `providers` replace the job's EPs (a cluster target's)."""
+        options = replace(self.options, providers=tuple(providers)) if providers is not None else self.options
+        return tune_model(self.model, self.reference, Path(output), self.calibration, self.evaluation, family=self.family,
+                          transformer=self.transformer, options=options, tolerances=self.tolerances, hook=self.hook, progress=progress,
+                          started=started, settings=self.settings, runner=runner)  # fmt: skip
+
+
+def prepare_tune(
+    reference: str | Path,
+    *,
+    data: str | None = None,
+    samples: int = 32,
+    calib_samples: int = 16,
+    shape_options: ShapeOptions | None = None,
+    tolerances: Sequence[str] = (),
+    eval_hook: str | None = None,
+    objective: str = default_of(TuneOptions, "objective"),
+    time_budget_s: float = default_of(TuneOptions, "time_budget_s"),
+    providers: Sequence[str] = (),
+    output: str | Path | None = None,
+    overwrite: bool = False,
+) -> TuneJob:
+    """Everything tune checks and reads before its search: options, the model, the output folder (when given), the data."""
+    options = TuneOptions(objective=objective, time_budget_s=time_budget_s)  # checked before any work
+    parsed = parse_tolerances(tolerances) or None
+    model = open_model(reference)
+    if output is not None:
+        guard_folder(output, user_files(model, data, eval_hook), marker=CONFIG_FILE, overwrite=overwrite)
+    calibration, evaluation = calibration_and_evaluation(model, reference, data, calib_samples=calib_samples,
+                                                         samples=samples, shape_options=shape_options)  # fmt: skip
+    local = local_providers()
+    chosen = [provider_name(p) for p in providers] or local
+    for name in chosen:
+        if name not in local:
+            raise OptionError("providers", name, f"not available in this onnxruntime (available: {', '.join(local)})")
+    family = inspect_model(model, shape_options).family
+    transformer = detect_transformer(model).model_type != "unknown"
+    settings = {"model": str(reference), "objective": objective, "time_budget_s": time_budget_s, "samples": samples, "calib_samples": calib_samples,
+                "data": data, "eval_hook": eval_hook, "providers": list(providers) or None, **_shape_settings(shape_options)}  # fmt: skip
+    return TuneJob(str(reference), model, calibration, evaluation, family, transformer, replace(options, providers=tuple(chosen)), parsed,
+                   load_eval_hook(eval_hook) if eval_hook else None, settings)  # fmt: skip
 
 
 def tune(
@@ -43,26 +106,10 @@ def tune(
     """Search precision, fusion, EPs and session options under an accuracy budget; write the artifact folder
     (`overwrite` replaces an earlier artifact there)."""
     started = time.monotonic()  # the budget is the whole command's
-    options = TuneOptions(objective=objective, time_budget_s=time_budget_s)  # checked before any work
-    model = open_model(reference)
-    guard_folder(output, user_files(model, data, eval_hook), marker=CONFIG_FILE, overwrite=overwrite)
-    calibration, evaluation = calibration_and_evaluation(model, reference, data, calib_samples=calib_samples,
-                                                         samples=samples, shape_options=shape_options)  # fmt: skip
-    local = local_providers()
-    chosen = [provider_name(p) for p in providers] or local
-    for name in chosen:
-        if name not in local:
-            raise OptionError("providers", name, f"not available in this onnxruntime (available: {', '.join(local)})")
-    family = inspect_model(model, shape_options).family
-    transformer = detect_transformer(model).model_type != "unknown"
-    options = replace(options, providers=tuple(chosen))
-    settings = {"model": str(reference), "objective": objective, "time_budget_s": time_budget_s, "samples": samples, "calib_samples": calib_samples,
-                "data": data, "eval_hook": eval_hook, "providers": list(providers) or None, **_shape_settings(shape_options)}  # fmt: skip
-    return tune_model(
-        model, str(reference), Path(output), calibration, evaluation, family=family, transformer=transformer, options=options,
-        tolerances=parse_tolerances(tolerances) or None, hook=load_eval_hook(eval_hook) if eval_hook else None, progress=progress,
-        started=started, settings=settings,
-    )  # fmt: skip
+    job = prepare_tune(reference, data=data, samples=samples, calib_samples=calib_samples, shape_options=shape_options, tolerances=tolerances,
+                       eval_hook=eval_hook, objective=objective, time_budget_s=time_budget_s, providers=providers, output=output,
+                       overwrite=overwrite)  # fmt: skip
+    return job.run(output, progress=progress, started=started)
 
 
 def _shape_settings(options: ShapeOptions | None) -> dict[str, object]:

@@ -16,29 +16,31 @@ from onnx import TensorProto, helper
 from ortforge.core import runtime
 
 FOUR_BIT = {TensorProto.INT4, TensorProto.UINT4} | ({TensorProto.FLOAT4E2M1} if hasattr(TensorProto, "FLOAT4E2M1") else set())
-# ONNX element types numpy has only through ml_dtypes, other than bfloat16 (which ORT's binding takes as it is).
+# ONNX element types numpy has only through ml_dtypes; ORT's binding takes none of them as they are ("Numpy_type 256
+# can't be converted to MLDataType" for bfloat16), only their bits with the type named.
 BYTE_TYPES = {TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ, TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2FNUZ} | FOUR_BIT
+ML_TYPES = BYTE_TYPES | {TensorProto.BFLOAT16}
 
 
 def onnx_type_of(array: np.ndarray) -> int | None:
     """The ONNX element type of an ml_dtypes array ORT's binding cannot take directly, else None."""
-    if array.dtype.itemsize != 1 or array.dtype.type.__module__ != "ml_dtypes":
+    if array.dtype.itemsize > 2 or array.dtype.type.__module__ != "ml_dtypes":
         return None
     try:
         element = helper.np_dtype_to_tensor_dtype(array.dtype)
     except (KeyError, ValueError, TypeError):
         return None
-    return element if element in BYTE_TYPES else None
+    return element if element in ML_TYPES else None
 
 
 def to_ort(value: Any) -> Any:
-    """A feed value as ORT's `run` takes it: arrays of byte-sized ml_dtypes as OrtValues, the rest unchanged."""
+    """A feed value as ORT's `run` takes it: arrays of ml_dtypes types (float8, int4, bfloat16) as OrtValues, the rest unchanged."""
     if not isinstance(value, np.ndarray):
         return value
     element = onnx_type_of(value)
     if element is None:
         return value
-    bits = np.ascontiguousarray(value).view(np.uint8)
+    bits = np.ascontiguousarray(value).view(np.uint16 if value.dtype.itemsize == 2 else np.uint8)
     if element in FOUR_BIT:
         # ORT reads ceil(n / 2) packed bytes from the buffer of an array of the tensor's shape.
         nibbles = bits.ravel() & 0x0F

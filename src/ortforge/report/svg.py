@@ -62,9 +62,11 @@ def scatter(points: Sequence[tuple[str, float, float, float, float, str]], *, ti
     def px(x: float) -> float:
         return left + (x - x_low) / (x_high - x_low or 1) * (width - left - right)
 
+    lift = 14  # the floor sits above the x axis, so markers on it clear the axis's tick labels
+
     def py(y: float) -> float:
         span = math.log10(ceiling) - math.log10(floor)
-        return height - bottom - (math.log10(max(y, floor)) - math.log10(floor)) / span * (height - top - bottom)
+        return height - bottom - lift - (math.log10(max(y, floor)) - math.log10(floor)) / span * (height - top - bottom - lift)
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',

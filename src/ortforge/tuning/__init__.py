@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from ortforge.tuning.artifact import REPRODUCE_FILE, environment, reproduce_file
 from ortforge.tuning.candidates import precision_candidates
 from ortforge.tuning.recipe import Recipe, check_fits, model_shape
 from ortforge.tuning.record import artifact_record, portable
-from ortforge.tuning.runner import LocalRunner
+from ortforge.tuning.runner import LocalRunner, TrialRunner
 from ortforge.tuning.search import CONFIRM, JOURNAL, Finalist, TuneOptions, TuneResult, objective_score, offline_variants, tune_search
 from ortforge.tuning.sessions import SessionCandidate
 
@@ -62,6 +63,7 @@ def tune_model(
     progress: Progress | None = None,
     started: float | None = None,
     settings: dict[str, Any] | None = None,
+    runner: Callable[[LocalRunner], TrialRunner] | None = None,
 ) -> TuneReport:
     """Search, then write the artifact folder (model, ortforge.json, report.html, and tune.toml from `settings`, the
     options that reproduce the run); the time budget counts from `started` (a `time.monotonic()` reading, now by
@@ -70,16 +72,18 @@ def tune_model(
     reference, cost = reference_run(model, evaluation)
     judge = Judge(reference, tolerances or default_tolerances(reference), hook, feeds=evaluation, reference_label="fp32")
     tolerances = judge.tolerances
-    runner = LocalRunner(model, calibration, evaluation, judge, cache_root() / "tune")
+    local = LocalRunner(model, calibration, evaluation, judge, cache_root() / "tune")
+    trials = runner(local) if runner is not None else local  # a cluster runner shares the local runner's cache
     candidates = precision_candidates(family, list(options.providers), transformer)
-    result = tune_search(runner, candidates, options, progress, journal=runner.folder / JOURNAL, deadline=deadline, cost=cost)
+    result = tune_search(trials, candidates, options, progress, journal=local.folder / JOURNAL, deadline=deadline, cost=cost)
+    result.notes += getattr(trials, "retried", [])
     command = _command_line(f"ortforge tune {reference_name} -o {output}")
     try:
-        record = _write(model, reference_name, output, result, judge, evaluation, command, options, calibration, settings)
+        record = _write(model, reference_name, output, result, judge, evaluation, command, options, calibration, settings, trials)
     except ReopenError as exc:  # never ship what does not reopen: fp32 with ORT's defaults instead
         result.notes.append(f"{result.chosen.label} was not written, it did not pass the reopen check: {exc}")
         result.chosen, result.why = result.baseline, f"{result.chosen.label} did not reopen as written; shipping fp32 with ORT defaults"
-        record = _write(model, reference_name, output, result, judge, evaluation, command, options, calibration, settings)
+        record = _write(model, reference_name, output, result, judge, evaluation, command, options, calibration, settings, trials)
     return TuneReport(output, result, tolerances, record)
 
 
@@ -146,8 +150,9 @@ def _command_line(fallback: str) -> str:
 
 
 def _write(model: Model, reference_name: str, output: Path, result: TuneResult, judge: Judge, evaluation: FeedSet, command: str,
-           options: TuneOptions, calibration: FeedSet, settings: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+           options: TuneOptions, calibration: FeedSet, settings: dict[str, Any] | None = None, runner: Any = None) -> dict[str, Any]:  # fmt: skip
     record = artifact_record(model, reference_name, result, judge.tolerances, evaluation, command, options.objective)
+    record["measured_on"] = getattr(runner, "measurements", [])  # each measurement: node, host, target, start and end
     record["recipe"] = recipe_of(result.chosen, judge, options.objective, model, calibration, evaluation).to_dict()
     record["calibration_inputs"] = {**calibration.to_dict(), "origin": portable(calibration.origin)}  # its seed in the origin
     gate = [a for t in judge.tolerances for a in t.arguments()]

@@ -11,7 +11,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -57,6 +58,28 @@ class TrialRunner(Protocol):
         ...
 
 
+def store_entry(folder: Path, write: Callable[[Path], object]) -> None:
+    """A cache entry written whole into a temporary sibling by `write`, then renamed into place: another tune sharing the
+    cache sees the entry complete or not at all, and the first of two that built it at once keeps it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        write(staging)
+        if folder.exists() and not (folder / RESULT_FILE).is_file():  # left half-written by an older ortforge
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.rename(staging, folder)
+        except OSError:  # another process stored the same entry first: its copy is as good as ours
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def entry_files(folder: Path) -> dict[str, bytes]:
+    """A cache entry's files (result.json, and model.onnx with any .data beside it), to carry to another cache."""
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
 def feeds_hash(feeds: FeedSet) -> str:
     digest = hashlib.sha256()
     for sample in feeds.samples:
@@ -80,9 +103,18 @@ class LocalRunner:
         self.built = 0  # candidates built (not taken from the cache) in this run
         self._plans: dict = {}
         self._ranges: dict[str, float] | None = None  # activation ranges, measured once for the fp16 candidates
+        self.measurements: list[dict] = []  # where and when each measurement ran (the record's "measured_on")
+
+    def entry(self, candidate: Candidate) -> Path:
+        """Where `candidate`'s build lives in the cache (content-addressed: model, options, data, judge)."""
+        return self.folder / candidate.key(self.model_hash, self.data_hash, self.judge_key)
+
+    def cached(self, candidate: Candidate) -> Trial | None:
+        """The candidate from the cache, if it was built before (by any runner sharing the cache)."""
+        return self._from_cache(candidate, self.entry(candidate))
 
     def build(self, candidate: Candidate) -> Trial:
-        folder = self.folder / candidate.key(self.model_hash, self.data_hash, self.judge_key)
+        folder = self.entry(candidate)
         cached = self._from_cache(candidate, folder)
         if cached is not None:
             return cached
@@ -161,23 +193,21 @@ class LocalRunner:
         return run_outputs(model, self.evaluation)
 
     def _store(self, trial: Trial, folder: Path) -> None:
-        """Written whole into a temporary sibling, then renamed into place: another tune sharing the cache
-        sees the entry complete or not at all, and the first of two that built it at once keeps it."""
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        try:
+        def write(staging: Path) -> None:
             if trial.model is not None and trial.candidate.kind != "fp32":
                 save_model(trial.model.proto, staging / MODEL_FILE, source=self.model, data_dir=trial.model.base_dir)
             record = {"label": trial.label, "metrics": trial.metrics, "notes": trial.notes, "error": trial.error, "size_bytes": trial.size_bytes}
             atomic_write_text(staging / RESULT_FILE, json.dumps(record, indent=2))
-            if folder.exists() and not (folder / RESULT_FILE).is_file():  # left half-written by an older ortforge
-                shutil.rmtree(folder, ignore_errors=True)
-            try:
-                os.rename(staging, folder)
-            except OSError:  # another process stored the same entry first: its copy is as good as ours
-                pass
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+
+        store_entry(folder, write)
+
+    def store_files(self, candidate: Candidate, files: dict[str, bytes]) -> None:
+        """An entry built elsewhere (a cluster node), its files as that node's cache held them, stored byte for byte."""
+        def write(staging: Path) -> None:
+            for name, data in files.items():
+                (staging / name).write_bytes(data)
+
+        store_entry(self.entry(candidate), write)
 
     def _from_cache(self, candidate: Candidate, folder: Path) -> Trial | None:
         record_path = folder / RESULT_FILE
@@ -213,7 +243,13 @@ class LocalRunner:
         return Candidate(f"{trial.label}, {len(nodes)} node(s) kept float", "int8", frozen_options(kept_float))
 
     def measure(self, targets: Sequence[MeasureTarget], options: BenchOptions, progress: Progress | None = None) -> BenchReport:
+        from ortforge.core.target import host_id, this_target
+
         variants = [Variant(t.label, t.trial.model, t.config, self.evaluation, t.streams) for t in targets]  # type: ignore[arg-type]
-        return bench(variants, options, progress)
+        start = time.time()
+        report = bench(variants, options, progress)
+        self.measurements.append({"node": "local", "host": host_id(), "target": this_target().id, "start": start, "end": time.time(),
+                                  "variants": [t.label for t in targets]})  # fmt: skip
+        return report
 
 

@@ -17,6 +17,7 @@ from ortforge.core.errors import UserError
 from ortforge.core.model import Model
 from ortforge.core.progress import Progress
 from ortforge.core.session import SessionConfig
+from ortforge.core.values import ort_feed
 from ortforge.data import Feed, FeedSet
 from ortforge.transforms.calibrate.collectors import RunningRange, StreamingHistogram, make_collector
 from ortforge.transforms.calibrate.options import HISTOGRAM_METHODS, CalibrationOptions
@@ -97,7 +98,7 @@ def _run(runner: Any, wanted: list[str], feed: Feed, name: str, index: int) -> d
     if not wanted:
         return {}
     try:
-        return dict(zip(wanted, runner.run(wanted, feed)))
+        return dict(zip(wanted, runner.run(wanted, ort_feed(feed))))
     except Exception as exc:  # ORT raises its own types for bad feeds
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{name}: calibration sample {index} failed to run: {first}") from None

@@ -1,0 +1,197 @@
+"""The Ray cluster as ortforge sees it: nodes announcing their target and host, and a scheduler in the driver that
+hands out node slots so that timings stay clean.
+
+A node started with `ortforge cluster node` (or the `ray start` line it prints) carries two custom resources:
+`ortforge_target_<id>` and `ortforge_host_<id>`. The driver reads them from `ray.nodes()` and pins every task to a
+node (NodeAffinitySchedulingStrategy). The host lock is kept here, in the one driver: a measurement takes a whole
+host (no build and no other measurement on any node of that host meanwhile), builds take one CPU slot of a node
+whose host is not measuring. Ray's own resources are per node, so they could not lock a host that runs several
+node processes; a lock in the driver can, with no distributed lock to leak when a node dies.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ortforge.core.errors import UserError
+from ortforge.core.target import Target
+
+TARGET_PREFIX = "ortforge_target_"
+HOST_PREFIX = "ortforge_host_"
+WAIT_S = 0.05
+
+
+def ray_module():  # noqa: ANN201 - the ray module
+    """Ray, or one line saying how to get it (it is the optional extra `ortforge[ray]`)."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("the ray runner needs Ray: pip install 'ortforge[ray]'") from None
+    return ray
+
+
+def ray_executable() -> str:
+    """The `ray` command of this Python's environment (beside its interpreter), else the one on PATH."""
+    beside = Path(sys.executable).parent / "ray"
+    return str(beside) if beside.is_file() else shutil.which("ray") or "ray"
+
+
+def node_command(address: str | None, target: Target, host: str, *, port: int = 6379, cpus: int | None = None) -> list[str]:
+    """The `ray start` command line of a node announcing `target` and `host` (a head when `address` is None)."""
+    ray = ray_executable()
+    resources = f'{{"{TARGET_PREFIX}{target.id}": 1000, "{HOST_PREFIX}{host}": 1000}}'
+    where = ["--head", f"--port={port}", "--include-dashboard=false"] if address is None else [f"--address={address}"]
+    return [ray, "start", *where, f"--resources={resources}", "--disable-usage-stats", *([f"--num-cpus={cpus}"] if cpus else [])]
+
+
+@dataclass
+class Node:
+    node_id: str
+    target: str  # target id
+    host: str
+    cpus: int
+    builds: int = 0  # builds running on it now
+    alive: bool = True
+
+
+def cluster_nodes(ray) -> list[Node]:  # noqa: ANN001 - the ray module
+    """The live nodes that announce an ortforge target (others, e.g. a bare head, take no ortforge work)."""
+    found = []
+    for info in ray.nodes():
+        if not info.get("Alive"):
+            continue
+        resources = info.get("Resources", {})
+        target = next((key.removeprefix(TARGET_PREFIX) for key in resources if key.startswith(TARGET_PREFIX)), None)
+        host = next((key.removeprefix(HOST_PREFIX) for key in resources if key.startswith(HOST_PREFIX)), None)
+        if target and host:
+            found.append(Node(info["NodeID"], target, host, max(1, int(resources.get("CPU", 1)))))
+    return found
+
+
+@dataclass
+class Activity:
+    """What a node did, for progress and for the record: build or measurement, when, for which candidate."""
+
+    node: str
+    host: str
+    target: str
+    kind: str  # "build", "exclusion search" (builds too) or "measure"
+    what: str
+    start: float
+    end: float = 0.0
+
+
+@dataclass
+class Scheduler:
+    """Node slots under the host lock: `measure_slot(target)` waits for a host of that target with nothing running,
+    `build_slot()` for a free CPU on a node whose host is not measuring."""
+
+    nodes: list[Node]
+    measuring: set[str] = field(default_factory=set)  # hosts timing now
+    log: list[Activity] = field(default_factory=list)
+    condition: threading.Condition = field(default_factory=threading.Condition)
+    building: dict[str, threading.Event] = field(default_factory=dict)  # cache entries being built now, by path
+
+    def claim(self, entry: str) -> threading.Event | None:
+        """None when this caller is to build `entry`; else the event set once whoever builds it has stored it."""
+        with self.condition:
+            if entry in self.building:
+                return self.building[entry]
+            self.building[entry] = threading.Event()
+            return None
+
+    def built(self, entry: str) -> None:
+        with self.condition:
+            self.building.pop(entry).set()
+
+    def targets(self) -> set[str]:
+        return {node.target for node in self.nodes if node.alive}
+
+    def hosts_of(self, target: str) -> set[str]:
+        return {node.host for node in self.nodes if node.alive and node.target == target}
+
+    @contextmanager
+    def build_slot(self, what: str = "", kind: str = "build") -> Iterator[Node]:
+        with self.condition:
+            while True:
+                free = [n for n in self.nodes if n.alive and n.host not in self.measuring and n.builds < n.cpus]
+                if free:
+                    node = min(free, key=lambda n: n.builds / n.cpus)
+                    node.builds += 1
+                    break
+                if not any(n.alive for n in self.nodes):
+                    raise UserError("no live ortforge node left in the cluster to build on")
+                self.condition.wait(WAIT_S)
+        activity = Activity(node.node_id, node.host, node.target, kind, what, time.time())
+        try:
+            yield node
+        finally:
+            activity.end = time.time()
+            with self.condition:
+                node.builds -= 1
+                self.log.append(activity)
+                self.condition.notify_all()
+
+    @contextmanager
+    def measure_slot(self, target: str, what: str = "") -> Iterator[Node]:
+        with self.condition:
+            while True:
+                idle = [n for n in self.nodes if n.alive and n.target == target and n.host not in self.measuring
+                        and not any(m.builds for m in self.nodes if m.alive and m.host == n.host)]  # fmt: skip
+                if idle:
+                    node = idle[0]
+                    self.measuring.add(node.host)
+                    break
+                if not self.hosts_of(target):
+                    raise NoNodeLeft(target)
+                self.condition.wait(WAIT_S)
+        activity = Activity(node.node_id, node.host, node.target, "measure", what, time.time())
+        try:
+            yield node
+        finally:
+            activity.end = time.time()
+            with self.condition:
+                self.measuring.discard(node.host)
+                self.log.append(activity)
+                self.condition.notify_all()
+
+    def lost(self, node: Node) -> None:
+        """A node that died: nothing more is scheduled on it."""
+        with self.condition:
+            node.alive = False
+            self.condition.notify_all()
+
+
+class NoNodeLeft(UserError):
+    def __init__(self, target: str) -> None:
+        super().__init__(f"no live node of target {target} is left to measure on: its candidates stay unmeasured")
+        self.target = target
+
+
+def describe_nodes(ray, nodes: list[Node]) -> dict[str, Target]:  # noqa: ANN001 - the ray module
+    """Each target in the cluster with its name and facts, asked of one of its nodes (nodes announce only ids)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    def describe() -> dict:
+        from ortforge.core.target import node_target
+
+        return node_target().to_dict()
+
+    probe = ray.remote(describe)
+    found: dict[str, Target] = {}
+    for node in nodes:
+        if node.target in found:
+            continue
+        data = ray.get(probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False)).remote())
+        if data["id"] != node.target:
+            raise UserError(f"node {node.node_id[:8]} announces target {node.target} but its ortforge computes {data['id']}: start it with "
+                            "`ortforge cluster node` (the same ortforge and onnxruntime as its announced target)")  # fmt: skip
+        found[node.target] = Target(data["id"], data["name"], data["facts"])
+    return found

@@ -1,0 +1,177 @@
+"""The trial runner on a Ray cluster: builds on any node, measurements only on nodes of one target, under the host lock.
+
+A build runs the local runner's own code on a node, in a scratch cache there, and comes back as that cache entry's
+files, stored byte for byte in the driver's cache under the same key: a candidate built once is never built again,
+for another target or another run, and a cluster build is the local build. A measurement carries its models' bytes
+and the evaluation feeds to a node of the target, runs the same interleaved bench there, and returns its report with
+where and when it ran. A node that dies takes its task with it: the task is retried on another eligible node, and a
+measurement with no node of its target left raises `NoNodeLeft` (the candidates stay unmeasured, never judged on
+another target).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ortforge.core.deadline import Deadline
+from ortforge.core.errors import UserError
+from ortforge.core.model import from_proto, load_model
+from ortforge.core.progress import Progress, silent
+from ortforge.data import FeedSet
+from ortforge.measure.bench import BenchOptions, BenchReport, Variant, bench
+from ortforge.searches.trial import Candidate, Trial
+from ortforge.tuning.cluster import Node, NoNodeLeft, Scheduler
+from ortforge.tuning.runner import LocalRunner, MeasureTarget, entry_files
+
+RETRIES = 3  # a task is tried on this many nodes before its failure is the run's
+
+
+def remote_build(model_bytes: bytes, calibration: FeedSet, evaluation: FeedSet, judge: Any, candidate: Candidate) -> tuple[str, dict[str, bytes]]:
+    """On a node: the local runner's build, in a scratch cache; returns the entry's key and files."""
+    import onnx
+
+    model = from_proto(onnx.load_from_string(model_bytes))
+    with tempfile.TemporaryDirectory(prefix="ortforge-node-") as scratch:
+        runner = LocalRunner(model, calibration, evaluation, judge, Path(scratch))
+        runner.build(candidate)
+        folder = runner.entry(candidate)
+        return folder.name, entry_files(folder)
+
+
+def remote_exclusion(model_bytes: bytes, calibration: FeedSet, evaluation: FeedSet, judge: Any, candidate: Candidate, seconds: float | None,
+                     keep_s: float) -> Candidate | None:  # fmt: skip
+    """On a node: the local runner's exclusion search for `candidate` (built again there from the cache-less start)."""
+    import onnx
+
+    model = from_proto(onnx.load_from_string(model_bytes))
+    with tempfile.TemporaryDirectory(prefix="ortforge-node-") as scratch:
+        runner = LocalRunner(model, calibration, evaluation, judge, Path(scratch))
+        trial = runner.build(candidate)
+        return runner.exclusion(trial, deadline=Deadline(seconds) if seconds else None, keep_s=keep_s)
+
+
+def remote_measure(items: list[tuple[str, bytes, dict, int]], evaluation: FeedSet, options: BenchOptions) -> tuple[BenchReport, dict]:
+    """On a node: the interleaved bench of the given models (label, model bytes, session config, streams), and where it ran."""
+    import ray
+
+    from ortforge.core.session import SessionConfig
+    from ortforge.core.target import host_id
+
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="ortforge-node-") as scratch:
+        variants = []
+        for index, (label, data, config, streams) in enumerate(items):
+            path = Path(scratch) / f"m{index}.onnx"
+            path.write_bytes(data)
+            variants.append(Variant(label, load_model(path, check=False), SessionConfig.from_dict(config), evaluation, streams))
+        report = bench(variants, options)
+    return report, {"node": ray.get_runtime_context().get_node_id(), "host": host_id(), "start": start, "end": time.time()}
+
+
+class RayRunner:
+    """`TrialRunner` over a cluster, for one model measured for one target; the cache and the scheduler are shared."""
+
+    def __init__(self, local: LocalRunner, scheduler: Scheduler, target: str, ray: Any) -> None:
+        if local.model.external_data_files():
+            raise UserError(f"{local.model.name}: the ray runner carries models as bytes; models with external data (over 2 GB) tune with --runner local")
+        self.local, self.scheduler, self.target, self.ray = local, scheduler, target, ray
+        self.model = local.model
+        # Into the object store once: every task on every node reads them from there.
+        self._model = ray.put(local.model.proto.SerializeToString())
+        self._calibration, self._evaluation, self._judge = ray.put(local.calibration), ray.put(local.evaluation), ray.put(local.judge)
+        self.measurements: list[dict] = []  # where and when each measurement ran (the record's "measured_on")
+        self.retried: list[str] = []  # tasks a lost node forced onto another node
+
+    @property
+    def built(self) -> int:
+        return self.local.built
+
+    @property
+    def folder(self) -> Path:
+        return self.local.folder
+
+    def _pinned(self, function: Any, node: Node) -> Any:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        return self.ray.remote(function).options(num_cpus=1, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False))
+
+    def _lost(self, exc: BaseException) -> bool:
+        """Whether a task failed because its node or worker went away (retry elsewhere), not because of the work."""
+        exceptions = self.ray.exceptions
+        return isinstance(exc, (exceptions.NodeDiedError, exceptions.WorkerCrashedError, exceptions.ActorDiedError, exceptions.ObjectLostError,
+                                exceptions.TaskUnschedulableError, exceptions.RaySystemError))  # fmt: skip
+
+    def build(self, candidate: Candidate) -> Trial:
+        cached = self.local.cached(candidate)
+        if cached is not None or candidate.kind == "fp32":
+            return cached or self.local.build(candidate)
+        entry = self.local.entry(candidate)
+        key = entry.name
+        waiting = self.scheduler.claim(str(entry))  # two targets asking for one build at once: the second waits for the first
+        if waiting is not None:
+            waiting.wait()
+            return self.local.cached(candidate) or self.local.build(candidate)
+        try:
+            name, files = self._on_a_node("build", candidate.label, lambda node: self._pinned(remote_build, node).remote(self._model, *self._data_args(), candidate))
+            if name != key:
+                raise RuntimeError(f"a node keyed {candidate.label} as {name}, this driver as {key}: the cache would split")
+            self.local.store_files(candidate, files)
+            self.local.built += 1
+        finally:
+            self.scheduler.built(str(entry))
+        trial = self.local.cached(candidate)
+        assert trial is not None
+        trial.cached = False  # built in this run, on a node
+        return trial
+
+    def _data_args(self) -> tuple[Any, Any, Any]:
+        return self._calibration, self._evaluation, self._judge
+
+    def _on_a_node(self, kind: str, what: str, submit: Any) -> Any:
+        """Run a build-kind task on a free node, retried on another one when a node is lost."""
+        for attempt in range(RETRIES):
+            with self.scheduler.build_slot(what, kind) as node:
+                try:
+                    return self.ray.get(submit(node))
+                except Exception as exc:
+                    if not self._lost(exc) or attempt == RETRIES - 1:
+                        raise
+                    self.scheduler.lost(node)
+                    self.retried.append(f"{kind} of {what}: node {node.node_id[:8]} lost, retried on another node")
+        raise AssertionError("unreachable")
+
+    def exclusion(self, trial: Trial, progress: Progress | None = None, *, deadline: Deadline | None = None, keep_s: float = 0.0) -> Candidate | None:
+        (progress or silent)(f"exclusion search for {trial.label} on a node", 0.0)
+        seconds = deadline.left if deadline is not None else None
+        return self._on_a_node("exclusion search", trial.label, lambda node: self._pinned(remote_exclusion, node).remote(
+            self._model, *self._data_args(), trial.candidate, seconds, keep_s))  # fmt: skip
+
+    def measure(self, targets: Sequence[MeasureTarget], options: BenchOptions, progress: Progress | None = None) -> BenchReport:
+        items = [(t.label, self._bytes_of(t.trial), t.config.to_dict(), t.streams) for t in targets]
+        shown = progress or silent
+        while True:
+            with self.scheduler.measure_slot(self.target, f"{len(items)} variant(s)") as node:
+                shown(f"measuring {len(items)} variant(s) on node {node.node_id[:8]} (host {node.host})", 0.0)
+                try:
+                    report, where = self.ray.get(self._pinned(remote_measure, node).remote(items, self._evaluation, options))
+                except Exception as exc:
+                    if not self._lost(exc):
+                        raise
+                    self.scheduler.lost(node)
+                    self.retried.append(f"measurement: node {node.node_id[:8]} lost, retried on another node of target {self.target}")
+                    if not self.scheduler.hosts_of(self.target):
+                        raise NoNodeLeft(self.target) from None
+                    continue
+            self.measurements.append({**where, "target": self.target, "variants": [t.label for t in targets]})
+            return report
+
+    def _bytes_of(self, trial: Trial) -> bytes:
+        if trial.model is None:
+            raise UserError(f"{trial.label}: nothing to measure (no model was built)")
+        if trial.model.path is not None and trial.model.path.is_file() and not trial.model.external_data_files():
+            return trial.model.path.read_bytes()
+        return trial.model.proto.SerializeToString()
