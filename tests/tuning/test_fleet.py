@@ -19,6 +19,7 @@ ray = pytest.importorskip("ray", reason="the fleet tests need the ray extra: pip
 from helpers import conv_net, linear_model, save  # noqa: E402
 from ortforge.commands.tune import prepare_tune  # noqa: E402
 from ortforge.commands.tune_many import tune_many  # noqa: E402
+from ortforge.tuning.cluster import stop_local_cluster  # noqa: E402
 
 TARGETS = ("sim-a", "sim-b")
 
@@ -52,7 +53,7 @@ def cluster():
             time.sleep(1)
         yield address, json.loads(status.stdout)["nodes"]
     finally:
-        _cli("cluster", "stop")
+        stop_local_cluster(port)
 
 
 @pytest.fixture(scope="module")
@@ -168,10 +169,11 @@ def test_a_node_killed_mid_run_loses_nothing_and_misattributes_nothing(cluster, 
     assert victim is not None
     # The victim first in the scheduler's list, so it gets work early; each slot it is given is seen here.
     from ortforge.tuning import cluster as cluster_module
+    from ortforge.tuning import ray_runner
 
     real_nodes, real_slot = cluster_module.cluster_nodes, cluster_module.Scheduler.build_slot
     given: list[str] = []
-    monkeypatch.setattr(cluster_module, "cluster_nodes", lambda ray: sorted(real_nodes(ray), key=lambda n: n.node_id != victim))
+    monkeypatch.setattr(ray_runner, "cluster_nodes", lambda ray: sorted(real_nodes(ray), key=lambda n: n.node_id != victim))
 
     @contextlib.contextmanager
     def watched_slot(self, what="", kind="build"):  # noqa: ANN001, ANN202

@@ -67,6 +67,10 @@ def add_tune(parser: argparse.ArgumentParser) -> None:
     add_eps(parser, "EPs to consider (default: every local EP of this onnxruntime)")
     add_parameter(parser, tune, "calib_samples", "calibration samples")
     add_parameter(parser, tune, "overwrite", "replace an earlier ortforge artifact in OUTPUT (any other non-empty folder is refused)")
+    cluster = parser.add_argument_group("on a Ray cluster (pip install 'ortforge[ray]')")
+    add_parameter(cluster, tune, "runner", "local: here; ray: builds on any node of a Ray cluster, timings on nodes of --target", choices=["local", "ray"])
+    add_parameter(cluster, tune, "address", "the cluster's head (default: the cluster this machine joined)", metavar="HOST:PORT")
+    add_parameter(cluster, tune, "target", "the target to tune for, by name or id (see `ortforge cluster status`)", metavar="NAME")
     add_tolerance(parser, DEFAULT_GATE)
     add_data(parser, tune)
     add_shapes(parser)
@@ -81,7 +85,8 @@ def run_tune(args: argparse.Namespace, console: Any) -> None:
     with progress_bar(budget_s=budget) as progress:
         report = tune(args.model, args.output, data=args.data, samples=args.samples, calib_samples=args.calib_samples, shape_options=shape_options(args),
                       tolerances=tolerances(args), eval_hook=args.eval_hook, objective=args.objective, time_budget_s=budget,
-                      providers=args.providers, overwrite=args.overwrite, progress=progress)  # fmt: skip
+                      providers=args.providers, overwrite=args.overwrite, progress=progress, runner=args.runner, address=args.address,
+                      target=args.target)  # fmt: skip
     emit_json(report) if args.json else render_tune(report, console)
 
 
@@ -130,7 +135,7 @@ def add_cluster(parser: argparse.ArgumentParser) -> None:
     add_parameter(parser, cluster_node, "target_name", "play a simulated target of this name (two node processes on one machine as two targets)",
                   flag="--target-name", metavar="NAME")  # fmt: skip
     add_parameter(parser, cluster_node, "host", "the host this node is on, where the machine id cannot tell (containers)", metavar="NAME")
-    add_parameter(parser, cluster_node, "port", "the head's port")
+    parser.add_argument("--port", type=int, default=None, help="node --head: its port (default 6379); stop: only that cluster's processes")
     add_parameter(parser, cluster_node, "cpus", "CPUs this node offers (default: all)", metavar="N")
     add_parameter(parser, cluster_node, "dry_run", "print the ray start command instead of running it")
     add_json(parser)
@@ -140,8 +145,8 @@ def run_cluster(args: argparse.Namespace, console: Any) -> None:
     from ortforge.commands.cluster import cluster_node, cluster_status, cluster_stop
 
     if args.action == "stop":
-        cluster_stop()
-        console.print("stopped the Ray processes of this machine")
+        cluster_stop(args.port)
+        console.print(f"stopped the Ray processes of the cluster on port {args.port}" if args.port else "stopped the Ray processes of this machine")
         return
     if args.action == "status":
         status = cluster_status(args.address)
@@ -150,7 +155,7 @@ def run_cluster(args: argparse.Namespace, console: Any) -> None:
         for node in [] if args.json else status.nodes:
             console.print(f"{node['node'][:8]}  target {node['target_name']} ({node['target']})  host {node['host']}  {node['cpus']} CPU(s)", highlight=False)
         return
-    started = cluster_node(args.address, target_name=args.target_name, host=args.host, port=args.port, cpus=args.cpus, dry_run=args.dry_run)
+    started = cluster_node(args.address, target_name=args.target_name, host=args.host, port=args.port or 6379, cpus=args.cpus, dry_run=args.dry_run)
     shown = " ".join(f"{k}={v}" for k, v in started.environment.items()) + (" " if started.environment else "") + " ".join(started.command)
     emit_json(started) if args.json else console.print(("started: " if started.started else "") + shown, highlight=False, markup=False, soft_wrap=True)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ortforge.core.errors import UserError, first_line
 from ortforge.core.target import HOST_ENV, TARGET_ENV, host_id, this_target
-from ortforge.tuning.cluster import cluster_nodes, describe_nodes, node_command, ray_executable, ray_module
+from ortforge.tuning.cluster import cluster_nodes, describe_nodes, node_command, ray_executable, ray_module, stop_local_cluster
 
 
 @dataclass
@@ -64,8 +64,12 @@ def cluster_status(address: str | None = None) -> ClusterStatus:
         ray.shutdown()
 
 
-def cluster_stop() -> None:
-    """Stop every Ray process of this machine (`ray stop`)."""
+def cluster_stop(port: int | None = None) -> None:
+    """Stop the Ray processes of this machine: those of the cluster on `port`, or every one (`ray stop`)."""
+    if port is not None:
+        if not stop_local_cluster(port):
+            raise UserError(f"no Ray process of a cluster on port {port} runs here")
+        return
     done = subprocess.run([ray_executable(), "stop", "--force"], capture_output=True, text=True)
     if done.returncode != 0:
         raise UserError(f"ray stop failed: {first_line(RuntimeError(done.stderr or done.stdout))}")

@@ -102,14 +102,30 @@ def tune(
     providers: Sequence[str] = (),
     overwrite: bool = False,
     progress: Progress | None = None,
+    runner: str = "local",
+    address: str | None = None,
+    target: str | None = None,
 ) -> TuneReport:
     """Search precision, fusion, EPs and session options under an accuracy budget; write the artifact folder
-    (`overwrite` replaces an earlier artifact there)."""
+    (`overwrite` replaces an earlier artifact there). `runner` 'ray' builds on the cluster at `address` and measures on
+    its nodes of `target` (a name or id; needed when the cluster has several)."""
     started = time.monotonic()  # the budget is the whole command's
+    if runner not in ("local", "ray"):
+        raise OptionError("runner", runner, "choose one of local, ray")
     job = prepare_tune(reference, data=data, samples=samples, calib_samples=calib_samples, shape_options=shape_options, tolerances=tolerances,
                        eval_hook=eval_hook, objective=objective, time_budget_s=time_budget_s, providers=providers, output=output,
                        overwrite=overwrite)  # fmt: skip
-    return job.run(output, progress=progress, started=started)
+    if runner == "local":
+        return job.run(output, progress=progress, started=started)
+    from ortforge.tuning.cluster import chosen_targets, target_providers
+    from ortforge.tuning.ray_runner import connected
+
+    with connected(address) as cluster:
+        found = chosen_targets(cluster.targets, [target] if target else [])
+        if len(found) > 1:
+            names = ", ".join(t.name for t in found)
+            raise OptionError("target", None, f"the cluster has several targets ({names}): name one, or tune for all with tune-many")
+        return job.run(output, progress=progress, started=started, runner=cluster.runner_for(found[0]), providers=target_providers(found[0]))
 
 
 def _shape_settings(options: ShapeOptions | None) -> dict[str, object]:

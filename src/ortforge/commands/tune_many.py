@@ -14,8 +14,8 @@ from ortforge.core.errors import OptionError, UserError
 from ortforge.core.options import default_of
 from ortforge.core.outputs import guard_folder, user_files
 from ortforge.core.progress import Progress, section
-from ortforge.core.runtime import REMOTE_PROVIDERS
 from ortforge.core.target import Target, this_target
+from ortforge.tuning.cluster import chosen_targets
 from ortforge.tuning.fleet import INDEX_FILE, FleetReport, run_pairs, write_index
 from ortforge.tuning.search import TuneOptions
 
@@ -51,7 +51,7 @@ def tune_many(
     shown = section(progress, "tune-many", 0.0, 1.0)
     if runner == "local":
         here = this_target()
-        _chosen({here.id: here}, targets)
+        chosen_targets({here.id: here}, targets)
         pairs = run_pairs([(job, here) for job in jobs], out, lambda job, target, folder: job.run(folder, progress=progress), parallel=False,
                           progress=shown)  # fmt: skip
         activity: list[dict] = []
@@ -62,42 +62,16 @@ def tune_many(
     return report
 
 
-def _chosen(available: dict[str, Target], asked: Sequence[str]) -> list[Target]:
-    """The targets named in `asked` (by name or id; 'all' or nothing: every one), refused in one line when unknown."""
-    if not asked or "all" in asked:
-        return list(available.values())
-    found = []
-    for name in asked:
-        match = next((t for t in available.values() if name in (t.name, t.id)), None)
-        if match is None:
-            known = ", ".join(f"{t.name} ({t.id})" for t in available.values())
-            raise OptionError("targets", name, f"no such target here (targets: {known})")
-        found.append(match)
-    return found
-
-
 def _on_ray(jobs: list, out: Path, address: str | None, asked: Sequence[str], progress: Progress) -> tuple[list, list[dict]]:
-    from ortforge.tuning.cluster import Scheduler, cluster_nodes, describe_nodes, ray_module
-    from ortforge.tuning.ray_runner import RayRunner
+    from ortforge.tuning.cluster import target_providers
+    from ortforge.tuning.ray_runner import connected
 
-    ray = ray_module()
-    try:
-        ray.init(address=address or "auto", log_to_driver=False, configure_logging=False)
-    except ConnectionError as exc:
-        raise UserError(f"no Ray cluster at {address or 'the default address'}: {exc}", hint="start one: ortforge cluster node --head") from None
-    try:
-        nodes = cluster_nodes(ray)
-        if not nodes:
-            raise UserError(f"the Ray cluster at {address or 'the default address'} has no ortforge node", hint="start nodes with `ortforge cluster node`")
-        targets = _chosen(describe_nodes(ray, nodes), asked)
-        scheduler = Scheduler(nodes)
+    with connected(address) as cluster:
+        targets = chosen_targets(cluster.targets, asked)
 
         def run(job, target: Target, folder: Path):  # noqa: ANN001, ANN202 - TuneJob -> TuneReport
-            providers = [p for p in target.facts.get("providers", []) if p not in REMOTE_PROVIDERS]
-            return job.run(folder, runner=lambda local: RayRunner(local, scheduler, target.id, ray), providers=providers)
+            return job.run(folder, runner=cluster.runner_for(target), providers=target_providers(target))
 
         # A job of its own per pair (copies: the same model, data and so the same cache keys).
         pairs = run_pairs([(copy.deepcopy(job), target) for job in jobs for target in targets], out, run, parallel=True, progress=progress)
-        return pairs, [asdict(a) for a in scheduler.log]
-    finally:
-        ray.shutdown()
+        return pairs, [asdict(a) for a in cluster.scheduler.log]

@@ -15,12 +15,13 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ortforge.core.errors import UserError
+from ortforge.core.errors import OptionError, UserError
+from ortforge.core.runtime import REMOTE_PROVIDERS
 from ortforge.core.target import Target
 
 TARGET_PREFIX = "ortforge_target_"
@@ -98,6 +99,7 @@ class Scheduler:
     log: list[Activity] = field(default_factory=list)
     condition: threading.Condition = field(default_factory=threading.Condition)
     building: dict[str, threading.Event] = field(default_factory=dict)  # cache entries being built now, by path
+    waiting: dict[str, int] = field(default_factory=dict)  # targets with a measurement waiting for a host: no new builds there
 
     def claim(self, entry: str) -> threading.Event | None:
         """None when this caller is to build `entry`; else the event set once whoever builds it has stored it."""
@@ -121,7 +123,9 @@ class Scheduler:
     def build_slot(self, what: str = "", kind: str = "build") -> Iterator[Node]:
         with self.condition:
             while True:
-                free = [n for n in self.nodes if n.alive and n.host not in self.measuring and n.builds < n.cpus]
+                # Hosts timing now, or wanted by a waiting measurement (builds there would starve it), take no new build.
+                claimed = self.measuring | {n.host for n in self.nodes if n.alive and self.waiting.get(n.target)}
+                free = [n for n in self.nodes if n.alive and n.host not in claimed and n.builds < n.cpus]
                 if free:
                     node = min(free, key=lambda n: n.builds / n.cpus)
                     node.builds += 1
@@ -142,16 +146,11 @@ class Scheduler:
     @contextmanager
     def measure_slot(self, target: str, what: str = "") -> Iterator[Node]:
         with self.condition:
-            while True:
-                idle = [n for n in self.nodes if n.alive and n.target == target and n.host not in self.measuring
-                        and not any(m.builds for m in self.nodes if m.alive and m.host == n.host)]  # fmt: skip
-                if idle:
-                    node = idle[0]
-                    self.measuring.add(node.host)
-                    break
-                if not self.hosts_of(target):
-                    raise NoNodeLeft(target)
-                self.condition.wait(WAIT_S)
+            self.waiting[target] = self.waiting.get(target, 0) + 1  # its hosts take no new build while it waits
+            try:
+                node = self._wait_for_host(target)
+            finally:
+                self.waiting[target] -= 1
         activity = Activity(node.node_id, node.host, node.target, "measure", what, time.time())
         try:
             yield node
@@ -161,6 +160,18 @@ class Scheduler:
                 self.measuring.discard(node.host)
                 self.log.append(activity)
                 self.condition.notify_all()
+
+    def _wait_for_host(self, target: str) -> Node:
+        """(Holding the condition.) A node of `target` whose host runs nothing, marked measuring."""
+        while True:
+            idle = [n for n in self.nodes if n.alive and n.target == target and n.host not in self.measuring
+                    and not any(m.builds for m in self.nodes if m.alive and m.host == n.host)]  # fmt: skip
+            if idle:
+                self.measuring.add(idle[0].host)
+                return idle[0]
+            if not self.hosts_of(target):
+                raise NoNodeLeft(target)
+            self.condition.wait(WAIT_S)
 
     def lost(self, node: Node) -> None:
         """A node that died: nothing more is scheduled on it."""
@@ -195,3 +206,44 @@ def describe_nodes(ray, nodes: list[Node]) -> dict[str, Target]:  # noqa: ANN001
                             "`ortforge cluster node` (the same ortforge and onnxruntime as its announced target)")  # fmt: skip
         found[node.target] = Target(data["id"], data["name"], data["facts"])
     return found
+
+
+def chosen_targets(available: dict[str, Target], asked: Sequence[str]) -> list[Target]:
+    """The targets named in `asked` (by name or id; 'all' or nothing: every one), refused in one line when unknown."""
+    if not asked or "all" in asked:
+        return list(available.values())
+    found = []
+    for name in asked:
+        match = next((t for t in available.values() if name in (t.name, t.id)), None)
+        if match is None:
+            known = ", ".join(f"{t.name} ({t.id})" for t in available.values())
+            raise OptionError("targets", name, f"no such target here (targets: {known})")
+        found.append(match)
+    return found
+
+
+def target_providers(target: Target) -> list[str]:
+    """The EPs a target's session candidates may use (its ORT's, less remote ones)."""
+    return [p for p in target.facts.get("providers", []) if p not in REMOTE_PROVIDERS]
+
+
+def stop_local_cluster(port: int) -> int:
+    """Kill this machine's Ray processes of the cluster on `port` only (`ray stop` stops every Ray cluster here); its
+    workers exit with their raylet. Returns how many processes were stopped (Linux: read from /proc)."""
+    import os
+    import signal
+
+    marks = (f":{port} ", f"--gcs_server_port={port} ", f"--port={port} ")
+    stopped = 0
+    for proc in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        try:
+            text = (proc / "cmdline").read_bytes().decode(errors="replace").replace("\0", " ") + " "
+        except OSError:
+            continue
+        if proc.name.isdigit() and int(proc.name) != os.getpid() and "ray" in text and any(mark in text for mark in marks):
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+                stopped += 1
+            except OSError:
+                pass
+    return stopped

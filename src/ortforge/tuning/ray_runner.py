@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +23,11 @@ from ortforge.core.deadline import Deadline
 from ortforge.core.errors import UserError
 from ortforge.core.model import from_proto, load_model
 from ortforge.core.progress import Progress, silent
+from ortforge.core.target import Target
 from ortforge.data import FeedSet
 from ortforge.measure.bench import BenchOptions, BenchReport, Variant, bench
 from ortforge.searches.trial import Candidate, Trial
-from ortforge.tuning.cluster import Node, NoNodeLeft, Scheduler
+from ortforge.tuning.cluster import Node, NoNodeLeft, Scheduler, cluster_nodes, describe_nodes, ray_module
 from ortforge.tuning.runner import LocalRunner, MeasureTarget, entry_files
 
 RETRIES = 3  # a task is tried on this many nodes before its failure is the run's
@@ -175,3 +178,34 @@ class RayRunner:
         if trial.model.path is not None and trial.model.path.is_file() and not trial.model.external_data_files():
             return trial.model.path.read_bytes()
         return trial.model.proto.SerializeToString()
+
+
+@dataclass
+class Cluster:
+    """A connected cluster: the ray module, its ortforge targets by id, and the scheduler every runner shares."""
+
+    ray: Any
+    targets: dict[str, Target]
+    scheduler: Scheduler
+
+    def runner_for(self, target: Target) -> Callable[[Any], Any]:
+        """A factory turning tune's local runner (its cache) into a runner on this cluster for `target`."""
+        return lambda local: RayRunner(local, self.scheduler, target.id, self.ray)
+
+
+@contextmanager
+def connected(address: str | None) -> Iterator[Cluster]:
+    """The Ray cluster at `address` (default: the one this machine joined), its ortforge nodes found and described."""
+    ray = ray_module()
+    where = address or "the default address"
+    try:
+        ray.init(address=address or "auto", log_to_driver=False, configure_logging=False)
+    except ConnectionError as exc:
+        raise UserError(f"no Ray cluster at {where}: {exc}", hint="start one: ortforge cluster node") from None
+    try:
+        nodes = cluster_nodes(ray)
+        if not nodes:
+            raise UserError(f"the Ray cluster at {where} has no ortforge node", hint="start nodes with `ortforge cluster node`")
+        yield Cluster(ray, describe_nodes(ray, nodes), Scheduler(nodes))
+    finally:
+        ray.shutdown()

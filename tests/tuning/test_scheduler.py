@@ -1,0 +1,73 @@
+"""The fleet's host lock, decided in the driver (tuning/cluster.Scheduler), on scripted nodes: no Ray, no timing races."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from ortforge.tuning.cluster import Node, NoNodeLeft, Scheduler
+
+
+def _nodes() -> list[Node]:
+    # Host h1 runs a node of target A and one of target B (two node processes on one machine); host h2 runs one of A.
+    return [Node("a1", "A", "h1", 1), Node("b1", "B", "h1", 1), Node("a2", "A", "h2", 2)]
+
+
+def test_a_measurement_takes_a_node_of_its_target_on_a_host_that_runs_nothing():
+    scheduler = Scheduler(_nodes())
+    with scheduler.measure_slot("B") as node:
+        assert node.node_id == "b1" and scheduler.measuring == {"h1"}
+        with scheduler.measure_slot("A") as other:  # h1 is timing: A goes to h2
+            assert other.node_id == "a2"
+        with scheduler.build_slot() as build:  # builds avoid hosts that are timing
+            assert build.host == "h2"
+    assert scheduler.measuring == set() and [a.kind for a in scheduler.log] == ["measure", "build", "measure"]
+
+
+def test_a_measurement_waits_for_the_builds_on_its_host_and_new_builds_wait_for_it():
+    scheduler = Scheduler([Node("b1", "B", "h1", 2)])
+    events: list[str] = []
+    first = scheduler.build_slot("first build")
+    first.__enter__()
+
+    def measure() -> None:
+        with scheduler.measure_slot("B"):
+            events.append("measure start")
+            time.sleep(0.1)
+            events.append("measure end")
+
+    def late_build() -> None:
+        time.sleep(0.05)  # asks after the measurement started waiting
+        with scheduler.build_slot("late build"):
+            events.append("late build")
+
+    threads = [threading.Thread(target=measure), threading.Thread(target=late_build)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    assert events == []  # the running build holds the host; the late build may not slip in before the waiting measurement
+    first.__exit__(None, None, None)
+    for thread in threads:
+        thread.join(timeout=5)
+    assert events == ["measure start", "measure end", "late build"]
+
+
+def test_a_target_without_live_nodes_is_never_measured_elsewhere():
+    scheduler = Scheduler(_nodes())
+    scheduler.lost(scheduler.nodes[1])  # b1, the only node of B
+    with pytest.raises(NoNodeLeft, match="no live node of target B"):
+        with scheduler.measure_slot("B"):
+            pass
+    with scheduler.build_slot() as node:  # builds go on, on what is left
+        assert node.alive and node.node_id != "b1"
+
+
+def test_one_build_per_cache_entry_when_two_targets_ask_at_once():
+    scheduler = Scheduler(_nodes())
+    assert scheduler.claim("entry") is None  # the first asker builds
+    waiting = scheduler.claim("entry")
+    assert waiting is not None and not waiting.is_set()  # the second waits for it
+    scheduler.built("entry")
+    assert waiting.is_set() and scheduler.claim("entry") is None  # stored: a later claim (after a failure) may build again
