@@ -176,8 +176,8 @@ def test_a_node_killed_mid_run_loses_nothing_and_misattributes_nothing(cluster, 
     monkeypatch.setattr(ray_runner, "cluster_nodes", lambda ray: sorted(real_nodes(ray), key=lambda n: n.node_id != victim))
 
     @contextlib.contextmanager
-    def watched_slot(self, what="", kind="build"):  # noqa: ANN001, ANN202
-        with real_slot(self, what, kind) as node:
+    def watched_slot(self, what="", kind="build", on_wait=None):  # noqa: ANN001, ANN202
+        with real_slot(self, what, kind, on_wait) as node:
             given.append(node.node_id)
             yield node
 

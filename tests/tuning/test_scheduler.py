@@ -40,8 +40,10 @@ def test_a_measurement_waits_for_the_builds_on_its_host_and_new_builds_wait_for_
 
     def late_build() -> None:
         time.sleep(0.05)  # asks after the measurement started waiting
-        with scheduler.build_slot("late build"):
+        with scheduler.build_slot("late build", on_wait=queued.append):
             events.append("late build")
+
+    queued: list[float] = []
 
     threads = [threading.Thread(target=measure), threading.Thread(target=late_build)]
     for thread in threads:
@@ -52,6 +54,7 @@ def test_a_measurement_waits_for_the_builds_on_its_host_and_new_builds_wait_for_
     for thread in threads:
         thread.join(timeout=5)
     assert events == ["measure start", "measure end", "late build"]
+    assert queued and queued[0] >= 0.2  # told how long it queued (a search gives that time back to its deadline)
 
 
 def test_a_target_without_live_nodes_is_never_measured_elsewhere():

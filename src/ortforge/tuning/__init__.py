@@ -74,9 +74,13 @@ def tune_model(
     tolerances = judge.tolerances
     local = LocalRunner(model, calibration, evaluation, judge, cache_root() / "tune")
     trials = runner(local) if runner is not None else local  # a cluster runner shares the local runner's cache
+    if hasattr(trials, "bind_deadline"):  # time queued behind other searches' work is given back to this search
+        trials.bind_deadline(deadline)
     candidates = precision_candidates(family, list(options.providers), transformer)
     result = tune_search(trials, candidates, options, progress, journal=local.folder / JOURNAL, deadline=deadline, cost=cost)
     result.notes += getattr(trials, "retried", [])
+    if getattr(trials, "queued_s", 0) >= 1:
+        result.notes.append(f"{trials.queued_s:.0f} s queued for a cluster node behind other work, not counted against the time budget")
     command = _command_line(f"ortforge tune {reference_name} -o {output}")
     try:
         record = _write(model, reference_name, output, result, judge, evaluation, command, options, calibration, settings, trials)

@@ -15,7 +15,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,7 +120,8 @@ class Scheduler:
         return {node.host for node in self.nodes if node.alive and node.target == target}
 
     @contextmanager
-    def build_slot(self, what: str = "", kind: str = "build") -> Iterator[Node]:
+    def build_slot(self, what: str = "", kind: str = "build", on_wait: Callable[[float], None] | None = None) -> Iterator[Node]:
+        asked = time.monotonic()
         with self.condition:
             while True:
                 # Hosts timing now, or wanted by a waiting measurement (builds there would starve it), take no new build.
@@ -133,6 +134,8 @@ class Scheduler:
                 if not any(n.alive for n in self.nodes):
                     raise UserError("no live ortforge node left in the cluster to build on")
                 self.condition.wait(WAIT_S)
+        if on_wait is not None:  # how long this slot was queued behind other work
+            on_wait(time.monotonic() - asked)
         activity = Activity(node.node_id, node.host, node.target, kind, what, time.time())
         try:
             yield node
@@ -144,13 +147,16 @@ class Scheduler:
                 self.condition.notify_all()
 
     @contextmanager
-    def measure_slot(self, target: str, what: str = "") -> Iterator[Node]:
+    def measure_slot(self, target: str, what: str = "", on_wait: Callable[[float], None] | None = None) -> Iterator[Node]:
+        asked = time.monotonic()
         with self.condition:
             self.waiting[target] = self.waiting.get(target, 0) + 1  # its hosts take no new build while it waits
             try:
                 node = self._wait_for_host(target)
             finally:
                 self.waiting[target] -= 1
+        if on_wait is not None:
+            on_wait(time.monotonic() - asked)
         activity = Activity(node.node_id, node.host, node.target, "measure", what, time.time())
         try:
             yield node

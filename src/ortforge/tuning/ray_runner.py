@@ -88,6 +88,19 @@ class RayRunner:
         self._calibration, self._evaluation, self._judge = ray.put(local.calibration), ray.put(local.evaluation), ray.put(local.judge)
         self.measurements: list[dict] = []  # where and when each measurement ran (the record's "measured_on")
         self.retried: list[str] = []  # tasks a lost node forced onto another node
+        self.deadline: Deadline | None = None
+        self.queued_s = 0.0  # time spent waiting for a node slot behind other pairs' work
+
+    def bind_deadline(self, deadline: Deadline) -> None:
+        """The search's deadline: time queued for a node (other pairs' builds and timings) is not this search's, so it
+        moves the deadline later instead of cutting this search's stages."""
+        self.deadline = deadline
+
+    def _queued(self, waited: float) -> None:
+        """A slot's wait, given back to the deadline."""
+        self.queued_s += waited
+        if self.deadline is not None:
+            self.deadline.started += waited
 
     @property
     def built(self) -> int:
@@ -137,7 +150,7 @@ class RayRunner:
     def _on_a_node(self, kind: str, what: str, submit: Any) -> Any:
         """Run a build-kind task on a free node, retried on another one when a node is lost."""
         for attempt in range(RETRIES):
-            with self.scheduler.build_slot(what, kind) as node:
+            with self.scheduler.build_slot(what, kind, on_wait=self._queued) as node:
                 try:
                     return self.ray.get(submit(node))
                 except Exception as exc:
@@ -157,7 +170,7 @@ class RayRunner:
         items = [(t.label, self._bytes_of(t.trial), t.config.to_dict(), t.streams) for t in targets]
         shown = progress or silent
         while True:
-            with self.scheduler.measure_slot(self.target, f"{len(items)} variant(s)") as node:
+            with self.scheduler.measure_slot(self.target, f"{len(items)} variant(s)", on_wait=self._queued) as node:
                 shown(f"measuring {len(items)} variant(s) on node {node.node_id[:8]} (host {node.host})", 0.0)
                 try:
                     report, where = self.ray.get(self._pinned(remote_measure, node).remote(items, self._evaluation, options))
