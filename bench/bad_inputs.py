@@ -91,7 +91,7 @@ GOOD = [  # (name, argv, the file or folder it must write)
     ("run on given data", lambda w: ["run", str(w / "m.onnx"), "--data", str(w / "data")], None),
     ("quantize judged on given data", lambda w: ["quantize", str(w / "m.onnx"), "-o", str(w / "q.onnx"), "--mode", "dynamic", "--data", str(w / "data")],
      "q.onnx"),  # static on these 4 constant samples misses the tolerance and is refused in one line, rightly
-    ("fp16", lambda w: ["fp16", str(w / "m.onnx"), "-o", str(w / "h.onnx")], "h.onnx"),
+    ("fp16 planned for CUDA", lambda w: ["fp16", str(w / "m.onnx"), "-o", str(w / "h.onnx"), "--ep", "cuda"], "h.onnx"),  # judged by simulation
     ("optimize", lambda w: ["optimize", str(w / "m.onnx"), "-o", str(w / "o.onnx")], "o.onnx"),
     ("tune-session", lambda w: ["tune-session", str(w / "m.onnx"), "-o", str(w / "s.json"), "--time", "0.3"], "s.json"),
     ("tune over an earlier artifact with --overwrite", lambda w: ["tune", str(w / "m.onnx"), "-o", str(w / "art"), "--overwrite",
@@ -120,8 +120,10 @@ def interrupted(name: str, argv: list[str], after_s: float, scratch: Path, sig: 
     full = [part.replace("{w}", str(work)) for part in argv]
     before = folder_state(work)
     start = time.perf_counter()
+    # SIGINT back to its default in the child: started from a background job, it would inherit "ignored" and no Ctrl-C would land.
     process = subprocess.Popen([*ORTFORGE, *full], cwd=work, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                               env={**os.environ, "ORTFORGE_CACHE": str(work.parent / f"{work.name}-cache")})  # fmt: skip
+                               env={**os.environ, "ORTFORGE_CACHE": str(work.parent / f"{work.name}-cache")},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     time.sleep(after_s)
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=120)
