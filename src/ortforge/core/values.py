@@ -16,9 +16,11 @@ from onnx import TensorProto, helper
 from ortforge.core import runtime
 
 FOUR_BIT = {TensorProto.INT4, TensorProto.UINT4} | ({TensorProto.FLOAT4E2M1} if hasattr(TensorProto, "FLOAT4E2M1") else set())
+TWO_BIT = {getattr(TensorProto, name) for name in ("INT2", "UINT2") if hasattr(TensorProto, name)}  # ONNX 1.23's 2-bit integers
+PACKED_BITS = {**{element: 4 for element in FOUR_BIT}, **{element: 2 for element in TWO_BIT}}  # elements sharing a byte
 # ONNX element types numpy has only through ml_dtypes; ORT's binding takes none of them as they are ("Numpy_type 256
 # can't be converted to MLDataType" for bfloat16), only their bits with the type named.
-BYTE_TYPES = {TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ, TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2FNUZ} | FOUR_BIT
+BYTE_TYPES = {TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ, TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2FNUZ} | FOUR_BIT | TWO_BIT
 ML_TYPES = BYTE_TYPES | {TensorProto.BFLOAT16}
 
 
@@ -41,15 +43,23 @@ def to_ort(value: Any) -> Any:
     if element is None:
         return value
     bits = np.ascontiguousarray(value).view(np.uint16 if value.dtype.itemsize == 2 else np.uint8)
-    if element in FOUR_BIT:
-        # ORT reads ceil(n / 2) packed bytes from the buffer of an array of the tensor's shape.
-        nibbles = bits.ravel() & 0x0F
-        if nibbles.size % 2:
-            nibbles = np.append(nibbles, np.uint8(0))
-        packed = nibbles[0::2] | (nibbles[1::2] << 4)
+    if element in PACKED_BITS:
+        # ORT reads ceil(n * width / 8) packed bytes from the buffer of an array of the tensor's shape.
+        packed = pack(bits, PACKED_BITS[element])
         bits = np.zeros(value.shape, np.uint8)
         bits.ravel()[: packed.size] = packed
     return runtime.ort().OrtValue.ortvalue_from_numpy_with_onnx_type(bits, element)
+
+
+def pack(bits: np.ndarray, width: int) -> np.ndarray:
+    """Values of `width` bits (the low bits of each byte) packed 8 / width to a byte, lowest first: ONNX's layout."""
+    per_byte = 8 // width
+    fields = bits.ravel() & ((1 << width) - 1)
+    fields = np.append(fields, np.zeros(-fields.size % per_byte, np.uint8))
+    packed = np.zeros(fields.size // per_byte, np.uint8)
+    for slot in range(per_byte):
+        packed |= (fields[slot::per_byte] << (slot * width)).astype(np.uint8)
+    return packed
 
 
 def ort_feed(feed: dict[str, Any]) -> dict[str, Any]:
