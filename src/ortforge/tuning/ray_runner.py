@@ -12,6 +12,7 @@ another target).
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -89,15 +90,20 @@ class RayRunner:
         self.measurements: list[dict] = []  # where and when each measurement ran (the record's "measured_on")
         self.retried: list[str] = []  # tasks a lost node forced onto another node
         self.deadline: Deadline | None = None
+        self._count = threading.Lock()  # builds finish on several threads at once
+        self._searching: threading.Thread | None = None  # the thread running the search (bind_deadline)
         self.queued_s = 0.0  # time spent waiting for a node slot behind other pairs' work
 
     def bind_deadline(self, deadline: Deadline) -> None:
-        """The search's deadline: time queued for a node (other pairs' builds and timings) is not this search's, so it
-        moves the deadline later instead of cutting this search's stages."""
-        self.deadline = deadline
+        """The search's deadline (called from the search's thread): time that thread waits for a node behind other
+        pairs' builds and timings is not this search's, so it moves the deadline later instead of cutting its stages."""
+        self.deadline, self._searching = deadline, threading.current_thread()
 
     def _queued(self, waited: float) -> None:
-        """A slot's wait, given back to the deadline."""
+        """A slot's wait, given back to the deadline when the search itself waited (prefetched builds wait side by side,
+        their waits would add up to more than the time that passed)."""
+        if threading.current_thread() is not self._searching:
+            return
         self.queued_s += waited
         if self.deadline is not None:
             self.deadline.started += waited
@@ -130,19 +136,32 @@ class RayRunner:
         waiting = self.scheduler.claim(str(entry))  # two targets asking for one build at once: the second waits for the first
         if waiting is not None:
             waiting.wait()
-            return self.local.cached(candidate) or self.local.build(candidate)
+            return self.local.cached(candidate) or self.build(candidate)  # its builder failed: try it here, failures surface
         try:
             name, files = self._on_a_node("build", candidate.label, lambda node: self._pinned(remote_build, node).remote(self._model, *self._data_args(), candidate))
             if name != key:
                 raise RuntimeError(f"a node keyed {candidate.label} as {name}, this driver as {key}: the cache would split")
             self.local.store_files(candidate, files)
-            self.local.built += 1
+            with self._count:
+                self.local.built += 1
         finally:
             self.scheduler.built(str(entry))
         trial = self.local.cached(candidate)
         assert trial is not None
         trial.cached = False  # built in this run, on a node
         return trial
+
+    def prefetch(self, candidates: Sequence[Candidate]) -> None:
+        """Start building every candidate now, each on a free node (the search then takes them one by one, as built):
+        one model's builds run in parallel across the cluster, not only different models' builds."""
+        for candidate in candidates:
+            threading.Thread(target=self._quietly_build, args=(candidate,), daemon=True).start()
+
+    def _quietly_build(self, candidate: Candidate) -> None:
+        try:
+            self.build(candidate)
+        except Exception:  # noqa: BLE001 - the search's own build() call of this candidate meets the failure and reports it
+            pass
 
     def _data_args(self) -> tuple[Any, Any, Any]:
         return self._calibration, self._evaluation, self._judge

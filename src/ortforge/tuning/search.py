@@ -100,6 +100,9 @@ def _build_all(runner: TrialRunner, candidates: Sequence[Candidate], deadline: D
     """Build and judge each candidate while the slowest build so far still fits before the share kept for measuring."""
     trials, accurate, rejected = [], [], []
     keep_s = max(keep_s, deadline.budget_s * (1 - BUILD_BUDGET_SHARE))
+    prefetch = getattr(runner, "prefetch", None)
+    if prefetch is not None:  # a cluster runner starts every build at once, on every free node; the loop below collects them
+        prefetch([c for c in candidates if c.kind != "fp32"])
     for index, candidate in enumerate(candidates):
         if candidate.kind != "fp32" and not deadline.fits("build", keep_s):
             rejected.append((candidate.label, "skipped: time budget"))
