@@ -92,6 +92,7 @@ class RayRunner:
         self.deadline: Deadline | None = None
         self._count = threading.Lock()  # builds finish on several threads at once
         self._searching: threading.Thread | None = None  # the thread running the search (bind_deadline)
+        self._granted: dict[str, float] = {}  # cache entry -> when its build got a node slot
         self.queued_s = 0.0  # time spent waiting for a node slot behind other pairs' work
 
     def bind_deadline(self, deadline: Deadline) -> None:
@@ -135,10 +136,16 @@ class RayRunner:
         key = entry.name
         waiting = self.scheduler.claim(str(entry))  # two targets asking for one build at once: the second waits for the first
         if waiting is not None:
+            asked = time.monotonic()
             waiting.wait()
+            # The search waited on a build started ahead (prefetched, or another pair's): what of that wait the build spent
+            # queued for a slot behind other work is not this search's time.
+            done = time.monotonic()
+            self._queued(max(0.0, min(done, self._granted.get(str(entry), done)) - asked))
             return self.local.cached(candidate) or self.build(candidate)  # its builder failed: try it here, failures surface
         try:
-            name, files = self._on_a_node("build", candidate.label, lambda node: self._pinned(remote_build, node).remote(self._model, *self._data_args(), candidate))
+            name, files = self._on_a_node("build", candidate.label, lambda node: self._pinned(remote_build, node).remote(self._model, *self._data_args(), candidate),
+                                          str(entry))  # fmt: skip
             if name != key:
                 raise RuntimeError(f"a node keyed {candidate.label} as {name}, this driver as {key}: the cache would split")
             self.local.store_files(candidate, files)
@@ -166,10 +173,15 @@ class RayRunner:
     def _data_args(self) -> tuple[Any, Any, Any]:
         return self._calibration, self._evaluation, self._judge
 
-    def _on_a_node(self, kind: str, what: str, submit: Any) -> Any:
+    def _on_a_node(self, kind: str, what: str, submit: Any, entry: str = "") -> Any:
         """Run a build-kind task on a free node, retried on another one when a node is lost."""
+
+        def granted(waited: float) -> None:  # when the slot came: a search waiting on this entry is credited the queue before it
+            self._granted[entry or what] = time.monotonic()
+            self._queued(waited)
+
         for attempt in range(RETRIES):
-            with self.scheduler.build_slot(what, kind, on_wait=self._queued) as node:
+            with self.scheduler.build_slot(what, kind, on_wait=granted) as node:
                 try:
                     return self.ray.get(submit(node))
                 except Exception as exc:
