@@ -1,4 +1,4 @@
-"""The fleet's host lock, decided in the driver (tuning/cluster.Scheduler), on scripted nodes: no Ray, no timing races."""
+"""The fleet's decisions on scripted inputs, no Ray and no timing races: the host lock (tuning/cluster.Scheduler) and pair folders."""
 
 from __future__ import annotations
 
@@ -74,3 +74,18 @@ def test_one_build_per_cache_entry_when_two_targets_ask_at_once():
     assert waiting is not None and not waiting.is_set()  # the second waits for it
     scheduler.built("entry")
     assert waiting.is_set() and scheduler.claim("entry") is None  # stored: a later claim (after a failure) may build again
+
+
+def test_pairs_of_two_models_with_one_file_name_get_folders_of_their_own(tmp_path):
+    from types import SimpleNamespace
+
+    from ortforge.core.target import Target
+    from ortforge.tuning.fleet import run_pairs
+
+    target = Target("abc", "sim a")
+    jobs = [SimpleNamespace(reference=str(tmp_path / folder / "model.onnx")) for folder in ("a", "b")]
+    ran: list = []
+    report = SimpleNamespace(record={"chosen": {"label": "fp32"}, "summary": {"speedup": "1.00x", "accuracy": "cosine 1"}})
+    results = run_pairs([(job, target) for job in jobs], tmp_path / "out", lambda job, t, folder: ran.append(folder) or report, parallel=False)
+    assert [r.folder for r in results] == ["model/sim-a", "model-2/sim-a"] and len(set(ran)) == 2
+    assert [r.winner for r in results] == ["fp32", "fp32"]

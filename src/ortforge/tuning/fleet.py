@@ -68,10 +68,20 @@ def run_pairs(pairs: Sequence[tuple[Any, Target]], output: Path, run: Callable[[
     results: list[PairResult | None] = [None] * len(pairs)
     done = [0]
     lock = threading.Lock()
+    names: dict[str, str] = {}  # model reference -> its folder (two models named model.onnx get model and model-2)
+    for job, _ in pairs:
+        if job.reference in names:
+            continue
+        base = name = folder_name(job.reference)
+        number = 1
+        while name in names.values():
+            number += 1
+            name = f"{base}-{number}"
+        names[job.reference] = name
 
     def one(index: int) -> None:
         job, target = pairs[index]
-        folder = Path(folder_name(job.reference)) / folder_name(target.name)
+        folder = Path(names[job.reference]) / folder_name(target.name)
         start = time.monotonic()
         result = PairResult(job.reference, target, str(folder))
         try:
