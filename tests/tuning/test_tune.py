@@ -292,6 +292,27 @@ def test_a_missed_int8_candidate_gets_nodes_kept_float_and_the_search_is_cached(
     assert runner.build(repaired).passed  # judged on the evaluation half, which the search never saw
     monkeypatch.setattr(exclusion, "search_exclusions", lambda *a, **k: pytest.fail("searched again"))
     assert runner.exclusion(missed) == repaired
+    monkeypatch.undo()
+    # What a cluster node runs (the plain function, no Ray needed): it finds the same nodes from the carried entry,
+    # without quantizing the recipe again.
+    from ortforge.searches import recipes
+    from ortforge.tuning.ray_runner import remote_exclusion
+    from ortforge.tuning.runner import entry_files
+
+    monkeypatch.setattr(recipes, "apply_recipe", _counting(recipes.apply_recipe, calls := []))
+    monkeypatch.setattr("ortforge.tuning.runner.apply_recipe", recipes.apply_recipe)
+    found = remote_exclusion(model.proto.SerializeToString(), calibration, evaluation, runner.judge, missed.candidate,
+                             entry_files(runner.entry(missed.candidate)), None, 0.0)  # fmt: skip
+    assert found == repaired
+    assert calls and all(call.exclude for call in calls)  # only the search's attempts quantized: the recipe came from the entry
+
+
+def _counting(function, calls: list):  # noqa: ANN001, ANN202
+    def counted(model, recipe, *rest, **keywords):  # noqa: ANN001, ANN202
+        calls.append(recipe)
+        return function(model, recipe, *rest, **keywords)
+
+    return counted
 
 
 def test_session_options_are_screened_before_the_final_run(tuned):

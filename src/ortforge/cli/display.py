@@ -64,22 +64,18 @@ def announce(console: Any = None, *, log_only: bool = False) -> None:
     line = f"{DISPLAY.command}: " + ", ".join(name if value is True else f"{name} {_shown(value)}" for name, value in settings)
     if not (DISPLAY.quiet or log_only):
         (console or stderr_console()).print(line, highlight=False, markup=False, soft_wrap=True)
-    _log(line)
+    log_line(line)
 
 
 def _shown(value: Any) -> str:
     return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def _log(line: str) -> None:
+def log_line(line: str) -> None:
+    """A timestamped line for --log-file (progress, the settings, the outcome); nothing without one."""
     if DISPLAY.log_file is not None:
         with open(DISPLAY.log_file, "a", encoding="utf-8") as log:
             log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
-
-
-def log_line(line: str) -> None:
-    """A line for the log file only (the result's summary, an error)."""
-    _log(line)
 
 
 def _clock(seconds: float) -> str:
@@ -127,7 +123,7 @@ class _Lines:
         line = f"[{_clock(elapsed)}] {self.fraction:4.0%} {self.what}" + (f" (~{_clock(left)} left)" if left is not None else "")
         if self.stream is not None:
             print(line, file=self.stream, flush=True)
-        _log(line)
+        log_line(line)
         self.last_line, self.shown = time.monotonic(), self.what
 
     def close(self) -> None:

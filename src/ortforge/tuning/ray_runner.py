@@ -46,15 +46,17 @@ def remote_build(model_bytes: bytes, calibration: FeedSet, evaluation: FeedSet, 
         return folder.name, entry_files(folder)
 
 
-def remote_exclusion(model_bytes: bytes, calibration: FeedSet, evaluation: FeedSet, judge: Any, candidate: Candidate, seconds: float | None,
-                     keep_s: float) -> Candidate | None:  # fmt: skip
-    """On a node: the local runner's exclusion search for `candidate` (built again there from the cache-less start)."""
+def remote_exclusion(model_bytes: bytes, calibration: FeedSet, evaluation: FeedSet, judge: Any, candidate: Candidate, built: dict[str, bytes],
+                     seconds: float | None, keep_s: float) -> Candidate | None:  # fmt: skip
+    """On a node: the local runner's exclusion search for `candidate`, whose cache entry (`built`, its files) comes along
+    so that it is not quantized again there."""
     import onnx
 
     model = from_proto(onnx.load_from_string(model_bytes))
     with tempfile.TemporaryDirectory(prefix="ortforge-node-") as scratch:
         runner = LocalRunner(model, calibration, evaluation, judge, Path(scratch))
-        trial = runner.build(candidate)
+        runner.store_files(candidate, built)
+        trial = runner.build(candidate)  # from the entry just stored
         return runner.exclusion(trial, deadline=Deadline(seconds) if seconds else None, keep_s=keep_s)
 
 
@@ -93,6 +95,7 @@ class RayRunner:
         self._count = threading.Lock()  # builds finish on several threads at once
         self._searching: threading.Thread | None = None  # the thread running the search (bind_deadline)
         self._granted: dict[str, float] = {}  # cache entry -> when its build got a node slot
+        self._remote: dict[Any, Any] = {}  # function -> its Ray remote function
         self.queued_s = 0.0  # time spent waiting for a node slot behind other pairs' work
 
     def bind_deadline(self, deadline: Deadline) -> None:
@@ -120,7 +123,9 @@ class RayRunner:
     def _pinned(self, function: Any, node: Node) -> Any:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        return self.ray.remote(function).options(num_cpus=1, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False))
+        if function not in self._remote:  # registered with Ray once per runner, not once per task
+            self._remote[function] = self.ray.remote(function)
+        return self._remote[function].options(num_cpus=1, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False))
 
     def _lost(self, exc: BaseException) -> bool:
         """Whether a task failed because its node or worker went away (retry elsewhere), not because of the work."""
@@ -194,8 +199,9 @@ class RayRunner:
     def exclusion(self, trial: Trial, progress: Progress | None = None, *, deadline: Deadline | None = None, keep_s: float = 0.0) -> Candidate | None:
         (progress or silent)(f"exclusion search for {trial.label} on a node", 0.0)
         seconds = deadline.left if deadline is not None else None
+        built = entry_files(self.local.entry(trial.candidate))
         return self._on_a_node("exclusion search", trial.label, lambda node: self._pinned(remote_exclusion, node).remote(
-            self._model, *self._data_args(), trial.candidate, seconds, keep_s))  # fmt: skip
+            self._model, *self._data_args(), trial.candidate, built, seconds, keep_s))  # fmt: skip
 
     def measure(self, targets: Sequence[MeasureTarget], options: BenchOptions, progress: Progress | None = None) -> BenchReport:
         items = [(t.label, self._bytes_of(t.trial), t.config.to_dict(), t.streams) for t in targets]
