@@ -99,6 +99,9 @@ def test_no_two_measurements_on_one_host_overlapped(fleet):
     assert len(builds) == len(entries) and len({b["node"] for b in builds}) == 2  # on both nodes
     assert builds and measures  # and no build ran on a host while it measured:
     assert not any(b["host"] == m["host"] and b["start"] < m["end"] and m["start"] < b["end"] for b in builds for m in measures)
+    # Nor did the driver's own computing (reference runs, offline optimization, reopen checks) on this host, also the nodes'.
+    driver = [a for a in report.activity if a["kind"] == "driver"]
+    assert driver and not any(d["host"] == m["host"] and d["start"] < m["end"] and m["start"] < d["end"] for d in driver for m in measures)
 
 
 def test_cluster_builds_are_the_local_runner_builds_byte_for_byte(fleet, tmp_path, monkeypatch):
@@ -211,3 +214,73 @@ def test_a_node_killed_mid_run_loses_nothing_and_misattributes_nothing(cluster, 
             assert measurement["node"] != victim or measurement["end"] <= killed_at  # nothing credited to the dead node after its death
     notes = [note for pair in report.pairs for note in json.loads((tmp_path / "out" / pair.folder / "ortforge.json").read_text())["notes"]]
     assert any("lost, retried on another node" in note for note in notes), notes
+
+
+def test_a_driver_interrupted_and_restarted_resumes_from_the_shared_cache(cluster, tmp_path):
+    """Ctrl-C in the driver once a first candidate is built; `--resume` then builds nothing the first driver stored."""
+    import signal
+
+    address, _ = cluster
+    env = {**os.environ, "ORTFORGE_CACHE": str(tmp_path / "cache"), "RAY_USAGE_STATS_ENABLED": "0"}
+    model = save(conv_net(), tmp_path / "cnn.onnx")
+    command = [sys.executable, "-m", "ortforge", "tune-many", str(model), "-o", str(tmp_path / "out"), "--runner", "ray", "--address", address,
+               "--time-budget", "45s", "--samples", "8", "--calib-samples", "4"]  # fmt: skip
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+
+    def stored() -> dict[str, float]:  # cache entries of built candidates, with when they were stored
+        return {str(e): e.stat().st_mtime for e in (tmp_path / "cache" / "tune").glob("*/*/result.json")
+                if json.loads(e.read_text())["label"] != "fp32"}  # fmt: skip
+
+    deadline = time.monotonic() + 120
+    while driver.poll() is None and not stored() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    before = stored()
+    assert before, "the driver stored no build before it was interrupted"
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert index["state"] == "interrupted"
+    labels = {json.loads(Path(e).read_text())["label"] for e in before}
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv("ORTFORGE_CACHE", str(tmp_path / "cache"))
+    try:
+        report = tune_many([str(model)], tmp_path / "out", runner="ray", address=address, time_budget_s=45, samples=8, calib_samples=4, resume=True)
+    finally:
+        patch.undo()
+    assert all(not p.error for p in report.pairs) and len(report.pairs) == 2
+    rebuilt = [a["what"] for a in report.activity if a["kind"] == "build" and any(a["what"].startswith(f"{label} of ") for label in labels)]
+    assert rebuilt == []  # what the first driver stored was read from the cache, not built again
+    assert all(stored()[entry] == when for entry, when in before.items())
+
+
+def test_a_plain_ray_node_is_asked_for_its_target_and_host(cluster):
+    """A node started without ortforge's announcements (a KubeRay pod, a plain `ray start`) tells its target and host."""
+    import signal
+
+    from ortforge.core.target import HOST_ENV, TARGET_ENV
+    from ortforge.tuning.cluster import ray_executable
+
+    address, nodes = cluster
+    manager_port = _free_port()
+    env = {**os.environ, TARGET_ENV: TARGETS[1], HOST_ENV: "pod-host", "RAY_USAGE_STATS_ENABLED": "0"}
+    started = subprocess.run([ray_executable(), "start", f"--address={address}", "--num-cpus=1", f"--node-manager-port={manager_port}",
+                              "--disable-usage-stats"], env=env, capture_output=True, text=True)  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    try:
+        plain = None
+        for _ in range(60):
+            status = json.loads(_cli("cluster", "status", "--address", address, "--json").stdout)["nodes"]
+            plain = next((n for n in status if n["node"] not in {m["node"] for m in nodes}), None)
+            if plain:
+                break
+            time.sleep(1)
+        sim_b = next(n for n in nodes if n["target_name"] == TARGETS[1])
+        assert plain is not None and (plain["target"], plain["target_name"], plain["host"]) == (sim_b["target"], TARGETS[1], "pod-host")
+    finally:
+        pid = _raylet_pid(manager_port)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)

@@ -83,9 +83,59 @@ def test_pairs_of_two_models_with_one_file_name_get_folders_of_their_own(tmp_pat
     from ortforge.tuning.fleet import run_pairs
 
     target = Target("abc", "sim a")
-    jobs = [SimpleNamespace(reference=str(tmp_path / folder / "model.onnx")) for folder in ("a", "b")]
+    model = SimpleNamespace(content_hash=lambda: "abc123")
+    jobs = [SimpleNamespace(reference=str(tmp_path / folder / "model.onnx"), model=model) for folder in ("a", "b")]
     ran: list = []
     report = SimpleNamespace(record={"chosen": {"label": "fp32"}, "summary": {"speedup": "1.00x", "accuracy": "cosine 1"}})
     results = run_pairs([(job, target) for job in jobs], tmp_path / "out", lambda job, t, folder: ran.append(folder) or report, parallel=False)
     assert [r.folder for r in results] == ["model/sim-a", "model-2/sim-a"] and len(set(ran)) == 2
     assert [r.winner for r in results] == ["fp32", "fp32"]
+
+
+def test_the_drivers_own_computing_on_a_node_host_never_overlaps_a_timing_there():
+    scheduler = Scheduler(_nodes())
+    events: list[str] = []
+    measuring = scheduler.measure_slot("B")  # takes host h1
+    measuring.__enter__()
+
+    def driver() -> None:
+        with scheduler.driver_slot("h1", "reference run"):
+            events.append("driver")
+
+    thread = threading.Thread(target=driver)
+    thread.start()
+    time.sleep(0.15)
+    assert events == []  # waits for the timing on its host
+    measuring.__exit__(None, None, None)
+    thread.join(timeout=5)
+    assert events == ["driver"]
+    with scheduler.driver_slot("h1", "offline optimization"):  # and while it computes, no timing starts on h1
+        with scheduler.measure_slot("A") as node:
+            assert node.host == "h2"
+    with scheduler.driver_slot("elsewhere", "reference run"):  # a driver off the nodes' hosts takes no lock at all
+        assert scheduler.driving == {"h1": 0}
+    assert [a.kind for a in scheduler.log].count("driver") == 2  # the free one is not logged: it held nothing
+
+
+def test_the_activity_line_names_what_every_node_does():
+    lines: list[str] = []
+    scheduler = Scheduler(_nodes(), names={"A": "avx512", "B": "avx2"}, watch=lines.append)
+    with scheduler.build_slot("static int8", "build"):
+        assert "a1 (avx512) build static int8;" in lines[-1] and "b1 (avx2) idle" in lines[-1]
+    scheduler.lost(scheduler.nodes[1])
+    assert "b1 (avx2) lost" in scheduler.activity_line() and lines[-1].endswith("a2 (avx512) idle")
+
+
+def test_the_printed_node_command_pastes_into_a_shell_as_it_runs():
+    import json
+    import shlex
+    import subprocess
+    import sys
+
+    printed = subprocess.run([sys.executable, "-m", "ortforge", "cluster", "node", "--dry-run", "--address", "head:6379", "--target-name", "sim a"],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    words = shlex.split(printed.stdout)
+    assert words[0] == "ORTFORGE_TARGET_NAME=sim a" and words[2:4] == ["start", "--address=head:6379"]
+    resources = json.loads(next(w for w in words if w.startswith("--resources=")).removeprefix("--resources="))
+    assert sorted(key.split("_")[1] for key in resources) == ["host", "target"]

@@ -301,9 +301,10 @@ def test_a_missed_int8_candidate_gets_nodes_kept_float_and_the_search_is_cached(
 
     monkeypatch.setattr(recipes, "apply_recipe", _counting(recipes.apply_recipe, calls := []))
     monkeypatch.setattr("ortforge.tuning.runner.apply_recipe", recipes.apply_recipe)
-    found = remote_exclusion(model.proto.SerializeToString(), calibration, evaluation, runner.judge, missed.candidate,
-                             entry_files(runner.entry(missed.candidate)), None, 0.0)  # fmt: skip
-    assert found == repaired
+    found, record = remote_exclusion(model.proto.SerializeToString(), calibration, evaluation, runner.judge, missed.candidate,
+                                     entry_files(runner.entry(missed.candidate)), None, 0.0)  # fmt: skip
+    assert found == repaired  # and the record the driver caches is the one a local search writes
+    assert record is not None and json.loads(record) == json.loads(runner.exclusion_record(missed.candidate).read_text())
     assert calls and all(call.exclude for call in calls)  # only the search's attempts quantized: the recipe came from the entry
 
 

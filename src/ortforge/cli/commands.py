@@ -5,6 +5,7 @@ function that calls the verb and renders the result. Verbs are imported when the
 from __future__ import annotations
 
 import argparse
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +110,8 @@ def add_tune_many(parser: argparse.ArgumentParser) -> None:
     add_parameter(parser, tune_many, "calib_samples", "calibration samples")
     add_parameter(parser, tune_many, "samples", "evaluation samples")
     add_parameter(parser, tune_many, "overwrite", "replace an earlier tune-many output in OUTPUT")
+    add_parameter(parser, tune_many, "resume", "finish an interrupted tune-many in OUTPUT: pairs it finished are kept (same model contents, "
+                  "same target), the others tuned; builds come from the shared cache")  # fmt: skip
     group = parser.add_argument_group("accuracy gate")
     group.add_argument("--tolerance", dest="tolerances", action="append", default=[], metavar="METRIC=VALUE", help="as for tune")
     add_json(parser)
@@ -122,7 +125,7 @@ def run_tune_many(args: argparse.Namespace, console: Any) -> None:
     with progress_bar() as progress:
         report = tune_many(args.models, args.output, runner=args.runner, address=args.address, targets=args.targets, samples=args.samples,
                            calib_samples=args.calib_samples, tolerances=args.tolerances, objective=args.objective, time_budget_s=budget,
-                           overwrite=args.overwrite, progress=progress)  # fmt: skip
+                           overwrite=args.overwrite, resume=args.resume, progress=progress)  # fmt: skip
     emit_json(report) if args.json else render_fleet(report, console)
 
 
@@ -156,7 +159,8 @@ def run_cluster(args: argparse.Namespace, console: Any) -> None:
             console.print(f"{node['node'][:8]}  target {node['target_name']} ({node['target']})  host {node['host']}  {node['cpus']} CPU(s)", highlight=False)
         return
     started = cluster_node(args.address, target_name=args.target_name, host=args.host, port=args.port or 6379, cpus=args.cpus, dry_run=args.dry_run)
-    shown = " ".join(f"{k}={v}" for k, v in started.environment.items()) + (" " if started.environment else "") + " ".join(started.command)
+    # Quoted for a shell: the resources are JSON with spaces and quotes, pasted as printed.
+    shown = " ".join(f"{k}={shlex.quote(v)}" for k, v in started.environment.items()) + (" " if started.environment else "") + shlex.join(started.command)
     emit_json(started) if args.json else console.print(("started: " if started.started else "") + shown, highlight=False, markup=False, soft_wrap=True)
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ortforge.core.errors import UserError, first_line
 from ortforge.core.target import HOST_ENV, TARGET_ENV, host_id, this_target
-from ortforge.tuning.cluster import cluster_nodes, describe_nodes, node_command, ray_executable, ray_module, stop_local_cluster
+from ortforge.tuning.cluster import node_command, ray_executable, stop_local_cluster
 
 
 @dataclass
@@ -50,18 +50,11 @@ def cluster_node(address: str | None = None, *, target_name: str | None = None, 
 
 def cluster_status(address: str | None = None) -> ClusterStatus:
     """The cluster's ortforge nodes with their target and host."""
-    ray = ray_module()
-    try:
-        ray.init(address=address or "auto", log_to_driver=False, configure_logging=False)
-    except ConnectionError as exc:
-        raise UserError(f"no Ray cluster at {address or 'the default address'}: {first_line(exc)}") from None
-    try:
-        nodes = cluster_nodes(ray)
-        targets = describe_nodes(ray, nodes)
-        return ClusterStatus(address or "auto", [{"node": n.node_id, "target": n.target, "target_name": targets[n.target].name, "host": n.host,
-                                                   "cpus": n.cpus} for n in nodes])  # fmt: skip
-    finally:
-        ray.shutdown()
+    from ortforge.tuning.ray_runner import connected
+
+    with connected(address) as cluster:
+        return ClusterStatus(address or "auto", [{"node": n.node_id, "target": n.target, "target_name": cluster.targets[n.target].name,
+                                                   "host": n.host, "cpus": n.cpus} for n in cluster.scheduler.nodes])  # fmt: skip
 
 
 def cluster_stop(port: int | None = None) -> None:

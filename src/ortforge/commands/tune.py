@@ -43,12 +43,14 @@ class TuneJob:
     settings: dict[str, Any]
 
     def run(self, output: str | Path, *, progress: Progress | None = None, started: float | None = None,
-            runner: Callable[[LocalRunner], TrialRunner] | None = None, providers: Sequence[str] | None = None) -> TuneReport:  # fmt: skip
-        """The search and the artifact in `output`; `providers` replace the job's EPs (a cluster target's)."""
+            runner: Callable[[LocalRunner], TrialRunner] | None = None, providers: Sequence[str] | None = None,
+            hold: Callable[..., Any] | None = None) -> TuneReport:  # fmt: skip
+        """The search and the artifact in `output`; `runner`, `providers` (replacing the job's EPs) and `hold` come from a
+        cluster (`Cluster.tune_arguments`)."""
         options = replace(self.options, providers=tuple(providers)) if providers is not None else self.options
         return tune_model(self.model, self.reference, Path(output), self.calibration, self.evaluation, family=self.family,
                           transformer=self.transformer, options=options, tolerances=self.tolerances, hook=self.hook, progress=progress,
-                          started=started, settings=self.settings, runner=runner)  # fmt: skip
+                          started=started, settings=self.settings, runner=runner, hold=hold)  # fmt: skip
 
 
 def prepare_tune(
@@ -117,7 +119,7 @@ def tune(
                        overwrite=overwrite)  # fmt: skip
     if runner == "local":
         return job.run(output, progress=progress, started=started)
-    from ortforge.tuning.cluster import chosen_targets, target_providers
+    from ortforge.tuning.cluster import chosen_targets
     from ortforge.tuning.ray_runner import connected
 
     with connected(address) as cluster:
@@ -125,7 +127,7 @@ def tune(
         if len(found) > 1:
             names = ", ".join(t.name for t in found)
             raise OptionError("target", None, f"the cluster has several targets ({names}): name one, or tune for all with tune-many")
-        return job.run(output, progress=progress, started=started, runner=cluster.runner_for(found[0]), providers=target_providers(found[0]))
+        return job.run(output, progress=progress, started=started, **cluster.tune_arguments(found[0]))
 
 
 def _shape_settings(options: ShapeOptions | None) -> dict[str, object]:

@@ -451,7 +451,8 @@ def render_cache(report, console: Console) -> None:  # noqa: ANN001 - commands.c
 
 
 def render_fleet(report, console: Console) -> None:  # noqa: ANN001 - tuning.fleet.FleetReport
-    rows = [[p.model, p.target.name, p.winner or "-", p.speedup or "-", p.accuracy or p.error, f"{p.seconds:.0f} s"] for p in report.pairs]
+    rows = [[p.model, p.target.name, p.winner or "-", p.speedup or "-", p.accuracy or p.error, f"{p.seconds:.0f} s" + (" (earlier run)" if p.kept else "")]
+            for p in report.pairs]  # fmt: skip
     console.print(_figures_table(f"tune-many: {len(report.pairs)} (model, target) pairs, runner {report.runner}, {report.wall_s:.0f} s",
                                  ["model", "target", "winner", "latency vs fp32", "accuracy (or why not)", "time"], rows))  # fmt: skip
     console.print(f"[bold]wrote[/] {escape(str(report.output))}/ (one folder per model and target, index.html, index.json)", highlight=False)

@@ -10,6 +10,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -64,12 +65,22 @@ def tune_model(
     started: float | None = None,
     settings: dict[str, Any] | None = None,
     runner: Callable[[LocalRunner], TrialRunner] | None = None,
+    hold: Callable[..., AbstractContextManager[Any]] | None = None,
 ) -> TuneReport:
     """Search, then write the artifact folder (model, ortforge.json, report.html, and tune.toml from `settings`, the
     options that reproduce the run); the time budget counts from `started` (a `time.monotonic()` reading, now by
-    default: the caller's loading and data count too)."""
+    default: the caller's loading and data count too). `hold(what, on_wait=...)` wraps this process's own computing
+    when a cluster times on this host (`Cluster.hold`); its waits are given back to the budget."""
     deadline = Deadline(options.time_budget_s, started if started is not None else time.monotonic())
-    reference, cost = reference_run(model, evaluation)
+
+    def held(what: str) -> AbstractContextManager[Any]:
+        def credit(waited: float) -> None:
+            deadline.started += waited
+
+        return hold(f"{what} of {model.name}", on_wait=credit) if hold is not None else nullcontext()
+
+    with held("reference run"):
+        reference, cost = reference_run(model, evaluation)
     judge = Judge(reference, tolerances or default_tolerances(reference), hook, feeds=evaluation, reference_label="fp32")
     tolerances = judge.tolerances
     local = LocalRunner(model, calibration, evaluation, judge, cache_root() / "tune")
@@ -77,17 +88,19 @@ def tune_model(
     if hasattr(trials, "bind_deadline"):  # time queued behind other searches' work is given back to this search
         trials.bind_deadline(deadline)
     candidates = precision_candidates(family, list(options.providers), transformer)
-    result = tune_search(trials, candidates, options, progress, journal=local.folder / JOURNAL, deadline=deadline, cost=cost)
+    result = tune_search(trials, candidates, options, progress, journal=local.folder / JOURNAL, deadline=deadline, cost=cost, hold=held)
     result.notes += getattr(trials, "retried", [])
     if getattr(trials, "queued_s", 0) >= 1:
         result.notes.append(f"{trials.queued_s:.0f} s queued for a cluster node behind other work, not counted against the time budget")
     command = _command_line(f"ortforge tune {reference_name} -o {output}")
     try:
-        record = _write(model, reference_name, output, result, judge, evaluation, command, options, calibration, settings, trials)
+        with held("writing and reopening the artifact"):
+            record = _write(model, reference_name, output, result, judge, evaluation, command, options, calibration, settings, trials)
     except ReopenError as exc:  # never ship what does not reopen: fp32 with ORT's defaults instead
         result.notes.append(f"{result.chosen.label} was not written, it did not pass the reopen check: {exc}")
         result.chosen, result.why = result.baseline, f"{result.chosen.label} did not reopen as written; shipping fp32 with ORT defaults"
-        record = _write(model, reference_name, output, result, judge, evaluation, command, options, calibration, settings, trials)
+        with held("writing and reopening the artifact"):
+            record = _write(model, reference_name, output, result, judge, evaluation, command, options, calibration, settings, trials)
     return TuneReport(output, result, tolerances, record)
 
 

@@ -63,27 +63,27 @@ class Node:
 
 
 def cluster_nodes(ray) -> list[Node]:  # noqa: ANN001 - the ray module
-    """The live nodes that announce an ortforge target (others, e.g. a bare head, take no ortforge work)."""
+    """The live nodes with CPUs, with the target and host they announce (`ortforge cluster node`); a node that announces
+    none (a KubeRay pod, a plain `ray start`) has them empty until `identify_nodes` asks it."""
     found = []
     for info in ray.nodes():
-        if not info.get("Alive"):
-            continue
         resources = info.get("Resources", {})
-        target = next((key.removeprefix(TARGET_PREFIX) for key in resources if key.startswith(TARGET_PREFIX)), None)
-        host = next((key.removeprefix(HOST_PREFIX) for key in resources if key.startswith(HOST_PREFIX)), None)
-        if target and host:
-            found.append(Node(info["NodeID"], target, host, max(1, int(resources.get("CPU", 1)))))
+        if not info.get("Alive") or resources.get("CPU", 0) < 1:
+            continue
+        target = next((key.removeprefix(TARGET_PREFIX) for key in resources if key.startswith(TARGET_PREFIX)), "")
+        host = next((key.removeprefix(HOST_PREFIX) for key in resources if key.startswith(HOST_PREFIX)), "")
+        found.append(Node(info["NodeID"], target, host, max(1, int(resources.get("CPU", 1)))))
     return found
 
 
-@dataclass
+@dataclass(eq=False)  # each one is its own: `running.remove` takes this one, not an equal one
 class Activity:
     """What a node did, for progress and for the record: build or measurement, when, for which candidate."""
 
     node: str
     host: str
     target: str
-    kind: str  # "build", "exclusion search" (builds too) or "measure"
+    kind: str  # "build", "exclusion search" (builds too), "measure", or "driver" (the driver's own computing, node "driver")
     what: str
     start: float
     end: float = 0.0
@@ -100,6 +100,10 @@ class Scheduler:
     condition: threading.Condition = field(default_factory=threading.Condition)
     building: dict[str, threading.Event] = field(default_factory=dict)  # cache entries being built now, by path
     waiting: dict[str, int] = field(default_factory=dict)  # targets with a measurement waiting for a host: no new builds there
+    driving: dict[str, int] = field(default_factory=dict)  # hosts where the driver itself computes now: no timing starts there
+    running: list[Activity] = field(default_factory=list)  # what every node (and the driver) does now
+    names: dict[str, str] = field(default_factory=dict)  # target id -> its readable name, for the activity line
+    watch: Callable[[str], None] | None = None  # told the activity line whenever a slot starts or ends
 
     def claim(self, entry: str) -> threading.Event | None:
         """None when this caller is to build `entry`; else the event set once whoever builds it has stored it."""
@@ -136,15 +140,13 @@ class Scheduler:
                 self.condition.wait(WAIT_S)
         if on_wait is not None:  # how long this slot was queued behind other work
             on_wait(time.monotonic() - asked)
-        activity = Activity(node.node_id, node.host, node.target, kind, what, time.time())
+        activity = self._started(Activity(node.node_id, node.host, node.target, kind, what, time.time()))
         try:
             yield node
         finally:
-            activity.end = time.time()
             with self.condition:
                 node.builds -= 1
-                self.log.append(activity)
-                self.condition.notify_all()
+            self._ended(activity)
 
     @contextmanager
     def measure_slot(self, target: str, what: str = "", on_wait: Callable[[float], None] | None = None) -> Iterator[Node]:
@@ -157,20 +159,69 @@ class Scheduler:
                 self.waiting[target] -= 1
         if on_wait is not None:
             on_wait(time.monotonic() - asked)
-        activity = Activity(node.node_id, node.host, node.target, "measure", what, time.time())
+        activity = self._started(Activity(node.node_id, node.host, node.target, "measure", what, time.time()))
         try:
             yield node
         finally:
-            activity.end = time.time()
             with self.condition:
                 self.measuring.discard(node.host)
-                self.log.append(activity)
-                self.condition.notify_all()
+            self._ended(activity)
+
+    @contextmanager
+    def driver_slot(self, host: str, what: str = "", on_wait: Callable[[float], None] | None = None) -> Iterator[None]:
+        """The driver's own computing (reference runs, offline optimization, the reopen check) on `host`: when that host
+        is also a node's, it waits for timings there to end and none starts until it is done, as for a build."""
+        if host not in {n.host for n in self.nodes}:
+            yield
+            return
+        asked = time.monotonic()
+        with self.condition:
+            while host in self.measuring or any(n.host == host and n.alive and self.waiting.get(n.target) for n in self.nodes):
+                self.condition.wait(WAIT_S)
+            self.driving[host] = self.driving.get(host, 0) + 1
+        if on_wait is not None:
+            on_wait(time.monotonic() - asked)
+        activity = self._started(Activity("driver", host, "", "driver", what, time.time()))
+        try:
+            yield
+        finally:
+            with self.condition:
+                self.driving[host] -= 1
+            self._ended(activity)
+
+    def _started(self, activity: Activity) -> Activity:
+        with self.condition:
+            self.running.append(activity)
+            line = self.activity_line()
+        if self.watch is not None:
+            self.watch(line)
+        return activity
+
+    def _ended(self, activity: Activity) -> None:
+        activity.end = time.time()
+        with self.condition:
+            self.running.remove(activity)
+            self.log.append(activity)
+            self.condition.notify_all()
+            line = self.activity_line()
+        if self.watch is not None:
+            self.watch(line)
+
+    def activity_line(self) -> str:
+        """What each node does now, one clause per node ("idle" included), the driver's work last when it has any."""
+        def doing(activities: list[Activity]) -> str:
+            return ", ".join(a.what if a.kind == "driver" else f"{'measuring' if a.kind == 'measure' else a.kind} {a.what}"
+                             for a in activities) or "idle"  # fmt: skip
+
+        clauses = [f"{n.node_id[:8]} ({self.names.get(n.target, n.target)}) " + (doing([a for a in self.running if a.node == n.node_id])
+                   if n.alive else "lost") for n in self.nodes]  # fmt: skip
+        driver = [a for a in self.running if a.node == "driver"]
+        return "nodes: " + "; ".join(clauses + ([f"driver: {doing(driver)}"] if driver else []))
 
     def _wait_for_host(self, target: str) -> Node:
         """(Holding the condition.) A node of `target` whose host runs nothing, marked measuring."""
         while True:
-            idle = [n for n in self.nodes if n.alive and n.target == target and n.host not in self.measuring
+            idle = [n for n in self.nodes if n.alive and n.target == target and n.host not in self.measuring and not self.driving.get(n.host)
                     and not any(m.builds for m in self.nodes if m.alive and m.host == n.host)]  # fmt: skip
             if idle:
                 self.measuring.add(idle[0].host)
@@ -192,26 +243,35 @@ class NoNodeLeft(UserError):
         self.target = target
 
 
-def describe_nodes(ray, nodes: list[Node]) -> dict[str, Target]:  # noqa: ANN001 - the ray module
-    """Each target in the cluster with its name and facts, asked of one of its nodes (nodes announce only ids)."""
+def identify_nodes(ray, nodes: list[Node]) -> tuple[list[Node], dict[str, Target]]:  # noqa: ANN001 - the ray module
+    """The ortforge nodes and their targets, asked of the nodes themselves: one node per announced target, and every node
+    that announces nothing (it tells its target and host; ORTFORGE_HOST names the host in containers). A node that
+    cannot import ortforge takes no ortforge work."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     def describe() -> dict:
-        from ortforge.core.target import node_target
+        from ortforge.core.target import host_id, node_target
 
-        return node_target().to_dict()
+        return {**node_target().to_dict(), "host": host_id()}
 
     probe = ray.remote(describe)
     found: dict[str, Target] = {}
+    kept = []
     for node in nodes:
-        if node.target in found:
+        if node.target in found and node.host:
+            kept.append(node)
             continue
-        data = ray.get(probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False)).remote())
-        if data["id"] != node.target:
+        try:
+            data = ray.get(probe.options(num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False)).remote())
+        except ray.exceptions.RayTaskError:  # no ortforge there (a bare head, another team's nodes)
+            continue
+        if node.target and data["id"] != node.target:
             raise UserError(f"node {node.node_id[:8]} announces target {node.target} but its ortforge computes {data['id']}: start it with "
                             "`ortforge cluster node` (the same ortforge and onnxruntime as its announced target)")  # fmt: skip
-        found[node.target] = Target(data["id"], data["name"], data["facts"])
-    return found
+        node.target, node.host = data["id"], node.host or data["host"]
+        found.setdefault(node.target, Target(data["id"], data["name"], data["facts"]))
+        kept.append(node)
+    return kept, found
 
 
 def chosen_targets(available: dict[str, Target], asked: Sequence[str]) -> list[Target]:

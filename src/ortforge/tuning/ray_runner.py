@@ -21,14 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from ortforge.core.deadline import Deadline
-from ortforge.core.errors import UserError
+from ortforge.core.errors import UserError, first_line
+from ortforge.core.files import atomic_write_text
 from ortforge.core.model import from_proto, load_model
 from ortforge.core.progress import Progress, silent
-from ortforge.core.target import Target
+from ortforge.core.target import Target, host_id
 from ortforge.data import FeedSet
 from ortforge.measure.bench import BenchOptions, BenchReport, Variant, bench
 from ortforge.searches.trial import Candidate, Trial
-from ortforge.tuning.cluster import Node, NoNodeLeft, Scheduler, cluster_nodes, describe_nodes, ray_module
+from ortforge.tuning.cluster import Node, NoNodeLeft, Scheduler, cluster_nodes, identify_nodes, ray_module, target_providers
 from ortforge.tuning.runner import LocalRunner, MeasureTarget, entry_files
 
 RETRIES = 3  # a task is tried on this many nodes before its failure is the run's
@@ -47,9 +48,9 @@ def remote_build(model_bytes: bytes, calibration: FeedSet, evaluation: FeedSet, 
 
 
 def remote_exclusion(model_bytes: bytes, calibration: FeedSet, evaluation: FeedSet, judge: Any, candidate: Candidate, built: dict[str, bytes],
-                     seconds: float | None, keep_s: float) -> Candidate | None:  # fmt: skip
+                     seconds: float | None, keep_s: float) -> tuple[Candidate | None, str | None]:  # fmt: skip
     """On a node: the local runner's exclusion search for `candidate`, whose cache entry (`built`, its files) comes along
-    so that it is not quantized again there."""
+    so that it is not quantized again there; returns what it found and its cache record (None when it ran out of time)."""
     import onnx
 
     model = from_proto(onnx.load_from_string(model_bytes))
@@ -57,7 +58,9 @@ def remote_exclusion(model_bytes: bytes, calibration: FeedSet, evaluation: FeedS
         runner = LocalRunner(model, calibration, evaluation, judge, Path(scratch))
         runner.store_files(candidate, built)
         trial = runner.build(candidate)  # from the entry just stored
-        return runner.exclusion(trial, deadline=Deadline(seconds) if seconds else None, keep_s=keep_s)
+        found = runner.exclusion(trial, deadline=Deadline(seconds) if seconds else None, keep_s=keep_s)
+        record = runner.exclusion_record(candidate)
+        return found, record.read_text() if record.is_file() else None
 
 
 def remote_measure(items: list[tuple[str, bytes, dict, int]], evaluation: FeedSet, options: BenchOptions) -> tuple[BenchReport, dict]:
@@ -65,7 +68,6 @@ def remote_measure(items: list[tuple[str, bytes, dict, int]], evaluation: FeedSe
     import ray
 
     from ortforge.core.session import SessionConfig
-    from ortforge.core.target import host_id
 
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="ortforge-node-") as scratch:
@@ -112,6 +114,10 @@ class RayRunner:
         if self.deadline is not None:
             self.deadline.started += waited
 
+    def hold(self, what: str) -> Any:
+        """The driver's own computing for this search, kept off timings on the driver's host (`Scheduler.driver_slot`)."""
+        return self.scheduler.driver_slot(host_id(), f"{what} of {self.model.name}", on_wait=self._queued)
+
     @property
     def built(self) -> int:
         return self.local.built
@@ -135,8 +141,11 @@ class RayRunner:
 
     def build(self, candidate: Candidate) -> Trial:
         cached = self.local.cached(candidate)
-        if cached is not None or candidate.kind == "fp32":
-            return cached or self.local.build(candidate)
+        if cached is not None:
+            return cached
+        if candidate.kind == "fp32":  # judged in the driver, on the reference outputs it already holds
+            with self.hold("judging fp32"):
+                return self.local.build(candidate)
         entry = self.local.entry(candidate)
         key = entry.name
         waiting = self.scheduler.claim(str(entry))  # two targets asking for one build at once: the second waits for the first
@@ -149,7 +158,7 @@ class RayRunner:
             self._queued(max(0.0, min(done, self._granted.get(str(entry), done)) - asked))
             return self.local.cached(candidate) or self.build(candidate)  # its builder failed: try it here, failures surface
         try:
-            name, files = self._on_a_node("build", candidate.label, lambda node: self._pinned(remote_build, node).remote(self._model, *self._data_args(), candidate),
+            name, files = self._on_a_node("build", f"{candidate.label} of {self.model.name}", lambda node: self._pinned(remote_build, node).remote(self._model, *self._data_args(), candidate),
                                           str(entry))  # fmt: skip
             if name != key:
                 raise RuntimeError(f"a node keyed {candidate.label} as {name}, this driver as {key}: the cache would split")
@@ -197,17 +206,24 @@ class RayRunner:
         raise AssertionError("unreachable")
 
     def exclusion(self, trial: Trial, progress: Progress | None = None, *, deadline: Deadline | None = None, keep_s: float = 0.0) -> Candidate | None:
+        if self.local.exclusion_record(trial.candidate).is_file():  # searched before (a resumed run): the nodes found then
+            return self.local.exclusion(trial)
         (progress or silent)(f"exclusion search for {trial.label} on a node", 0.0)
         seconds = deadline.left if deadline is not None else None
         built = entry_files(self.local.entry(trial.candidate))
-        return self._on_a_node("exclusion search", trial.label, lambda node: self._pinned(remote_exclusion, node).remote(
+        found, record = self._on_a_node("exclusion search", f"{trial.label} of {self.model.name}", lambda node: self._pinned(remote_exclusion, node).remote(
             self._model, *self._data_args(), trial.candidate, built, seconds, keep_s))  # fmt: skip
+        if record is not None:  # kept in the driver's cache, as a local search keeps it
+            path = self.local.exclusion_record(trial.candidate)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, record)
+        return found
 
     def measure(self, targets: Sequence[MeasureTarget], options: BenchOptions, progress: Progress | None = None) -> BenchReport:
         items = [(t.label, self._bytes_of(t.trial), t.config.to_dict(), t.streams) for t in targets]
         shown = progress or silent
         while True:
-            with self.scheduler.measure_slot(self.target, f"{len(items)} variant(s)", on_wait=self._queued) as node:
+            with self.scheduler.measure_slot(self.target, f"{self.model.name} ({len(items)} variants)", on_wait=self._queued) as node:
                 shown(f"measuring {len(items)} variant(s) on node {node.node_id[:8]} (host {node.host})", 0.0)
                 try:
                     report, where = self.ray.get(self._pinned(remote_measure, node).remote(items, self._evaluation, options))
@@ -238,9 +254,17 @@ class Cluster:
     targets: dict[str, Target]
     scheduler: Scheduler
 
+    def hold(self, what: str, on_wait: Callable[[float], None] | None = None) -> Any:
+        """The driver's own computing, kept off timings on this host when it is also a node's (`Scheduler.driver_slot`)."""
+        return self.scheduler.driver_slot(host_id(), what, on_wait=on_wait)
+
     def runner_for(self, target: Target) -> Callable[[Any], Any]:
         """A factory turning tune's local runner (its cache) into a runner on this cluster for `target`."""
         return lambda local: RayRunner(local, self.scheduler, target.id, self.ray)
+
+    def tune_arguments(self, target: Target) -> dict[str, Any]:
+        """What a tune for `target` takes from this cluster: its runner, the target's EPs, and the host lock's hold."""
+        return {"runner": self.runner_for(target), "providers": target_providers(target), "hold": self.hold}
 
 
 @contextmanager
@@ -251,11 +275,11 @@ def connected(address: str | None) -> Iterator[Cluster]:
     try:
         ray.init(address=address or "auto", log_to_driver=False, configure_logging=False)
     except ConnectionError as exc:
-        raise UserError(f"no Ray cluster at {where}: {exc}", hint="start one: ortforge cluster node") from None
+        raise UserError(f"no Ray cluster at {where}: {first_line(exc)}", hint="start one: ortforge cluster node") from None
     try:
-        nodes = cluster_nodes(ray)
+        nodes, targets = identify_nodes(ray, cluster_nodes(ray))
         if not nodes:
-            raise UserError(f"the Ray cluster at {where} has no ortforge node", hint="start nodes with `ortforge cluster node`")
-        yield Cluster(ray, describe_nodes(ray, nodes), Scheduler(nodes))
+            raise UserError(f"the Ray cluster at {where} has no node with ortforge", hint="start nodes with `ortforge cluster node`")
+        yield Cluster(ray, targets, Scheduler(nodes, names={t.id: t.name for t in targets.values()}))
     finally:
         ray.shutdown()

@@ -13,9 +13,10 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -52,10 +53,22 @@ class MeasureTarget:
 class TrialRunner(Protocol):
     def build(self, candidate: Candidate) -> Trial: ...
     def measure(self, targets: Sequence[MeasureTarget], options: BenchOptions, progress: Progress | None = None) -> BenchReport: ...
+    def exclusion_record(self, candidate: Candidate) -> Path:
+        """Where the exclusion search's nodes for `candidate` are kept (beside its entry: a resumed run reads them)."""
+        return self.folder / f"exclusion-{candidate.key(self.model_hash, self.data_hash, self.judge_key)}.json"
+
     def exclusion(self, trial: Trial, progress: Progress | None = None, *, deadline: Deadline | None = None, keep_s: float = 0.0) -> Candidate | None:
         """The int8 candidate with the fewest nodes kept float that meets the tolerances (None if none found);
         no attempt starts that would leave less than `keep_s` before the deadline."""
         ...
+
+
+Hold = Callable[[str], AbstractContextManager[Any]]  # the driver's own computing named `what`, kept off timings on its host
+
+
+def no_hold(what: str) -> AbstractContextManager[Any]:
+    """Locally nothing is timed while the search itself computes: no lock needed."""
+    return nullcontext()
 
 
 def store_entry(folder: Path, write: Callable[[Path], object]) -> None:
@@ -218,13 +231,17 @@ class LocalRunner:
         verdict = None if record["error"] else self.judge.decide_measured(record["metrics"])
         return Trial(candidate, model, verdict, record["notes"], record["error"], cached=True, size_bytes=record["size_bytes"])
 
+    def exclusion_record(self, candidate: Candidate) -> Path:
+        """Where the exclusion search's nodes for `candidate` are kept (beside its entry: a resumed run reads them)."""
+        return self.folder / f"exclusion-{candidate.key(self.model_hash, self.data_hash, self.judge_key)}.json"
+
     def exclusion(self, trial: Trial, progress: Progress | None = None, *, deadline: Deadline | None = None, keep_s: float = 0.0) -> Candidate | None:
         """Search on the calibration half (the evaluation half then judges the result like any candidate);
         the nodes found are cached, so a resumed run does not search again."""
         from ortforge.searches.exclusion import search_exclusions
 
         recipe = trial.candidate.recipe
-        record = self.folder / f"exclusion-{trial.candidate.key(self.model_hash, self.data_hash, self.judge_key)}.json"
+        record = self.exclusion_record(trial.candidate)
         if record.is_file():
             nodes = json.loads(record.read_text())["nodes"]
         else:

@@ -27,7 +27,7 @@ from ortforge.measure.cost import MeasureCost
 from ortforge.measure.memory import release_freed_memory
 from ortforge.measure.placement import placement_for
 from ortforge.searches.trial import Candidate, Trial
-from ortforge.tuning.runner import MeasureTarget, TrialRunner
+from ortforge.tuning.runner import Hold, MeasureTarget, TrialRunner, no_hold
 from ortforge.tuning.schedule import Schedule, Stage
 from ortforge.tuning.sessions import SessionCandidate, session_space
 
@@ -181,7 +181,7 @@ def _allowed_sessions(trial: Trial, options: TuneOptions, notes: list[str]) -> l
 
 
 def _finalists(runner: TrialRunner, survivors: list[Trial], options: TuneOptions, schedule: Schedule, progress: Progress,
-               notes: list[str], rejected: list[tuple[str, str]]) -> list[Finalist]:  # fmt: skip
+               notes: list[str], rejected: list[tuple[str, str]], hold: Hold = no_hold) -> list[Finalist]:  # fmt: skip
     """fp32 + ORT defaults first (the baseline); the fastest survivor (fp32 when nothing beat it in screening)
     with ORT defaults and the session options that beat its defaults in a short screen; the other survivors
     with ORT defaults only. Session options rarely reorder precisions, and every finalist is one more
@@ -190,7 +190,9 @@ def _finalists(runner: TrialRunner, survivors: list[Trial], options: TuneOptions
     tuned = others[0] if others else fp32
     defaults = SessionCandidate("ORT defaults")
     baseline = Finalist(f"{fp32.candidate.label} | ORT defaults", fp32, defaults)
-    sessions = _screen_sessions(runner, tuned, _allowed_sessions(tuned, options, notes)[1:], options, schedule, progress, rejected)
+    with hold("EP placement checks"):
+        allowed = _allowed_sessions(tuned, options, notes)
+    sessions = _screen_sessions(runner, tuned, allowed[1:], options, schedule, progress, rejected)
     found = [baseline] + ([] if tuned is fp32 else [Finalist(f"{tuned.candidate.label} | ORT defaults", tuned, defaults)])
     found += [Finalist(f"{tuned.candidate.label} | {session.label}", tuned, session) for session in sessions]
     return found + [Finalist(f"{trial.candidate.label} | ORT defaults", trial, defaults) for trial in others[1:]]
@@ -247,9 +249,11 @@ def objective_score(result, baseline, objective: str) -> CandidateScore:  # noqa
 
 
 def tune_search(runner: TrialRunner, candidates: Sequence[Candidate], options: TuneOptions, progress: Progress | None = None,
-                journal: Path | None = None, deadline: Deadline | None = None, cost: MeasureCost | None = None) -> TuneResult:  # fmt: skip
+                journal: Path | None = None, deadline: Deadline | None = None, cost: MeasureCost | None = None,
+                hold: Hold = no_hold) -> TuneResult:  # fmt: skip
     """Run the stages by the deadline (the time budget from `deadline.started`, now by default) and pick the
-    consistent winner against fp32 + ORT defaults; `cost` is the first guess of what a measurement costs here."""
+    consistent winner against fp32 + ORT defaults; `cost` is the first guess of what a measurement costs here; `hold`
+    wraps the search's own computing (on a cluster it keeps that off timings on this host)."""
     shown = progress or (lambda what, fraction: None)
     best = ["fp32 with ORT defaults"]
 
@@ -281,8 +285,9 @@ def tune_search(runner: TrialRunner, candidates: Sequence[Candidate], options: T
         lead = next(v for v in screening.variants if v.label == survivors[1].candidate.label)
         best[0] = f"{survivors[1].candidate.label} ({score(lead, screening.variants[0]).ratio:.2f}x in screening)"
     stages["screening"] = deadline.elapsed - sum(stages.values())
-    finalists = _finalists(runner, survivors, options, schedule, report, notes, rejected)
-    finalists += offline_variants(survivors[1] if len(survivors) > 1 else survivors[0], notes)
+    finalists = _finalists(runner, survivors, options, schedule, report, notes, rejected, hold)
+    with hold("offline optimization"):
+        finalists += offline_variants(survivors[1] if len(survivors) > 1 else survivors[0], notes)
     stages["session screening"] = deadline.elapsed - sum(stages.values())
     granted = schedule.grant("final", len(finalists))
     assert granted is not None  # the final run is never dropped
