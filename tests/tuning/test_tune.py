@@ -49,6 +49,10 @@ def test_artifact_holds_model_config_and_report(tuned):
     assert summary["evidence"].startswith("judged on 32 evaluation sample(s): top1: ") and "change rate <" in summary["evidence"]
     assert summary["machine"].startswith("machine ") and record["figures"]["machine_load"]["cores"] >= 1
     assert all(text in html for text in ("change rate &lt;", summary["noise"], "machine "))
+    # The roofline: the shipped model's GFLOP/s (its MACs over its measured median) against this machine's GEMM peaks.
+    line = record["roofline"]["chosen"]
+    assert line["macs"] > 0 and line["achieved_gflops"] == pytest.approx(2 * line["macs"] / line["latency_ms"] / 1e6)
+    assert 0 < line["fp32_share"] and line["peaks"]["int8_gops"] > 0 and "Roofline: " in html and summary["roofline"] in html.replace("&#x27;", "'")
     chosen = report.result.chosen
     assert chosen.trial.passed
     if chosen is not report.result.baseline:  # never slower than the baseline, consistently

@@ -77,6 +77,7 @@ def render_report(data: dict[str, Any]) -> str:
         + "</div>",
         f"<p>Still right: {escape(summary.get('evidence', '-'))}. Faster: {escape(summary['speedup'])} (95% interval), against a noise floor of "
         f"{escape(summary.get('noise', '-'))}; {escape(summary.get('machine', ''))}.</p>",
+        (f"<p>Roofline: {escape(summary['roofline'])}.</p>" if "roofline" in summary else ""),
         "".join(f'<p class="note">{escape(note)}</p>' for note in data.get("notes", [])),
         "<h2>Latency vs accuracy</h2>",
         f"<p>Points from the {escape(data.get('points_run', 'final interleaved run'))}, numbered as the rows of the "

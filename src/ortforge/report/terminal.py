@@ -394,6 +394,8 @@ def render_tune(report, console: Console) -> None:  # noqa: ANN001 - tune.TuneRe
     console.print(f"  {ratio} {summary['speedup']}, {summary['accuracy']}, size {summary['size']}, start-up {summary['startup']}"
                   + (f", throughput {summary['throughput']}" if "throughput" in summary else ""), highlight=False)  # fmt: skip
     console.print(f"  {escape(summary.get('evidence', ''))}", highlight=False)
+    if "roofline" in summary:
+        console.print(f"  roofline: {escape(summary['roofline'])}", highlight=False)
     cached = sum(1 for c in record["candidates"] if c.get("cached"))
     console.print(f"  {record['built']} candidate(s) built" + (f", {cached} taken from the cache" if cached else "") + f"; {record['elapsed_s']:.0f} s",
                   style="dim")  # fmt: skip

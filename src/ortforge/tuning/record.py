@@ -45,6 +45,7 @@ def artifact_record(model: Model, reference_name: str, result: TuneResult, toler
     streams = chosen.session.streams
     serving = [] if streams == 1 else [f"serve with {streams} requests in flight (threads calling run on this one session): "
                                        "the figures were measured that way and are time per request, not one request's latency"]  # fmt: skip
+    line = roofline_record(model, feeds, result)
     return {
         "model_name": portable(reference_name),
         "objective": objective,
@@ -76,7 +77,9 @@ def artifact_record(model: Model, reference_name: str, result: TuneResult, toler
             "size": f"{chosen.trial.size_bytes / 2**20:.1f} MiB (was {model_size(model) / 2**20:.1f})",
             "startup": f"{startup[0]:.1f} ms (was {startup[1]:.1f})",
             "throughput": f"{chosen_run.throughput:.1f}/s (was {baseline_run.throughput:.1f})",
+            **({"roofline": f"{line['chosen']['text']}; fp32 with ORT defaults: {line['baseline']['achieved_gflops']:.1f} GFLOP/s"} if line else {}),
         },
+        "roofline": line,
         # (label, ratio, interval low, high, error, role), numbered in the report as the rows of the table they come from
         "points": [(label, x, low, high, y, "chosen" if label == chosen.label else "baseline" if label == baseline.label else "other")
                    for label, x, low, high, y in points],  # fmt: skip
@@ -105,6 +108,30 @@ def artifact_record(model: Model, reference_name: str, result: TuneResult, toler
 
 
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\][^\s,;()'\"]+")
+
+
+def roofline_record(model: Model, feeds: FeedSet, result: TuneResult) -> dict[str, Any] | None:
+    """The shipped model's and fp32's achieved GFLOP/s against this machine's GEMM peaks (MACs counted on the original
+    for the evaluation shapes, the latencies of the run the choice was made in); None when the MACs cannot be counted."""
+    from ortforge.analysis.macs import count_macs
+    from ortforge.core.errors import UserError
+    from ortforge.measure.roofline import machine_peaks, roofline
+
+    runs = {v.label: v for v in result.final.variants}
+    if result.confirmation is not None:
+        runs.update({v.label: v for v in result.confirmation.variants})
+    sample = feeds.samples[0] if feeds.samples else None
+    if sample is None or any(not hasattr(value, "shape") for value in sample.values()):
+        return None
+    try:
+        macs = count_macs(model, {name: tuple(value.shape) for name, value in sample.items()}, feeds=sample).total_macs
+    except UserError:
+        return None
+    peaks = machine_peaks()
+    found = {role: roofline(macs, runs[finalist.label].latency.p50, peaks) for role, finalist in (("chosen", result.chosen), ("baseline", result.baseline))}
+    if found["chosen"] is None or found["baseline"] is None:
+        return None
+    return {role: line.to_dict() for role, line in found.items() if line is not None}
 
 
 def portable(text: str) -> str:
