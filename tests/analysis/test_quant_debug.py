@@ -61,6 +61,9 @@ def test_automatic_exclusion_meets_a_tolerance_plain_quantization_misses(wide, t
     assert not plain.passed and repaired.passed and report.chosen is repaired
     assert report.exclusion.met and 1 <= len(report.exclusion.excluded) <= 2
     assert report.exclusion.excluded[0].node == "narrow/MatMulAddFusion"
+    # The set and the speed it leaves: its share of the MACs the recipe quantized, and no node of it can go back to int8.
+    assert report.exclusion.minimal and 0 < report.exclusion.float_macs_share < 1
+    assert f"{report.exclusion.float_macs_share:.0%} of the MACs the recipe quantized" in " ".join(report.exclusion.notes)
     assert (tmp_path / "q.onnx").exists()
 
 

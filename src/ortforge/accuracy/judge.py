@@ -110,6 +110,11 @@ class Judge:
         self.masks = token_masks(feeds.samples) if feeds is not None and len(feeds) == len(reference) else None
         self.notes = _evidence_notes(reference)
 
+    def on(self, reference: Outputs, feeds: FeedSet) -> Judge:
+        """The same gate over other samples (`reference`: the original's outputs on `feeds`), e.g. the calibration half a
+        search judges on while the evaluation half is kept for the verdict."""
+        return Judge(reference, self.tolerances, self.hook, feeds=feeds, reference_label=self.reference_label)
+
     def key(self) -> str:
         """What decides this judge's verdicts besides the outputs: its tolerances and the hook's identity (for cache keys)."""
         return json.dumps([METRICS_VERSION, *[[t.metric, t.value, t.rtol, t.atol] for t in self.tolerances], hook_identity(self.hook) if self.hook else ""])

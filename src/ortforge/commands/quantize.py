@@ -28,12 +28,12 @@ from ortforge.core.model import Model, model_size, save_model
 from ortforge.core.options import default_of
 from ortforge.core.outputs import guard_file, guard_folder, user_files
 from ortforge.core.progress import Progress, section, silent
-from ortforge.core.session import SessionConfig
+from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.data import GENERATED_WARNING, FeedSet, ShapeOptions
 from ortforge.measure.bench import BenchOptions, BenchReport, Variant, bench
 from ortforge.measure.compare import score, verdict_text, winner
 from ortforge.measure.cost import reference_run
-from ortforge.searches.exclusion import ExclusionReport, search_exclusions
+from ortforge.searches.exclusion import RANKING_SAMPLES, ExclusionReport, search_exclusions
 from ortforge.searches.recipes import auto_recipes, build_recipe
 from ortforge.searches.trial import Candidate, Recipe, Trial
 from ortforge.transforms.quantize import QuantizeOptions, check_names
@@ -143,10 +143,21 @@ def quantize_model(
     exclusion = None
     first = trials[0] if len(trials) == 1 else None
     if first and not first.passed and first.model is not None and isinstance(first.candidate.recipe, QuantizeOptions) and auto_exclude and not force:
-        fixed, exclusion = search_exclusions(model, first, calibration, evaluation, judge, progress, deadline=deadline, keep_s=keep_s)
+        # Searched on the calibration samples; the set found is then judged on the evaluation samples, which it never saw.
+        search_feeds = calibration if len(calibration) else evaluation
+        searched_on = judge.on(run_outputs(model, search_feeds), search_feeds) if len(calibration) else judge
+        ranking = replace(search_feeds, samples=search_feeds.samples[:RANKING_SAMPLES])  # a few samples rank as well as many
+        fixed, exclusion = search_exclusions(model, first, calibration, search_feeds, searched_on, progress, deadline=deadline, keep_s=keep_s,
+                                             ranking_feeds=ranking)  # fmt: skip
         if exclusion.met:
+            fixed = build_recipe(model, fixed.candidate.recipe, calibration, evaluation, judge)
             fixed.candidate = replace(fixed.candidate, label=f"{first.label}, {len(exclusion.excluded)} node(s) kept float")
-            trials = [first, fixed]
+            if fixed.passed:
+                trials = [first, fixed]
+            else:
+                exclusion.met = False
+                exclusion.notes.insert(0, f"the {len(exclusion.excluded)} node(s) found on the calibration samples miss on the evaluation samples: "
+                                          f"{fixed.why_not}")  # fmt: skip
     fp32 = Trial(FP32, model, judge(reference), size_bytes=model_size(model))
     measurement = None
     if measure is not None:

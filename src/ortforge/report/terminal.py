@@ -338,6 +338,9 @@ def render_quantize(report, console: Console) -> None:  # noqa: ANN001 - command
     if report.exclusion is not None and report.exclusion.met:
         for candidate in report.exclusion.excluded:
             console.print(f"  kept float: {escape(candidate.node)} ({escape(candidate.reason)})", highlight=False)
+    if report.exclusion is not None:
+        for note in report.exclusion.notes:
+            console.print(f"  exclusion search ({report.exclusion.attempts} attempts): {escape(note)}", highlight=False)
     console.print(f"[bold]wrote[/] {escape(report.output)}", highlight=False)
     for trial in report.trials:
         for note in trial.notes:

@@ -1,14 +1,19 @@
-"""Automatic exclusion: the smallest set of nodes kept in float that brings a recipe within tolerance.
+"""Automatic exclusion: a small set of nodes kept in float that brings a recipe within tolerance, in a budget of evaluations.
 
-Candidates come in the order that usually pays off: the quantized nodes nearest the outputs (logits
-suffer most), then consumers of wide-range activations, then layers by quant-debug's SQNR ranking.
-A growing prefix of that list is excluded (1, 2, 4, ... nodes) until the tolerance is met, then the
-prefix is bisected down to the shortest one that still meets it.
+Candidates come in the order that usually pays off: the quantized nodes nearest the outputs (logits suffer most), then
+consumers of wide-range activations, then layers by quant-debug's SQNR ranking. The search first keeps the worse half of
+that list in float: when even that misses, the recipe cannot be rescued without keeping most of its heavy layers float
+(little int8 speed would be left) and the search says so and stops. Otherwise short prefixes (1, 2, 4, ... nodes) are
+tried, since one or two culprits are common; then the passing set is shrunk by groups (delta debugging: a group alone,
+then the set without a group, halving the groups), which finds the culprits wherever the ranking put them. Every attempt
+is judged on the samples given (tune gives the calibration half and judges the result on the evaluation half). The
+report gives the set, its size, and the share of the recipe's int8 MACs it leaves in float.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import onnx
@@ -25,6 +30,8 @@ from ortforge.searches.trial import Trial
 from ortforge.transforms.quantize import QuantizeOptions, prepare
 
 WIDE_RANGE_FACTOR = 20.0  # an activation this many times wider than the median one counts as wide-range
+PREFIXES = (1, 2, 4)  # the short prefixes of the ranking tried before the search by groups
+RANKING_SAMPLES = 4  # samples quant-debug ranks layers on: a few rank as well as many, at a fraction of the time
 
 
 @dataclass
@@ -40,12 +47,17 @@ class ExclusionReport:
     attempts: int
     ranking: QuantDebugReport
     notes: list[str] = field(default_factory=list)
-    out_of_time: bool = False  # stopped by the deadline before the attempts ran out
+    out_of_time: bool = False  # stopped by the deadline (or the attempts) before the search was done
+    float_macs_share: float | None = None  # of the MACs the recipe quantized, the share the set keeps float
+    minimal: bool = False  # no node of the set can go back to int8 alone (the search ran to the end)
 
     def to_dict(self) -> dict:
         return {
             "met": self.met,
             "excluded": [c.__dict__ for c in self.excluded],
+            "size": len(self.excluded),
+            "float_macs_share": self.float_macs_share,
+            "minimal": self.minimal,
             "attempts": self.attempts,
             "worst_layers": [e.__dict__ for e in self.ranking.worst_layers(10)],
             "notes": self.notes,
@@ -53,12 +65,80 @@ class ExclusionReport:
         }
 
 
-def _quantizable_nodes(float_proto: onnx.ModelProto, quantized_proto: onnx.ModelProto) -> set[str]:
-    """Float nodes whose inputs or outputs the recipe quantized (excluding any other node changes nothing)."""
+@dataclass
+class SetSearch:
+    """What `find_float_set` found: a passing set (None when none), the attempts spent, and why it stopped where it did."""
+
+    found: tuple[str, ...] | None
+    attempts: int
+    minimal: bool = False
+    notes: list[str] = field(default_factory=list)
+    out_of_budget: bool = False
+
+
+def find_float_set(ordered: Sequence[str], passes: Callable[[tuple[str, ...]], bool], may_attempt: Callable[[], bool]) -> SetSearch:
+    """A small set of `ordered` (most suspect first) whose nodes kept float make `passes` true: the worse half first (or give
+    up), then one culprit at a time, each the end of the shortest passing prefix (found by galloping 1, 2, 4, ... then
+    bisecting, so culprits ranked high cost few attempts), until the culprits found pass alone. With a verdict that only
+    improves as nodes go float, the set is minimal: no node of it can go back to int8."""
+    tried: dict[tuple[str, ...], bool] = {}
+
+    def attempt(nodes: tuple[str, ...]) -> bool:
+        key = tuple(sorted(nodes))
+        if key not in tried:
+            tried[key] = passes(nodes)
+        return tried[key]
+
+    names = tuple(ordered)
+    if not names:
+        return SetSearch(None, 0, notes=["quant-debug ranked no quantized node of this recipe, so none could be kept in float"])
+    if not may_attempt():
+        return SetSearch(None, 0, notes=["no attempt fitted in the budget"], out_of_budget=True)
+    rest = names[: max(1, (len(names) + 1) // 2)]
+    if not attempt(rest):
+        return SetSearch(None, len(tried), notes=[f"keeping the worse half of the ranked nodes ({len(rest)} of {len(names)}) in float still misses "
+                                                  "the tolerance: only keeping most heavy layers float could rescue this recipe, which would leave "
+                                                  "little int8 speed; not searched further"])  # fmt: skip
+    found: tuple[str, ...] = ()  # culprits so far: found + rest always passes, found alone (at first, the recipe) does not
+
+    def unfinished(nodes: tuple[str, ...]) -> SetSearch:
+        return SetSearch(nodes, len(tried), notes=[f"the budget of attempts ended before the set was minimal ({len(nodes)} node(s))"],
+                         out_of_budget=True)  # fmt: skip
+
+    while True:
+        low, high = 0, len(rest)  # found + rest[:low] misses, found + rest[:high] passes
+        step = 1
+        while step < high and may_attempt():  # gallop: culprits ranked high are found in few attempts
+            if attempt(found + rest[:step]):
+                high = step
+                break
+            low, step = step, step * 2
+        while high - low > 1 and may_attempt():
+            middle = (low + high) // 2
+            if attempt(found + rest[:middle]):
+                high = middle
+            else:
+                low = middle
+        if high - low > 1:
+            return unfinished(found + rest[:high])
+        found, rest = found + (rest[high - 1],), rest[: high - 1]
+        if not rest:  # found + rest passes, so found does
+            break
+        if tuple(sorted(found)) not in tried and not may_attempt():
+            return unfinished(found + rest)
+        if attempt(found):
+            break
+    return SetSearch(found, len(tried), minimal=True)
+
+
+def _quantizable_nodes(float_proto: onnx.ModelProto, quantized_proto: onnx.ModelProto, op_types: Sequence[str] = ()) -> set[str]:
+    """Float nodes whose inputs or outputs the recipe quantized, of the recipe's op types when it names them (excluding
+    any other node changes nothing: a HardSwish between two quantized Convs reads dequantized values either way)."""
     touched = {node.input[0] for node in quantized_proto.graph.node if node.op_type == "QuantizeLinear"}
     touched |= {node.output[0] for node in quantized_proto.graph.node if node.op_type == "DequantizeLinear"}
     touched = {name.removesuffix("_DequantizeLinear_Output").removesuffix("_quantized") for name in touched}
-    return {n.name for n in float_proto.graph.node if touched & (set(n.input) | set(n.output))}
+    wanted = set(op_types) | ({"Gemm"} if "MatMul" in op_types else set())  # pre-processing fuses MatMul + Add into Gemm
+    return {n.name for n in float_proto.graph.node if touched & (set(n.input) | set(n.output)) and (not wanted or n.op_type in wanted)}
 
 
 def _tail_nodes(proto: onnx.ModelProto, index: GraphIndex, quantizable: set[str]) -> list[str]:
@@ -79,9 +159,10 @@ def _tail_nodes(proto: onnx.ModelProto, index: GraphIndex, quantizable: set[str]
     return found
 
 
-def candidates(float_proto: onnx.ModelProto, quantized_proto: onnx.ModelProto, ranking: QuantDebugReport) -> list[ExclusionCandidate]:
+def candidates(float_proto: onnx.ModelProto, quantized_proto: onnx.ModelProto, ranking: QuantDebugReport,
+               op_types: Sequence[str] = ()) -> list[ExclusionCandidate]:  # fmt: skip
     """Nodes to try keeping in float, most promising first, each with the reason it is on the list."""
-    quantizable = _quantizable_nodes(float_proto, quantized_proto)
+    quantizable = _quantizable_nodes(float_proto, quantized_proto, op_types)
     index = GraphIndex(float_proto)
     ordered: dict[str, str] = {}
     for name in _tail_nodes(float_proto, index, quantizable):
@@ -111,9 +192,10 @@ def search_exclusions(
     deadline: Deadline | None = None,
     keep_s: float = 0.0,
 ) -> tuple[Trial, ExclusionReport]:
-    """Keep the fewest nodes in float that make `outcome`'s recipe meet the judge's tolerances on `evaluation`
-    (layers ranked on `ranking_feeds`, default `evaluation`: a few samples rank as well as many, at a fraction of the time).
-    With a `deadline`, no attempt starts that would leave less than `keep_s` seconds (the slowest attempt so far as the guide)."""
+    """Keep a small set of nodes in float that makes `outcome`'s recipe meet the judge's tolerances on `evaluation` (pass
+    the calibration half, and judge the result on held-out samples after), within `max_attempts` quantize-and-judge rounds;
+    layers are ranked on `ranking_feeds` (default `evaluation`: a few samples rank as well as many). With a `deadline`, no
+    attempt starts that would leave less than `keep_s` seconds (the slowest attempt so far as the guide)."""
     recipe = outcome.candidate.recipe
     assert isinstance(recipe, QuantizeOptions) and outcome.model is not None
     report_progress = progress or silent
@@ -121,45 +203,51 @@ def search_exclusions(
     # Rank and exclude in the graph ORT quantized (pre-processing renames and fuses nodes).
     prepared = prepare(model, recipe, [])
     ranking = debug_quantization(prepared, outcome.model, ranking_feeds or evaluation)
-    ordered = candidates(prepared.proto, outcome.model.proto, ranking)
+    ordered = candidates(prepared.proto, outcome.model.proto, ranking, recipe.op_types)
+    reasons = {c.node: c.reason for c in ordered}
     base_exclude = tuple(recipe.exclude)
-    attempts = 0
-    tried: dict[int, Trial] = {}
+    built: dict[tuple[str, ...], Trial] = {}
 
-    def attempt(count: int) -> Trial:
-        nonlocal attempts
-        if count not in tried:
-            attempts += 1
-            report_progress(f"keeping {count} node(s) in float", min(0.95, attempts / max_attempts))
-            # Names are those of the prepared graph; pre-processing is deterministic, so they match again.
-            options = replace(recipe, exclude=base_exclude + tuple(c.node for c in ordered[:count]))
-            with timed(deadline, "exclusion attempt"):
-                tried[count] = build_recipe(model, options, calibration, evaluation, judge)
-        return tried[count]
+    def passes(nodes: tuple[str, ...]) -> bool:
+        report_progress(f"keeping {len(nodes)} node(s) in float", min(0.95, (len(built) + 1) / max_attempts))
+        # Names are those of the prepared graph; pre-processing is deterministic, so they match again.
+        options = replace(recipe, exclude=base_exclude + nodes)
+        with timed(deadline, "exclusion attempt"):
+            built[nodes] = build_recipe(model, options, calibration, evaluation, judge)
+        return built[nodes].passed
 
     def may_attempt() -> bool:
-        return attempts < max_attempts and (deadline is None or deadline.fits("exclusion attempt", keep_s, deadline.typical("build")))
+        return len(built) < max_attempts and (deadline is None or deadline.fits("exclusion attempt", keep_s, deadline.typical("build")))
 
-    low, high = 0, None
-    count = 1
-    while count <= len(ordered) and may_attempt():
-        if attempt(count).passed:
-            high = count
-            break
-        low = count
-        count = min(count * 2, len(ordered)) if count < len(ordered) else count + 1
-    if high is None:
-        notes = ([f"no prefix of {len(ordered)} candidate node(s) met the tolerance within {attempts} attempt(s)"] if ordered else
-                 ["quant-debug ranked no quantized node of this recipe, so none could be kept in float"])  # fmt: skip
-        out_of_time = attempts < max_attempts and count <= len(ordered)
-        if out_of_time:
-            notes.append(f"stopped after {attempts} attempt(s): the time budget")
-        return outcome, ExclusionReport(False, [], attempts, ranking, notes, out_of_time)
-    while high - low > 1 and may_attempt():
-        middle = (low + high) // 2
-        if attempt(middle).passed:
-            high = middle
-        else:
-            low = middle
-    chosen = tried[high]
-    return chosen, ExclusionReport(True, ordered[:high], attempts, ranking)
+    search = find_float_set([c.node for c in ordered], passes, may_attempt)
+    if search.found is None:
+        # Stopped by the deadline rather than by the attempts' cap or a verdict: a run with more time may find a set.
+        out_of_time = search.out_of_budget and len(built) < max_attempts
+        return outcome, ExclusionReport(False, [], search.attempts, ranking, search.notes, out_of_time)
+    chosen = next(trial for nodes, trial in built.items() if tuple(sorted(nodes)) == tuple(sorted(search.found)))
+    excluded = [ExclusionCandidate(node, reasons[node]) for node in search.found]
+    share = _float_macs_share(prepared, evaluation, outcome.model.proto, search.found, recipe.op_types)
+    notes = list(search.notes)
+    if share is not None:
+        notes.append(f"{len(excluded)} node(s) kept float, {share:.0%} of the MACs the recipe quantized")
+    return chosen, ExclusionReport(True, excluded, search.attempts, ranking, notes, search.out_of_budget, share, search.minimal)
+
+
+def _float_macs_share(prepared: Model, feeds: FeedSet, quantized: onnx.ModelProto, kept: Sequence[str], op_types: Sequence[str]) -> float | None:
+    """Of the MACs in nodes the recipe quantized, the share in the nodes kept float (None when they cannot be counted)."""
+    import sys
+
+    from ortforge.analysis.macs import count_macs
+    from ortforge.core.errors import UserError
+
+    sample = feeds.samples[0] if feeds.samples else None
+    if sample is None or any(not hasattr(value, "shape") for value in sample.values()):
+        return None
+    try:
+        report = count_macs(prepared, {name: tuple(value.shape) for name, value in sample.items()}, feeds=sample, top=sys.maxsize)
+    except UserError:
+        return None
+    quantizable = _quantizable_nodes(prepared.proto, quantized, op_types)
+    macs = {node.name: node.macs for node in report.top_nodes if not node.where and node.name in quantizable}
+    total = sum(macs.values())
+    return sum(macs.get(name, 0) for name in kept) / total if total else None
