@@ -25,16 +25,35 @@ PRECISION_RANKS = {"fp32": 0, "fusion": 1, "fp16": 2, "weight-only": 3, "int8 dy
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to rewrite the model: fp32 as is, transformer fusion, int8, weight-only int4/int8, fp16."""
+    """One way to rewrite the model: fp32 as is, transformer fusion, int8, weight-only int4/int8, fp16; with a `base`, a
+    pipeline: this transform applied to what the base candidate built (e.g. fusion, then dynamic int8), stage by stage."""
 
     label: str
     kind: str  # one of KINDS
     options: tuple[tuple[str, object], ...] = ()  # the transform's options, frozen (hashable, cacheable)
+    base: Candidate | None = None  # the stage before this one (None: applied to the original model)
 
     @classmethod
-    def of_recipe(cls, recipe: Recipe) -> Candidate:
-        """The candidate an int8 or weight-only recipe builds."""
-        return cls(recipe.describe(), "weight-only" if isinstance(recipe, WeightOnlyOptions) else "int8", frozen_options(recipe))
+    def of_recipe(cls, recipe: Recipe, base: Candidate | None = None) -> Candidate:
+        """The candidate an int8 or weight-only recipe builds (on what `base` built, when given)."""
+        kind = "weight-only" if isinstance(recipe, WeightOnlyOptions) else "int8"
+        return cls(recipe.describe() if base is None else f"{base.label} -> {recipe.describe()}", kind, frozen_options(recipe), base)
+
+    @property
+    def stages(self) -> list[Candidate]:
+        """The pipeline's stages, first first (one stage for a plain candidate)."""
+        return [*(self.base.stages if self.base else []), self]
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "label": self.label, "options": dict(self.options), **({"base": self.base.to_dict()} if self.base else {})}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Candidate:
+        """A candidate read back from `to_dict`'s JSON (options sorted, lists made tuples); KeyError when a key is missing."""
+        if data["kind"] not in KINDS:
+            raise ValueError(f"transform kind '{data['kind']}' is not one of {', '.join(KINDS)}")
+        options = tuple(sorted((str(k), tuple(v) if isinstance(v, list) else v) for k, v in data.get("options", {}).items()))
+        return cls(str(data["label"]), data["kind"], options, cls.from_dict(data["base"]) if data.get("base") else None)
 
     @property
     def settings(self) -> dict:
@@ -50,20 +69,24 @@ class Candidate:
         return None
 
     @property
-    def complexity(self) -> int:
-        """Rank in the simplicity order (`PRECISION_RANKS`): fp32 < fusion < fp16 < weight-only < dynamic int8 < static int8 < exclusions."""
+    def complexity(self) -> float:
+        """Rank in the simplicity order (`PRECISION_RANKS`): fp32 < fusion < fp16 < weight-only < dynamic int8 < static int8 < exclusions;
+        a pipeline ranks just above its last stage alone (one more transform between the user and their model)."""
+        extra = 0.5 if self.base is not None else 0.0
         if self.kind != "int8":
-            return PRECISION_RANKS[self.kind]
+            return PRECISION_RANKS[self.kind] + extra
         settings = self.settings
         if settings.get("exclude"):
-            return PRECISION_RANKS["int8 with exclusions"]
-        return PRECISION_RANKS["int8 static" if settings.get("mode") == "static" else "int8 dynamic"]
+            return PRECISION_RANKS["int8 with exclusions"] + extra
+        return PRECISION_RANKS["int8 static" if settings.get("mode") == "static" else "int8 dynamic"] + extra
 
     def key(self, model_hash: str, data_hash: str, judge_key: str = "") -> str:
-        """Cache key: the same model, transform, options, calibration data and judge build the same trial."""
+        """Cache key: the same model, transform, options, calibration data and judge build the same trial (a pipeline's
+        includes its base's, so each stage is cached once and shared by every pipeline starting with it)."""
         uses_data = self.kind == "int8" or self.settings.get("auto")  # calibration, or the mixed-precision search
-        text = json.dumps([model_hash, self.kind, self.options, data_hash if uses_data else "", judge_key], sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:24]
+        base = self.base.key(model_hash, data_hash, judge_key) if self.base else None
+        parts = [model_hash, self.kind, self.options, data_hash if uses_data else "", judge_key] + ([base] if base else [])
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 def frozen_options(options: object) -> tuple[tuple[str, object], ...]:

@@ -35,13 +35,17 @@ from ortforge.tuning.runner import LocalRunner, MeasureTarget, entry_files
 RETRIES = 3  # a task is tried on this many nodes before its failure is the run's
 
 
-def remote_build(model_bytes: bytes, calibration: FeedSet, evaluation: FeedSet, judge: Any, candidate: Candidate) -> tuple[str, dict[str, bytes]]:
-    """On a node: the local runner's build, in a scratch cache; returns the entry's key and files."""
+def remote_build(model_bytes: bytes, calibration: FeedSet, evaluation: FeedSet, judge: Any, candidate: Candidate,
+                 stages: dict[str, dict[str, bytes]] | None = None) -> tuple[str, dict[str, bytes]]:  # fmt: skip
+    """On a node: the local runner's build, in a scratch cache holding the pipeline's earlier `stages` (their cache
+    entries, built before); returns the entry's key and files."""
     import onnx
 
     model = from_proto(onnx.load_from_string(model_bytes))
     with tempfile.TemporaryDirectory(prefix="ortforge-node-") as scratch:
         runner = LocalRunner(model, calibration, evaluation, judge, Path(scratch))
+        for stage in candidate.stages[:-1]:
+            runner.store_files(stage, (stages or {})[runner.entry(stage).name])
         runner.build(candidate)
         folder = runner.entry(candidate)
         return folder.name, entry_files(folder)
@@ -146,6 +150,8 @@ class RayRunner:
         if candidate.kind == "fp32":  # judged in the driver, on the reference outputs it already holds
             with self.hold("judging fp32"):
                 return self.local.build(candidate)
+        # A pipeline's earlier stages first (each built once, anywhere, and cached here), carried to the node with it.
+        stages = {self.local.entry(stage).name: self._files_of(stage) for stage in candidate.stages[:-1]}
         entry = self.local.entry(candidate)
         key = entry.name
         waiting = self.scheduler.claim(str(entry))  # two targets asking for one build at once: the second waits for the first
@@ -158,7 +164,7 @@ class RayRunner:
             self._queued(max(0.0, min(done, self._granted.get(str(entry), done)) - asked))
             return self.local.cached(candidate) or self.build(candidate)  # its builder failed: try it here, failures surface
         try:
-            name, files = self._on_a_node("build", f"{candidate.label} of {self.model.name}", lambda node: self._pinned(remote_build, node).remote(self._model, *self._data_args(), candidate),
+            name, files = self._on_a_node("build", f"{candidate.label} of {self.model.name}", lambda node: self._pinned(remote_build, node).remote(self._model, *self._data_args(), candidate, stages),
                                           str(entry))  # fmt: skip
             if name != key:
                 raise RuntimeError(f"a node keyed {candidate.label} as {name}, this driver as {key}: the cache would split")
@@ -171,6 +177,11 @@ class RayRunner:
         assert trial is not None
         trial.cached = False  # built in this run, on a node
         return trial
+
+    def _files_of(self, stage: Candidate) -> dict[str, bytes]:
+        """A stage's cache entry files, built first when this cache lacks it."""
+        self.build(stage)
+        return entry_files(self.local.entry(stage))
 
     def prefetch(self, candidates: Sequence[Candidate]) -> None:
         """Start building every candidate now, each on a free node (the search then takes them one by one, as built):

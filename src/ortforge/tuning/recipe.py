@@ -56,7 +56,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            "transform": {"kind": self.candidate.kind, "label": self.candidate.label, "options": dict(self.candidate.options)},
+            "transform": self.candidate.to_dict(),
             "session": self.session.to_dict(),
             "session_label": self.session_label,
             "session_kind": self.session_kind,
@@ -76,12 +76,11 @@ class Recipe:
             raise UserError(f"{where}: recipe format '{found}' is not {FORMAT}")
         try:
             transform = data["transform"]
-            kind = transform["kind"]
-            if kind not in KINDS:
-                raise UserError(f"{where}: recipe transform kind '{kind}' is not one of {', '.join(KINDS)}")
+            if transform["kind"] not in KINDS:
+                raise UserError(f"{where}: recipe transform kind '{transform['kind']}' is not one of {', '.join(KINDS)}")
             if data.get("session_kind", "defaults") not in SESSION_RANKS:
                 raise UserError(f"{where}: recipe session kind '{data['session_kind']}' is not one of {', '.join(SESSION_RANKS)}")
-            candidate = Candidate(str(transform["label"]), kind, _frozen(transform.get("options", {})))
+            candidate = Candidate.from_dict(transform)
             recipe = cls(
                 candidate=candidate,
                 session=SessionConfig.from_dict(data["session"], where=f"{where}: recipe session"),
@@ -100,11 +99,6 @@ class Recipe:
             raise UserError(f"{where}: malformed recipe ({exc})") from None
         recipe.gate()  # a bad tolerance is named now, not after the build
         return recipe
-
-
-def _frozen(options: dict[str, Any]) -> tuple[tuple[str, object], ...]:
-    """A transform's options from JSON as a candidate holds them (sorted pairs, lists as tuples)."""
-    return tuple(sorted((str(k), tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
 
 
 def model_shape(model: Model) -> dict[str, Any]:

@@ -37,8 +37,7 @@ from ortforge.searches.trial import Candidate, Trial, frozen_options
 from ortforge.transforms import TransformResult
 
 RESULT_FILE = "result.json"
-EXCLUSION_ATTEMPTS = 6  # quantize-and-judge rounds the exclusion search may spend
-RANKING_SAMPLES = 4  # samples quant-debug ranks layers on for the exclusion search
+EXCLUSION_ATTEMPTS = 12  # quantize-and-judge rounds the exclusion search may spend (the deadline stops it sooner)
 MODEL_FILE = "model.onnx"
 
 
@@ -53,10 +52,6 @@ class MeasureTarget:
 class TrialRunner(Protocol):
     def build(self, candidate: Candidate) -> Trial: ...
     def measure(self, targets: Sequence[MeasureTarget], options: BenchOptions, progress: Progress | None = None) -> BenchReport: ...
-    def exclusion_record(self, candidate: Candidate) -> Path:
-        """Where the exclusion search's nodes for `candidate` are kept (beside its entry: a resumed run reads them)."""
-        return self.folder / f"exclusion-{candidate.key(self.model_hash, self.data_hash, self.judge_key)}.json"
-
     def exclusion(self, trial: Trial, progress: Progress | None = None, *, deadline: Deadline | None = None, keep_s: float = 0.0) -> Candidate | None:
         """The int8 candidate with the fewest nodes kept float that meets the tolerances (None if none found);
         no attempt starts that would leave less than `keep_s` before the deadline."""
@@ -142,9 +137,15 @@ class LocalRunner:
     def _build(self, candidate: Candidate) -> Trial:
         if candidate.kind == "fp32":
             return Trial(candidate, self.model, self.judge(self.judge.reference), size_bytes=model_size(self.model))
+        source = self.model
+        if candidate.base is not None:  # a pipeline: its earlier stages are built (or read) from the cache first
+            base = self.build(candidate.base)
+            if base.model is None:
+                return Trial(candidate, None, error=f"its first stage failed: {base.why_not}")
+            source = base.model
         try:
-            result = self._transform(candidate)
-            model = result.as_model(self.model)
+            result = self._transform(candidate, source)
+            model = result.as_model(source)
             verdict = self.judge(self._outputs(candidate, model))
         except HookError:
             raise
@@ -154,16 +155,16 @@ class LocalRunner:
             return Trial(candidate, None, error="the transform changed nothing", notes=result.notes)
         return Trial(candidate, model, verdict, notes=result.notes, size_bytes=model_size(model))
 
-    def _transform(self, candidate: Candidate) -> TransformResult:
+    def _transform(self, candidate: Candidate, source: Model) -> TransformResult:
         if candidate.kind == "fusion":
             from ortforge.transforms.fusion import FusionOptions, fuse_transformer
 
-            return fuse_transformer(self.model, FusionOptions(**candidate.settings))
+            return fuse_transformer(source, FusionOptions(**candidate.settings))
         if candidate.kind == "fp16":
             from ortforge.transforms.fp16 import convert_fp16
 
-            return convert_fp16(self.model, self._fp16_plan(candidate), feeds=self.evaluation)
-        return apply_recipe(self.model, candidate.recipe, self.calibration)
+            return convert_fp16(source, self._fp16_plan(candidate), feeds=self.evaluation)
+        return apply_recipe(source, candidate.recipe, self.calibration)
 
     def _fp16_plan(self, candidate: Candidate):  # -> Fp16Plan
         """Planned once per candidate (activation ranges measured on the calibration data)."""
@@ -238,26 +239,32 @@ class LocalRunner:
     def exclusion(self, trial: Trial, progress: Progress | None = None, *, deadline: Deadline | None = None, keep_s: float = 0.0) -> Candidate | None:
         """Search on the calibration half (the evaluation half then judges the result like any candidate);
         the nodes found are cached, so a resumed run does not search again."""
-        from ortforge.searches.exclusion import search_exclusions
+        from ortforge.searches.exclusion import RANKING_SAMPLES, search_exclusions
 
         recipe = trial.candidate.recipe
         record = self.exclusion_record(trial.candidate)
         if record.is_file():
-            nodes = json.loads(record.read_text())["nodes"]
+            found = json.loads(record.read_text())
         else:
-            judge = Judge(run_outputs(self.model, self.calibration), self.judge.tolerances, self.judge.hook, feeds=self.calibration)
+            # A pipeline's last stage is searched on what its earlier stages built (e.g. the fused model).
+            source = self.build(trial.candidate.base).model if trial.candidate.base is not None else self.model
+            assert source is not None
+            judge = self.judge.on(run_outputs(source, self.calibration), self.calibration)
             ranking = replace(self.calibration, samples=self.calibration.samples[:RANKING_SAMPLES])
-            _, report = search_exclusions(self.model, trial, self.calibration, self.calibration, judge, progress,
+            _, report = search_exclusions(source, trial, self.calibration, self.calibration, judge, progress,
                                           max_attempts=EXCLUSION_ATTEMPTS, ranking_feeds=ranking, deadline=deadline, keep_s=keep_s)  # fmt: skip
-            nodes = [c.node for c in report.excluded] if report.met else []
             if not report.met and report.out_of_time:
                 return None  # not recorded: with more time a later run may find them
+            found = {"candidate": trial.label, "nodes": [c.node for c in report.excluded] if report.met else [], "share": report.float_macs_share,
+                     "attempts": report.attempts, "minimal": report.minimal, "notes": report.notes}  # fmt: skip
             record.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(record, json.dumps({"candidate": trial.label, "nodes": nodes}))
+            atomic_write_text(record, json.dumps(found))
+        nodes = found["nodes"]
         if not nodes:
             return None
         kept_float = replace(recipe, exclude=tuple(recipe.exclude) + tuple(nodes))
-        return Candidate(f"{trial.label}, {len(nodes)} node(s) kept float", "int8", frozen_options(kept_float))
+        share = f", {found['share']:.0%} of its int8 MACs" if found.get("share") is not None else ""
+        return Candidate(f"{trial.label}, {len(nodes)} node(s) kept float{share}", "int8", frozen_options(kept_float), trial.candidate.base)
 
     def measure(self, targets: Sequence[MeasureTarget], options: BenchOptions, progress: Progress | None = None) -> BenchReport:
         from ortforge.core.target import host_id, this_target

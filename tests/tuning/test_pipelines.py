@@ -1,0 +1,63 @@
+"""Candidates that are pipelines: transformer fusion, then dynamic int8 of the fused model, built stage by stage with
+each stage cached once and shared, judged against the original model, and carried by a recipe."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from helpers import bert_encoder, save
+from ortforge.accuracy.judge import Judge
+from ortforge.accuracy.tolerance import default_tolerances
+from ortforge.commands.tune import prepare_tune
+from ortforge.core.session import run_outputs
+from ortforge.data.specs import ShapeOptions
+from ortforge.searches.trial import Candidate
+from ortforge.transforms.quantize import QuantizeOptions
+from ortforge.tuning.candidates import precision_candidates
+from ortforge.tuning.runner import LocalRunner
+
+FUSION = Candidate("fp32 + transformer fusion", "fusion", (("model_type", "auto"),))
+
+
+@pytest.fixture
+def runner(tmp_path):
+    job = prepare_tune(str(save(bert_encoder(), tmp_path / "bert.onnx")), samples=8, calib_samples=4,
+                       shape_options=ShapeOptions(dims={"batch": 2, "seq": 7}))  # fmt: skip
+    reference = run_outputs(job.model, job.evaluation)
+    return LocalRunner(job.model, job.calibration, job.evaluation, Judge(reference, default_tolerances(reference), feeds=job.evaluation),
+                       tmp_path / "cache")  # fmt: skip
+
+
+def test_fusion_then_int8_is_built_on_the_fused_model_and_its_first_stage_is_shared(runner):
+    s8 = Candidate.of_recipe(QuantizeOptions(mode="dynamic", per_channel=True, op_types=("MatMul",)), base=FUSION)
+    trial = runner.build(s8)
+    assert trial.passed, trial.why_not  # judged against the original model's outputs
+    ops = Counter(node.op_type for node in trial.model.proto.graph.node)
+    assert ops["Attention"] + ops["QAttention"] >= 1 and ops["DynamicQuantizeLinear"] + ops["QAttention"] >= 1, ops  # fused, then quantized
+    assert runner.built == 2 and (runner.entry(FUSION) / "result.json").is_file()  # the fusion stage, then the pipeline
+    u8 = Candidate.of_recipe(QuantizeOptions(mode="dynamic", weight_type="u8", per_channel=True, op_types=("MatMul",)), base=FUSION)
+    runner.build(u8)
+    assert runner.built == 3  # the fused model came from the cache
+    assert runner.entry(s8) != runner.entry(Candidate.of_recipe(s8.recipe))  # a pipeline is not its last stage alone
+    assert Candidate.from_dict(s8.to_dict()) == s8 and [c.kind for c in s8.stages] == ["fusion", "int8"]
+    assert s8.complexity > Candidate.of_recipe(s8.recipe).complexity  # within noise, the single transform wins
+
+
+def test_transformers_get_fusion_then_dynamic_int8_pipelines_and_cnns_do_not():
+    labels = [c.label for c in precision_candidates("transformer", ["CPUExecutionProvider"], True)]
+    assert sum(label.startswith("fp32 + transformer fusion -> dynamic") for label in labels) == 2
+    assert not any(" -> " in c.label for c in precision_candidates("cnn", ["CPUExecutionProvider"], False))
+
+
+def test_a_cluster_node_builds_a_pipeline_from_the_stages_carried_to_it(runner, monkeypatch):
+    from ortforge.tuning.ray_runner import remote_build
+    from ortforge.tuning.runner import entry_files
+
+    pipeline = Candidate.of_recipe(QuantizeOptions(mode="dynamic", per_channel=True, op_types=("MatMul",)), base=FUSION)
+    runner.build(pipeline)
+    stages = {runner.entry(FUSION).name: entry_files(runner.entry(FUSION))}
+    monkeypatch.setattr("ortforge.transforms.fusion.fuse_transformer", lambda *a: pytest.fail("fused again on the node"))
+    name, files = remote_build(runner.model.proto.SerializeToString(), runner.calibration, runner.evaluation, runner.judge, pipeline, stages)
+    assert name == runner.entry(pipeline).name and files["model.onnx"] == (runner.entry(pipeline) / "model.onnx").read_bytes()
