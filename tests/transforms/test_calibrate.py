@@ -350,3 +350,29 @@ def test_bad_options(kwargs, message):
 def test_no_samples(model):
     with pytest.raises(UserError, match="at least one sample"):
         calibrate(model, iter([]))
+
+
+def test_mse_ranges_clip_heavy_tails_and_keep_a_range_the_data_fills():
+    from ortforge.transforms.calibrate import StreamingHistogram
+    from ortforge.transforms.calibrate.ranges import mse_range
+
+    rng = np.random.default_rng(0)
+    tails = rng.standard_t(2, 200_000).astype(np.float32)  # heavy tails: a few values far beyond the bulk
+    outliers = StreamingHistogram(8192)
+    outliers.update(tails)
+    low, high = mse_range(outliers.final(2048))
+    assert 0.3 * tails.min() > low > 0.9 * tails.min() and 0.3 * tails.max() < high < 0.9 * tails.max()  # clipped, not collapsed
+    filled = StreamingHistogram(8192)
+    filled.update(rng.uniform(0, 1, 100_000).astype(np.float32))
+    low, high = mse_range(filled.final(2048))
+    assert low == 0.0 and high > 0.97  # uniform data: clipping any of it costs more than it saves
+
+
+def test_mse_calibration_feeds_ort_plain_ranges(model):
+    options = CalibrationOptions(method="mse")
+    result = calibrate(model, sample_feeds(), options)
+    data = result.to_tensors_data()
+    assert result.ranges and all(low <= 0 <= high for low, high in result.ranges.values())
+    minmax = calibrate(model, sample_feeds(), CalibrationOptions("minmax")).ranges
+    assert all(minmax[name][0] <= low and high <= minmax[name][1] for name, (low, high) in result.ranges.items())  # within the data
+    assert {name: tuple(float(np.asarray(v).reshape(-1)[0]) for v in item.range_value) for name, item in data.items()} == result.ranges

@@ -42,7 +42,7 @@ from ortforge.transforms.ort_quantizer import shapes_in_place
 MODES = ("dynamic", "static")
 FORMATS = ("qdq", "qoperator")
 TYPES = ("u8", "s8")
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "distribution")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "distribution", "mse")
 PER_CHANNEL_QDQ_OPSET = 13  # DequantizeLinear's `axis` arrived in opset 13
 MIN_QUANT_OPSET = 11
 QUANTIZED_OPS = {

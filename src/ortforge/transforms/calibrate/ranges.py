@@ -1,4 +1,4 @@
-"""Ranges from final histograms, computed by ORT's own entropy (KL), percentile and distribution code.
+"""Ranges from final histograms, computed by ORT's own entropy (KL), percentile and distribution code, and by our MSE search.
 
 ORT's `HistogramCollector` both collects (which needs every sample's values at once to give ORT's
 answer) and computes ranges from the histograms it holds. ortforge collects with its own
@@ -41,6 +41,8 @@ def histogram_ranges(
 
     if not histograms:
         return {}, {}
+    if options.method == "mse":
+        return {name: mse_range(histogram) for name, histogram in histograms.items()}, {}
     collector = ort_collector(options)
     # Per tensor, ORT's computations read (counts, edges, min, max) with float32 extremes: what its
     # own collection would have left there, here from our merged histograms.
@@ -58,3 +60,24 @@ def histogram_ranges(
             avg, std = item.avg_std
             moments[name] = (float(avg), float(std))
     return ranges, moments
+
+
+MSE_STEPS = 100  # clipping factors tried per tensor, from the full range down to 1% of it
+LEVELS = 255  # 8-bit steps
+
+
+def mse_range(histogram: Histogram) -> tuple[float, float]:
+    """The (low, high) range, 0 included and both ends shrunk by one factor, whose 8-bit rounding noise (step**2 / 12 per
+    value inside) plus clipping error (distance to the clip, squared, outside) over the histogram is least."""
+    counts = histogram.counts.astype(np.float64)
+    centers = (histogram.edges[:-1].astype(np.float64) + histogram.edges[1:]) / 2
+    low, high = min(histogram.low, 0.0), max(histogram.high, 0.0)
+    if high - low <= 0 or counts.sum() == 0:
+        return (low, high)
+    factors = np.linspace(1.0, 0.01, MSE_STEPS)[:, None]
+    lows, highs = low * factors, high * factors
+    steps = (highs - lows) / LEVELS
+    clipped = np.clip(centers[None, :], lows, highs)
+    error = (counts * ((centers - clipped) ** 2)).sum(axis=1) + counts.sum() * (steps[:, 0] ** 2) / 12
+    best = int(np.argmin(error))
+    return (float(np.float32(lows[best, 0])), float(np.float32(highs[best, 0])))

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-_ORT_METHOD_NAMES = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "distribution": "Distribution"}
+# mse ranges reach ORT as plain ranges, as minmax's do.
+_ORT_METHOD_NAMES = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "distribution": "Distribution", "mse": "MinMax"}
 
 
 @dataclass
@@ -50,7 +51,7 @@ class CalibrationResult:
                 avg, std = self.moments[name]
                 values.update(avg=np.array(avg, np.float32), std=np.array(std, np.float32))
                 values.update(hist=histogram.counts, hist_edges=histogram.edges)
-            elif histogram is not None:
+            elif histogram is not None and self.method != "mse":
                 values.update(hist=histogram.counts, bins=histogram.edges)
             data[name] = TensorData(**values)
         return TensorsData(CalibrationMethod[_ORT_METHOD_NAMES[self.method]], data)
