@@ -61,3 +61,25 @@ def test_a_cluster_node_builds_a_pipeline_from_the_stages_carried_to_it(runner, 
     monkeypatch.setattr("ortforge.transforms.fusion.fuse_transformer", lambda *a: pytest.fail("fused again on the node"))
     name, files = remote_build(runner.model.proto.SerializeToString(), runner.calibration, runner.evaluation, runner.judge, pipeline, stages)
     assert name == runner.entry(pipeline).name and files["model.onnx"] == (runner.entry(pipeline) / "model.onnx").read_bytes()
+
+
+def test_a_missed_static_recipe_is_built_again_with_accuracy_recovery_before_nodes_go_float(tmp_path):
+    from helpers import wide_range_feeds, wide_range_model
+    from ortforge.accuracy.tolerance import Tolerance
+    from ortforge.core.deadline import Deadline
+    from ortforge.core.model import load_model
+    from ortforge.tuning.search import _recover
+
+    model = load_model(save(wide_range_model(), tmp_path / "wide.onnx"))
+    calibration, evaluation = wide_range_feeds(16, 0), wide_range_feeds(16, 1)
+    runner = LocalRunner(model, calibration, evaluation, Judge(run_outputs(model, evaluation), [Tolerance("cosine", 0.99)]), tmp_path / "cache")
+    missed = runner.build(Candidate.of_recipe(QuantizeOptions(mode="static", op_types=("MatMul",))))
+    assert not missed.passed
+    trials, accurate, rejected, notes = [missed], [], [], []
+    _recover(runner, trials, accurate, rejected, Deadline(600), 0.0, lambda *a: None, notes)
+    recovered = trials[-1]
+    assert recovered.candidate.settings["equalize"] and recovered.candidate.settings["bias_correction"]
+    assert "equalized bias-corrected" in recovered.label and notes and notes[0].startswith(f"accuracy recovery of {missed.label}")
+    assert ("within tolerance" if recovered.passed else "still outside tolerance") in notes[0]
+    _recover(runner, trials, accurate, rejected, Deadline(600), 0.0, lambda *a: None, notes)  # once per search
+    assert len(trials) == 2 and len(notes) == 1

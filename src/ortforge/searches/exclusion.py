@@ -27,7 +27,7 @@ from ortforge.core.progress import Progress, silent
 from ortforge.data import FeedSet
 from ortforge.searches.recipes import build_recipe
 from ortforge.searches.trial import Trial
-from ortforge.transforms.quantize import QuantizeOptions, prepare
+from ortforge.transforms.quantize import QuantizeOptions, float_graph
 
 WIDE_RANGE_FACTOR = 20.0  # an activation this many times wider than the median one counts as wide-range
 PREFIXES = (1, 2, 4)  # the short prefixes of the ranking tried before the search by groups
@@ -200,8 +200,8 @@ def search_exclusions(
     assert isinstance(recipe, QuantizeOptions) and outcome.model is not None
     report_progress = progress or silent
     report_progress("ranking layers (quant-debug)", 0.0)
-    # Rank and exclude in the graph ORT quantized (pre-processing renames and fuses nodes).
-    prepared = prepare(model, recipe, [])
+    # Rank and exclude in the graph ORT quantized (pre-processing renames and fuses nodes; equalization rescales channels).
+    prepared = float_graph(model, recipe, calibration, [])
     ranking = debug_quantization(prepared, outcome.model, ranking_feeds or evaluation)
     ordered = candidates(prepared.proto, outcome.model.proto, ranking, recipe.op_types)
     reasons = {c.node: c.reason for c in ordered}

@@ -35,8 +35,10 @@ from ortforge.core.model import (
 )
 from ortforge.core.options import option
 from ortforge.core.scratch import release, scratch_folder
-from ortforge.data import Feed
+from ortforge.data import Feed, FeedSet
 from ortforge.transforms import TransformResult, op_count_changes
+from ortforge.transforms.bias_correction import correct_biases
+from ortforge.transforms.equalize import equalize
 from ortforge.transforms.ort_quantizer import shapes_in_place
 
 MODES = ("dynamic", "static")
@@ -68,6 +70,10 @@ class QuantizeOptions:
     calibration_method: str = option("minmax", choices=CALIBRATION_METHODS, flag="--method", help="calibration method (static)")
     percentile: float = option(99.999, help="for --method percentile")
     moving_average: bool = option(False, help="for --method minmax: moving average of per-sample ranges")
+    equalize: bool = option(False, help="static: bring each activation's channels to one range first, the scales folded into "
+                            "neighbouring weights and constants (the float model is unchanged; helps depthwise-separable CNNs)")
+    bias_correction: bool = option(False, help="static: take the mean output shift that weight rounding causes out of each "
+                                   "quantized Conv/Gemm bias (measured on the calibration samples)")
     extra_options: tuple[tuple[str, object], ...] = ()  # passed through to ORT's quantizer (Python only)
 
     def __post_init__(self) -> None:
@@ -87,6 +93,8 @@ class QuantizeOptions:
         parts += ["7-bit"] if self.reduce_range else []
         parts += ["+".join(self.op_types)] if self.op_types else ["all ops"]
         parts += [self.calibration_method] if self.mode == "static" else []
+        parts += ["equalized"] if self.equalize and self.mode == "static" else []
+        parts += ["bias-corrected"] if self.bias_correction and self.mode == "static" else []
         parts += [f"{len(self.exclude)} excluded"] if self.exclude else []
         return " ".join(p for p in parts if p)
 
@@ -252,6 +260,17 @@ def prepare(model: Model, options: QuantizeOptions, notes: list[str]) -> Model:
     return from_proto(proto)
 
 
+def float_graph(model: Model, options: QuantizeOptions, calibration: FeedSet | None, notes: list[str]) -> Model:
+    """The float model ORT's quantizer is handed: pre-processed (`prepare`), then equalized when the recipe asks. Node names
+    and tensors of the quantized model follow it, and so must anything comparing the two (quant-debug, the exclusion search)."""
+    prepared = prepare(model, options, notes)
+    if options.equalize and options.mode == "static" and calibration is not None:
+        equalized = equalize(prepared, calibration)
+        notes += equalized.notes
+        return equalized.as_model(prepared)
+    return prepared
+
+
 def is_large(model: Model) -> bool:
     """Weights near protobuf's 2 GB limit: the model must be handled on disk, never whole in memory."""
     return weight_bytes(model.proto) + external_bytes(model.proto) > EXTERNAL_DATA_THRESHOLD
@@ -354,7 +373,8 @@ def quantize(
     if options.mode == "static" and calibration is None:
         raise OptionError("mode", "static", "static quantization needs calibration data (calib); or use mode dynamic")
     notes: list[str] = []
-    prepared_model = prepare(model, options, notes)
+    samples = FeedSet(list(calibration), origin="calibration", generated=False) if calibration is not None else None  # read more than once
+    prepared_model = float_graph(model, options, samples, notes)
     prepared = prepared_model.proto
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, **dict(options.extra_options)}
     subgraph_nodes = _subgraph_nodes(prepared)
@@ -371,7 +391,12 @@ def quantize(
             quantized, data_dir = _quantize_dynamic(prepared_model, options, op_types, excluded, extra)
         else:
             extra["ActivationSymmetric"] = options.symmetric_activations
-            quantized = _quantize_static(prepared_model, options, calibration, op_types, excluded, extra, progress)
+            assert samples is not None
+            quantized = _quantize_static(prepared_model, options, samples.samples, op_types, excluded, extra, progress)
+            if options.bias_correction:
+                corrected = correct_biases(prepared_model, from_proto(quantized, base_dir=prepared_model.base_dir), samples, progress)
+                quantized = corrected.proto
+                notes += corrected.notes
     except UserError:
         raise
     except Exception as exc:  # ORT's quantizer raises bare exceptions for unsupported graphs

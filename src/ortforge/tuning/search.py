@@ -27,6 +27,7 @@ from ortforge.measure.cost import MeasureCost
 from ortforge.measure.memory import release_freed_memory
 from ortforge.measure.placement import placement_for
 from ortforge.searches.trial import Candidate, Trial
+from ortforge.transforms.quantize import QuantizeOptions
 from ortforge.tuning.runner import Hold, MeasureTarget, TrialRunner, no_hold
 from ortforge.tuning.schedule import Schedule, Stage
 from ortforge.tuning.sessions import SessionCandidate, session_space
@@ -113,6 +114,33 @@ def _build_all(runner: TrialRunner, candidates: Sequence[Candidate], deadline: D
         trials.append(trial)
         (accurate.append(trial) if trial.passed else rejected.append((candidate.label, trial.why_not)))
     return trials, accurate, rejected
+
+
+def _recover(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], rejected: list[tuple[str, str]], deadline: Deadline,
+             keep_s: float, progress: Progress, notes: list[str]) -> None:  # fmt: skip
+    """When no int8 recipe met the tolerance, the most accurate static one is built again with accuracy recovery
+    (activation equalization, then bias correction) before any node is kept float; the note says what it changed."""
+    missed = [t for t in trials if t.candidate.kind == "int8" and t.model is not None and not t.error and t not in accurate
+              and t.candidate.settings.get("mode") == "static" and not t.candidate.settings.get("equalize")]  # fmt: skip
+    recovered = any(t.candidate.settings.get("equalize") for t in trials)
+    if not missed or recovered or any(t.candidate.kind == "int8" for t in accurate):
+        return
+    trial = max(missed, key=lambda t: t.metrics.get("cosine", 0.0))
+    recipe = trial.candidate.recipe
+    assert isinstance(recipe, QuantizeOptions)
+    candidate = Candidate.of_recipe(replace(recipe, equalize=True, bias_correction=True), trial.candidate.base)
+    if not deadline.fits("build", keep_s):
+        rejected.append((candidate.label, "skipped: time budget"))
+        return
+    progress(f"accuracy recovery: {candidate.label}", 0.35)
+    with timed(deadline, "build"):
+        built = runner.build(candidate)
+    trials.append(built)
+    (accurate.append(built) if built.passed else rejected.append((candidate.label, built.why_not)))
+    changed = ", ".join(f"{name} {trial.metrics[name]:.4g} -> {built.metrics[name]:.4g}" for name in ("cosine", "top1", "agreement")
+                        if name in trial.metrics and name in built.metrics)  # fmt: skip
+    notes.append(f"accuracy recovery of {trial.label} (activation equalization + bias correction): {changed or built.why_not}"
+                 + ("; within tolerance" if built.passed else "; still outside tolerance"))
 
 
 def _exclude(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], rejected: list[tuple[str, str]], deadline: Deadline,
@@ -270,6 +298,7 @@ def tune_search(runner: TrialRunner, candidates: Sequence[Candidate], options: T
                           hint=f"give at least {math.ceil(1.5 * (least.minimum() + deadline.elapsed))}s")  # fmt: skip
     keep_s = least.minimum()
     trials, accurate, rejected = _build_all(runner, candidates, deadline, keep_s, report)
+    _recover(runner, trials, accurate, rejected, deadline, keep_s, report, notes)
     _exclude(runner, trials, accurate, rejected, deadline, keep_s, report)
     stages["build + accuracy"] = deadline.elapsed
     if not trials or trials[0].candidate.kind != "fp32":
