@@ -137,7 +137,7 @@ def _recover(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], re
         built = runner.build(candidate)
     trials.append(built)
     (accurate.append(built) if built.passed else rejected.append((candidate.label, built.why_not)))
-    changed = ", ".join(f"{name} {trial.metrics[name]:.4g} -> {built.metrics[name]:.4g}" for name in ("cosine", "top1", "agreement")
+    changed = ", ".join(f"{name} {trial.metrics[name]:.4g} -> {built.metrics[name]:.4g}" for name in ("cosine", "pooled_cosine", "top1", "agreement")
                         if name in trial.metrics and name in built.metrics)  # fmt: skip
     notes.append(f"accuracy recovery of {trial.label} (activation equalization + bias correction): {changed or built.why_not}"
                  + ("; within tolerance" if built.passed else "; still outside tolerance"))
@@ -147,7 +147,7 @@ def _exclude(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], re
              keep_s: float, progress: Progress) -> None:  # fmt: skip
     """When no int8 recipe met the tolerance, the most accurate one gets its worst nodes kept in float (once, time allowing).
 
-    With an accurate int8 candidate at hand the search (quant-debug plus up to 6 quantizations) rarely pays:
+    With an accurate int8 candidate at hand the search (quant-debug plus up to 12 quantizations) rarely pays:
     on the zoo it found nothing for magika's and MiniLM's missed recipes and doubled MiniLM's build stage."""
     missed = [t for t in trials if t.candidate.kind == "int8" and t.model is not None and not t.error and t not in accurate]
     if not missed or any(t.candidate.kind == "int8" for t in accurate):
