@@ -6,8 +6,8 @@
 Realistic inputs (zoo models) or --data, split: the first --calib samples calibrate, the next --samples judge (never
 used for calibration). Per model and static recipe, in order: ORT's recipe as it is, mse calibration, activation
 equalization, + bias correction, and (--exclusion) the exclusion search on the best of them (searched on the
-calibration samples, judged on the held-out ones). Dynamic recipes and, for transformers, fusion -> dynamic int8 are
-judged too. Every candidate within tolerance is then timed against fp32 with ORT defaults in one interleaved run
+calibration samples, judged on the held-out ones). Dynamic recipes (for transformers also with SmoothQuant at alpha 0.5
+and 0.7) and, for transformers, fusion -> dynamic int8 are judged too. Every candidate within tolerance is then timed against fp32 with ORT defaults in one interleaved run
 with an A/A pair, and each gets its roofline share (achieved GFLOP/s over this machine's ORT GEMM peaks).
 """
 
@@ -80,9 +80,10 @@ def main() -> None:
                 print(f"    {step:<34} {metrics(trial)}")
         for recipe in (QuantizeOptions(mode="dynamic", per_channel=True, op_types=("MatMul",)),
                        QuantizeOptions(mode="dynamic", weight_type="u8", per_channel=True, op_types=("MatMul",))):  # fmt: skip
-            trial = runner.build(Candidate.of_recipe(recipe))
-            built.append(trial)
-            print(f"  {recipe.describe():<38} {metrics(trial)}")
+            for step in (recipe, replace(recipe, smooth=0.5), replace(recipe, smooth=0.7)) if job.transformer else (recipe,):
+                trial = runner.build(Candidate.of_recipe(step))
+                built.append(trial)
+                print(f"  {step.describe():<52} {metrics(trial)}")
         if job.transformer:
             fusion = Candidate("fp32 + transformer fusion", "fusion", (("model_type", "auto"),))
             for recipe in (QuantizeOptions(mode="dynamic", per_channel=True, op_types=("MatMul",)),

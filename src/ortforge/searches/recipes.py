@@ -30,7 +30,7 @@ def apply_recipe(model: Model, recipe: Recipe, calibration: FeedSet, progress: P
     """Quantize with one recipe (static recipes calibrate on `calibration`)."""
     if isinstance(recipe, WeightOnlyOptions):
         return quantize_weight_only(model, recipe)
-    return quantize(model, recipe, calibration.samples if recipe.mode == "static" else None, progress)
+    return quantize(model, recipe, calibration.samples if recipe.mode == "static" or recipe.smooth else None, progress)
 
 
 def build_recipe(model: Model, recipe: Recipe, calibration: FeedSet, evaluation: FeedSet, judge: Judge,

@@ -40,6 +40,7 @@ from ortforge.transforms import TransformResult, op_count_changes
 from ortforge.transforms.bias_correction import correct_biases
 from ortforge.transforms.equalize import equalize
 from ortforge.transforms.ort_quantizer import shapes_in_place
+from ortforge.transforms.smooth import smooth
 
 MODES = ("dynamic", "static")
 FORMATS = ("qdq", "qoperator")
@@ -74,6 +75,8 @@ class QuantizeOptions:
                             "neighbouring weights and constants (the float model is unchanged; helps depthwise-separable CNNs)")
     bias_correction: bool = option(False, help="static: take the mean output shift that weight rounding causes out of each "
                                    "quantized Conv/Gemm bias (measured on the calibration samples)")
+    smooth: float = option(0.0, help="SmoothQuant alpha: move this share of MatMul inputs' outlier channels into the weights "
+                           "first (0 off; 0.5-0.8 for transformers; needs calibration samples, also for dynamic)")
     extra_options: tuple[tuple[str, object], ...] = ()  # passed through to ORT's quantizer (Python only)
 
     def __post_init__(self) -> None:
@@ -85,6 +88,8 @@ class QuantizeOptions:
                 raise OptionError(name, getattr(self, name), f"choose one of {', '.join(allowed)}")
         if not 0 < self.percentile <= 100:
             raise OptionError("percentile", self.percentile, "must lie in (0, 100]")
+        if not 0 <= self.smooth <= 1:
+            raise OptionError("smooth", self.smooth, "must lie in [0, 1]")
 
     def describe(self) -> str:
         """A short label, e.g. 'static qdq u8s8 per-channel Conv+MatMul minmax'."""
@@ -95,6 +100,7 @@ class QuantizeOptions:
         parts += [self.calibration_method] if self.mode == "static" else []
         parts += ["equalized"] if self.equalize and self.mode == "static" else []
         parts += ["bias-corrected"] if self.bias_correction and self.mode == "static" else []
+        parts += [f"smoothed {self.smooth:g}"] if self.smooth else []
         parts += [f"{len(self.exclude)} excluded"] if self.exclude else []
         return " ".join(p for p in parts if p)
 
@@ -264,6 +270,10 @@ def float_graph(model: Model, options: QuantizeOptions, calibration: FeedSet | N
     """The float model ORT's quantizer is handed: pre-processed (`prepare`), then equalized when the recipe asks. Node names
     and tensors of the quantized model follow it, and so must anything comparing the two (quant-debug, the exclusion search)."""
     prepared = prepare(model, options, notes)
+    if options.smooth and calibration is not None:
+        smoothed = smooth(prepared, calibration, options.smooth)
+        notes += smoothed.notes
+        prepared = smoothed.as_model(prepared)
     if options.equalize and options.mode == "static" and calibration is not None:
         equalized = equalize(prepared, calibration)
         notes += equalized.notes
@@ -372,6 +382,8 @@ def quantize(
     """int8-quantize with ORT (dynamic, or static on `calibration` feeds); returns the quantized model."""
     if options.mode == "static" and calibration is None:
         raise OptionError("mode", "static", "static quantization needs calibration data (calib); or use mode dynamic")
+    if options.smooth and calibration is None:
+        raise OptionError("smooth", options.smooth, "SmoothQuant needs calibration samples (calib) for the activations' ranges")
     notes: list[str] = []
     samples = FeedSet(list(calibration), origin="calibration", generated=False) if calibration is not None else None  # read more than once
     prepared_model = float_graph(model, options, samples, notes)
