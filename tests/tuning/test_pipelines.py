@@ -83,3 +83,35 @@ def test_a_missed_static_recipe_is_built_again_with_accuracy_recovery_before_nod
     assert ("within tolerance" if recovered.passed else "still outside tolerance") in notes[0]
     _recover(runner, trials, accurate, rejected, Deadline(600), 0.0, lambda *a: None, notes)  # once per search
     assert len(trials) == 2 and len(notes) == 1
+
+
+class _ScriptedRunner:
+    """Builds from a script: label -> cosine (pass at 0.99); records what was asked."""
+
+    def __init__(self, cosines: dict[str, float]) -> None:
+        self.cosines, self.asked = cosines, []
+
+    def build(self, candidate: Candidate):  # noqa: ANN201 - a Trial
+        from ortforge.accuracy.judge import Verdict
+        from ortforge.searches.trial import Trial
+
+        self.asked.append(candidate.label)
+        cosine = self.cosines.get(candidate.label, 0.5)
+        return Trial(candidate, model=object(), verdict=Verdict(cosine >= 0.99, [], {"cosine": cosine}))
+
+
+def test_a_passing_dynamic_recipe_does_not_stop_the_recovery_of_static_int8():
+    from ortforge.accuracy.judge import Verdict
+    from ortforge.core.deadline import Deadline
+    from ortforge.searches.trial import Trial
+    from ortforge.tuning.search import _recover
+
+    static = Candidate.of_recipe(QuantizeOptions(mode="static", per_channel=True, op_types=("Conv",)))
+    dynamic = Candidate.of_recipe(QuantizeOptions(mode="dynamic", per_channel=True, op_types=("MatMul",)))
+    trials = [Trial(static, model=object(), verdict=Verdict(False, [], {"cosine": 0.98})),
+              Trial(dynamic, model=object(), verdict=Verdict(True, [], {"cosine": 0.999}))]  # fmt: skip
+    accurate, notes = [trials[1]], []
+    runner = _ScriptedRunner({f"{static.label} equalized bias-corrected": 0.995})
+    _recover(runner, trials, accurate, [], Deadline(600), 0.0, lambda *a: None, notes)
+    assert runner.asked == [f"{static.label} equalized bias-corrected"]  # static recovered; the passing dynamic one left alone
+    assert trials[-1] in accurate and "within tolerance" in notes[0]
