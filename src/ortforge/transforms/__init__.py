@@ -59,3 +59,11 @@ def op_count_changes(before: onnx.ModelProto, after: onnx.ModelProto) -> dict[st
     """Op type -> change in count (only the op types whose count changed)."""
     old, new = op_counts(before), op_counts(after)
     return {op: new[op] - old[op] for op in sorted(set(old) | set(new)) if new[op] != old[op]}
+
+
+def drop_unused_initializers(proto: onnx.ModelProto) -> None:
+    """Remove the main graph's initializers no node or output reads (the constants a rewrite replaced with its own)."""
+    read = {name for node in proto.graph.node for name in node.input} | {o.name for o in proto.graph.output}
+    kept = [t for t in proto.graph.initializer if t.name in read]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)

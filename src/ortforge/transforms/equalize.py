@@ -32,7 +32,7 @@ from ortforge.core.graph import GraphIndex
 from ortforge.core.model import Model, fresh_name
 from ortforge.core.progress import Progress, silent
 from ortforge.data import FeedSet
-from ortforge.transforms import TransformResult
+from ortforge.transforms import TransformResult, drop_unused_initializers
 
 MAX_SCALE = 1000.0  # a channel is scaled up at most this much (dead channels stay as they are)
 MIN_GAIN = 2.0  # an activation whose narrowest live channel is within this factor of its widest is left alone
@@ -139,7 +139,7 @@ def equalize(model: Model, calibration: FeedSet, progress: Progress | None = Non
         done += 1
     if not done:
         return TransformResult(proto, changed=False, notes=[f"{len(sites)} equalizable activation(s), none with channels {MIN_GAIN:g}x apart or more"])
-    _drop_unused_initializers(proto)
+    drop_unused_initializers(proto)
     note = (f"{done} activation(s) equalized (of {len(sites)} found): their channels' ranges were up to {max(gains):.0f}x apart "
             f"(median {np.median(gains):.0f}x), now each within {MAX_SCALE:g}x of the widest")  # fmt: skip
     return TransformResult(proto, changed=True, changes=[f"{done} activation(s) equalized per channel"], notes=[note],
@@ -156,14 +156,6 @@ def _replace(proto: onnx.ModelProto, node: onnx.NodeProto, position: int, array:
     name = fresh_name(f"{node.input[position]}_equalized", used)
     proto.graph.initializer.append(numpy_helper.from_array(array, name))
     node.input[position] = name
-
-
-def _drop_unused_initializers(proto: onnx.ModelProto) -> None:
-    """The constants the rescaled copies replaced, unless another node still reads them."""
-    read = {name for node in proto.graph.node for name in node.input} | {o.name for o in proto.graph.output}
-    kept = [t for t in proto.graph.initializer if t.name in read]
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(kept)
 
 
 def _array(proto: onnx.ModelProto, name: str) -> np.ndarray:

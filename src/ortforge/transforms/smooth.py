@@ -20,7 +20,7 @@ from ortforge.core.graph import GraphIndex
 from ortforge.core.model import Model, fresh_name
 from ortforge.core.progress import Progress, silent
 from ortforge.data import FeedSet
-from ortforge.transforms import TransformResult
+from ortforge.transforms import TransformResult, drop_unused_initializers
 
 SCALE_LIMITS = (1e-4, 1e4)
 
@@ -72,10 +72,7 @@ def smooth(model: Model, calibration: FeedSet, alpha: float = 0.5, progress: Pro
             name = fresh_name(f"{node.input[1]}_smoothed", used)
             proto.graph.initializer.append(numpy_helper.from_array((weights[node.input[1]] * scale[:, None]).astype(np.float32), name))
             node.input[0], node.input[1] = smoothed, name
-    read = {name for node in proto.graph.node for name in node.input}
-    kept = [t for t in proto.graph.initializer if t.name in read or t.name in {o.name for o in proto.graph.output}]
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(kept)
+    drop_unused_initializers(proto)
     note = (f"{len(spreads)} MatMul input(s) smoothed (alpha {alpha:g}): their largest channel was up to {max(spreads):.0f}x their median one "
             f"(median {np.median(spreads):.0f}x)") if spreads else "no MatMul input had a channel to smooth"  # fmt: skip
     return TransformResult(proto, changed=bool(spreads), changes=[f"{len(spreads)} MatMul input(s) smoothed"] if spreads else [], notes=[note],
