@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +140,30 @@ def test_the_printed_node_command_pastes_into_a_shell_as_it_runs():
     assert words[0] == "ORTFORGE_TARGET_NAME=sim a" and words[2:4] == ["start", "--address=head:6379"]
     resources = json.loads(next(w for w in words if w.startswith("--resources=")).removeprefix("--resources="))
     assert sorted(key.split("_")[1] for key in resources) == ["host", "target"]
+
+
+def test_stopping_a_local_cluster_takes_its_renamed_children_too(tmp_path):
+    """A process whose command line names the port, and its child, which (like Ray's agents) does not."""
+    import os
+    import subprocess
+    import sys
+
+    from ortforge.tuning.cluster import stop_local_cluster
+
+    port = 6000 + os.getpid() % 1000
+    child = "import time, subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    parent = subprocess.Popen([sys.executable, "-c", child, "ray", f"--port={port}"])
+    time.sleep(1.0)
+    children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == parent.pid]
+    assert children
+    assert stop_local_cluster(port) >= 2
+    parent.wait(timeout=10)
+    time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() and "Z" not in (Path(f"/proc/{pid}") / "stat").read_text().split()[2] for pid in children)
+
+
+def _parent(proc) -> int:  # noqa: ANN001 - a /proc entry
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1

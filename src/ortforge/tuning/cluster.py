@@ -294,22 +294,36 @@ def target_providers(target: Target) -> list[str]:
 
 
 def stop_local_cluster(port: int) -> int:
-    """Kill this machine's Ray processes of the cluster on `port` only (`ray stop` stops every Ray cluster here); its
-    workers exit with their raylet. Returns how many processes were stopped (Linux: read from /proc)."""
+    """Kill this machine's Ray processes of the cluster on `port` only (`ray stop` stops every Ray cluster here), with
+    their children (Ray's agents rename themselves, so only their parents name the port). Returns how many processes
+    were stopped (Linux: read from /proc)."""
     import os
     import signal
 
     marks = (f":{port} ", f"--gcs_server_port={port} ", f"--port={port} ")
-    stopped = 0
+    parents: dict[int, int] = {}
+    matched: set[int] = set()
     for proc in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
         try:
             text = (proc / "cmdline").read_bytes().decode(errors="replace").replace("\0", " ") + " "
-        except OSError:
+            parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if proc.name.isdigit() and int(proc.name) != os.getpid() and "ray" in text and any(mark in text for mark in marks):
-            try:
-                os.kill(int(proc.name), signal.SIGKILL)
-                stopped += 1
-            except OSError:
-                pass
+        if "ray" in text and any(mark in text for mark in marks):
+            matched.add(int(proc.name))
+    doomed = set(matched)
+    while True:  # the matched processes' descendants
+        more = {pid for pid, parent in parents.items() if parent in doomed} - doomed
+        if not more:
+            break
+        doomed |= more
+    stopped = 0
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            stopped += 1
+        except OSError:
+            pass
     return stopped
