@@ -11,7 +11,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from ortforge.core.model import EXTERNAL_DATA_THRESHOLD, Model, external_bytes, from_proto, iter_nodes, save_model, weight_bytes
 from ortforge.core.scratch import scratch_folder
@@ -67,3 +69,8 @@ def drop_unused_initializers(proto: onnx.ModelProto) -> None:
     kept = [t for t in proto.graph.initializer if t.name in read]
     del proto.graph.initializer[:]
     proto.graph.initializer.extend(kept)
+
+
+def initializer_array(proto: onnx.ModelProto, name: str) -> np.ndarray:
+    """The main graph's initializer `name` as it stands now (rewrites replace them as they go, so no index is kept)."""
+    return numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == name))

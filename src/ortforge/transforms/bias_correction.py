@@ -25,7 +25,7 @@ from ortforge.core.graph import GraphIndex
 from ortforge.core.model import Model, from_proto
 from ortforge.core.progress import Progress, silent
 from ortforge.data import FeedSet
-from ortforge.transforms import TransformResult
+from ortforge.transforms import TransformResult, initializer_array
 
 CORRECTED_OPS = ("Conv", "Gemm")
 
@@ -80,20 +80,16 @@ def bias_sites(quantized: onnx.ModelProto, float_model: onnx.ModelProto) -> tupl
     return sites, missing
 
 
-def _array(proto: onnx.ModelProto, name: str) -> np.ndarray:
-    return numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == name))
-
-
 def _weight_error(quantized: onnx.ModelProto, float_model: onnx.ModelProto, site: BiasSite) -> np.ndarray:
     """Dequantized minus float weight, as the layer applies it."""
-    values = _array(quantized, site.weight).astype(np.float64)
-    scale = _array(quantized, site.weight_scale).astype(np.float64)
-    zero = _array(quantized, site.weight_zero_point).astype(np.float64) if site.weight_zero_point else np.zeros_like(scale)
+    values = initializer_array(quantized, site.weight).astype(np.float64)
+    scale = initializer_array(quantized, site.weight_scale).astype(np.float64)
+    zero = initializer_array(quantized, site.weight_zero_point).astype(np.float64) if site.weight_zero_point else np.zeros_like(scale)
     if scale.ndim:  # per channel along the weight's axis
         shape = [1] * values.ndim
         shape[site.weight_axis] = -1
         scale, zero = scale.reshape(shape), zero.reshape(shape)
-    return (values - zero) * scale - _array(float_model, site.float_weight).astype(np.float64)
+    return (values - zero) * scale - initializer_array(float_model, site.float_weight).astype(np.float64)
 
 
 def _shift(site: BiasSite, node: onnx.NodeProto, error: np.ndarray, input_mean: np.ndarray) -> np.ndarray:
@@ -106,6 +102,14 @@ def _shift(site: BiasSite, node: onnx.NodeProto, error: np.ndarray, input_mean: 
     per_group = error.shape[0] // groups
     inputs = input_mean.reshape(groups, -1)  # [group, in per group]
     return np.einsum("oi,oi->o", per_tap, inputs[np.arange(error.shape[0]) // per_group])
+
+
+def _input_channels(node: onnx.NodeProto, error: np.ndarray) -> int:
+    """The channel count of a layer's input: a Conv's weight is [out, in / group, k...], a Gemm's [in, out] (or [out, in])."""
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Conv":
+        return error.shape[1] * attributes.get("group", 1)
+    return error.shape[1 if attributes.get("transB", 0) else 0]
 
 
 def correct_biases(float_model: Model, quantized: Model, feeds: FeedSet, progress: Progress | None = None) -> TransformResult:
@@ -121,15 +125,13 @@ def correct_biases(float_model: Model, quantized: Model, feeds: FeedSet, progres
         return TransformResult(proto, changed=False, notes=notes + ["no quantized Conv/Gemm with a bias: nothing to correct"])
     nodes = {node.name: node for node in proto.graph.node}
     errors = {site: _weight_error(proto, float_model.proto, site) for site in sites}
-    widths = {site.input: (e.shape[1] * next((a.i for a in nodes[site.node].attribute if a.name == "group"), 1) if site.op_type == "Conv"
-                           else e.shape[1 if next((a.i for a in nodes[site.node].attribute if a.name == "transB"), 0) else 0])
-              for site, e in errors.items()}  # fmt: skip
+    widths = {site.input: _input_channels(nodes[site.node], errors[site]) for site in sites}
     shown(f"per-channel means of the inputs of {len(sites)} layer(s)", 0.0)
     means = channel_stats(from_proto(proto, base_dir=quantized.base_dir), widths, feeds, "mean")
     relative = []
     for site in sites:
         shift = _shift(site, nodes[site.node], errors[site], means[site.input])
-        bias = _array(proto, site.bias).astype(np.float64) * (_array(proto, site.scale) if site.scale else 1.0)
+        bias = initializer_array(proto, site.bias).astype(np.float64) * (initializer_array(proto, site.scale) if site.scale else 1.0)
         relative.append(float(np.abs(shift).mean() / (np.abs(bias).mean() or 1.0)))
         _move_bias(proto, site, shift)
     notes.append(f"{len(sites)} layer bias(es) corrected for weight rounding's mean shift (median {np.median(relative):.1%} of the bias's "
@@ -143,7 +145,7 @@ def _move_bias(proto: onnx.ModelProto, site: BiasSite, shift: np.ndarray) -> Non
     tensor = next(t for t in proto.graph.initializer if t.name == site.bias)
     values = numpy_helper.to_array(tensor)
     if site.scale:
-        scale = _array(proto, site.scale).astype(np.float64)
+        scale = initializer_array(proto, site.scale).astype(np.float64)
         step = np.round(shift.reshape(values.shape) / np.where(scale == 0, 1.0, scale)).astype(np.int64)
         info = np.iinfo(values.dtype)
         updated = np.clip(values.astype(np.int64) - step, info.min, info.max).astype(values.dtype)

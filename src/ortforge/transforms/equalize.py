@@ -32,7 +32,7 @@ from ortforge.core.graph import GraphIndex
 from ortforge.core.model import Model, fresh_name
 from ortforge.core.progress import Progress, silent
 from ortforge.data import FeedSet
-from ortforge.transforms import TransformResult, drop_unused_initializers
+from ortforge.transforms import TransformResult, drop_unused_initializers, initializer_array
 
 MAX_SCALE = 1000.0  # a channel is scaled up at most this much (dead channels stay as they are)
 MIN_GAIN = 2.0  # an activation whose narrowest live channel is within this factor of its widest is left alone
@@ -127,7 +127,7 @@ def equalize(model: Model, calibration: FeedSet, progress: Progress | None = Non
             continue
         scale = np.where(live, np.minimum(found.max() / np.where(live, found, 1.0), MAX_SCALE), 1.0)  # each channel up to the widest
         gains.append(float(found[live].max() / found[live].min()))
-        rank = _array(proto, nodes[site.conv].input[1]).ndim  # the activation's rank: N, C and the kernel's spatial axes
+        rank = initializer_array(proto, nodes[site.conv].input[1]).ndim  # the activation's rank: N, C and the kernel's spatial axes
         if site.kind == "producer":
             _scale_conv_outputs(proto, nodes[site.conv], scale, used)
             for name in site.constants:
@@ -158,21 +158,17 @@ def _replace(proto: onnx.ModelProto, node: onnx.NodeProto, position: int, array:
     node.input[position] = name
 
 
-def _array(proto: onnx.ModelProto, name: str) -> np.ndarray:
-    return numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == name))
-
-
 def _scale_conv_outputs(proto: onnx.ModelProto, conv: onnx.NodeProto, scale: np.ndarray, used: set[str]) -> None:
-    weight = _array(proto, conv.input[1])
+    weight = initializer_array(proto, conv.input[1])
     _replace(proto, conv, 1, (weight * scale.reshape(-1, *[1] * (weight.ndim - 1))).astype(weight.dtype), used)
     if len(conv.input) > 2 and conv.input[2]:
-        bias = _array(proto, conv.input[2])
+        bias = initializer_array(proto, conv.input[2])
         _replace(proto, conv, 2, (bias * scale).astype(bias.dtype), used)
 
 
 def _scale_depthwise_inputs(proto: onnx.ModelProto, conv: onnx.NodeProto, scale: np.ndarray, used: set[str]) -> None:
     """Depthwise weights [C * multiplier, 1, k...]: output channel o reads input channel o // multiplier."""
-    weight = _array(proto, conv.input[1])
+    weight = initializer_array(proto, conv.input[1])
     per_output = np.repeat(scale, weight.shape[0] // scale.size)
     _replace(proto, conv, 1, (weight * per_output.reshape(-1, *[1] * (weight.ndim - 1))).astype(weight.dtype), used)
 
@@ -182,7 +178,7 @@ def _scale_constant(proto: onnx.ModelProto, node: onnx.NodeProto, scale: np.ndar
     to broadcast over an activation of `rank` (the Conv's)."""
     initializers = {t.name for t in proto.graph.initializer}
     position = next(i for i, name in enumerate(node.input[:2]) if name in initializers)
-    constant = _array(proto, node.input[position])
+    constant = initializer_array(proto, node.input[position])
     if constant.size == 1:
         constant, shaped = constant.reshape([1] * rank), scale.reshape(1, -1, *[1] * (rank - 2))
     else:
