@@ -337,3 +337,36 @@ def the_error_line(stderr: str) -> str:
     assert all(PROGRESS_LINE.match(line) or (SETTINGS_LINE.match(line) and "error" not in line) for line in before), stderr
     assert last.startswith("ortforge: error:") or last.startswith("ortforge:"), stderr
     return last
+
+
+LCNET_CHANNELS = 6
+
+
+def lcnet_block():
+    """PP-LCNet's pattern as Paddle exports it (shape-[1] constants, the Mul's constant first), with a grouped Conv,
+    a Conv without bias, a per-channel affine and a padded Conv after an Add (which must keep its Add)."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="stem"),  # no bias
+        helper.make_node("Mul", ["k1", "c1"], ["m1"], name="lab1_mul"),
+        helper.make_node("Add", ["m1", "d1"], ["a1"], name="lab1_add"),
+        helper.make_node("HardSigmoid", ["a1"], ["h1"], name="act"),
+        helper.make_node("Mul", ["h1", "k2"], ["m2"], name="lab2_mul"),
+        helper.make_node("Add", ["m2", "d2"], ["a2"], name="lab2_add"),
+        helper.make_node("Conv", ["a2", "w2", "b2"], ["c2"], group=3, name="grouped_pointwise"),  # pads nothing: both fold
+        helper.make_node("Mul", ["c2", "k3"], ["m3"], name="per_channel_mul"),  # [1, C, 1, 1]
+        helper.make_node("Relu", ["m3"], ["r3"], name="relu"),
+        helper.make_node("Mul", ["r3", "k4"], ["m4"], name="before_padded_mul"),
+        helper.make_node("Add", ["m4", "d4"], ["a4"], name="before_padded_add"),  # stays: the Conv after it pads
+        helper.make_node("Conv", ["a4", "w3", "b3"], ["y"], pads=[1, 1, 1, 1], name="padded"),
+    ]
+    weights = [
+        weight("w1", rng.standard_normal((LCNET_CHANNELS, 3, 3, 3)).astype(np.float32)),
+        weight("k1", np.array([1.7], np.float32)), weight("d1", np.array([0.3], np.float32)),
+        weight("k2", np.array([0.6], np.float32)), weight("d2", np.array([-0.2], np.float32)),
+        weight("w2", rng.standard_normal((LCNET_CHANNELS, 2, 1, 1)).astype(np.float32)), weight("b2", rng.standard_normal(LCNET_CHANNELS).astype(np.float32)),
+        weight("k3", rng.uniform(0.5, 2, (1, LCNET_CHANNELS, 1, 1)).astype(np.float32)),
+        weight("k4", np.array([1.3], np.float32)), weight("d4", np.array([0.5], np.float32)),
+        weight("w3", rng.standard_normal((4, LCNET_CHANNELS, 3, 3)).astype(np.float32)), weight("b3", np.zeros(4, np.float32)),
+    ]  # fmt: skip
+    return make_model(nodes, [tensor("x", [1, 3, 10, 10])], [tensor("y", [1, 4, 10, 10])], weights)

@@ -51,6 +51,25 @@ def test_transformers_get_fusion_then_dynamic_int8_pipelines_and_cnns_do_not():
     assert not any(" -> " in c.label for c in precision_candidates("cnn", ["CPUExecutionProvider"], False))
 
 
+def test_models_with_affine_steps_beside_convs_get_folding_then_static_int8(tmp_path):
+    from helpers import lcnet_block
+
+    candidates = precision_candidates("cnn", ["CPUExecutionProvider"], False, foldable=True)
+    fold = next(c for c in candidates if c.kind == "fold")
+    pipelines = [c for c in candidates if c.base == fold]
+    assert pipelines and all(c.recipe.mode == "static" for c in pipelines)
+    job = prepare_tune(str(save(lcnet_block(), tmp_path / "lcnet.onnx")), samples=6, calib_samples=6)
+    reference = run_outputs(job.model, job.evaluation)
+    runner = LocalRunner(job.model, job.calibration, job.evaluation, Judge(reference, default_tolerances(reference), feeds=job.evaluation),
+                         tmp_path / "cache")  # fmt: skip
+    folded = runner.build(fold)
+    assert folded.passed and folded.metrics["cosine"] > 0.9999  # exact up to rounding, judged against the original
+    trial = runner.build(pipelines[0])
+    assert trial.model is not None and runner.built == 2
+    assert not any(n.op_type == "Mul" for n in trial.model.proto.graph.node)  # int8 of the folded graph
+    assert Candidate.from_dict(trial.candidate.to_dict()) == trial.candidate
+
+
 def test_a_cluster_node_builds_a_pipeline_from_the_stages_carried_to_it(runner, monkeypatch):
     from ortforge.tuning.ray_runner import remote_build
     from ortforge.tuning.runner import entry_files

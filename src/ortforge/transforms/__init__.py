@@ -71,6 +71,14 @@ def drop_unused_initializers(proto: onnx.ModelProto) -> None:
     proto.graph.initializer.extend(kept)
 
 
+def drop_unread_constants(proto: onnx.ModelProto) -> None:
+    """Remove the main graph's Constant nodes no node or output reads (a rewrite that replaced them with initializers)."""
+    read = {name for node in proto.graph.node for name in node.input} | {o.name for o in proto.graph.output}
+    unread = [n for n in proto.graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output[0] not in read]
+    for node in unread:
+        proto.graph.node.remove(node)
+
+
 def initializer_array(proto: onnx.ModelProto, name: str) -> np.ndarray:
     """The main graph's initializer `name` as it stands now (rewrites replace them as they go, so no index is kept)."""
     return numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == name))
