@@ -67,3 +67,16 @@ def test_verify_runs_both_models_with_their_configs(tmp_path):
     with pytest.raises(UserError, match="not written"):
         require(changed, "out.onnx")
     require(changed, "out.onnx", force=True)  # forced: no error
+
+
+def test_a_search_judge_with_a_margin_leaves_part_of_each_bound_unspent():
+    from ortforge.accuracy.tolerance import Tolerance, close
+
+    assert Tolerance("cosine", 0.99).tightened(0.75).value == pytest.approx(0.9925)
+    assert Tolerance("top1", 0.9).tightened(0.5).value == pytest.approx(0.95)
+    assert Tolerance("max_abs", 1e-2).tightened(0.75).value == pytest.approx(7.5e-3)
+    assert close(1e-2, 1e-3).tightened(0.5).value == pytest.approx(0.5)
+    reference = [{"y": np.ones(8, np.float32)}]
+    judge = Judge(reference, [Tolerance("cosine", 0.99)])
+    stricter = judge.on(reference, FeedSet([{"x": np.zeros(1, np.float32)}], origin="test", generated=True), margin=0.75)
+    assert stricter.tolerances[0].value == pytest.approx(0.9925) and judge.tolerances[0].value == 0.99

@@ -134,3 +134,22 @@ def test_a_passing_dynamic_recipe_does_not_stop_the_recovery_of_static_int8():
     _recover(runner, trials, accurate, [], Deadline(600), 0.0, lambda *a: None, notes)
     assert runner.asked == [f"{static.label} equalized bias-corrected"]  # static recovered; the passing dynamic one left alone
     assert trials[-1] in accurate and "within tolerance" in notes[0]
+
+
+def test_the_recipe_rescued_is_the_one_with_most_of_the_graph_in_int8_among_the_nearly_most_accurate():
+    from onnx import helper
+
+    from helpers import make_model
+    from ortforge.accuracy.judge import Verdict
+    from ortforge.core.model import from_proto
+    from ortforge.searches.trial import Trial
+    from ortforge.tuning.search import RESCUE_SLACK, _to_rescue
+
+    def missed(label: str, cosine: float, dequantized: int) -> Trial:
+        nodes = [helper.make_node("DequantizeLinear", [], [f"d{i}"], name=f"d{i}") for i in range(dequantized)]
+        model = from_proto(make_model(nodes, [], [], []))
+        return Trial(Candidate(label, "int8", (("mode", "static"),)), model, Verdict(False, [], {"cosine": cosine}))
+
+    conv_only, every_op, broken = missed("conv only", 0.987, 60), missed("every op", 0.968, 200), missed("broken", 0.002, 400)
+    assert _to_rescue([conv_only, every_op, broken]) is every_op  # the broken one has most int8 but is far off
+    assert _to_rescue([conv_only, missed("far", 0.987 - RESCUE_SLACK - 0.01, 300)]) is conv_only

@@ -110,10 +110,12 @@ class Judge:
         self.masks = token_masks(feeds.samples) if feeds is not None and len(feeds) == len(reference) else None
         self.notes = _evidence_notes(reference)
 
-    def on(self, reference: Outputs, feeds: FeedSet) -> Judge:
+    def on(self, reference: Outputs, feeds: FeedSet, margin: float = 1.0) -> Judge:
         """The same gate over other samples (`reference`: the original's outputs on `feeds`), e.g. the calibration half a
-        search judges on while the evaluation half is kept for the verdict."""
-        return Judge(reference, self.tolerances, self.hook, feeds=feeds, reference_label=self.reference_label)
+        search judges on while the evaluation half is kept for the verdict; `margin` < 1 leaves that share of each bound's
+        allowed error (`Tolerance.tightened`), for searches whose answer is then confirmed on samples they never saw."""
+        tolerances = [t.tightened(margin) for t in self.tolerances] if margin != 1.0 else self.tolerances
+        return Judge(reference, tolerances, self.hook, feeds=feeds, reference_label=self.reference_label)
 
     def key(self) -> str:
         """What decides this judge's verdicts besides the outputs: its tolerances and the hook's identity (for cache keys)."""

@@ -65,6 +65,15 @@ class Tolerance:
             return [f"rtol={self.rtol!r}", f"atol={self.atol!r}"]
         return [f"{self.metric}={self.value!r}"]
 
+    def tightened(self, share: float) -> Tolerance:
+        """The bound leaving only `share` of the error it allows (cosine >= 0.99 at 0.75: cosine >= 0.9925)."""
+        if self.metric == "close":
+            return replace(self, value=self.value * share)
+        if self.higher_is_better and self.metric in BOUNDED:
+            low, high = BOUNDED[self.metric]
+            return replace(self, value=high - (high - self.value) * share)
+        return replace(self, value=self.value * share if not self.higher_is_better else self.value)
+
     def miss(self, measured: float) -> str:
         """One line saying how a measured value misses this bound."""
         if self.metric == "close":

@@ -33,7 +33,7 @@ from ortforge.data import GENERATED_WARNING, FeedSet, ShapeOptions
 from ortforge.measure.bench import BenchOptions, BenchReport, Variant, bench
 from ortforge.measure.compare import score, verdict_text, winner
 from ortforge.measure.cost import reference_run
-from ortforge.searches.exclusion import RANKING_SAMPLES, ExclusionReport, search_exclusions
+from ortforge.searches.exclusion import RANKING_SAMPLES, SEARCH_MARGIN, ExclusionReport, search_exclusions
 from ortforge.searches.recipes import auto_recipes, build_recipe
 from ortforge.searches.trial import Candidate, Recipe, Trial
 from ortforge.transforms.quantize import QuantizeOptions, check_names
@@ -145,7 +145,7 @@ def quantize_model(
     if first and not first.passed and first.model is not None and isinstance(first.candidate.recipe, QuantizeOptions) and auto_exclude and not force:
         # Searched on the calibration samples; the set found is then judged on the evaluation samples, which it never saw.
         search_feeds = calibration if len(calibration) else evaluation
-        searched_on = judge.on(run_outputs(model, search_feeds), search_feeds) if len(calibration) else judge
+        searched_on = judge.on(run_outputs(model, search_feeds), search_feeds, margin=SEARCH_MARGIN) if len(calibration) else judge
         ranking = replace(search_feeds, samples=search_feeds.samples[:RANKING_SAMPLES])  # a few samples rank as well as many
         fixed, exclusion = search_exclusions(model, first, calibration, search_feeds, searched_on, progress, deadline=deadline, keep_s=keep_s,
                                              ranking_feeds=ranking)  # fmt: skip

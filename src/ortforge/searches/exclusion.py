@@ -32,6 +32,10 @@ from ortforge.transforms.quantize import QuantizeOptions, float_graph
 WIDE_RANGE_FACTOR = 20.0  # an activation this many times wider than the median one counts as wide-range
 PREFIXES = (1, 2, 4)  # the short prefixes of the ranking tried before the search by groups
 RANKING_SAMPLES = 4  # samples quant-debug ranks layers on: a few rank as well as many, at a fraction of the time
+HEAVY_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")  # the layers a leading region counts
+# Attempts judged on the calibration half leave this share of each bound's error unspent: the recipe was calibrated on
+# those samples, so it does better there than on held-out ones (a set that passed there by a hair missed on both det and magika).
+SEARCH_MARGIN = 0.75
 
 
 @dataclass
@@ -97,8 +101,7 @@ def find_float_set(ordered: Sequence[str], passes: Callable[[tuple[str, ...]], b
     rest = names[: max(1, (len(names) + 1) // 2)]
     if not attempt(rest):
         return SetSearch(None, len(tried), notes=[f"keeping the worse half of the ranked nodes ({len(rest)} of {len(names)}) in float still misses "
-                                                  "the tolerance: only keeping most heavy layers float could rescue this recipe, which would leave "
-                                                  "little int8 speed; not searched further"])  # fmt: skip
+                                                  "the tolerance: no small set of nodes holds the error"])  # fmt: skip
     found: tuple[str, ...] = ()  # culprits so far: found + rest always passes, found alone (at first, the recipe) does not
 
     def unfinished(nodes: tuple[str, ...]) -> SetSearch:
@@ -129,6 +132,47 @@ def find_float_set(ordered: Sequence[str], passes: Callable[[tuple[str, ...]], b
         if attempt(found):
             break
     return SetSearch(found, len(tried), minimal=True)
+
+
+def find_leading_region(regions: Sequence[tuple[str, ...]], passes: Callable[[tuple[str, ...]], bool],
+                        may_attempt: Callable[[], bool]) -> SetSearch:  # fmt: skip
+    """The shortest of `regions` (growing leading parts of the graph: everything up to the k-th heavy layer) whose nodes
+    kept float make `passes` true, by bisection; the first half of the heavy layers at most (more would leave little int8).
+    For networks whose early, high-resolution layers carry the error that every later layer then passes on."""
+    if not regions:
+        return SetSearch(None, 0, notes=["no heavy layer to keep float"])
+    attempts = 0
+    low, high = 0, max(1, len(regions) // 2)  # regions[low - 1] misses (none at 0), regions[high - 1] is the first to check
+    if not may_attempt():
+        return SetSearch(None, 0, notes=["no attempt fitted in the budget"], out_of_budget=True)
+    attempts += 1
+    if not passes(regions[high - 1]):
+        return SetSearch(None, attempts, notes=[f"keeping the first {high} of {len(regions)} heavy layers float (and everything before "
+                                                "them) still misses: only keeping most heavy layers float could rescue this recipe, which "
+                                                "would leave little int8 speed; not searched further"])  # fmt: skip
+    while high - low > 1 and may_attempt():
+        middle = (low + high) // 2
+        attempts += 1
+        if passes(regions[middle - 1]):
+            high = middle
+        else:
+            low = middle
+    done = high - low <= 1
+    notes = [f"kept float: the leading part of the graph through heavy layer {high} of {len(regions)} ({len(regions[high - 1])} node(s))"
+             + ("" if done else "; the budget of attempts ended before the shortest such part was found")]  # fmt: skip
+    return SetSearch(regions[high - 1], attempts, minimal=False, notes=notes, out_of_budget=not done)
+
+
+def leading_regions(proto: onnx.ModelProto, quantizable: set[str]) -> list[tuple[str, ...]]:
+    """For each heavy quantizable layer in graph order, the quantizable nodes up to and including it."""
+    regions, region = [], []
+    for node in proto.graph.node:
+        if node.name not in quantizable:
+            continue
+        region.append(node.name)
+        if node.op_type in HEAVY_OPS:
+            regions.append(tuple(region))
+    return regions
 
 
 def _quantizable_nodes(float_proto: onnx.ModelProto, quantized_proto: onnx.ModelProto, op_types: Sequence[str] = ()) -> set[str]:
@@ -220,6 +264,12 @@ def search_exclusions(
         return len(built) < max_attempts and (deadline is None or deadline.fits("exclusion attempt", keep_s, deadline.typical("build")))
 
     search = find_float_set([c.node for c in ordered], passes, may_attempt)
+    if search.found is None and not search.out_of_budget and search.attempts:
+        # The worse half missed: the error may be spread over the early layers rather than held by a few nodes.
+        quantizable = _quantizable_nodes(prepared.proto, outcome.model.proto, recipe.op_types)
+        region = find_leading_region(leading_regions(prepared.proto, quantizable), passes, may_attempt)
+        reasons.update({node: "in the leading part of the graph kept float" for node in region.found or ()})
+        search = replace(region, attempts=search.attempts + region.attempts, notes=search.notes + region.notes)
     if search.found is None:
         # Stopped by the deadline rather than by the attempts' cap or a verdict: a run with more time may find a set.
         out_of_time = search.out_of_budget and len(built) < max_attempts

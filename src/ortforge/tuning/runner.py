@@ -243,7 +243,7 @@ class LocalRunner:
     def exclusion(self, trial: Trial, progress: Progress | None = None, *, deadline: Deadline | None = None, keep_s: float = 0.0) -> Candidate | None:
         """Search on the calibration half (the evaluation half then judges the result like any candidate);
         the nodes found are cached, so a resumed run does not search again."""
-        from ortforge.searches.exclusion import RANKING_SAMPLES, search_exclusions
+        from ortforge.searches.exclusion import RANKING_SAMPLES, SEARCH_MARGIN, search_exclusions
 
         recipe = trial.candidate.recipe
         record = self.exclusion_record(trial.candidate)
@@ -253,7 +253,7 @@ class LocalRunner:
             # A pipeline's last stage is searched on what its earlier stages built (e.g. the fused model).
             source = self.build(trial.candidate.base).model if trial.candidate.base is not None else self.model
             assert source is not None
-            judge = self.judge.on(run_outputs(source, self.calibration), self.calibration)
+            judge = self.judge.on(run_outputs(source, self.calibration), self.calibration, margin=SEARCH_MARGIN)
             ranking = replace(self.calibration, samples=self.calibration.samples[:RANKING_SAMPLES])
             _, report = search_exclusions(source, trial, self.calibration, self.calibration, judge, progress,
                                           max_attempts=EXCLUSION_ATTEMPTS, ranking_feeds=ranking, deadline=deadline, keep_s=keep_s)  # fmt: skip
