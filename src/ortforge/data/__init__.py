@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,6 +55,17 @@ class FeedSet:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def content_hash(self) -> str:
+        """sha256 (16 hex digits) of the samples' names and values: the same data hashes the same wherever it was read."""
+        digest = hashlib.sha256()
+        for sample in self.samples:
+            for name in sorted(sample):
+                digest.update(name.encode())
+                value = sample[name]
+                for item in value if isinstance(value, list) else [value]:  # a sequence's items; None for an absent optional
+                    digest.update(b"<none>" if item is None else np.ascontiguousarray(item).tobytes())
+        return digest.hexdigest()[:16]
 
     def to_dict(self) -> dict:
         first = self.samples[0] if self.samples else {}

@@ -336,6 +336,10 @@ def _quantize_dynamic(prepared: Model, options: QuantizeOptions, op_types: list[
         return onnx.load(str(target)), None
 
 
+RECENT_RANGES_KEPT = 4  # calibrations kept in memory (small: a range or a fixed-size histogram per tensor)
+_RECENT_RANGES: dict[tuple, object] = {}
+
+
 def _quantize_static(
     model: Model, options: QuantizeOptions, calibration: Iterable[Feed], op_types: list[str],
     excluded: list[str], extra: dict, progress: Callable[[str, float], None] | None,
@@ -357,7 +361,13 @@ def _quantize_static(
         symmetric=True if options.symmetric_activations else None,
         op_types=tuple(op_types) if op_types else None,
     )
-    ranges = calibrate(model, calibration, calibration_options, progress=progress)
+    samples = FeedSet(list(calibration), origin="calibration", generated=False)
+    key = (model.content_hash(), samples.content_hash(), calibration_options)
+    if key not in _RECENT_RANGES:  # the exclusion search quantizes one recipe many times: its ranges do not change
+        _RECENT_RANGES[key] = calibrate(model, samples.samples, calibration_options, progress=progress)
+        while len(_RECENT_RANGES) > RECENT_RANGES_KEPT:
+            del _RECENT_RANGES[next(iter(_RECENT_RANGES))]
+    ranges = _RECENT_RANGES[key]
     types = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
     return quantize_with_ranges(
         model,

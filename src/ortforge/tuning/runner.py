@@ -6,7 +6,6 @@ machine. A cluster backend would implement the same two methods and fan candidat
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,8 +16,6 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
-
-import numpy as np
 
 from ortforge.accuracy.hooks import HookError
 from ortforge.accuracy.judge import Judge
@@ -88,25 +85,14 @@ def entry_files(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
 
 
-def feeds_hash(feeds: FeedSet) -> str:
-    digest = hashlib.sha256()
-    for sample in feeds.samples:
-        for name in sorted(sample):
-            digest.update(name.encode())
-            value = sample[name]
-            for item in value if isinstance(value, list) else [value]:  # a sequence's items; None for an absent optional
-                digest.update(b"<none>" if item is None else np.ascontiguousarray(item).tobytes())
-    return digest.hexdigest()[:16]
-
-
 class LocalRunner:
     """Builds candidates here, caching each under <cache>/<model hash>/<candidate key>/."""
 
     def __init__(self, model: Model, calibration: FeedSet, evaluation: FeedSet, judge: Judge, cache: Path) -> None:
         self.model, self.calibration, self.evaluation, self.judge = model, calibration, evaluation, judge
         self.model_hash = model.content_hash()
-        self.data_hash = feeds_hash(calibration)
-        self.judge_key = judge.key() + feeds_hash(evaluation)  # the whole judge: tolerances, hook, evaluation samples
+        self.data_hash = calibration.content_hash()
+        self.judge_key = judge.key() + evaluation.content_hash()  # the whole judge: tolerances, hook, evaluation samples
         self.folder = cache / self.model_hash[:16]
         self.built = 0  # candidates built (not taken from the cache) in this run
         self._plans: dict = {}

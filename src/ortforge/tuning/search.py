@@ -35,7 +35,8 @@ from ortforge.tuning.sessions import SessionCandidate, session_space
 OBJECTIVES = ("latency", "throughput", "startup", "size")
 JOURNAL = "journal.json"
 SESSION_FINALISTS = 2  # session options carried into the final run after their own screen
-RESCUE_SLACK = 0.05  # missed recipes this close in cosine to the most accurate compete for rescue on their int8 share
+RESCUE_SLACK = 0.05  # missed recipes this close in cosine to the most accurate compete for rescue on their speed
+RESCUE_SCREEN_S = 1.0  # seconds of timed runs per recipe in that race
 EXCLUSION_BUDGET_SHARE = 0.6  # the exclusion search starts only while this share of the budget is left
 BUILD_BUDGET_SHARE = 0.6  # builds start only while this share of the budget has not been spent
 # The timed stages; max_seconds and the deadline are set when the schedule grants a stage its time.
@@ -162,13 +163,21 @@ def _cosine(trial: Trial) -> float:
     return trial.metrics.get("cosine", 0.0)
 
 
-def _to_rescue(missed: list[Trial]) -> Trial:
-    """Of the missed recipes within RESCUE_SLACK cosine of the most accurate, the one with the most of the graph in int8
-    (DequantizeLinear nodes): keeping a few nodes float leaves it the most speed. On PP-OCRv4 det the most accurate
-    (Conv only, 0.987) would run at ~0.9x of fp32 rescued; every op of the folded graph (0.968) ran at 0.67x."""
+def _near_most_accurate(missed: list[Trial]) -> list[Trial]:
+    """The missed recipes within RESCUE_SLACK cosine of the most accurate: the ones worth rescuing by keeping nodes float."""
     best = max(_cosine(t) for t in missed)
-    near = [t for t in missed if _cosine(t) >= best - RESCUE_SLACK]
-    return max(near, key=lambda t: (sum(n.op_type == "DequantizeLinear" for n in t.model.proto.graph.node) if t.model else 0, _cosine(t)))
+    return [t for t in missed if _cosine(t) >= best - RESCUE_SLACK]
+
+
+def _fastest(runner: TrialRunner, trials: list[Trial], progress: Progress) -> Trial:
+    """The fastest of a few missed recipes, timed briefly with ORT's defaults: the one to rescue keeps the most speed once
+    a few nodes go float. On PP-OCRv4 det the most accurate (Conv only, 0.987) ran at ~0.85x of fp32, every op of the
+    folded graph (0.968) at 0.67x. Which one is faster cannot be read off the graph (ORT's fusions decide it)."""
+    if len(trials) == 1:
+        return trials[0]
+    targets = [MeasureTarget(t.label, t, SessionConfig()) for t in trials]
+    report = runner.measure(targets, replace(SCREEN, max_seconds=RESCUE_SCREEN_S), section(progress, "timing the recipes to rescue", 0.35, 0.36))
+    return min(zip(trials, report.variants), key=lambda pair: pair[1].latency.p50)[0]
 
 
 def _better_calibrated(runner: TrialRunner, trial: Trial, trials: list[Trial], rejected: list[tuple[str, str]], deadline: Deadline,
@@ -192,7 +201,8 @@ def _better_calibrated(runner: TrialRunner, trial: Trial, trials: list[Trial], r
 
 def _exclude(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], rejected: list[tuple[str, str]], deadline: Deadline,
              keep_s: float, progress: Progress) -> None:  # fmt: skip
-    """When no int8 recipe of a mode met the tolerance, one missed recipe of that mode, static first (`_to_rescue`), gets
+    """When no int8 recipe of a mode met the tolerance, one missed recipe of that mode, static first (the fastest of the
+    nearly most accurate: `_near_most_accurate`, `_fastest`), gets
     a small set of nodes kept in float (once, time allowing), after trying percentile ranges on it. An accurate dynamic
     recipe does not stand in for static int8: on magika static ran at 0.48x of fp32, dynamic at 0.96x."""
     missed = [t for t in trials if t.candidate.kind == "int8" and t.model is not None and not t.error and t not in accurate]
@@ -201,12 +211,13 @@ def _exclude(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], re
     if not missed:
         return
     statics = [t for t in missed if t.candidate.settings.get("mode") == "static"]
-    trial = _to_rescue(statics or missed)
+    near = _near_most_accurate(statics or missed)
     # The ranking and a first attempt, each about one build; later attempts stop at the deadline themselves.
     search_s = 3 * deadline.typical("build")
     if deadline.left < deadline.budget_s * EXCLUSION_BUDGET_SHARE or deadline.left - search_s < keep_s:
-        rejected.append((f"{trial.candidate.label}, nodes kept float", "skipped: time budget"))
+        rejected.append((f"{max(near, key=_cosine).candidate.label}, nodes kept float", "skipped: time budget"))
         return
+    trial = _fastest(runner, near, progress)
     trial = _better_calibrated(runner, trial, trials, rejected, deadline, keep_s, progress)
     if trial.passed:  # percentile ranges alone were enough
         accurate.append(trial)
