@@ -4,9 +4,10 @@
     python bench/int8_recovery.py /tmp/minilm/minilm_torchscript.onnx --data /tmp/minilm/sentences --tolerance cosine=0.985
 
 Realistic inputs (zoo models) or --data, split: the first --calib samples calibrate, the next --samples judge (never
-used for calibration). Per model and static recipe, in order: ORT's recipe as it is, mse calibration, activation
-equalization, + bias correction, and (--exclusion) the exclusion search on the best of them (searched on the
-calibration samples, judged on the held-out ones). Dynamic recipes (for transformers also with SmoothQuant at alpha 0.5
+used for calibration). Affine folding first (where it applies); then per static recipe (heavy ops, every op), on the
+model as given and on the folded one, in order: ORT's recipe as it is, mse and percentile calibration, activation
+equalization, + bias correction; and (--exclusion) the exclusion search as tune runs it, on the fastest of the missed
+recipes within reach of the most accurate (searched on the calibration samples, judged on the held-out ones). Dynamic recipes (for transformers also with SmoothQuant at alpha 0.5
 and 0.7) and, for transformers, fusion -> dynamic int8 are judged too. Every candidate within tolerance is then timed against fp32 with ORT defaults in one interleaved run
 with an A/A pair, and each gets its roofline share (achieved GFLOP/s over this machine's ORT GEMM peaks).
 """
@@ -30,11 +31,11 @@ from ortforge.core.session import SessionConfig, run_outputs  # noqa: E402
 from ortforge.measure.bench import BenchOptions, Variant, bench  # noqa: E402
 from ortforge.measure.compare import score  # noqa: E402
 from ortforge.measure.roofline import machine_peaks, roofline  # noqa: E402
-from ortforge.searches.exclusion import RANKING_SAMPLES, search_exclusions  # noqa: E402
-from ortforge.searches.recipes import build_recipe  # noqa: E402
+from ortforge.searches.exclusion import RANKING_SAMPLES, SEARCH_MARGIN, search_exclusions  # noqa: E402
 from ortforge.searches.trial import Candidate, Trial  # noqa: E402
 from ortforge.transforms.quantize import QuantizeOptions  # noqa: E402
 from ortforge.tuning.runner import LocalRunner  # noqa: E402
+from ortforge.tuning.search import RESCUE_SLACK, fastest_of, near_most_accurate  # noqa: E402
 
 HEAVY = ("Conv", "MatMul", "Gemm")
 
@@ -46,6 +47,7 @@ def metrics(trial: Trial) -> str:
 
 def static_steps(base: QuantizeOptions) -> list[tuple[str, QuantizeOptions]]:
     return [("ORT's recipe", base), ("+ mse calibration", replace(base, calibration_method="mse")),
+            ("+ percentile calibration", replace(base, calibration_method="percentile")),
             ("+ activation equalization", replace(base, equalize=True)),
             ("+ equalization + bias correction", replace(base, equalize=True, bias_correction=True))]  # fmt: skip
 
@@ -71,13 +73,16 @@ def main() -> None:
         print(f"\n{reference} ({job.family}; gate {', '.join(t.describe() for t in tolerances)}; {len(job.calibration)} calibration, "
               f"{len(job.evaluation)} held-out samples)")  # fmt: skip
         built: list[Trial] = []
-        for base in (QuantizeOptions(mode="static", per_channel=True, op_types=("Conv",)),
-                     QuantizeOptions(mode="static", per_channel=True, op_types=HEAVY)):  # fmt: skip
-            print(f"  {base.describe()}:")
-            for step, recipe in static_steps(base):
-                trial = runner.build(Candidate.of_recipe(recipe))
-                built.append(trial)
-                print(f"    {step:<34} {metrics(trial)}")
+        fold = Candidate("fp32 + affine folding", "fold")
+        folded = runner.build(fold)
+        print(f"  {fold.label:<52} {metrics(folded) if folded.model is not None else folded.error}")
+        for stage in [None] + ([fold] if folded.model is not None else []):
+            for base in (QuantizeOptions(mode="static", per_channel=True, op_types=HEAVY), QuantizeOptions(mode="static", per_channel=True)):
+                print(f"  {(stage.label + ' -> ') if stage else ''}{base.describe()}:")
+                for step, recipe in static_steps(base):
+                    trial = runner.build(Candidate.of_recipe(recipe, base=stage))
+                    built.append(trial)
+                    print(f"    {step:<34} {metrics(trial)}")
         for recipe in (QuantizeOptions(mode="dynamic", per_channel=True, op_types=("MatMul",)),
                        QuantizeOptions(mode="dynamic", weight_type="u8", per_channel=True, op_types=("MatMul",))):  # fmt: skip
             for step in (recipe, replace(recipe, smooth=0.5), replace(recipe, smooth=0.7)) if job.transformer else (recipe,):
@@ -93,13 +98,17 @@ def main() -> None:
                 print(f"  {trial.label:<38} {metrics(trial)}")
         statics = [t for t in built if t.model is not None and t.candidate.settings.get("mode") == "static" and not t.passed]
         if args.exclusion and statics and not any(t.passed and t.candidate.settings.get("mode") == "static" for t in built):
-            best = max(statics, key=lambda t: t.metrics.get("cosine", 0.0))
-            search_judge = judge.on(run_outputs(job.model, job.calibration), job.calibration)
+            # As tune does: the fastest of the recipes within reach of the most accurate one.
+            near = near_most_accurate(statics)
+            chosen = fastest_of(runner, near, lambda *a: None)
+            print(f"  rescuing {chosen.label} (the fastest of {len(near)} missed recipe(s) within {RESCUE_SLACK} cosine of the most accurate)")
+            source = runner.build(chosen.candidate.base).model if chosen.candidate.base else job.model
+            search_judge = judge.on(run_outputs(source, job.calibration), job.calibration, margin=SEARCH_MARGIN)
             ranking = replace(job.calibration, samples=job.calibration.samples[:RANKING_SAMPLES])
-            found, report = search_exclusions(job.model, best, job.calibration, job.calibration, search_judge, ranking_feeds=ranking)
-            print(f"  exclusion search on {best.label}: {'; '.join(report.notes)} ({report.attempts} attempts)")
+            found, report = search_exclusions(source, chosen, job.calibration, job.calibration, search_judge, ranking_feeds=ranking)
+            print(f"  exclusion search: {'; '.join(report.notes)} ({report.attempts} attempts)")
             if report.met:
-                confirmed = build_recipe(job.model, found.candidate.recipe, job.calibration, job.evaluation, judge)
+                confirmed = runner.build(Candidate.of_recipe(found.candidate.recipe, base=chosen.candidate.base))
                 print(f"    {len(report.excluded)} node(s) kept float, judged on the held-out samples: {metrics(confirmed)}")
                 built.append(confirmed)
         timed = [t for t in built if t.passed and t.model is not None]

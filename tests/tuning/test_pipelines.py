@@ -141,13 +141,13 @@ def test_the_recipe_rescued_is_the_fastest_of_the_nearly_most_accurate():
 
     from ortforge.accuracy.judge import Verdict
     from ortforge.searches.trial import Trial
-    from ortforge.tuning.search import RESCUE_SLACK, _fastest, _near_most_accurate
+    from ortforge.tuning.search import RESCUE_SLACK, fastest_of, near_most_accurate
 
     def missed(label: str, cosine: float) -> Trial:
         return Trial(Candidate(label, "int8", (("mode", "static"),)), None, Verdict(False, [], {"cosine": cosine}))
 
     conv_only, every_op, broken = missed("conv only", 0.987), missed("every op", 0.968), missed("broken", 0.002)
-    near = _near_most_accurate([conv_only, every_op, broken, missed("far", 0.987 - RESCUE_SLACK - 0.01)])
+    near = near_most_accurate([conv_only, every_op, broken, missed("far", 0.987 - RESCUE_SLACK - 0.01)])
     assert near == [conv_only, every_op]
 
     class Scripted:  # measured latencies, as a runner would report them
@@ -155,5 +155,5 @@ def test_the_recipe_rescued_is_the_fastest_of_the_nearly_most_accurate():
             medians = {"conv only": 140.0, "every op": 110.0}
             return SimpleNamespace(variants=[SimpleNamespace(latency=SimpleNamespace(p50=medians[t.label])) for t in targets])
 
-    assert _fastest(Scripted(), near, lambda *a: None) is every_op
-    assert _fastest(None, [conv_only], lambda *a: None) is conv_only  # one recipe: nothing to time
+    assert fastest_of(Scripted(), near, lambda *a: None) is every_op
+    assert fastest_of(None, [conv_only], lambda *a: None) is conv_only  # one recipe: nothing to time

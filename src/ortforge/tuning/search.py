@@ -163,13 +163,13 @@ def _cosine(trial: Trial) -> float:
     return trial.metrics.get("cosine", 0.0)
 
 
-def _near_most_accurate(missed: list[Trial]) -> list[Trial]:
+def near_most_accurate(missed: list[Trial]) -> list[Trial]:
     """The missed recipes within RESCUE_SLACK cosine of the most accurate: the ones worth rescuing by keeping nodes float."""
     best = max(_cosine(t) for t in missed)
     return [t for t in missed if _cosine(t) >= best - RESCUE_SLACK]
 
 
-def _fastest(runner: TrialRunner, trials: list[Trial], progress: Progress) -> Trial:
+def fastest_of(runner: TrialRunner, trials: list[Trial], progress: Progress) -> Trial:
     """The fastest of a few missed recipes, timed briefly with ORT's defaults: the one to rescue keeps the most speed once
     a few nodes go float. On PP-OCRv4 det the most accurate (Conv only, 0.987) ran at ~0.85x of fp32, every op of the
     folded graph (0.968) at 0.67x. Which one is faster cannot be read off the graph (ORT's fusions decide it)."""
@@ -202,7 +202,7 @@ def _better_calibrated(runner: TrialRunner, trial: Trial, trials: list[Trial], r
 def _exclude(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], rejected: list[tuple[str, str]], deadline: Deadline,
              keep_s: float, progress: Progress) -> None:  # fmt: skip
     """When no int8 recipe of a mode met the tolerance, one missed recipe of that mode, static first (the fastest of the
-    nearly most accurate: `_near_most_accurate`, `_fastest`), gets
+    nearly most accurate: `near_most_accurate`, `fastest_of`), gets
     a small set of nodes kept in float (once, time allowing), after trying percentile ranges on it. An accurate dynamic
     recipe does not stand in for static int8: on magika static ran at 0.48x of fp32, dynamic at 0.96x."""
     missed = [t for t in trials if t.candidate.kind == "int8" and t.model is not None and not t.error and t not in accurate]
@@ -211,13 +211,13 @@ def _exclude(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], re
     if not missed:
         return
     statics = [t for t in missed if t.candidate.settings.get("mode") == "static"]
-    near = _near_most_accurate(statics or missed)
+    near = near_most_accurate(statics or missed)
     # The ranking and a first attempt, each about one build; later attempts stop at the deadline themselves.
     search_s = 3 * deadline.typical("build")
     if deadline.left < deadline.budget_s * EXCLUSION_BUDGET_SHARE or deadline.left - search_s < keep_s:
         rejected.append((f"{max(near, key=_cosine).candidate.label}, nodes kept float", "skipped: time budget"))
         return
-    trial = _fastest(runner, near, progress)
+    trial = fastest_of(runner, near, progress)
     trial = _better_calibrated(runner, trial, trials, rejected, deadline, keep_s, progress)
     if trial.passed:  # percentile ranges alone were enough
         accurate.append(trial)
