@@ -370,3 +370,86 @@ def lcnet_block():
         weight("w3", rng.standard_normal((4, LCNET_CHANNELS, 3, 3)).astype(np.float32)), weight("b3", np.zeros(4, np.float32)),
     ]  # fmt: skip
     return make_model(nodes, [tensor("x", [1, 3, 10, 10])], [tensor("y", [1, 4, 10, 10])], weights)
+
+
+# The tiny decoder with a KV cache: decoder inspection, generated inputs and the generation loop.
+
+DECODER_VOCAB, DECODER_HIDDEN, DECODER_HEADS, DECODER_LAYERS = 48, 64, 4, 2
+DECODER_HEAD_SIZE = DECODER_HIDDEN // DECODER_HEADS
+
+
+def tiny_decoder(seed: int = 0, peaked: bool = True) -> onnx.ModelProto:
+    """A Llama-shaped decoder in ops ORT runs: token embedding, per layer multi-head attention over past + new keys
+    (decomposed: the KV cache is a Concat, the causal mask a Trilu), a ReLU MLP, a SimplifiedLayerNormalization (ORT's
+    RMSNorm in the default domain, unknown to onnx's checker) and an LM head. Inputs and outputs follow the model
+    builder's names: input_ids, attention_mask, position_ids, past_key_values.N.key/value -> logits, present.N.key/value.
+    `peaked`: an LM head that favours one next token per token (next = 7 * token + 3 mod vocab), so greedy decoding
+    and next-token agreement mean something."""
+    rng = np.random.default_rng(seed)
+    heads, size, hidden = DECODER_HEADS, DECODER_HEAD_SIZE, DECODER_HIDDEN
+    nodes: list[onnx.NodeProto] = []
+    weights = [
+        weight("embed", rng.standard_normal((DECODER_VOCAB, hidden)).astype(np.float32)),
+        weight("positions", (0.1 * rng.standard_normal((256, hidden))).astype(np.float32)),
+        weight("heads_shape", np.array([0, 0, heads, size], np.int64)),
+        weight("hidden_shape", np.array([0, 0, hidden], np.int64)),
+        weight("scale", np.array(1 / math.sqrt(size), np.float32)),
+        weight("one", np.array(1, np.int64)), weight("axis1", np.array([1], np.int64)),
+        weight("minus_big", np.array(-1e4, np.float32)), weight("one_f", np.array(1.0, np.float32)),
+        weight("norm_scale", np.ones(hidden, np.float32)),
+    ]  # fmt: skip
+
+    def add(op: str, inputs: list[str], output: str, **attributes) -> str:
+        nodes.append(helper.make_node(op, inputs, [output], name=f"{op}_{len(nodes)}", **attributes))
+        return output
+
+    token_vectors = add("Gather", ["embed", "input_ids"], "tok")
+    x = add("Add", [token_vectors, add("Gather", ["positions", "position_ids"], "pos")], "x0")
+    # Additive mask [batch, 1, seq, total]: padding from attention_mask, causality from a Trilu over [seq, total].
+    seq = add("Gather", [add("Shape", ["input_ids"], "ids_shape"), "axis1"], "seq")
+    total = add("Gather", [add("Shape", ["attention_mask"], "mask_shape"), "axis1"], "total")
+    grid = add("ConstantOfShape", [add("Concat", [seq, total], "grid_shape", axis=0)], "grid", value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]))
+    offset = add("Add", [add("Sub", [add("Squeeze", [total], "total_s"), add("Squeeze", [seq], "seq_s")], "past_len"), "one"], "offset")
+    causal = add("Mul", [add("Trilu", [grid, offset], "future", upper=1), "minus_big"], "causal")
+    padding = add("Mul", [add("Sub", ["one_f", add("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT)], "masked"), "minus_big"], "padding")
+    padding = add("Unsqueeze", [padding, weights_axes(weights, "pad_axes", [1, 2])], "padding4")
+    mask = add("Add", [causal, padding], "mask")
+    for layer in range(DECODER_LAYERS):
+        p = f"l{layer}_"
+        for part in ("q", "k", "v", "o"):  # peaked: attention and MLP add little to the residual stream
+            gain = 0.05 if peaked and part == "o" else 1.0
+            weights.append(weight(p + part, (gain * rng.standard_normal((hidden, hidden)) / math.sqrt(hidden)).astype(np.float32)))
+        split = [add("Transpose", [add("Reshape", [add("MatMul", [x, p + part], p + part + "_proj"), "heads_shape"], p + part + "_4d")],
+                     p + part + "_bnsh", perm=[0, 2, 1, 3]) for part in ("q", "k", "v")]  # fmt: skip
+        keys = add("Concat", [f"past_key_values.{layer}.key", split[1]], f"present.{layer}.key", axis=2)
+        values = add("Concat", [f"past_key_values.{layer}.value", split[2]], f"present.{layer}.value", axis=2)
+        scores = add("Mul", [add("MatMul", [split[0], add("Transpose", [keys], p + "kt", perm=[0, 1, 3, 2])], p + "qk"), "scale"], p + "scores")
+        probs = add("Softmax", [add("Add", [scores, mask], p + "masked")], p + "probs", axis=-1)
+        context = add("Reshape", [add("Transpose", [add("MatMul", [probs, values], p + "ctx")], p + "ctx_t", perm=[0, 2, 1, 3]), "hidden_shape"], p + "ctx_h")
+        x = add("Add", [x, add("MatMul", [context, p + "o"], p + "attn")], p + "res1")
+        weights.append(weight(p + "up", (rng.standard_normal((hidden, 2 * hidden)) / math.sqrt(hidden)).astype(np.float32)))
+        gain = 0.05 if peaked else 1.0
+        weights.append(weight(p + "down", (gain * rng.standard_normal((2 * hidden, hidden)) / math.sqrt(2 * hidden)).astype(np.float32)))
+        x = add("Add", [x, add("MatMul", [add("Relu", [add("MatMul", [x, p + "up"], p + "up_o")], p + "act"), p + "down"], p + "mlp")], p + "res2")
+    normed = add("SimplifiedLayerNormalization", [x, "norm_scale"], "normed", axis=-1, epsilon=1e-5)
+    head = rng.standard_normal((hidden, DECODER_VOCAB)).astype(np.float32)
+    if peaked:  # the LM head reads the token embedding back: logits favour (7 * token + 3) mod vocab by a wide margin
+        embed = numpy_helper.to_array(weights[0])
+        normed_embed = embed / np.sqrt((embed**2).mean(axis=1, keepdims=True) + 1e-5)
+        target = (7 * np.arange(DECODER_VOCAB) + 3) % DECODER_VOCAB
+        head = 0.1 * head + 6.0 * np.linalg.pinv(normed_embed) @ np.eye(DECODER_VOCAB, dtype=np.float32)[target]
+        nodes[1].input[0] = "zero_positions"  # no position signal: the next token depends on this token alone
+        weights.append(weight("zero_positions", np.zeros((256, hidden), np.float32)))
+    weights.append(weight("lm_head", head.astype(np.float32)))
+    add("MatMul", [normed, "lm_head"], "logits")
+    cache = [tensor(f"past_key_values.{i}.{part}", ["batch", heads, "past_sequence_length", size])
+             for i in range(DECODER_LAYERS) for part in ("key", "value")]  # fmt: skip
+    presents = [tensor(f"present.{i}.{part}", ["batch", heads, "total_sequence_length", size]) for i in range(DECODER_LAYERS) for part in ("key", "value")]
+    inputs = [tensor("input_ids", ["batch", "sequence_length"], TensorProto.INT64), tensor("attention_mask", ["batch", "total_sequence_length"], TensorProto.INT64),
+              tensor("position_ids", ["batch", "sequence_length"], TensorProto.INT64), *cache]  # fmt: skip
+    return make_model(nodes, inputs, [tensor("logits", ["batch", "sequence_length", DECODER_VOCAB]), *presents], weights)
+
+
+def weights_axes(weights: list[onnx.TensorProto], name: str, axes: list[int]) -> str:
+    weights.append(weight(name, np.array(axes, np.int64)))
+    return name

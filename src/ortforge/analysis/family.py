@@ -1,4 +1,4 @@
-"""Model family for `inspect` and for choosing recipes: cnn, rnn, transformer, mlp, quantized or other.
+"""Model family for `inspect` and for choosing recipes: decoder, cnn, rnn, transformer, mlp, quantized or other.
 
 Decided from op kinds, attention and norm patterns (counted by `patterns`, as transformer detection
 counts them) and, where MACs were counted, from which op group holds most of them. Every answer comes
@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import onnx
 
+from ortforge.analysis.decoder import find_decoder
 from ortforge.analysis.macs import MacReport
 from ortforge.analysis.patterns import ATTENTION_OPS, AttentionCount, count_attention, count_norms
 from ortforge.core.graph import GraphIndex
@@ -33,10 +34,11 @@ CNN_COMPANIONS = ("BatchNormalization", "Resize", "Upsample", "MaxPool", "Averag
 
 
 def classify_family(proto: onnx.ModelProto, macs: MacReport) -> tuple[str, list[str]]:
-    """cnn, rnn, transformer, mlp, quantized or other, with short human-readable evidence for the choice."""
+    """decoder, cnn, rnn, transformer, mlp, quantized or other, with short human-readable evidence for the choice."""
     index = GraphIndex(proto)
     ops = Counter(node.op_type for node in index.nodes)
-    family, evidence = _architecture(index, macs, ops)
+    decoder = find_decoder(proto)
+    family, evidence = ("decoder", [decoder.summary(), *decoder.evidence]) if decoder else _architecture(index, macs, ops)
     quantized = Counter({op: n for op, n in ops.items() if op in QUANT_OPS or op.startswith(("QLinear", "DynamicQuantize"))})
     if quantized:
         listed = ", ".join(f"{n} {op}" for op, n in quantized.most_common(4))

@@ -14,6 +14,7 @@ from typing import Any
 import onnx
 from onnx import helper
 
+from ortforge.analysis.decoder import DecoderFacts, find_decoder
 from ortforge.analysis.family import classify_family
 from ortforge.analysis.macs import MacReport, count_macs, op_key
 from ortforge.core.errors import UserError
@@ -83,6 +84,7 @@ class ModelReport:
     family: str
     family_evidence: list[str]
     notes: list[str] = field(default_factory=list)
+    decoder: DecoderFacts | None = None
     placements: list[Any] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -104,6 +106,7 @@ class ModelReport:
             "shape_defaults": list(self.shape_defaults),
             "family": self.family,
             "family_evidence": list(self.family_evidence),
+            "decoder": self.decoder.to_dict() if self.decoder else None,
             "notes": list(self.notes),
             "placements": [p.to_dict() if hasattr(p, "to_dict") else p for p in self.placements],
         }
@@ -152,6 +155,7 @@ def inspect_model(
         family=family,
         family_evidence=evidence,
         notes=notes,
+        decoder=find_decoder(proto),
     )
 
 

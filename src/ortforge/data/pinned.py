@@ -11,6 +11,7 @@ import onnx
 
 from ortforge.core.graph import GraphIndex
 from ortforge.core.model import Model
+from ortforge.data.decoder_io import decoder_io
 
 # Ops that hand the input on with the same shape; a pin found after them holds for the input.
 SAME_SHAPE = {"Cast", "Identity", "Relu", "Sigmoid", "Tanh", "Abs", "Neg", "Sqrt", "Exp", "Log", "Dropout", "Clip"}
@@ -31,7 +32,18 @@ def pinned_dims(model: Model) -> dict[tuple[str, int], tuple[int, str]]:
         for axis, size, node in _pins(index, name, rank, 0):
             if axis in free and (name, axis) not in found and size > 0:
                 found[(name, axis)] = (size, f"fixed by the weights of {node.op_type} '{node.name or node.op_type}'")
+    found.update(_empty_cache(model))
     return found
+
+
+def _empty_cache(model: Model) -> dict[tuple[str, int], tuple[int, str]]:
+    """A decoder's past key/value inputs start empty (a prefill over the prompt): their sequence axis is 0. A default of
+    the sequence length there would ask the model to attend over a cache longer than its attention mask."""
+    roles = decoder_io(model.proto.graph)
+    if roles is None:
+        return {}
+    return {(entry.past, entry.sequence_axis): (0, "an empty KV cache: a prefill over the prompt") for entry in roles.cache
+            if not isinstance(entry.shape[entry.sequence_axis], int) or not entry.shape[entry.sequence_axis]}  # fmt: skip
 
 
 def _pins(index: GraphIndex, name: str, rank: int, depth: int) -> list[tuple[int, int, onnx.NodeProto]]:

@@ -66,7 +66,7 @@ def auto_recipes(family: str, features: Sequence[str] | None = None) -> list[Rec
     ]
     if family == "rnn":
         recipes.insert(0, QuantizeOptions(mode="dynamic", weight_type="s8", op_types=("LSTM", "GRU", "MatMul")))
-    if family in ("transformer", "mlp"):
+    if family in ("transformer", "mlp", "decoder"):
         recipes = [r for r in recipes if r.mode == "dynamic"] + [QuantizeOptions(mode="static", per_channel=True, op_types=("MatMul", "Gemm"))]
         # Level 4 (int8 compute) is what makes MatMulNBits fast on CPUs; unset, 8-bit ran ~7x slower than fp32.
         recipes += [WeightOnlyOptions(bits=8, accuracy_level=4), WeightOnlyOptions(bits=4, accuracy_level=4)]

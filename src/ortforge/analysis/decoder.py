@@ -1,0 +1,83 @@
+"""What `inspect` says of a decoder language model with a KV cache, with the evidence for each fact.
+
+The roles of its inputs and outputs (tokens, mask, positions, past/present pairs) come from `data.decoder_io`, which
+generated inputs and the generation loop use too; here the graph adds how attention is computed (ORT's fused
+GroupQueryAttention / MultiHeadAttention, or decomposed MatMul + Softmax over a Concat of past and new keys), the head
+counts and the hidden size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+
+from ortforge.core.graph import GraphIndex, attributes
+from ortforge.data.decoder_io import DecoderIO, decoder_io
+
+FUSED_ATTENTION = ("GroupQueryAttention", "MultiHeadAttention", "Attention", "PagedAttention")
+
+
+@dataclass
+class DecoderFacts:
+    io: DecoderIO
+    attention: str  # 'GroupQueryAttention (fused)', 'decomposed (MatMul + Softmax)', ...
+    layers: int
+    heads: int | None
+    kv_heads: int | None
+    head_size: int | None
+    hidden: int | None
+    vocabulary: int | None
+    evidence: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        io = self.io
+        return {
+            "layers": self.layers, "heads": self.heads, "kv_heads": self.kv_heads, "head_size": self.head_size,
+            "hidden": self.hidden, "vocabulary": self.vocabulary, "attention": self.attention,
+            "cache": {"layout": io.layout, "past_sequence_dim": io.past_sequence_dim(),
+                      "pairs": [{"past": e.past, "present": e.present, "layer": e.layer, "part": e.part} for e in io.cache]},
+            "inputs": {"tokens": io.tokens, "attention_mask": io.attention_mask, "position_ids": io.position_ids, "other": io.other_inputs},
+            "logits": io.logits, "evidence": self.evidence,
+        }  # fmt: skip
+
+    def summary(self) -> str:
+        heads = f"{self.heads or '?'} heads / {self.kv_heads or '?'} KV heads" + (f" of size {self.head_size}" if self.head_size else "")
+        return f"decoder with a KV cache: {self.layers} layers, {heads}, hidden {self.hidden or '?'}, vocabulary {self.vocabulary or '?'}; attention {self.attention}"
+
+
+def find_decoder(proto: onnx.ModelProto) -> DecoderFacts | None:
+    """The decoder's facts, or None when the graph has no past/present KV-cache pairs."""
+    io = decoder_io(proto.graph)
+    if io is None:
+        return None
+    index = GraphIndex(proto)
+    fused = [n for n in index.nodes if n.op_type in FUSED_ATTENTION and n.domain == "com.microsoft"]
+    evidence = [f"{len(io.cache)} past inputs handed back as present outputs ({io.cache[0].past} -> {io.cache[0].present}, ...)",
+                f"tokens '{io.tokens}'" + (f", attention mask '{io.attention_mask}'" if io.attention_mask else "")
+                + (f", position ids '{io.position_ids}'" if io.position_ids else "")]  # fmt: skip
+    heads, kv_heads = None, io.kv_heads
+    if fused:
+        found = attributes(fused[0])
+        heads, kv_heads = found.get("num_heads"), found.get("kv_num_heads", kv_heads) or kv_heads
+        attention = f"{fused[0].op_type} (fused, {len(fused)} node(s))"
+        evidence.append(f"{len(fused)} com.microsoft {fused[0].op_type} node(s)" + (f": num_heads {heads}" if heads else ""))
+    else:
+        attention = "decomposed (MatMul + Softmax over a Concat of past and new keys)"
+    vocabulary, hidden = _embedding(index, io.tokens)
+    if heads is None and hidden and io.head_size:
+        heads = hidden // io.head_size
+        evidence.append(f"heads = hidden {hidden} / head size {io.head_size} (from the cache shape)")
+    evidence.append(f"cache layout {io.layout}: {list(io.cache[0].shape)}")
+    return DecoderFacts(io, attention, io.layers, heads, kv_heads, io.head_size, hidden, vocabulary, evidence)
+
+
+def _embedding(index: GraphIndex, tokens: str) -> tuple[int | None, int | None]:
+    """(vocabulary, hidden) from the token embedding table the token ids gather from (a Gather, or GatherBlockQuantized)."""
+    for node in index.consumers.get(tokens, []):
+        if node.op_type in ("Gather", "GatherBlockQuantized") and len(node.input) > 1 and node.input[1] == tokens:
+            dims = index.dims(node.input[0])
+            if dims and len(dims) == 2:
+                hidden = dims[1] * (2 if node.op_type == "GatherBlockQuantized" and attributes(node).get("bits", 4) == 4 else 1)
+                return dims[0], hidden
+    return None, None

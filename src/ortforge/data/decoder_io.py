@@ -1,0 +1,132 @@
+"""A decoder's inputs and outputs by role: tokens, attention mask, position ids, and the KV cache's past/present pairs.
+
+A decoder language model is run once over the prompt and then once per generated token, each run handing the
+`present` key/value outputs back as the next run's `past` inputs. Exporters name these by convention (Hugging Face /
+Optimum and onnxruntime-genai's model builder: `past_key_values.3.key` -> `present.3.key`; older GPT-2 exports:
+`past_3` of shape [2, batch, heads, past, head size] -> `present_3`), so roles are read from names and shapes here,
+where generated inputs, `inspect` and the generation loop all ask the same question.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import onnx
+
+Dim = int | str | None
+
+_LAYER = re.compile(r"(\d+)")
+_KEY = re.compile(r"(^|[._])(key|k)([._]|$)", re.IGNORECASE)
+_VALUE = re.compile(r"(^|[._])(value|v)([._]|$)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One past input and the present output that feeds it on the next run; `part` is key, value or both (stacked)."""
+
+    layer: int
+    part: str
+    past: str
+    present: str
+    shape: tuple[Dim, ...]
+    elem_type: int
+
+    @property
+    def sequence_axis(self) -> int:
+        """The axis that grows by one each step: [batch, heads, past, head size] (or [2, batch, heads, past, head size])."""
+        return len(self.shape) - 2
+
+
+@dataclass
+class DecoderIO:
+    """The roles of a decoder's graph inputs and outputs; `cache` is ordered by layer, key before value."""
+
+    tokens: str
+    cache: list[CacheEntry]
+    attention_mask: str = ""
+    position_ids: str = ""
+    logits: str = ""
+    other_inputs: list[str] = field(default_factory=list)  # inputs of no known role (a generation loop cannot feed them)
+
+    @property
+    def layers(self) -> int:
+        return len({entry.layer for entry in self.cache})
+
+    @property
+    def layout(self) -> str:
+        """BNSH: [batch, KV heads, sequence, head size], as ORT's attention ops and the model builder write it;
+        2BNSH: key and value stacked in one tensor."""
+        shape = self.cache[0].shape
+        return "2BNSH" if len(shape) == 5 else "BNSH" if isinstance(shape[1], int) and not isinstance(shape[2], int) else "BSNH"
+
+    @property
+    def kv_heads(self) -> int | None:
+        shape = self.cache[0].shape
+        heads = shape[-3] if self.layout != "BSNH" else shape[-2]
+        return heads if isinstance(heads, int) else None
+
+    @property
+    def head_size(self) -> int | None:
+        size = self.cache[0].shape[-1]
+        return size if isinstance(size, int) else None
+
+    def past_sequence_dim(self) -> Dim:
+        entry = self.cache[0]
+        return entry.shape[entry.sequence_axis]
+
+
+def _shape(value: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
+    if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+        return None
+    dims = value.type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims)
+
+
+def _part(name: str) -> str:
+    tail = name.lower().replace("past_key_values", "past").replace("present_key_values", "present")
+    if _KEY.search(tail) or "key" in tail:
+        return "key"
+    if _VALUE.search(tail) or "value" in tail:
+        return "value"
+    return "both"
+
+
+def _cache_key(name: str, prefix: str) -> tuple[int, str] | None:
+    lowered = name.lower()
+    if prefix not in lowered:
+        return None
+    layer = _LAYER.search(lowered.split(prefix, 1)[1]) or _LAYER.search(lowered)
+    return (int(layer.group(1)) if layer else 0, _part(name))
+
+
+def decoder_io(graph: onnx.GraphProto) -> DecoderIO | None:
+    """The graph's decoder roles, or None when it has no past/present KV-cache pairs (not a decoder with a cache)."""
+    initializers = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    presents = {}
+    for output in graph.output:
+        key = _cache_key(output.name, "present")
+        if key is not None:
+            presents[key] = output.name
+    cache = []
+    for value in inputs:
+        key = _cache_key(value.name, "past")
+        shape = _shape(value)
+        if key is None or key not in presents or shape is None or len(shape) not in (4, 5):
+            continue
+        cache.append(CacheEntry(key[0], key[1], value.name, presents[key], shape, value.type.tensor_type.elem_type))
+    integer = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+    rest = [v for v in inputs if v.name not in {e.past for e in cache}]
+    tokens = next((v.name for v in rest if "input_ids" in v.name.lower()), "")
+    tokens = tokens or next((v.name for v in rest if v.type.tensor_type.elem_type in integer and "mask" not in v.name.lower()
+                             and "position" not in v.name.lower()), "")  # fmt: skip
+    if not cache or not tokens:
+        return None
+    mask = next((v.name for v in rest if "attention_mask" in v.name.lower()), "")
+    positions = next((v.name for v in rest if "position" in v.name.lower()), "")
+    logits = next((o.name for o in graph.output if "logits" in o.name.lower()), "")
+    logits = logits or next((o.name for o in graph.output if o.name not in presents.values()), "")
+    cache.sort(key=lambda e: (e.layer, e.part != "key"))
+    others = [v.name for v in rest if v.name not in (tokens, mask, positions)]
+    return DecoderIO(tokens, cache, mask, positions, logits, others)

@@ -1,0 +1,72 @@
+"""Decoder language models: the KV cache's past/present pairs and the other inputs read by role, the head counts and
+attention kind found in the graph, generated inputs that start from an empty cache, and a model with ORT's RMSNorm in
+the default domain loaded although onnx's checker does not know it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import numpy as np
+from onnx import TensorProto
+
+from helpers import (
+    DECODER_HEAD_SIZE,
+    DECODER_HEADS,
+    DECODER_HIDDEN,
+    DECODER_LAYERS,
+    DECODER_VOCAB,
+    bert_encoder,
+    make_model,
+    save,
+    tensor,
+    tiny_decoder,
+)
+from ortforge.analysis.decoder import find_decoder
+from ortforge.cli import main
+from ortforge.core.model import from_proto, load_model
+from ortforge.core.session import run_outputs
+from ortforge.data import generate_feeds
+from ortforge.data.decoder_io import decoder_io
+
+
+def test_a_decoder_is_recognised_with_its_cache_layout_and_head_counts():
+    facts = find_decoder(tiny_decoder())
+    assert facts is not None
+    assert (facts.layers, facts.heads, facts.kv_heads, facts.head_size) == (DECODER_LAYERS, DECODER_HEADS, DECODER_HEADS, DECODER_HEAD_SIZE)
+    assert (facts.hidden, facts.vocabulary, facts.io.layout) == (DECODER_HIDDEN, DECODER_VOCAB, "BNSH")
+    assert facts.attention.startswith("decomposed")
+    io = facts.io
+    assert (io.tokens, io.attention_mask, io.position_ids, io.logits) == ("input_ids", "attention_mask", "position_ids", "logits")
+    assert [(e.layer, e.part, e.present) for e in io.cache[:2]] == [(0, "key", "present.0.key"), (0, "value", "present.0.value")]
+    assert io.past_sequence_dim() == "past_sequence_length"
+
+
+def test_an_encoder_is_not_a_decoder_and_gpt2_stacked_caches_are_read():
+    assert find_decoder(bert_encoder()) is None
+    stacked = make_model([], [tensor("input_ids", ["batch", "seq"], TensorProto.INT64), tensor("past_0", [2, "batch", 12, "past_seq", 64])],
+                         [tensor("logits", ["batch", "seq", 50257]), tensor("present_0", [2, "batch", 12, "total_seq", 64])])  # fmt: skip
+    io = decoder_io(stacked.graph)
+    assert io is not None and io.layout == "2BNSH" and io.cache[0].part == "both" and io.kv_heads == 12 and io.head_size == 64
+
+
+def test_generated_inputs_start_from_an_empty_cache_and_run(tmp_path):
+    model = load_model(save(tiny_decoder(), tmp_path / "decoder.onnx"))  # onnx's checker does not know SimplifiedLayerNormalization
+    feeds = generate_feeds(model, 2)
+    sample = feeds.samples[0]
+    assert sample["past_key_values.0.key"].shape == (1, DECODER_HEADS, 0, DECODER_HEAD_SIZE)
+    assert any("an empty KV cache" in note for note in feeds.notes)
+    logits = run_outputs(model, feeds)[0]["logits"]
+    assert logits.shape == (1, sample["input_ids"].shape[1], DECODER_VOCAB) and np.isfinite(logits).all()
+
+
+def test_inspect_says_decoder_with_the_evidence(tmp_path):
+    path = save(tiny_decoder(), tmp_path / "decoder.onnx")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["inspect", str(path), "--json"]) in (0, None)
+    report = json.loads(out.getvalue())
+    assert report["family"] == "decoder" and report["decoder"]["layers"] == DECODER_LAYERS
+    assert report["decoder"]["cache"]["layout"] == "BNSH" and any("past inputs handed back" in e for e in report["family_evidence"])
+    assert from_proto(tiny_decoder()).proto.graph.node  # from_proto needs no checker either
