@@ -240,6 +240,8 @@ def add_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top", type=int, default=8, help="op types / nodes to show (default 8)")
     add_parameter(parser, bench, "streams", "keep N requests in flight on each session (threads calling run): time per request = 1 / throughput",
                   metavar="N")  # fmt: skip
+    add_parameter(parser, bench, "generate", "decoders: time generating instead of single runs: a prefill over P prompt tokens, then N tokens "
+                  "greedy with the KV cache carried (prefill ms, decode ms/token, tokens/s)", metavar="P,N")  # fmt: skip
     session = parser.add_argument_group("session (for models given without a config)")
     add_eps(session, "execution provider(s) in priority order")
     defaults = SessionConfig()
@@ -264,7 +266,8 @@ def run_bench(args: argparse.Namespace, console: Any) -> None:
     config = _session_config(args, intra_op_num_threads=args.threads, graph_optimization_level=args.level)
     with progress_bar() as progress:
         report = bench(args.targets, data=args.data, samples=args.samples, seed=args.seed, shape_options=shape_options(args), default_config=config,
-                       options=options_from(BenchOptions, args), check=args.check, streams=args.streams, progress=progress)  # fmt: skip
+                       options=options_from(BenchOptions, args), check=args.check, streams=args.streams, generate=args.generate,
+                       progress=progress)  # fmt: skip
     emit_json(report) if args.json else render_bench(report, console, top=args.top)
 
 

@@ -16,9 +16,11 @@ from ortforge.core.progress import Progress
 from ortforge.core.saved import open_saved
 from ortforge.core.session import SessionConfig
 from ortforge.data import FeedSet, ShapeOptions, input_specs
+from ortforge.data.decoder_io import decoder_io
 from ortforge.data.sources import validate_feed
 from ortforge.measure.bench import BenchOptions, BenchReport, Variant
 from ortforge.measure.bench import bench as measure_interleaved
+from ortforge.measure.generate import Generation
 
 CONFIG_SUFFIX = ".json"
 
@@ -65,12 +67,17 @@ def bench(
     check: bool = True,
     progress: Progress | None = None,
     streams: int = 1,
+    generate: str | None = None,
 ) -> BenchReport:
     """Measure models (or model + config pairs) side by side, each in a fresh process, interleaved.
 
-    `streams` > 1 keeps that many requests in flight on each session (throughput under concurrency)."""
+    `streams` > 1 keeps that many requests in flight on each session (throughput under concurrency); `generate` 'P,N'
+    times decoders generating: a prefill of P prompt tokens, then N tokens greedy with the KV cache carried."""
     if streams < 1:
         raise OptionError("streams", streams, "give 1 or more requests in flight")
+    generation = Generation.parse(generate) if generate else None
+    if generation is not None and streams > 1:
+        raise OptionError("streams", streams, "generation is timed one request at a time (batch 1); drop --streams or --generate")
     parsed = [t for t in targets if isinstance(t, BenchTarget)]
     if len(parsed) != len(targets):
         parsed = parse_bench_targets([str(t) for t in targets])
@@ -86,8 +93,11 @@ def bench(
             else:
                 _require_same_inputs(model, feeds, parsed[0].model)
         model, own = models[target.model]
+        if generation is not None and decoder_io(model.proto.graph) is None:
+            raise UserError(f"{target.model}: not a decoder with a KV cache (no past/present key-value inputs and outputs), so it cannot "
+                            "be timed generating tokens", hint="drop --generate to time single runs")  # fmt: skip
         config = _config_file(target.config) if target.config else (own or default_config or SessionConfig())
-        variants.append(Variant(_unique_label(target.label, variants), model, config, feeds, streams))
+        variants.append(Variant(_unique_label(target.label, variants), model, config, feeds, streams, generation))
     assert feeds is not None
     report = measure_interleaved(variants, options, progress)
     if feeds.generated:

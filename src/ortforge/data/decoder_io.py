@@ -76,11 +76,33 @@ class DecoderIO:
         return entry.shape[entry.sequence_axis]
 
 
-def _shape(value: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
-    if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
-        return None
-    dims = value.type.tensor_type.shape.dim
-    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims)
+@dataclass(frozen=True)
+class Port:
+    """A graph input or output as roles are read from it: its name, shape (dim values or names) and element type."""
+
+    name: str
+    shape: tuple[Dim, ...] | None
+    elem_type: int
+
+
+def _graph_port(value: onnx.ValueInfoProto) -> Port:
+    tensor_type = value.type.tensor_type if value.type.HasField("tensor_type") else None
+    if tensor_type is None or not tensor_type.HasField("shape"):
+        return Port(value.name, None, tensor_type.elem_type if tensor_type is not None else 0)
+    shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim)
+    return Port(value.name, shape, tensor_type.elem_type)
+
+
+def session_port(arg: object) -> Port:
+    """An onnxruntime NodeArg (`session.get_inputs()`) as a Port: 'tensor(float)' -> FLOAT, -1 or None dims kept as names."""
+    type_name = str(getattr(arg, "type", "")).removeprefix("tensor(").removesuffix(")")
+    elem_type = _ORT_TYPES.get(type_name, 0)
+    shape = getattr(arg, "shape", None)
+    return Port(str(getattr(arg, "name")), tuple(d if isinstance(d, (int, str)) else None for d in shape) if shape is not None else None, elem_type)
+
+
+_ORT_TYPES = {"float": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16, "bfloat16": onnx.TensorProto.BFLOAT16,
+              "int64": onnx.TensorProto.INT64, "int32": onnx.TensorProto.INT32, "double": onnx.TensorProto.DOUBLE}  # fmt: skip
 
 
 def _part(name: str) -> str:
@@ -103,30 +125,33 @@ def _cache_key(name: str, prefix: str) -> tuple[int, str] | None:
 def decoder_io(graph: onnx.GraphProto) -> DecoderIO | None:
     """The graph's decoder roles, or None when it has no past/present KV-cache pairs (not a decoder with a cache)."""
     initializers = {t.name for t in graph.initializer}
-    inputs = [v for v in graph.input if v.name not in initializers]
+    return decoder_roles([_graph_port(v) for v in graph.input if v.name not in initializers], [_graph_port(v) for v in graph.output])
+
+
+def decoder_roles(inputs: list[Port], outputs: list[Port]) -> DecoderIO | None:
+    """Roles from the real inputs and the outputs (a graph's, or a session's through `session_port`)."""
     presents = {}
-    for output in graph.output:
+    for output in outputs:
         key = _cache_key(output.name, "present")
         if key is not None:
             presents[key] = output.name
     cache = []
-    for value in inputs:
-        key = _cache_key(value.name, "past")
-        shape = _shape(value)
-        if key is None or key not in presents or shape is None or len(shape) not in (4, 5):
+    for port in inputs:
+        key = _cache_key(port.name, "past")
+        if key is None or key not in presents or port.shape is None or len(port.shape) not in (4, 5):
             continue
-        cache.append(CacheEntry(key[0], key[1], value.name, presents[key], shape, value.type.tensor_type.elem_type))
+        cache.append(CacheEntry(key[0], key[1], port.name, presents[key], port.shape, port.elem_type))
     integer = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
-    rest = [v for v in inputs if v.name not in {e.past for e in cache}]
-    tokens = next((v.name for v in rest if "input_ids" in v.name.lower()), "")
-    tokens = tokens or next((v.name for v in rest if v.type.tensor_type.elem_type in integer and "mask" not in v.name.lower()
-                             and "position" not in v.name.lower()), "")  # fmt: skip
+    rest = [p for p in inputs if p.name not in {e.past for e in cache}]
+    tokens = next((p.name for p in rest if "input_ids" in p.name.lower()), "")
+    tokens = tokens or next((p.name for p in rest if p.elem_type in integer and "mask" not in p.name.lower()
+                             and "position" not in p.name.lower()), "")  # fmt: skip
     if not cache or not tokens:
         return None
-    mask = next((v.name for v in rest if "attention_mask" in v.name.lower()), "")
-    positions = next((v.name for v in rest if "position" in v.name.lower()), "")
-    logits = next((o.name for o in graph.output if "logits" in o.name.lower()), "")
-    logits = logits or next((o.name for o in graph.output if o.name not in presents.values()), "")
+    mask = next((p.name for p in rest if "attention_mask" in p.name.lower()), "")
+    positions = next((p.name for p in rest if "position" in p.name.lower()), "")
+    logits = next((o.name for o in outputs if "logits" in o.name.lower()), "")
+    logits = logits or next((o.name for o in outputs if o.name not in presents.values()), "")
     cache.sort(key=lambda e: (e.layer, e.part != "key"))
-    others = [v.name for v in rest if v.name not in (tokens, mask, positions)]
+    others = [p.name for p in rest if p.name not in (tokens, mask, positions)]
     return DecoderIO(tokens, cache, mask, positions, logits, others)

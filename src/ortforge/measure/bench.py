@@ -22,6 +22,7 @@ from ortforge.core.options import option
 from ortforge.core.progress import Progress
 from ortforge.core.session import SessionConfig
 from ortforge.data import FeedSet
+from ortforge.measure.generate import Generation
 from ortforge.measure.load import LoadMeter, MachineLoad
 from ortforge.measure.placement import Placement
 from ortforge.measure.process import MeasureProcess
@@ -66,6 +67,7 @@ class Variant:
     config: SessionConfig
     feeds: FeedSet
     streams: int = 1  # requests in flight at once (threads calling the one session); >1 measures throughput
+    generation: Generation | None = None  # time greedy generations (prefill, then tokens) instead of single runs
 
 
 @dataclass
@@ -87,6 +89,10 @@ class VariantResult:
     startup: LatencyStats | None = None  # repeated session creation (ms), when asked for
     startup_ratio: Ratio | None = None
     streams: int = 1  # with more than one, latency figures are wall time per request at that concurrency
+    # With a generation: `latency` is per generated token (each sample one generation's mean step), `throughput` tokens/s,
+    # and `prefill` the prompt's run.
+    generation: dict | None = None
+    prefill: LatencyStats | None = None
 
 
 @dataclass
@@ -126,13 +132,20 @@ class _Running:
         self.startup_rounds: list[list[int]] = []
         self.estimate_ns = 1
         self.offset = 0
+        self.prefill_rounds: list[list[int]] = []  # with a generation: each round's prefill times
 
     def run(self, count: int) -> list[int]:
+        if self.variant.generation is not None:  # each sample: one generation's mean decode step
+            timed = self.process.call("generate", count=count)
+            self.prefill_rounds.append(timed["prefill"])
+            return timed["step"]
         times = self.process.call("run", count=count, offset=self.offset, streams=self.variant.streams)
         self.offset += count
         return times
 
     def block_size(self, seconds: float) -> int:
+        if self.variant.generation is not None:
+            return 1  # a generation is already many runs
         return max(1, min(MAX_BLOCK_RUNS, int(seconds * 1e9 / self.estimate_ns)))
 
 
@@ -152,7 +165,8 @@ def bench(variants: list[Variant], options: BenchOptions | None = None, progress
     report_progress = progress or (lambda what, fraction: None)
     started = time.perf_counter()
     paired = options.noise_pair and len(variants) > 1
-    pair = [Variant(f"{variants[0].label} (A/A)", variants[0].model, variants[0].config, variants[0].feeds, variants[0].streams)] if paired else []
+    first = variants[0]
+    pair = [Variant(f"{first.label} (A/A)", first.model, first.config, first.feeds, first.streams, first.generation)] if paired else []
     running = [_Running(variant) for variant in [*variants, *pair]]
     phases: dict[str, float] = {}
     try:
@@ -192,6 +206,9 @@ def bench(variants: list[Variant], options: BenchOptions | None = None, progress
                      + (f"; the first variant measured twice (A/A) came out {noise.text()}: noise ±{noise_floor(noise):.1%}" if noise else ""))  # fmt: skip
     if load.busy:
         notes.append(load.describe() + ": figures are noisier than on a quiet machine")
+    if any(variant.generation for variant in variants):
+        notes.append(f"each variant timed generating: {variants[0].generation.describe() if variants[0].generation else ''}; latency figures are "
+                     "per generated token (the KV cache handed from run to run by IO binding), throughput is tokens/s, prefill is the prompt's run")  # fmt: skip
     if any(variant.streams > 1 for variant in variants):
         notes.append("with several requests in flight, latency figures are wall time per request (1 / throughput), not one request's latency")
     if options.deadline is not None and time.monotonic() > options.deadline:
@@ -222,6 +239,7 @@ def _load(item: _Running) -> None:
         name=item.variant.model.name,
         config=item.variant.config,
         feeds=item.variant.feeds.samples,
+        generation=asdict(item.variant.generation) if item.variant.generation else None,
     )
 
 
@@ -230,6 +248,7 @@ def _warm_up(item: _Running, options: BenchOptions) -> None:
     item.estimate_ns = max(first[0], 1)
     warm = item.run(item.block_size(options.warmup_seconds))
     item.estimate_ns = max(sorted(warm)[len(warm) // 2], 1)
+    item.prefill_rounds.clear()
 
 
 def _timed_rounds(running: list[_Running], options: BenchOptions, progress: Progress) -> None:
@@ -293,7 +312,8 @@ def _collect(item: _Running, options: BenchOptions, progress: Progress) -> Varia
     if options.profile and _until(options.deadline) > 0:
         progress(f"profiling: {item.variant.label}", 0.95)
         profile = item.process.call("profile", seconds=options.profile_seconds)
-    batch = _batch_size(item.variant.feeds)
+    batch = 1 if item.variant.generation else _batch_size(item.variant.feeds)
+    prefills = [t for block in item.prefill_rounds for t in block]
     return VariantResult(
         label=item.variant.label,
         model=str(item.variant.model.path or item.variant.model.name),
@@ -309,4 +329,6 @@ def _collect(item: _Running, options: BenchOptions, progress: Progress) -> Varia
         placement=item.loaded["placement"],
         profile=profile,
         streams=item.variant.streams,
+        generation=asdict(item.variant.generation) if item.variant.generation else None,
+        prefill=latency_stats(prefills, item.prefill_rounds) if prefills else None,
     )

@@ -30,13 +30,17 @@ class Worker:
         self.config: Any = None
         self.source: tuple[bytes | str, dict[str, str], str] = (b"", {}, "")
         self.pools: dict[int, ThreadPoolExecutor] = {}
+        self.loop: Any = None  # a GenerationLoop, when this worker times generations
+        self.prompt: Any = None
+        self.new_tokens = 0
 
     def ping(self) -> int:
         """Answer once imports are done, so start-up of one process does not disturb another's timing."""
         return os.getpid()
 
-    def load(self, source: bytes | str, entries: dict[str, str], name: str, config: Any, feeds: list[dict]) -> dict:
-        """Create the session from `Model.ort_source()`; time it and note the memory it took."""
+    def load(self, source: bytes | str, entries: dict[str, str], name: str, config: Any, feeds: list[dict], generation: dict | None = None) -> dict:
+        """Create the session from `Model.ort_source()`; time it and note the memory it took. With `generation` (a
+        `Generation` as a dict), `generate` times greedy generations on it."""
         from ortforge.core.values import ort_feed
 
         self.source, self.config, self.feeds = (source, entries, name), config, [ort_feed(feed) for feed in feeds]
@@ -49,6 +53,8 @@ class Worker:
         self.session.run(None, feeds[0])
         first_run_s = time.perf_counter() - start
         placement = placement_from_session(self.session, config.provider_names)
+        if generation is not None:
+            self._prepare_generation(generation)
         release_freed_memory()  # what graph optimization freed; other workers run beside this one
         return {
             "create_s": create_s,
@@ -57,6 +63,23 @@ class Worker:
             "providers": self.session.get_providers(),
             "placement": placement,
         }
+
+    def _prepare_generation(self, generation: dict) -> None:
+        from ortforge.measure.generate import GenerationLoop, prompt_from
+
+        self.loop = GenerationLoop(self.session)
+        vocabulary = self.session.get_outputs()[self.loop.logits_at].shape[-1]
+        self.prompt = prompt_from(self.feeds[0], self.loop.roles, generation["prompt"], vocabulary if isinstance(vocabulary, int) else None)
+        self.new_tokens = generation["new_tokens"]
+
+    def generate(self, count: int) -> dict[str, list[int]]:
+        """`count` greedy generations: each one's prefill and mean decode step (nanoseconds), and the tokens of the last."""
+        prefill, step = [], []
+        for _ in range(count):
+            run = self.loop.run(self.prompt, self.new_tokens)
+            prefill.append(run.prefill_ns)
+            step.append(sum(run.step_ns) // max(1, len(run.step_ns)))
+        return {"prefill": prefill, "step": step, "tokens": run.tokens}
 
     def startup(self, count: int) -> list[int]:
         """Nanoseconds to create a fresh session, `count` times (process-wide ORT set-up already paid)."""

@@ -93,12 +93,18 @@ def render_bench(report: BenchReport, console: Console, top: int = 8) -> None:
         ("EPs", lambda r: ", ".join(p.replace("ExecutionProvider", "") for p in r.providers)),
         ("nodes per EP", _placement_cell),
     ]
+    if any(r.generation for r in report.variants):  # latency rows are per generated token
+        rows = [(name.replace("(ms)", "(ms/token)") if name.startswith(("p", "mean", "min", "round")) else name, cell) for name, cell in rows]
+        rows = [row for row in rows if not row[0].startswith("throughput")]
+        rows.insert(rows.index(next(r for r in rows if r[0] == "p50 (ms/token)")), ("prefill p50 (ms)", lambda r: _ms(r.prefill.p50) if r.prefill else "-"))
+        rows.insert(rows.index(next(r for r in rows if r[0] == "runs timed")), ("decode tokens/s", lambda r: f"{r.throughput:,.1f}"))
+        rows = [("generations timed", lambda r: f"{r.latency.count:,}") if name == "runs timed" else (name, cell) for name, cell in rows]
     if not any(r.startup for r in report.variants):
         rows = [row for row in rows if not row[0].startswith("start-up")]
     elif len(report.variants) == 1:
         rows = [row for row in rows if row[0] != "start-up ratio to first"]
     if len(report.variants) > 1:
-        rows.insert(rows.index(next(r for r in rows if r[0] == "p50 (ms)")), ("p50 ratio to first", _ratio))
+        rows.insert(rows.index(next(r for r in rows if r[0] in ("p50 (ms)", "p50 (ms/token)"))), ("p50 ratio to first", _ratio))
     for name, cell in rows:
         table.add_row(name, *(cell(result) for result in report.variants))
     console.print(table)

@@ -1,0 +1,67 @@
+"""Generation timing for decoders: greedy tokens with the KV cache carried by IO binding equal those of re-running the
+whole sequence each step, `bench --generate` reports prefill, per-token latency and tokens/s from fresh processes, and
+a model without a KV cache, or a bad P,N, is one line naming it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from helpers import DECODER_VOCAB, linear_model, save, the_error_line, tiny_decoder
+from ortforge.cli import main
+from ortforge.core.errors import OptionError
+from ortforge.measure.generate import Generation, GenerationLoop
+
+
+def _full_sequence_greedy(session: ort.InferenceSession, prompt: list[int], new_tokens: int) -> list[int]:
+    """The reference: no cache, the whole sequence run again for every token."""
+    tokens, chosen = list(prompt), []
+    empty = {f"past_key_values.{i}.{part}": np.zeros((1, 4, 0, 16), np.float32) for i in range(2) for part in ("key", "value")}
+    for _ in range(new_tokens):
+        length = len(tokens)
+        feeds = {"input_ids": np.array([tokens]), "attention_mask": np.ones((1, length), np.int64), "position_ids": np.arange(length)[None], **empty}
+        chosen.append(int(np.argmax(session.run(["logits"], feeds)[0][0, -1])))
+        tokens.append(chosen[-1])
+    return chosen
+
+
+@pytest.mark.parametrize("peaked", [True, False])
+def test_the_cache_carried_by_io_binding_gives_the_tokens_of_full_reruns(peaked):
+    session = ort.InferenceSession(tiny_decoder(peaked=peaked).SerializeToString(), providers=["CPUExecutionProvider"])
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    run = GenerationLoop(session).run(np.array(prompt), 10)
+    assert run.tokens == _full_sequence_greedy(session, prompt, 10)
+    assert len(run.step_ns) == 9 and run.prefill_ns > 0 and run.tokens_per_s > 0
+    if peaked:  # the model's rule: next = 7 * token + 3 (mod vocabulary)
+        expected = [prompt[-1]]
+        for _ in range(10):
+            expected.append((7 * expected[-1] + 3) % DECODER_VOCAB)
+        assert run.tokens == expected[1:]
+
+
+def test_bench_generate_reports_prefill_per_token_latency_and_tokens_per_second(tmp_path):
+    path = save(tiny_decoder(), tmp_path / "decoder.onnx")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["bench", str(path), f"{path}", "--generate", "12,6", "--time", "0.5", "--no-profile", "--json", "--quiet"]) in (0, None)
+    report = json.loads(out.getvalue())
+    for variant in report["variants"]:
+        assert variant["generation"] == {"prompt": 12, "new_tokens": 6}
+        assert variant["prefill"]["p50"] > 0 and variant["latency"]["p50"] > 0
+        assert variant["throughput"] == pytest.approx(1e3 / variant["latency"]["p50"])  # tokens/s from ms per token
+    assert report["noise"] is not None and any("per generated token" in note for note in report["notes"])
+
+
+def test_generate_refuses_a_model_without_a_cache_and_a_bad_count(tmp_path, capfd):
+    path = save(linear_model(), tmp_path / "linear.onnx")
+    assert main(["bench", str(path), "--generate", "8,4", "--time", "0.5"]) == 2
+    assert "not a decoder with a KV cache" in the_error_line(capfd.readouterr().err)
+    with pytest.raises(OptionError, match="P,N"):
+        Generation.parse("8")
+    with pytest.raises(OptionError, match="2 new tokens"):
+        Generation.parse("8,1")
