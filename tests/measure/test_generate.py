@@ -65,3 +65,17 @@ def test_generate_refuses_a_model_without_a_cache_and_a_bad_count(tmp_path, capf
         Generation.parse("8")
     with pytest.raises(OptionError, match="2 new tokens"):
         Generation.parse("8,1")
+
+
+def test_tune_for_decode_times_generated_tokens_and_refuses_a_model_without_a_cache(tmp_path):
+    from ortforge.commands.tune import tune
+    from ortforge.core.errors import UserError
+
+    path = save(tiny_decoder(), tmp_path / "decoder.onnx")
+    report = tune(str(path), tmp_path / "artifact", time_budget_s=30, objective="decode", generate="8,4", samples=4, calib_samples=4)
+    record = json.loads((tmp_path / "artifact" / "ortforge.json").read_text())
+    assert record["objective"] == "decode" and record["figures"]["generation"] == {"prompt": 8, "new_tokens": 4}
+    assert record["figures"]["prefill_ms"]["baseline"]["p50"] > 0 and record["roofline"] is None
+    assert report.result.chosen is not None
+    with pytest.raises(UserError, match="not a decoder with a KV cache"):
+        tune(str(save(linear_model(), tmp_path / "linear.onnx")), tmp_path / "other", time_budget_s=10, objective="prefill")

@@ -87,7 +87,7 @@ def run_tune(args: argparse.Namespace, console: Any) -> None:
         report = tune(args.model, args.output, data=args.data, samples=args.samples, calib_samples=args.calib_samples, shape_options=shape_options(args),
                       tolerances=tolerances(args), eval_hook=args.eval_hook, objective=args.objective, time_budget_s=budget,
                       providers=args.providers, overwrite=args.overwrite, progress=progress, runner=args.runner, address=args.address,
-                      target=args.target)  # fmt: skip
+                      target=args.target, generate=args.generate)  # fmt: skip
     emit_json(report) if args.json else render_tune(report, console)
 
 
@@ -105,7 +105,7 @@ def add_tune_many(parser: argparse.ArgumentParser) -> None:
     add_parameter(parser, tune_many, "address", "the Ray cluster (default: the one `ray start` on this machine joined)", metavar="HOST:PORT")
     parser.add_argument("--target", dest="targets", action="append", default=[], metavar="NAME",
                         help="a target to tune for, by name or id (repeat; default all: every target of the runner)")
-    add_options(parser, TuneOptions, skip=("time_budget_s",))
+    add_options(parser, TuneOptions, skip=("time_budget_s", "generate"))  # decode objective: the default generation
     add_time_budget(parser, default_of(TuneOptions, "time_budget_s"), "each (model, target) pair")
     add_parameter(parser, tune_many, "calib_samples", "calibration samples")
     add_parameter(parser, tune_many, "samples", "evaluation samples")

@@ -21,6 +21,7 @@ from ortforge.core.progress import Progress
 from ortforge.core.runtime import local_providers
 from ortforge.core.session import provider_name
 from ortforge.data import FeedSet, ShapeOptions
+from ortforge.data.decoder_io import decoder_io
 from ortforge.tuning import TuneReport, tune_model
 from ortforge.tuning.artifact import CONFIG_FILE
 from ortforge.tuning.runner import LocalRunner, TrialRunner
@@ -67,11 +68,15 @@ def prepare_tune(
     providers: Sequence[str] = (),
     output: str | Path | None = None,
     overwrite: bool = False,
+    generate: str = default_of(TuneOptions, "generate"),
 ) -> TuneJob:
     """Everything tune checks and reads before its search: options, the model, the output folder (when given), the data."""
-    options = TuneOptions(objective=objective, time_budget_s=time_budget_s)  # checked before any work
+    options = TuneOptions(objective=objective, time_budget_s=time_budget_s, generate=generate)  # checked before any work
     parsed = parse_tolerances(tolerances) or None
     model = open_model(reference)
+    if objective in ("decode", "prefill") and decoder_io(model.proto.graph) is None:
+        raise OptionError("objective", objective, f"{model.name} is not a decoder with a KV cache (no past/present key-value inputs and "
+                          "outputs); use latency")  # fmt: skip
     if output is not None:
         guard_folder(output, user_files(model, data, eval_hook), marker=CONFIG_FILE, overwrite=overwrite)
     calibration, evaluation = calibration_and_evaluation(model, reference, data, calib_samples=calib_samples,
@@ -83,7 +88,7 @@ def prepare_tune(
             raise OptionError("providers", name, f"not available in this onnxruntime (available: {', '.join(local)})")
     family = inspect_model(model, shape_options).family
     transformer = detect_transformer(model).model_type != "unknown"
-    settings = {"model": str(reference), "objective": objective, "time_budget_s": time_budget_s, "samples": samples, "calib_samples": calib_samples,
+    settings = {"model": str(reference), "objective": objective, **({"generate": generate} if objective == "decode" else {}), "time_budget_s": time_budget_s, "samples": samples, "calib_samples": calib_samples,
                 "data": data, "eval_hook": eval_hook, "providers": list(providers) or None, **_shape_settings(shape_options)}  # fmt: skip
     return TuneJob(str(reference), model, calibration, evaluation, family, transformer, replace(options, providers=tuple(chosen)), parsed,
                    load_eval_hook(eval_hook) if eval_hook else None, settings)  # fmt: skip
@@ -107,6 +112,7 @@ def tune(
     runner: str = "local",
     address: str | None = None,
     target: str | None = None,
+    generate: str = default_of(TuneOptions, "generate"),
 ) -> TuneReport:
     """Search precision, fusion, EPs and session options under an accuracy budget; write the artifact folder
     (`overwrite` replaces an earlier artifact there). `runner` 'ray' builds on the cluster at `address` and measures on
@@ -116,7 +122,7 @@ def tune(
         raise OptionError("runner", runner, "choose one of local, ray")
     job = prepare_tune(reference, data=data, samples=samples, calib_samples=calib_samples, shape_options=shape_options, tolerances=tolerances,
                        eval_hook=eval_hook, objective=objective, time_budget_s=time_budget_s, providers=providers, output=output,
-                       overwrite=overwrite)  # fmt: skip
+                       overwrite=overwrite, generate=generate)  # fmt: skip
     if runner == "local":
         return job.run(output, progress=progress, started=started)
     from ortforge.tuning.cluster import chosen_targets

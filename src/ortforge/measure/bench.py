@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ class BenchOptions:
     profile_seconds: float = 1.0
     startup_rounds: int = option(0, flag="--startup", metavar="N", help="also time session creation N times per variant, interleaved")
     deadline: float | None = None  # a time.monotonic() reading: timed rounds end early to finish by it (a search's budget)
+    generation: Generation | None = None  # every variant timed generating (a decoder; tune's decode objective)
 
     def __post_init__(self) -> None:
         for name in ("max_seconds", "warmup_seconds", "block_seconds", "profile_seconds", "precision"):
@@ -160,6 +161,7 @@ def bench(variants: list[Variant], options: BenchOptions | None = None, progress
     With `noise_pair`, the first variant also runs in a second process: its ratio to the first (ideally 1)
     is this run's noise floor."""
     options = options or BenchOptions()
+    variants = [replace(v, generation=v.generation or options.generation) for v in variants]
     for variant in variants:  # an EP this ORT lacks is named before any process starts
         variant.config.check_providers()
     report_progress = progress or (lambda what, fraction: None)

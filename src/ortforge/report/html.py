@@ -33,7 +33,8 @@ def _figure(label: str, value: str) -> str:
     return f'<div class="figure">{escape(label)}<b>{escape(value)}</b></div>'
 
 
-RATIO_LABELS = {"throughput": "time per request vs ORT defaults", "startup": "start-up vs ORT defaults"}
+RATIO_LABELS = {"throughput": "time per request vs ORT defaults", "startup": "start-up vs ORT defaults",
+                "decode": "time per generated token vs ORT defaults", "prefill": "prefill latency vs ORT defaults"}
 
 
 def _latency(figures: dict[str, Any]) -> str:

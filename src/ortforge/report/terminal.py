@@ -399,7 +399,8 @@ def render_tune(report, console: Console) -> None:  # noqa: ANN001 - tune.TuneRe
             console.print(f"  {escape(label)}: {escape(why)}", highlight=False)
     summary = record["summary"]
     console.print(f"[bold]chosen:[/] {escape(record['why'])}", highlight=False)
-    ratio = {"throughput": "time per request", "startup": "start-up time"}.get(record.get("objective", ""), "latency")
+    ratio = {"throughput": "time per request", "startup": "start-up time", "decode": "time per generated token",
+             "prefill": "prefill latency"}.get(record.get("objective", ""), "latency")
     console.print(f"  {ratio} {summary['speedup']}, {summary['accuracy']}, size {summary['size']}, start-up {summary['startup']}"
                   + (f", throughput {summary['throughput']}" if "throughput" in summary else ""), highlight=False)  # fmt: skip
     console.print(f"  {escape(summary.get('evidence', ''))}", highlight=False)

@@ -33,7 +33,7 @@ from ortforge.tuning.artifact import REPRODUCE_FILE, environment, reproduce_file
 from ortforge.tuning.candidates import precision_candidates
 from ortforge.tuning.recipe import Recipe, check_fits, model_shape
 from ortforge.tuning.record import artifact_record, portable
-from ortforge.tuning.runner import LocalRunner, TrialRunner
+from ortforge.tuning.runner import GeneratingRunner, LocalRunner, TrialRunner
 from ortforge.tuning.search import CONFIRM, JOURNAL, Finalist, TuneOptions, TuneResult, objective_score, offline_variants, tune_search
 from ortforge.tuning.sessions import SessionCandidate
 
@@ -86,6 +86,8 @@ def tune_model(
     tolerances = judge.tolerances
     local = LocalRunner(model, calibration, evaluation, judge, cache_root() / "tune")
     trials = runner(local) if runner is not None else local  # a cluster runner shares the local runner's cache
+    if options.generation is not None:  # the decode objective: every measurement times generations
+        trials = GeneratingRunner(trials, options.generation)
     if hasattr(trials, "bind_deadline"):  # time queued behind other searches' work is given back to this search
         trials.bind_deadline(deadline)
     candidates = precision_candidates(family, list(options.providers), transformer, foldable=bool(find_folds(model.proto)))

@@ -67,6 +67,9 @@ def artifact_record(model: Model, reference_name: str, result: TuneResult, toler
             "peak_rss_bytes": {"chosen": chosen_run.peak_rss, "baseline": baseline_run.peak_rss},
             "session_rss_bytes": {"chosen": chosen_run.session_rss, "baseline": baseline_run.session_rss},
             "throughput_per_s": {"chosen": chosen_run.throughput, "baseline": baseline_run.throughput, "batch": chosen_run.batch},
+            # Timed generating (the decode objective): latency is per generated token, throughput tokens/s.
+            **({"generation": chosen_run.generation, "prefill_ms": {"chosen": _stats(chosen_run.prefill), "baseline": _stats(baseline_run.prefill)}}
+               if chosen_run.generation and chosen_run.prefill and baseline_run.prefill else {}),
         },
         "summary": {
             "speedup": f"{ratio.ratio:.2f}x [{ratio.low:.2f}-{ratio.high:.2f}]" if ratio else "1.00x",
@@ -120,6 +123,8 @@ def roofline_record(model: Model, feeds: FeedSet, result: TuneResult) -> dict[st
     runs = {v.label: v for v in result.final.variants}
     if result.confirmation is not None:
         runs.update({v.label: v for v in result.confirmation.variants})
+    if any(v.generation for v in runs.values()):
+        return None  # timed per generated token: the MACs counted are the prompt's, not one step's
     sample = feeds.samples[0] if feeds.samples else None
     if sample is None or any(not hasattr(value, "shape") for value in sample.values()):
         return None

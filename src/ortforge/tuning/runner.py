@@ -29,6 +29,7 @@ from ortforge.core.progress import Progress
 from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.data import FeedSet
 from ortforge.measure.bench import BenchOptions, BenchReport, Variant, bench
+from ortforge.measure.generate import Generation
 from ortforge.searches.recipes import apply_recipe
 from ortforge.searches.trial import Candidate, Trial, frozen_options
 from ortforge.transforms import TransformResult
@@ -83,6 +84,20 @@ def store_entry(folder: Path, write: Callable[[Path], object]) -> None:
 def entry_files(folder: Path) -> dict[str, bytes]:
     """A cache entry's files (result.json, and model.onnx with any .data beside it), to carry to another cache."""
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+class GeneratingRunner:
+    """A runner whose every measurement times generations (tune's decode objective): it hands each measurement the
+    generation to time, and is the runner it wraps for everything else (local or on a cluster)."""
+
+    def __init__(self, inner: Any, generation: Generation) -> None:
+        self.inner, self.generation = inner, generation
+
+    def measure(self, targets: Sequence[MeasureTarget], options: BenchOptions, progress: Progress | None = None) -> BenchReport:
+        return self.inner.measure(targets, replace(options, generation=self.generation), progress)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 class LocalRunner:

@@ -24,6 +24,7 @@ from ortforge.core.session import CPU, SessionConfig
 from ortforge.measure.bench import BenchOptions, BenchReport
 from ortforge.measure.compare import CandidateScore, score, startup_score, verdict_text, winner
 from ortforge.measure.cost import MeasureCost
+from ortforge.measure.generate import Generation
 from ortforge.measure.memory import release_freed_memory
 from ortforge.measure.placement import placement_for
 from ortforge.searches.trial import Candidate, Trial
@@ -32,8 +33,9 @@ from ortforge.tuning.runner import Hold, MeasureTarget, TrialRunner, no_hold
 from ortforge.tuning.schedule import Schedule, Stage
 from ortforge.tuning.sessions import SessionCandidate, session_space
 
-OBJECTIVES = ("latency", "throughput", "startup", "size")
+OBJECTIVES = ("latency", "throughput", "startup", "size", "decode", "prefill")
 JOURNAL = "journal.json"
+OBJECTIVE_TIMES = {"startup": "start-up time", "prefill": "prefill latency"}  # what a ratio is a ratio of, where not latency
 SESSION_FINALISTS = 2  # session options carried into the final run after their own screen
 RESCUE_SLACK = 0.05  # missed recipes this close in cosine to the most accurate compete for rescue on their speed
 RESCUE_SCREEN_S = 1.0  # seconds of timed runs per recipe in that race
@@ -50,7 +52,10 @@ class TuneOptions:
     """What tune optimizes for, how long it may take, and where it may run the model."""
 
     objective: str = option("latency", choices=OBJECTIVES, help="latency: one request's time; throughput: requests per second with "
-                            "several in flight; startup: session creation; size: the smallest model not slower than fp32")  # fmt: skip
+                            "several in flight; startup: session creation; size: the smallest model not slower than fp32; decoders: "
+                            "decode: time per generated token (see --generate), prefill: the prompt's run")  # fmt: skip
+    generate: str = option("64,32", metavar="P,N", help="for --objective decode: each timed generation is a prefill of P prompt tokens, "
+                           "then N tokens greedy with the KV cache carried")  # fmt: skip
     time_budget_s: float = option(300.0, flag="--time-budget", metavar="DURATION", help="e.g. 90s, 5m, 1h")
     providers: tuple[str, ...] = (CPU,)
     cpu_fallback_budget: float = 0.1  # an EP may leave at most this share of nodes to the CPU
@@ -61,6 +66,12 @@ class TuneOptions:
             raise OptionError("objective", self.objective, f"choose one of {', '.join(OBJECTIVES)}")
         if not (math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
             raise OptionError("time_budget_s", self.time_budget_s, "must be a positive, finite number of seconds")
+        Generation.parse(self.generate)  # a bad P,N is named before any work
+
+    @property
+    def generation(self) -> Generation | None:
+        """What each timed run is for the decode objective (None for the others: single runs)."""
+        return Generation.parse(self.generate) if self.objective == "decode" else None
 
 
 @dataclass
@@ -486,7 +497,9 @@ def _ratio_phrase(ratio: float, objective: str) -> str:
     """Scores are time ratios (lower is better) for every objective; say so in the objective's terms."""
     if objective == "throughput":
         return f"{ratio:.2f}x the time per request ({1 / ratio:.2f}x the throughput)"
-    return f"{ratio:.2f}x the {'start-up time' if objective == 'startup' else 'latency'}"
+    if objective == "decode":
+        return f"{ratio:.2f}x the time per generated token ({1 / ratio:.2f}x the tokens/s)"
+    return f"{ratio:.2f}x the {OBJECTIVE_TIMES.get(objective, 'latency')}"
 
 
 def _choose(finalists: list[Finalist], options: TuneOptions, noise: float) -> tuple[Finalist, str]:
