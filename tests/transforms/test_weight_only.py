@@ -236,3 +236,22 @@ def test_input_model_is_not_modified_and_no_files_are_written(tmp_path, monkeypa
 def test_impossible_options_are_user_errors(kwargs: dict, fragment: str) -> None:
     with pytest.raises(UserError, match=fragment):
         WeightOnlyOptions(**kwargs)
+
+
+def test_k_quants_are_an_algorithm_choice_and_impossible_ones_are_refused():
+    from helpers import tiny_decoder
+    from ortforge.core.errors import OptionError
+    from ortforge.searches.recipes import auto_recipes
+
+    model = from_proto(tiny_decoder())
+    plain = quantize_weight_only(model, WeightOnlyOptions())
+    kquant = quantize_weight_only(model, WeightOnlyOptions(algorithm="k_quant"))
+    assert kquant.changed and sum(n.op_type == "MatMulNBits" for n in kquant.proto.graph.node) == 13
+    assert kquant.proto.SerializeToString() != plain.proto.SerializeToString()  # other scales, same op
+    assert WeightOnlyOptions(algorithm="k_quant").describe().startswith("weight-only int4 k_quant block 32")
+    with pytest.raises(OptionError, match="^algorithm=k_quant: ORT's k-quants are 4 bits in blocks of 32"):
+        WeightOnlyOptions(algorithm="k_quant", block_size=128)
+    with pytest.raises(OptionError, match="^algorithm=hqq: embeddings"):
+        WeightOnlyOptions(algorithm="hqq", op_types=("MatMul", "Gather"))
+    decoder = [r.describe() for r in auto_recipes("decoder", ("avx512_vnni",)) if isinstance(r, WeightOnlyOptions)]
+    assert any("k_quant" in d for d in decoder) and any("Gather" in d for d in decoder) and any("block 128" in d for d in decoder)

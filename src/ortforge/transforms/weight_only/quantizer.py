@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import Iterator
 
 import onnx
 
+from ortforge.core.errors import UserError
 from ortforge.core.model import iter_nodes
 from ortforge.transforms.weight_only.options import WeightOnlyOptions
 from ortforge.transforms.weight_only.sites import _Site
@@ -30,9 +32,24 @@ def _run_ort_quantizer(proto: onnx.ModelProto, options: WeightOnlyOptions, chose
         nodes_to_exclude=others,
         op_types_to_quantize=tuple(sorted(ort_ops)),
         quant_axes=(("MatMul", 0), ("Gather", -1)),  # Gather: blocks along each embedding row
+        algo_config=_algorithm(quantizer_module, options, tuple(sorted(ort_ops))),
     )
-    with _quiet(ORT_LOGGER):
+    with _quiet(ORT_LOGGER), contextlib.redirect_stdout(io.StringIO()):  # k-quants print a progress bar
         quantizer.process()
+
+
+def _algorithm(module, options: WeightOnlyOptions, op_types: tuple[str, ...]):  # noqa: ANN001, ANN202 - ORT's config classes
+    """ORT's config for the chosen algorithm (None: its default, blockwise round-to-nearest)."""
+    if options.algorithm == "k_quant":
+        return module.KQuantWeightOnlyQuantConfig(op_types_to_quantize=op_types)
+    if options.algorithm == "hqq":
+        try:
+            import torch  # noqa: F401 - ORT's HQQ runs on torch
+        except ImportError:
+            raise UserError("weight-only algorithm hqq needs torch, which is not installed", hint="pip install torch, or use rtn or k_quant") from None
+        return module.HQQWeightOnlyQuantConfig(block_size=options.block_size, bits=options.bits, op_types_to_quantize=op_types,
+                                               quant_axes=(("MatMul", 0),))  # fmt: skip
+    return None
 
 
 def _import_ort_quantizer():
