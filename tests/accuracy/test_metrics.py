@@ -143,3 +143,18 @@ def test_nan_or_infinite_inputs_are_refused_naming_input_and_sample(tmp_path):
     np.savez(tmp_path / "x.npz", x=bad)
     with pytest.raises(UserError, match=r"x.npz: input 'x' holds 1 NaN/infinite value"):
         load_feeds(model, str(tmp_path / "x.npz"))
+
+
+def test_token_logits_are_judged_by_the_share_of_positions_whose_top1_holds():
+    from ortforge.accuracy.metrics import output_accuracy
+    from ortforge.accuracy.tolerance import default_tolerances, token_logits
+
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((1, 40, 50)).astype(np.float32)
+    candidate = reference.copy()
+    candidate[0, :2, :] = candidate[0, :2, ::-1]  # two positions' top-1 moved
+    result = output_accuracy("logits", [reference], [candidate])
+    assert result.token_top1 == pytest.approx(38 / 40) and result.counts["token_top1"] == (2, 40)
+    assert token_logits("logits", reference) and not token_logits("last_hidden_state", reference)
+    assert any(t.metric == "token_top1" for t in default_tolerances([{"logits": reference}]))
+    assert not any(t.metric == "token_top1" for t in default_tolerances([{"last_hidden_state": reference}]))

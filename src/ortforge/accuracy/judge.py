@@ -33,7 +33,7 @@ from ortforge.core.session import SessionConfig, run_outputs
 from ortforge.data import FeedSet
 
 # What the verdict's summary shows besides the bounded metrics, when measured.
-SHOWN = ("cosine", "top1", "sequence", "agreement", "max_abs", "rel")
+SHOWN = ("cosine", "top1", "token_top1", "sequence", "agreement", "max_abs", "rel")
 ENOUGH_SAMPLES = 32  # fewer, and the verdict says what a change rate could hide
 
 
@@ -89,7 +89,7 @@ class Verdict:
 
 # Raised when a recorded metric changes meaning (or a verdict is recorded differently), so that verdicts cached by
 # older code are not taken for this code's: 2 = per-sample counts, task-shaped checks, hook errors never recorded.
-METRICS_VERSION = 2
+METRICS_VERSION = 3
 
 
 class Judge:

@@ -22,12 +22,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ortforge.accuracy.hooks import run_hook
-from ortforge.accuracy.tolerance import HIGHER_IS_BETTER, classifier_output, probability_map, sequence_output
+from ortforge.accuracy.tolerance import HIGHER_IS_BETTER, classifier_output, probability_map, sequence_output, token_logits
 from ortforge.core.errors import UserError
 
 Outputs = list[dict[str, object]]  # one dict of output name -> value per sample
-ALL_METRICS = ("cosine", "pooled_cosine", "max_abs", "mean_abs", "rel", "top1", "sequence", "agreement")
-RATES = {"top1": "rows", "sequence": "sequences", "agreement": "elements"}  # agreement metrics judged with counts
+ALL_METRICS = ("cosine", "pooled_cosine", "max_abs", "mean_abs", "rel", "top1", "token_top1", "sequence", "agreement")
+RATES = {"top1": "rows", "token_top1": "tokens", "sequence": "sequences", "agreement": "elements"}  # agreement metrics judged with counts
 EVAL_CHECK = "eval_check"  # in measured metrics: 1 when the hook answered True/False (a check), so cached verdicts keep it
 # A cosine over a handful of numbers (a VAD's one probability) says little per sample: pool them.
 MIN_COSINE_ELEMENTS = 16
@@ -46,6 +46,7 @@ class OutputAccuracy:
     cosine: float | None = None  # worst sample's cosine (all samples pooled for tiny outputs; with a mask, the worse of real tokens and pooled)
     pooled_cosine: float | None = None  # worst row's cosine of the mean over real tokens (per-token outputs with a mask)
     top1: float | None = None  # share of rows (class-score vectors) whose argmax is unchanged
+    token_top1: float | None = None  # share of token positions of raw logits whose argmax is unchanged (next-token agreement)
     sequence: float | None = None  # share of rows whose argmax at every step is unchanged (per-step class scores)
     agreement: float | None = None  # share of probability elements on the same side of 0.5
     close: float | None = None  # worst |a-b| / (atol + rtol |reference|): 1 or less is allclose
@@ -188,7 +189,8 @@ def _real_tokens(reference: np.ndarray, mask: np.ndarray | None) -> np.ndarray |
     return np.asarray(mask).astype(bool)
 
 
-def _add_sample(tally: _Tally, ref: np.ndarray, cand: np.ndarray, error: np.ndarray, wanted: set[str], real: np.ndarray | None, tiny: bool) -> None:
+def _add_sample(tally: _Tally, ref: np.ndarray, cand: np.ndarray, error: np.ndarray, wanted: set[str], real: np.ndarray | None, tiny: bool,
+                logits: bool = False) -> None:  # fmt: skip
     ref64, cand64 = ref.astype(np.float64), cand.astype(np.float64)
     if real is not None:  # padding positions say nothing about the model: leave them out
         ref64, cand64, error = ref64[real], cand64[real], error[real]
@@ -213,6 +215,10 @@ def _add_sample(tally: _Tally, ref: np.ndarray, cand: np.ndarray, error: np.ndar
             steps = ref.argmax(axis=-1) == cand.argmax(axis=-1)
             rows = np.all(steps | ~real, axis=-1) if real is not None else np.all(steps, axis=-1)
             tally.add_rate("sequence", int(rows.size - np.count_nonzero(rows)), int(rows.size))
+    if "token_top1" in wanted and logits:
+        same = ref.argmax(axis=-1) == cand.argmax(axis=-1)
+        same = same[real] if real is not None else same
+        tally.add_rate("token_top1", int(same.size - np.count_nonzero(same)), int(same.size))
     if "agreement" in wanted and probability_map(ref):
         flipped = np.count_nonzero((ref64 >= 0.5) != (cand64 >= 0.5))
         tally.add_rate("agreement", int(flipped), int(ref64.size))
@@ -244,7 +250,7 @@ def output_accuracy(
             continue
         real = _real_tokens(ref_array, masks[index] if masks is not None and index < len(masks) else None)
         result.real_tokens_only = result.real_tokens_only or real is not None
-        _add_sample(tally, ref_array, cand_array, error, wanted, real, tiny)
+        _add_sample(tally, ref_array, cand_array, error, wanted, real, tiny, token_logits(name, ref_array))
     if "cosine" in wanted and tiny and reference and all(np.asarray(r).dtype.kind in "fiub" for r in reference):
         tally.cosines.append(_cosine(np.concatenate([np.ravel(r) for r in reference]), np.concatenate([np.ravel(c) for c in candidate])))
     if wanted & {"max_abs", "mean_abs", "rel"} and tally.count:

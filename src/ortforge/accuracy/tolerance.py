@@ -17,11 +17,14 @@ import numpy as np
 
 from ortforge.core.errors import OptionError
 
-HIGHER_IS_BETTER = {"cosine", "pooled_cosine", "top1", "sequence", "agreement", "eval"}
+HIGHER_IS_BETTER = {"cosine", "pooled_cosine", "top1", "token_top1", "sequence", "agreement", "eval"}
 LOWER_IS_BETTER = {"max_abs", "mean_abs", "rel", "close"}
 METRICS = HIGHER_IS_BETTER | LOWER_IS_BETTER
 CLOSE_PARTS = ("rtol", "atol")  # spelled as metrics on the command line; together they make one `close` bound
-BOUNDED = {"cosine": (-1.0, 1.0), "pooled_cosine": (-1.0, 1.0), "top1": (0.0, 1.0), "sequence": (0.0, 1.0), "agreement": (0.0, 1.0)}
+BOUNDED = {"cosine": (-1.0, 1.0), "pooled_cosine": (-1.0, 1.0), "top1": (0.0, 1.0), "token_top1": (0.0, 1.0), "sequence": (0.0, 1.0),
+           "agreement": (0.0, 1.0)}  # fmt: skip
+# A language model's next token under teacher forcing: the share of positions whose top-1 may change (the issue's bar).
+TOKEN_TOP1_DEFAULT = 0.95
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,13 @@ def sequence_output(array: object) -> bool:
     return classifier_output(array) and np.ndim(array) == 3 and np.shape(array)[1] > 1
 
 
+def token_logits(name: str, array: object) -> bool:
+    """Raw per-token scores [batch, tokens, vocabulary] named like logits (a language model's next-token scores, a token
+    classifier's labels): what a user reads is each position's top-1, where most may be kept but not all need be."""
+    return ("logits" in name.lower() and isinstance(array, np.ndarray) and array.ndim == 3 and array.dtype.kind == "f"
+            and array.shape[-1] >= 2 and array.size > 0 and not classifier_output(array))  # fmt: skip
+
+
 def probability_map(array: object) -> bool:
     """Values in [0, 1] that are not class scores (a segmentation map, a speech probability): what matters is
     which side of 0.5 each one falls."""
@@ -150,9 +160,11 @@ def probability_map(array: object) -> bool:
 def default_tolerances(reference: list[dict[str, object]]) -> list[Tolerance]:
     """What quantize and tune hold a candidate to by default, by the form of the outputs: cosine >= 0.99 on
     every output; top-1 unchanged for class scores; every decoded sequence unchanged for per-step class
-    scores; 99% of a probability map on the same side of 0.5."""
+    scores; 99% of a probability map on the same side of 0.5; 95% of token logits' top-1 unchanged."""
     first = list(reference[0].values()) if reference else []
     tolerances = [Tolerance("cosine", 0.99)]
+    if any(token_logits(name, value) for name, value in (reference[0].items() if reference else ())):
+        tolerances.append(Tolerance("token_top1", TOKEN_TOP1_DEFAULT))
     if any(classifier_output(value) for value in first):
         tolerances.append(Tolerance("top1", 1.0))
     if any(sequence_output(value) for value in first):
