@@ -213,9 +213,9 @@ def _better_calibrated(runner: TrialRunner, trial: Trial, trials: list[Trial], r
 def _exclude(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], rejected: list[tuple[str, str]], deadline: Deadline,
              keep_s: float, progress: Progress) -> None:  # fmt: skip
     """When no int8 recipe of a mode met the tolerance, one missed recipe of that mode, static first (the fastest of the
-    nearly most accurate: `near_most_accurate`, `fastest_of`), gets
-    a small set of nodes kept in float (once, time allowing), after trying percentile ranges on it. An accurate dynamic
-    recipe does not stand in for static int8: on magika static ran at 0.48x of fp32, dynamic at 0.96x."""
+    nearly most accurate: `near_most_accurate`, `fastest_of`), gets a small set of nodes kept in float (once, time
+    allowing), after trying percentile ranges on it. An accurate dynamic recipe does not stand in for static int8: on
+    magika static ran at 0.48x of fp32, dynamic at 0.96x."""
     missed = [t for t in trials if t.candidate.kind == "int8" and t.model is not None and not t.error and t not in accurate]
     passed = {t.candidate.settings.get("mode") for t in accurate if t.candidate.kind == "int8"}
     missed = [t for t in missed if t.candidate.settings.get("mode") not in passed]

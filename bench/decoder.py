@@ -1,0 +1,106 @@
+"""Decoder LMs: tune for decode tokens/s on the zoo decoder, against onnxruntime-genai's own int4 build, in one run.
+
+Needs the zoo decoder (`bench/decoder_build.py`: a Llama trained here on stdlib docstrings, exported by the model
+builder to fp32 and int4). Accuracy is next-token agreement under teacher forcing on held-out docstrings (never
+trained on), with its bound, and logits cosine; speed is greedy generation with the KV cache carried (prefill of
+--prompt tokens, then --new tokens), every variant in a fresh process, interleaved, with an A/A pair.
+
+    python bench/decoder.py [--budget 6m] [--prompt 64] [--new 32] [--samples 16] [--time 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from ortforge.accuracy.judge import Judge  # noqa: E402
+from ortforge.accuracy.tolerance import parse_tolerances  # noqa: E402
+from ortforge.cli.arguments import parse_duration  # noqa: E402
+from ortforge.commands.tune import tune  # noqa: E402
+from ortforge.core.model import load_model, model_size  # noqa: E402
+from ortforge.core.session import SessionConfig, run_outputs  # noqa: E402
+from ortforge.data import FeedSet  # noqa: E402
+from ortforge.data.decoder_io import decoder_io  # noqa: E402
+from ortforge.measure.bench import BenchOptions, Variant, bench  # noqa: E402
+from ortforge.measure.compare import score  # noqa: E402
+from ortforge.measure.generate import Generation  # noqa: E402
+from ortforge.tuning.artifact import read_artifact  # noqa: E402
+
+FOLDER = Path.home() / ".cache" / "ortforge" / "zoo" / "models" / "stdlib-llama-1"
+WINDOW = 128
+
+
+def held_out_feeds(model_path: Path, count: int) -> FeedSet:
+    """`count` windows of held-out docstring tokens, each a prefill over WINDOW tokens from an empty cache."""
+    from tokenizers import Tokenizer
+
+    info = json.loads((FOLDER / "zoo.json").read_text())
+    tokenizer = Tokenizer.from_file(str(FOLDER / "hf" / "tokenizer.json"))
+    ids = tokenizer.encode((FOLDER / "corpus.txt").read_text()).ids[info["held_out_from_token"] :]
+    roles = decoder_io(load_model(model_path, check=False).proto.graph)
+    assert roles is not None
+    samples = []
+    for start in range(0, count * WINDOW, WINDOW):
+        window = np.array([ids[start : start + WINDOW]], np.int64)
+        feed = {roles.tokens: window, roles.attention_mask: np.ones_like(window)}
+        if roles.position_ids:
+            feed[roles.position_ids] = np.arange(WINDOW, dtype=np.int64)[None]
+        for entry in roles.cache:
+            shape = [1 if d == "batch_size" or not isinstance(d, int) else d for d in entry.shape]
+            shape[entry.sequence_axis] = 0
+            feed[entry.past] = np.zeros(shape, np.float32)
+        samples.append(feed)
+    return FeedSet(samples, origin=f"held-out stdlib docstrings ({count} x {WINDOW} tokens)", generated=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", default="6m")
+    parser.add_argument("--prompt", type=int, default=64)
+    parser.add_argument("--new", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--time", type=float, default=10.0, help="seconds of timed generations per variant")
+    parser.add_argument("--tolerance", action="append", default=[], help="METRIC=VALUE (default: token_top1=0.95)")
+    args = parser.parse_args()
+    fp32_path, builder_path = FOLDER / "onnx-fp32" / "model.onnx", FOLDER / "onnx-int4" / "model.onnx"
+    if not fp32_path.exists():
+        sys.exit("build the zoo decoder first: /work/bench-venv/bin/python bench/decoder_build.py")
+    print(json.dumps(json.loads((FOLDER / "zoo.json").read_text())))
+    feeds = held_out_feeds(fp32_path, 2 * args.samples)
+    gate = args.tolerance or ["token_top1=0.95"]
+    with tempfile.TemporaryDirectory() as scratch:
+        data = Path(scratch) / "data"
+        data.mkdir()
+        for index, feed in enumerate(feeds.samples):
+            np.savez(data / f"{index:03d}.npz", **feed)
+        out = Path(scratch) / "tuned"
+        report = tune(str(fp32_path), out, data=str(data), samples=args.samples, calib_samples=args.samples, tolerances=gate,
+                      objective="decode", generate=f"{args.prompt},{args.new}", time_budget_s=parse_duration(args.budget))  # fmt: skip
+        print(f"tune: {report.result.why}")
+        tuned_model, tuned_config = load_model(out / "model.onnx", check=False), read_artifact(out)[1]
+        fp32, builder = load_model(fp32_path, check=False), load_model(builder_path, check=False)
+        evaluation = FeedSet(feeds.samples[args.samples :], feeds.origin, False)
+        judge = Judge(run_outputs(fp32, evaluation), parse_tolerances(gate), feeds=evaluation)
+        for label, model, config in (("tune's artifact", tuned_model, tuned_config), ("model builder int4", builder, SessionConfig())):
+            verdict = judge(run_outputs(model, evaluation, config))
+            print(f"  {label}: {'; '.join(verdict.evidence()[:2])}")
+            print(f"    measured: { {k: round(v, 4) for k, v in verdict.measured.items() if k in ('token_top1', 'cosine')} }, size {model_size(model) / 2**20:.1f} MiB")
+        generation = Generation(args.prompt, args.new)
+        variants = [Variant("fp32 | ORT defaults", fp32, SessionConfig(), evaluation), Variant("tune's artifact", tuned_model, tuned_config, evaluation),
+                    Variant("model builder int4 (-p int4 -e cpu)", builder, SessionConfig(), evaluation)]  # fmt: skip
+        run = bench(variants, BenchOptions(max_seconds=args.time, profile=False, generation=generation))
+    print(f"\n{generation.describe()}; one interleaved run, noise ±{run.noise_floor:.1%}")
+    for result in run.variants:
+        print(f"  {result.label:<40} {result.throughput:8.1f} tokens/s  {score(result, run.variants[0]).text():<24} per-token time; "
+              f"prefill p50 {result.prefill.p50 if result.prefill else float('nan'):.2f} ms; peak RSS {result.peak_rss / 2**20:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Build the zoo's decoder: a small Llama trained here on Python's own docstrings, exported by onnxruntime-genai's builder.
+
+No hub is reachable, and random weights make accuracy meaningless (their logits are nearly flat, so every int4 recipe
+"changes" the next token), so the decoder is trained for a few minutes on public-domain text every machine has offline:
+the docstrings of Python's standard library. Steps, each cached under ~/.cache/ortforge/zoo/models/stdlib-llama-1/:
+
+1. corpus: every docstring of every importable stdlib module, class and function (de-duplicated), 95% train / 5% held out;
+2. tokenizer: a byte-level BPE of VOCAB tokens trained on the corpus (`tokenizers`), saved as tokenizer.json;
+3. model: transformers' LlamaConfig (the published Llama architecture: RMSNorm, rotary positions, SwiGLU, grouped-query
+   attention) at hidden 256, 4 layers, 8 heads / 4 KV heads, trained with AdamW on 128-token windows for --minutes;
+4. export: onnxruntime-genai's model builder (`-p fp32 -e cpu` and, for the comparison, `-p int4 -e cpu`), from the
+   saved folder (`-i`), as a user of that tool would.
+
+It prints the held-out loss and how peaked the next-token distributions are (median top-1 probability, share of
+positions whose top-1 beats the runner-up by 2 logits) so the accuracy figures measured on it mean something.
+
+    /work/bench-venv/bin/pip install torch transformers tokenizers onnxruntime-genai==0.18.0
+    /work/bench-venv/bin/python bench/decoder_build.py [--minutes 6] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+VOCAB, HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, WINDOW = 4096, 256, 4, 8, 4, 688, 128
+FOLDER = Path.home() / ".cache" / "ortforge" / "zoo" / "models" / "stdlib-llama-1"
+SKIP = ("test", "idlelib", "tkinter", "turtle", "antigravity", "this", "lib2to3", "ensurepip", "venv", "pydoc_data")
+
+
+def corpus() -> str:
+    """Docstrings of the standard library, each once, in a stable order."""
+    seen, texts = set(), []
+    names = sorted(n for n in sys.stdlib_module_names if not n.startswith("_") and not n.startswith(SKIP))
+    warnings.simplefilter("ignore")
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - platform-specific modules
+            continue
+        members = [module] + [m for _, m in inspect.getmembers(module) if inspect.isclass(m) or inspect.isfunction(m) or inspect.isbuiltin(m)]
+        for member in members:
+            for item in [member] + ([m for _, m in inspect.getmembers(member) if inspect.isfunction(m)] if inspect.isclass(member) else []):
+                doc = inspect.getdoc(item) if not isinstance(item, type(sys)) or item is module else None
+                if doc and len(doc) > 40 and doc not in seen:
+                    seen.add(doc)
+                    texts.append(doc.strip())
+    return "\n\n".join(texts)
+
+
+def build_tokenizer(text: str, folder: Path):  # noqa: ANN201
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<s>", "</s>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(text.split("\n\n"), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(folder)
+    return fast
+
+
+def train(ids: list[int], held_out: list[int], minutes: float, folder: Path) -> dict:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count() or 1)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                         num_key_value_heads=KV_HEADS, max_position_embeddings=4 * WINDOW, tie_word_embeddings=False, bos_token_id=0, eos_token_id=1)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    data = torch.tensor(ids)
+    start, step, batch = time.time(), 0, 16
+    deadline = start + 60 * minutes
+    while time.time() < deadline:
+        offsets = torch.randint(0, len(data) - WINDOW - 1, (batch,))
+        window = torch.stack([data[o : o + WINDOW + 1] for o in offsets])
+        lr = 3e-3 * min(1.0, (step + 1) / 50) * max(0.1, 1 - (time.time() - start) / (deadline - start))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = model(input_ids=window, labels=window).loss  # the model shifts the labels itself
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        if step % 50 == 0:
+            print(f"  step {step}, {time.time() - start:.0f} s, loss {loss.item():.3f}", flush=True)
+    model.eval()
+    figures = peakedness(model, held_out)
+    figures.update({"steps": step, "train_seconds": round(time.time() - start), "parameters": sum(p.numel() for p in model.parameters())})
+    model.save_pretrained(folder, safe_serialization=True)
+    return figures
+
+
+def peakedness(model, held_out: list[int]) -> dict:  # noqa: ANN001
+    """Held-out loss and how sure the model is of its next token."""
+    import torch
+
+    with torch.no_grad():
+        windows = [held_out[i : i + WINDOW] for i in range(0, min(len(held_out), 64 * WINDOW) - WINDOW, WINDOW)]
+        batch = torch.tensor(windows)
+        out = model(input_ids=batch, labels=batch)
+        probs = out.logits.softmax(-1)
+        top2 = out.logits.topk(2, dim=-1).values
+    return {"held_out_loss": round(out.loss.item(), 3), "held_out_perplexity": round(math.exp(out.loss.item()), 1),
+            "median_top1_probability": round(probs.max(-1).values.median().item(), 3),
+            "share_top1_ahead_by_2_logits": round(((top2[..., 0] - top2[..., 1]) > 2).float().mean().item(), 3)}  # fmt: skip
+
+
+def export(folder: Path, precision: str) -> Path:
+    out = folder / f"onnx-{precision}"
+    if (out / "model.onnx").exists():
+        return out
+    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder / "hf"), "-o", str(out), "-p", precision, "-e", "cpu",
+               "-c", str(folder / "builder-cache")]  # fmt: skip
+    print("  " + " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=6.0, help="training time")
+    parser.add_argument("--force", action="store_true", help="train again even when a trained model is cached")
+    args = parser.parse_args()
+    hf = FOLDER / "hf"
+    hf.mkdir(parents=True, exist_ok=True)
+    if args.force or not (hf / "model.safetensors").exists():
+        text = corpus()
+        (FOLDER / "corpus.txt").write_text(text)
+        print(f"corpus: {len(text):,} characters of stdlib docstrings", flush=True)
+        tokenizer = build_tokenizer(text, hf)
+        ids = tokenizer(text)["input_ids"]
+        cut = int(len(ids) * 0.95)
+        print(f"tokens: {len(ids):,} ({cut:,} train, {len(ids) - cut:,} held out); training {args.minutes:g} min", flush=True)
+        figures = train(ids[:cut], ids[cut:], args.minutes, hf)
+        info = {"how": __doc__.split("\n\n")[0], "architecture": "LlamaForCausalLM (transformers LlamaConfig)",
+                "config": {"vocab": VOCAB, "hidden": HIDDEN, "layers": LAYERS, "heads": HEADS, "kv_heads": KV_HEADS, "ffn": FFN},
+                "corpus": "docstrings of Python's standard library (public domain / PSF)", "held_out_from_token": cut, **figures}  # fmt: skip
+        (FOLDER / "zoo.json").write_text(json.dumps(info, indent=2))
+    print(json.dumps(json.loads((FOLDER / "zoo.json").read_text()), indent=2))
+    for precision in ("fp32", "int4"):
+        print(f"export {precision}: {export(FOLDER, precision)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
