@@ -1,10 +1,12 @@
 """Build the zoo's decoder: a small Llama trained here on Python's own docstrings, exported by onnxruntime-genai's builder.
 
 No hub is reachable, and random weights make accuracy meaningless (their logits are nearly flat, so every int4 recipe
-"changes" the next token), so the decoder is trained for a few minutes on public-domain text every machine has offline:
-the docstrings of Python's standard library. Steps, each cached under ~/.cache/ortforge/zoo/models/stdlib-llama-1/:
+"changes" the next token), so the decoder is trained for a few minutes on text every machine has offline under the
+PSF license: Python's standard library, its docstrings and its source. Steps, each cached under
+~/.cache/ortforge/zoo/models/stdlib-llama-1/:
 
-1. corpus: every docstring of every importable stdlib module, class and function (de-duplicated), 95% train / 5% held out;
+1. corpus: every docstring of every importable stdlib module, class and function (de-duplicated), then the stdlib's own
+   .py sources (tests left out) up to SOURCE_CHARS; 95% train / 5% held out (the last 5%, never trained on);
 2. tokenizer: a byte-level BPE of VOCAB tokens trained on the corpus (`tokenizers`), saved as tokenizer.json;
 3. model: transformers' LlamaConfig (the published Llama architecture: RMSNorm, rotary positions, SwiGLU, grouped-query
    attention) at hidden 256, 4 layers, 8 heads / 4 KV heads, trained with AdamW on 128-token windows for --minutes;
@@ -37,6 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 VOCAB, HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, WINDOW = 4096, 256, 4, 8, 4, 688, 128
 FOLDER = Path.home() / ".cache" / "ortforge" / "zoo" / "models" / "stdlib-llama-1"
 SKIP = ("test", "idlelib", "tkinter", "turtle", "antigravity", "this", "lib2to3", "ensurepip", "venv", "pydoc_data")
+SOURCE_CHARS = 6_000_000  # code is predictable: a model trained on it has peaked next-token distributions
 
 
 def corpus() -> str:
@@ -56,7 +59,15 @@ def corpus() -> str:
                 if doc and len(doc) > 40 and doc not in seen:
                     seen.add(doc)
                     texts.append(doc.strip())
-    return "\n\n".join(texts)
+    sources = sorted(Path(os.__file__).parent.glob("*.py")) + sorted(Path(os.__file__).parent.glob("[a-z]*/*.py"))
+    code, size = [], 0
+    for path in sources:
+        if "test" in path.parts[-2:][0] or path.name.startswith("test") or size > SOURCE_CHARS:
+            continue
+        text = path.read_text(errors="ignore")
+        code.append(text)
+        size += len(text)
+    return "\n\n".join(texts + code)
 
 
 def build_tokenizer(text: str, folder: Path):  # noqa: ANN201

@@ -73,7 +73,7 @@ def main() -> None:
         print(f"\n{reference} ({job.family}; gate {', '.join(t.describe() for t in tolerances)}; {len(job.calibration)} calibration, "
               f"{len(job.evaluation)} held-out samples)")  # fmt: skip
         built: list[Trial] = []
-        fold = Candidate("fp32 + affine folding", "fold")
+        fold = Candidate("fp32 + exact rewrites", "rewrite")
         folded = runner.build(fold)
         print(f"  {fold.label:<52} {metrics(folded) if folded.model is not None else folded.error}")
         for stage in [None] + ([fold] if folded.model is not None else []):

@@ -54,8 +54,8 @@ def test_transformers_get_fusion_then_dynamic_int8_pipelines_and_cnns_do_not():
 def test_models_with_affine_steps_beside_convs_get_folding_then_static_int8(tmp_path):
     from helpers import lcnet_block
 
-    candidates = precision_candidates("cnn", ["CPUExecutionProvider"], False, foldable=True)
-    fold = next(c for c in candidates if c.kind == "fold")
+    candidates = precision_candidates("cnn", ["CPUExecutionProvider"], False, rewrites=["affine folding"])
+    fold = next(c for c in candidates if c.kind == "rewrite")
     pipelines = [c for c in candidates if c.base == fold]
     assert pipelines and all(c.recipe.mode == "static" for c in pipelines)
     job = prepare_tune(str(save(lcnet_block(), tmp_path / "lcnet.onnx")), samples=6, calib_samples=6)

@@ -17,15 +17,15 @@ from ortforge.transforms.quantize import QuantizeOptions
 from ortforge.transforms.weight_only import WeightOnlyOptions
 
 Recipe = QuantizeOptions | WeightOnlyOptions
-KINDS = ("fp32", "fold", "fusion", "int8", "weight-only", "fp16")
+KINDS = ("fp32", "rewrite", "fusion", "int8", "weight-only", "fp16")
 # The simplicity order: between candidates that are within noise of each other, the simpler ships. A
 # lower rank changes the model less, or in ways that travel to other machines and ORT versions better.
-PRECISION_RANKS = {"fp32": 0, "fold": 1, "fusion": 1, "fp16": 2, "weight-only": 3, "int8 dynamic": 4, "int8 static": 5, "int8 with exclusions": 6}
+PRECISION_RANKS = {"fp32": 0, "rewrite": 1, "fusion": 1, "fp16": 2, "weight-only": 3, "int8 dynamic": 4, "int8 static": 5, "int8 with exclusions": 6}
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to rewrite the model: fp32 as is, affine folding, transformer fusion, int8, weight-only int4/int8, fp16; with a `base`, a
+    """One way to rewrite the model: fp32 as is, exact rewrites (affine folding, GELU fusion), transformer fusion, int8, weight-only int4/int8, fp16; with a `base`, a
     pipeline: this transform applied to what the base candidate built (e.g. fusion, then dynamic int8), stage by stage."""
 
     label: str
@@ -61,7 +61,7 @@ class Candidate:
 
     @property
     def recipe(self) -> Recipe | None:
-        """The quantization options this candidate builds with (None for fp32, folding, fusion and fp16)."""
+        """The quantization options this candidate builds with (None for fp32, rewrites, fusion and fp16)."""
         if self.kind == "int8":
             return QuantizeOptions(**self.settings)
         if self.kind == "weight-only":
@@ -70,7 +70,7 @@ class Candidate:
 
     @property
     def complexity(self) -> float:
-        """Rank in the simplicity order (`PRECISION_RANKS`): fp32 < folding, fusion < fp16 < weight-only < dynamic int8 < static int8 < exclusions;
+        """Rank in the simplicity order (`PRECISION_RANKS`): fp32 < rewrites, fusion < fp16 < weight-only < dynamic int8 < static int8 < exclusions;
         a pipeline ranks just above its last stage alone (one more transform between the user and their model)."""
         extra = 0.5 if self.base is not None else 0.0
         if self.kind != "int8":

@@ -28,7 +28,7 @@ from ortforge.measure.compare import beats, verdict_text
 from ortforge.measure.cost import reference_run
 from ortforge.report.html import render_report
 from ortforge.searches.trial import Candidate
-from ortforge.transforms.fold_affine import find_folds
+from ortforge.transforms.exact_rewrites import applicable_rewrites
 from ortforge.tuning.artifact import REPRODUCE_FILE, environment, reproduce_file, write_artifact
 from ortforge.tuning.candidates import precision_candidates
 from ortforge.tuning.recipe import Recipe, check_fits, model_shape
@@ -90,7 +90,7 @@ def tune_model(
         trials = GeneratingRunner(trials, options.generation)
     if hasattr(trials, "bind_deadline"):  # time queued behind other searches' work is given back to this search
         trials.bind_deadline(deadline)
-    candidates = precision_candidates(family, list(options.providers), transformer, foldable=bool(find_folds(model.proto)))
+    candidates = precision_candidates(family, list(options.providers), transformer, rewrites=applicable_rewrites(model.proto))
     result = tune_search(trials, candidates, options, progress, journal=local.folder / JOURNAL, deadline=deadline, cost=cost, hold=held)
     result.notes += getattr(trials, "retried", [])
     if getattr(trials, "queued_s", 0) >= 1:

@@ -1,9 +1,11 @@
-"""What `tune` tries for precision: fp32, affine folding and transformer fusion, the int8 and weight-only recipes that
-suit the model family on this CPU, pipelines of fusion then dynamic int8 for transformers and of folding then static
-int8 where constant Mul/Add sit next to Convs, and fp16 where a GPU EP is present. Session options come from
+"""What `tune` tries for precision: fp32, exact rewrites (affine folding, GELU fusion) and transformer fusion, the int8
+and weight-only recipes that suit the model family on this CPU, pipelines of fusion then dynamic int8 for transformers
+and of the rewrites then static int8 where they apply, and fp16 where a GPU EP is present. Session options come from
 `sessions.py`."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from ortforge.core.runtime import GPU_PROVIDERS
 from ortforge.searches.recipes import auto_recipes
@@ -15,15 +17,15 @@ MIXED_RTOL, MIXED_ATOL = 1e-2, 1e-3
 
 
 def precision_candidates(family: str, providers: list[str], transformer: bool, features: tuple[str, ...] | None = None,
-                         foldable: bool = False) -> list[Candidate]:  # fmt: skip
-    """fp32 first, then what suits the family and the hardware (`foldable`: the model has constant Mul/Add to fold into Convs)."""
+                         rewrites: Sequence[str] = ()) -> list[Candidate]:  # fmt: skip
+    """fp32 first, then what suits the family and the hardware (`rewrites`: the exact rewrites that apply to the model)."""
     found = [Candidate("fp32", "fp32")]
     recipes = auto_recipes(family, features)
     found += [Candidate.of_recipe(recipe) for recipe in recipes]
-    if foldable:  # exact, and static int8 of the folded graph quantizes fewer tensors with fewer float steps between them
-        fold = Candidate("fp32 + affine folding", "fold")
-        found.insert(1, fold)
-        found += [Candidate.of_recipe(r, base=fold) for r in recipes if isinstance(r, QuantizeOptions) and r.mode == "static"]
+    if rewrites:  # exact, and static int8 of the rewritten graph quantizes fewer tensors with fewer float steps between them
+        rewritten = Candidate(f"fp32 + {' + '.join(rewrites)}", "rewrite")
+        found.insert(1, rewritten)
+        found += [Candidate.of_recipe(r, base=rewritten) for r in recipes if isinstance(r, QuantizeOptions) and r.mode == "static"]
     if transformer:  # fused attention and LayerNorm, then dynamic int8 of what is left: ORT quantizes fused Attention too
         fusion = Candidate("fp32 + transformer fusion", "fusion", (("model_type", "auto"),))
         found.insert(1, fusion)

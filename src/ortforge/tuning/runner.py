@@ -157,10 +157,10 @@ class LocalRunner:
         return Trial(candidate, model, verdict, notes=result.notes, size_bytes=model_size(model))
 
     def _transform(self, candidate: Candidate, source: Model) -> TransformResult:
-        if candidate.kind == "fold":
-            from ortforge.transforms.fold_affine import fold_affine
+        if candidate.kind == "rewrite":
+            from ortforge.transforms.exact_rewrites import exact_rewrites
 
-            return fold_affine(source)
+            return exact_rewrites(source)
         if candidate.kind == "fusion":
             from ortforge.transforms.fusion import FusionOptions, fuse_transformer
 
