@@ -255,3 +255,15 @@ def test_k_quants_are_an_algorithm_choice_and_impossible_ones_are_refused():
         WeightOnlyOptions(algorithm="hqq", op_types=("MatMul", "Gather"))
     decoder = [r.describe() for r in auto_recipes("decoder", ("avx512_vnni",)) if isinstance(r, WeightOnlyOptions)]
     assert any("k_quant" in d for d in decoder) and any("Gather" in d for d in decoder) and any("block 128" in d for d in decoder)
+
+
+def test_parameters_of_block_quantized_models_are_their_logical_weights():
+    from helpers import tiny_decoder
+    from ortforge.analysis.model_report import parameter_stats
+
+    model = from_proto(tiny_decoder(peaked=False))
+    before = parameter_stats(model.proto)
+    for options in (WeightOnlyOptions(), WeightOnlyOptions(bits=8), WeightOnlyOptions(op_types=("MatMul", "Gather"))):
+        after = parameter_stats(quantize_weight_only(model, options).proto)
+        assert after.count == before.count, options.describe()  # packed bytes would count fewer; scales would count more
+        assert after.bytes < before.bytes and f"int{options.bits} (packed)" in after.by_dtype

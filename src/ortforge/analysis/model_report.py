@@ -206,11 +206,15 @@ def _value_report(value: onnx.ValueInfoProto) -> ValueReport:
 
 
 def parameter_stats(proto: onnx.ModelProto) -> ParameterStats:
-    """Counts and bytes of initializers and Constant tensors in every graph, by dtype, from dims only."""
+    """Counts and bytes of initializers and Constant tensors in every graph, by dtype, from dims only. Block-quantized
+    weights count as the logical weights they hold (a MatMulNBits' packed uint8 [N, blocks, bytes] is N x K int4 or
+    int8 values), and their scales and zero points as bytes only, not as parameters."""
     by_dtype: dict[str, dict[str, int]] = {}
     external = 0
-    for data_type, count, size, is_external in _weights(proto):
-        stats = by_dtype.setdefault(dtype_name(data_type), {"count": 0, "bytes": 0, "tensors": 0})
+    packed = _packed_weights(proto)
+    for data_type, count, size, is_external, name in _weights(proto):
+        label, count = packed.get(name, (dtype_name(data_type), count))
+        stats = by_dtype.setdefault(label, {"count": 0, "bytes": 0, "tensors": 0})
         stats["count"] += count
         stats["bytes"] += size
         stats["tensors"] += 1
@@ -225,22 +229,45 @@ def parameter_stats(proto: onnx.ModelProto) -> ParameterStats:
     )
 
 
-def _weights(proto: onnx.ModelProto) -> Iterator[tuple[int, int, int, bool]]:
-    """(data type, values, bytes, stored externally) of each weight: dense tensors first, then sparse and numbers."""
+def _weights(proto: onnx.ModelProto) -> Iterator[tuple[int, int, int, bool, str]]:
+    """(data type, values, bytes, stored externally, name) of each weight: dense tensors first, then sparse and numbers."""
     for tensor in _dense_weights(proto):
         count = math.prod(tensor.dims)
-        yield tensor.data_type, count, _tensor_bytes(tensor, count), tensor.data_location == onnx.TensorProto.EXTERNAL
+        yield tensor.data_type, count, _tensor_bytes(tensor, count), tensor.data_location == onnx.TensorProto.EXTERNAL, tensor.name
     for graph in iter_graphs(proto.graph):
         for sparse in graph.sparse_initializer:
             count = math.prod(sparse.values.dims)
             size = _tensor_bytes(sparse.values, count) + _tensor_bytes(sparse.indices, math.prod(sparse.indices.dims))
-            yield sparse.values.data_type, count, size, False
+            yield sparse.values.data_type, count, size, False, sparse.values.name
         for node in filter(_is_constant, graph.node):
             for attribute in node.attribute:
                 if attribute.name in NUMBER_ATTRIBUTES:
                     data_type, itemsize = NUMBER_ATTRIBUTES[attribute.name]
                     count = len(attribute.floats) + len(attribute.ints) if attribute.name.endswith("s") else 1
-                    yield data_type, count, itemsize * count, False
+                    yield data_type, count, itemsize * count, False, node.output[0]
+
+
+def _packed_weights(proto: onnx.ModelProto) -> dict[str, tuple[str, int]]:
+    """Weights of block-quantized ops -> (dtype label, logical values): the packed weights' N x K (MatMulNBits) or rows x
+    columns (GatherBlockQuantized) values at their bits, and 0 values for their scales and zero points."""
+    found: dict[str, tuple[str, int]] = {}
+    tensors = {t.name: t for t in _dense_weights(proto)}
+    dims = {name: tuple(t.dims) for name, t in tensors.items()}
+    for node in iter_nodes(proto):
+        if node.domain != "com.microsoft" or node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
+            continue
+        found_attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        bits = int(found_attributes.get("bits", 4))
+        weight = node.input[1] if node.op_type == "MatMulNBits" else node.input[0]
+        if node.op_type == "MatMulNBits" and "N" in found_attributes and "K" in found_attributes:
+            found[weight] = (f"int{bits} (packed)", int(found_attributes["N"]) * int(found_attributes["K"]))
+        elif node.op_type == "GatherBlockQuantized" and weight in dims and dims[weight]:
+            per_byte = 1 if tensors[weight].data_type in FOUR_BIT_TYPES else 8 // bits if bits in (2, 4) else 1  # int4 elements: logical already
+            found[weight] = (f"int{bits} (packed)", math.prod(dims[weight]) * per_byte)
+        for name in node.input[2:4]:  # scales, zero points
+            if name and name in dims:
+                found.setdefault(name, ("quantization scales and zero points", 0))
+    return found
 
 
 def _dense_weights(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:

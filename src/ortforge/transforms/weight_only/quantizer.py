@@ -7,6 +7,7 @@ import io
 import logging
 from collections.abc import Iterator
 
+import numpy as np
 import onnx
 
 from ortforge.core.errors import UserError
@@ -34,7 +35,8 @@ def _run_ort_quantizer(proto: onnx.ModelProto, options: WeightOnlyOptions, chose
         quant_axes=(("MatMul", 0), ("Gather", -1)),  # Gather: blocks along each embedding row
         algo_config=_algorithm(quantizer_module, options, tuple(sorted(ort_ops))),
     )
-    with _quiet(ORT_LOGGER), contextlib.redirect_stdout(io.StringIO()):  # k-quants print a progress bar
+    # k-quants print a progress bar; an all-zero block (an unused embedding row) divides by a zero scale in ORT's numpy code
+    with _quiet(ORT_LOGGER), contextlib.redirect_stdout(io.StringIO()), np.errstate(divide="ignore", invalid="ignore"):
         quantizer.process()
 
 
