@@ -55,3 +55,11 @@ def test_per_channel_reads_only_constants_that_broadcast_along_channels():
     assert per_channel(np.arange(4.0), 4, 4) is None  # along the last axis: width, not channels
     assert per_channel(np.ones((1, 1, 1, 1, 1)), 4, 4) is None  # would add a dimension
     assert per_channel(np.arange(3.0).reshape(3, 1, 1), 4, 4) is None
+
+
+def test_unnamed_nodes_fold_as_named_ones_do():
+    proto = lcnet_block()
+    for node in proto.graph.node:
+        node.name = ""
+    result = fold_affine(from_proto(proto))
+    assert result.details == {"folded_after": 3, "folded_before": 3} and len(result.proto.graph.node) == 6

@@ -28,7 +28,7 @@ import onnx
 from onnx import numpy_helper
 
 from ortforge.core.graph import GraphIndex, attributes
-from ortforge.core.model import Model, fresh_name
+from ortforge.core.model import Model, fresh_name, normalise
 from ortforge.transforms import TransformResult, drop_unread_constants, drop_unused_initializers
 
 AFFINE_OPS = ("Mul", "Add")
@@ -167,6 +167,7 @@ def fold_affine(model: Model) -> TransformResult:
     """Fold constant Mul/Add nodes into neighbouring Convs until none is left to fold (see the module's description)."""
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
+    normalise(proto)  # folds name their nodes: unnamed ones get names first
     after = before = 0
     while folds := find_folds(proto):
         index = GraphIndex(proto)
