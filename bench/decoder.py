@@ -26,7 +26,7 @@ from ortforge.cli.arguments import parse_duration  # noqa: E402
 from ortforge.commands.tune import tune  # noqa: E402
 from ortforge.core.model import load_model, model_size  # noqa: E402
 from ortforge.core.session import SessionConfig, run_outputs  # noqa: E402
-from ortforge.data import FeedSet  # noqa: E402
+from ortforge.data import FeedSet, ShapeOptions, generate_feeds  # noqa: E402
 from ortforge.data.decoder_io import decoder_io  # noqa: E402
 from ortforge.measure.bench import BenchOptions, Variant, bench  # noqa: E402
 from ortforge.measure.compare import score  # noqa: E402
@@ -39,23 +39,17 @@ WINDOW = 128
 
 def held_out_feeds(model_path: Path, count: int) -> FeedSet:
     """`count` windows of held-out docstring tokens, each a prefill over WINDOW tokens from an empty cache."""
-    from tokenizers import Tokenizer
-
-    info = json.loads((FOLDER / "zoo.json").read_text())
-    tokenizer = Tokenizer.from_file(str(FOLDER / "hf" / "tokenizer.json"))
-    ids = tokenizer.encode((FOLDER / "corpus.txt").read_text()).ids[info["held_out_from_token"] :]
-    roles = decoder_io(load_model(model_path, check=False).proto.graph)
+    ids = np.load(FOLDER / "held_out.npy").tolist()  # the corpus' last 5%, tokenized by the build, never trained on
+    model = load_model(model_path, check=False)
+    roles = decoder_io(model.proto.graph)
     assert roles is not None
+    template = generate_feeds(model, 1, shape_options=ShapeOptions(sequence=WINDOW)).samples[0]  # the empty cache's shapes
     samples = []
     for start in range(0, count * WINDOW, WINDOW):
         window = np.array([ids[start : start + WINDOW]], np.int64)
-        feed = {roles.tokens: window, roles.attention_mask: np.ones_like(window)}
+        feed = {**template, roles.tokens: window, roles.attention_mask: np.ones_like(window)}
         if roles.position_ids:
             feed[roles.position_ids] = np.arange(WINDOW, dtype=np.int64)[None]
-        for entry in roles.cache:
-            shape = [1 if d == "batch_size" or not isinstance(d, int) else d for d in entry.shape]
-            shape[entry.sequence_axis] = 0
-            feed[entry.past] = np.zeros(shape, np.float32)
         samples.append(feed)
     return FeedSet(samples, origin=f"held-out stdlib docstrings ({count} x {WINDOW} tokens)", generated=False)
 

@@ -69,7 +69,8 @@ def find_decoder(proto: onnx.ModelProto) -> DecoderFacts | None:
         heads = hidden // io.head_size
         evidence.append(f"heads = hidden {hidden} / head size {io.head_size} (from the cache shape)")
     evidence.append(f"cache layout {io.layout}: {list(io.cache[0].shape)}")
-    return DecoderFacts(io, attention, io.layers, heads, kv_heads, io.head_size, hidden, vocabulary, evidence)
+    head_size = io.head_size or (hidden // heads if hidden and heads else None)  # the builder leaves it symbolic ('kv_cache_dim')
+    return DecoderFacts(io, attention, io.layers, heads, kv_heads, head_size, hidden, vocabulary, evidence)
 
 
 def _embedding(index: GraphIndex, tokens: str) -> tuple[int | None, int | None]:

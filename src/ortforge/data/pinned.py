@@ -38,12 +38,27 @@ def pinned_dims(model: Model) -> dict[tuple[str, int], tuple[int, str]]:
 
 def _empty_cache(model: Model) -> dict[tuple[str, int], tuple[int, str]]:
     """A decoder's past key/value inputs start empty (a prefill over the prompt): their sequence axis is 0. A default of
-    the sequence length there would ask the model to attend over a cache longer than its attention mask."""
+    the sequence length there would ask the model to attend over a cache longer than its attention mask. A symbolic head
+    size (onnxruntime-genai's builder names it 'kv_cache_dim') is the hidden size over the attention op's heads."""
     roles = decoder_io(model.proto.graph)
     if roles is None:
         return {}
-    return {(entry.past, entry.sequence_axis): (0, "an empty KV cache: a prefill over the prompt") for entry in roles.cache
-            if not isinstance(entry.shape[entry.sequence_axis], int) or not entry.shape[entry.sequence_axis]}  # fmt: skip
+    found = {(entry.past, entry.sequence_axis): (0, "an empty KV cache: a prefill over the prompt") for entry in roles.cache
+             if not isinstance(entry.shape[entry.sequence_axis], int) or not entry.shape[entry.sequence_axis]}  # fmt: skip
+    head = _head_size(GraphIndex(model.proto), roles.tokens)
+    if head is not None:
+        found.update({(entry.past, len(entry.shape) - 1): head for entry in roles.cache if not isinstance(entry.shape[-1], int)})
+    return found
+
+
+def _head_size(index: GraphIndex, tokens: str) -> tuple[int, str] | None:
+    """hidden / num_heads, from the token embedding table and a fused attention node's num_heads attribute."""
+    attention = next((n for n in index.nodes if n.domain == "com.microsoft" and n.op_type in ("GroupQueryAttention", "MultiHeadAttention")), None)
+    heads = next((a.i for a in attention.attribute if a.name == "num_heads"), 0) if attention is not None else 0
+    table = next((index.dims(n.input[0]) for n in index.consumers.get(tokens, []) if n.op_type == "Gather" and n.input[1] == tokens), None)
+    if not heads or not table or len(table) != 2 or table[1] % heads:
+        return None
+    return table[1] // heads, f"the head size: hidden {table[1]} / {heads} heads of {attention.op_type} '{attention.name}'"  # type: ignore[union-attr]
 
 
 def _pins(index: GraphIndex, name: str, rank: int, depth: int) -> list[tuple[int, int, onnx.NodeProto]]:

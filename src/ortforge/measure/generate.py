@@ -82,8 +82,10 @@ def prompt_from(feed: dict[str, Any], roles: DecoderIO, length: int, vocabulary:
 class GenerationLoop:
     """Runs greedy generations on one session (IO binding; the KV cache never leaves ORT between steps)."""
 
-    def __init__(self, session: Any) -> None:
-        self.session = session
+    def __init__(self, session: Any, template: dict[str, Any] | None = None) -> None:
+        """`template`: a feed for the session (its past inputs give the cache's sizes where the model leaves them symbolic:
+        onnxruntime-genai's builder names the head size 'kv_cache_dim')."""
+        self.session, self.template = session, template or {}
         self.roles = session_roles(session)
         inputs = {a.name: a for a in session.get_inputs()}
         self.types = {name: NUMPY_TYPES.get(session_port(arg).elem_type, np.float32) for name, arg in inputs.items()}
@@ -103,7 +105,8 @@ class GenerationLoop:
     def _empty_cache(self) -> dict[str, np.ndarray]:
         empty = {}
         for entry in self.roles.cache:
-            shape = [0 if axis == entry.sequence_axis else (d if isinstance(d, int) and d > 0 else 1) for axis, d in enumerate(entry.shape)]
+            given = np.shape(self.template[entry.past]) if entry.past in self.template else entry.shape
+            shape = [0 if axis == entry.sequence_axis else (d if isinstance(d, int) and d > 0 else 1) for axis, d in enumerate(given)]
             empty[entry.past] = np.zeros(shape, self.types[entry.past])
         return empty
 

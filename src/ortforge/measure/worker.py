@@ -67,7 +67,7 @@ class Worker:
     def _prepare_generation(self, generation: dict) -> None:
         from ortforge.measure.generate import GenerationLoop, prompt_from
 
-        self.loop = GenerationLoop(self.session)
+        self.loop = GenerationLoop(self.session, self.feeds[0])
         vocabulary = self.session.get_outputs()[self.loop.logits_at].shape[-1]
         self.prompt = prompt_from(self.feeds[0], self.loop.roles, generation["prompt"], vocabulary if isinstance(vocabulary, int) else None)
         self.new_tokens = generation["new_tokens"]
