@@ -78,13 +78,18 @@ def main() -> None:
         report = tune(str(fp32_path), out, data=str(data), samples=args.samples, calib_samples=args.samples, tolerances=gate,
                       objective="decode", generate=f"{args.prompt},{args.new}", time_budget_s=parse_duration(args.budget))  # fmt: skip
         print(f"tune: {report.result.why}")
+        for trial in report.result.trials:  # every precision candidate's accuracy, so the recipes' agreement can be compared
+            shown = {k: round(v, 4) for k, v in trial.metrics.items() if k in ("token_top1", "cosine")}
+            print(f"  built {trial.label}: {shown or trial.error} {'within tolerance' if trial.passed else ''}")
+        for label, why in report.result.rejected:
+            print(f"  rejected {label}: {why}")
         tuned_model, tuned_config = load_model(out / "model.onnx", check=False), read_artifact(out)[1]
         fp32, builder = load_model(fp32_path, check=False), load_model(builder_path, check=False)
         evaluation = FeedSet(feeds.samples[args.samples :], feeds.origin, False)
         judge = Judge(run_outputs(fp32, evaluation), parse_tolerances(gate), feeds=evaluation)
         for label, model, config in (("tune's artifact", tuned_model, tuned_config), ("model builder int4", builder, SessionConfig())):
             verdict = judge(run_outputs(model, evaluation, config))
-            print(f"  {label}: {'; '.join(verdict.evidence()[:2])}")
+            print(f"  {label}: {'; '.join(verdict.evidence[:2])}")
             print(f"    measured: { {k: round(v, 4) for k, v in verdict.measured.items() if k in ('token_top1', 'cosine')} }, size {model_size(model) / 2**20:.1f} MiB")
         generation = Generation(args.prompt, args.new)
         variants = [Variant("fp32 | ORT defaults", fp32, SessionConfig(), evaluation), Variant("tune's artifact", tuned_model, tuned_config, evaluation),
