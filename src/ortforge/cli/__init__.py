@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -16,6 +17,7 @@ from ortforge.cli.config import config_path, config_tokens
 from ortforge.cli.display import DISPLAY, announce, configure, log_line, result_console, stderr_console
 from ortforge.core.errors import OptionError, UserError
 from ortforge.core.runtime import VERBOSE_ENV
+from ortforge.core.scratch import remove_scratch_folders
 from ortforge.version import __version__
 
 
@@ -60,6 +62,17 @@ def build_parser() -> Parser:
     return parser
 
 
+def _exit_now_if_threads_linger(code: int) -> None:
+    """Leave at once when worker threads are still running (a Ray driver's pair threads): at interpreter exit they would
+    call into a Ray already shut down, and Ray's core worker then ends the process with status 1, not ours. Every output
+    is written atomically and finally-blocks have run, so only the scratch folders are left to remove."""
+    if threading.active_count() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        remove_scratch_folders()
+        os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -95,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         stderr_console().print("ortforge: interrupted")
         log_line("interrupted")
+        _exit_now_if_threads_linger(130)
         return 130
     announce(log_only=True)  # a command that showed no progress: its settings go to the log (and --json) only
     log_line(f"{command.name}: done")

@@ -19,7 +19,8 @@ def scratch_folder(prefix: str) -> Path:
 
 
 @atexit.register
-def _remove_all() -> None:
+def remove_scratch_folders() -> None:
+    """Remove every scratch folder of this process (at exit, or before leaving without running exit handlers)."""
     for folder in _FOLDERS:
         shutil.rmtree(folder, ignore_errors=True)
 

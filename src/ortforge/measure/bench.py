@@ -167,8 +167,7 @@ def bench(variants: list[Variant], options: BenchOptions | None = None, progress
     report_progress = progress or (lambda what, fraction: None)
     started = time.perf_counter()
     paired = options.noise_pair and len(variants) > 1
-    first = variants[0]
-    pair = [Variant(f"{first.label} (A/A)", first.model, first.config, first.feeds, first.streams, first.generation)] if paired else []
+    pair = [replace(variants[0], label=f"{variants[0].label} (A/A)")] if paired else []
     running = [_Running(variant) for variant in [*variants, *pair]]
     phases: dict[str, float] = {}
     try:
