@@ -414,15 +414,20 @@ def test_exclusion_runs_only_when_no_int8_recipe_met_the_tolerance():
     from ortforge.searches.trial import Candidate, Trial
     from ortforge.tuning.search import _exclude
 
+    from types import SimpleNamespace
+
     asked = []
 
-    class Recording:
+    class Recording:  # b is both the more accurate and the faster of the two missed recipes
         def exclusion(self, trial, progress=None, **deadline):
             asked.append(trial.candidate.label)
 
+        def measure(self, targets, options, progress=None):
+            return SimpleNamespace(variants=[SimpleNamespace(latency=SimpleNamespace(p50={"a": 2.0, "b": 1.0}[t.label])) for t in targets])
+
     def trial(label, cosine):
         verdict = Judge([], [Tolerance("cosine", 0.99)]).decide_measured({"cosine": cosine})
-        return Trial(Candidate(label, "int8"), model=object(), verdict=verdict)
+        return Trial(Candidate(label, "int8", (("mode", "dynamic"),)), model=object(), verdict=verdict)
 
     missed_a, missed_b, accurate = trial("a", 0.95), trial("b", 0.97), trial("c", 0.999)
     rejected: list = []
