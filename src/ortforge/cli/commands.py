@@ -105,7 +105,7 @@ def add_tune_many(parser: argparse.ArgumentParser) -> None:
     add_parameter(parser, tune_many, "address", "the Ray cluster (default: the one `ray start` on this machine joined)", metavar="HOST:PORT")
     parser.add_argument("--target", dest="targets", action="append", default=[], metavar="NAME",
                         help="a target to tune for, by name or id (repeat; default all: every target of the runner)")
-    add_options(parser, TuneOptions, skip=("time_budget_s", "generate"))  # decode objective: the default generation
+    add_options(parser, TuneOptions, skip=("time_budget_s",))
     add_time_budget(parser, default_of(TuneOptions, "time_budget_s"), "each (model, target) pair")
     add_parameter(parser, tune_many, "calib_samples", "calibration samples")
     add_parameter(parser, tune_many, "samples", "evaluation samples")
@@ -125,7 +125,7 @@ def run_tune_many(args: argparse.Namespace, console: Any) -> None:
     with progress_bar() as progress:
         report = tune_many(args.models, args.output, runner=args.runner, address=args.address, targets=args.targets, samples=args.samples,
                            calib_samples=args.calib_samples, tolerances=args.tolerances, objective=args.objective, time_budget_s=budget,
-                           overwrite=args.overwrite, resume=args.resume, progress=progress)  # fmt: skip
+                           overwrite=args.overwrite, resume=args.resume, progress=progress, generate=args.generate)  # fmt: skip
     emit_json(report) if args.json else render_fleet(report, console)
 
 

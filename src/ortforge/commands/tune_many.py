@@ -38,6 +38,7 @@ def tune_many(
     overwrite: bool = False,
     resume: bool = False,
     progress: Progress | None = None,
+    generate: str = default_of(TuneOptions, "generate"),
 ) -> FleetReport:
     """Tune every model for every chosen target (`targets`: names or ids; default every target the runner has, which
     locally is this machine); `time_budget_s` is each pair's. Writes OUTPUT/index.json and index.html, rewritten as each
@@ -48,7 +49,7 @@ def tune_many(
     if not references:
         raise UserError("give at least one model to tune")
     jobs = [prepare_tune(reference, samples=samples, calib_samples=calib_samples, tolerances=tolerances, objective=objective,
-                         time_budget_s=time_budget_s) for reference in references]  # fmt: skip
+                         time_budget_s=time_budget_s, generate=generate) for reference in references]  # fmt: skip
     if resume and not (Path(output) / INDEX_FILE).is_file():
         raise OptionError("resume", None, f"{output} holds no earlier tune-many output to resume")
     out = guard_folder(output, [path for job in jobs for path in user_files(job.model)], marker=INDEX_FILE, overwrite=overwrite or resume)
