@@ -76,6 +76,7 @@ def test_a_search_judge_with_a_margin_leaves_part_of_each_bound_unspent():
     assert Tolerance("top1", 0.9).tightened(0.5).value == pytest.approx(0.95)
     assert Tolerance("max_abs", 1e-2).tightened(0.75).value == pytest.approx(7.5e-3)
     assert close(1e-2, 1e-3).tightened(0.5).value == pytest.approx(0.5)
+    assert Tolerance("eval", 0.8).tightened(0.5).value == 0.8  # a hook's score has no scale to tighten on
     reference = [{"y": np.ones(8, np.float32)}]
     judge = Judge(reference, [Tolerance("cosine", 0.99)])
     stricter = judge.on(reference, FeedSet([{"x": np.zeros(1, np.float32)}], origin="test", generated=True), margin=0.75)

@@ -69,4 +69,22 @@ def test_inspect_says_decoder_with_the_evidence(tmp_path):
     report = json.loads(out.getvalue())
     assert report["family"] == "decoder" and report["decoder"]["layers"] == DECODER_LAYERS
     assert report["decoder"]["cache"]["layout"] == "BNSH" and any("past inputs handed back" in e for e in report["family_evidence"])
-    assert from_proto(tiny_decoder()).proto.graph.node  # from_proto needs no checker either
+
+
+def test_a_symbolic_head_size_is_pinned_to_hidden_over_heads():
+    """onnxruntime-genai's builder leaves the cache's head size symbolic ('kv_cache_dim'): generated inputs take
+    hidden / num_heads of its attention op, not a default."""
+    from onnx import helper
+
+    from helpers import weight
+    from ortforge.data.pinned import pinned_dims
+
+    nodes = [helper.make_node("Gather", ["embed", "input_ids"], ["h"], name="embed"),
+             helper.make_node("GroupQueryAttention", ["h", "h", "h", "past_key_values.0.key", "past_key_values.0.value"],
+                              ["attn", "present.0.key", "present.0.value"], name="gqa", domain="com.microsoft", num_heads=4, kv_num_heads=2)]  # fmt: skip
+    cache = [tensor(f"past_key_values.0.{p}", ["batch", 2, "past_sequence_length", "kv_cache_dim"]) for p in ("key", "value")]
+    proto = make_model(nodes, [tensor("input_ids", ["batch", "seq"], TensorProto.INT64), tensor("attention_mask", ["batch", "total"], TensorProto.INT64), *cache],
+                       [tensor("attn", ["batch", "seq", 32]), *(tensor(f"present.0.{p}", ["batch", 2, "total", "kv_cache_dim"]) for p in ("key", "value"))],
+                       [weight("embed", np.zeros((10, 32), np.float32))], extra_opsets={"com.microsoft": 1})  # fmt: skip
+    pins = pinned_dims(from_proto(proto))
+    assert pins[("past_key_values.0.key", 3)][0] == 8 and pins[("past_key_values.0.key", 2)][0] == 0

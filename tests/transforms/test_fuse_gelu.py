@@ -75,3 +75,13 @@ def test_exact_rewrites_apply_what_applies_and_name_it():
     result = exact_rewrites(from_proto(lcnet_block()))
     assert result.changed and list(result.details) == ["affine folding"]
     assert not exact_rewrites(from_proto(make_model([helper.make_node("Relu", ["x"], ["y"])], [tensor("x", [2])], [tensor("y", [2])]))).changed
+
+
+def test_a_tanh_that_is_not_gelus_is_left_alone():
+    from onnx import numpy_helper
+
+    proto = _model()
+    for index, constant in enumerate(proto.graph.initializer):
+        if constant.name == "c_cubic":  # 0.05 instead of 0.044715: another curve, not GELU's approximation
+            proto.graph.initializer[index].CopyFrom(numpy_helper.from_array(np.array(0.05, np.float32), "c_cubic"))
+    assert find_gelus(proto) == [] and not fuse_gelu(from_proto(proto)).changed

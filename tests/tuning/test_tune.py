@@ -408,13 +408,13 @@ def test_every_component_of_the_winner_must_pay_for_itself():
 
 
 def test_exclusion_runs_only_when_no_int8_recipe_met_the_tolerance():
+    from types import SimpleNamespace
+
     from ortforge.accuracy.judge import Judge
     from ortforge.accuracy.tolerance import Tolerance
     from ortforge.core.deadline import Deadline
     from ortforge.searches.trial import Candidate, Trial
     from ortforge.tuning.search import _exclude
-
-    from types import SimpleNamespace
 
     asked = []
 

@@ -72,10 +72,9 @@ class Tolerance:
         """The bound leaving only `share` of the error it allows (cosine >= 0.99 at 0.75: cosine >= 0.9925)."""
         if self.metric == "close":
             return replace(self, value=self.value * share)
-        if self.higher_is_better and self.metric in BOUNDED:
-            low, high = BOUNDED[self.metric]
-            return replace(self, value=high - (high - self.value) * share)
-        return replace(self, value=self.value * share if not self.higher_is_better else self.value)
+        if self.metric in BOUNDED:  # higher is better, up to the bound's top
+            return replace(self, value=BOUNDED[self.metric][1] - (BOUNDED[self.metric][1] - self.value) * share)
+        return replace(self, value=self.value * share) if not self.higher_is_better else self  # an eval score: no scale to tighten on
 
     def miss(self, measured: float) -> str:
         """One line saying how a measured value misses this bound."""

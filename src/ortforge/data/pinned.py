@@ -32,11 +32,11 @@ def pinned_dims(model: Model) -> dict[tuple[str, int], tuple[int, str]]:
         for axis, size, node in _pins(index, name, rank, 0):
             if axis in free and (name, axis) not in found and size > 0:
                 found[(name, axis)] = (size, f"fixed by the weights of {node.op_type} '{node.name or node.op_type}'")
-    found.update(_empty_cache(model))
+    found.update(_empty_cache(model, index))
     return found
 
 
-def _empty_cache(model: Model) -> dict[tuple[str, int], tuple[int, str]]:
+def _empty_cache(model: Model, index: GraphIndex) -> dict[tuple[str, int], tuple[int, str]]:
     """A decoder's past key/value inputs start empty (a prefill over the prompt): their sequence axis is 0. A default of
     the sequence length there would ask the model to attend over a cache longer than its attention mask. A symbolic head
     size (onnxruntime-genai's builder names it 'kv_cache_dim') is the hidden size over the attention op's heads."""
@@ -45,7 +45,7 @@ def _empty_cache(model: Model) -> dict[tuple[str, int], tuple[int, str]]:
         return {}
     found = {(entry.past, entry.sequence_axis): (0, "an empty KV cache: a prefill over the prompt") for entry in roles.cache
              if not isinstance(entry.shape[entry.sequence_axis], int) or not entry.shape[entry.sequence_axis]}  # fmt: skip
-    head = _head_size(GraphIndex(model.proto), roles.tokens)
+    head = _head_size(index, roles.tokens)
     if head is not None:
         found.update({(entry.past, len(entry.shape) - 1): head for entry in roles.cache if not isinstance(entry.shape[-1], int)})
     return found

@@ -38,10 +38,6 @@ class GeluSite:
     nodes: list[onnx.NodeProto]
 
 
-def _scalar(index: GraphIndex, name: str) -> float | None:
-    return index.scalar(name)
-
-
 def _factors(index: GraphIndex, name: str, nodes: list[onnx.NodeProto]) -> list[str] | None:
     """The factors of a product (nested Mul nodes flattened), collecting the Mul nodes; None when over MAX_FACTORS."""
     node = index.producer.get(name)
@@ -58,7 +54,7 @@ def _factors(index: GraphIndex, name: str, nodes: list[onnx.NodeProto]) -> list[
 
 
 def _split(index: GraphIndex, factors: list[str]) -> tuple[list[float], list[str]]:
-    constants = [_scalar(index, f) for f in factors]
+    constants = [index.scalar(f) for f in factors]
     return [c for c in constants if c is not None], [f for f, c in zip(factors, constants) if c is None]
 
 
@@ -96,7 +92,8 @@ def _site_at(index: GraphIndex, tanh: onnx.NodeProto) -> GeluSite | None:
     if x is None or len(readers) != 1 or readers[0].op_type != "Add":
         return None
     plus_one = readers[0]
-    if sorted(_scalar(index, n) is not None and _close(_scalar(index, n) or 0.0, 1.0) for n in plus_one.input) != [False, True]:
+    ones = [n for n in plus_one.input if (value := index.scalar(n)) is not None and _close(value, 1.0)]
+    if len(ones) != 1 or tanh.output[0] not in plus_one.input:
         return None
     nodes.append(plus_one)
     current = plus_one  # climb the product until it holds x, 0.5 and (1 + tanh)
