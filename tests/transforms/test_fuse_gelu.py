@@ -5,9 +5,11 @@ value is read elsewhere is left alone; the exact rewrites stage applies folding 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from onnx import helper
 
 from helpers import lcnet_block, make_model, tensor, weight
+from ortforge.core.errors import OptionError
 from ortforge.core.model import from_proto
 from ortforge.core.session import run_outputs
 from ortforge.data import FeedSet
@@ -75,6 +77,9 @@ def test_exact_rewrites_apply_what_applies_and_name_it():
     result = exact_rewrites(from_proto(lcnet_block()))
     assert result.changed and list(result.details) == ["affine folding"]
     assert not exact_rewrites(from_proto(make_model([helper.make_node("Relu", ["x"], ["y"])], [tensor("x", [2])], [tensor("y", [2])]))).changed
+    assert not exact_rewrites(from_proto(lcnet_block()), ["GELU fusion"]).changed  # only the rewrites named
+    with pytest.raises(OptionError, match="unknown exact rewrite"):
+        exact_rewrites(from_proto(lcnet_block()), ["constant folding"])
 
 
 def test_a_tanh_that_is_not_gelus_is_left_alone():

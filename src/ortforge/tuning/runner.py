@@ -160,7 +160,7 @@ class LocalRunner:
         if candidate.kind == "rewrite":
             from ortforge.transforms.exact_rewrites import exact_rewrites
 
-            return exact_rewrites(source)
+            return exact_rewrites(source, candidate.settings.get("rewrites"))
         if candidate.kind == "fusion":
             from ortforge.transforms.fusion import FusionOptions, fuse_transformer
 
