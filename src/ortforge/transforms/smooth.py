@@ -1,4 +1,4 @@
-"""SmoothQuant: move activation outliers into MatMul weights before int8, so that per-tensor activation quantization
+"""SmoothQuant: move activation outliers into MatMul (and fused Attention) weights before int8, so that per-tensor activation quantization
 (static ranges, or dynamic ones computed per run) loses less of the channels that are not outliers.
 
 Transformer activations carry a few hidden channels hundreds of times larger than the rest (Xiao et al., "SmoothQuant",
@@ -25,12 +25,18 @@ from ortforge.transforms import TransformResult, drop_unused_initializers
 SCALE_LIMITS = (1e-4, 1e4)
 
 
+# Nodes computing input 0 @ input 1 with a [K, N] weight: fused Attention projects its input to Q, K and V that way.
+WEIGHTED_PRODUCTS = {("", "MatMul"), ("com.microsoft", "Attention")}
+
+
 def smooth_sites(proto: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    """Activations and the MatMuls reading them as input A with a 2-D float weight initializer B."""
+    """Activations and the MatMuls (or fused Attentions) reading them as input A with a 2-D float weight initializer B."""
     initializers = {t.name: t for t in proto.graph.initializer}
     sites: dict[str, list[onnx.NodeProto]] = {}
     for node in proto.graph.node:
-        if node.op_type != "MatMul" or node.input[1] not in initializers or node.input[0] in initializers:
+        if (node.domain or "", node.op_type) not in WEIGHTED_PRODUCTS or len(node.input) < 2 or node.input[1] not in initializers:
+            continue
+        if node.input[0] in initializers:
             continue
         weight = initializers[node.input[1]]
         if len(weight.dims) == 2 and weight.data_type == onnx.TensorProto.FLOAT:

@@ -6,6 +6,7 @@ and of the rewrites then static int8 where they apply, and fp16 where a GPU EP i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from ortforge.core.runtime import GPU_PROVIDERS
 from ortforge.searches.recipes import auto_recipes
@@ -23,13 +24,14 @@ def precision_candidates(family: str, providers: list[str], transformer: bool, f
     recipes = auto_recipes(family, features)
     found += [Candidate.of_recipe(recipe) for recipe in recipes]
     if rewrites:  # exact, and static int8 of the rewritten graph quantizes fewer tensors with fewer float steps between them
-        rewritten = Candidate(f"fp32 + {' + '.join(rewrites)}", "rewrite")
+        # The rewrites' names are in its options, so its cache key changes with them (a new rewrite is not served stale).
+        rewritten = Candidate(f"fp32 + {' + '.join(rewrites)}", "rewrite", (("rewrites", tuple(rewrites)),))
         found.insert(1, rewritten)
         found += [Candidate.of_recipe(r, base=rewritten) for r in recipes if isinstance(r, QuantizeOptions) and r.mode == "static"]
-    if transformer:  # fused attention and LayerNorm, then dynamic int8 of what is left: ORT quantizes fused Attention too
+    if transformer:  # fused attention and LayerNorm, then dynamic int8 of the MatMuls and of the fused Attention's QKV weights
         fusion = Candidate("fp32 + transformer fusion", "fusion", (("model_type", "auto"),))
         found.insert(1, fusion)
-        found += [Candidate.of_recipe(r, base=fusion) for r in recipes if isinstance(r, QuantizeOptions) and r.mode == "dynamic"]
+        found += [Candidate.of_recipe(with_attention(r), base=fusion) for r in recipes if isinstance(r, QuantizeOptions) and r.mode == "dynamic"]
     gpu = [p for p in providers if p in GPU_PROVIDERS]
     if gpu:  # fp16 pays only where an EP has fp16 kernels; ORT's CPU EP computes most fp16 ops in fp32
         name = gpu[0].replace("ExecutionProvider", "")
@@ -37,3 +39,9 @@ def precision_candidates(family: str, providers: list[str], transformer: bool, f
         found.append(Candidate(f"mixed fp16 for {name} (searched within rtol {MIXED_RTOL:g}, atol {MIXED_ATOL:g})", "fp16",
                                (("auto", True), ("provider", gpu[0]))))  # fmt: skip
     return found
+
+
+def with_attention(recipe: QuantizeOptions) -> QuantizeOptions:
+    """The recipe quantizing fused Attention nodes too (ORT writes QAttention): left float, their QKV projection, a
+    quarter of an encoder's MACs, ran in fp32 and fusion -> int8 measured 0.71x of fp32 on MiniLM against 0.47x unfused."""
+    return replace(recipe, op_types=(*recipe.op_types, "Attention")) if recipe.op_types and "Attention" not in recipe.op_types else recipe
