@@ -34,8 +34,9 @@ from ortforge.measure.roofline import machine_peaks, roofline  # noqa: E402
 from ortforge.searches.exclusion import RANKING_SAMPLES, SEARCH_MARGIN, search_exclusions  # noqa: E402
 from ortforge.searches.trial import Candidate, Trial  # noqa: E402
 from ortforge.transforms.quantize import QuantizeOptions  # noqa: E402
+from ortforge.tuning.candidates import with_attention  # noqa: E402
 from ortforge.tuning.runner import LocalRunner  # noqa: E402
-from ortforge.tuning.search import RESCUE_SLACK, fastest_of, near_most_accurate  # noqa: E402
+from ortforge.tuning.search import RESCUE_SLACK, fastest_first, near_most_accurate  # noqa: E402
 
 HEAVY = ("Conv", "MatMul", "Gemm")
 
@@ -93,14 +94,14 @@ def main() -> None:
             fusion = Candidate("fp32 + transformer fusion", "fusion", (("model_type", "auto"),))
             for recipe in (QuantizeOptions(mode="dynamic", per_channel=True, op_types=("MatMul",)),
                            QuantizeOptions(mode="dynamic", weight_type="u8", per_channel=True, op_types=("MatMul",))):  # fmt: skip
-                trial = runner.build(Candidate.of_recipe(recipe, base=fusion))
+                trial = runner.build(Candidate.of_recipe(with_attention(recipe), base=fusion))
                 built.append(trial)
                 print(f"  {trial.label:<38} {metrics(trial)}")
         statics = [t for t in built if t.model is not None and t.candidate.settings.get("mode") == "static" and not t.passed]
         if args.exclusion and statics and not any(t.passed and t.candidate.settings.get("mode") == "static" for t in built):
             # As tune does: the fastest of the recipes within reach of the most accurate one.
             near = near_most_accurate(statics)
-            chosen = fastest_of(runner, near, lambda *a: None)
+            chosen = fastest_first(runner, near, lambda *a: None)[0]
             print(f"  rescuing {chosen.label} (the fastest of {len(near)} missed recipe(s) within {RESCUE_SLACK} cosine of the most accurate)")
             source = runner.build(chosen.candidate.base).model if chosen.candidate.base else job.model
             search_judge = judge.on(run_outputs(source, job.calibration), job.calibration, margin=SEARCH_MARGIN)

@@ -4,6 +4,7 @@ each stage cached once and shared, judged against the original model, and carrie
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -51,6 +52,20 @@ def test_transformers_get_fusion_then_dynamic_int8_pipelines_and_cnns_do_not():
     assert not any(" -> " in c.label for c in precision_candidates("cnn", ["CPUExecutionProvider"], False))
 
 
+def test_after_fusion_the_attention_projection_is_quantized_and_smoothed_too(runner):
+    pipelines = [c for c in precision_candidates("transformer", ["CPUExecutionProvider"], True) if c.base == FUSION]
+    assert pipelines and all("Attention" in c.recipe.op_types for c in pipelines)
+    smoothed = Candidate.of_recipe(replace(pipelines[0].recipe, smooth=0.7), base=FUSION)
+    trial = runner.build(smoothed)
+    assert trial.passed, trial.why_not
+    graph = trial.model.proto.graph
+    attention = [n for n in graph.node if n.op_type == "QAttention"]
+    assert attention and not any(n.op_type == "Attention" for n in graph.node)  # the QKV weights are int8 now
+    producers = {out: n for n in graph.node for out in n.output}
+    quantized_input = producers[attention[0].input[0]]  # DynamicQuantizeLinear of the smoothed activation
+    assert producers[quantized_input.input[0]].op_type == "Mul"
+
+
 def test_models_with_affine_steps_beside_convs_get_folding_then_static_int8(tmp_path):
     from helpers import lcnet_block
 
@@ -68,6 +83,15 @@ def test_models_with_affine_steps_beside_convs_get_folding_then_static_int8(tmp_
     assert trial.model is not None and runner.built == 2
     assert not any(n.op_type == "Mul" for n in trial.model.proto.graph.node)  # int8 of the folded graph
     assert Candidate.from_dict(trial.candidate.to_dict()) == trial.candidate
+
+
+def test_the_rewrite_stage_names_its_rewrites_so_a_new_rewrite_is_not_taken_from_the_cache():
+    def stage(rewrites: list[str]) -> Candidate:
+        return next(c for c in precision_candidates("cnn", ["CPUExecutionProvider"], False, rewrites=rewrites) if c.kind == "rewrite")
+
+    gelu, both = stage(["GELU fusion"]), stage(["GELU fusion", "one-hot lookup"])
+    assert gelu.settings["rewrites"] == ("GELU fusion",) and gelu.key("model", "data") != both.key("model", "data")
+    assert Candidate.from_dict(both.to_dict()) == both
 
 
 def test_a_cluster_node_builds_a_pipeline_from_the_stages_carried_to_it(runner, monkeypatch):
@@ -141,7 +165,7 @@ def test_the_recipe_rescued_is_the_fastest_of_the_nearly_most_accurate():
 
     from ortforge.accuracy.judge import Verdict
     from ortforge.searches.trial import Trial
-    from ortforge.tuning.search import RESCUE_SLACK, fastest_of, near_most_accurate
+    from ortforge.tuning.search import RESCUE_SLACK, fastest_first, near_most_accurate
 
     def missed(label: str, cosine: float) -> Trial:
         return Trial(Candidate(label, "int8", (("mode", "static"),)), None, Verdict(False, [], {"cosine": cosine}))
@@ -155,5 +179,38 @@ def test_the_recipe_rescued_is_the_fastest_of_the_nearly_most_accurate():
             medians = {"conv only": 140.0, "every op": 110.0}
             return SimpleNamespace(variants=[SimpleNamespace(latency=SimpleNamespace(p50=medians[t.label])) for t in targets])
 
-    assert fastest_of(Scripted(), near, lambda *a: None) is every_op
-    assert fastest_of(None, [conv_only], lambda *a: None) is conv_only  # one recipe: nothing to time
+    assert fastest_first(Scripted(), near, lambda *a: None) == [every_op, conv_only]
+    assert fastest_first(None, [conv_only], lambda *a: None) == [conv_only]  # one recipe: nothing to time
+
+
+def test_a_recipe_to_rescue_tries_each_percentile_clip_then_the_next_fastest_recipe_before_nodes_go_float():
+    from types import SimpleNamespace
+
+    from ortforge.accuracy.judge import Verdict
+    from ortforge.core.deadline import Deadline
+    from ortforge.searches.trial import Trial
+    from ortforge.tuning.search import _exclude
+
+    def recipe(ops: tuple[str, ...], **extra) -> Candidate:
+        return Candidate.of_recipe(QuantizeOptions(mode="static", per_channel=True, op_types=ops, **extra))
+
+    every, conv = recipe(("Conv", "MatMul")), recipe(("Conv",))
+    cosines = {recipe(("Conv", "MatMul"), calibration_method="percentile").label: 0.984,
+               recipe(("Conv", "MatMul"), calibration_method="percentile", percentile=99.99).label: 0.985,
+               recipe(("Conv",), calibration_method="percentile").label: 0.989,
+               recipe(("Conv",), calibration_method="percentile", percentile=99.99).label: 0.995}  # fmt: skip
+
+    class Scripted(_ScriptedRunner):
+        def measure(self, targets, options, progress=None):  # every op int8 runs faster
+            return SimpleNamespace(variants=[SimpleNamespace(latency=SimpleNamespace(p50=1.0 if t.label == every.label else 2.0)) for t in targets])
+
+        def exclusion(self, *args, **kwargs):
+            pytest.fail("percentile ranges rescued a recipe: no node needs to stay float")
+
+    runner = Scripted(cosines)
+    trials = [Trial(every, model=object(), verdict=Verdict(False, [], {"cosine": 0.98})), Trial(conv, model=object(), verdict=Verdict(False, [], {"cosine": 0.977}))]
+    accurate, rejected = [], []
+    _exclude(runner, trials, accurate, rejected, Deadline(600), 0.0, lambda *a: None)
+    assert runner.asked == list(cosines)  # the faster recipe's clips first, mildest first; then the next fastest's
+    assert [t.label for t in accurate] == [list(cosines)[-1]] and accurate[0].label.endswith("percentile 99.99")
+    assert [label for label, _ in rejected] == list(cosines)[:3]

@@ -97,7 +97,9 @@ class QuantizeOptions:
         parts += ["per-channel" if self.per_channel else "per-tensor"]
         parts += ["7-bit"] if self.reduce_range else []
         parts += ["+".join(self.op_types)] if self.op_types else ["all ops"]
-        parts += [self.calibration_method] if self.mode == "static" else []
+        default_percentile = self.percentile == QuantizeOptions.percentile
+        method = self.calibration_method if self.calibration_method != "percentile" or default_percentile else f"percentile {self.percentile:g}"
+        parts += [method] if self.mode == "static" else []
         parts += ["equalized"] if self.equalize and self.mode == "static" else []
         parts += ["bias-corrected"] if self.bias_correction and self.mode == "static" else []
         parts += [f"smoothed {self.smooth:g}"] if self.smooth else []
