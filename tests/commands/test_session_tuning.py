@@ -39,3 +39,24 @@ def test_candidate_configs_build_sessions(tmp_path):
     model = load_model(save(linear_model(), tmp_path / "m.onnx"))
     for candidate in candidates(SessionConfig(), cores=2):
         candidate.config.build(model)  # every candidate must be a config ORT accepts (affinity format included)
+
+
+def test_the_denormals_candidate_flushes_them_on_the_pool_threads(tmp_path):
+    """x86 cores slow down on denormal floats; the candidate asks ORT to flush them, which the outputs show."""
+    import numpy as np
+    from onnx import helper
+
+    from helpers import make_model, tensor
+    from ortforge.core.model import from_proto
+    from ortforge.core.session import run_outputs
+    from ortforge.data import FeedSet
+    from ortforge.tuning.sessions import DENORMALS
+
+    size = 1 << 20  # large enough for ORT to split the Mul over both threads
+    model = from_proto(make_model([helper.make_node("Mul", ["x", "x"], ["y"])], [tensor("x", [size])], [tensor("y", [size])]))
+    feeds = FeedSet([{"x": np.full(size, 1e-20, np.float32)}], origin="test", generated=True)  # squares are denormal
+    flushed = next(c for c in candidates(SessionConfig(), cores=2) if c.label == "denormals as zero").config
+    assert flushed.config_entries[DENORMALS] == "1" and flushed.intra_op_num_threads == 0
+    kept = run_outputs(model, feeds, SessionConfig(intra_op_num_threads=2))[0]["y"]
+    zeroed = run_outputs(model, feeds, SessionConfig(intra_op_num_threads=2, config_entries=flushed.config_entries))[0]["y"]
+    assert not (kept == 0).any() and (zeroed == 0).any()  # the calling thread's share keeps them: ORT sets the pool's flags
