@@ -1,11 +1,11 @@
 """Decoder LMs: tune for decode tokens/s on the zoo decoder, against onnxruntime-genai's own int4 build, in one run.
 
-Needs the zoo decoder (`bench/decoder_build.py`: a Llama trained here on stdlib docstrings, exported by the model
-builder to fp32 and int4). Accuracy is next-token agreement under teacher forcing on held-out docstrings (never
-trained on), with its bound, and logits cosine; speed is greedy generation with the KV cache carried (prefill of
+Needs the zoo decoder (`bench/decoder_build.py`: a Llama trained here on the stdlib's docstrings and sources, exported by the model
+builder to fp32 and int4). Accuracy is next-token agreement under teacher forcing on held-out text (the corpus' last
+5%, never trained on), with its bound, and logits cosine; speed is greedy generation with the KV cache carried (prefill of
 --prompt tokens, then --new tokens), every variant in a fresh process, interleaved, with an A/A pair.
 
-    python bench/decoder.py [--budget 6m] [--prompt 64] [--new 32] [--samples 16] [--time 10]
+    python bench/decoder.py [--zoo-name stdlib-llama-1] [--budget 6m] [--prompt 64] [--new 32] [--samples 16] [--time 10]
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from ortforge.measure.compare import score  # noqa: E402
 from ortforge.measure.generate import Generation  # noqa: E402
 from ortforge.tuning.artifact import read_artifact  # noqa: E402
 
-FOLDER = Path.home() / ".cache" / "ortforge" / "zoo" / "models" / "stdlib-llama-1"
+ZOO = Path.home() / ".cache" / "ortforge" / "zoo" / "models"
 WINDOW = 128
 
 
-def held_out_feeds(model_path: Path, count: int) -> FeedSet:
-    """`count` windows of held-out docstring tokens, each a prefill over WINDOW tokens from an empty cache."""
-    ids = np.load(FOLDER / "held_out.npy").tolist()  # the corpus' last 5%, tokenized by the build, never trained on
+def held_out_feeds(folder: Path, model_path: Path, count: int) -> FeedSet:
+    """`count` windows of held-out tokens, each a prefill over WINDOW tokens from an empty cache."""
+    ids = np.load(folder / "held_out.npy").tolist()  # the corpus' last 5%, tokenized by the build, never trained on
     model = load_model(model_path, check=False)
     roles = decoder_io(model.proto.graph)
     assert roles is not None
@@ -56,6 +56,7 @@ def held_out_feeds(model_path: Path, count: int) -> FeedSet:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--zoo-name", default="stdlib-llama-1", help="the built decoder's folder name (bench/decoder_build.py --size base: stdlib-llama-2)")
     parser.add_argument("--budget", default="6m")
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--new", type=int, default=32)
@@ -63,11 +64,12 @@ def main() -> None:
     parser.add_argument("--time", type=float, default=10.0, help="seconds of timed generations per variant")
     parser.add_argument("--tolerance", action="append", default=[], help="METRIC=VALUE (default: token_top1=0.95)")
     args = parser.parse_args()
-    fp32_path, builder_path = FOLDER / "onnx-fp32" / "model.onnx", FOLDER / "onnx-int4" / "model.onnx"
+    folder = ZOO / args.zoo_name
+    fp32_path, builder_path = folder / "onnx-fp32" / "model.onnx", folder / "onnx-int4" / "model.onnx"
     if not fp32_path.exists():
         sys.exit("build the zoo decoder first: /work/bench-venv/bin/python bench/decoder_build.py")
-    print(json.dumps(json.loads((FOLDER / "zoo.json").read_text())))
-    feeds = held_out_feeds(fp32_path, 2 * args.samples)
+    print(json.dumps(json.loads((folder / "zoo.json").read_text())))
+    feeds = held_out_feeds(folder, fp32_path, 2 * args.samples)
     gate = args.tolerance or ["token_top1=0.95"]
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch) / "data"

@@ -7,9 +7,10 @@ PSF license: Python's standard library, its docstrings and its source. Steps, ea
 
 1. corpus: every docstring of every importable stdlib module, class and function (de-duplicated), then the stdlib's own
    .py sources (tests left out) up to SOURCE_CHARS; 95% train / 5% held out (the last 5%, never trained on);
-2. tokenizer: a byte-level BPE of VOCAB tokens trained on the corpus (`tokenizers`), saved as tokenizer.json;
+2. tokenizer: a byte-level BPE of the size's vocabulary trained on the corpus (`tokenizers`), saved as tokenizer.json;
 3. model: transformers' LlamaConfig (the published Llama architecture: RMSNorm, rotary positions, SwiGLU, grouped-query
-   attention) at hidden 256, 4 layers, 8 heads / 4 KV heads, trained with AdamW on 128-token windows for --minutes;
+   attention) at one of SIZES (small: hidden 256, 4 layers, 8 heads / 4 KV heads; base: hidden 512, 6 layers), trained
+   with AdamW on 128-token windows for --minutes;
 4. export: onnxruntime-genai's model builder (`-p fp32 -e cpu` and, for the comparison, `-p int4 -e cpu`), from the
    saved folder (`-i`), as a user of that tool would.
 
@@ -17,7 +18,7 @@ It prints the held-out loss and how peaked the next-token distributions are (med
 positions whose top-1 beats the runner-up by 2 logits) so the accuracy figures measured on it mean something.
 
     /work/bench-venv/bin/pip install torch transformers tokenizers onnxruntime-genai==0.18.0
-    /work/bench-venv/bin/python bench/decoder_build.py [--minutes 6] [--force]
+    /work/bench-venv/bin/python bench/decoder_build.py [--size small|base] [--minutes 6] [--force]
 """
 
 from __future__ import annotations
@@ -38,8 +39,14 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-VOCAB, HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, WINDOW = 4096, 256, 4, 8, 4, 688, 128
-FOLDER = Path.home() / ".cache" / "ortforge" / "zoo" / "models" / "stdlib-llama-1"
+WINDOW = 128
+# Sizes: "small" is stdlib-llama-1 (5.0 M parameters, 15 min); "base" is wider and deeper so that weights, not per-node
+# overhead, dominate a decode step, as in the models int4 is for (27 M parameters).
+SIZES = {
+    "small": {"name": "stdlib-llama-1", "vocab": 4096, "hidden": 256, "layers": 4, "heads": 8, "kv_heads": 4, "ffn": 688, "lr": 3e-3, "batch": 16, "bf16": False},
+    "base": {"name": "stdlib-llama-2", "vocab": 8192, "hidden": 512, "layers": 6, "heads": 8, "kv_heads": 4, "ffn": 1536, "lr": 1.5e-3, "batch": 16, "bf16": True},
+}  # fmt: skip
+ZOO = Path.home() / ".cache" / "ortforge" / "zoo" / "models"
 SKIP = ("test", "idlelib", "tkinter", "turtle", "antigravity", "this", "lib2to3", "ensurepip", "venv", "pydoc_data")
 SOURCE_CHARS = 6_000_000  # code is predictable: a model trained on it has peaked next-token distributions
 
@@ -72,40 +79,46 @@ def corpus() -> str:
     return "\n\n".join(texts + code)
 
 
-def build_tokenizer(text: str, folder: Path):  # noqa: ANN201
+def build_tokenizer(text: str, folder: Path, vocab: int):  # noqa: ANN201
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<s>", "</s>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<s>", "</s>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(text.split("\n\n"), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     fast.save_pretrained(folder)
     return fast
 
 
-def train(ids: list[int], held_out: list[int], minutes: float, folder: Path) -> dict:
+def train(ids: list[int], held_out: list[int], minutes: float, folder: Path, size: dict) -> dict:
+    """AdamW on random 128-token windows, bf16 autocast where the CPU has AMX/AVX-512 bf16 (fp32 master weights), the
+    learning rate warmed up over 50 steps and decayed linearly to a tenth by the deadline."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                         num_key_value_heads=KV_HEADS, max_position_embeddings=4 * WINDOW, tie_word_embeddings=False, bos_token_id=0, eos_token_id=1)  # fmt: skip
+    config = LlamaConfig(vocab_size=size["vocab"], hidden_size=size["hidden"], intermediate_size=size["ffn"], num_hidden_layers=size["layers"],
+                         num_attention_heads=size["heads"], num_key_value_heads=size["kv_heads"], max_position_embeddings=4 * WINDOW,
+                         tie_word_embeddings=False, bos_token_id=0, eos_token_id=1)  # fmt: skip
     model = LlamaForCausalLM(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    peak, batch = size["lr"], size["batch"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=peak, weight_decay=0.01)
     data = torch.tensor(ids)
-    start, step, batch = time.time(), 0, 16
+    start, step = time.time(), 0
     deadline = start + 60 * minutes
+    bf16 = size["bf16"]  # the small model was trained in fp32, and still is, so that it rebuilds the same
     while time.time() < deadline:
         offsets = torch.randint(0, len(data) - WINDOW - 1, (batch,))
         window = torch.stack([data[o : o + WINDOW + 1] for o in offsets])
-        lr = 3e-3 * min(1.0, (step + 1) / 50) * max(0.1, 1 - (time.time() - start) / (deadline - start))
+        lr = peak * min(1.0, (step + 1) / 50) * max(0.1, 1 - (time.time() - start) / (deadline - start))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = model(input_ids=window, labels=window).loss  # the model shifts the labels itself
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=window, labels=window).loss  # the model shifts the labels itself
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -115,7 +128,8 @@ def train(ids: list[int], held_out: list[int], minutes: float, folder: Path) -> 
             print(f"  step {step}, {time.time() - start:.0f} s, loss {loss.item():.3f}", flush=True)
     model.eval()
     figures = peakedness(model, held_out)
-    figures.update({"steps": step, "train_seconds": round(time.time() - start), "parameters": sum(p.numel() for p in model.parameters())})
+    figures.update({"steps": step, "train_seconds": round(time.time() - start), "parameters": sum(p.numel() for p in model.parameters()),
+                    "tokens_seen": step * batch * WINDOW, "bf16_autocast": bf16})  # fmt: skip
     model.save_pretrained(folder, safe_serialization=True)
     return figures
 
@@ -148,28 +162,31 @@ def export(folder: Path, precision: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="small", help="small: stdlib-llama-1 (default); base: stdlib-llama-2")
     parser.add_argument("--minutes", type=float, default=6.0, help="training time")
     parser.add_argument("--force", action="store_true", help="train again even when a trained model is cached")
     args = parser.parse_args()
-    hf = FOLDER / "hf"
+    size = SIZES[args.size]
+    folder = ZOO / size["name"]
+    hf = folder / "hf"
     hf.mkdir(parents=True, exist_ok=True)
     if args.force or not (hf / "model.safetensors").exists():
         text = corpus()
-        (FOLDER / "corpus.txt").write_text(text)
-        print(f"corpus: {len(text):,} characters of stdlib docstrings", flush=True)
-        tokenizer = build_tokenizer(text, hf)
+        (folder / "corpus.txt").write_text(text)
+        print(f"corpus: {len(text):,} characters of stdlib docstrings and sources", flush=True)
+        tokenizer = build_tokenizer(text, hf, size["vocab"])
         ids = tokenizer(text)["input_ids"]
         cut = int(len(ids) * 0.95)
         print(f"tokens: {len(ids):,} ({cut:,} train, {len(ids) - cut:,} held out); training {args.minutes:g} min", flush=True)
-        np.save(FOLDER / "held_out.npy", np.array(ids[cut:], np.int32))  # benchmarks read these without a tokenizer
-        figures = train(ids[:cut], ids[cut:], args.minutes, hf)
-        info = {"how": __doc__.split("\n\n")[0], "architecture": "LlamaForCausalLM (transformers LlamaConfig)",
-                "config": {"vocab": VOCAB, "hidden": HIDDEN, "layers": LAYERS, "heads": HEADS, "kv_heads": KV_HEADS, "ffn": FFN},
+        np.save(folder / "held_out.npy", np.array(ids[cut:], np.int32))  # benchmarks read these without a tokenizer
+        figures = train(ids[:cut], ids[cut:], args.minutes, hf, size)
+        config = {k: size[k] for k in ("vocab", "hidden", "layers", "heads", "kv_heads", "ffn")}
+        info = {"how": __doc__.split("\n\n")[0], "architecture": "LlamaForCausalLM (transformers LlamaConfig)", "config": config,
                 "corpus": "Python's standard library: its docstrings, then its .py sources without tests (PSF license)", "held_out_from_token": cut, **figures}  # fmt: skip
-        (FOLDER / "zoo.json").write_text(json.dumps(info, indent=2))
-    print(json.dumps(json.loads((FOLDER / "zoo.json").read_text()), indent=2))
+        (folder / "zoo.json").write_text(json.dumps(info, indent=2))
+    print(json.dumps(json.loads((folder / "zoo.json").read_text()), indent=2))
     for precision in ("fp32", "int4"):
-        print(f"export {precision}: {export(FOLDER, precision)}", flush=True)
+        print(f"export {precision}: {export(folder, precision)}", flush=True)
 
 
 if __name__ == "__main__":

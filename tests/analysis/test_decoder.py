@@ -88,3 +88,27 @@ def test_a_symbolic_head_size_is_pinned_to_hidden_over_heads():
                        [weight("embed", np.zeros((10, 32), np.float32))], extra_opsets={"com.microsoft": 1})  # fmt: skip
     pins = pinned_dims(from_proto(proto))
     assert pins[("past_key_values.0.key", 3)][0] == 8 and pins[("past_key_values.0.key", 2)][0] == 0
+
+
+def test_the_lm_head_is_found_and_kept_int8_beside_int4_elsewhere(tmp_path):
+    from ortforge.accuracy.judge import Judge
+    from ortforge.accuracy.tolerance import default_tolerances
+    from ortforge.core.graph import attributes
+    from ortforge.tuning.candidates import precision_candidates
+    from ortforge.tuning.runner import LocalRunner
+
+    proto = tiny_decoder()
+    head = find_decoder(proto).lm_head
+    assert head and next(n for n in proto.graph.node if n.name == head).output[0] == "logits"
+    candidates = precision_candidates("decoder", ["CPUExecutionProvider"], False, lm_head=head)
+    mixed = [c for c in candidates if c.label.endswith("-> int8 LM head")]
+    assert len(mixed) == 2 and all(c.base.recipe.exclude == (head,) for c in mixed)
+    assert not any(c.label.endswith("LM head") for c in precision_candidates("decoder", ["CPUExecutionProvider"], False))
+    model = from_proto(proto)
+    feeds = generate_feeds(model, 4)
+    reference = run_outputs(model, feeds)
+    runner = LocalRunner(model, feeds, feeds, Judge(reference, default_tolerances(reference), feeds=feeds), tmp_path / "cache")
+    trial = runner.build(mixed[0])
+    assert trial.model is not None, trial.why_not
+    bits = {n.name: attributes(n)["bits"] for n in trial.model.proto.graph.node if n.op_type == "MatMulNBits"}
+    assert bits.pop(next(name for name in bits if name.startswith(head))) == 8 and set(bits.values()) == {4}

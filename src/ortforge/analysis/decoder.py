@@ -16,6 +16,9 @@ from ortforge.core.graph import GraphIndex, attributes
 from ortforge.data.decoder_io import DecoderIO, decoder_io
 
 FUSED_ATTENTION = ("GroupQueryAttention", "MultiHeadAttention", "Attention", "PagedAttention")
+PROJECTIONS = ("MatMul", "Gemm", "MatMulNBits")
+# Between the LM head's product and the logits output, exporters put at most a bias, a reshape or a cast.
+LOGITS_PASS_THROUGH = ("Add", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze")
 
 
 @dataclass
@@ -29,6 +32,7 @@ class DecoderFacts:
     hidden: int | None
     vocabulary: int | None
     evidence: list[str] = field(default_factory=list)
+    lm_head: str | None = None  # the node projecting hidden states to the logits (named), when one is found
 
     def to_dict(self) -> dict:
         io = self.io
@@ -38,7 +42,7 @@ class DecoderFacts:
             "cache": {"layout": io.layout, "past_sequence_dim": io.past_sequence_dim(),
                       "pairs": [{"past": e.past, "present": e.present, "layer": e.layer, "part": e.part} for e in io.cache]},
             "inputs": {"tokens": io.tokens, "attention_mask": io.attention_mask, "position_ids": io.position_ids, "other": io.other_inputs},
-            "logits": io.logits, "evidence": self.evidence,
+            "logits": io.logits, "lm_head": self.lm_head, "evidence": self.evidence,
         }  # fmt: skip
 
     def summary(self) -> str:
@@ -70,7 +74,28 @@ def find_decoder(proto: onnx.ModelProto) -> DecoderFacts | None:
         evidence.append(f"heads = hidden {hidden} / head size {io.head_size} (from the cache shape)")
     evidence.append(f"cache layout {io.layout}: {list(io.cache[0].shape)}")
     head_size = io.head_size or (hidden // heads if hidden and heads else None)  # the builder leaves it symbolic ('kv_cache_dim')
-    return DecoderFacts(io, attention, io.layers, heads, kv_heads, head_size, hidden, vocabulary, evidence)
+    head = lm_head(index, io.logits) if io.logits else None
+    if head:
+        evidence.append(f"LM head '{head}' computes '{io.logits}'")
+    return DecoderFacts(io, attention, io.layers, heads, kv_heads, head_size, hidden, vocabulary, evidence, head)
+
+
+def lm_head(index: GraphIndex, logits: str) -> str | None:
+    """The name of the MatMul/Gemm/MatMulNBits whose product becomes `logits` (through a bias, reshape or cast), if named."""
+    name = logits
+    for _ in range(len(LOGITS_PASS_THROUGH)):
+        node = index.producer.get(name)
+        if node is None:
+            return None
+        if node.op_type in PROJECTIONS:
+            return node.name or None
+        if node.op_type not in LOGITS_PASS_THROUGH or not node.input:
+            return None
+        carried = [i for i in node.input if not index.is_constant(i)] if node.op_type == "Add" else node.input[:1]
+        if len(carried) != 1:  # an Add of two activations is not a bias
+            return None
+        name = carried[0]
+    return None
 
 
 def _embedding(index: GraphIndex, tokens: str) -> tuple[int | None, int | None]:

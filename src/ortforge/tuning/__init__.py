@@ -18,6 +18,7 @@ from typing import Any
 from ortforge.accuracy.judge import Judge
 from ortforge.accuracy.reopen import ReopenError
 from ortforge.accuracy.tolerance import Tolerance, default_tolerances
+from ortforge.analysis.decoder import find_decoder
 from ortforge.core.cache import cache_root
 from ortforge.core.deadline import WRITE_S, Deadline, timed
 from ortforge.core.errors import UserError
@@ -90,7 +91,9 @@ def tune_model(
         trials = GeneratingRunner(trials, options.generation)
     if hasattr(trials, "bind_deadline"):  # time queued behind other searches' work is given back to this search
         trials.bind_deadline(deadline)
-    candidates = precision_candidates(family, list(options.providers), transformer, rewrites=applicable_rewrites(model.proto))
+    decoder = find_decoder(model.proto) if family == "decoder" else None
+    candidates = precision_candidates(family, list(options.providers), transformer, rewrites=applicable_rewrites(model.proto),
+                                      lm_head=decoder.lm_head if decoder else None)  # fmt: skip
     result = tune_search(trials, candidates, options, progress, journal=local.folder / JOURNAL, deadline=deadline, cost=cost, hold=held)
     result.notes += getattr(trials, "retried", [])
     if getattr(trials, "queued_s", 0) >= 1:

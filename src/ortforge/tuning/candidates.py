@@ -12,17 +12,21 @@ from ortforge.core.runtime import GPU_PROVIDERS
 from ortforge.searches.recipes import auto_recipes
 from ortforge.searches.trial import Candidate
 from ortforge.transforms.quantize import QuantizeOptions
+from ortforge.transforms.weight_only import WeightOnlyOptions
 
 # The mixed-precision candidate searches within fp16's usual elementwise bound; tune's own tolerance judges the result.
 MIXED_RTOL, MIXED_ATOL = 1e-2, 1e-3
 
 
 def precision_candidates(family: str, providers: list[str], transformer: bool, features: tuple[str, ...] | None = None,
-                         rewrites: Sequence[str] = ()) -> list[Candidate]:  # fmt: skip
-    """fp32 first, then what suits the family and the hardware (`rewrites`: the exact rewrites that apply to the model)."""
+                         rewrites: Sequence[str] = (), lm_head: str | None = None) -> list[Candidate]:  # fmt: skip
+    """fp32 first, then what suits the family and the hardware (`rewrites`: the exact rewrites that apply to the model;
+    `lm_head`: a decoder's logits projection, which gets int8 weights beside int4 everywhere else)."""
     found = [Candidate("fp32", "fp32")]
     recipes = auto_recipes(family, features)
     found += [Candidate.of_recipe(recipe) for recipe in recipes]
+    if family == "decoder" and lm_head:
+        found += lm_head_int8(lm_head)
     if rewrites:  # exact, and static int8 of the rewritten graph quantizes fewer tensors with fewer float steps between them
         # The rewrites' names are in its options, so its cache key changes with them (a new rewrite is not served stale).
         rewritten = Candidate(f"fp32 + {' + '.join(rewrites)}", "rewrite", (("rewrites", tuple(rewrites)),))
@@ -39,6 +43,18 @@ def precision_candidates(family: str, providers: list[str], transformer: bool, f
         found.append(Candidate(f"mixed fp16 for {name} (searched within rtol {MIXED_RTOL:g}, atol {MIXED_ATOL:g})", "fp16",
                                (("auto", True), ("provider", gpu[0]))))  # fmt: skip
     return found
+
+
+def lm_head_int8(lm_head: str) -> list[Candidate]:
+    """int4 weights except the LM head's, then int8 for the LM head: its rounding moves every logit at once, so it
+    decides most next-token flips, and it is one projection of many."""
+    candidates = []
+    for block_size in (32, 128):
+        rest = Candidate.of_recipe(WeightOnlyOptions(bits=4, block_size=block_size, accuracy_level=4, exclude=(lm_head,)))
+        rest = replace(rest, label=f"{rest.label} but the LM head")
+        head = Candidate.of_recipe(WeightOnlyOptions(bits=8, accuracy_level=4, op_types=("MatMul", "Gemm")), base=rest)
+        candidates.append(replace(head, label=f"{rest.label} -> int8 LM head"))
+    return candidates
 
 
 def with_attention(recipe: QuantizeOptions) -> QuantizeOptions:
