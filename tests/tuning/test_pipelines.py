@@ -207,10 +207,22 @@ def test_a_recipe_to_rescue_tries_each_percentile_clip_then_the_next_fastest_rec
         def exclusion(self, *args, **kwargs):
             pytest.fail("percentile ranges rescued a recipe: no node needs to stay float")
 
+    def missed() -> list[Trial]:
+        return [Trial(every, model=object(), verdict=Verdict(False, [], {"cosine": 0.98})), Trial(conv, model=object(), verdict=Verdict(False, [], {"cosine": 0.977}))]
+
     runner = Scripted(cosines)
-    trials = [Trial(every, model=object(), verdict=Verdict(False, [], {"cosine": 0.98})), Trial(conv, model=object(), verdict=Verdict(False, [], {"cosine": 0.977}))]
     accurate, rejected = [], []
-    _exclude(runner, trials, accurate, rejected, Deadline(600), 0.0, lambda *a: None)
+    _exclude(runner, missed(), accurate, rejected, Deadline(600), 0.0, lambda *a: None)
     assert runner.asked == list(cosines)  # the faster recipe's clips first, mildest first; then the next fastest's
     assert [t.label for t in accurate] == [list(cosines)[-1]] and accurate[0].label.endswith("percentile 99.99")
     assert [label for label, _ in rejected] == list(cosines)[:3]
+
+    class Searching(Scripted):
+        def exclusion(self, trial, *args, **kwargs):
+            self.asked.append(f"exclusion search of {trial.label}")
+
+    expensive = Deadline(600)
+    expensive.record("build", 60.0)  # builds this slow leave the time to the exclusion search
+    runner = Searching(cosines)
+    _exclude(runner, missed(), [], [], expensive, 0.0, lambda *a: None)
+    assert runner.asked == [list(cosines)[0], f"exclusion search of {list(cosines)[0]}"]

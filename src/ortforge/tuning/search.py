@@ -41,6 +41,9 @@ RESCUE_SLACK = 0.05  # missed recipes this close in cosine to the most accurate 
 RESCUE_SCREEN_S = 1.0  # seconds of timed runs per recipe in that race
 PERCENTILE_TRIES = 3  # the fastest missed recipes built again with percentile ranges before nodes go float
 PERCENTILES = (99.999, 99.99)  # the clips tried, mildest first
+# Beyond one percentile build of the fastest recipe, more clips and recipes are tried only while a build costs at most
+# this share of the budget: magika builds in seconds, PP-OCR det in ~50 s, which its exclusion search needs more.
+CHEAP_BUILD_SHARE = 0.05
 EXCLUSION_BUDGET_SHARE = 0.6  # the exclusion search starts only while this share of the budget is left
 BUILD_BUDGET_SHARE = 0.6  # builds start only while this share of the budget has not been spent
 # The timed stages; max_seconds and the deadline are set when the schedule grants a stage its time.
@@ -194,16 +197,16 @@ def fastest_first(runner: TrialRunner, trials: list[Trial], progress: Progress) 
 
 
 def _better_calibrated(runner: TrialRunner, trial: Trial, trials: list[Trial], rejected: list[tuple[str, str]], deadline: Deadline,
-                       keep_s: float, progress: Progress) -> Trial:  # fmt: skip
+                       keep_s: float, progress: Progress, clips: Sequence[float] = PERCENTILES) -> Trial:  # fmt: skip
     """A minmax static recipe about to be rescued is built once more with percentile ranges (outliers clipped), at each
-    of PERCENTILES until one passes, and the most accurate build is searched: fewer nodes need to stay float (det: a
+    of `clips` until one passes, and the most accurate build is searched: fewer nodes need to stay float (det: a
     leading part through heavy layer 16 of 64 instead of 26). Which clip suits a model shows only in its outputs: on
     magika's rewritten graph 99.999 left its worst sample at cosine 0.9842, 99.99 at 0.9976, 99.9 at 0.7643."""
     recipe = trial.candidate.recipe
     if not isinstance(recipe, QuantizeOptions) or recipe.mode != "static" or recipe.calibration_method != "minmax":
         return trial
     best = trial
-    for percentile in PERCENTILES:
+    for percentile in clips:
         if not deadline.fits("build", keep_s):
             break
         candidate = Candidate.of_recipe(replace(recipe, calibration_method="percentile", percentile=percentile), trial.candidate.base)
@@ -239,9 +242,10 @@ def _exclude(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], re
     ranked = fastest_first(runner, near, progress)
     trial = ranked[0]
     # Percentile ranges, fastest recipe first: recipes of about the same speed (magika's Conv-only and Conv+MatMul+Gemm,
-    # once its one-hot MatMul is a lookup) differ in whether clipping alone rescues them (0.9896 and 0.9971).
-    for attempt in ranked[:PERCENTILE_TRIES]:
-        better = _better_calibrated(runner, attempt, trials, rejected, deadline, keep_s, progress)
+    # once its one-hot MatMul is a lookup) differ in whether clipping alone rescues them (0.9983 and 0.9976 at 99.99).
+    cheap = deadline.typical("build") <= deadline.budget_s * CHEAP_BUILD_SHARE
+    for attempt in ranked[: PERCENTILE_TRIES if cheap else 1]:
+        better = _better_calibrated(runner, attempt, trials, rejected, deadline, keep_s, progress, PERCENTILES if cheap else PERCENTILES[:1])
         if better.passed:  # percentile ranges alone were enough
             accurate.append(better)
             return
