@@ -36,6 +36,7 @@ class LookupSite:
     table: str
     output: str
     nodes: list[onnx.NodeProto]
+    index_type: int = onnx.TensorProto.INT64  # the indices' integer type (the clip bounds are made of it)
 
 
 def _shape_last_is_one(index: GraphIndex, name: str, hops: int = MAX_HOPS) -> bool:
@@ -122,6 +123,7 @@ def find_lookups(proto: onnx.ModelProto) -> list[LookupSite]:
     for matmul in [n for n in proto.graph.node if n.op_type == "MatMul" and n.domain in ("", "ai.onnx")]:
         site = _site_at(index, shapes, matmul, outputs)
         if site is not None and types.get(site.index) in INTEGER_TYPES:
+            site.index_type = types[site.index]
             found.append(site)
     return found
 
@@ -133,15 +135,13 @@ def onehot_lookup(model: Model) -> TransformResult:
     sites = find_lookups(proto)
     if not sites:
         return TransformResult(proto, False, notes=["no one-hot MatMul to read as a table lookup"])
-    inferred = onnx.shape_inference.infer_shapes(proto)
-    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input]}
     used = {t.name for t in proto.graph.initializer} | {name for n in proto.graph.node for name in (*n.input, *n.output)}
     initializers = {t.name: t for t in proto.graph.initializer}
     widths = ", ".join(f"{initializers[s.table].dims[0]} classes" for s in sites)
     for site in sites:
         table = numpy_helper.to_array(initializers[site.table])
         rows = table.shape[0]
-        dtype = INTEGER_TYPES[types[site.index]]
+        dtype = INTEGER_TYPES[site.index_type]
         names = {key: fresh_name(f"{site.output}_{key}", used) for key in ("table", "axes", "low", "high", "squeezed", "clipped")}
         padded = np.concatenate([table, np.zeros((1, table.shape[1]), table.dtype)])
         proto.graph.initializer.extend([
