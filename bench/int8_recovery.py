@@ -4,8 +4,8 @@
     python bench/int8_recovery.py /tmp/minilm/minilm_torchscript.onnx --data /tmp/minilm/sentences --tolerance cosine=0.985
 
 Realistic inputs (zoo models) or --data, split: the first --calib samples calibrate, the next --samples judge (never
-used for calibration). Affine folding first (where it applies); then per static recipe (heavy ops, every op), on the
-model as given and on the folded one, in order: ORT's recipe as it is, mse and percentile calibration, activation
+used for calibration). The exact rewrites first (where they apply); then per static recipe (heavy ops, every op), on the
+model as given and on the rewritten one, in order: ORT's recipe as it is, mse and percentile (99.999, 99.99) calibration, activation
 equalization, + bias correction; and (--exclusion) the exclusion search as tune runs it, on the fastest of the missed
 recipes within reach of the most accurate (searched on the calibration samples, judged on the held-out ones). Dynamic recipes (for transformers also with SmoothQuant at alpha 0.5
 and 0.7) and, for transformers, fusion -> dynamic int8 are judged too. Every candidate within tolerance is then timed against fp32 with ORT defaults in one interleaved run
@@ -33,6 +33,7 @@ from ortforge.measure.compare import score  # noqa: E402
 from ortforge.measure.roofline import machine_peaks, roofline  # noqa: E402
 from ortforge.searches.exclusion import RANKING_SAMPLES, SEARCH_MARGIN, search_exclusions  # noqa: E402
 from ortforge.searches.trial import Candidate, Trial  # noqa: E402
+from ortforge.transforms.exact_rewrites import applicable_rewrites  # noqa: E402
 from ortforge.transforms.quantize import QuantizeOptions  # noqa: E402
 from ortforge.tuning.candidates import with_attention  # noqa: E402
 from ortforge.tuning.runner import LocalRunner  # noqa: E402
@@ -49,6 +50,7 @@ def metrics(trial: Trial) -> str:
 def static_steps(base: QuantizeOptions) -> list[tuple[str, QuantizeOptions]]:
     return [("ORT's recipe", base), ("+ mse calibration", replace(base, calibration_method="mse")),
             ("+ percentile calibration", replace(base, calibration_method="percentile")),
+            ("+ percentile 99.99 calibration", replace(base, calibration_method="percentile", percentile=99.99)),
             ("+ activation equalization", replace(base, equalize=True)),
             ("+ equalization + bias correction", replace(base, equalize=True, bias_correction=True))]  # fmt: skip
 
@@ -74,7 +76,7 @@ def main() -> None:
         print(f"\n{reference} ({job.family}; gate {', '.join(t.describe() for t in tolerances)}; {len(job.calibration)} calibration, "
               f"{len(job.evaluation)} held-out samples)")  # fmt: skip
         built: list[Trial] = []
-        fold = Candidate("fp32 + exact rewrites", "rewrite")
+        fold = Candidate("fp32 + exact rewrites", "rewrite", (("rewrites", tuple(applicable_rewrites(job.model.proto))),))
         folded = runner.build(fold)
         print(f"  {fold.label:<52} {metrics(folded) if folded.model is not None else folded.error}")
         for stage in [None] + ([fold] if folded.model is not None else []):
