@@ -86,6 +86,8 @@ def _site_at(index: GraphIndex, shapes: dict[str, list], matmul: onnx.NodeProto,
     cast = index.producer.get(matmul.input[0])
     if table is None or matmul.input[1] not in index.tensors or len(table.dims) != 2 or cast is None or cast.op_type != "Cast":
         return None
+    if table.data_location == onnx.TensorProto.EXTERNAL:  # the padded table is written inline
+        return None
     if helper.get_attribute_value(next(a for a in cast.attribute if a.name == "to")) != table.data_type:
         return None
     equal = index.producer.get(cast.input[0])
@@ -105,6 +107,12 @@ def _site_at(index: GraphIndex, shapes: dict[str, list], matmul: onnx.NodeProto,
     return None
 
 
+def _reads_one_hot(index: GraphIndex, matmul: onnx.NodeProto) -> bool:
+    """Whether the MatMul's input A is a Cast of an Equal (the shape of a one-hot product, before any proof)."""
+    cast = index.producer.get(matmul.input[0])
+    return cast is not None and cast.op_type == "Cast" and getattr(index.producer.get(cast.input[0]), "op_type", "") == "Equal"
+
+
 def _opset(proto: onnx.ModelProto) -> int:
     return next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), 0)
 
@@ -114,13 +122,16 @@ def find_lookups(proto: onnx.ModelProto) -> list[LookupSite]:
     if _opset(proto) < MIN_OPSET:
         return []
     index = GraphIndex(proto)
+    matmuls = [n for n in proto.graph.node if n.op_type == "MatMul" and n.domain in ("", "ai.onnx") and _reads_one_hot(index, n)]
+    if not matmuls:  # most models: no shape inference needed to say so
+        return []
     inferred = onnx.shape_inference.infer_shapes(proto)
     shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
               for v in [*inferred.graph.value_info, *inferred.graph.input] if v.type.tensor_type.HasField("shape")}  # fmt: skip
     types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input]}
     outputs = {o.name for o in proto.graph.output}
     found = []
-    for matmul in [n for n in proto.graph.node if n.op_type == "MatMul" and n.domain in ("", "ai.onnx")]:
+    for matmul in matmuls:
         site = _site_at(index, shapes, matmul, outputs)
         if site is not None and types.get(site.index) in INTEGER_TYPES:
             site.index_type = types[site.index]
