@@ -1,5 +1,6 @@
 """The float-exact rewrites ORT's optimizers miss, applied together as one stage: affine folding (`fold_affine`), GELU
-fusion (`fuse_gelu`) and one-hot products read as lookups (`onehot_lookup`). tune tries them as one candidate and as the first stage of every static int8 recipe."""
+fusion (`fuse_gelu`) and one-hot products read as lookups (`onehot_lookup`). tune tries them as one candidate and as
+the first stage of every static int8 recipe."""
 
 from __future__ import annotations
 

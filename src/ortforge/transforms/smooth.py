@@ -1,5 +1,6 @@
-"""SmoothQuant: move activation outliers into MatMul (and fused Attention) weights before int8, so that per-tensor activation quantization
-(static ranges, or dynamic ones computed per run) loses less of the channels that are not outliers.
+"""SmoothQuant: move activation outliers into MatMul (and fused Attention) weights before int8, so that per-tensor
+activation quantization (static ranges, or dynamic ones computed per run) loses less of the channels that are not
+outliers.
 
 Transformer activations carry a few hidden channels hundreds of times larger than the rest (Xiao et al., "SmoothQuant",
 2023); weights are smooth. For an activation A read by MatMuls with constant weights W [K, N], channel k is divided by
