@@ -85,6 +85,8 @@ def main() -> None:
             print(f"  built {trial.label}: {shown or trial.error} {'within tolerance' if trial.passed else ''}")
         for label, why in report.result.rejected:
             print(f"  rejected {label}: {why}")
+        for finalist in report.result.finalists:  # the session settings that reached the final run, with their scores
+            print(f"  finalist {finalist.label}: {finalist.score.text() if finalist.score else 'baseline'}")
         tuned_model, tuned_config = load_model(out / "model.onnx", check=False), read_artifact(out)[1]
         fp32, builder = load_model(fp32_path, check=False), load_model(builder_path, check=False)
         evaluation = FeedSet(feeds.samples[args.samples :], feeds.origin, False)
