@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from ortforge.core.graph import GraphIndex, attributes
-from ortforge.data.decoder_io import DecoderIO, decoder_io
+from ortforge.core.graph import GraphIndex
+from ortforge.data.decoder_io import DecoderIO, decoder_io, embedding_table, fused_attention
 
-FUSED_ATTENTION = ("GroupQueryAttention", "MultiHeadAttention", "Attention", "PagedAttention")
 PROJECTIONS = ("MatMul", "Gemm", "MatMulNBits")
 # Between the LM head's product and the logits output, exporters put at most a bias, a reshape or a cast.
 LOGITS_PASS_THROUGH = ("Add", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze")
@@ -56,19 +55,19 @@ def find_decoder(proto: onnx.ModelProto) -> DecoderFacts | None:
     if io is None:
         return None
     index = GraphIndex(proto)
-    fused = [n for n in index.nodes if n.op_type in FUSED_ATTENTION and n.domain == "com.microsoft"]
+    fused = fused_attention(index)
     evidence = [f"{len(io.cache)} past inputs handed back as present outputs ({io.cache[0].past} -> {io.cache[0].present}, ...)",
                 f"tokens '{io.tokens}'" + (f", attention mask '{io.attention_mask}'" if io.attention_mask else "")
                 + (f", position ids '{io.position_ids}'" if io.position_ids else "")]  # fmt: skip
     heads, kv_heads = None, io.kv_heads
     if fused:
-        found = attributes(fused[0])
-        heads, kv_heads = found.get("num_heads"), found.get("kv_num_heads", kv_heads) or kv_heads
-        attention = f"{fused[0].op_type} (fused, {len(fused)} node(s))"
-        evidence.append(f"{len(fused)} com.microsoft {fused[0].op_type} node(s)" + (f": num_heads {heads}" if heads else ""))
+        node, heads, kv_heads = fused[0], fused[1], fused[2] or kv_heads
+        count = sum(n.op_type == node.op_type and n.domain == node.domain for n in index.nodes)
+        attention = f"{node.op_type} (fused, {count} node(s))"
+        evidence.append(f"{count} com.microsoft {node.op_type} node(s)" + (f": num_heads {heads}" if heads else ""))
     else:
         attention = "decomposed (MatMul + Softmax over a Concat of past and new keys)"
-    vocabulary, hidden = _embedding(index, io.tokens)
+    vocabulary, hidden = embedding_table(index, io.tokens)
     if heads is None and hidden and io.head_size:
         heads = hidden // io.head_size
         evidence.append(f"heads = hidden {hidden} / head size {io.head_size} (from the cache shape)")
@@ -96,14 +95,3 @@ def lm_head(index: GraphIndex, logits: str) -> str | None:
             return None
         name = carried[0]
     return None
-
-
-def _embedding(index: GraphIndex, tokens: str) -> tuple[int | None, int | None]:
-    """(vocabulary, hidden) from the token embedding table the token ids gather from (a Gather, or GatherBlockQuantized)."""
-    for node in index.consumers.get(tokens, []):
-        if node.op_type in ("Gather", "GatherBlockQuantized") and len(node.input) > 1 and node.input[1] == tokens:
-            dims = index.dims(node.input[0])
-            if dims and len(dims) == 2:
-                hidden = dims[1] * (2 if node.op_type == "GatherBlockQuantized" and attributes(node).get("bits", 4) == 4 else 1)
-                return dims[0], hidden
-    return None, None

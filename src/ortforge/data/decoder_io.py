@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from ortforge.core.graph import GraphIndex, attributes
+
 Dim = int | str | None
+FUSED_ATTENTION = ("GroupQueryAttention", "MultiHeadAttention", "Attention", "PagedAttention")
 
 _LAYER = re.compile(r"(\d+)")
 _KEY = re.compile(r"(^|[._])(key|k)([._]|$)", re.IGNORECASE)
@@ -155,3 +158,23 @@ def decoder_roles(inputs: list[Port], outputs: list[Port]) -> DecoderIO | None:
     cache.sort(key=lambda e: (e.layer, e.part != "key"))
     others = [p.name for p in rest if p.name not in (tokens, mask, positions)]
     return DecoderIO(tokens, cache, mask, positions, logits, others)
+
+
+def fused_attention(index: GraphIndex) -> tuple[onnx.NodeProto, int | None, int | None] | None:
+    """The first com.microsoft attention node with its num_heads and kv_num_heads attributes (None when absent)."""
+    node = next((n for n in index.nodes if n.op_type in FUSED_ATTENTION and n.domain == "com.microsoft"), None)
+    if node is None:
+        return None
+    found = attributes(node)
+    return node, found.get("num_heads"), found.get("kv_num_heads")
+
+
+def embedding_table(index: GraphIndex, tokens: str) -> tuple[int | None, int | None]:
+    """(vocabulary, hidden) from the table the token ids gather from (a Gather, or GatherBlockQuantized at its bits)."""
+    for node in index.consumers.get(tokens, []):
+        if node.op_type in ("Gather", "GatherBlockQuantized") and len(node.input) > 1 and node.input[1] == tokens:
+            dims = index.dims(node.input[0])
+            if dims and len(dims) == 2:
+                hidden = dims[1] * (2 if node.op_type == "GatherBlockQuantized" and attributes(node).get("bits", 4) == 4 else 1)
+                return dims[0], hidden
+    return None, None

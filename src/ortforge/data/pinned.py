@@ -11,7 +11,7 @@ import onnx
 
 from ortforge.core.graph import GraphIndex
 from ortforge.core.model import Model
-from ortforge.data.decoder_io import decoder_io
+from ortforge.data.decoder_io import decoder_io, embedding_table, fused_attention
 
 # Ops that hand the input on with the same shape; a pin found after them holds for the input.
 SAME_SHAPE = {"Cast", "Identity", "Relu", "Sigmoid", "Tanh", "Abs", "Neg", "Sqrt", "Exp", "Log", "Dropout", "Clip"}
@@ -53,12 +53,12 @@ def _empty_cache(model: Model, index: GraphIndex) -> dict[tuple[str, int], tuple
 
 def _head_size(index: GraphIndex, tokens: str) -> tuple[int, str] | None:
     """hidden / num_heads, from the token embedding table and a fused attention node's num_heads attribute."""
-    attention = next((n for n in index.nodes if n.domain == "com.microsoft" and n.op_type in ("GroupQueryAttention", "MultiHeadAttention")), None)
-    heads = next((a.i for a in attention.attribute if a.name == "num_heads"), 0) if attention is not None else 0
-    table = next((index.dims(n.input[0]) for n in index.consumers.get(tokens, []) if n.op_type == "Gather" and n.input[1] == tokens), None)
-    if not heads or not table or len(table) != 2 or table[1] % heads:
+    fused = fused_attention(index)
+    _, hidden = embedding_table(index, tokens)
+    if fused is None or not fused[1] or not hidden or hidden % fused[1]:
         return None
-    return table[1] // heads, f"the head size: hidden {table[1]} / {heads} heads of {attention.op_type} '{attention.name}'"  # type: ignore[union-attr]
+    node, heads = fused[0], fused[1]
+    return hidden // heads, f"the head size: hidden {hidden} / {heads} heads of {node.op_type} '{node.name}'"
 
 
 def _pins(index: GraphIndex, name: str, rank: int, depth: int) -> list[tuple[int, int, onnx.NodeProto]]:
