@@ -112,3 +112,15 @@ def test_the_lm_head_is_found_and_kept_int8_beside_int4_elsewhere(tmp_path):
     assert trial.model is not None, trial.why_not
     bits = {n.name: attributes(n)["bits"] for n in trial.model.proto.graph.node if n.op_type == "MatMulNBits"}
     assert bits.pop(next(name for name in bits if name.startswith(head))) == 8 and set(bits.values()) == {4}
+
+
+def test_the_embedding_width_is_read_from_a_block_quantized_table_too():
+    from ortforge.core.graph import GraphIndex
+    from ortforge.data.decoder_io import embedding_table
+    from ortforge.transforms.weight_only import WeightOnlyOptions, quantize_weight_only
+
+    model = from_proto(tiny_decoder())
+    quantized = quantize_weight_only(model, WeightOnlyOptions(bits=4, op_types=("MatMul", "Gather"))).as_model(model)
+    assert any(n.op_type == "GatherBlockQuantized" for n in quantized.proto.graph.node)
+    assert embedding_table(GraphIndex(quantized.proto), "input_ids") == (DECODER_VOCAB, DECODER_HIDDEN)
+    assert (find_decoder(quantized.proto).hidden, find_decoder(quantized.proto).vocabulary) == (DECODER_HIDDEN, DECODER_VOCAB)

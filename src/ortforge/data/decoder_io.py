@@ -170,11 +170,13 @@ def fused_attention(index: GraphIndex) -> tuple[onnx.NodeProto, int | None, int 
 
 
 def embedding_table(index: GraphIndex, tokens: str) -> tuple[int | None, int | None]:
-    """(vocabulary, hidden) from the table the token ids gather from (a Gather, or GatherBlockQuantized at its bits)."""
+    """(vocabulary, hidden) from the table the token ids gather from (a Gather, or GatherBlockQuantized: a uint8 table
+    packs two 4-bit values a byte; an int4/uint4 one has its logical shape already)."""
     for node in index.consumers.get(tokens, []):
         if node.op_type in ("Gather", "GatherBlockQuantized") and len(node.input) > 1 and node.input[1] == tokens:
-            dims = index.dims(node.input[0])
-            if dims and len(dims) == 2:
-                hidden = dims[1] * (2 if node.op_type == "GatherBlockQuantized" and attributes(node).get("bits", 4) == 4 else 1)
-                return dims[0], hidden
+            table = index.constant(node.input[0])
+            if table is not None and len(table.dims) == 2:
+                packed = node.op_type == "GatherBlockQuantized" and table.data_type == onnx.TensorProto.UINT8
+                packed = packed and attributes(node).get("bits", 4) == 4
+                return table.dims[0], table.dims[1] * (2 if packed else 1)
     return None, None
