@@ -42,6 +42,17 @@ def test_the_cache_carried_by_io_binding_gives_the_tokens_of_full_reruns(peaked)
         for _ in range(10):
             expected.append((7 * expected[-1] + 3) % DECODER_VOCAB)
         assert run.tokens == expected[1:]
+    assert GenerationLoop(session).cache_device == ("cpu", 0)
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="needs onnxruntime-gpu and a CUDA card")
+def test_on_a_cuda_session_the_cache_stays_on_the_card_and_gives_the_same_tokens():
+    model = tiny_decoder(peaked=True).SerializeToString()  # peaked: no near-tie for TF32 matmuls to flip
+    cpu = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    cuda = ort.InferenceSession(model, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    loop, prompt = GenerationLoop(cuda), [3, 1, 4, 1, 5, 9, 2, 6]
+    assert loop.cache_device == ("cuda", 0)
+    assert loop.run(np.array(prompt), 10).tokens == _full_sequence_greedy(cpu, prompt, 10)
 
 
 def test_bench_generate_reports_prefill_per_token_latency_and_tokens_per_second(tmp_path):

@@ -2,6 +2,9 @@
 from each run's `present` outputs to the next run's `past` inputs through IO binding (OrtValues stay in ORT's memory:
 no copy into numpy and back per step, as onnxruntime-genai does it).
 
+On a GPU EP the `present` outputs are bound on the card, so the cache stays there from step to step and only the
+logits come back to the host (`cache_device`).
+
 A decoder's speed is two figures, not one run's latency: prefill latency over P prompt tokens, and decode tokens/s at
 a context of P + i tokens. `bench --generate P,N` and `tune --objective decode|prefill` time this loop.
 """
@@ -79,6 +82,19 @@ def prompt_from(feed: dict[str, Any], roles: DecoderIO, length: int, vocabulary:
     return np.random.default_rng(seed).integers(0, max(2, vocabulary or 1000), length, dtype=np.int64)
 
 
+# EPs whose outputs ORT can leave in device memory (IO binding's device type "cuda"): their KV cache stays on the card.
+CUDA_DEVICE_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "NvTensorRTRTXExecutionProvider")
+
+
+def cache_device(session: Any) -> tuple[str, int]:
+    """Where the KV cache is kept between steps: on the card of the session's first EP when it is a CUDA one (copying
+    the cache to the host and back each token is most of a small decoder's step on a GPU), else on the host."""
+    provider = session.get_providers()[0]
+    if provider not in CUDA_DEVICE_PROVIDERS:
+        return "cpu", 0
+    return "cuda", int(session.get_provider_options().get(provider, {}).get("device_id", 0) or 0)
+
+
 class GenerationLoop:
     """Runs greedy generations on one session (IO binding; the KV cache never leaves ORT between steps)."""
 
@@ -92,6 +108,15 @@ class GenerationLoop:
         self.outputs = [a.name for a in session.get_outputs()]
         self.logits_at = self.outputs.index(self.roles.logits)
         self.present_at = {entry.past: self.outputs.index(entry.present) for entry in self.roles.cache}
+        self.cache_device = cache_device(session)
+
+    def _bind_outputs(self, binding: Any) -> None:
+        """The logits to the host (the next token is chosen there), the cache where `cache_device` says."""
+        for at, name in enumerate(self.outputs):
+            if at == self.logits_at:
+                binding.bind_output(name, "cpu")
+            else:
+                binding.bind_output(name, *self.cache_device)
 
     def _step_inputs(self, tokens: np.ndarray, start: int) -> dict[str, np.ndarray]:
         roles, length = self.roles, tokens.shape[-1]
@@ -115,8 +140,7 @@ class GenerationLoop:
         session, binding, clock = self.session, self.session.io_binding(), time.perf_counter_ns
         for name, value in {**self._step_inputs(prompt, 0), **self._empty_cache()}.items():
             binding.bind_cpu_input(name, value)
-        for name in self.outputs:
-            binding.bind_output(name, "cpu")
+        self._bind_outputs(binding)
         start = clock()
         session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
@@ -130,8 +154,7 @@ class GenerationLoop:
                 binding.bind_cpu_input(name, value)
             for past, at in self.present_at.items():
                 binding.bind_ortvalue_input(past, outputs[at])
-            for name in self.outputs:
-                binding.bind_output(name, "cpu")
+            self._bind_outputs(binding)
             session.run_with_iobinding(binding)
             outputs = binding.get_outputs()
             token = int(np.argmax(outputs[self.logits_at].numpy()[0, -1]))
