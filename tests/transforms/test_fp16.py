@@ -36,7 +36,7 @@ CPU = Fp16Options(provider="CPUExecutionProvider", drop_islands=False)
 
 
 
-NEEDS_REGISTRY = pytest.mark.skipif(runtime.kernel_rows() is None, reason="this onnxruntime cannot list its kernels (the OpenVINO flavour crashes on it)")
+NEEDS_REGISTRY = pytest.mark.skipif(runtime.kernel_rows() is None, reason="this onnxruntime cannot list its kernels (the OpenVINO flavour, and the GPU one without TensorRT, crash on it)")
 
 def run(proto: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
     options = ort.SessionOptions()

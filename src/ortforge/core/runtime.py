@@ -180,7 +180,8 @@ def kernel_rows() -> list[list] | None:
     """[domain, op, provider, first, last, type_constraints] per kernel, or None where ORT cannot list them.
 
     Asked in a child process once per ORT build and cached on disk: `get_all_opkernel_def` crashes
-    the process in some flavours (onnxruntime-openvino 1.24 segfaults).
+    the process in some flavours (onnxruntime-openvino 1.24 segfaults, and so does onnxruntime-gpu 1.31.1 where
+    TensorRT's libraries are missing: it fails to load its TensorRT provider, seen on an H200 machine).
     """
     import json
     import subprocess
@@ -190,14 +191,29 @@ def kernel_rows() -> list[list] | None:
     if cached.is_file():
         data = json.loads(cached.read_text())
         return data.get("kernels")
+    why = ""
     try:
         child = subprocess.run([sys.executable, "-c", "from ortforge.core.runtime import dump_kernels; dump_kernels()"],
                                capture_output=True, text=True, timeout=120)  # fmt: skip
         kernels = json.loads(child.stdout) if child.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError, ValueError):
-        kernels = None
-    _write_runtime_file(cached, {"kernels": kernels})
+        why = "" if kernels is not None else (child.stderr.strip().splitlines() or [f"exit code {child.returncode}"])[-1]
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        kernels, why = None, str(exc)
+    _write_runtime_file(cached, {"kernels": kernels, **({"why": why} if why else {})})  # why: for whoever reads the cache
     return kernels
+
+
+def loads_model(source: Any) -> bool:
+    """Whether this ORT creates a CPU session for the model (a proto or a path), optimizations off: the answer to a
+    checker's complaint where the build cannot list its kernels."""
+    engine = ort()
+    options = engine.SessionOptions()
+    options.graph_optimization_level = engine.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        engine.InferenceSession(source if isinstance(source, str) else source.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - any refusal means no
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=1)
