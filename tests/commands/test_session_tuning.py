@@ -4,23 +4,30 @@ from __future__ import annotations
 
 from helpers import linear_model, save
 from ortforge.commands.tune_session import candidates, tune_session
-from ortforge.core.session import SPINNING, ProviderSpec, SessionConfig
-from ortforge.tuning.sessions import AFFINITY
+from ortforge.core.session import SPINNING, SessionConfig
+from ortforge.tuning.sessions import AFFINITY, CPU_KINDS, thread_counts
 
 
 def test_candidates_change_one_thing_from_the_defaults():
     found = {c.label: c.config for c in candidates(SessionConfig(), cores=4)}
     assert found["ORT defaults"] == SessionConfig()
-    assert [found[f"{n} intra-op thread(s)"].intra_op_num_threads for n in range(1, 5)] == [1, 2, 3, 4]
+    assert [found[f"{n} intra-op thread(s)"].intra_op_num_threads for n in (1, 2, 4)] == [1, 2, 4]
+    assert "3 intra-op thread(s)" not in found  # a ladder of counts, not every one
     assert found["4 intra-op thread(s), pinned"].config_entries[AFFINITY] == "2;3;4"  # one group per extra thread
     assert found["no spinning"].config_entries[SPINNING] == "0"
     assert found["parallel execution, 2 inter-op threads"].execution_mode == "parallel"
     assert not found["no CPU memory arena"].enable_cpu_mem_arena
 
 
-def test_ep_options_are_tried_only_for_configured_eps():
-    labels = [c.label for c in candidates(SessionConfig(providers=[ProviderSpec("CUDAExecutionProvider"), ProviderSpec("CPUExecutionProvider")]), cores=1)]
-    assert any("cudnn_conv_algo_search=EXHAUSTIVE" in label for label in labels)
+def test_thread_counts_climb_in_powers_of_two_to_the_core_count():
+    assert thread_counts(1) == [1] and thread_counts(2) == [1, 2]
+    assert thread_counts(6) == [1, 2, 4, 6] and thread_counts(16) == [1, 2, 4, 8, 16]
+
+
+def test_ep_options_are_tried_only_for_configured_eps_and_a_gpu_base_gets_no_cpu_thread_settings():
+    cuda = candidates(SessionConfig.on("CUDAExecutionProvider"), cores=4)
+    assert any("cudnn_conv_algo_search=HEURISTIC" in c.label for c in cuda) and any("prefer_nhwc=1" in c.label for c in cuda)
+    assert not any(c.kind in CPU_KINDS for c in cuda)  # the CPU runs only what CUDA leaves: its threads are not the question
     assert not any("cudnn" in c.label for c in candidates(SessionConfig(), cores=1))
 
 

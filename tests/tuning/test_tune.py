@@ -53,6 +53,14 @@ def test_artifact_holds_model_config_and_report(tuned):
     line = record["roofline"]["chosen"]
     assert line["macs"] > 0 and line["achieved_gflops"] == pytest.approx(2 * line["macs"] / line["latency_ms"] / 1e6)
     assert 0 < line["fp32_share"] and line["peaks"]["int8_gops"] > 0 and "Roofline: " in html and summary["roofline"] in html.replace("&#x27;", "'")
+    # Run on a GPU EP, the model's time says nothing against the CPU's GEMM peaks: no roofline then.
+    from dataclasses import replace
+
+    from ortforge.core.session import SessionConfig
+    from ortforge.tuning.record import roofline_record
+
+    on_cuda = replace(report.result.chosen, session=replace(report.result.chosen.session, config=SessionConfig.on("CUDAExecutionProvider")))
+    assert roofline_record(None, None, replace(report.result, chosen=on_cuda)) is None  # decided before the MACs are counted
     chosen = report.result.chosen
     assert chosen.trial.passed
     if chosen is not report.result.baseline:  # never slower than the baseline, consistently
@@ -217,6 +225,18 @@ def test_report_lays_out_without_overlaps_in_a_headless_browser(tuned, tmp_path,
     assert counts["bars"] >= 2 and counts["legend"] >= 5 and counts["snippets"] == 2
     assert "http://" not in dom.replace("http://www.w3.org/2000/svg", "")  # self-contained: nothing fetched
 
+
+
+def test_the_first_ep_is_the_target_its_fp16_is_built_before_int8_and_its_defaults_are_the_baseline():
+    from ortforge.tuning.candidates import precision_candidates
+    from ortforge.tuning.search import TuneOptions
+
+    on_cuda = [c.kind for c in precision_candidates("cnn", ["CUDAExecutionProvider", "CPUExecutionProvider"], transformer=False, rewrites=("affine folding",))]
+    assert on_cuda[:4] == ["fp32", "rewrite", "fp16", "fp16"] and "int8" in on_cuda[4:]  # a short budget builds what the GPU runs fast
+    on_cpu = [c.kind for c in precision_candidates("cnn", ["CPUExecutionProvider", "CUDAExecutionProvider"], transformer=False)]
+    assert on_cpu[-2:] == ["fp16", "fp16"] and on_cpu.index("int8") < on_cpu.index("fp16")
+    assert TuneOptions(providers=("CUDAExecutionProvider", "CPUExecutionProvider")).base_session.provider_names == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert TuneOptions().base_session.provider_names == ["CPUExecutionProvider"]
 
 def test_fp16_candidate_on_gpu_eps_is_built_and_judged_by_simulation(cache, tmp_path):
     from ortforge.accuracy.judge import Judge

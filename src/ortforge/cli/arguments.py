@@ -150,8 +150,10 @@ def tolerances(args: argparse.Namespace) -> list[str]:
     return list(args.tolerances) + spelled
 
 
-def add_eps(group: Group, help: str) -> None:  # noqa: A002
-    group.add_argument("--ep", dest="providers", action="append", default=[], metavar="EP", help=help + " (e.g. cpu, cuda, openvino)")
+def add_eps(group: Group, help: str, unset: str = "the CPU") -> None:  # noqa: A002
+    """--ep, repeatable; `unset`: what no --ep means for this command, in words (its printed settings say it)."""
+    action = group.add_argument("--ep", dest="providers", action="append", default=[], metavar="EP", help=help + " (e.g. cpu, cuda, openvino)")
+    action.unset_means = unset  # type: ignore[attr-defined]
 
 
 def add_time_budget(group: Group, default_s: float, what: str) -> None:
@@ -180,7 +182,7 @@ def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 QUIET_DESTS = {"help", "json", "verbose", "quiet", "log_file", "config"}  # how the run shows itself, not what it does
 # Options whose default is decided later (None / empty here), said in words.
-UNSET_MEANS = {"tolerances": "the default gate (by output form)", "providers": "every local EP",
+UNSET_MEANS = {"tolerances": "the default gate (by output form)",
                "data": "a zoo model's realistic inputs, else generated ones"}  # fmt: skip
 
 
@@ -197,8 +199,8 @@ def effective_settings(parser: argparse.ArgumentParser, args: argparse.Namespace
             if value != action.default:  # a switch is named only when it is thrown
                 settings[name] = True
             continue
-        if value in (None, [], ()) and action.dest in UNSET_MEANS:
-            value = UNSET_MEANS[action.dest]
+        if value in (None, [], ()):
+            value = getattr(action, "unset_means", UNSET_MEANS.get(action.dest))
         if value in (None, [], ()):
             continue
         settings[name] = list(value) if isinstance(value, tuple) else value

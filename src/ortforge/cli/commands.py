@@ -65,7 +65,8 @@ def add_tune(parser: argparse.ArgumentParser) -> None:
     add_config(parser, "tune's options")
     add_options(parser, TuneOptions, skip=("time_budget_s",))
     add_time_budget(parser, default_of(TuneOptions, "time_budget_s"), "the whole search")
-    add_eps(parser, "EPs to consider (default: every local EP of this onnxruntime)")
+    add_eps(parser, "EPs to consider, the first the target: fp32 with ORT's defaults there is the baseline, and candidates are "
+                    "screened there (default: the CPU, then every other local EP)", unset="the CPU, then every other local EP")
     add_parameter(parser, tune, "calib_samples", "calibration samples")
     add_parameter(parser, tune, "overwrite", "replace an earlier ortforge artifact in OUTPUT (any other non-empty folder is refused)")
     cluster = parser.add_argument_group("on a Ray cluster (pip install 'ortforge[ray]')")

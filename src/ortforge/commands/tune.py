@@ -19,7 +19,7 @@ from ortforge.core.options import default_of
 from ortforge.core.outputs import guard_folder, user_files
 from ortforge.core.progress import Progress
 from ortforge.core.runtime import local_providers
-from ortforge.core.session import provider_name
+from ortforge.core.session import CPU, provider_name
 from ortforge.data import FeedSet, ShapeOptions
 from ortforge.data.decoder_io import decoder_io
 from ortforge.tuning import TuneReport, tune_model
@@ -82,7 +82,9 @@ def prepare_tune(
     calibration, evaluation = calibration_and_evaluation(model, reference, data, calib_samples=calib_samples,
                                                          samples=samples, shape_options=shape_options)  # fmt: skip
     local = local_providers()
-    chosen = [provider_name(p) for p in providers] or local
+    # The first EP is the target (baseline and candidates run there): the one named first, else the CPU's, with every
+    # other local EP a candidate.
+    chosen = [provider_name(p) for p in providers] or sorted(local, key=lambda p: p != CPU)
     for name in chosen:
         if name not in local:
             raise OptionError("providers", name, f"not available in this onnxruntime (available: {', '.join(local)})")

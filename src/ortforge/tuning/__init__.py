@@ -24,6 +24,7 @@ from ortforge.core.deadline import WRITE_S, Deadline, timed
 from ortforge.core.errors import UserError
 from ortforge.core.model import Model
 from ortforge.core.progress import Progress, section, silent
+from ortforge.core.session import SessionConfig
 from ortforge.data import FeedSet
 from ortforge.measure.compare import beats, verdict_text
 from ortforge.measure.cost import reference_run
@@ -142,11 +143,12 @@ def apply_model(
         raise UserError(f"{output}: not written, the recipe's {recipe.candidate.label} on {model.name}: {trial.why_not}",
                         hint="the recipe no longer fits this model: tune it again")  # fmt: skip
     notes: list[str] = []
-    baseline = Finalist("fp32 | ORT defaults", fp32, SessionCandidate("ORT defaults"))
+    target = SessionConfig.on(recipe.session.provider_names[0])  # the recipe's EP: its baseline runs there too
+    baseline = Finalist("fp32 | ORT defaults", fp32, SessionCandidate("ORT defaults", target))
     session = SessionCandidate(recipe.session_label, recipe.session, recipe.streams, recipe.session_kind)
     chosen = Finalist(recipe.label, trial, session)
     if recipe.offline:  # optimized again, for this CPU: the recipe's stamped session config belongs to the old model
-        found = offline_variants(trial, notes)
+        found = offline_variants(trial, notes, target)
         if not found:
             raise UserError(f"{output}: not written, the recipe saves the model optimized offline and that failed here: {notes[0]}")
         chosen = found[0]

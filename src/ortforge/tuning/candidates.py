@@ -20,8 +20,9 @@ MIXED_RTOL, MIXED_ATOL = 1e-2, 1e-3
 
 def precision_candidates(family: str, providers: list[str], transformer: bool, features: tuple[str, ...] | None = None,
                          rewrites: Sequence[str] = (), lm_head: str | None = None) -> list[Candidate]:  # fmt: skip
-    """fp32 first, then what suits the family and the hardware (`rewrites`: the exact rewrites that apply to the model;
-    `lm_head`: a decoder's logits projection, which gets int8 weights beside int4 everywhere else)."""
+    """fp32 first, then what suits the family and the hardware, the first of `providers` being the target (`rewrites`:
+    the exact rewrites that apply to the model; `lm_head`: a decoder's logits projection, which gets int8 weights beside
+    int4 everywhere else)."""
     found = [Candidate("fp32", "fp32")]
     recipes = auto_recipes(family, features)
     found += [Candidate.of_recipe(recipe) for recipe in recipes]
@@ -37,12 +38,18 @@ def precision_candidates(family: str, providers: list[str], transformer: bool, f
         found.insert(1, fusion)
         found += [Candidate.of_recipe(with_attention(r), base=fusion) for r in recipes if isinstance(r, QuantizeOptions) and r.mode == "dynamic"]
     gpu = [p for p in providers if p in GPU_PROVIDERS]
-    if gpu:  # fp16 pays only where an EP has fp16 kernels; ORT's CPU EP computes most fp16 ops in fp32
-        name = gpu[0].replace("ExecutionProvider", "")
-        found.append(Candidate(f"fp16 for {name}", "fp16", (("provider", gpu[0]),)))
-        found.append(Candidate(f"mixed fp16 for {name} (searched within rtol {MIXED_RTOL:g}, atol {MIXED_ATOL:g})", "fp16",
-                               (("auto", True), ("provider", gpu[0]))))  # fmt: skip
-    return found
+    if not gpu:  # fp16 pays only where an EP has fp16 kernels; ORT's CPU EP computes most fp16 ops in fp32
+        return found
+    name = gpu[0].replace("ExecutionProvider", "")
+    fp16 = [Candidate(f"fp16 for {name}", "fp16", (("provider", gpu[0]),)),
+            Candidate(f"mixed fp16 for {name} (searched within rtol {MIXED_RTOL:g}, atol {MIXED_ATOL:g})", "fp16",
+                      (("auto", True), ("provider", gpu[0])))]  # fmt: skip
+    if providers[0] != gpu[0]:
+        return found + fp16
+    # A GPU EP is the target: its fp16 is built before the int8 recipes, which suit the CPU (and TensorRT's QDQ), so
+    # that a short budget spends itself on what the GPU runs fast.
+    exact = [c for c in found if c.kind in ("fp32", "rewrite", "fusion")]
+    return exact + fp16 + [c for c in found if c not in exact]
 
 
 def lm_head_int8(lm_head: str) -> list[Candidate]:

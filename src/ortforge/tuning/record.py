@@ -114,8 +114,9 @@ ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\][^\s,;()'\"]+")
 
 
 def roofline_record(model: Model, feeds: FeedSet, result: TuneResult) -> dict[str, Any] | None:
-    """The shipped model's and fp32's achieved GFLOP/s against this machine's GEMM peaks (MACs counted on the original
-    for the evaluation shapes, the latencies of the run the choice was made in); None when the MACs cannot be counted."""
+    """The shipped model's and fp32's achieved GFLOP/s against this machine's CPU GEMM peaks (MACs counted on the original
+    for the evaluation shapes, the latencies of the run the choice was made in); None when the MACs cannot be counted or
+    either ran on another EP."""
     from ortforge.analysis.macs import count_macs
     from ortforge.core.errors import UserError
     from ortforge.measure.roofline import machine_peaks, roofline
@@ -125,6 +126,8 @@ def roofline_record(model: Model, feeds: FeedSet, result: TuneResult) -> dict[st
         runs.update({v.label: v for v in result.confirmation.variants})
     if any(v.generation for v in runs.values()):
         return None  # timed per generated token: the MACs counted are the prompt's, not one step's
+    if any(f.session.config.provider_names[0] != "CPUExecutionProvider" for f in (result.chosen, result.baseline)):
+        return None  # the peaks are the CPU's GEMM rates: a GPU's run measured against them says nothing
     sample = feeds.samples[0] if feeds.samples else None
     if sample is None or any(not hasattr(value, "shape") for value in sample.values()):
         return None

@@ -62,7 +62,7 @@ class TuneOptions:
     generate: str = option("64,32", metavar="P,N", help="for --objective decode: each timed generation is a prefill of P prompt tokens, "
                            "then N tokens greedy with the KV cache carried")  # fmt: skip
     time_budget_s: float = option(300.0, flag="--time-budget", metavar="DURATION", help="e.g. 90s, 5m, 1h")
-    providers: tuple[str, ...] = (CPU,)
+    providers: tuple[str, ...] = (CPU,)  # the first is the target: the baseline and every candidate run on it
     cpu_fallback_budget: float = 0.1  # an EP may leave at most this share of nodes to the CPU
     finalists: int = 3
 
@@ -72,6 +72,12 @@ class TuneOptions:
         if not (math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
             raise OptionError("time_budget_s", self.time_budget_s, "must be a positive, finite number of seconds")
         Generation.parse(self.generate)  # a bad P,N is named before any work
+
+    @property
+    def base_session(self) -> SessionConfig:
+        """ORT's defaults on the target EP (the first of `providers`, the CPU taking what it leaves): the baseline's
+        session and the one every precision candidate is screened with."""
+        return SessionConfig.on(self.providers[0])
 
     @property
     def generation(self) -> Generation | None:
@@ -185,13 +191,13 @@ def near_most_accurate(missed: list[Trial]) -> list[Trial]:
     return [t for t in missed if _cosine(t) >= best - RESCUE_SLACK]
 
 
-def fastest_first(runner: TrialRunner, trials: list[Trial], progress: Progress) -> list[Trial]:
+def fastest_first(runner: TrialRunner, trials: list[Trial], progress: Progress, base: SessionConfig | None = None) -> list[Trial]:
     """A few missed recipes, fastest first, timed briefly with ORT's defaults: the one to rescue keeps the most speed once
     a few nodes go float. On PP-OCRv4 det the most accurate (Conv only, 0.987) ran at ~0.85x of fp32, every op of the
     folded graph (0.968) at 0.67x. Which one is faster cannot be read off the graph (ORT's fusions decide it)."""
     if len(trials) == 1:
         return list(trials)
-    targets = [MeasureTarget(t.label, t, SessionConfig()) for t in trials]
+    targets = [MeasureTarget(t.label, t, base or SessionConfig()) for t in trials]
     report = runner.measure(targets, replace(SCREEN, max_seconds=RESCUE_SCREEN_S), section(progress, "timing the recipes to rescue", 0.35, 0.36))
     return [trial for trial, _ in sorted(zip(trials, report.variants), key=lambda pair: pair[1].latency.p50)]
 
@@ -223,7 +229,7 @@ def _better_calibrated(runner: TrialRunner, trial: Trial, trials: list[Trial], r
 
 
 def _exclude(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], rejected: list[tuple[str, str]], deadline: Deadline,
-             keep_s: float, progress: Progress) -> None:  # fmt: skip
+             keep_s: float, progress: Progress, base: SessionConfig | None = None) -> None:  # fmt: skip
     """When no int8 recipe of a mode met the tolerance, one missed recipe of that mode, static first (the fastest of the
     nearly most accurate: `near_most_accurate`, `fastest_first`), gets a small set of nodes kept in float (once, time
     allowing), after percentile ranges were tried on it and on the next fastest. An accurate dynamic recipe does not
@@ -240,7 +246,7 @@ def _exclude(runner: TrialRunner, trials: list[Trial], accurate: list[Trial], re
     if deadline.left < deadline.budget_s * EXCLUSION_BUDGET_SHARE or deadline.left - search_s < keep_s:
         rejected.append((f"{max(near, key=_cosine).candidate.label}, nodes kept float", "skipped: time budget"))
         return
-    ranked = fastest_first(runner, near, progress)
+    ranked = fastest_first(runner, near, progress, base)
     trial = ranked[0]
     # Percentile ranges, fastest recipe first, then the next fastest: recipes of about the same speed differ in what
     # clipping does for them (magika before its lookup rewrite, at 99.999: Conv+MatMul+Gemm 0.9971, Conv only 0.9896).
@@ -273,7 +279,7 @@ def _screen(runner: TrialRunner, accurate: list[Trial], options: TuneOptions, sc
     if granted is None:  # no time to screen: the simplest candidates go to the final run unscreened
         kept = others[: options.finalists]
         return [fp32] + kept, None, [(t.candidate.label, "not screened: time budget") for t in others if t not in kept]
-    targets = [MeasureTarget(t.candidate.label, t, SessionConfig()) for t in accurate]
+    targets = [MeasureTarget(t.candidate.label, t, options.base_session) for t in accurate]
     report = _measure(runner, schedule, targets, granted, section(progress, "screening precision candidates", 0.4, 0.6))
     scores = [score(result, report.variants[0]) for result in report.variants[1:]]
     ranked = sorted(zip(others, scores), key=lambda pair: pair[1].ratio)
@@ -289,9 +295,9 @@ def _screen(runner: TrialRunner, accurate: list[Trial], options: TuneOptions, sc
 def _allowed_sessions(trial: Trial, options: TuneOptions, notes: list[str]) -> list[SessionCandidate]:
     """Session candidates, dropping EPs that would leave more than the budget of nodes to the CPU."""
     allowed = []
-    for candidate in session_space(providers=options.providers, objective=options.objective):
+    for candidate in session_space(options.base_session, providers=options.providers, objective=options.objective):
         provider = candidate.config.provider_names[0]
-        if provider != CPU and trial.model is not None:
+        if provider != CPU and candidate.kind != "defaults" and trial.model is not None:
             placement = placement_for(trial.model, provider)
             share = len(placement.cpu_fallback) / max(placement.total, 1)
             if placement.error or share > options.cpu_fallback_budget:
@@ -310,7 +316,7 @@ def _finalists(runner: TrialRunner, survivors: list[Trial], options: TuneOptions
     process (and copy of the model) in the final run."""
     fp32, others = survivors[0], survivors[1:]
     tuned = others[0] if others else fp32
-    defaults = SessionCandidate("ORT defaults")
+    defaults = SessionCandidate("ORT defaults", options.base_session)
     baseline = Finalist(f"{fp32.candidate.label} | ORT defaults", fp32, defaults)
     with hold("EP placement checks"):
         allowed = _allowed_sessions(tuned, options, notes)
@@ -325,7 +331,7 @@ def _screen_sessions(runner: TrialRunner, trial: Trial, sessions: list[SessionCa
     """The session candidates that beat ORT's defaults for this trial in a short interleaved screen, best first."""
     if len(sessions) <= SESSION_FINALISTS:
         return sessions
-    targets = [MeasureTarget(f"{trial.candidate.label} | ORT defaults", trial, SessionConfig())]
+    targets = [MeasureTarget(f"{trial.candidate.label} | ORT defaults", trial, options.base_session)]
     targets += [MeasureTarget(f"{trial.candidate.label} | {s.label}", trial, s.config, s.streams) for s in sessions]
     granted = schedule.grant("session screening", len(targets))
     if granted is None:  # no time to screen them: the objective's own lever and thread counts (the usual win) go unscreened
@@ -341,10 +347,10 @@ def _screen_sessions(runner: TrialRunner, trial: Trial, sessions: list[SessionCa
     return kept
 
 
-def offline_variants(trial: Trial, notes: list[str]) -> list[Finalist]:
-    """The fastest survivor saved after ORT's ALL-level optimizations (start-up without the optimization cost).
-
-    Tied to this machine's ISA by its stamp, so it wins only where it measures better."""
+def offline_variants(trial: Trial, notes: list[str], base: SessionConfig | None = None) -> list[Finalist]:
+    """The fastest survivor saved after ORT's ALL-level optimizations for the EPs of `base` (the CPU by default):
+    start-up without the optimization cost. Tied to this machine's ISA (or GPU) by its stamp, so it wins only where it
+    measures better."""
     from ortforge.core.errors import UserError
     from ortforge.core.stamp import config_for, read_stamp
     from ortforge.transforms.graph_opt import GraphOptOptions, optimize_offline
@@ -352,12 +358,14 @@ def offline_variants(trial: Trial, notes: list[str]) -> list[Finalist]:
     if trial.model is None:
         return []
     try:
-        result = optimize_offline(trial.model, GraphOptOptions(level="all"))
+        result = optimize_offline(trial.model, GraphOptOptions(level="all", providers=tuple((base or SessionConfig()).providers)))
     except UserError as exc:
         notes.append(f"offline optimization of {trial.candidate.label} failed: {exc}")
         return []
     offline = replace(trial, model=result.as_model(trial.model))
-    session = SessionCandidate("offline, optimized at level all (this CPU)", config_for(read_stamp(result.proto)), kind="offline")
+    target = (base or SessionConfig()).provider_names[0]
+    where = "this CPU" if target == CPU else f"{target.replace('ExecutionProvider', '')} on this machine"
+    session = SessionCandidate(f"offline, optimized at level all ({where})", config_for(read_stamp(result.proto)), kind="offline")
     return [Finalist(f"{trial.candidate.label} | {session.label}", offline, session)]
 
 
@@ -393,7 +401,7 @@ def tune_search(runner: TrialRunner, candidates: Sequence[Candidate], options: T
     keep_s = least.minimum()
     trials, accurate, rejected = _build_all(runner, candidates, deadline, keep_s, report)
     _recover(runner, trials, accurate, rejected, deadline, keep_s, report, notes)
-    _exclude(runner, trials, accurate, rejected, deadline, keep_s, report)
+    _exclude(runner, trials, accurate, rejected, deadline, keep_s, report, options.base_session)
     stages["build + accuracy"] = deadline.elapsed
     if not trials or trials[0].candidate.kind != "fp32":
         raise RuntimeError("the fp32 candidate must come first")
@@ -410,7 +418,7 @@ def tune_search(runner: TrialRunner, candidates: Sequence[Candidate], options: T
     stages["screening"] = deadline.elapsed - sum(stages.values())
     finalists = _finalists(runner, survivors, options, schedule, report, notes, rejected, hold)
     with hold("offline optimization"):
-        finalists += offline_variants(survivors[1] if len(survivors) > 1 else survivors[0], notes)
+        finalists += offline_variants(survivors[1] if len(survivors) > 1 else survivors[0], notes, options.base_session)
     stages["session screening"] = deadline.elapsed - sum(stages.values())
     granted = schedule.grant("final", len(finalists))
     assert granted is not None  # the final run is never dropped
@@ -442,7 +450,7 @@ def tune_search(runner: TrialRunner, candidates: Sequence[Candidate], options: T
 def _schedule(deadline: Deadline, cost: MeasureCost, accurate: int, options: TuneOptions) -> Schedule:
     """The timed stages with their largest likely sizes, in the order they run."""
     startup = options.objective == "startup"
-    sessions = len(session_space(providers=options.providers, objective=options.objective))  # ORT defaults among them
+    sessions = len(session_space(options.base_session, providers=options.providers, objective=options.objective))  # ORT defaults among them
     others = min(options.finalists, accurate - 1)
     stages = []
     if accurate > 1 and options.objective != "size":

@@ -21,7 +21,8 @@ AFFINITY = "session.intra_op_thread_affinities"
 DENORMALS = "session.set_denormal_as_zero"
 # Documented provider options worth a try, per EP (only EPs the base config already uses are tried).
 EP_OPTION_CANDIDATES: dict[str, list[dict[str, str]]] = {
-    "CUDAExecutionProvider": [{"cudnn_conv_algo_search": "EXHAUSTIVE"}, {"cudnn_conv_algo_search": "HEURISTIC"}],
+    # EXHAUSTIVE is ORT's default; NHWC convolutions suit tensor cores (ORT's CUDA EP transposes around them).
+    "CUDAExecutionProvider": [{"cudnn_conv_algo_search": "HEURISTIC"}, {"prefer_nhwc": "1"}],
     "TensorrtExecutionProvider": [{"trt_fp16_enable": "False"}, {"trt_builder_optimization_level": "5"}],
     "OpenVINOExecutionProvider": [{"num_of_threads": "1"}, {"precision": "ACCURACY"}],
     "DnnlExecutionProvider": [{"use_arena": "0"}],
@@ -32,7 +33,9 @@ SESSION_RANKS = {"defaults": 0, "threads": 1, "spinning": 1, "affinity": 1, "exe
                  "streams": 1, "level": 2, "offline": 2, "ep": 3}  # fmt: skip
 # tune screens few session options per precision (each is a process in its final run); tune-session has time for more.
 # Denormals flushed to zero change outputs (values below 1.2e-38 become 0): the artifact's reopen check judges them.
-TUNE_KINDS = frozenset({"defaults", "threads", "spinning", "execution", "level", "denormals", "ep", "streams"})
+TUNE_KINDS = frozenset({"defaults", "threads", "spinning", "execution", "level", "denormals", "ep-option", "ep", "streams"})
+# Kinds that tune how the CPU EP computes: on a GPU EP's session the CPU runs only what the GPU EP leaves.
+CPU_KINDS = frozenset({"threads", "spinning", "affinity", "execution", "denormals", "memory"})
 TUNE_SESSION_KINDS = frozenset({"defaults", "threads", "spinning", "affinity", "execution", "memory", "denormals", "ep-option"})
 
 
@@ -55,9 +58,15 @@ def _with_entries(config: SessionConfig, **entries: str) -> SessionConfig:
     return replace(config, config_entries={**config.config_entries, **entries})
 
 
+def thread_counts(cores: int) -> list[int]:
+    """1, 2, 4, ... and the core count: each count once, up to the cores (a 16-core machine gets 6, not 16, and
+    with a spinning and a pinned variant each, a ladder keeps the session screen short)."""
+    return sorted({2**k for k in range(cores.bit_length()) if 2**k <= cores} | {cores})
+
+
 def _thread_candidates(base: SessionConfig, cores: int) -> list[SessionCandidate]:
     found = []
-    for threads in range(1, cores + 1):
+    for threads in thread_counts(cores):
         threaded = replace(base, intra_op_num_threads=threads)
         found.append(SessionCandidate(f"{threads} intra-op thread(s)", threaded, kind="threads"))
         if threads > 1:
@@ -91,7 +100,8 @@ def session_space(
     kinds: Collection[str] = TUNE_KINDS,
     cores: int | None = None,
 ) -> list[SessionCandidate]:
-    """ORT's defaults (the base) first, then one change at a time from it, of the given kinds."""
+    """ORT's defaults (the base) first, then one change at a time from it, of the given kinds (on a base whose first EP
+    is not the CPU's, none of the kinds that tune the CPU EP: `CPU_KINDS`)."""
     base = base or SessionConfig()
     cores = cores or cpu_info().physical_cores or os.cpu_count() or 1
     found = [SessionCandidate("ORT defaults", base)]
@@ -113,4 +123,6 @@ def session_space(
                 found.append(SessionCandidate(f"{streams} requests in flight x {threads} intra-op thread(s)",
                                               replace(base, intra_op_num_threads=threads), streams, kind="streams"))  # fmt: skip
     found += _ep_candidates(base, providers)
+    if base.provider_names[0] != CPU:
+        kinds = set(kinds) - CPU_KINDS
     return [candidate for candidate in found if candidate.kind in kinds]
