@@ -15,16 +15,21 @@ The modules, each reading only the ones listed before it:
 - `graph`: walking graphs with scope, name look-ups, node attributes
 - `sites`: the candidate nodes and, for each, why it stays float (excluded, not a constant float matrix, ...)
 - `rewrites`: the pre-passes: unique node names, Constants lifted, Gemm as MatMul, shared weights split
+- `gptq`: GPTQ's weight fit to calibration activations (algorithm gptq), before the quantizer packs the weights
 - `quantizer`: ORT's `MatMulNBitsQuantizer` on the chosen nodes, and its side effects undone
 - `report`: what the pre-passes did (`_Edits`) and the `TransformResult` with changes, notes and details
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import onnx
 
 from ortforge.core.model import Model
+from ortforge.data import Feed
 from ortforge.transforms import TransformResult
+from ortforge.transforms.weight_only.gptq import fit_gptq
 from ortforge.transforms.weight_only.options import (
     ACCURACY_LEVELS,
     BITS,
@@ -51,10 +56,11 @@ __all__ = [
 ]
 
 
-def quantize_weight_only(model: Model, options: WeightOnlyOptions) -> TransformResult:
+def quantize_weight_only(model: Model, options: WeightOnlyOptions, calibration: Sequence[Feed] = ()) -> TransformResult:
     """Block-quantize constant MatMul/Gemm (and opt-in Gather) weights; report what was done and skipped.
 
-    Weights still in external data keep their locations: wrap the result with the source model's folder.
+    `calibration`: the feeds GPTQ fits the weights to (algorithm gptq only). Weights still in external data keep their
+    locations: wrap the result with the source model's folder.
     """
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)  # ORT's quantizer edits in place
@@ -69,6 +75,8 @@ def quantize_weight_only(model: Model, options: WeightOnlyOptions) -> TransformR
     chosen = [site for site in sites if site.reason is None]
     if not chosen:
         return _unchanged(model, options, sites, edits)
+    if options.algorithm == "gptq":
+        edits.notes.extend(fit_gptq(model, proto, chosen, options, calibration))
     _run_ort_quantizer(proto, options, chosen)
     edits.notes.extend(_undo_side_effects(proto, model.proto))
     return _result(model, proto, options, sites, edits)

@@ -16,8 +16,9 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 OP_TYPES = ("MatMul", "Gemm", "Gather")
 # ORT's algorithms: rtn (its default blockwise round-to-nearest, in C++), k_quant (llama.cpp-style k-quants, ORT's
-# bundled neural-compressor code), hqq (half-quadratic: needs torch). GPTQ wants calibration data: not offered yet.
-ALGORITHMS = ("rtn", "k_quant", "hqq")
+# bundled neural-compressor code), hqq (half-quadratic: needs torch), gptq (weights fitted to calibration activations
+# by ORT's numpy GPTQ, then packed as rtn packs: `gptq.py`).
+ALGORITHMS = ("rtn", "k_quant", "hqq", "gptq")
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
 
@@ -33,7 +34,7 @@ class WeightOnlyOptions:
     op_types: tuple[str, ...] = option(("MatMul", "Gemm"), choices=OP_TYPES, metavar="OP", help="op types whose weights are quantized (Gather, embeddings, is opt-in)")
     exclude: tuple[str, ...] = option((), metavar="NODE|OP", help="node names or op types left in float")
     algorithm: str = option("rtn", choices=ALGORITHMS, help="how blocks are fitted: rtn (round to nearest, ORT's default), k_quant "
-                            "(k-quants), hqq (half-quadratic, needs torch)")  # fmt: skip
+                            "(k-quants), hqq (half-quadratic, needs torch), gptq (fitted to the calibration data, --calib)")  # fmt: skip
 
     mode = "weight-only"  # what `ortforge quantize --mode` calls it; not a field
 
