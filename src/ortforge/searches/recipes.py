@@ -27,9 +27,9 @@ HEAVY_OPS = ("Conv", "MatMul", "Gemm")
 
 
 def apply_recipe(model: Model, recipe: Recipe, calibration: FeedSet, progress: Progress | None = None) -> TransformResult:
-    """Quantize with one recipe (static recipes calibrate on `calibration`)."""
+    """Quantize with one recipe (static recipes calibrate on `calibration`, and GPTQ fits weights to it)."""
     if isinstance(recipe, WeightOnlyOptions):
-        return quantize_weight_only(model, recipe)
+        return quantize_weight_only(model, recipe, calibration.samples if recipe.algorithm == "gptq" else ())
     return quantize(model, recipe, calibration.samples if recipe.mode == "static" or recipe.smooth else None, progress)
 
 
@@ -70,8 +70,11 @@ def auto_recipes(family: str, features: Sequence[str] | None = None) -> list[Rec
         recipes = [r for r in recipes if r.mode == "dynamic"] + [QuantizeOptions(mode="static", per_channel=True, op_types=("MatMul", "Gemm"))]
         # Level 4 (int8 compute) is what makes MatMulNBits fast on CPUs; unset, 8-bit ran ~7x slower than fp32.
         recipes += [WeightOnlyOptions(bits=8, accuracy_level=4), WeightOnlyOptions(bits=4, accuracy_level=4)]
-    if family == "decoder":  # int4 is what decoders are quantized for: larger blocks, k-quants, the embedding table too
+    if family == "decoder":  # int4 is what decoders are quantized for: larger blocks, k-quants, GPTQ, the embedding table too
         recipes += [WeightOnlyOptions(bits=4, block_size=128, accuracy_level=4), WeightOnlyOptions(bits=4, accuracy_level=4, algorithm="k_quant"),
+                    # GPTQ fits the weights to the calibration text: stdlib-llama-2 at blocks of 128, 94.14% -> 95.41% agreement
+                    WeightOnlyOptions(bits=4, block_size=128, accuracy_level=4, algorithm="gptq"),
+                    WeightOnlyOptions(bits=4, accuracy_level=4, algorithm="gptq"),
                     WeightOnlyOptions(bits=4, accuracy_level=4, op_types=("MatMul", "Gemm", "Gather"))]  # fmt: skip
     if not vnni:  # without VNNI, s8 x u8 products can saturate; ORT recommends 7-bit weights
         recipes = [replace(r, reduce_range=True) if isinstance(r, QuantizeOptions) and r.weight_type == "s8" else r for r in recipes]
