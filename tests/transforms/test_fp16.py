@@ -462,3 +462,18 @@ def test_nested_subgraphs_reading_the_outermost_graph():
     simulated = simulate_fp16(from_proto(model), plan).proto
     np.testing.assert_allclose(run(simulated, {"x": np.array([0.5, 1.5, -2], np.float32), "trips": np.array(4, np.int64)})[0],
                                run(model, {"x": np.array([0.5, 1.5, -2], np.float32), "trips": np.array(4, np.int64)})[0], rtol=1e-2)
+
+
+def test_a_model_with_ort_ops_and_external_weights_converts_where_the_build_cannot_list_its_kernels(tmp_path, monkeypatch):
+    """The checker complains about ORT's own SimplifiedLayerNormalization in the original and the converted model alike;
+    read without its external weights the original drew another complaint, so on an H200 (whose onnxruntime-gpu cannot
+    list its kernels) every builder decoder's fp16 was refused."""
+    from helpers import tiny_decoder
+    from ortforge.core.model import load_model
+    from ortforge.transforms.fp16 import convert_fp16
+
+    path = tmp_path / "decoder.onnx"
+    onnx.save(tiny_decoder(), path, save_as_external_data=True, location="decoder.onnx.data", size_threshold=256)  # weights only
+    monkeypatch.setattr(runtime, "kernel_providers", lambda *args: None)
+    result = convert_fp16(load_model(path, check=False), Fp16Options())
+    assert result.changed and any(node.op_type == "SimplifiedLayerNormalization" for node in result.proto.graph.node)

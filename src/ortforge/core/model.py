@@ -213,8 +213,13 @@ def _check_external_data(model: Model) -> None:
             raise UserError(f"{model.path}: external data file '{location}' is truncated (needs {end} bytes for '{tensor.name}')")
 
 
+def model_checker_problem(model: Model) -> str | None:
+    """`checker_problem` of a loaded model: by path where its weights are in external data (the checker reads them)."""
+    return checker_problem(str(model.path) if model.path is not None and _external_locations(model.proto) else model.proto)
+
+
 def _run_checker(model: Model) -> None:
-    problem = checker_problem(str(model.path) if _external_locations(model.proto) else model.proto)
+    problem = model_checker_problem(model)
     if problem is not None:
         raise UserError(f"{model.name}: onnx.checker rejects the model: {problem}", hint="check=False (--no-check) loads it anyway")
 
