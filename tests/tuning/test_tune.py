@@ -481,3 +481,26 @@ def test_two_runners_storing_one_entry_at_once_both_succeed(cache, tmp_path):
     second._store(second._build(candidate), folder)  # the entry exists: kept as it is, no error
     assert (folder / RESULT_FILE).read_text() == stored and second.build(candidate).cached
     assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+
+def test_sessions_on_the_target_ep_are_not_placement_checked_and_another_ep_is_checked_once():
+    from helpers import linear_model
+    from ortforge.core.model import from_proto
+    from ortforge.searches.trial import Candidate, Trial
+    from ortforge.tuning.search import TuneOptions, _allowed_sessions
+
+    trial = Trial(Candidate("fp32", "fp32"), model=from_proto(linear_model()))
+    notes = []
+    on_cuda = _allowed_sessions(trial, TuneOptions(providers=("CUDAExecutionProvider", "CPUExecutionProvider")), notes)
+    assert {c.config.provider_names[0] for c in on_cuda} == {"CUDAExecutionProvider"} and len(on_cuda) > 2 and notes == []
+    cuda_too = [c.config.provider_names[0] for c in session_space_of(TuneOptions(providers=("CPUExecutionProvider", "CUDAExecutionProvider")))]
+    on_cpu = _allowed_sessions(trial, TuneOptions(providers=("CPUExecutionProvider", "CUDAExecutionProvider")), notes)
+    if "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers():  # here CUDA cannot place a node
+        assert "CUDAExecutionProvider" in cuda_too and all(c.config.provider_names[0] == "CPUExecutionProvider" for c in on_cpu)
+        assert len(notes) == 1 and "on CUDAExecutionProvider: rejected" in notes[0]
+
+
+def session_space_of(options):
+    from ortforge.tuning.sessions import session_space
+
+    return session_space(options.base_session, providers=options.providers, objective=options.objective)

@@ -293,16 +293,20 @@ def _screen(runner: TrialRunner, accurate: list[Trial], options: TuneOptions, sc
 
 
 def _allowed_sessions(trial: Trial, options: TuneOptions, notes: list[str]) -> list[SessionCandidate]:
-    """Session candidates, dropping EPs that would leave more than the budget of nodes to the CPU."""
-    allowed = []
+    """Session candidates, dropping other EPs that would leave more than the budget of nodes to the CPU (the target's
+    own EP is the baseline's: what it leaves to the CPU, the baseline leaves too)."""
+    allowed, refused = [], {}
     for candidate in session_space(options.base_session, providers=options.providers, objective=options.objective):
         provider = candidate.config.provider_names[0]
-        if provider != CPU and candidate.kind != "defaults" and trial.model is not None:
-            placement = placement_for(trial.model, provider)
-            share = len(placement.cpu_fallback) / max(placement.total, 1)
-            if placement.error or share > options.cpu_fallback_budget:
-                why = placement.error or f"leaves {share:.0%} of nodes to the CPU (budget {options.cpu_fallback_budget:.0%})"
-                notes.append(f"{trial.candidate.label} on {provider}: rejected, {why}")
+        if provider not in (CPU, options.providers[0]) and trial.model is not None:
+            if provider not in refused:
+                placement = placement_for(trial.model, provider)
+                share = len(placement.cpu_fallback) / max(placement.total, 1)
+                too_much = placement.error or share > options.cpu_fallback_budget
+                refused[provider] = (placement.error or f"leaves {share:.0%} of nodes to the CPU (budget {options.cpu_fallback_budget:.0%})") if too_much else ""
+                if too_much:
+                    notes.append(f"{trial.candidate.label} on {provider}: rejected, {refused[provider]}")
+            if refused[provider]:
                 continue
         allowed.append(candidate)
     return allowed
