@@ -307,3 +307,19 @@ def test_gptq_fits_the_weights_to_calibration_data_and_is_refused_without_it():
     assert errors[0] < errors[1]
     with pytest.raises(OptionError, match="^algorithm=gptq: GPTQ fits weights to calibration activations"):
         quantize_weight_only(model, WeightOnlyOptions(algorithm="gptq"))
+
+
+def test_gptq_collects_hessians_in_passes_within_its_memory_bound_and_fits_the_same(monkeypatch):
+    from ortforge.transforms.weight_only import gptq
+
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "W2"], ["y"], name="fc2")]  # fmt: skip
+    model = from_proto(make_model(nodes, [tensor("x", [None, 64])], [tensor("y", None)], [weight("W1", _w(64, 64)), weight("W2", _w(64, 32))]))
+    calibration = [{"x": _correlated(128, 64, seed)} for seed in range(2)]
+    together = quantize_weight_only(model, WeightOnlyOptions(algorithm="gptq"), calibration)
+    collected = []
+    original = gptq._hessians
+    monkeypatch.setattr(gptq, "_hessians", lambda m, names, feeds: collected.append(list(names)) or original(m, names, feeds))
+    monkeypatch.setattr(gptq, "HESSIAN_BYTES", 8 * 64 * 64)  # one 64 x 64 Hessian at a time
+    apart = quantize_weight_only(model, WeightOnlyOptions(algorithm="gptq"), calibration)
+    assert collected == [["r"], ["x"]] and apart.proto.SerializeToString() == together.proto.SerializeToString()

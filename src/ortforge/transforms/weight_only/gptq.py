@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ortforge.analysis.tap import tap_session
+from ortforge.analysis.tap import passes, tap_session
 from ortforge.core.errors import OptionError
 from ortforge.core.model import Model
 from ortforge.core.values import ort_feed
@@ -29,25 +29,31 @@ from ortforge.transforms.weight_only.sites import _Site, _weight_index
 
 DAMPING = 0.01  # share of the Hessian's mean diagonal added to it (ORT's and the paper's default)
 COLUMN_BLOCK = 128  # input channels updated together in one GPTQ step (the paper's lazy batch)
+HESSIAN_BYTES = 1 << 30  # Hessians held at once (a 7B decoder's would take ~44 GB together): more passes over the data
 
 
 def fit_gptq(model: Model, proto: onnx.ModelProto, chosen: list[_Site], options: WeightOnlyOptions, calibration: Sequence[Feed]) -> list[str]:
     """Replace the float weights of the chosen top-level MatMuls in `proto` by GPTQ's fit to `calibration`; notes of
-    what was fitted and what was left to round-to-nearest."""
+    what was fitted and what was left to round-to-nearest. Hessians are collected in passes of at most HESSIAN_BYTES."""
     if not calibration:
-        raise OptionError("algorithm", "gptq", "GPTQ fits weights to calibration activations, and none were given", hint="give --data")
-    fitted = [site for site in chosen if len(site.stack) == 1 and site.kind == "MatMul"]
-    hessians = _hessians(model, sorted({site.node.input[0] for site in fitted}), calibration)
-    done = 0
-    for site in fitted:
+        raise OptionError("algorithm", "gptq", "GPTQ fits weights to calibration activations, and none were given",
+                          hint="give calibration data: --calib for quantize, --data for tune")  # fmt: skip
+    by_input: dict[str, list[tuple[_Site, onnx.TensorProto]]] = {}
+    for site in chosen:
         tensor, _ = _lookup(site.node.input[_weight_index(site.kind)], site.stack)
-        weight = numpy_helper.to_array(tensor)
-        if weight.ndim != 2 or site.node.input[0] not in hessians:
-            continue
-        fit = gptq_fit(weight, hessians[site.node.input[0]], options.bits, options.block_size, options.symmetric)
-        if fit is not None:
-            tensor.CopyFrom(numpy_helper.from_array(fit.astype(weight.dtype), tensor.name))
-            done += 1
+        if len(site.stack) == 1 and site.kind == "MatMul" and len(tensor.dims) == 2:
+            by_input.setdefault(site.node.input[0], []).append((site, tensor))
+    sizes = {name: 8 * pairs[0][1].dims[0] ** 2 for name, pairs in by_input.items()}  # float64 [K, K]
+    done = 0
+    for group in passes(sorted(by_input), sizes, HESSIAN_BYTES):
+        hessians = _hessians(model, group, calibration)
+        for name in group:
+            for _, tensor in by_input[name]:
+                weight = numpy_helper.to_array(tensor)
+                fit = gptq_fit(weight, hessians[name], options.bits, options.block_size, options.symmetric)
+                if fit is not None:
+                    tensor.CopyFrom(numpy_helper.from_array(fit.astype(weight.dtype), tensor.name))
+                    done += 1
     notes = [f"GPTQ fitted {done} MatMul weight(s) to {len(calibration)} calibration sample(s) (damping {DAMPING:g})"]
     if done < len(chosen):
         notes.append(f"{len(chosen) - done} weight(s) rounded to nearest (outside the main graph, of a Gemm, or a Hessian that would not factor)")
