@@ -453,3 +453,90 @@ def tiny_decoder(seed: int = 0, peaked: bool = True) -> onnx.ModelProto:
 def weights_axes(weights: list[onnx.TensorProto], name: str, axes: list[int]) -> str:
     weights.append(weight(name, np.array(axes, np.int64)))
     return name
+
+
+def eager_llama_decoder(seed: int = 0) -> onnx.ModelProto:
+    """One Llama layer as a TorchScript export of Hugging Face's eager attention writes it (transformers 4.3x-4.4x):
+    RMSNorm as Pow/ReduceMean/Sqrt/Div, rotary embedding computed from position_ids (inv_freq MatMul, Cos/Sin,
+    rotate_half by Slices whose bounds come from Shape), reshapes built from Shape/Gather, the padding mask expanded
+    (Unsqueeze/Expand/Sub/Where) plus a causal mask, scores divided by sqrt(head size), past keys/values Concat-ed.
+    The form ORT's optimizer fuses into RotaryEmbedding + MultiHeadAttention (model type gpt2)."""
+    rng = np.random.default_rng(seed)
+    hidden, heads, size, vocab = 32, 2, 16, 11
+    nodes: list[onnx.NodeProto] = []
+    weights: list[onnx.TensorProto] = []
+
+    def const(name: str, value) -> str:
+        weights.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(op_type: str, inputs: list[str], output: str, **attrs) -> str:
+        nodes.append(helper.make_node(op_type, inputs, [output], name=f"{output}_node", **attrs))
+        return output
+
+    i64, f32 = (lambda v: np.array(v, np.int64)), (lambda v: np.array(v, np.float32))
+    for name, value in {"ax0": i64([0]), "ax1": i64([1]), "ax2": i64([2]), "ax3": i64([3]), "ax01": i64([0, 1]), "two_f": f32(2.0),
+                        "one_f": f32(1.0), "eps": f32(1e-6), "sqrt_h": f32(np.sqrt(size)), "idx0": i64(0), "idx1": i64(1), "idx3": i64(3),
+                        "two_i": i64(2), "nh": i64([heads]), "hs": i64([size]), "hid": i64([hidden]), "one_i": i64([1]), "big": i64([2**62]),
+                        "fmin": f32(np.finfo(np.float32).min), "zero_f": f32(0.0), "zero_i": i64(0), "one_s": i64(1)}.items():  # fmt: skip
+        const(name, value)
+
+    def rms_norm(x: str, tag: str) -> str:
+        mean = op("ReduceMean", [op("Pow", [x, "two_f"], f"{tag}_pow")], f"{tag}_mean", axes=[-1], keepdims=1)
+        inverse = op("Div", ["one_f", op("Sqrt", [op("Add", [mean, "eps"], f"{tag}_add")], f"{tag}_sqrt")], f"{tag}_rsqrt")
+        return op("Mul", [const(f"{tag}_w", rng.standard_normal(hidden).astype(np.float32)), op("Mul", [x, inverse], f"{tag}_norm")], f"{tag}_out")
+
+    embeds = op("Gather", [const("embed", rng.standard_normal((vocab, hidden)).astype(np.float32)), "input_ids"], "inputs_embeds")
+    root = rms_norm(embeds, "ln1")
+    shape = op("Shape", [root], "root_shape")
+    batch = op("Unsqueeze", [op("Gather", [shape, "idx0"], "g_b", axis=0), "ax0"], "u_b")
+    seq = op("Unsqueeze", [op("Gather", [shape, "idx1"], "g_s", axis=0), "ax0"], "u_s")
+    bsnh, bsd = op("Concat", [batch, seq, "nh", "hs"], "bsnh", axis=0), op("Concat", [batch, seq, "hid"], "bsd", axis=0)
+    inv_freq = const("inv_freq", (1.0 / 10000 ** (np.arange(0, size, 2) / size)).astype(np.float32).reshape(1, size // 2, 1))
+    positions = op("Cast", [op("Unsqueeze", ["position_ids", "ax1"], "pos_u")], "pos_f", to=TensorProto.FLOAT)
+    freqs = op("Transpose", [op("MatMul", [inv_freq, positions], "freqs_mm")], "freqs", perm=[0, 2, 1])
+    angles = op("Concat", [freqs, freqs], "emb", axis=-1)
+    cos = op("Unsqueeze", [op("Mul", [op("Cos", [angles], "cos0"), "one_f"], "cos1"), "ax1"], "cos")
+    sin = op("Unsqueeze", [op("Mul", [op("Sin", [angles], "sin0"), "one_f"], "sin1"), "ax1"], "sin")
+
+    def split_heads(tag: str) -> str:  # MatMul -> Reshape (B, S, N, H) -> Transpose (B, N, S, H)
+        projected = op("MatMul", [root, const(f"{tag}_w", (0.3 * rng.standard_normal((hidden, hidden))).astype(np.float32))], f"{tag}_proj")
+        return op("Transpose", [op("Reshape", [projected, bsnh], f"{tag}_r")], f"{tag}_t", perm=[0, 2, 1, 3])
+
+    def rotary(x: str, tag: str) -> str:  # x * cos + rotate_half(x) * sin
+        half = op("Unsqueeze", [op("Div", [op("Gather", [op("Shape", [x], f"{tag}_sh"), "idx3"], f"{tag}_g", axis=0), "two_i"], f"{tag}_div"), "ax0"], f"{tag}_half")
+        first, second = op("Slice", [x, "ax0", half, "ax3"], f"{tag}_x1"), op("Slice", [x, half, "big", "ax3"], f"{tag}_x2")
+        rotated = op("Concat", [op("Neg", [second], f"{tag}_neg"), first], f"{tag}_rot", axis=-1)
+        return op("Add", [op("Mul", [x, cos], f"{tag}_xcos"), op("Mul", [rotated, sin], f"{tag}_rsin")], f"{tag}_emb")
+
+    query = rotary(split_heads("q"), "q")
+    key = op("Concat", ["past_key_values.0.key", rotary(split_heads("k"), "k")], "present.0.key", axis=2)
+    value = op("Concat", ["past_key_values.0.value", split_heads("v")], "present.0.value", axis=2)
+    total = op("Unsqueeze", [op("Gather", [op("Shape", ["attention_mask"], "m_shape"), "idx1"], "g_t", axis=0), "ax0"], "u_t")
+    expanded = op("Expand", [op("Unsqueeze", [op("Unsqueeze", ["attention_mask", "ax1"], "m_u1"), "ax2"], "m_u2"),
+                             op("Concat", [batch, "one_i", seq, total], "m_bst", axis=0)], "m_exp")  # fmt: skip
+    inverted = op("Sub", ["one_f", op("Cast", [expanded], "m_cast", to=TensorProto.FLOAT)], "m_inv")
+    padding = op("Where", [op("Cast", [inverted], "m_bool", to=TensorProto.BOOL), "fmin", inverted], "m_pad")
+    seq_scalar, total_scalar = op("Squeeze", [seq], "s_sc"), op("Squeeze", [total], "t_sc")
+    query_at = op("Add", [op("Range", ["zero_i", seq_scalar, "one_s"], "qi0"), op("Sub", [total_scalar, seq_scalar], "past_len")], "qi")
+    key_at = op("Range", ["zero_i", total_scalar, "one_s"], "kj")
+    later = op("Greater", [op("Unsqueeze", [key_at, "ax0"], "kj_u"), op("Unsqueeze", [query_at, "ax1"], "qi_u")], "c_gt")
+    mask = op("Add", [padding, op("Unsqueeze", [op("Where", [later, "fmin", "zero_f"], "causal2d"), "ax01"], "causal4d")], "attn_bias")
+    scores = op("Div", [op("MatMul", [query, op("Transpose", [key], "k_T", perm=[0, 1, 3, 2])], "qk"), "sqrt_h"], "qk_scaled")
+    probs = op("Softmax", [op("Add", [scores, mask], "qk_masked")], "probs", axis=-1)
+    context = op("Reshape", [op("Transpose", [op("MatMul", [probs, value], "ctx")], "ctx_t", perm=[0, 2, 1, 3]), bsd], "ctx_r")
+    out = op("MatMul", [context, const("o_w", (0.3 * rng.standard_normal((hidden, hidden))).astype(np.float32))], "o_proj")
+    final = rms_norm(op("Add", [embeds, out], "resid"), "ln2")
+    op("MatMul", [final, const("lm_w", rng.standard_normal((hidden, vocab)).astype(np.float32))], "logits")
+    cache = ["batch", heads, "past", size]
+    graph = helper.make_graph(
+        nodes, "eager_llama",
+        [tensor("input_ids", ["batch", "seq"], TensorProto.INT64), tensor("attention_mask", ["batch", "total"], TensorProto.INT64),
+         tensor("position_ids", ["batch", "seq"], TensorProto.INT64), tensor("past_key_values.0.key", cache), tensor("past_key_values.0.value", cache)],
+        [tensor("logits", ["batch", "seq", vocab]), tensor("present.0.key", ["batch", heads, "total", size]),
+         tensor("present.0.value", ["batch", heads, "total", size])],
+        weights,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pytorch")
+    model.ir_version = 8
+    return model

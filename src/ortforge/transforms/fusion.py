@@ -17,11 +17,12 @@ import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import onnx
 
+from ortforge.analysis.decoder import find_decoder
 from ortforge.analysis.patterns import ATTENTION_OPS
 from ortforge.analysis.transformer import MODEL_TYPES, TransformerInfo, detect_transformer
 from ortforge.core import runtime
@@ -194,7 +195,10 @@ def fuse_transformer(model: Model, options: FusionOptions | None = None) -> Tran
     """
     options = options or FusionOptions()
     info = detect_transformer(model)
-    model_type, heads, hidden, notes = _resolve(info, options)
+    decoder = options.model_type == "auto" and find_decoder(model.proto) is not None
+    model_type, heads, hidden, notes = _resolve(info, options, decoder)
+    if decoder and options.opt_level is None:  # ORT's graph optimizer first would reshape what the rotary patterns expect
+        options = replace(options, opt_level=0)
     attempts = []
     for fuser in _fuser_order(info, options, notes):
         attempt = _run_fuser(fuser, model, model_type, heads, hidden, options)
@@ -215,10 +219,16 @@ def _best(attempts: list[_Attempt]) -> _Attempt | None:
     return max(usable, key=lambda a: (a.attention, -a.nodes)) if usable else None
 
 
-def _resolve(info: TransformerInfo, options: FusionOptions) -> tuple[str, int, int, list[str]]:
-    """Model type, heads and hidden size to fuse with: the user's where given, else the detected ones."""
+def _resolve(info: TransformerInfo, options: FusionOptions, decoder: bool = False) -> tuple[str, int, int, list[str]]:
+    """Model type, heads and hidden size to fuse with: the user's where given, else the detected ones; a decoder LM with a
+    KV cache gets ORT's gpt2 rules, whose rotary attention fusion ORT's own Llama export relies on (its list has no
+    llama: a decomposed Llama layer went from 100 nodes to 40, attention and rotary fused, where t5's rules fused none)."""
     notes = []
     model_type = options.model_type if options.model_type != "auto" else info.model_type
+    if decoder:
+        model_type = "gpt2"
+        notes.append("a decoder LM with a KV cache: fused with ORT's gpt2 rules (attention over past keys, rotary embeddings), "
+                     "without ORT's graph optimizer before them")  # fmt: skip
     if model_type == "unknown":
         model_type = "bert"
         notes.append("model type not recognised from the graph: fused with ORT's generic 'bert' rules (force it with model_type, --transformer)")
