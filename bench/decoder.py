@@ -87,6 +87,10 @@ def main() -> None:
             print(f"  rejected {label}: {why}")
         for finalist in report.result.finalists:  # the session settings that reached the final run, with their scores
             print(f"  finalist {finalist.label}: {finalist.score.text() if finalist.score else 'baseline'}")
+        for contender in report.result.ablation:  # the head-to-head run that made the choice, if there was one
+            print(f"  head to head {contender.label}: {contender.score.text() if contender.score else '-'}")
+        for note in report.result.notes:
+            print(f"  note: {note}")
         tuned_model, tuned_config = load_model(out / "model.onnx", check=False), read_artifact(out)[1]
         fp32, builder = load_model(fp32_path, check=False), load_model(builder_path, check=False)
         evaluation = FeedSet(feeds.samples[args.samples :], feeds.origin, False)
