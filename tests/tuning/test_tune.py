@@ -226,7 +226,6 @@ def test_report_lays_out_without_overlaps_in_a_headless_browser(tuned, tmp_path,
     assert "http://" not in dom.replace("http://www.w3.org/2000/svg", "")  # self-contained: nothing fetched
 
 
-
 def test_the_first_ep_is_the_target_its_fp16_is_built_before_int8_and_its_defaults_are_the_baseline():
     from ortforge.tuning.candidates import precision_candidates
     from ortforge.tuning.search import TuneOptions
@@ -488,19 +487,14 @@ def test_sessions_on_the_target_ep_are_not_placement_checked_and_another_ep_is_c
     from ortforge.core.model import from_proto
     from ortforge.searches.trial import Candidate, Trial
     from ortforge.tuning.search import TuneOptions, _allowed_sessions
+    from ortforge.tuning.sessions import session_space
 
     trial = Trial(Candidate("fp32", "fp32"), model=from_proto(linear_model()))
     notes = []
     on_cuda = _allowed_sessions(trial, TuneOptions(providers=("CUDAExecutionProvider", "CPUExecutionProvider")), notes)
     assert {c.config.provider_names[0] for c in on_cuda} == {"CUDAExecutionProvider"} and len(on_cuda) > 2 and notes == []
-    cuda_too = [c.config.provider_names[0] for c in session_space_of(TuneOptions(providers=("CPUExecutionProvider", "CUDAExecutionProvider")))]
+    cuda_too = [c.config.provider_names[0] for c in session_space(providers=("CPUExecutionProvider", "CUDAExecutionProvider"))]
     on_cpu = _allowed_sessions(trial, TuneOptions(providers=("CPUExecutionProvider", "CUDAExecutionProvider")), notes)
     if "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers():  # here CUDA cannot place a node
         assert "CUDAExecutionProvider" in cuda_too and all(c.config.provider_names[0] == "CPUExecutionProvider" for c in on_cpu)
         assert len(notes) == 1 and "on CUDAExecutionProvider: rejected" in notes[0]
-
-
-def session_space_of(options):
-    from ortforge.tuning.sessions import session_space
-
-    return session_space(options.base_session, providers=options.providers, objective=options.objective)
