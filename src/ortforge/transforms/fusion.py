@@ -227,7 +227,7 @@ def _resolve(info: TransformerInfo, options: FusionOptions, decoder: bool = Fals
     model_type = options.model_type if options.model_type != "auto" else info.model_type
     if decoder:
         model_type = "gpt2"
-        notes.append("a decoder LM with a KV cache: fused with ORT's gpt2 rules (attention over past keys, rotary embeddings), "
+        notes.append("a decoder LM with a KV cache: ORT's fuser used its gpt2 rules (attention over past keys, rotary embeddings), "
                      "without ORT's graph optimizer before them")  # fmt: skip
     if model_type == "unknown":
         model_type = "bert"
