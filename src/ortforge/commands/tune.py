@@ -89,8 +89,7 @@ def prepare_tune(
         if name not in local:
             raise OptionError("providers", name, f"not available in this onnxruntime (available: {', '.join(local)})")
     family = inspect_model(model, shape_options).family
-    # A decoder LM is fused with ORT's gpt2 rules whatever its blocks look like to the encoder detector.
-    transformer = detect_transformer(model).model_type != "unknown" or family == "decoder"
+    transformer = detect_transformer(model).model_type != "unknown"
     settings = {"model": str(reference), "objective": objective, **({"generate": generate} if objective == "decode" else {}), "time_budget_s": time_budget_s, "samples": samples, "calib_samples": calib_samples,
                 "data": data, "eval_hook": eval_hook, "providers": list(providers) or None, **_shape_settings(shape_options)}  # fmt: skip
     return TuneJob(str(reference), model, calibration, evaluation, family, transformer, replace(options, providers=tuple(chosen)), parsed,
