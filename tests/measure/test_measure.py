@@ -62,6 +62,12 @@ def test_a_winner_must_clear_the_noise_and_within_noise_the_simpler_wins():
     assert winner([baseline, clear, tied], 0.05, complexity=lambda s: 0) is clear  # equal ranks: the faster
     assert winner([baseline, marginal], 0.05) is None and winner([baseline, marginal], 0.005) is marginal
     assert beats(clear, 0.05) and not beats(marginal, 0.05)
+    # Far below fp32, the noise is a share of the smaller time: 11% apart with clear intervals is not a tie
+    flushed, defaults = _scored("int4 | denormals as zero", 0.218, 0.214, 0.225), _scored("int4 | ORT defaults", 0.245, 0.24, 0.257)
+    simpler_first = {"int4 | ORT defaults": 0, "int4 | denormals as zero": 1}
+    assert winner([baseline, defaults, flushed], 0.024, complexity=lambda s: simpler_first[s.label]) is flushed
+    close = _scored("int4 | denormals as zero", 0.236, 0.231, 0.241)  # the intervals within 2.4% of each other: a tie
+    assert winner([baseline, defaults, close], 0.024, complexity=lambda s: simpler_first[s.label]) is defaults
     assert "within noise" in verdict_text(marginal, 0.05) and "faster beyond noise" in verdict_text(clear, 0.05)
 
 
