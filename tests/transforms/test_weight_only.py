@@ -323,3 +323,12 @@ def test_gptq_collects_hessians_in_passes_within_its_memory_bound_and_fits_the_s
     monkeypatch.setattr(gptq, "HESSIAN_BYTES", 8 * 64 * 64)  # one 64 x 64 Hessian at a time
     apart = quantize_weight_only(model, WeightOnlyOptions(algorithm="gptq"), calibration)
     assert collected == [["r"], ["x"]] and apart.proto.SerializeToString() == together.proto.SerializeToString()
+
+
+def test_k_quants_take_a_model_with_an_input_no_node_reads_and_keep_it():
+    from helpers import tiny_decoder
+
+    proto = tiny_decoder()
+    proto.graph.input.insert(1, tensor("unread", ["batch"], TensorProto.INT64))  # as position_ids once GroupQueryAttention counts positions
+    kquant = quantize_weight_only(from_proto(proto), WeightOnlyOptions(algorithm="k_quant"))  # ORT's sort failed: KeyError 'unread'
+    assert kquant.changed and [v.name for v in kquant.proto.graph.input] == [v.name for v in proto.graph.input]

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx
 
-from ortforge.core.errors import UserError
+from ortforge.core.errors import UserError, first_line
 from ortforge.core.model import iter_nodes
 from ortforge.transforms.weight_only.options import WeightOnlyOptions
 from ortforge.transforms.weight_only.sites import _Site
@@ -36,8 +36,31 @@ def _run_ort_quantizer(proto: onnx.ModelProto, options: WeightOnlyOptions, chose
         algo_config=_algorithm(quantizer_module, options, tuple(sorted(ort_ops))),
     )
     # k-quants print a progress bar; an all-zero block (an unused embedding row) divides by a zero scale in ORT's numpy code
-    with _quiet(ORT_LOGGER), contextlib.redirect_stdout(io.StringIO()), np.errstate(divide="ignore", invalid="ignore"):
-        quantizer.process()
+    with _quiet(ORT_LOGGER), contextlib.redirect_stdout(io.StringIO()), np.errstate(divide="ignore", invalid="ignore"), _unread_inputs_aside(proto):
+        try:
+            quantizer.process()
+        except Exception as exc:  # noqa: BLE001 - ORT's quantizer raises bare exceptions for graphs it cannot follow
+            raise UserError(f"onnxruntime's weight-only quantizer failed ({options.describe()}): {type(exc).__name__}: {first_line(exc)}") from None
+
+
+@contextlib.contextmanager
+def _unread_inputs_aside(proto: onnx.ModelProto) -> Iterator[None]:
+    """Graph inputs no node reads set aside while ORT's quantizer runs, then put back in their places: its RTN and
+    k-quant paths sort the graph from every input's readers and fail on one without any (a decoder whose
+    GroupQueryAttention counts positions itself keeps position_ids as an input nothing reads)."""
+    read = {name for node in iter_nodes(proto) for name in node.input}
+    inputs = list(proto.graph.input)
+    if all(value.name in read for value in inputs):
+        yield
+        return
+    del proto.graph.input[:]
+    proto.graph.input.extend(value for value in inputs if value.name in read)
+    try:
+        yield
+    finally:
+        # the quantizer may have replaced the graph message; the inputs go back on the one the proto holds now
+        del proto.graph.input[:]
+        proto.graph.input.extend(inputs)
 
 
 def _algorithm(module, options: WeightOnlyOptions, op_types: tuple[str, ...]):  # noqa: ANN001, ANN202 - ORT's config classes
