@@ -5,7 +5,11 @@ builder to fp32 and int4). Accuracy is next-token agreement under teacher forcin
 5%, never trained on), with its bound, and logits cosine; speed is greedy generation with the KV cache carried (prefill of
 --prompt tokens, then --new tokens), every variant in a fresh process, interleaved, with an A/A pair.
 
-    python bench/decoder.py [--zoo-name stdlib-llama-1] [--budget 6m] [--prompt 64] [--new 32] [--samples 16] [--time 10]
+With `--export torch`, tune starts from torch's TorchScript export of the same weights instead (attention written out,
+1,028 nodes: tune fuses it into GroupQueryAttention itself), and the builder's fp32 export joins the timed run.
+
+    python bench/decoder.py [--zoo-name stdlib-llama-1] [--export builder|torch] [--budget 6m] [--prompt 64] [--new 32]
+                            [--samples 16] [--time 10]
 """
 
 from __future__ import annotations
@@ -54,9 +58,17 @@ def held_out_feeds(folder: Path, model_path: Path, count: int) -> FeedSet:
     return FeedSet(samples, origin=f"held-out stdlib docstrings ({count} x {WINDOW} tokens)", generated=False)
 
 
+def taken_by(model, feeds: FeedSet) -> FeedSet:  # noqa: ANN001
+    """The feeds without the inputs `model` does not have (the builder's exports take no position_ids)."""
+    names = {value.name for value in model.proto.graph.input}
+    return FeedSet([{k: v for k, v in sample.items() if k in names} for sample in feeds.samples], feeds.origin, feeds.generated)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zoo-name", default="stdlib-llama-1", help="the built decoder's folder name (bench/decoder_build.py --size base: stdlib-llama-2)")
+    parser.add_argument("--export", choices=("builder", "torch"), default="builder",
+                        help="the fp32 model tune starts from: the model builder's, or torch's TorchScript export (attention written out)")
     parser.add_argument("--budget", default="6m")
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--new", type=int, default=32)
@@ -65,7 +77,8 @@ def main() -> None:
     parser.add_argument("--tolerance", action="append", default=[], help="METRIC=VALUE (default: token_top1=0.95)")
     args = parser.parse_args()
     folder = ZOO / args.zoo_name
-    fp32_path, builder_path = folder / "onnx-fp32" / "model.onnx", folder / "onnx-int4" / "model.onnx"
+    builder_fp32_path, builder_path = folder / "onnx-fp32" / "model.onnx", folder / "onnx-int4" / "model.onnx"
+    fp32_path = builder_fp32_path if args.export == "builder" else folder / "onnx-torch" / "model.onnx"
     if not fp32_path.exists():
         sys.exit("build the zoo decoder first: /work/bench-venv/bin/python bench/decoder_build.py")
     print(json.dumps(json.loads((folder / "zoo.json").read_text())))
@@ -96,12 +109,16 @@ def main() -> None:
         evaluation = FeedSet(feeds.samples[args.samples :], feeds.origin, False)
         judge = Judge(run_outputs(fp32, evaluation), parse_tolerances(gate), feeds=evaluation)
         for label, model, config in (("tune's artifact", tuned_model, tuned_config), ("model builder int4", builder, SessionConfig())):
-            verdict = judge(run_outputs(model, evaluation, config))
+            verdict = judge(run_outputs(model, taken_by(model, evaluation), config))
             print(f"  {label}: {'; '.join(verdict.evidence[:2])}")
             print(f"    measured: { {k: round(v, 4) for k, v in verdict.measured.items() if k in ('token_top1', 'cosine')} }, size {model_size(model) / 2**20:.1f} MiB")
         generation = Generation(args.prompt, args.new)
-        variants = [Variant("fp32 | ORT defaults", fp32, SessionConfig(), evaluation), Variant("tune's artifact", tuned_model, tuned_config, evaluation),
-                    Variant("model builder int4 (-p int4 -e cpu)", builder, SessionConfig(), evaluation)]  # fmt: skip
+        variants = [Variant(f"fp32 ({args.export} export) | ORT defaults", fp32, SessionConfig(), evaluation),
+                    Variant("tune's artifact", tuned_model, tuned_config, taken_by(tuned_model, evaluation)),
+                    Variant("model builder int4 (-p int4 -e cpu)", builder, SessionConfig(), taken_by(builder, evaluation))]  # fmt: skip
+        if args.export == "torch":
+            builder_fp32 = load_model(builder_fp32_path, check=False)
+            variants.insert(1, Variant("model builder fp32 (-p fp32 -e cpu)", builder_fp32, SessionConfig(), taken_by(builder_fp32, evaluation)))
         run = bench(variants, BenchOptions(max_seconds=args.time, profile=False, generation=generation))
     print(f"\n{generation.describe()}; one interleaved run, noise ±{run.noise_floor:.1%}")
     for result in run.variants:

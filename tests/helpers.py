@@ -455,12 +455,14 @@ def weights_axes(weights: list[onnx.TensorProto], name: str, axes: list[int]) ->
     return name
 
 
-def eager_llama_decoder(seed: int = 0) -> onnx.ModelProto:
+def eager_llama_decoder(seed: int = 0, kv_heads: int = 2, current: bool = False) -> onnx.ModelProto:
     """One Llama layer as a TorchScript export of Hugging Face's eager attention writes it (transformers 4.3x-4.4x):
     RMSNorm as Pow/ReduceMean/Sqrt/Div, rotary embedding computed from position_ids (inv_freq MatMul, Cos/Sin,
     rotate_half by Slices whose bounds come from Shape), reshapes built from Shape/Gather, the padding mask expanded
     (Unsqueeze/Expand/Sub/Where) plus a causal mask, scores divided by sqrt(head size), past keys/values Concat-ed.
-    The form ORT's optimizer fuses into RotaryEmbedding + MultiHeadAttention (model type gpt2)."""
+    The form ORT's optimizer fuses into RotaryEmbedding + MultiHeadAttention (model type gpt2). `current`: as
+    transformers 5 writes it, scores times a constant and float Casts around the Softmax; `kv_heads` below the 2 heads
+    (1): grouped keys and values repeated by repeat_kv (Unsqueeze, Expand, Reshape)."""
     rng = np.random.default_rng(seed)
     hidden, heads, size, vocab = 32, 2, 16, 11
     nodes: list[onnx.NodeProto] = []
@@ -478,6 +480,7 @@ def eager_llama_decoder(seed: int = 0) -> onnx.ModelProto:
     for name, value in {"ax0": i64([0]), "ax1": i64([1]), "ax2": i64([2]), "ax3": i64([3]), "ax01": i64([0, 1]), "two_f": f32(2.0),
                         "one_f": f32(1.0), "eps": f32(1e-6), "sqrt_h": f32(np.sqrt(size)), "idx0": i64(0), "idx1": i64(1), "idx3": i64(3),
                         "two_i": i64(2), "nh": i64([heads]), "hs": i64([size]), "hid": i64([hidden]), "one_i": i64([1]), "big": i64([2**62]),
+                        "idx2": i64(2), "nkv": i64([kv_heads]), "rep": i64([heads // kv_heads]), "scale_f": f32(1 / np.sqrt(size)),
                         "fmin": f32(np.finfo(np.float32).min), "zero_f": f32(0.0), "zero_i": i64(0), "one_s": i64(1)}.items():  # fmt: skip
         const(name, value)
 
@@ -499,9 +502,19 @@ def eager_llama_decoder(seed: int = 0) -> onnx.ModelProto:
     cos = op("Unsqueeze", [op("Mul", [op("Cos", [angles], "cos0"), "one_f"], "cos1"), "ax1"], "cos")
     sin = op("Unsqueeze", [op("Mul", [op("Sin", [angles], "sin0"), "one_f"], "sin1"), "ax1"], "sin")
 
-    def split_heads(tag: str) -> str:  # MatMul -> Reshape (B, S, N, H) -> Transpose (B, N, S, H)
-        projected = op("MatMul", [root, const(f"{tag}_w", (0.3 * rng.standard_normal((hidden, hidden))).astype(np.float32))], f"{tag}_proj")
-        return op("Transpose", [op("Reshape", [projected, bsnh], f"{tag}_r")], f"{tag}_t", perm=[0, 2, 1, 3])
+    def split_heads(tag: str, count: int = heads) -> str:  # MatMul -> Reshape (B, S, N, H) -> Transpose (B, N, S, H)
+        weights = (0.3 * rng.standard_normal((hidden, count * size))).astype(np.float32)
+        projected = op("MatMul", [root, const(f"{tag}_w", weights)], f"{tag}_proj")
+        shape = bsnh if count == heads else op("Concat", [batch, seq, "nkv", "hs"], f"{tag}_bskh", axis=0)
+        return op("Transpose", [op("Reshape", [projected, shape], f"{tag}_r")], f"{tag}_t", perm=[0, 2, 1, 3])
+
+    def repeat_kv(cache: str, tag: str) -> str:  # (B, KV, T, H) -> (B, KV, rep, T, H) -> (B, N, T, H)
+        if kv_heads == heads:
+            return cache
+        length = op("Unsqueeze", [op("Gather", [op("Shape", [cache], f"{tag}_sh5"), "idx2"], f"{tag}_len", axis=0), "ax0"], f"{tag}_len_u")
+        expanded = op("Expand", [op("Unsqueeze", [cache, "ax2"], f"{tag}_u5"), op("Concat", [batch, "nkv", "rep", length, "hs"], f"{tag}_shape5", axis=0)],
+                      f"{tag}_expand")  # fmt: skip
+        return op("Reshape", [expanded, op("Concat", [batch, "nh", length, "hs"], f"{tag}_shape4", axis=0)], f"{tag}_repeated")
 
     def rotary(x: str, tag: str) -> str:  # x * cos + rotate_half(x) * sin
         half = op("Unsqueeze", [op("Div", [op("Gather", [op("Shape", [x], f"{tag}_sh"), "idx3"], f"{tag}_g", axis=0), "two_i"], f"{tag}_div"), "ax0"], f"{tag}_half")
@@ -510,8 +523,8 @@ def eager_llama_decoder(seed: int = 0) -> onnx.ModelProto:
         return op("Add", [op("Mul", [x, cos], f"{tag}_xcos"), op("Mul", [rotated, sin], f"{tag}_rsin")], f"{tag}_emb")
 
     query = rotary(split_heads("q"), "q")
-    key = op("Concat", ["past_key_values.0.key", rotary(split_heads("k"), "k")], "present.0.key", axis=2)
-    value = op("Concat", ["past_key_values.0.value", split_heads("v")], "present.0.value", axis=2)
+    key = op("Concat", ["past_key_values.0.key", rotary(split_heads("k", kv_heads), "k")], "present.0.key", axis=2)
+    value = op("Concat", ["past_key_values.0.value", split_heads("v", kv_heads)], "present.0.value", axis=2)
     total = op("Unsqueeze", [op("Gather", [op("Shape", ["attention_mask"], "m_shape"), "idx1"], "g_t", axis=0), "ax0"], "u_t")
     expanded = op("Expand", [op("Unsqueeze", [op("Unsqueeze", ["attention_mask", "ax1"], "m_u1"), "ax2"], "m_u2"),
                              op("Concat", [batch, "one_i", seq, total], "m_bst", axis=0)], "m_exp")  # fmt: skip
@@ -522,19 +535,24 @@ def eager_llama_decoder(seed: int = 0) -> onnx.ModelProto:
     key_at = op("Range", ["zero_i", total_scalar, "one_s"], "kj")
     later = op("Greater", [op("Unsqueeze", [key_at, "ax0"], "kj_u"), op("Unsqueeze", [query_at, "ax1"], "qi_u")], "c_gt")
     mask = op("Add", [padding, op("Unsqueeze", [op("Where", [later, "fmin", "zero_f"], "causal2d"), "ax01"], "causal4d")], "attn_bias")
-    scores = op("Div", [op("MatMul", [query, op("Transpose", [key], "k_T", perm=[0, 1, 3, 2])], "qk"), "sqrt_h"], "qk_scaled")
+    product = op("MatMul", [query, op("Transpose", [repeat_kv(key, "k")], "k_T", perm=[0, 1, 3, 2])], "qk")
+    scores = op("Mul", [product, "scale_f"], "qk_scaled") if current else op("Div", [product, "sqrt_h"], "qk_scaled")
     probs = op("Softmax", [op("Add", [scores, mask], "qk_masked")], "probs", axis=-1)
-    context = op("Reshape", [op("Transpose", [op("MatMul", [probs, value], "ctx")], "ctx_t", perm=[0, 2, 1, 3]), bsd], "ctx_r")
+    if current:
+        probs = op("Cast", [op("Cast", [probs], "probs_c1", to=TensorProto.FLOAT)], "probs_c2", to=TensorProto.FLOAT)
+    context = op("Reshape", [op("Transpose", [op("MatMul", [probs, repeat_kv(value, "v")], "ctx")], "ctx_t", perm=[0, 2, 1, 3]), bsd], "ctx_r")
     out = op("MatMul", [context, const("o_w", (0.3 * rng.standard_normal((hidden, hidden))).astype(np.float32))], "o_proj")
     final = rms_norm(op("Add", [embeds, out], "resid"), "ln2")
     op("MatMul", [final, const("lm_w", rng.standard_normal((hidden, vocab)).astype(np.float32))], "logits")
-    cache = ["batch", heads, "past", size]
+    cache = ["batch", kv_heads, "past", size]
+    read = {name for node in nodes for name in node.input}
+    weights = [w for w in weights if w.name in read]
     graph = helper.make_graph(
         nodes, "eager_llama",
         [tensor("input_ids", ["batch", "seq"], TensorProto.INT64), tensor("attention_mask", ["batch", "total"], TensorProto.INT64),
          tensor("position_ids", ["batch", "seq"], TensorProto.INT64), tensor("past_key_values.0.key", cache), tensor("past_key_values.0.value", cache)],
-        [tensor("logits", ["batch", "seq", vocab]), tensor("present.0.key", ["batch", heads, "total", size]),
-         tensor("present.0.value", ["batch", heads, "total", size])],
+        [tensor("logits", ["batch", "seq", vocab]), tensor("present.0.key", ["batch", kv_heads, "total", size]),
+         tensor("present.0.value", ["batch", kv_heads, "total", size])],
         weights,
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pytorch")

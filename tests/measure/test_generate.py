@@ -90,3 +90,23 @@ def test_tune_for_decode_times_generated_tokens_and_refuses_a_model_without_a_ca
     assert report.result.chosen is not None
     with pytest.raises(UserError, match="not a decoder with a KV cache"):
         tune(str(save(linear_model(), tmp_path / "linear.onnx")), tmp_path / "other", time_budget_s=10, objective="prefill")
+
+
+def test_bench_generate_times_decoders_whose_inputs_differ_from_one_prompt_and_single_runs_still_refuse(tmp_path, capfd):
+    from helpers import eager_llama_decoder
+    from ortforge.core.model import from_proto
+    from ortforge.transforms.decoder_attention import fuse_decoder_attention
+
+    model = eager_llama_decoder()
+    fused = fuse_decoder_attention(from_proto(model), max_positions=256).proto  # the check run feeds 128 generated tokens
+    kept = [value for value in fused.graph.input if value.name != "position_ids"]  # as the model builder writes a decoder
+    del fused.graph.input[:]
+    fused.graph.input.extend(kept)
+    paths = [str(save(model, tmp_path / "written_out.onnx")), str(save(fused, tmp_path / "fused.onnx"))]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["bench", *paths, "--generate", "6,4", "--time", "0.5", "--no-profile", "--json", "--quiet"]) in (0, None)
+    variants = json.loads(out.getvalue())["variants"]
+    assert len(variants) == 2 and all(v["prefill"]["p50"] > 0 and v["throughput"] > 0 for v in variants)
+    assert main(["bench", *paths, "--time", "0.5", "--no-profile", "--quiet"]) == 2
+    assert "'position_ids' is not an input" in the_error_line(capfd.readouterr().err)

@@ -248,17 +248,23 @@ def test_transform_writes_nothing(torchscript_bert, tmp_path, monkeypatch):
     assert list(Path(tmp_path).iterdir()) == []
 
 
-def test_a_decomposed_decoder_gets_rotary_attention_fused_with_its_cache_and_outputs_kept():
+def test_a_decomposed_decoder_gets_group_query_attention_and_ort_s_gpt2_rules_stay_a_choice():
     from helpers import eager_llama_decoder
 
     model = from_proto(eager_llama_decoder())
     result = fuse_transformer(model)
     ops = [node.op_type for node in result.proto.graph.node]
-    assert ops.count("MultiHeadAttention") == 1 and ops.count("RotaryEmbedding") == 2 and len(ops) < 0.5 * len(model.proto.graph.node)
-    assert any("decoder LM with a KV cache" in note for note in result.notes)
+    assert result.details["fuser"] == "gqa" and ops.count("GroupQueryAttention") == 1 and "Softmax" not in ops
+    assert any("GroupQueryAttention" in change for change in result.changes)
+    ort_rules = fuse_transformer(model, FusionOptions(fuser="ort"))  # ORT's own rules still fuse this older form
+    ops = [node.op_type for node in ort_rules.proto.graph.node]
+    assert ops.count("MultiHeadAttention") == 1 and ops.count("RotaryEmbedding") == 2
+    assert any("decoder LM with a KV cache" in note for note in ort_rules.notes)
     rng = np.random.default_rng(1)
     past = {f"past_key_values.0.{part}": rng.standard_normal((1, 2, 3, 16)).astype(np.float32) for part in ("key", "value")}
     feed = {"input_ids": np.array([[4, 7]]), "attention_mask": np.ones((1, 5), np.int64), "position_ids": np.array([[3, 4]]), **past}
-    original, fused = (run_outputs(m, FeedSet([feed], origin="test", generated=False))[0] for m in (model, result.as_model(model)))
+    original, ours, ort_fused = (run_outputs(m, FeedSet([feed], origin="test", generated=False))[0]
+                                 for m in (model, result.as_model(model), ort_rules.as_model(model)))  # fmt: skip
     for name in ("logits", "present.0.key", "present.0.value"):  # the cache keeps its names and layout
-        np.testing.assert_allclose(fused[name], original[name], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(ours[name], original[name], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(ort_fused[name], original[name], rtol=1e-4, atol=1e-4)

@@ -6,7 +6,7 @@ A tune artifact folder, or a model ortforge stamped, runs with the session setti
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ortforge.commands.common import feeds_for, open_model
@@ -81,23 +81,27 @@ def bench(
     parsed = [t for t in targets if isinstance(t, BenchTarget)]
     if len(parsed) != len(targets):
         parsed = parse_bench_targets([str(t) for t in targets])
-    models: dict[str, tuple[Model, SessionConfig | None]] = {}
+    models: dict[str, tuple[Model, SessionConfig | None, FeedSet]] = {}
     feeds: FeedSet | None = None
     variants: list[Variant] = []
     for target in parsed:
         if target.model not in models:
-            models[target.model] = _open_target(target.model, check)
-            model = models[target.model][0]
+            model, own = _open_target(target.model, check)
+            if generation is not None and decoder_io(model.proto.graph) is None:
+                raise UserError(f"{target.model}: not a decoder with a KV cache (no past/present key-value inputs and outputs), so it "
+                                "cannot be timed generating tokens", hint="drop --generate to time single runs")  # fmt: skip
             if feeds is None:  # one input set for every variant: ratios between different inputs mean nothing
                 feeds = feeds_for(model, target.model, data, samples=samples, seed=seed, shape_options=shape_options)
+                models[target.model] = (model, own, feeds)
+            elif generation is not None and not _takes(model, feeds):
+                own_feeds = feeds_for(model, target.model, data, samples=samples, seed=seed, shape_options=shape_options)
+                models[target.model] = (model, own, same_prompt(own_feeds, model, feeds, models[parsed[0].model][0]))
             else:
                 _require_same_inputs(model, feeds, parsed[0].model)
-        model, own = models[target.model]
-        if generation is not None and decoder_io(model.proto.graph) is None:
-            raise UserError(f"{target.model}: not a decoder with a KV cache (no past/present key-value inputs and outputs), so it cannot "
-                            "be timed generating tokens", hint="drop --generate to time single runs")  # fmt: skip
+                models[target.model] = (model, own, feeds)
+        model, own, model_feeds = models[target.model]
         config = _config_file(target.config) if target.config else (own or default_config or SessionConfig())
-        variants.append(Variant(_unique_label(target.label, variants), model, config, feeds, streams, generation))
+        variants.append(Variant(_unique_label(target.label, variants), model, config, model_feeds, streams, generation))
     assert feeds is not None
     report = measure_interleaved(variants, options, progress)
     if feeds.generated:
@@ -133,6 +137,22 @@ def _open_target(reference: str, check: bool) -> tuple[Model, SessionConfig | No
     opened = open_saved(path, base)
     opened.require_fit()
     return opened.model, (opened.config if opened.stamp is not None or base is not None else None)
+
+
+def _takes(model: Model, feeds: FeedSet) -> bool:
+    try:
+        validate_feed(feeds.samples[0], input_specs(model), "inputs", feeds.origin)
+    except UserError:
+        return False
+    return True
+
+
+def same_prompt(own: FeedSet, model: Model, feeds: FeedSet, first: Model) -> FeedSet:
+    """A decoder whose inputs differ from the first's (a builder export has no position_ids, a TorchScript export has)
+    generates from the same prompt: its own feeds, with the first's token ids. Generation feeds the rest itself."""
+    tokens, first_tokens = decoder_io(model.proto.graph).tokens, decoder_io(first.proto.graph).tokens
+    samples = [{**sample, tokens: given[first_tokens]} for sample, given in zip(own.samples, feeds.samples)]
+    return replace(own, samples=samples, notes=[*own.notes, f"token ids as {first.name}'s"])
 
 
 def _require_same_inputs(model: Model, feeds: FeedSet, first: str) -> None:

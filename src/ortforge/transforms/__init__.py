@@ -82,3 +82,18 @@ def drop_unread_constants(proto: onnx.ModelProto) -> None:
 def initializer_array(proto: onnx.ModelProto, name: str) -> np.ndarray:
     """The main graph's initializer `name` as it stands now (rewrites replace them as they go, so no index is kept)."""
     return numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == name))
+
+
+def drop_dead_nodes(proto: onnx.ModelProto) -> int:
+    """Remove the main graph's nodes whose outputs nothing reads (what a rewrite left computing values it replaced),
+    repeatedly, since removing a node can leave its producers unread; the number removed."""
+    removed = 0
+    while True:
+        read = {name for node in iter_nodes(proto) for name in node.input} | {o.name for o in proto.graph.output}
+        dead = [node for node in proto.graph.node if not any(name in read for name in node.output)]
+        if not dead:
+            return removed
+        kept = [node for node in proto.graph.node if any(name in read for name in node.output)]
+        del proto.graph.node[:]
+        proto.graph.node.extend(kept)
+        removed += len(dead)

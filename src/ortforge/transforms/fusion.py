@@ -2,8 +2,10 @@
 
 Two fusers exist and each only fits some exports: ORT's `onnxruntime.transformers` optimizer matches
 TorchScript-style graphs (and needs heads/hidden when the reshape constants say -1 for the heads), while
-onnxscript's `ort_fusions` matches dynamo exports. `fuse_transformer` picks by export style, falls back
-to the other when no attention got fused, and reports the fused-operator counts. Whether the fused model
+onnxscript's `ort_fusions` matches dynamo exports. A decoder with a KV cache and decomposed attention goes first
+to our own rewrite into GroupQueryAttention (`decoder_attention.py`), which current Hugging Face exports need (ORT's
+rules match none of their attention). `fuse_transformer` picks by export style, falls back
+to the next when no attention got fused, and reports the fused-operator counts. Whether the fused model
 is kept is for the caller to decide by measuring: fused CPU kernels are not always faster. Model type,
 heads and hidden size come from `analysis.transformer.detect_transformer`.
 """
@@ -36,11 +38,12 @@ from ortforge.core.model import (
 )
 from ortforge.core.options import option
 from ortforge.transforms import TransformResult, op_count_changes, op_counts
+from ortforge.transforms.decoder_attention import DEFAULT_MAX_POSITIONS, fuse_decoder_attention
 
 # Model types ORT's optimizer knows beyond the ones detection finds; a user may force any of them.
 ORT_EXTRA_MODEL_TYPES = ("bert_tf", "bert_keras", "gpt2_tf", "gpt_neox", "swin", "tnlr", "conformer", "phi",
                          "qwen3", "sam2", "unet", "vae", "mmdit")
-FUSERS = ("auto", "ort", "onnxscript")
+FUSERS = ("auto", "gqa", "ort", "onnxscript")
 OPT_LEVELS = (None, 0, 1, 2, 99)
 
 # ortforge's name of a fusion -> ORT FusionOptions attribute and the value that turns it off.
@@ -100,7 +103,8 @@ class FusionOptions:
                              help="auto, or bert, gpt2, bart, t5, vit, clip, ... (with auto the type is found from the graph)")  # fmt: skip
     num_heads: int = option(0, help="attention heads (0: found from the graph)")
     hidden_size: int = option(0, help="hidden size (0: found from the graph)")
-    fuser: str = option("auto", choices=FUSERS, help="ORT's transformer optimizer or onnxscript's fuser (dynamo exports); auto: by export style")
+    fuser: str = option("auto", choices=FUSERS, help="ortforge's GroupQueryAttention rewrite (decoders), ORT's transformer optimizer or "
+                        "onnxscript's fuser (dynamo exports); auto: by export style")  # fmt: skip
     opt_level: int | None = option(None, choices=OPT_LEVELS[1:], flag="--fusion-opt-level", help="ORT graph optimization before ORT's fusion "
                                    "(default: ORT's per model type)")  # fmt: skip
     only_onnxruntime: bool = option(False, help="ORT's graph optimizer only, none of its Python fusions")
@@ -108,6 +112,8 @@ class FusionOptions:
     disabled: tuple[str, ...] = option((), flag="--disable-fusion", metavar="NAME", help=f"fusions to skip: {', '.join(ORT_SWITCHES)}")
     enabled: tuple[str, ...] = option((), flag="--enable-fusion", metavar="NAME", help=f"opt-in fusions: {', '.join(ORT_OPT_IN)}")
     attention_mask_format: str = option("auto", choices=tuple(MASK_FORMATS), help="how the fused attention reads the mask (auto: ORT's per type)")
+    max_positions: int = option(DEFAULT_MAX_POSITIONS, help="rows of the rotary tables a decoder's GroupQueryAttention gets: "
+                                "longer contexts fail to run")  # fmt: skip
     external_data: bool | None = None  # for whoever saves the result; None: only when the weights near 2 GB
 
     def __post_init__(self) -> None:
@@ -125,6 +131,8 @@ class FusionOptions:
         _check_names("enabled", self.enabled, ORT_OPT_IN)
         if self.attention_mask_format not in MASK_FORMATS:
             raise OptionError("attention_mask_format", self.attention_mask_format, f"choose one of {', '.join(MASK_FORMATS)}")
+        if not isinstance(self.max_positions, int) or self.max_positions < 1:
+            raise OptionError("max_positions", self.max_positions, "give the longest context (positions) the model must take")
         if self.only_onnxruntime and self.opt_level == 0:
             raise OptionError("opt_level", 0, "only_onnxruntime needs 1, 2 or 99 (0 leaves ORT nothing to do)")
         if self.only_onnxruntime and self.fuser == "onnxscript":
@@ -156,6 +164,7 @@ class _Attempt:
     notes: list[str]
     counts: dict[str, int] = field(default_factory=dict)  # the fuser's own per-pattern counts, if any
     fused: dict[str, int] = field(default_factory=dict)
+    changes: list[str] = field(default_factory=list)  # what a fuser of ours says it did
 
     def __post_init__(self) -> None:
         self.fused = fused_op_counts(self.proto) if self.proto is not None else {}
@@ -195,17 +204,22 @@ def fuse_transformer(model: Model, options: FusionOptions | None = None) -> Tran
     """
     options = options or FusionOptions()
     info = detect_transformer(model)
-    decoder = options.model_type == "auto" and find_decoder(model.proto) is not None
+    facts = find_decoder(model.proto) if options.model_type == "auto" else None
+    decoder = facts is not None
     model_type, heads, hidden, notes = _resolve(info, options, decoder)
     if decoder and options.opt_level is None:  # ORT's graph optimizer first would reshape what the rotary patterns expect
         options = replace(options, opt_level=0)
     attempts = []
-    for fuser in _fuser_order(info, options, notes):
+    decomposed = decoder and facts.attention.startswith("decomposed") and "attention" not in options.disabled
+    for fuser in _fuser_order(info, options, notes, decomposed):
         attempt = _run_fuser(fuser, model, model_type, heads, hidden, options)
         attempts.append(attempt)
         if attempt.ok and (attempt.attention or "attention" in options.disabled or info.attention_blocks == 0):
             break
     best = _best(attempts)
+    if decoder and any(attempt.fuser == "ort" for attempt in attempts):
+        notes.append("a decoder LM with a KV cache: ORT's fuser used its gpt2 rules (attention over past keys, rotary embeddings), "
+                     "without ORT's graph optimizer before them")  # fmt: skip
     for attempt in attempts:
         notes.extend(attempt.notes)
     if len(attempts) > 1:
@@ -227,8 +241,6 @@ def _resolve(info: TransformerInfo, options: FusionOptions, decoder: bool = Fals
     model_type = options.model_type if options.model_type != "auto" else info.model_type
     if decoder:
         model_type = "gpt2"
-        notes.append("a decoder LM with a KV cache: ORT's fuser used its gpt2 rules (attention over past keys, rotary embeddings), "
-                     "without ORT's graph optimizer before them")  # fmt: skip
     if model_type == "unknown":
         model_type = "bert"
         notes.append("model type not recognised from the graph: fused with ORT's generic 'bert' rules (force it with model_type, --transformer)")
@@ -240,7 +252,8 @@ def _resolve(info: TransformerInfo, options: FusionOptions, decoder: bool = Fals
     return model_type, heads, hidden, notes
 
 
-def _fuser_order(info: TransformerInfo, options: FusionOptions, notes: list[str]) -> list[str]:
+def _fuser_order(info: TransformerInfo, options: FusionOptions, notes: list[str], decomposed_decoder: bool = False) -> list[str]:
+    """The user's fuser, else by export style, our GroupQueryAttention rewrite first for a decoder with decomposed attention."""
     if options.fuser != "auto":
         if options.fuser == "onnxscript":
             _require_onnxscript()
@@ -251,7 +264,7 @@ def _fuser_order(info: TransformerInfo, options: FusionOptions, notes: list[str]
     if not _onnxscript_available():
         notes.append("onnxscript is not installed: only ORT's fuser was tried (pip install 'ortforge[fusion]')")
         order = ["ort"]
-    return order
+    return ["gqa", *order] if decomposed_decoder else order
 
 
 def _attempts_note(attempts: list[_Attempt], best: _Attempt | None) -> str:
@@ -264,6 +277,8 @@ def _run_fuser(fuser: str, model: Model, model_type: str, heads: int, hidden: in
     so their failures, and outputs ORT cannot load, are recorded rather than raised."""
     notes: list[str] = []
     label = _FUSER_NAMES[fuser]
+    if fuser == "gqa":
+        return _gqa_attempt(model, options)
     with _library_output(notes):
         try:
             if fuser == "ort":
@@ -282,7 +297,19 @@ def _run_fuser(fuser: str, model: Model, model_type: str, heads: int, hidden: in
     return _Attempt(fuser, proto, notes, counts)
 
 
-_FUSER_NAMES = {"ort": "ORT's transformers optimizer", "onnxscript": "onnxscript's ort_fusions"}
+_FUSER_NAMES = {"gqa": "ortforge's GroupQueryAttention rewrite", "ort": "ORT's transformers optimizer",
+                "onnxscript": "onnxscript's ort_fusions"}
+
+
+def _gqa_attempt(model: Model, options: FusionOptions) -> _Attempt:
+    """Our rewrite of a decoder's decomposed attention; loaded by ORT before it counts, like the libraries' results."""
+    result = fuse_decoder_attention(model, options.max_positions)
+    if not result.changed:
+        return _Attempt("gqa", None, [f"{_FUSER_NAMES['gqa']}: {note}" for note in result.notes])
+    problem = _load_problem(result.proto, model, options)
+    if problem:
+        return _Attempt("gqa", None, [f"{_FUSER_NAMES['gqa']} produced a model ORT cannot load ({problem}); its result is not used"])
+    return _Attempt("gqa", result.proto, result.notes, changes=result.changes)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -316,11 +343,12 @@ def _result(model: Model, best: _Attempt | None, attempts: list[_Attempt], info:
     new_fused = {op: count - fused_before.get(op, 0) for op, count in best.fused.items() if count > fused_before.get(op, 0)}
     changes_by_op = op_count_changes(model.proto, best.proto)
     changed = best.fuser != "none" and (bool(changes_by_op) or before_nodes != after_nodes)
-    changes = []
-    if new_fused:
+    changes = list(best.changes)
+    if new_fused and not changes:
         listed = ", ".join(f"{count} {op}" for op, count in new_fused.items())
         changes.append(f"fused {listed} ({_FUSER_NAMES[best.fuser]}, {model_type}, {heads or '?'} heads, hidden {hidden or '?'})")
-    changes.append(f"nodes {before_nodes} -> {after_nodes}" if changed else "no fusion applied")
+    if not best.changes:
+        changes.append(f"nodes {before_nodes} -> {after_nodes}" if changed else "no fusion applied")
     if best.fuser == "ort" and best.attention and model_type == "bert" and options.attention_mask_format == "auto":
         notes.append("fused attention reads the mask as one length per row (ORT's default for bert): right-padded "
                      "batches only; attention_mask_format 'raw' keeps any 0/1 mask")

@@ -19,24 +19,28 @@ MIXED_RTOL, MIXED_ATOL = 1e-2, 1e-3
 
 
 def precision_candidates(family: str, providers: list[str], transformer: bool, features: tuple[str, ...] | None = None,
-                         rewrites: Sequence[str] = (), lm_head: str | None = None) -> list[Candidate]:  # fmt: skip
+                         rewrites: Sequence[str] = (), lm_head: str | None = None, fuse_first: bool = False) -> list[Candidate]:  # fmt: skip
     """fp32 first, then what suits the family and the hardware, the first of `providers` being the target (`rewrites`:
     the exact rewrites that apply to the model; `lm_head`: a decoder's logits projection, which gets int8 weights beside
-    int4 everywhere else)."""
+    int4 everywhere else; `fuse_first`: a decoder whose attention is written out, every recipe built on its fusion)."""
     found = [Candidate("fp32", "fp32")]
     recipes = auto_recipes(family, features)
-    found += [Candidate.of_recipe(recipe) for recipe in recipes]
+    fusion = Candidate("fp32 + transformer fusion", "fusion", (("model_type", "auto"),)) if transformer or fuse_first else None
+    first = fusion if fuse_first else None
+    found += [Candidate.of_recipe(recipe, base=first) for recipe in recipes]
     if family == "decoder" and lm_head:
-        found += lm_head_int8(lm_head)
+        found += lm_head_int8(lm_head, base=first)
+    if fuse_first:
+        found += unfused_control(recipes)
     if rewrites:  # exact, and static int8 of the rewritten graph quantizes fewer tensors with fewer float steps between them
         # The rewrites' names are in its options, so its cache key changes with them (a new rewrite is not served stale).
         rewritten = Candidate(f"fp32 + {' + '.join(rewrites)}", "rewrite", (("rewrites", tuple(rewrites)),))
         found.insert(1, rewritten)
         found += [Candidate.of_recipe(r, base=rewritten) for r in recipes if isinstance(r, QuantizeOptions) and r.mode == "static"]
-    if transformer:  # fused attention and LayerNorm, then dynamic int8 of the MatMuls and of the fused Attention's QKV weights
-        fusion = Candidate("fp32 + transformer fusion", "fusion", (("model_type", "auto"),))
+    if fusion is not None:  # fused attention and LayerNorm, then dynamic int8 of the MatMuls and of the fused Attention's QKV weights
         found.insert(1, fusion)
-        found += [Candidate.of_recipe(with_attention(r), base=fusion) for r in recipes if isinstance(r, QuantizeOptions) and r.mode == "dynamic"]
+        if not fuse_first:
+            found += [Candidate.of_recipe(with_attention(r), base=fusion) for r in recipes if isinstance(r, QuantizeOptions) and r.mode == "dynamic"]
     gpu = [p for p in providers if p in GPU_PROVIDERS]
     if not gpu:  # fp16 pays only where an EP has fp16 kernels; ORT's CPU EP computes most fp16 ops in fp32
         return found
@@ -52,13 +56,22 @@ def precision_candidates(family: str, providers: list[str], transformer: bool, f
     return exact + fp16 + [c for c in found if c not in exact]
 
 
-def lm_head_int8(lm_head: str) -> list[Candidate]:
+def unfused_control(recipes: list) -> list[Candidate]:
+    """For a decoder exported with its attention written out (TorchScript exports of current Hugging Face models), every
+    recipe quantizes the fused model (GroupQueryAttention, packed q/k/v): fusion is exact and saves the same time under
+    any weight format (stdlib-llama-1's export: 1,028 nodes -> 169, 701.6 -> 854.2 tokens/s fused, the model builder's
+    export of the same weights 862.7). One int4 recipe on the unfused model stays, to show fusion's share."""
+    control = next((r for r in recipes if isinstance(r, WeightOnlyOptions) and r.bits == 4), None)
+    return [Candidate.of_recipe(control)] if control is not None else []
+
+
+def lm_head_int8(lm_head: str, base: Candidate | None = None) -> list[Candidate]:
     """int4 weights except the LM head's, then int8 for the LM head: its rounding moves every logit at once, so it
     decides many next-token flips (stdlib-llama-1, blocks of 32: 156 of 2048 changed, 105 with it int8), and it is one
     projection of many."""
     candidates = []
     for block_size in (32, 128):
-        rest = Candidate.of_recipe(WeightOnlyOptions(bits=4, block_size=block_size, accuracy_level=4, exclude=(lm_head,)))
+        rest = Candidate.of_recipe(WeightOnlyOptions(bits=4, block_size=block_size, accuracy_level=4, exclude=(lm_head,)), base=base)
         rest = replace(rest, label=f"{rest.label} but the LM head")
         head = Candidate.of_recipe(WeightOnlyOptions(bits=8, accuracy_level=4, op_types=("MatMul", "Gemm")), base=rest)
         candidates.append(replace(head, label=f"{rest.label} -> int8 LM head"))
