@@ -110,7 +110,7 @@ def main() -> None:
         judge = Judge(run_outputs(fp32, evaluation), parse_tolerances(gate), feeds=evaluation)
         for label, model, config in (("tune's artifact", tuned_model, tuned_config), ("model builder int4", builder, SessionConfig())):
             verdict = judge(run_outputs(model, taken_by(model, evaluation), config))
-            print(f"  {label}: {'; '.join(verdict.evidence[:2])}")
+            print(f"  {label}: {'; '.join(verdict.evidence)}")
             print(f"    measured: { {k: round(v, 4) for k, v in verdict.measured.items() if k in ('token_top1', 'cosine')} }, size {model_size(model) / 2**20:.1f} MiB")
         generation = Generation(args.prompt, args.new)
         variants = [Variant(f"fp32 ({args.export} export) | ORT defaults", fp32, SessionConfig(), evaluation),

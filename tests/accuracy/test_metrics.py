@@ -158,3 +158,30 @@ def test_token_logits_are_judged_by_the_share_of_positions_whose_top1_holds():
     assert token_logits("logits", reference) and not token_logits("last_hidden_state", reference)
     assert any(t.metric == "token_top1" for t in default_tolerances([{"logits": reference}]))
     assert not any(t.metric == "token_top1" for t in default_tolerances([{"last_hidden_state": reference}]))
+
+
+def test_token_logits_carry_the_perplexity_of_the_inputs_own_next_tokens_as_evidence_not_a_gate():
+    from ortforge.accuracy.judge import Judge
+    from ortforge.accuracy.tolerance import parse_tolerances
+    from ortforge.data import FeedSet
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, (1, 40))
+    reference = rng.standard_normal((1, 40, 50)).astype(np.float32)
+    reference[0, np.arange(39), ids[0, 1:]] += 4.0  # the reference expects each next token
+    candidate = reference * 0.5  # the same top-1 everywhere, flatter: a higher perplexity
+    mask = np.ones((1, 40), np.int64)
+    mask[0, 30:] = 0  # padding neither predicts nor is predicted
+    feeds = FeedSet([{"input_ids": ids, "attention_mask": mask}], origin="test", generated=False)
+    judge = Judge([{"logits": reference}], parse_tolerances(["token_top1=0.95"]), feeds=feeds)
+    verdict = judge([{"logits": candidate}])
+    assert verdict.passed and verdict.measured["token_top1"] == 1.0
+    expected = []
+    for logits in (reference, candidate):
+        scores = logits[0, :29].astype(np.float64)
+        log_total = np.log(np.exp(scores - scores.max(-1, keepdims=True)).sum(-1)) + scores.max(-1)
+        expected.append(np.exp(np.mean(log_total - scores[np.arange(29), ids[0, 1:30]])))
+    assert verdict.measured["perplexity_reference"] == pytest.approx(expected[0]) and verdict.measured["perplexity"] == pytest.approx(expected[1])
+    assert verdict.measured["perplexity_tokens"] == 29 and expected[1] > expected[0]
+    line = next(line for line in verdict.evidence if "perplexity" in line)
+    assert "29 predicted" in line and judge.decide_measured(verdict.measured).evidence[-1] == line.split(": ", 1)[1]  # a cached verdict too

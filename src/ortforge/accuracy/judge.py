@@ -22,8 +22,10 @@ from ortforge.accuracy.metrics import (
     AccuracyReport,
     Outputs,
     compare,
+    perplexity_evidence,
     rate_evidence,
     tensors_of,
+    token_ids,
     token_masks,
 )
 from ortforge.accuracy.tolerance import Tolerance
@@ -60,8 +62,11 @@ class Verdict:
         """Per output: each rate with its counts and bound, and the worst sample's cosine."""
         if self.accuracy is not None:
             return self.accuracy.evidence()
-        return [rate_evidence(metric, int(self.measured[f"{metric}_changed"]), int(self.measured[f"{metric}_total"]))
-                for metric in RATES if f"{metric}_total" in self.measured]  # fmt: skip
+        lines = [rate_evidence(metric, int(self.measured[f"{metric}_changed"]), int(self.measured[f"{metric}_total"]))
+                 for metric in RATES if f"{metric}_total" in self.measured]  # fmt: skip
+        if "perplexity" in self.measured:
+            lines.append(perplexity_evidence(self.measured["perplexity_reference"], self.measured["perplexity"], self.measured["perplexity_tokens"]))
+        return lines
 
     def summary(self) -> str:
         bounds = ", ".join(t.describe() for t in self.tolerances) or "no tolerance"
@@ -108,6 +113,7 @@ class Judge:
         self.generated = bool(feeds is not None and feeds.generated)
         self.reference_label = reference_label
         self.masks = token_masks(feeds.samples) if feeds is not None and len(feeds) == len(reference) else None
+        self.tokens = token_ids(feeds.samples) if feeds is not None and len(feeds) == len(reference) else None
         self.notes = _evidence_notes(reference)
 
     def on(self, reference: Outputs, feeds: FeedSet, margin: float = 1.0) -> Judge:
@@ -126,7 +132,8 @@ class Judge:
 
         `detail=False` measures only the bounded metrics (searches that judge many times)."""
         try:
-            report = compare(self.reference, candidate, self.hook, metrics=self.metrics if detail else self.bounded, close=self.close, masks=self.masks)
+            report = compare(self.reference, candidate, self.hook, metrics=self.metrics if detail else self.bounded, close=self.close,
+                             masks=self.masks, tokens=self.tokens if detail else None)  # fmt: skip
         except HookError:
             raise
         except UserError as exc:

@@ -32,6 +32,7 @@ EVAL_CHECK = "eval_check"  # in measured metrics: 1 when the hook answered True/
 # A cosine over a handful of numbers (a VAD's one probability) says little per sample: pool them.
 MIN_COSINE_ELEMENTS = 16
 MASK_NAME = re.compile(r"mask", re.IGNORECASE)
+TOKEN_IDS_NAME = re.compile(r"input_ids", re.IGNORECASE)  # the name decoder_io reads a decoder's tokens by first
 CONFIDENCE = 0.95
 
 
@@ -55,6 +56,8 @@ class OutputAccuracy:
     counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # rate metric -> (changed, total)
     worst_sample: int | None = None  # the sample with the lowest cosine
     real_tokens_only: bool = False  # compared over the tokens the attention mask marks real
+    # Teacher-forced perplexity of the inputs' own next tokens (reference, candidate, tokens predicted): evidence, not a gate
+    perplexity: tuple[float, float, int] | None = None
 
 
 @dataclass
@@ -90,6 +93,9 @@ class AccuracyReport:
                 found[f"{metric}_changed"], found[f"{metric}_total"] = map(float, worst.counts[metric])
         if self.eval_check:
             found[EVAL_CHECK] = 1.0
+        scored = next((o.perplexity for o in self.outputs if o.perplexity is not None), None)
+        if scored is not None:  # kept with a cached verdict, for its evidence
+            found["perplexity_reference"], found["perplexity"], found["perplexity_tokens"] = map(float, scored)
         return found
 
     def evidence(self) -> list[str]:
@@ -101,7 +107,14 @@ class AccuracyReport:
             if output.cosine is not None and output.worst_sample is not None:
                 where = ", real tokens only" if output.real_tokens_only else ""
                 lines.append(f"{output.name}: worst cosine {output.cosine:.5g} (sample {output.worst_sample}{where})")
+            if output.perplexity is not None:
+                lines.append(f"{output.name}: {perplexity_evidence(*output.perplexity)}")
         return lines
+
+
+def perplexity_evidence(reference: float, candidate: float, tokens: float) -> str:
+    return (f"perplexity {reference:.4g} -> {candidate:.4g} ({candidate / reference - 1:+.2%}) on the inputs' own next tokens "
+            f"({int(tokens)} predicted)")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "evidence": self.evidence()}
@@ -172,6 +185,8 @@ class _Tally:
     def __init__(self) -> None:
         self.max_abs = self.mean_sum = self.peak = 0.0
         self.count = 0
+        self.log_loss = [0.0, 0.0]  # summed negative log-likelihoods of the next tokens: reference, candidate
+        self.predicted = 0
         self.cosines: list[float] = []
         self.pooled: list[float] = []
         self.counts: dict[str, list[int]] = {}
@@ -224,12 +239,27 @@ def _add_sample(tally: _Tally, ref: np.ndarray, cand: np.ndarray, error: np.ndar
         tally.add_rate("agreement", int(flipped), int(ref64.size))
 
 
+def _add_log_loss(tally: _Tally, ref: np.ndarray, cand: np.ndarray, tokens: np.ndarray, real: np.ndarray | None) -> None:
+    """Each position's logits scored on the token that follows it in the input (padding neither predicts nor is predicted)."""
+    targets = np.asarray(tokens)[:, 1:]
+    keep = np.ones(targets.shape, bool) if real is None else real[:, :-1] & real[:, 1:]
+    for slot, logits in enumerate((ref, cand)):
+        scores = logits[:, :-1].astype(np.float64)
+        top = scores.max(axis=-1, keepdims=True)
+        log_total = np.log(np.exp(scores - top).sum(axis=-1)) + top[..., 0]
+        chosen = np.take_along_axis(scores, targets[..., None].astype(np.int64), axis=-1)[..., 0]
+        tally.log_loss[slot] += float((log_total - chosen)[keep].sum())
+    tally.predicted += int(np.count_nonzero(keep))
+
+
 def output_accuracy(
     name: str, reference: list[np.ndarray], candidate: list[np.ndarray], metrics: Iterable[str] = ALL_METRICS,
     close: tuple[float, float] | None = None, masks: Sequence[np.ndarray | None] | None = None,
+    tokens: Sequence[np.ndarray | None] | None = None,
 ) -> OutputAccuracy:  # fmt: skip
     """The asked-for metrics of one output over all samples (`close` = (rtol, atol) adds the allclose ratio;
-    `masks`, one attention mask per sample, restricts per-token outputs to real tokens)."""
+    `masks`, one attention mask per sample, restricts per-token outputs to real tokens; `tokens`, the token ids fed
+    per sample, adds the teacher-forced perplexity of token logits)."""
     wanted = set(metrics)
     result = OutputAccuracy(name)
     tally = _Tally()
@@ -250,7 +280,11 @@ def output_accuracy(
             continue
         real = _real_tokens(ref_array, masks[index] if masks is not None and index < len(masks) else None)
         result.real_tokens_only = result.real_tokens_only or real is not None
-        _add_sample(tally, ref_array, cand_array, error, wanted, real, tiny, token_logits(name, ref_array))
+        logits = token_logits(name, ref_array)
+        _add_sample(tally, ref_array, cand_array, error, wanted, real, tiny, logits)
+        fed = tokens[index] if tokens is not None and index < len(tokens) else None
+        if logits and fed is not None and np.shape(fed) == ref_array.shape[:2] and ref_array.shape[1] > 1:
+            _add_log_loss(tally, ref_array, cand_array, fed, real)
     if "cosine" in wanted and tiny and reference and all(np.asarray(r).dtype.kind in "fiub" for r in reference):
         tally.cosines.append(_cosine(np.concatenate([np.ravel(r) for r in reference]), np.concatenate([np.ravel(c) for c in candidate])))
     if wanted & {"max_abs", "mean_abs", "rel"} and tally.count:
@@ -268,6 +302,8 @@ def output_accuracy(
             result.counts[metric] = (changed, total)
     if ratios:
         result.close = max(ratios)
+    if tally.predicted:
+        result.perplexity = (math.exp(tally.log_loss[0] / tally.predicted), math.exp(tally.log_loss[1] / tally.predicted), tally.predicted)
     return result
 
 
@@ -278,6 +314,16 @@ def token_masks(feeds: Sequence[dict[str, object]]) -> list[np.ndarray | None]:
         masks = [np.asarray(value) for name, value in feed.items()
                  if MASK_NAME.search(name) and np.ndim(value) == 2 and np.asarray(value).dtype.kind in "iub"]  # fmt: skip
         found.append(masks[0] if len(masks) == 1 else None)
+    return found
+
+
+def token_ids(feeds: Sequence[dict[str, object]]) -> list[np.ndarray | None]:
+    """Per sample, the [batch, tokens] integer input named input_ids (a language model's tokens), if any."""
+    found = []
+    for feed in feeds:
+        ids = [np.asarray(value) for name, value in feed.items()
+               if TOKEN_IDS_NAME.search(name) and np.ndim(value) == 2 and np.asarray(value).dtype.kind in "iu"]  # fmt: skip
+        found.append(ids[0] if len(ids) == 1 else None)
     return found
 
 
@@ -307,17 +353,19 @@ def paired_tensors(expected: Sequence[object], actual: Sequence[object]) -> tupl
 def compare(
     reference: Outputs, candidate: Outputs, hook: Callable | None = None, *, metrics: Iterable[str] = ALL_METRICS,
     close: tuple[float, float] | None = None, masks: Sequence[np.ndarray | None] | None = None,
+    tokens: Sequence[np.ndarray | None] | None = None,
 ) -> AccuracyReport:  # fmt: skip
     """The asked-for metrics for every output; the hook (if any) scores the whole candidate against the reference.
 
-    `masks` (one per sample, `token_masks(feeds)`) applies only to outputs holding one tensor per sample."""
+    `masks` (one per sample, `token_masks(feeds)`) and `tokens` (`token_ids(feeds)`) apply only to outputs holding one
+    tensor per sample."""
     names = list(reference[0]) if reference else []
     wanted = tuple(metrics)
     report = AccuracyReport(samples=len(reference))
     for name in names:
         expected, actual = _paired(name, reference, candidate)
-        per_sample = masks if masks is not None and len(expected) == len(reference) else None
-        report.outputs.append(output_accuracy(name, expected, actual, wanted, close, per_sample))
+        one_each = len(expected) == len(reference)
+        report.outputs.append(output_accuracy(name, expected, actual, wanted, close, masks if one_each else None, tokens if one_each else None))
     if hook is not None:
         report.eval_score, report.eval_check = run_hook(hook, candidate, reference)
     return report
