@@ -185,3 +185,4 @@ def test_token_logits_carry_the_perplexity_of_the_inputs_own_next_tokens_as_evid
     assert verdict.measured["perplexity_tokens"] == 29 and expected[1] > expected[0]
     line = next(line for line in verdict.evidence if "perplexity" in line)
     assert "29 predicted" in line and judge.decide_measured(verdict.measured).evidence[-1] == line.split(": ", 1)[1]  # a cached verdict too
+    assert verdict.accuracy.to_dict()["outputs"][0]["perplexity"][2] == 29  # in the JSON report too

@@ -111,13 +111,14 @@ class AccuracyReport:
                 lines.append(f"{output.name}: {perplexity_evidence(*output.perplexity)}")
         return lines
 
-
-def perplexity_evidence(reference: float, candidate: float, tokens: float) -> str:
-    return (f"perplexity {reference:.4g} -> {candidate:.4g} ({candidate / reference - 1:+.2%}) on the inputs' own next tokens "
-            f"({int(tokens)} predicted)")
-
     def to_dict(self) -> dict:
         return {**asdict(self), "evidence": self.evidence()}
+
+
+def perplexity_evidence(reference: float, candidate: float, tokens: float) -> str:
+    """The evidence line of a decoder's perplexity: the original's, the candidate's, the change and the count behind it."""
+    return (f"perplexity {reference:.4g} -> {candidate:.4g} ({candidate / reference - 1:+.2%}) on the inputs' own next tokens "
+            f"({int(tokens)} predicted)")
 
 
 def change_rate_bound(changed: int, total: int, confidence: float = CONFIDENCE) -> float:

@@ -95,7 +95,7 @@ def bench(
                 models[target.model] = (model, own, feeds)
             elif generation is not None and not _takes(model, feeds):
                 own_feeds = feeds_for(model, target.model, data, samples=samples, seed=seed, shape_options=shape_options)
-                models[target.model] = (model, own, same_prompt(own_feeds, model, feeds, models[parsed[0].model][0]))
+                models[target.model] = (model, own, _same_prompt(own_feeds, model, feeds, models[parsed[0].model][0]))
             else:
                 _require_same_inputs(model, feeds, parsed[0].model)
                 models[target.model] = (model, own, feeds)
@@ -140,6 +140,7 @@ def _open_target(reference: str, check: bool) -> tuple[Model, SessionConfig | No
 
 
 def _takes(model: Model, feeds: FeedSet) -> bool:
+    """Whether the model takes the feeds as they are (names, types and shapes)."""
     try:
         validate_feed(feeds.samples[0], input_specs(model), "inputs", feeds.origin)
     except UserError:
@@ -147,7 +148,7 @@ def _takes(model: Model, feeds: FeedSet) -> bool:
     return True
 
 
-def same_prompt(own: FeedSet, model: Model, feeds: FeedSet, first: Model) -> FeedSet:
+def _same_prompt(own: FeedSet, model: Model, feeds: FeedSet, first: Model) -> FeedSet:
     """A decoder whose inputs differ from the first's (a builder export has no position_ids, a TorchScript export has)
     generates from the same prompt: its own feeds, with the first's token ids. Generation feeds the rest itself."""
     tokens, first_tokens = decoder_io(model.proto.graph).tokens, decoder_io(first.proto.graph).tokens
