@@ -100,7 +100,7 @@ def test_tune_builds_every_recipe_of_a_written_out_decoder_on_its_fusion_and_kee
     fusion = next(c for c in candidates if c.kind == "fusion")
     quantized = [c for c in candidates if c.kind not in ("fp32", "fusion")]
     unfused = [c for c in quantized if fusion not in c.stages]
-    assert len(unfused) == 1 and unfused[0].recipe.bits == 4
+    assert len(unfused) == 1 and unfused[0].recipe.bits == 4 and unfused[0].recipe.algorithm == "gptq"
     assert len(quantized) > 5 and all(fusion in c.stages for c in quantized if c not in unfused)
     fused_attention = precision_candidates("decoder", ["CPUExecutionProvider"], True, lm_head="lm_head")  # the builder's kind
     assert not any(fusion in c.stages for c in fused_attention if c.kind == "weight-only")
