@@ -310,21 +310,21 @@ def output_accuracy(
 
 def token_masks(feeds: Sequence[dict[str, object]]) -> list[np.ndarray | None]:
     """Per sample, the [batch, tokens] attention mask among the inputs (an integer or boolean input named like a mask), if any."""
-    found = []
-    for feed in feeds:
-        masks = [np.asarray(value) for name, value in feed.items()
-                 if MASK_NAME.search(name) and np.ndim(value) == 2 and np.asarray(value).dtype.kind in "iub"]  # fmt: skip
-        found.append(masks[0] if len(masks) == 1 else None)
-    return found
+    return _per_token_inputs(feeds, MASK_NAME, "iub")
 
 
 def token_ids(feeds: Sequence[dict[str, object]]) -> list[np.ndarray | None]:
     """Per sample, the [batch, tokens] integer input named input_ids (a language model's tokens), if any."""
+    return _per_token_inputs(feeds, TOKEN_IDS_NAME, "iu")
+
+
+def _per_token_inputs(feeds: Sequence[dict[str, object]], name: re.Pattern, kinds: str) -> list[np.ndarray | None]:
+    """Per sample, the one 2-D input of those element kinds whose name matches (None where none or several do)."""
     found = []
     for feed in feeds:
-        ids = [np.asarray(value) for name, value in feed.items()
-               if TOKEN_IDS_NAME.search(name) and np.ndim(value) == 2 and np.asarray(value).dtype.kind in "iu"]  # fmt: skip
-        found.append(ids[0] if len(ids) == 1 else None)
+        matches = [np.asarray(value) for key, value in feed.items()
+                   if name.search(key) and np.ndim(value) == 2 and np.asarray(value).dtype.kind in kinds]  # fmt: skip
+        found.append(matches[0] if len(matches) == 1 else None)
     return found
 
 
