@@ -12,7 +12,8 @@ Matched from each Softmax, every step checked; what GroupQueryAttention then doe
   subgraph over positions 0..max-1 (so any rope scaling the export computes is kept); positions come from the cache
   length, not position_ids: right for generation without left padding, which is what the judge checks;
 - the causal mask and padding as seqlens_k = sum(attention_mask) - 1 and total length = attention_mask's width; the
-  export's mask subgraph is dropped (a right-padded or unpadded batch; a left-padded batch is not the same);
+  export's mask subgraph is dropped (a right-padded or unpadded batch; a left-padded batch is not the same; a sliding
+  window the mask would apply is not read from it, so such a model differs past its window: the judge's texts decide);
 - the KV cache Concat and repeat_kv (kv_num_heads); the q/k/v projections are packed into one MatMul where they are
   plain MatMuls of the same input, as the model builder writes them.
 """
