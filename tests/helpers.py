@@ -455,14 +455,15 @@ def weights_axes(weights: list[onnx.TensorProto], name: str, axes: list[int]) ->
     return name
 
 
-def eager_llama_decoder(seed: int = 0, kv_heads: int = 2, current: bool = False) -> onnx.ModelProto:
+def eager_llama_decoder(seed: int = 0, kv_heads: int = 2, current: bool = False, bias: bool = False, head_norm: bool = False) -> onnx.ModelProto:
     """One Llama layer as a TorchScript export of Hugging Face's eager attention writes it (transformers 4.3x-4.4x):
     RMSNorm as Pow/ReduceMean/Sqrt/Div, rotary embedding computed from position_ids (inv_freq MatMul, Cos/Sin,
     rotate_half by Slices whose bounds come from Shape), reshapes built from Shape/Gather, the padding mask expanded
     (Unsqueeze/Expand/Sub/Where) plus a causal mask, scores divided by sqrt(head size), past keys/values Concat-ed.
     The form ORT's optimizer fuses into RotaryEmbedding + MultiHeadAttention (model type gpt2). `current`: as
     transformers 5 writes it, scores times a constant and float Casts around the Softmax; `kv_heads` below the 2 heads
-    (1): grouped keys and values repeated by repeat_kv (Unsqueeze, Expand, Reshape)."""
+    (1): grouped keys and values repeated by repeat_kv (Unsqueeze, Expand, Reshape); `bias`: q/k/v projections with
+    biases, as Qwen2 has them; `head_norm`: q and k RMS-normalized per head before rotary, as Qwen3 does."""
     rng = np.random.default_rng(seed)
     hidden, heads, size, vocab = 32, 2, 16, 11
     nodes: list[onnx.NodeProto] = []
@@ -484,10 +485,10 @@ def eager_llama_decoder(seed: int = 0, kv_heads: int = 2, current: bool = False)
                         "fmin": f32(np.finfo(np.float32).min), "zero_f": f32(0.0), "zero_i": i64(0), "one_s": i64(1)}.items():  # fmt: skip
         const(name, value)
 
-    def rms_norm(x: str, tag: str) -> str:
+    def rms_norm(x: str, tag: str, width: int = hidden) -> str:
         mean = op("ReduceMean", [op("Pow", [x, "two_f"], f"{tag}_pow")], f"{tag}_mean", axes=[-1], keepdims=1)
         inverse = op("Div", ["one_f", op("Sqrt", [op("Add", [mean, "eps"], f"{tag}_add")], f"{tag}_sqrt")], f"{tag}_rsqrt")
-        return op("Mul", [const(f"{tag}_w", rng.standard_normal(hidden).astype(np.float32)), op("Mul", [x, inverse], f"{tag}_norm")], f"{tag}_out")
+        return op("Mul", [const(f"{tag}_w", rng.standard_normal(width).astype(np.float32)), op("Mul", [x, inverse], f"{tag}_norm")], f"{tag}_out")
 
     embeds = op("Gather", [const("embed", rng.standard_normal((vocab, hidden)).astype(np.float32)), "input_ids"], "inputs_embeds")
     root = rms_norm(embeds, "ln1")
@@ -505,8 +506,13 @@ def eager_llama_decoder(seed: int = 0, kv_heads: int = 2, current: bool = False)
     def split_heads(tag: str, count: int = heads) -> str:  # MatMul -> Reshape (B, S, N, H) -> Transpose (B, N, S, H)
         weights = (0.3 * rng.standard_normal((hidden, count * size))).astype(np.float32)
         projected = op("MatMul", [root, const(f"{tag}_w", weights)], f"{tag}_proj")
+        if bias:
+            projected = op("Add", [const(f"{tag}_b", rng.standard_normal(count * size).astype(np.float32)), projected], f"{tag}_biased")
         shape = bsnh if count == heads else op("Concat", [batch, seq, "nkv", "hs"], f"{tag}_bskh", axis=0)
-        return op("Transpose", [op("Reshape", [projected, shape], f"{tag}_r")], f"{tag}_t", perm=[0, 2, 1, 3])
+        split = op("Reshape", [projected, shape], f"{tag}_r")
+        if head_norm and tag in ("q", "k"):
+            split = rms_norm(split, f"{tag}_headnorm", size)
+        return op("Transpose", [split], f"{tag}_t", perm=[0, 2, 1, 3])
 
     def repeat_kv(cache: str, tag: str) -> str:  # (B, KV, T, H) -> (B, KV, rep, T, H) -> (B, N, T, H)
         if kv_heads == heads:

@@ -18,7 +18,9 @@ from ortforge.transforms import drop_dead_nodes
 from ortforge.transforms.decoder_attention import fuse_decoder_attention
 from ortforge.tuning.candidates import precision_candidates
 
-FORMS = {"transformers 4 (scores / sqrt(d))": {}, "transformers 5, 1 KV head for 2 (repeat_kv, scores * scale)": {"current": True, "kv_heads": 1}}
+FORMS = {"transformers 4 (scores / sqrt(d))": {}, "transformers 5, 1 KV head for 2 (repeat_kv, scores * scale)": {"current": True, "kv_heads": 1},
+         "Qwen2's q/k/v biases": {"current": True, "kv_heads": 1, "bias": True},
+         "Qwen3's per-head q/k RMSNorm": {"current": True, "kv_heads": 1, "head_norm": True}}
 
 
 def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
@@ -38,8 +40,12 @@ def test_written_out_attention_becomes_one_group_query_attention_with_the_same_o
     result = fuse_decoder_attention(from_proto(model), max_positions=64)
     assert result.changed, result.notes
     ops = [node.op_type for node in result.proto.graph.node]
-    assert ops.count("GroupQueryAttention") == 1 and "Softmax" not in ops and "Concat" not in ops
-    assert ops.count("MatMul") == 3  # q/k/v packed into one, o_proj, the LM head
+    assert ops.count("GroupQueryAttention") == 1 and "Softmax" not in ops
+    producers = {output: node.op_type for node in result.proto.graph.node for output in node.output}
+    assert producers["present.0.key"] == producers["present.0.value"] == "GroupQueryAttention"  # no Concat of the cache left
+    assert ops.count("MatMul") == (5 if options.get("head_norm") else 3)  # q/k/v packed into one (not past a q/k norm), o_proj, the LM head
+    packed_biases = [n for n in result.proto.graph.node if n.op_type == "Add" and n.input[0].startswith("ortforge_gqa_qkv")]
+    assert len(packed_biases) == options.get("bias", False)  # their biases packed into one Add
     attention = next(node for node in result.proto.graph.node if node.op_type == "GroupQueryAttention")
     attrs = {a.name: helper.get_attribute_value(a) for a in attention.attribute}
     assert (attrs["num_heads"], attrs["kv_num_heads"], attrs["do_rotary"]) == (2, options.get("kv_heads", 2), 1)
