@@ -20,7 +20,7 @@ Matched from each Softmax, every step checked; what GroupQueryAttention then doe
   CPU kernel in ORT 1.31.
 
 Checked on TorchScript exports of random small Llama (with Llama-3 rope scaling), Mistral, Gemma, Qwen2 and Qwen3
-configs (transformers 5.24): every attention rewritten, outputs within 1.1e-6. Phi-3 is left with a note (one fused
+configs (transformers 5.24, `bench/decoder_exports.py`): every attention rewritten, outputs within 1.1e-6. Phi-3 is left with a note (one fused
 qkv projection split by Slices, rotary written for a partial rotary dimension).
 """
 
