@@ -39,7 +39,8 @@ def configs() -> dict:
         "gemma": transformers.GemmaConfig(**COMMON, head_dim=32),
         "qwen2 (q/k/v biases)": transformers.Qwen2Config(**COMMON),
         "qwen3 (per-head q/k norm)": transformers.Qwen3Config(**COMMON, head_dim=32),
-        "phi3": transformers.Phi3Config(**COMMON, pad_token_id=0),
+        "phi3 (one qkv projection)": transformers.Phi3Config(**COMMON, pad_token_id=0),
+        "phi3 (half the head rotated)": transformers.Phi3Config(**COMMON, pad_token_id=0, partial_rotary_factor=0.5),
     }
 
 

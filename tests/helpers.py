@@ -455,7 +455,8 @@ def weights_axes(weights: list[onnx.TensorProto], name: str, axes: list[int]) ->
     return name
 
 
-def eager_llama_decoder(seed: int = 0, kv_heads: int = 2, current: bool = False, bias: bool = False, head_norm: bool = False) -> onnx.ModelProto:
+def eager_llama_decoder(seed: int = 0, kv_heads: int = 2, current: bool = False, bias: bool = False, head_norm: bool = False,
+                        phi3: bool = False, rotary_dim: int = 16) -> onnx.ModelProto:  # fmt: skip
     """One Llama layer as a TorchScript export of Hugging Face's eager attention writes it (transformers 4.3x-4.4x):
     RMSNorm as Pow/ReduceMean/Sqrt/Div, rotary embedding computed from position_ids (inv_freq MatMul, Cos/Sin,
     rotate_half by Slices whose bounds come from Shape), reshapes built from Shape/Gather, the padding mask expanded
@@ -463,7 +464,9 @@ def eager_llama_decoder(seed: int = 0, kv_heads: int = 2, current: bool = False,
     The form ORT's optimizer fuses into RotaryEmbedding + MultiHeadAttention (model type gpt2). `current`: as
     transformers 5 writes it, scores times a constant and float Casts around the Softmax; `kv_heads` below the 2 heads
     (1): grouped keys and values repeated by repeat_kv (Unsqueeze, Expand, Reshape); `bias`: q/k/v projections with
-    biases, as Qwen2 has them; `head_norm`: q and k RMS-normalized per head before rotary, as Qwen3 does."""
+    biases, as Qwen2 has them; `head_norm`: q and k RMS-normalized per head before rotary, as Qwen3 does; `phi3`: one
+    qkv projection split by Slices, and rotary written over the first `rotary_dim` of each head (Phi-3's form, the rest
+    passed through; all 16 by default, as Phi-3-mini)."""
     rng = np.random.default_rng(seed)
     hidden, heads, size, vocab = 32, 2, 16, 11
     nodes: list[onnx.NodeProto] = []
@@ -496,16 +499,24 @@ def eager_llama_decoder(seed: int = 0, kv_heads: int = 2, current: bool = False,
     batch = op("Unsqueeze", [op("Gather", [shape, "idx0"], "g_b", axis=0), "ax0"], "u_b")
     seq = op("Unsqueeze", [op("Gather", [shape, "idx1"], "g_s", axis=0), "ax0"], "u_s")
     bsnh, bsd = op("Concat", [batch, seq, "nh", "hs"], "bsnh", axis=0), op("Concat", [batch, seq, "hid"], "bsd", axis=0)
-    inv_freq = const("inv_freq", (1.0 / 10000 ** (np.arange(0, size, 2) / size)).astype(np.float32).reshape(1, size // 2, 1))
+    inv_freq = const("inv_freq", (1.0 / 10000 ** (np.arange(0, rotary_dim, 2) / rotary_dim)).astype(np.float32).reshape(1, rotary_dim // 2, 1))
     positions = op("Cast", [op("Unsqueeze", ["position_ids", "ax1"], "pos_u")], "pos_f", to=TensorProto.FLOAT)
     freqs = op("Transpose", [op("MatMul", [inv_freq, positions], "freqs_mm")], "freqs", perm=[0, 2, 1])
     angles = op("Concat", [freqs, freqs], "emb", axis=-1)
     cos = op("Unsqueeze", [op("Mul", [op("Cos", [angles], "cos0"), "one_f"], "cos1"), "ax1"], "cos")
     sin = op("Unsqueeze", [op("Mul", [op("Sin", [angles], "sin0"), "one_f"], "sin1"), "ax1"], "sin")
 
+    widths = {"q": heads * size, "k": kv_heads * size, "v": kv_heads * size}
+    if phi3:  # one projection, then q, k and v sliced from it
+        packed = op("MatMul", [root, const("qkv_w", (0.3 * rng.standard_normal((hidden, sum(widths.values())))).astype(np.float32))], "qkv_proj")
+        bounds = {"q": (0, widths["q"]), "k": (widths["q"], widths["q"] + widths["k"]), "v": (widths["q"] + widths["k"], 2**62)}
+
     def split_heads(tag: str, count: int = heads) -> str:  # MatMul -> Reshape (B, S, N, H) -> Transpose (B, N, S, H)
-        weights = (0.3 * rng.standard_normal((hidden, count * size))).astype(np.float32)
-        projected = op("MatMul", [root, const(f"{tag}_w", weights)], f"{tag}_proj")
+        if phi3:
+            start, end = (const(f"{tag}_{edge}", i64([bound])) for edge, bound in zip(("start", "end"), bounds[tag]))
+            projected = op("Slice", [packed, start, end, "ax2"], f"{tag}_proj")
+        else:
+            projected = op("MatMul", [root, const(f"{tag}_w", (0.3 * rng.standard_normal((hidden, widths[tag]))).astype(np.float32))], f"{tag}_proj")
         if bias:
             projected = op("Add", [const(f"{tag}_b", rng.standard_normal(count * size).astype(np.float32)), projected], f"{tag}_biased")
         shape = bsnh if count == heads else op("Concat", [batch, seq, "nkv", "hs"], f"{tag}_bskh", axis=0)
@@ -522,7 +533,14 @@ def eager_llama_decoder(seed: int = 0, kv_heads: int = 2, current: bool = False,
                       f"{tag}_expand")  # fmt: skip
         return op("Reshape", [expanded, op("Concat", [batch, "nh", length, "hs"], f"{tag}_shape4", axis=0)], f"{tag}_repeated")
 
-    def rotary(x: str, tag: str) -> str:  # x * cos + rotate_half(x) * sin
+    def rotary(x: str, tag: str) -> str:  # x * cos + rotate_half(x) * sin, over the first rotary_dim of each head
+        if not phi3:
+            return rotate(x, tag)
+        rotary_end = const(f"{tag}_rotary_dim", i64([rotary_dim]))
+        head, rest = op("Slice", [x, "ax0", rotary_end, "ax3"], f"{tag}_head"), op("Slice", [x, rotary_end, "big", "ax3"], f"{tag}_rest")
+        return op("Concat", [rotate(head, f"{tag}_head"), rest], f"{tag}_partial", axis=-1)
+
+    def rotate(x: str, tag: str) -> str:
         half = op("Unsqueeze", [op("Div", [op("Gather", [op("Shape", [x], f"{tag}_sh"), "idx3"], f"{tag}_g", axis=0), "two_i"], f"{tag}_div"), "ax0"], f"{tag}_half")
         first, second = op("Slice", [x, "ax0", half, "ax3"], f"{tag}_x1"), op("Slice", [x, half, "big", "ax3"], f"{tag}_x2")
         rotated = op("Concat", [op("Neg", [second], f"{tag}_neg"), first], f"{tag}_rot", axis=-1)

@@ -20,7 +20,8 @@ from ortforge.tuning.candidates import precision_candidates
 
 FORMS = {"transformers 4 (scores / sqrt(d))": {}, "transformers 5, 1 KV head for 2 (repeat_kv, scores * scale)": {"current": True, "kv_heads": 1},
          "Qwen2's q/k/v biases": {"current": True, "kv_heads": 1, "bias": True},
-         "Qwen3's per-head q/k RMSNorm": {"current": True, "kv_heads": 1, "head_norm": True}}
+         "Qwen3's per-head q/k RMSNorm": {"current": True, "kv_heads": 1, "head_norm": True},
+         "Phi-3's sliced qkv projection and rotary over a first part": {"current": True, "kv_heads": 1, "phi3": True}}
 
 
 def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
@@ -48,6 +49,7 @@ def test_written_out_attention_becomes_one_group_query_attention_with_the_same_o
     assert len(packed_biases) == options.get("bias", False)  # their biases packed into one Add
     attention = next(node for node in result.proto.graph.node if node.op_type == "GroupQueryAttention")
     attrs = {a.name: helper.get_attribute_value(a) for a in attention.attribute}
+    assert (attention.input[1] == attention.input[2] == "") is not options.get("head_norm", False)  # q/k/v read packed
     assert (attrs["num_heads"], attrs["kv_num_heads"], attrs["do_rotary"]) == (2, options.get("kv_heads", 2), 1)
     assert attrs["scale"] == pytest.approx(0.25)
     assert any("64 positions" in note for note in result.notes)
@@ -90,6 +92,11 @@ def test_rotary_tables_that_are_not_two_equal_halves_are_refused():
     angles.input[1] = "freqs2"
     result = fuse_decoder_attention(from_proto(model))
     assert not result.changed and any("two equal halves" in note for note in result.notes)
+
+
+def test_rotary_over_fewer_dimensions_than_ort_s_kernel_takes_is_refused_before_anything_is_built():
+    result = fuse_decoder_attention(from_proto(eager_llama_decoder(current=True, phi3=True, rotary_dim=8)))  # 4-wide tables
+    assert not result.changed and any("multiple of 8" in note for note in result.notes)
 
 
 def test_dead_nodes_go_in_chains_and_what_an_output_reads_stays():

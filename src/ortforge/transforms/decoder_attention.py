@@ -17,11 +17,13 @@ Matched from each Softmax, every step checked; what GroupQueryAttention then doe
 - the KV cache Concat and repeat_kv (kv_num_heads); the q/k/v projections are packed into one MatMul (their biases,
   Qwen2's, into one Add) where they are MatMuls of the same input, as the model builder writes them. A per-head
   RMSNorm of q and k (Qwen3's) stays in the graph and GQA reads its result merged: GQA's own q/k norm inputs have no
-  CPU kernel in ORT 1.31.
+  CPU kernel in ORT 1.31. One projection split by Slices (Phi-3's qkv_proj) is read packed as it is; rotary written
+  over the first d dimensions of each head (Phi-3's partial rotary) is GQA's own, its table width d/2 (ORT needs a
+  multiple of 8, at most half the head size; narrower is refused).
 
-Checked on TorchScript exports of random small Llama (with Llama-3 rope scaling), Mistral, Gemma, Qwen2 and Qwen3
-configs (transformers 5.24, `bench/decoder_exports.py`): every attention rewritten, outputs within 1.1e-6. Phi-3 is left with a note (one fused
-qkv projection split by Slices, rotary written for a partial rotary dimension).
+Checked on TorchScript exports of random small Llama (with Llama-3 rope scaling), Mistral, Gemma, Qwen2, Qwen3 and
+Phi-3 (full and half rotary) configs (transformers 5.24, `bench/decoder_exports.py`): every attention rewritten,
+outputs within 1.1e-6.
 """
 
 from __future__ import annotations
@@ -151,8 +153,12 @@ def _match(index: GraphIndex, softmax: onnx.NodeProto, pasts: dict[str, str]) ->
         raise _Mismatch("the values are normalized per head")
     output = _merged_heads(index, context)
     head_size = _head_size(index, present_key)
-    heads, kv_heads = _width(index, query) // head_size, _width(index, key) // head_size
-    if _width(index, value) != kv_heads * head_size or heads % kv_heads:
+    packed = _packed_projection(index, (query, key, value))
+    widths = packed[1] if packed else [_width(index, name) for name in (query, key, value)]
+    if packed:  # one projection split by Slices (Phi-3's qkv_proj): GroupQueryAttention reads it packed
+        query, key, value = packed[0], "", ""
+    heads, kv_heads = widths[0] // head_size, widths[1] // head_size
+    if widths[2] != kv_heads * head_size or heads % kv_heads:
         raise _Mismatch(f"projection widths do not split into {head_size}-wide heads in groups")
     return AttentionSite(softmax.name or softmax.output[0], query, key, value, past_key, past_value, present_key, present_value,
                          output, scale * factor, cos, sin, heads, kv_heads, head_size, query_normed, key_normed)  # fmt: skip
@@ -249,7 +255,15 @@ def _cache_concat(index: GraphIndex, present: str, pasts: dict[str, str]) -> tup
 
 
 def _rotary(index: GraphIndex, name: str) -> tuple[str, str, str]:
-    """x * cos + rotate_half(x) * sin -> (the heads x, cos, sin), rotate_half(x) = Concat(-x2, x1) of x's halves."""
+    """x * cos + rotate_half(x) * sin -> (the heads x, cos, sin), rotate_half(x) = Concat(-x2, x1) of x's halves; also
+    written for a rotary dimension d (Phi-3): Concat(rotary(x[..., :d]), x[..., d:])."""
+    top = index.producer.get(_through(index, name))
+    if top is not None and top.op_type == "Concat" and len(top.input) == 2 and attributes(top).get("axis") in (-1, 3):
+        rotated, cos, sin = _rotary(index, top.input[0])
+        head, rest = index.producer.get(rotated), index.producer.get(top.input[1])
+        if head is None or rest is None or head.op_type != "Slice" or rest.op_type != "Slice" or head.input[0] != rest.input[0]:
+            raise _Mismatch("not rotated (x * cos + rotate_half(x) * sin) over x's first dimensions")
+        return head.input[0], cos, sin
     add = _node(index, name, "Add", "not rotated (x * cos + rotate_half(x) * sin)")
     products = [_node(index, part, "Mul", "not rotated (x * cos + rotate_half(x) * sin)") for part in add.input]
     for straight, turned in (products, reversed(products)):
@@ -351,6 +365,27 @@ def _head_size(index: GraphIndex, present: str) -> int:
     raise _Mismatch(f"the head size of '{present}' is not a number in its shape")
 
 
+def _packed_projection(index: GraphIndex, names: tuple[str, str, str]) -> tuple[str, list[int]] | None:
+    """q, k and v as Slices of one value along its last axis, in that order and side by side from 0 to its end: the value
+    and the three widths; else None."""
+    slices = [index.producer.get(name) for name in names]
+    if any(node is None or node.op_type != "Slice" or len(node.input) < 4 for node in slices) or len({n.input[0] for n in slices}) != 1:
+        return None
+    values = [[index.value(node.input[i]) for i in (1, 2, 3)] for node in slices]  # starts, ends, axes
+    if any(v is None or v.size != 1 for bound in values for v in bound):
+        return None
+    bounds = [[int(v.reshape(-1)[0]) for v in bound] for bound in values]
+    if any(axis not in (-1, 2) for _, _, axis in bounds):
+        return None
+    starts, ends = [b[0] for b in bounds], [b[1] for b in bounds]
+    if starts[0] != 0 or starts[1] != ends[0] or starts[2] != ends[1] or ends[2] < 2**31:  # the last runs to the end
+        return None
+    width = _width(index, slices[0].input[0])
+    if not ends[1] < width:
+        return None
+    return slices[0].input[0], [ends[0], ends[1] - ends[0], width - ends[1]]
+
+
 def _width(index: GraphIndex, name: str) -> int:
     """Output width of a projection: MatMul by a constant (B, S, K) x (K, W), through a constant bias Add."""
     node = index.producer.get(name)
@@ -384,7 +419,10 @@ def _rotary_tables(model: Model, proto: onnx.ModelProto, index: GraphIndex, io: 
             table = values[value].reshape(max_positions, -1)
             half = table.shape[1] // 2
             if table.shape[1] != 2 * half or not np.array_equal(table[:, :half], table[:, half:]):
-                raise _Mismatch(f"'{value}' is not two equal halves (interleaved or partial rotary)")
+                raise _Mismatch(f"'{value}' is not two equal halves (interleaved rotary?)")
+            if half % 8 or half > min(site.head_size for site in sites if site.cos == pair[0]) // 2:
+                raise _Mismatch(f"{2 * half} rotated dimensions: ORT's GroupQueryAttention needs a table width that is a multiple of 8, "
+                                "at most half the head size")  # fmt: skip
             proto.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(table[:, :half]), name))
         tables[pair] = names
     return tables
