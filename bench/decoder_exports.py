@@ -2,9 +2,10 @@
 
 For each published architecture config (transformers' own config classes, small and randomly initialised: the question
 is the graph's form, not accuracy), the model is exported as a client would export it for ORT (eager attention, a KV
-cache as past_key_values.N / present.N, `torch.onnx.export(dynamo=False)`), fused, and both are run on a prompt, a step
-with a cache and a chunk after a cache: the largest difference in any output is printed, with the fuser kept and, for
-sites left decomposed, the reason. Needs torch and transformers (`/work/bench-venv`, see bench/decoder_build.py).
+cache as past_key_values.N / present.N) by both of torch's exporters (`torch.onnx.export`, dynamo=False: TorchScript;
+dynamo=True: torch.export, weights in a .data file), fused, and both are run on a prompt, a step with a cache and a
+chunk after a cache: the largest difference in any output is printed, with the fuser kept and, for sites left
+decomposed, the reason. Needs torch and transformers (`/work/bench-venv`, see bench/decoder_build.py).
 
     /work/bench-venv/bin/python bench/decoder_exports.py [ARCH ...]
 """
@@ -44,7 +45,7 @@ def configs() -> dict:
     }
 
 
-def export(config, path: Path) -> int:  # noqa: ANN001
+def export(config, path: Path, dynamo: bool) -> int:  # noqa: ANN001
     """The model exported with its cache; returns the head size."""
     import torch
     import transformers
@@ -62,7 +63,7 @@ def export(config, path: Path) -> int:  # noqa: ANN001
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids, attention_mask, position_ids, *past):  # noqa: ANN001, ANN202
+        def forward(self, input_ids, attention_mask, position_ids, past):  # noqa: ANN001, ANN202
             cache = DynamicCache()
             for layer in range(LAYERS):
                 cache.update(past[2 * layer], past[2 * layer + 1], layer)
@@ -71,14 +72,22 @@ def export(config, path: Path) -> int:  # noqa: ANN001
 
     past, length = 3, 4
     example = (torch.randint(0, VOCAB, (1, length)), torch.ones(1, past + length, dtype=torch.int64), torch.arange(past, past + length)[None],
-               *[torch.randn(1, KV_HEADS, past, head_size) for _ in range(2 * LAYERS)])  # fmt: skip
+               [torch.randn(1, KV_HEADS, past, head_size) for _ in range(2 * LAYERS)])  # fmt: skip
     cache = [f"{layer}.{part}" for layer in range(LAYERS) for part in ("key", "value")]
     inputs = ["input_ids", "attention_mask", "position_ids", *[f"past_key_values.{name}" for name in cache]]
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"}, "position_ids": {0: "batch", 1: "sequence"},
             **{name: {0: "batch", 2: "past"} for name in inputs[3:]}}  # fmt: skip
+    outputs = ["logits", *[f"present.{name}" for name in cache]]
     with torch.no_grad():
-        torch.onnx.export(WithCache(), example, str(path), input_names=inputs, output_names=["logits", *[f"present.{name}" for name in cache]],
-                          dynamic_axes=axes, opset_version=18, dynamo=False)  # fmt: skip
+        if dynamo:
+            dim = torch.export.Dim.DYNAMIC
+            shapes = {"input_ids": {0: dim, 1: dim}, "attention_mask": {0: dim, 1: dim}, "position_ids": {0: dim, 1: dim},
+                      "past": [{0: dim, 2: dim} for _ in range(2 * LAYERS)]}  # fmt: skip
+            torch.onnx.export(WithCache(), example, str(path), input_names=inputs, output_names=outputs, dynamic_shapes=shapes,
+                              opset_version=18, dynamo=True, verbose=False)  # fmt: skip
+        else:
+            torch.onnx.export(WithCache(), example, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes, opset_version=18,
+                              dynamo=False)  # fmt: skip
     return head_size
 
 
@@ -97,15 +106,20 @@ def main() -> None:
     chosen = configs()
     wanted = sys.argv[1:] or list(chosen)
     with tempfile.TemporaryDirectory() as scratch:
-        for name in wanted:
-            path = Path(scratch) / "model.onnx"
-            head_size = export(chosen[name], path)
+        for name, dynamo in ((name, dynamo) for name in wanted for dynamo in (False, True)):
+            path = Path(scratch) / f"{len(list(Path(scratch).iterdir()))}.onnx"
+            try:
+                head_size = export(chosen[name], path, dynamo)
+            except Exception as exc:  # noqa: BLE001 - an exporter failing on an architecture is a finding too
+                print(f"{name:<30} {'dynamo' if dynamo else 'torchscript':<11} export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:150]}")
+                continue
             model = load_model(path, check=False)
             result = fuse_transformer(model)
             fused = result.as_model(model)
             attention = result.details["fused_ops"].get("GroupQueryAttention", 0)
             difference = largest_difference(SessionConfig().build(model), SessionConfig().build(fused), head_size) if result.changed else 0.0
-            print(f"{name:<30} {result.details['nodes_before']:>5} -> {result.details['nodes_after']:<5} nodes  fuser {result.details['fuser']:<10} "
+            print(f"{name:<30} {'dynamo' if dynamo else 'torchscript':<11} {result.details['nodes_before']:>5} -> {result.details['nodes_after']:<5} nodes  "
+                  f"fuser {result.details['fuser']:<10} "
                   f"GroupQueryAttention {attention}/{LAYERS}  largest output difference {difference:.2g}", flush=True)  # fmt: skip
             for note in result.notes:
                 if "left decomposed" in note:

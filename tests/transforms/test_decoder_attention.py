@@ -130,3 +130,21 @@ def test_int4_of_the_fused_decoder_runs_although_position_ids_is_read_by_no_node
     quantized = quantize_weight_only(fused.as_model(from_proto(model)), options, calibration)
     assert quantized.changed and [value.name for value in quantized.proto.graph.input] == [value.name for value in model.graph.input]
     assert np.isfinite(_session(quantized.proto).run(["logits"], _feed(3, 2, 1, rng))[0]).all()
+
+
+def test_weights_in_an_external_file_are_packed_too(tmp_path):
+    from ortforge.core.model import load_model
+
+    path = tmp_path / "decoder.onnx"  # as torch's dynamo exporter writes a model: its weights in model.onnx.data
+    onnx.save(eager_llama_decoder(current=True, kv_heads=1), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="decoder.onnx.data", size_threshold=256)  # fmt: skip
+    model = load_model(path, check=False)
+    result = fuse_decoder_attention(model, max_positions=64)
+    assert result.details["packed_qkv"] == 1
+    fused = result.as_model(model)
+    feed = _feed(2, 3, 1, np.random.default_rng(0))
+    from ortforge.core.session import SessionConfig
+
+    expected, got = (SessionConfig().build(m).run(None, feed) for m in (model, fused))
+    for a, b in zip(expected, got):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
