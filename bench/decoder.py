@@ -5,10 +5,10 @@ builder to fp32 and int4). Accuracy is next-token agreement under teacher forcin
 5%, never trained on), with its bound, and logits cosine; speed is greedy generation with the KV cache carried (prefill of
 --prompt tokens, then --new tokens), every variant in a fresh process, interleaved, with an A/A pair.
 
-With `--export torch`, tune starts from torch's TorchScript export of the same weights instead (attention written out,
-1,028 nodes: tune fuses it into GroupQueryAttention itself), and the builder's fp32 export joins the timed run.
+With `--export torch` (or `dynamo`), tune starts from torch's TorchScript (or dynamo) export of the same weights instead
+(attention written out: tune fuses it into GroupQueryAttention itself), and the builder's fp32 export joins the timed run.
 
-    python bench/decoder.py [--zoo-name stdlib-llama-1] [--export builder|torch] [--budget 6m] [--prompt 64] [--new 32]
+    python bench/decoder.py [--zoo-name stdlib-llama-1] [--export builder|torch|dynamo] [--budget 6m] [--prompt 64] [--new 32]
                             [--samples 16] [--time 10]
 """
 
@@ -38,6 +38,7 @@ from ortforge.measure.generate import Generation  # noqa: E402
 from ortforge.tuning.artifact import read_artifact  # noqa: E402
 
 ZOO = Path.home() / ".cache" / "ortforge" / "zoo" / "models"
+EXPORTS = {"builder": "onnx-fp32", "torch": "onnx-torch", "dynamo": "onnx-dynamo"}  # bench/decoder_build.py's folders
 WINDOW = 128
 
 
@@ -67,8 +68,8 @@ def taken_by(model, feeds: FeedSet) -> FeedSet:  # noqa: ANN001
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zoo-name", default="stdlib-llama-1", help="the built decoder's folder name (bench/decoder_build.py --size base: stdlib-llama-2)")
-    parser.add_argument("--export", choices=("builder", "torch"), default="builder",
-                        help="the fp32 model tune starts from: the model builder's, or torch's TorchScript export (attention written out)")
+    parser.add_argument("--export", choices=tuple(EXPORTS), default="builder",
+                        help="the fp32 model tune starts from: the model builder's, or torch's TorchScript or dynamo export (attention written out)")
     parser.add_argument("--budget", default="6m")
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--new", type=int, default=32)
@@ -78,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     folder = ZOO / args.zoo_name
     builder_fp32_path, builder_path = folder / "onnx-fp32" / "model.onnx", folder / "onnx-int4" / "model.onnx"
-    fp32_path = builder_fp32_path if args.export == "builder" else folder / "onnx-torch" / "model.onnx"
+    fp32_path = folder / EXPORTS[args.export] / "model.onnx"
     if not fp32_path.exists():
         sys.exit("build the zoo decoder first: /work/bench-venv/bin/python bench/decoder_build.py")
     print(json.dumps(json.loads((folder / "zoo.json").read_text())))
@@ -116,7 +117,7 @@ def main() -> None:
         variants = [Variant(f"fp32 ({args.export} export) | ORT defaults", fp32, SessionConfig(), evaluation),
                     Variant("tune's artifact", tuned_model, tuned_config, taken_by(tuned_model, evaluation)),
                     Variant("model builder int4 (-p int4 -e cpu)", builder, SessionConfig(), taken_by(builder, evaluation))]  # fmt: skip
-        if args.export == "torch":
+        if args.export != "builder":
             builder_fp32 = load_model(builder_fp32_path, check=False)
             variants.insert(1, Variant("model builder fp32 (-p fp32 -e cpu)", builder_fp32, SessionConfig(), taken_by(builder_fp32, evaluation)))
         run = bench(variants, BenchOptions(max_seconds=args.time, profile=False, generation=generation))

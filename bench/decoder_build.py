@@ -12,8 +12,9 @@ PSF license: Python's standard library, its docstrings and its source. Steps, ea
    attention) at one of SIZES (small: hidden 256, 4 layers, 8 heads / 4 KV heads; base: hidden 768, 4 layers, 12 / 4 heads), trained
    with AdamW on 128-token windows for --minutes;
 4. export: onnxruntime-genai's model builder (`-p fp32 -e cpu` and, for the comparison, `-p int4 -e cpu`), from the
-   saved folder (`-i`), as a user of that tool would; and torch's TorchScript exporter (onnx-torch/), which writes the
-   attention out as transformers' eager code computes it (the form `tune` fuses into GroupQueryAttention itself).
+   saved folder (`-i`), as a user of that tool would; and torch's exporters (onnx-torch/: TorchScript; onnx-dynamo/:
+   dynamo), which write the attention out as transformers' eager code computes it (the form `tune` fuses into
+   GroupQueryAttention itself).
 
 It prints the held-out loss and how peaked the next-token distributions are (median top-1 probability, share of
 positions whose top-1 beats the runner-up by 2 logits) so the accuracy figures measured on it mean something.
@@ -161,26 +162,23 @@ def export(folder: Path, precision: str) -> Path:
     return out
 
 
-def export_torchscript(folder: Path) -> Path:
-    """LlamaForCausalLM (eager attention) exported with `torch.onnx.export(dynamo=False)`, its cache as the builder names
-    it: past_key_values.N.key/value in, present.N.key/value out; a DynamicCache filled from the inputs inside."""
+def export_with_cache(model, path: Path, dynamo: bool) -> None:  # noqa: ANN001
+    """A transformers causal LM (eager attention) exported by `torch.onnx.export`, TorchScript or dynamo (torch.export;
+    the default since torch 2.9, weights in a .data file), its cache as the builder names it: past_key_values.N.key/value
+    in, present.N.key/value out, a DynamicCache filled from the inputs inside."""
     import torch
-    from transformers import LlamaForCausalLM
     from transformers.cache_utils import DynamicCache
 
-    out = folder / "onnx-torch" / "model.onnx"
-    if out.exists():
-        return out.parent
-    model = LlamaForCausalLM.from_pretrained(folder / "hf", attn_implementation="eager").eval()
     config = model.config
-    layers, kv_heads, head_size = config.num_hidden_layers, config.num_key_value_heads, config.hidden_size // config.num_attention_heads
+    layers, kv_heads = config.num_hidden_layers, config.num_key_value_heads
+    head_size = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
     class WithCache(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids, attention_mask, position_ids, *past):  # noqa: ANN001, ANN202
+        def forward(self, input_ids, attention_mask, position_ids, past):  # noqa: ANN001, ANN202
             cache = DynamicCache()
             for layer in range(layers):
                 cache.update(past[2 * layer], past[2 * layer + 1], layer)
@@ -189,16 +187,34 @@ def export_torchscript(folder: Path) -> Path:
 
     past_length, length = 3, 4
     example = (torch.randint(0, config.vocab_size, (1, length)), torch.ones(1, past_length + length, dtype=torch.int64),
-               torch.arange(past_length, past_length + length)[None], *[torch.randn(1, kv_heads, past_length, head_size) for _ in range(2 * layers)])
+               torch.arange(past_length, past_length + length)[None], [torch.randn(1, kv_heads, past_length, head_size) for _ in range(2 * layers)])
     cache_names = [f"{layer}.{part}" for layer in range(layers) for part in ("key", "value")]
     inputs = ["input_ids", "attention_mask", "position_ids", *[f"past_key_values.{name}" for name in cache_names]]
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"}, "position_ids": {0: "batch", 1: "sequence"},
-            **{name: {0: "batch", 2: "past"} for name in inputs[3:]}}  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"  torch.onnx.export(dynamo=False) -> {out}", flush=True)
+    outputs = ["logits", *[f"present.{name}" for name in cache_names]]
     with torch.no_grad():
-        torch.onnx.export(WithCache(), example, str(out), input_names=inputs, output_names=["logits", *[f"present.{name}" for name in cache_names]],
-                          dynamic_axes=axes, opset_version=18, dynamo=False)  # fmt: skip
+        if dynamo:
+            dim = torch.export.Dim.DYNAMIC
+            shapes = {"input_ids": {0: dim, 1: dim}, "attention_mask": {0: dim, 1: dim}, "position_ids": {0: dim, 1: dim},
+                      "past": [{0: dim, 2: dim} for _ in range(2 * layers)]}  # fmt: skip
+            torch.onnx.export(WithCache(), example, str(path), input_names=inputs, output_names=outputs, dynamic_shapes=shapes, opset_version=18,
+                              dynamo=True, verbose=False)  # fmt: skip
+        else:
+            axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"}, "position_ids": {0: "batch", 1: "sequence"},
+                    **{name: {0: "batch", 2: "past"} for name in inputs[3:]}}  # fmt: skip
+            torch.onnx.export(WithCache(), example, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes, opset_version=18,
+                              dynamo=False)  # fmt: skip
+
+
+def export_torch(folder: Path, dynamo: bool) -> Path:
+    """The trained model exported by torch (onnx-torch/: TorchScript; onnx-dynamo/: dynamo), attention written out."""
+    from transformers import LlamaForCausalLM
+
+    out = folder / ("onnx-dynamo" if dynamo else "onnx-torch") / "model.onnx"
+    if out.exists():
+        return out.parent
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"  torch.onnx.export(dynamo={dynamo}) -> {out}", flush=True)
+    export_with_cache(LlamaForCausalLM.from_pretrained(folder / "hf", attn_implementation="eager").eval(), out, dynamo)
     return out.parent
 
 
@@ -229,7 +245,8 @@ def main() -> None:
     print(json.dumps(json.loads((folder / "zoo.json").read_text()), indent=2))
     for precision in ("fp32", "int4"):
         print(f"export {precision}: {export(folder, precision)}", flush=True)
-    print(f"export torch: {export_torchscript(folder)}", flush=True)
+    for dynamo in (False, True):
+        print(f"export torch ({'dynamo' if dynamo else 'TorchScript'}): {export_torch(folder, dynamo)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from decoder_build import export_with_cache  # noqa: E402  (bench/, the script's own folder)
+
 from ortforge.core.model import load_model  # noqa: E402
 from ortforge.core.session import SessionConfig  # noqa: E402
 from ortforge.transforms.fusion import fuse_transformer  # noqa: E402
@@ -46,49 +48,17 @@ def configs() -> dict:
 
 
 def export(config, path: Path, dynamo: bool) -> int:  # noqa: ANN001
-    """The model exported with its cache; returns the head size."""
+    """The model exported with its cache (random biases: zeros would hide a bias dropped or misplaced); its head size."""
     import torch
     import transformers
-    from transformers.cache_utils import DynamicCache
 
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
-    for name, parameter in model.named_parameters():  # random biases: zeros would hide a bias dropped or misplaced
+    for name, parameter in model.named_parameters():
         if name.endswith("bias"):
             parameter.data.normal_()
-    head_size = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-    class WithCache(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask, position_ids, past):  # noqa: ANN001, ANN202
-            cache = DynamicCache()
-            for layer in range(LAYERS):
-                cache.update(past[2 * layer], past[2 * layer + 1], layer)
-            output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache, use_cache=True)
-            return (output.logits, *[tensor for layer in output.past_key_values.layers for tensor in (layer.keys, layer.values)])
-
-    past, length = 3, 4
-    example = (torch.randint(0, VOCAB, (1, length)), torch.ones(1, past + length, dtype=torch.int64), torch.arange(past, past + length)[None],
-               [torch.randn(1, KV_HEADS, past, head_size) for _ in range(2 * LAYERS)])  # fmt: skip
-    cache = [f"{layer}.{part}" for layer in range(LAYERS) for part in ("key", "value")]
-    inputs = ["input_ids", "attention_mask", "position_ids", *[f"past_key_values.{name}" for name in cache]]
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"}, "position_ids": {0: "batch", 1: "sequence"},
-            **{name: {0: "batch", 2: "past"} for name in inputs[3:]}}  # fmt: skip
-    outputs = ["logits", *[f"present.{name}" for name in cache]]
-    with torch.no_grad():
-        if dynamo:
-            dim = torch.export.Dim.DYNAMIC
-            shapes = {"input_ids": {0: dim, 1: dim}, "attention_mask": {0: dim, 1: dim}, "position_ids": {0: dim, 1: dim},
-                      "past": [{0: dim, 2: dim} for _ in range(2 * LAYERS)]}  # fmt: skip
-            torch.onnx.export(WithCache(), example, str(path), input_names=inputs, output_names=outputs, dynamic_shapes=shapes,
-                              opset_version=18, dynamo=True, verbose=False)  # fmt: skip
-        else:
-            torch.onnx.export(WithCache(), example, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes, opset_version=18,
-                              dynamo=False)  # fmt: skip
-    return head_size
+    export_with_cache(model, path, dynamo)
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def largest_difference(original, fused, head_size: int) -> float:  # noqa: ANN001
