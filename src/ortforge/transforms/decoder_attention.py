@@ -167,13 +167,14 @@ def _match(index: GraphIndex, softmax: onnx.NodeProto, pasts: dict[str, str]) ->
 
 
 def _through(index: GraphIndex, name: str) -> str:
-    """The value behind float->float Casts, Identity nodes and one-input Concats (exporters write all three)."""
+    """The value behind Casts to a float type, Identity nodes and one-input Concats (exporters write all three; an fp32
+    export's Casts are float to float, and a rewrite reading a value of another type fails ORT's load check)."""
     for _ in range(8):
         node = index.producer.get(name)
         if node is None:
             return name
-        same_type_cast = node.op_type == "Cast" and attributes(node).get("to") in FLOAT_TYPES
-        if node.op_type == "Identity" or same_type_cast or (node.op_type == "Concat" and len(node.input) == 1):
+        float_cast = node.op_type == "Cast" and attributes(node).get("to") in FLOAT_TYPES
+        if node.op_type == "Identity" or float_cast or (node.op_type == "Concat" and len(node.input) == 1):
             name = node.input[0]
         else:
             return name
