@@ -1,6 +1,7 @@
 """What `tune` tries for precision: fp32, exact rewrites (affine folding, GELU fusion) and transformer fusion, the int8
 and weight-only recipes that suit the model family on this CPU, pipelines of fusion then dynamic int8 for transformers
-and of the rewrites then static int8 where they apply, and fp16 where a GPU EP is present. Session options come from
+(then every recipe, for decoders whose attention is written out) and of the rewrites then static int8 where they apply,
+and fp16 where a GPU EP is present. Session options come from
 `sessions.py`."""
 
 from __future__ import annotations
@@ -57,11 +58,12 @@ def precision_candidates(family: str, providers: list[str], transformer: bool, f
 
 
 def unfused_control(recipes: list) -> list[Candidate]:
-    """For a decoder exported with its attention written out (TorchScript exports of current Hugging Face models), every
-    recipe quantizes the fused model (GroupQueryAttention, packed q/k/v): fusion is exact and saves the same time under
-    any weight format (stdlib-llama-1's export: 1,028 nodes -> 169, 701.6 -> 854.2 tokens/s fused, the model builder's
-    export of the same weights 862.7). One int4 recipe on the unfused model stays, to show fusion's share: GPTQ's where
-    offered, since rounding alone misses a 95% agreement gate on stdlib-llama-2 and then shows nothing."""
+    """For a decoder exported with its attention written out (torch's exports of current Hugging Face models), every
+    recipe quantizes the fused model (GroupQueryAttention, packed q/k/v): fusion is exact and its gain holds under int4
+    (stdlib-llama-1's TorchScript export in fp32: 701.6 -> 854.2 tokens/s fused, the model builder's 862.7;
+    stdlib-llama-2's, GPTQ int4 screened at 0.241x of fp32 fused against 0.29x unfused). One int4 recipe on the unfused
+    model stays, to show fusion's share: GPTQ's where offered, since rounding alone misses a 95% agreement gate on
+    stdlib-llama-2 and then shows nothing."""
     int4 = [r for r in recipes if isinstance(r, WeightOnlyOptions) and r.bits == 4]
     control = next((r for r in int4 if r.algorithm == "gptq"), int4[0] if int4 else None)
     return [Candidate.of_recipe(control)] if control is not None else []
