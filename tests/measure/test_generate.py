@@ -106,7 +106,8 @@ def test_bench_generate_times_decoders_whose_inputs_differ_from_one_prompt_and_s
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(["bench", *paths, "--generate", "6,4", "--time", "0.5", "--no-profile", "--json", "--quiet"]) in (0, None)
-    variants = json.loads(out.getvalue())["variants"]
-    assert len(variants) == 2 and all(v["prefill"]["p50"] > 0 and v["throughput"] > 0 for v in variants)
+    report = json.loads(out.getvalue())
+    assert len(report["variants"]) == 2 and all(v["prefill"]["p50"] > 0 and v["throughput"] > 0 for v in report["variants"])
+    assert any("same prompt tokens" in note for note in report["notes"])
     assert main(["bench", *paths, "--time", "0.5", "--no-profile", "--quiet"]) == 2
     assert "'position_ids' is not an input" in the_error_line(capfd.readouterr().err)

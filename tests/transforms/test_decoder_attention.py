@@ -106,6 +106,14 @@ def test_dead_nodes_go_in_chains_and_what_an_output_reads_stays():
     before = len(model.graph.node)
     assert drop_dead_nodes(model) == 2 and len(model.graph.node) == before - 2
     assert drop_dead_nodes(model) == 0
+    # a value read only inside a subgraph stays with what computes it
+    branch = helper.make_graph([helper.make_node("Identity", ["read_inside"], ["branch_out"])], "branch", [],
+                               [helper.make_tensor_value_info("branch_out", onnx.TensorProto.FLOAT, None)])  # fmt: skip
+    model.graph.node.extend([helper.make_node("Neg", ["inputs_embeds"], ["read_inside"]),
+                             helper.make_node("Constant", [], ["flag"], value=numpy_helper.from_array(np.array(True))),
+                             helper.make_node("If", ["flag"], ["if_out"], then_branch=branch, else_branch=branch)])  # fmt: skip
+    model.graph.output.append(helper.make_tensor_value_info("if_out", onnx.TensorProto.FLOAT, None))
+    assert drop_dead_nodes(model) == 0
 
 
 def test_tune_builds_every_recipe_of_a_written_out_decoder_on_its_fusion_and_keeps_one_unfused():

@@ -84,6 +84,7 @@ def bench(
     models: dict[str, tuple[Model, SessionConfig | None, FeedSet]] = {}
     feeds: FeedSet | None = None
     variants: list[Variant] = []
+    notes: list[str] = []
     for target in parsed:
         if target.model not in models:
             model, own = _open_target(target.model, check)
@@ -93,9 +94,11 @@ def bench(
             if feeds is None:  # one input set for every variant: ratios between different inputs mean nothing
                 feeds = feeds_for(model, target.model, data, samples=samples, seed=seed, shape_options=shape_options)
                 models[target.model] = (model, own, feeds)
-            elif generation is not None and not _takes(model, feeds):
+            elif generation is not None and _input_problem(model, feeds) is not None:
                 own_feeds = feeds_for(model, target.model, data, samples=samples, seed=seed, shape_options=shape_options)
                 models[target.model] = (model, own, _same_prompt(own_feeds, model, feeds, models[parsed[0].model][0]))
+                notes.append(f"{target.model} takes other inputs than {parsed[0].model}: it generated from the same prompt tokens, "
+                             "its other inputs (cache, mask, positions) fed as its own")  # fmt: skip
             else:
                 _require_same_inputs(model, feeds, parsed[0].model)
                 models[target.model] = (model, own, feeds)
@@ -104,6 +107,7 @@ def bench(
         variants.append(Variant(_unique_label(target.label, variants), model, config, model_feeds, streams, generation))
     assert feeds is not None
     report = measure_interleaved(variants, options, progress)
+    report.notes.extend(notes)
     if feeds.generated:
         report.notes.append("inputs were generated (random): fine for speed, but say nothing about accuracy")
     return report
@@ -139,32 +143,30 @@ def _open_target(reference: str, check: bool) -> tuple[Model, SessionConfig | No
     return opened.model, (opened.config if opened.stamp is not None or base is not None else None)
 
 
-def _takes(model: Model, feeds: FeedSet) -> bool:
-    """Whether the model takes the feeds as they are (names, types and shapes)."""
-    try:
-        validate_feed(feeds.samples[0], input_specs(model), "inputs", feeds.origin)
-    except UserError:
-        return False
-    return True
+def _input_problem(model: Model, feeds: FeedSet) -> UserError | None:
+    """Why the model cannot take the feeds as they are (names, types and shapes), or None."""
+    specs = input_specs(model)
+    for index, sample in enumerate(feeds.samples):
+        try:
+            validate_feed(sample, specs, "inputs", f"{feeds.origin} (sample {index})")
+        except UserError as exc:
+            return exc
+    return None
 
 
 def _same_prompt(own: FeedSet, model: Model, feeds: FeedSet, first: Model) -> FeedSet:
     """A decoder whose inputs differ from the first's (a builder export has no position_ids, a TorchScript export has)
     generates from the same prompt: its own feeds, with the first's token ids. Generation feeds the rest itself."""
     tokens, first_tokens = decoder_io(model.proto.graph).tokens, decoder_io(first.proto.graph).tokens
-    samples = [{**sample, tokens: given[first_tokens]} for sample, given in zip(own.samples, feeds.samples)]
-    return replace(own, samples=samples, notes=[*own.notes, f"token ids as {first.name}'s"])
+    return replace(own, samples=[{**sample, tokens: given[first_tokens]} for sample, given in zip(own.samples, feeds.samples)])
 
 
 def _require_same_inputs(model: Model, feeds: FeedSet, first: str) -> None:
     """Refuse, in one line, a model that cannot take the inputs the first model is measured on."""
-    specs = input_specs(model)
-    for index, sample in enumerate(feeds.samples):
-        try:
-            validate_feed(sample, specs, "inputs", f"{feeds.origin} (sample {index})")
-        except UserError as exc:
-            raise UserError(f"{model.name}: cannot be measured on the inputs of {first}, every variant of one bench runs on the same inputs: "
-                            f"{exc}", hint="bench models that take the same inputs together, or give shapes/data that fit both") from None
+    problem = _input_problem(model, feeds)
+    if problem is not None:
+        raise UserError(f"{model.name}: cannot be measured on the inputs of {first}, every variant of one bench runs on the same inputs: "
+                        f"{problem}", hint="bench models that take the same inputs together, or give shapes/data that fit both")
 
 
 def _unique_label(label: str, variants: list[Variant]) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ortforge.core.model import EXTERNAL_DATA_THRESHOLD, Model, external_bytes, from_proto, iter_nodes, save_model, weight_bytes
+from ortforge.core.model import EXTERNAL_DATA_THRESHOLD, Model, external_bytes, from_proto, iter_graphs, iter_nodes, save_model, weight_bytes
 from ortforge.core.scratch import scratch_folder
 
 SPILL_BYTES = 64 << 20  # a large model's transform results hold at most this much in memory
@@ -85,15 +85,18 @@ def initializer_array(proto: onnx.ModelProto, name: str) -> np.ndarray:
 
 
 def drop_dead_nodes(proto: onnx.ModelProto) -> int:
-    """Remove the main graph's nodes whose outputs nothing reads (what a rewrite left computing values it replaced),
-    repeatedly, since removing a node can leave its producers unread; the number removed."""
-    removed = 0
-    while True:
-        read = {name for node in iter_nodes(proto) for name in node.input} | {o.name for o in proto.graph.output}
-        dead = [node for node in proto.graph.node if not any(name in read for name in node.output)]
-        if not dead:
-            return removed
-        kept = [node for node in proto.graph.node if any(name in read for name in node.output)]
+    """Remove the main graph's nodes whose outputs nothing reads (what a rewrite left computing values it replaced), in
+    one pass from the outputs back (the graph is in topological order); the number removed."""
+    needed = {o.name for o in proto.graph.output}  # and whatever a subgraph reads from outside (kept whatever its holder)
+    needed |= {name for graph in list(iter_graphs(proto.graph))[1:] for node in graph.node for name in node.input}
+    kept = []
+    for node in reversed(proto.graph.node):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(node.input)
+    removed = len(proto.graph.node) - len(kept)
+    if removed:
+        kept.reverse()
         del proto.graph.node[:]
         proto.graph.node.extend(kept)
-        removed += len(dead)
+    return removed
