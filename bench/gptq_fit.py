@@ -29,14 +29,14 @@ def activations(rows: int, features: int, seed: int) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal((rows, features)) @ mixing).astype(np.float32)
 
 
-def packed_weights(weights: np.ndarray, block: int, algorithm: str, calibration: np.ndarray) -> np.ndarray:
+def packed_weights(weights: np.ndarray, block: int, algorithm: str, calibration: np.ndarray, symmetric: bool) -> np.ndarray:
     """The weights ortforge writes (MatMulNBits), read back by multiplying an identity matrix."""
     k, n = weights.shape
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="fc")], "g",
                               [helper.make_tensor_value_info("x", 1, [None, k])], [helper.make_tensor_value_info("y", 1, None)],
                               [numpy_helper.from_array(weights, "W")])  # fmt: skip
     model = from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10))
-    result = quantize_weight_only(model, WeightOnlyOptions(block_size=block, algorithm=algorithm, accuracy_level=1),
+    result = quantize_weight_only(model, WeightOnlyOptions(block_size=block, algorithm=algorithm, accuracy_level=1, symmetric=symmetric),
                                   [{"x": calibration}] if algorithm == "gptq" else ())  # fmt: skip
     session = ort.InferenceSession(result.proto.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"x": np.eye(k, dtype=np.float32)})[0]
@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--outputs", type=int, default=64)
     parser.add_argument("--block", type=int, default=32)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--symmetric", action="store_true", help="symmetric blocks (zero point fixed) instead of min/max")
     args = parser.parse_args()
     calibration, held_out = activations(args.rows, args.inputs, args.seed), activations(args.rows, args.inputs, args.seed + 1)
     weights = (np.random.default_rng(0).standard_normal((args.inputs, args.outputs)) / np.sqrt(args.inputs)).astype(np.float32)
@@ -57,17 +58,17 @@ def main() -> None:
     def error(quantized: np.ndarray) -> float:
         return float(np.linalg.norm(held_out @ (weights - quantized)) / np.linalg.norm(held_out @ weights))
 
-    rows = {"round to nearest (ORT's packer)": packed_weights(weights, args.block, "rtn", calibration),
-            "ortforge GPTQ, the fit": gptq_fit(weights, hessian, 4, args.block, False),
-            "ortforge GPTQ, packed": packed_weights(weights, args.block, "gptq", calibration)}  # fmt: skip
+    rows = {"round to nearest (ORT's packer)": packed_weights(weights, args.block, "rtn", calibration, args.symmetric),
+            "ortforge GPTQ, the fit": gptq_fit(weights, hessian, 4, args.block, args.symmetric),
+            "ortforge GPTQ, packed": packed_weights(weights, args.block, "gptq", calibration, args.symmetric)}  # fmt: skip
     try:
         from onnxruntime.quantization.neural_compressor.weight_only import gptq as ort_gptq
 
         rows["ORT's GPTQ (neural-compressor port)"] = ort_gptq(weights.copy(), hessian.copy(), num_bits=4, group_size=args.block,
-                                                               scheme="asym", blocksize=128, percdamp=0.01)  # fmt: skip
+                                                               scheme="sym" if args.symmetric else "asym", blocksize=128, percdamp=0.01)  # fmt: skip
     except ImportError as exc:
         print(f"ORT's GPTQ not importable here: {exc}")
-    print(f"int4 blocks of {args.block}, X {args.rows} x {args.inputs} (correlated channels), W {args.inputs} x {args.outputs}")
+    print(f"int4 {'symmetric ' if args.symmetric else ''}blocks of {args.block}, X {args.rows} x {args.inputs} (correlated channels), W {args.inputs} x {args.outputs}")
     for label, quantized in rows.items():
         print(f"  {label:40s} relative output error on held-out rows {error(quantized):.4f}")
 

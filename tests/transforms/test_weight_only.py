@@ -292,19 +292,28 @@ def test_gptq_carries_rounding_error_to_later_channels_and_beats_round_to_neares
     assert np.unique(np.round(fitted[:32, 0] / np.ptp(fitted[:32, 0]) * 15, 3)).size <= 16  # each block on a 16-level grid
 
 
-def test_gptq_fits_the_weights_to_calibration_data_and_is_refused_without_it():
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_gptq_fits_the_weights_to_calibration_data_and_is_refused_without_it(symmetric):
     from ortforge.core.errors import OptionError
+    from ortforge.transforms.weight_only.gptq import gptq_fit
 
+    weights = _w(128, 64)
     model = from_proto(make_model([helper.make_node("MatMul", ["x", "W"], ["y"], name="fc")], [tensor("x", [None, 128])], [tensor("y", None)],
-                                  [weight("W", _w(128, 64))]))  # fmt: skip
+                                  [weight("W", weights)]))  # fmt: skip
     calibration = [{"x": _correlated(256, 128, seed)} for seed in range(4)]
-    fitted = quantize_weight_only(model, WeightOnlyOptions(algorithm="gptq"), calibration)
-    nearest = quantize_weight_only(model, WeightOnlyOptions())
+    fitted = quantize_weight_only(model, WeightOnlyOptions(algorithm="gptq", symmetric=symmetric), calibration)
+    nearest = quantize_weight_only(model, WeightOnlyOptions(symmetric=symmetric))
     assert [n.op_type for n in fitted.proto.graph.node] == ["MatMulNBits"] and "GPTQ fitted 1 MatMul" in " ".join(fitted.notes)
     held_out = {"x": _correlated(512, 128, 9)}  # drawn like the calibration data, never seen by the fit
     reference = run(model.proto, held_out)[0]
     errors = [np.linalg.norm(run(r.proto, held_out)[0] - reference) for r in (fitted, nearest)]
     assert errors[0] < errors[1]
+    # the packer keeps the fitted values when its grid is the fit's: symmetric blocks (a grid of the fit's own had it
+    # round a third of them again); asymmetric blocks whose fitted values miss the block's extremes get a narrower grid
+    x = np.concatenate([feed["x"] for feed in calibration]).astype(np.float64)
+    fit = gptq_fit(weights, 2 * x.T @ x / len(x), 4, 32, symmetric)
+    packed = run(fitted.proto, {"x": np.eye(128, dtype=np.float32)})[0]
+    assert np.mean(np.isclose(packed, fit, rtol=1e-3, atol=1e-6)) > (0.98 if symmetric else 0.8)
     with pytest.raises(OptionError, match="^algorithm=gptq: GPTQ fits weights to calibration activations"):
         quantize_weight_only(model, WeightOnlyOptions(algorithm="gptq"))
 

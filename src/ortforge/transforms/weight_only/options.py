@@ -17,7 +17,7 @@ ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 OP_TYPES = ("MatMul", "Gemm", "Gather")
 # ORT's algorithms: rtn (its default blockwise round-to-nearest, in C++), k_quant (llama.cpp-style k-quants, ORT's
 # bundled neural-compressor code), hqq (half-quadratic: needs torch), gptq (weights fitted to calibration activations
-# by ORT's numpy GPTQ, then packed as rtn packs: `gptq.py`).
+# by our own GPTQ, `gptq.py`: ORT's fits nothing; then packed as rtn packs).
 ALGORITHMS = ("rtn", "k_quant", "hqq", "gptq")
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
