@@ -156,3 +156,15 @@ def test_weights_in_an_external_file_are_packed_too(tmp_path):
     expected, got = (SessionConfig().build(m).run(None, feed) for m in (model, fused))
     for a, b in zip(expected, got):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_a_written_out_decoder_quantized_first_is_fused_with_its_int4_projections():
+    from ortforge.transforms.weight_only import WeightOnlyOptions, quantize_weight_only
+
+    model = from_proto(eager_llama_decoder(current=True, kv_heads=1))
+    quantized = quantize_weight_only(model, WeightOnlyOptions(bits=4, block_size=32)).as_model(model)
+    result = fuse_decoder_attention(quantized, max_positions=64)
+    assert result.changed and [n.op_type for n in result.proto.graph.node].count("GroupQueryAttention") == 1
+    feed = _feed(3, 2, 1, np.random.default_rng(0))
+    for expected, got in zip(_session(quantized.proto).run(None, feed), _session(result.proto).run(None, feed)):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

@@ -341,3 +341,11 @@ def test_k_quants_take_a_model_with_an_input_no_node_reads_and_keep_it():
     proto.graph.input.insert(1, tensor("unread", ["batch"], TensorProto.INT64))  # as position_ids once GroupQueryAttention counts positions
     kquant = quantize_weight_only(from_proto(proto), WeightOnlyOptions(algorithm="k_quant"))  # ORT's sort failed: KeyError 'unread'
     assert kquant.changed and [v.name for v in kquant.proto.graph.input] == [v.name for v in proto.graph.input]
+
+
+def test_a_gptq_build_is_cached_per_calibration_set_and_rounding_is_not():
+    from ortforge.searches.trial import Candidate
+
+    gptq, rtn = (Candidate.of_recipe(WeightOnlyOptions(algorithm=algorithm)) for algorithm in ("gptq", "rtn"))
+    assert gptq.key("model", "calibration A") != gptq.key("model", "calibration B")  # the fit depends on the data
+    assert rtn.key("model", "calibration A") == rtn.key("model", "calibration B")

@@ -83,7 +83,8 @@ class Candidate:
     def key(self, model_hash: str, data_hash: str, judge_key: str = "") -> str:
         """Cache key: the same model, transform, options, calibration data and judge build the same trial (a pipeline's
         includes its base's, so each stage is cached once and shared by every pipeline starting with it)."""
-        uses_data = self.kind == "int8" or self.settings.get("auto")  # calibration, or the mixed-precision search
+        # calibration (int8, GPTQ's fit), or the mixed-precision search
+        uses_data = self.kind == "int8" or self.settings.get("algorithm") == "gptq" or self.settings.get("auto")
         base = self.base.key(model_hash, data_hash, judge_key) if self.base else None
         parts = [model_hash, self.kind, self.options, data_hash if uses_data else "", judge_key] + ([base] if base else [])
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
