@@ -16,6 +16,7 @@ from ortforge.core.graph import GraphIndex
 from ortforge.data.decoder_io import DecoderIO, decoder_io, embedding_table, fused_attention
 
 PROJECTIONS = ("MatMul", "Gemm", "MatMulNBits")
+DECOMPOSED = "decomposed"
 # Between the LM head's product and the logits output, exporters put at most a bias, a reshape or a cast.
 LOGITS_PASS_THROUGH = ("Add", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze")
 
@@ -32,6 +33,11 @@ class DecoderFacts:
     vocabulary: int | None
     evidence: list[str] = field(default_factory=list)
     lm_head: str | None = None  # the node projecting hidden states to the logits (named), when one is found
+
+    @property
+    def decomposed(self) -> bool:
+        """Attention written out in plain ops (no fused attention node): what `transforms/decoder_attention` rewrites."""
+        return self.attention.startswith(DECOMPOSED)
 
     def to_dict(self) -> dict:
         io = self.io
@@ -66,7 +72,7 @@ def find_decoder(proto: onnx.ModelProto) -> DecoderFacts | None:
         attention = f"{node.op_type} (fused, {count} node(s))"
         evidence.append(f"{count} com.microsoft {node.op_type} node(s)" + (f": num_heads {heads}" if heads else ""))
     else:
-        attention = "decomposed (MatMul + Softmax over a Concat of past and new keys)"
+        attention = f"{DECOMPOSED} (MatMul + Softmax over a Concat of past and new keys)"
     vocabulary, hidden = embedding_table(index, io.tokens)
     if heads is None and hidden and io.head_size:
         heads = hidden // io.head_size

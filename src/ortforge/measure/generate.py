@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from ortforge.core.errors import OptionError, UserError
+from ortforge.core.runtime import NVIDIA_PROVIDERS
 from ortforge.data.decoder_io import DecoderIO, decoder_roles, session_port
 
 NUMPY_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64,
@@ -82,15 +83,13 @@ def prompt_from(feed: dict[str, Any], roles: DecoderIO, length: int, vocabulary:
     return np.random.default_rng(seed).integers(0, max(2, vocabulary or 1000), length, dtype=np.int64)
 
 
-# EPs whose outputs ORT can leave in device memory (IO binding's device type "cuda"): their KV cache stays on the card.
-CUDA_DEVICE_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "NvTensorRTRTXExecutionProvider")
 
 
 def cache_device(session: Any) -> tuple[str, int]:
     """Where the KV cache is kept between steps: on the card of the session's first EP when it is a CUDA one (copying
     the cache to the host and back each token is most of a small decoder's step on a GPU), else on the host."""
     provider = session.get_providers()[0]
-    if provider not in CUDA_DEVICE_PROVIDERS:
+    if provider not in NVIDIA_PROVIDERS:  # their outputs can stay in CUDA memory (IO binding's device type "cuda")
         return "cpu", 0
     return "cuda", int(session.get_provider_options().get(provider, {}).get("device_id", 0) or 0)
 

@@ -210,7 +210,7 @@ def fuse_transformer(model: Model, options: FusionOptions | None = None) -> Tran
     if decoder and options.opt_level is None:  # ORT's graph optimizer first would reshape what the rotary patterns expect
         options = replace(options, opt_level=0)
     attempts = []
-    decomposed = decoder and facts.attention.startswith("decomposed") and "attention" not in options.disabled
+    decomposed = decoder and facts.decomposed and "attention" not in options.disabled
     for fuser in _fuser_order(info, options, notes, decomposed):
         attempt = _run_fuser(fuser, model, model_type, heads, hidden, options)
         attempts.append(attempt)

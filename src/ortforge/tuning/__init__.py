@@ -93,9 +93,8 @@ def tune_model(
     if hasattr(trials, "bind_deadline"):  # time queued behind other searches' work is given back to this search
         trials.bind_deadline(deadline)
     decoder = find_decoder(model.proto) if family == "decoder" else None
-    decomposed = decoder is not None and decoder.attention.startswith("decomposed")
     candidates = precision_candidates(family, list(options.providers), transformer, rewrites=applicable_rewrites(model.proto),
-                                      lm_head=decoder.lm_head if decoder else None, fuse_first=decomposed)  # fmt: skip
+                                      lm_head=decoder.lm_head if decoder else None, fuse_first=decoder is not None and decoder.decomposed)  # fmt: skip
     result = tune_search(trials, candidates, options, progress, journal=local.folder / JOURNAL, deadline=deadline, cost=cost, hold=held)
     result.notes += getattr(trials, "retried", [])
     if getattr(trials, "queued_s", 0) >= 1:

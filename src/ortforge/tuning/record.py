@@ -10,6 +10,7 @@ from typing import Any
 from ortforge.accuracy.metrics import RATES, rate_evidence
 from ortforge.accuracy.tolerance import Tolerance
 from ortforge.core.model import Model, model_size
+from ortforge.core.session import CPU
 from ortforge.data import GENERATED_WARNING, FeedSet
 from ortforge.measure.bench import BenchReport
 from ortforge.measure.compare import beats
@@ -126,7 +127,7 @@ def roofline_record(model: Model, feeds: FeedSet, result: TuneResult) -> dict[st
         runs.update({v.label: v for v in result.confirmation.variants})
     if any(v.generation for v in runs.values()):
         return None  # timed per generated token: the MACs counted are the prompt's, not one step's
-    if any(f.session.config.provider_names[0] != "CPUExecutionProvider" for f in (result.chosen, result.baseline)):
+    if any(f.session.config.provider_names[0] != CPU for f in (result.chosen, result.baseline)):
         return None  # the peaks are the CPU's GEMM rates: a GPU's run measured against them says nothing
     sample = feeds.samples[0] if feeds.samples else None
     if sample is None or any(not hasattr(value, "shape") for value in sample.values()):

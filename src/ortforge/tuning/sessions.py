@@ -31,7 +31,7 @@ KINDS = ("defaults", "threads", "spinning", "affinity", "execution", "level", "m
 # The simplicity order of session settings: ORT's defaults < session options < graph level / offline < another EP.
 SESSION_RANKS = {"defaults": 0, "threads": 1, "spinning": 1, "affinity": 1, "execution": 1, "memory": 1, "denormals": 1, "ep-option": 1,
                  "streams": 1, "level": 2, "offline": 2, "ep": 3}  # fmt: skip
-# tune screens few session options per precision (each is a process in its final run); tune-session has time for more.
+# tune screens few session options per precision (each is a process in its final run); tune-session tries more kinds.
 # Denormals flushed to zero change outputs (values below 1.2e-38 become 0): the artifact's reopen check judges them.
 TUNE_KINDS = frozenset({"defaults", "threads", "spinning", "execution", "level", "denormals", "ep-option", "ep", "streams"})
 # Kinds that tune how the CPU EP computes: on a GPU EP's session the CPU runs only what the GPU EP leaves.
@@ -59,9 +59,9 @@ def _with_entries(config: SessionConfig, **entries: str) -> SessionConfig:
 
 
 def thread_counts(cores: int) -> list[int]:
-    """1, 2, 4, ... and the core count: each count once, up to the cores (a 16-core machine gets 6, not 16, and
-    with a spinning and a pinned variant each, a ladder keeps the session screen short)."""
-    return sorted({2**k for k in range(cores.bit_length()) if 2**k <= cores} | {cores})
+    """1, 2, 4, ... and the core count: each count once (a 16-core machine gets 5 counts, not 16, and with a spinning
+    and a pinned variant each, a ladder keeps the session screen short)."""
+    return sorted({2**k for k in range(cores.bit_length())} | {cores})
 
 
 def _thread_candidates(base: SessionConfig, cores: int) -> list[SessionCandidate]:

@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from onnx.external_data_helper import load_external_data_for_model
 
 from ortforge.core import runtime
 from ortforge.core.errors import UserError, first_line
-from ortforge.core.model import Model, checker_problem, from_proto, model_checker_problem, opset_versions
+from ortforge.core.model import Model, checker_problem, from_proto, loaded_copy, model_checker_problem, opset_versions
 from ortforge.core.values import ort_feed
 from ortforge.data import FeedSet
 from ortforge.transforms import TransformResult
@@ -114,7 +113,8 @@ def _signature_of(graph_values: Iterable[onnx.ValueInfoProto]) -> list[tuple[str
 def _check_converted(model: Model, proto: onnx.ModelProto, options: Fp16Options, data_dir: Path | None = None) -> None:
     """onnx.checker, the I/O signature (names always; dtypes and shapes with keep_io_types), an ORT CPU session."""
     what = f"{model.name}: float16 conversion"
-    problem = checker_problem(str(data_dir / "model.onnx") if data_dir else _with_external_data(proto, model))  # weights on disk: by path
+    # a large result on disk by path; a small one with the original's external weights read in, as ORT will see it
+    problem = checker_problem(str(data_dir / "model.onnx") if data_dir else loaded_copy(from_proto(proto, base_dir=model.base_dir)))
     # A complaint the original model earns too (a missing output shape, say) is not the conversion's doing.
     if problem and model_checker_problem(model) != problem:
         raise UserError(f"{what} produced a model onnx.checker rejects: {problem}", hint="keep the op it names in fp32 (block_ops / block_nodes, --block-op / --block-node)")
@@ -162,17 +162,6 @@ def _runs(model: Model, providers: list[str], feed: dict) -> bool:
     except Exception:  # ORT raises its own exception types per failure kind
         return False
     return True
-
-
-def _with_external_data(proto: onnx.ModelProto, model: Model) -> onnx.ModelProto:
-    """The result with the weights it still reads from the original's external data loaded (a small model's: a large
-    result is checked on disk), so the checker sees what ORT will."""
-    if not from_proto(proto, base_dir=model.base_dir).external_data_files():
-        return proto
-    resolved = onnx.ModelProto()
-    resolved.CopyFrom(proto)
-    load_external_data_for_model(resolved, str(model.base_dir))
-    return resolved
 
 
 def _result(model: Model, plan: Fp16Plan, applied: _Applied, simulate: bool) -> TransformResult:
